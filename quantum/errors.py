@@ -1,0 +1,42 @@
+"""The protocol's error types and reason codes, in one place."""
+
+from __future__ import annotations
+
+import enum
+
+
+class QuantumError(Exception):
+    """Base class of every error the Quantum protocol package raises."""
+
+
+class ProtocolError(QuantumError):
+    """The peer violated the protocol; the connection is reset (RST)."""
+
+
+class MessageError(QuantumError, ValueError):
+    """A message handed to `send()` cannot be sent (too large, bad channel, closed...)."""
+
+
+class ConnectionClosedError(QuantumError):
+    """An operation needs an open connection and this one is closed."""
+
+
+class CloseCode(enum.IntEnum):
+    """Reason codes carried in CLOSE frames and handshake rejections (u16 on the wire)."""
+
+    NORMAL = 0  # application closed the connection (client logout, server shutdown...)
+    IDLE_TIMEOUT = 1
+    PROTOCOL_VIOLATION = 2
+    SESSION_ENDED = 3  # the session was deleted or expired in the session service
+    SERVER_SHUTDOWN = 4
+    HANDSHAKE_TIMEOUT = 5
+    INTERNAL_ERROR = 6
+    # handshake rejections
+    BAD_TICKET = 16
+    EXPIRED_TICKET = 17
+    UNKNOWN_USER = 18
+    SERVER_FULL = 19
+    RATE_LIMITED = 20
+    VERSION_NOT_SUPPORTED = 21
+    BAD_RESUME = 22
+    BAD_SERVER_KEY = 23

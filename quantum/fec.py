@@ -1,0 +1,263 @@
+"""Forward error correction: Reed-Solomon parity over groups of data packets, through zfec.
+
+The sender groups the payloads of k consecutive data packets and sends m parity shards after
+them; the receiver recovers up to m lost packets of a group from any k of the k + m shards,
+without waiting a round trip for a retransmission. zfec does the coding (a systematic
+Vandermonde code over GF(2^8)), so the data packets travel unchanged and only parity is extra.
+
+Payloads differ in length, but zfec codes equal-length blocks, so each data shard is
+`u16 length || payload`, zero-padded to the longest shard of its group; parity shards have that
+padded length, which is how the receiver learns it. Both classes are sans-I/O and bounded in
+memory: the decoder forgets old groups and old payloads instead of growing with the connection.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import zfec
+
+from quantum.errors import ProtocolError
+
+MAX_K = 32
+MAX_M = 16
+_LEN_PREFIX = 2
+_MAX_PAYLOAD = 0xFFFF
+
+
+class FecError(ProtocolError, ValueError):
+    """A parity shard or payload contradicts its group: an authenticated peer broke the protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParityShard:
+    """One parity block of a group; `data_seqs` (k pns) names the data packets it protects."""
+
+    group_id: int
+    index: int  # 0 <= index < m; zfec block number k + index
+    m: int  # parity shards in this group (fewer than configured for a flushed partial group)
+    data_seqs: tuple[int, ...]
+    shard: bytes
+
+
+@functools.lru_cache(maxsize=128)
+def _encoder(k: int, n: int) -> zfec.Encoder:
+    # Building the coding matrix costs more than coding a group: share one per (k, n).
+    return zfec.Encoder(k, n)
+
+
+@functools.lru_cache(maxsize=128)
+def _decoder(k: int, n: int) -> zfec.Decoder:
+    return zfec.Decoder(k, n)
+
+
+def _pad(payload: bytes, size: int) -> bytes:
+    """The data shard of a payload: length prefix, payload, zeros up to the group's shard size."""
+    n = len(payload)
+    return n.to_bytes(2, "big") + payload + bytes(size - _LEN_PREFIX - n)
+
+
+def _check_params(k: int, m: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"FEC k must be between 1 and {MAX_K} data packets, got {k}")
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"FEC m must be between 1 and {MAX_M} parity packets, got {m}")
+
+
+class FecEncoder:
+    """Collects outgoing data payloads into groups of k and emits m parity shards per group."""
+
+    __slots__ = ("_group_id", "_payloads", "_seqs", "k", "m")
+
+    def __init__(self, k: int = 10, m: int = 3) -> None:
+        _check_params(k, m)
+        self.k = k
+        self.m = m
+        self._group_id = 0
+        self._seqs: list[int] = []
+        self._payloads: list[bytes] = []
+
+    @property
+    def pending(self) -> int:
+        """Packets in the open group (parity not yet produced)."""
+        return len(self._seqs)
+
+    def add(self, pn: int, payload: bytes) -> list[ParityShard]:
+        """Add an outgoing data packet; returns the group's m parity shards once it holds k."""
+        if len(payload) > _MAX_PAYLOAD:
+            raise ValueError(f"FEC payload of {len(payload)} bytes exceeds {_MAX_PAYLOAD}")
+        seqs = self._seqs
+        if seqs and pn <= seqs[-1]:
+            raise ValueError(f"FEC packet numbers must increase: {pn} after {seqs[-1]}")
+        seqs.append(pn)
+        self._payloads.append(payload)
+        if len(seqs) < self.k:
+            return []
+        return self._close(self.m)
+
+    def flush(self) -> list[ParityShard]:
+        """Close a partial group, with parity in proportion to its size (at least one shard)."""
+        count = len(self._seqs)
+        if not count:
+            return []
+        return self._close(max(1, -(-self.m * count // self.k)))
+
+    def _close(self, m: int) -> list[ParityShard]:
+        seqs, payloads = tuple(self._seqs), self._payloads
+        k = len(seqs)
+        size = _LEN_PREFIX + max(map(len, payloads))
+        blocks = tuple(_pad(p, size) for p in payloads)
+        parity = _encoder(k, k + m).encode(blocks, tuple(range(k, k + m)))
+        gid = self._group_id
+        self._group_id = gid + 1
+        self._seqs = []
+        self._payloads = []
+        return [ParityShard(gid, i, m, seqs, bytes(parity[i])) for i in range(m)]
+
+
+@dataclass(slots=True)
+class _Group:
+    """What the decoder knows of one group; `done` groups only remain to ignore late parity."""
+
+    m: int
+    data_seqs: tuple[int, ...]
+    size: int  # padded shard length, from the parity shards
+    parity: dict[int, bytes] = field(default_factory=dict)  # parity index -> shard
+    data: dict[int, bytes] = field(default_factory=dict)  # data index -> payload
+    done: bool = False
+
+
+class FecDecoder:
+    """Caches received payloads and parity shards; rebuilds lost data packets of a group."""
+
+    __slots__ = (
+        "_cache",
+        "_floor",
+        "_groups",
+        "_max_cached",
+        "_max_groups",
+        "_waiting",
+        "recovered",
+    )
+
+    def __init__(self, max_cached: int = 512, max_groups: int = 64) -> None:
+        if max_cached < 1 or max_groups < 1:
+            raise ValueError(
+                f"max_cached and max_groups must be positive, got {max_cached}, {max_groups}")
+        self._max_cached = max_cached
+        self._max_groups = max_groups
+        self._cache: dict[int, bytes] = {}  # pn -> payload, oldest first
+        self._groups: dict[int, _Group] = {}
+        self._waiting: dict[int, int] = {}  # missing pn -> id of the open group that names it
+        # Group ids below the floor were evicted; late parity for them is ignored so that a
+        # forgotten group is never rebuilt and its packets never "recovered" a second time.
+        self._floor = 0
+        self.recovered = 0
+
+    def on_data(self, pn: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """A received data packet; returns packets it lets an open group recover (usually [])."""
+        cache = self._cache
+        if pn in cache:
+            return []
+        cache[pn] = payload
+        if len(cache) > self._max_cached:
+            del cache[next(iter(cache))]
+        gid = self._waiting.pop(pn, None)
+        if gid is None:
+            return []
+        group = self._groups[gid]
+        index = group.data_seqs.index(pn)
+        self._check_fits(group, pn, payload)
+        group.data[index] = payload
+        return self._try_recover(gid, group)
+
+    def on_parity(self, shard: ParityShard) -> list[tuple[int, bytes]]:
+        """A received parity shard; returns the group's missing packets once k shards are known."""
+        gid, seqs = shard.group_id, shard.data_seqs
+        k, m = len(seqs), shard.m
+        if not 1 <= k <= MAX_K or not 1 <= m <= MAX_M or not 0 <= shard.index < m:
+            raise FecError(f"parity shard {shard.index} of group {gid} has k={k}, m={m}")
+        if len(set(seqs)) != k:
+            raise FecError(f"parity shard of group {gid} names a packet twice")
+        if len(shard.shard) <= _LEN_PREFIX:
+            raise FecError(f"parity shard of group {gid} is {len(shard.shard)} bytes long")
+        if gid < self._floor:
+            return []
+        group = self._groups.get(gid)
+        if group is None:
+            group = self._open(gid, shard)
+        elif group.data_seqs != seqs or group.m != m or group.size != len(shard.shard):
+            raise FecError(f"parity shard {shard.index} contradicts the rest of group {gid}")
+        if group.done or shard.index in group.parity:
+            return []
+        group.parity[shard.index] = shard.shard
+        return self._try_recover(gid, group)
+
+    def _open(self, gid: int, shard: ParityShard) -> _Group:
+        group = _Group(shard.m, shard.data_seqs, len(shard.shard))
+        cache, waiting = self._cache, self._waiting
+        for index, pn in enumerate(shard.data_seqs):
+            payload = cache.get(pn)
+            if payload is None:
+                waiting[pn] = gid
+            else:
+                self._check_fits(group, pn, payload)
+                group.data[index] = payload
+        groups = self._groups
+        groups[gid] = group
+        if len(groups) > self._max_groups:
+            oldest = min(groups)
+            self._floor = max(self._floor, oldest + 1)
+            self._close(oldest, groups.pop(oldest))
+        return group
+
+    @staticmethod
+    def _check_fits(group: _Group, pn: int, payload: bytes) -> None:
+        if len(payload) + _LEN_PREFIX > group.size:
+            raise FecError(
+                f"packet {pn} has {len(payload)} bytes, more than its FEC group's shards hold")
+
+    def _close(self, gid: int, group: _Group) -> None:
+        """Mark a group finished and drop its shards; it stays only as a tombstone."""
+        waiting = self._waiting
+        for pn in group.data_seqs:
+            if waiting.get(pn) == gid:
+                del waiting[pn]
+        group.done = True
+        group.parity.clear()
+        group.data.clear()
+
+    def _try_recover(self, gid: int, group: _Group) -> list[tuple[int, bytes]]:
+        seqs, data, parity = group.data_seqs, group.data, group.parity
+        k = len(seqs)
+        if len(data) == k:
+            self._close(gid, group)
+            return []
+        if len(data) + len(parity) < k:
+            return []
+        size = group.size
+        blocks: list[bytes] = []
+        nums: list[int] = []
+        for index, payload in data.items():
+            blocks.append(_pad(payload, size))
+            nums.append(index)
+        for index, shard in parity.items():
+            if len(blocks) == k:
+                break
+            blocks.append(shard)
+            nums.append(k + index)
+        decoded = _decoder(k, k + group.m).decode(tuple(blocks), tuple(nums))
+        out: list[tuple[int, bytes]] = []
+        for index in range(k):
+            if index in data:
+                continue
+            block = decoded[index]
+            length = int.from_bytes(block[:_LEN_PREFIX], "big")
+            if length + _LEN_PREFIX > size:
+                raise FecError(f"recovered packet {seqs[index]} of group {gid} claims "
+                               f"{length} bytes in a {size}-byte shard")
+            out.append((seqs[index], bytes(block[_LEN_PREFIX:_LEN_PREFIX + length])))
+        self.recovered += len(out)
+        self._close(gid, group)
+        return out

@@ -180,8 +180,9 @@ class FecDecoder:
             raise FecError(f"parity shard {shard.index} of group {gid} has k={k}, m={m}")
         if len(set(seqs)) != k:
             raise FecError(f"parity shard of group {gid} names a packet twice")
-        if len(shard.shard) <= _LEN_PREFIX:
-            raise FecError(f"parity shard of group {gid} is {len(shard.shard)} bytes long")
+        if len(shard.shard) < _LEN_PREFIX:
+            raise FecError(f"parity shard of group {gid} is shorter than a length prefix: "
+                           f"{len(shard.shard)} bytes")
         if gid < self._floor:
             return []
         group = self._groups.get(gid)

@@ -1,0 +1,462 @@
+"""BBR (v1) congestion control with a token-bucket pacer, sans-I/O.
+
+BBR models the path instead of reacting to loss: the bottleneck bandwidth (a windowed max of
+delivery-rate samples over 10 round trips) and the round-trip propagation time (the min RTT
+over 10 s). It paces at gain x bandwidth and caps what is in flight at gain x BDP. The state
+machine (STARTUP, DRAIN, PROBE_BW, PROBE_RTT) and the delivery-rate sampling follow
+draft-cardwell-iccrg-bbr-congestion-control-00 and draft-cheng-iccrg-delivery-rate-estimation,
+with the Quantum protocol's constants (the original fixes the STARTUP gain at 2.77, a little
+under the 2/ln 2 = 2.885 of the draft).
+
+The connection calls `on_packet_sent` for every in-flight packet and keeps the returned
+`RateSnapshot` with it; `on_ack`, `on_loss` and `on_app_limited` feed the model back. Nothing
+here reads a clock: every call that needs the time takes `now` (float seconds).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_DATAGRAM = 1472  # the "packet" of cwnd arithmetic
+
+STARTUP_GAIN = 2.77
+DRAIN_GAIN = 1 / STARTUP_GAIN
+PROBE_BW_CWND_GAIN = 2.0
+PACING_GAIN_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+BTL_BW_WINDOW_ROUNDS = 10
+MIN_RTT_WINDOW = 10.0
+PROBE_RTT_DURATION = 0.2
+FULL_BW_GROWTH = 1.25  # STARTUP ends when a round grows the bandwidth by less than this...
+FULL_BW_ROUNDS = 3  # ...this many rounds in a row
+INITIAL_RTT = 0.1  # assumed RTT for the first pacing rate, before any sample
+PACING_BURST_TIME = 0.001  # the pacer lets this much time's worth of bytes out back to back
+PACING_BURST_PACKETS = 2  # ...but never fewer than this many datagrams
+QUANTA_PACKETS = 3  # cwnd headroom so that ACK aggregation does not starve the pipe
+
+STARTUP = "STARTUP"
+DRAIN = "DRAIN"
+PROBE_BW = "PROBE_BW"
+PROBE_RTT = "PROBE_RTT"
+
+
+@dataclass(slots=True)
+class RateSnapshot:
+    """Connection delivery state when a packet was sent; its ACK turns it into a rate sample."""
+
+    delivered: int
+    delivered_time: float
+    first_sent_time: float
+    is_app_limited: bool
+
+
+class _WindowedMax:
+    """Max of samples over a sliding window, in O(1) memory (Kathleen Nichols' algorithm,
+    as in Linux's lib/win_minmax.c): the best, second-best and third-best samples of
+    successive sub-windows, so the max does not drop abruptly when the best sample ages out."""
+
+    __slots__ = ("_t", "_v", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._t = [0.0, 0.0, 0.0]
+        self._v = [0.0, 0.0, 0.0]
+
+    @property
+    def value(self) -> float:
+        return self._v[0]
+
+    def _reset(self, t: float, v: float) -> float:
+        self._t[:] = (t, t, t)
+        self._v[:] = (v, v, v)
+        return v
+
+    def update(self, t: float, v: float) -> float:
+        ts, vs, win = self._t, self._v, self.window
+        if v >= vs[0] or t - ts[2] > win:
+            return self._reset(t, v)
+        if v >= vs[1]:
+            ts[1] = ts[2] = t
+            vs[1] = vs[2] = v
+        elif v >= vs[2]:
+            ts[2], vs[2] = t, v
+        dt = t - ts[0]
+        if dt > win:
+            # the best sample aged out: promote the runners-up
+            ts[0], ts[1], ts[2] = ts[1], ts[2], t
+            vs[0], vs[1], vs[2] = vs[1], vs[2], v
+            if t - ts[0] > win:
+                ts[0], ts[1] = ts[1], ts[2]
+                vs[0], vs[1] = vs[1], vs[2]
+        elif ts[1] == ts[0] and dt > win / 4:
+            ts[1] = ts[2] = t
+            vs[1] = vs[2] = v
+        elif ts[2] == ts[1] and dt > win / 2:
+            ts[2], vs[2] = t, v
+        return vs[0]
+
+
+class BBR:
+    """One connection's congestion controller and pacer. `cwnd` is in bytes, rates in bytes/s."""
+
+    __slots__ = (
+        "_app_limited",
+        "_bw_filter",
+        "_cycle_index",
+        "_cycle_stamp",
+        "_delivered",
+        "_delivered_time",
+        "_first_sent_time",
+        "_full_bw",
+        "_full_bw_count",
+        "_idle_restart",
+        "_in_recovery",
+        "_loss_since_ack",
+        "_min_rtt_stamp",
+        "_next_round_delivered",
+        "_pace_time",
+        "_packet_conservation",
+        "_prior_cwnd",
+        "_probe_rtt_done_stamp",
+        "_probe_rtt_round_done",
+        "_recovery_start",
+        "_rng",
+        "_round_start",
+        "_tokens",
+        "btl_bw",
+        "cwnd",
+        "cwnd_gain",
+        "filled_pipe",
+        "initial_cwnd",
+        "max_datagram",
+        "min_cwnd",
+        "min_rtt",
+        "pacing_gain",
+        "pacing_rate",
+        "round_count",
+        "state",
+    )
+
+    def __init__(self, max_datagram: int = MAX_DATAGRAM, initial_cwnd_packets: int = 10,
+                 min_cwnd_packets: int = 4, *, rng: random.Random | None = None) -> None:
+        if max_datagram < 64:
+            raise ValueError(f"max_datagram must be at least 64 bytes, got {max_datagram}")
+        if min_cwnd_packets < 1 or initial_cwnd_packets < min_cwnd_packets:
+            raise ValueError("need 1 <= min_cwnd_packets <= initial_cwnd_packets, got "
+                             f"{min_cwnd_packets} and {initial_cwnd_packets}")
+        self.max_datagram = max_datagram
+        self.min_cwnd = min_cwnd_packets * max_datagram
+        self.initial_cwnd = initial_cwnd_packets * max_datagram
+        # the PROBE_BW starting phase is random so that competing flows do not probe in step
+        self._rng = rng if rng is not None else random.Random()
+
+        self.state = STARTUP
+        self.pacing_gain = STARTUP_GAIN
+        self.cwnd_gain = STARTUP_GAIN
+        self.cwnd = self.initial_cwnd
+        self.pacing_rate = STARTUP_GAIN * self.initial_cwnd / INITIAL_RTT
+        self.btl_bw = 0.0
+        self.min_rtt: float | None = None
+        self._min_rtt_stamp = 0.0
+        self._bw_filter = _WindowedMax(BTL_BW_WINDOW_ROUNDS)
+
+        # delivery-rate estimation (connection-wide counters of the IETF draft)
+        self._delivered = 0
+        self._delivered_time = 0.0
+        self._first_sent_time = 0.0
+        self._app_limited = 0  # `delivered` mark until which samples are app-limited; 0: none
+
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._round_start = False
+        self.filled_pipe = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self._cycle_index = 0
+        self._cycle_stamp = 0.0
+        self._probe_rtt_done_stamp: float | None = None
+        self._probe_rtt_round_done = False
+        self._idle_restart = False
+        self._prior_cwnd = 0
+        self._in_recovery = False
+        self._recovery_start = 0.0
+        self._packet_conservation = False
+        self._loss_since_ack = False
+
+        self._tokens = float(self._burst())
+        self._pace_time: float | None = None
+
+    # ------------------------------------------------------------------ sender-side events
+
+    def on_packet_sent(self, now: float, size: int, bytes_in_flight: int) -> RateSnapshot:
+        """An in-flight packet leaves (`bytes_in_flight` excludes it); keep the snapshot with it."""
+        self._refill(now)
+        if bytes_in_flight == 0:
+            # nothing in flight: a send rate measured from here must not include the idle time
+            self._first_sent_time = self._delivered_time = now
+            if self._app_limited:
+                self._idle_restart = True
+                if self.state == PROBE_BW:
+                    self._set_pacing_rate_with_gain(1.0)
+                elif self.state == PROBE_RTT:
+                    self._check_probe_rtt_done(now)
+        snapshot = RateSnapshot(self._delivered, self._delivered_time, self._first_sent_time,
+                                self._app_limited != 0)
+        self._tokens -= size
+        return snapshot
+
+    def on_app_limited(self, bytes_in_flight: int) -> None:
+        """The sender ran out of data with room left in cwnd: rate samples until everything
+        in flight now is delivered measure the application, not the path."""
+        if bytes_in_flight < self.cwnd:
+            self._app_limited = max(self._delivered + bytes_in_flight, 1)
+
+    def can_send(self, bytes_in_flight: int) -> bool:
+        return bytes_in_flight < self.cwnd
+
+    def next_send_time(self, now: float) -> float:
+        """Earliest time the next packet may leave: at or before `now` when it may go at once.
+        A token bucket holding max(2 datagrams, 1 ms of bytes) lets small bursts out without
+        a timer per packet while the rate holds over any longer interval."""
+        t = self._pace_time
+        if t is None:
+            return now
+        need = self.max_datagram - self._tokens
+        if need <= 0.0:
+            return t
+        return t + need / self.pacing_rate
+
+    # ------------------------------------------------------------------ feedback
+
+    def on_ack(self, now: float, acked: Sequence[tuple[int, float, RateSnapshot]],
+               bytes_in_flight: int, rtt_sample: float | None) -> None:
+        """Newly acknowledged in-flight packets as (size, sent_time, snapshot);
+        `bytes_in_flight` is what remains after removing them."""
+        if not acked:
+            if rtt_sample is not None:
+                self._update_min_rtt(now, rtt_sample)
+            return
+        self._refill(now)  # bytes earned so far at the old rate, before the rate changes
+        acked_bytes = 0
+        best: RateSnapshot | None = None
+        best_sent = 0.0
+        for size, sent_time, snap in acked:
+            acked_bytes += size
+            # the sample comes from the most recently sent packet: the shortest, newest interval
+            if best is None or snap.delivered > best.delivered or (
+                    snap.delivered == best.delivered and sent_time > best_sent):
+                best, best_sent = snap, sent_time
+        assert best is not None
+        self._delivered += acked_bytes
+        self._delivered_time = now
+        if self._app_limited and self._delivered > self._app_limited:
+            self._app_limited = 0
+
+        # delivery-rate sample: the longer of the send and ACK intervals, so that neither ACK
+        # compression nor a sender burst inflates the rate
+        sample_delivered = self._delivered - best.delivered
+        interval = max(best_sent - best.first_sent_time, now - best.delivered_time)
+        self._first_sent_time = best_sent
+        floor = self.min_rtt  # an interval shorter than any RTT is a bogus sample
+        if rtt_sample is not None and (floor is None or rtt_sample < floor):
+            floor = rtt_sample
+        rate: float | None = None
+        if interval > 0.0 and (floor is None or interval >= floor):
+            rate = sample_delivered / interval
+
+        if best.delivered >= self._next_round_delivered:
+            self._next_round_delivered = self._delivered
+            self.round_count += 1
+            self._round_start = True
+            self._packet_conservation = False
+        else:
+            self._round_start = False
+
+        if self._in_recovery and best_sent > self._recovery_start:
+            # a packet sent after the loss arrived: the loss episode is over
+            self._in_recovery = False
+            self._packet_conservation = False
+            self.cwnd = max(self.cwnd, self._prior_cwnd)
+
+        if rate is not None and (rate >= self.btl_bw or not best.is_app_limited):
+            self.btl_bw = self._bw_filter.update(self.round_count, rate)
+
+        prior_inflight = bytes_in_flight + acked_bytes
+        if self.state == PROBE_BW and self._is_next_cycle_phase(now, prior_inflight):
+            self._advance_cycle_phase(now)
+        self._loss_since_ack = False
+        self._check_full_pipe(best.is_app_limited)
+        self._check_drain(now, bytes_in_flight)
+        expired = self._update_min_rtt(now, rtt_sample)
+        self._check_probe_rtt(now, bytes_in_flight, expired)
+
+        self._set_pacing_rate_with_gain(self.pacing_gain)
+        self._set_cwnd(bytes_in_flight, acked_bytes)
+
+    def on_loss(self, now: float, lost_bytes: int, bytes_in_flight: int) -> None:
+        """In-flight packets declared lost (`bytes_in_flight` already excludes them).
+        BBR does not treat loss as congestion, but it conserves packets for a round so a
+        burst of losses does not let it keep blasting into an overflowing queue."""
+        if lost_bytes <= 0:
+            return
+        self._loss_since_ack = True
+        if not self._in_recovery:
+            self._save_cwnd()
+            self._in_recovery = True
+            self._recovery_start = now
+            self._packet_conservation = True
+            self._next_round_delivered = self._delivered  # conservation lasts one round
+            self.cwnd = max(bytes_in_flight, self.min_cwnd)
+        else:
+            self.cwnd = max(self.cwnd - lost_bytes, self.min_cwnd)
+        if self.state == PROBE_RTT:
+            self.cwnd = min(self.cwnd, self.min_cwnd)
+
+    # ------------------------------------------------------------------ model and states
+
+    def _bdp_inflight(self, gain: float) -> int:
+        """gain x estimated BDP plus headroom; the initial cwnd until the model has samples."""
+        if self.min_rtt is None or self.btl_bw <= 0.0:
+            return self.initial_cwnd
+        return int(gain * self.btl_bw * self.min_rtt) + QUANTA_PACKETS * self.max_datagram
+
+    def _update_min_rtt(self, now: float, rtt_sample: float | None) -> bool:
+        """Track the min RTT over 10 s; returns whether the old one had expired."""
+        expired = self.min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW
+        if rtt_sample is not None and rtt_sample >= 0.0 and (
+                self.min_rtt is None or rtt_sample <= self.min_rtt or expired):
+            self.min_rtt = rtt_sample
+            self._min_rtt_stamp = now
+        return expired
+
+    def _check_full_pipe(self, app_limited_sample: bool) -> None:
+        if self.filled_pipe or not self._round_start or app_limited_sample:
+            return
+        if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
+            self._full_bw = self.btl_bw
+            self._full_bw_count = 0
+            return
+        self._full_bw_count += 1
+        if self._full_bw_count >= FULL_BW_ROUNDS:
+            self.filled_pipe = True
+
+    def _check_drain(self, now: float, bytes_in_flight: int) -> None:
+        if self.state == STARTUP and self.filled_pipe:
+            self.state = DRAIN
+            self.pacing_gain = DRAIN_GAIN
+            self.cwnd_gain = STARTUP_GAIN
+        if self.state == DRAIN and bytes_in_flight <= self._bdp_inflight(1.0):
+            self._enter_probe_bw(now)
+
+    def _enter_probe_bw(self, now: float) -> None:
+        self.state = PROBE_BW
+        self.cwnd_gain = PROBE_BW_CWND_GAIN
+        # any phase but the 0.75 one: starting by draining a queue that is not there wastes
+        # bandwidth; the phase is advanced once right away
+        n = len(PACING_GAIN_CYCLE)
+        self._cycle_index = n - 1 - self._rng.randrange(n - 1)
+        self._advance_cycle_phase(now)
+
+    def _advance_cycle_phase(self, now: float) -> None:
+        self._cycle_stamp = now
+        self._cycle_index = (self._cycle_index + 1) % len(PACING_GAIN_CYCLE)
+        self.pacing_gain = PACING_GAIN_CYCLE[self._cycle_index]
+
+    def _is_next_cycle_phase(self, now: float, prior_inflight: int) -> bool:
+        full_length = self.min_rtt is not None and now - self._cycle_stamp > self.min_rtt
+        gain = self.pacing_gain
+        if gain == 1.0:
+            return full_length
+        if gain > 1.0:
+            # probe until the extra inflight is really out there (or the path pushed back)
+            return full_length and (self._loss_since_ack
+                                    or prior_inflight >= self._bdp_inflight(gain))
+        # drain the probe's queue, and stop early once it is gone
+        return full_length or prior_inflight <= self._bdp_inflight(1.0)
+
+    def _check_probe_rtt(self, now: float, bytes_in_flight: int, expired: bool) -> None:
+        if self.state != PROBE_RTT and expired and not self._idle_restart:
+            self.state = PROBE_RTT
+            self.pacing_gain = 1.0
+            self.cwnd_gain = 1.0
+            self._save_cwnd()
+            self._probe_rtt_done_stamp = None
+        if self.state == PROBE_RTT:
+            self._handle_probe_rtt(now, bytes_in_flight)
+        self._idle_restart = False
+
+    def _handle_probe_rtt(self, now: float, bytes_in_flight: int) -> None:
+        # samples taken while inflight is held down say nothing about the bandwidth
+        self._app_limited = max(self._delivered + bytes_in_flight, 1)
+        if self._probe_rtt_done_stamp is None and bytes_in_flight <= self.min_cwnd:
+            self._probe_rtt_done_stamp = now + PROBE_RTT_DURATION
+            self._probe_rtt_round_done = False
+            self._next_round_delivered = self._delivered
+        elif self._probe_rtt_done_stamp is not None:
+            if self._round_start:
+                self._probe_rtt_round_done = True
+            if self._probe_rtt_round_done:
+                self._check_probe_rtt_done(now)
+
+    def _check_probe_rtt_done(self, now: float) -> None:
+        done = self._probe_rtt_done_stamp
+        if done is None or now <= done:
+            return
+        self._min_rtt_stamp = now
+        self.cwnd = max(self.cwnd, self._prior_cwnd)
+        if self.filled_pipe:
+            self._enter_probe_bw(now)
+        else:
+            self.state = STARTUP
+            self.pacing_gain = STARTUP_GAIN
+            self.cwnd_gain = STARTUP_GAIN
+
+    def _save_cwnd(self) -> None:
+        if not self._in_recovery and self.state != PROBE_RTT:
+            self._prior_cwnd = self.cwnd
+        else:
+            self._prior_cwnd = max(self._prior_cwnd, self.cwnd)
+
+    # ------------------------------------------------------------------ control parameters
+
+    def _set_pacing_rate_with_gain(self, gain: float) -> None:
+        bw = self.btl_bw
+        if bw <= 0.0:
+            if self.min_rtt is None or self.min_rtt <= 0.0:
+                return
+            # no bandwidth sample yet, but an RTT: pace the initial window over it
+            rate = gain * self.initial_cwnd / self.min_rtt
+        else:
+            rate = gain * bw
+        # in STARTUP the rate only grows: one low early sample must not stall the ramp-up
+        if self.filled_pipe or rate > self.pacing_rate:
+            self.pacing_rate = rate
+
+    def _set_cwnd(self, bytes_in_flight: int, acked_bytes: int) -> None:
+        cwnd = self.cwnd
+        if self._packet_conservation:
+            cwnd = max(cwnd, bytes_in_flight + acked_bytes)
+        else:
+            target = self._bdp_inflight(self.cwnd_gain)
+            if self.filled_pipe:
+                cwnd = min(cwnd + acked_bytes, target)
+            elif cwnd < target or self._delivered < self.initial_cwnd:
+                cwnd += acked_bytes
+        cwnd = max(cwnd, self.min_cwnd)
+        if self.state == PROBE_RTT:
+            cwnd = min(cwnd, self.min_cwnd)
+        self.cwnd = cwnd
+
+    # ------------------------------------------------------------------ pacer
+
+    def _burst(self) -> float:
+        return max(PACING_BURST_PACKETS * self.max_datagram, self.pacing_rate * PACING_BURST_TIME)
+
+    def _refill(self, now: float) -> None:
+        t = self._pace_time
+        if t is None:
+            self._pace_time = now
+        elif now > t:
+            self._tokens = min(self._burst(), self._tokens + (now - t) * self.pacing_rate)
+            self._pace_time = now

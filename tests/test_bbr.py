@@ -288,3 +288,165 @@ def test_probe_bw_start_phase_is_randomised() -> None:
     assert len(starts) > 2
 
 
+
+
+def test_probe_rtt_after_10s_without_a_new_min_rtt() -> None:
+    # the route gets 20 ms longer at t=1 s: no sample can match the old min RTT again, so
+    # 10 s after the last one BBR drains to 4 packets for 200 ms to re-measure
+    sim = PathSim(BBR(rng=random.Random(7)), RATE, RTT, path_change=(1.0, RATE, RTT + 0.02))
+    sim.run(12.0)
+    entry = sim.first("PROBE_RTT")
+    old_min = next(s.min_rtt for s in sim.steps if s.now >= entry - 0.5)
+    assert old_min is not None and old_min == pytest.approx(BASE_RTT)
+    last_min_sample = max(t for t, r in sim.rtt_samples if r <= old_min)
+    assert 10.0 < entry - last_min_sample < 10.0 + 2 * (RTT + 0.02)
+    assert all(s.state == "PROBE_BW" for s in sim.steps if 1.0 < s.now < entry)
+    during = [s for s in sim.steps if s.state == "PROBE_RTT"]
+    assert all(s.cwnd == MIN_CWND for s in during)
+    assert all(s.pacing_gain == 1.0 for s in during)
+    low = next(s.now for s in during if s.inflight <= MIN_CWND)
+    exit_at = sim.first("PROBE_BW", after=entry)
+    # at least 200 ms at the low inflight, and at least one round trip of it
+    assert 0.2 + (RTT + 0.02) * 0.5 < exit_at - low < 0.2 + 3 * (RTT + 0.02)
+    # the new, longer path was measured and the old cwnd came back
+    assert sim.bbr.min_rtt == pytest.approx(RTT + 0.02 + SIZE / RATE, rel=0.01)
+    after = [s for s in sim.steps if s.now > exit_at]
+    assert after[0].cwnd > 10 * MIN_CWND
+    assert sim.throughput(exit_at + 0.5, 12.0) > 0.95 * RATE
+
+
+def test_probe_rtt_not_entered_while_min_rtt_is_refreshed() -> None:
+    # an application-limited flow keeps the queue empty, so every round re-measures the
+    # min RTT and PROBE_RTT is never needed
+    sim = _converged(seed=8, until=1.0)
+    sim.limit_app(RATE / 2)
+    sim.run(25.0)
+    assert "PROBE_RTT" not in {s.state for s in sim.steps}
+
+
+def test_probe_rtt_exits_to_startup_when_the_pipe_was_never_filled() -> None:
+    # an application-limited flow never fills the pipe, so it is still in STARTUP when the
+    # min RTT expires (the route got longer at 1 s); after PROBE_RTT it goes back to STARTUP
+    sim = PathSim(BBR(rng=random.Random(9)), RATE, RTT, path_change=(1.0, RATE, RTT + 0.02))
+    sim.limit_app(RATE / 10)
+    sim.run(12.0)
+    states = [s for _, s in _transitions(sim)]
+    assert states == ["STARTUP", "PROBE_RTT", "STARTUP"]
+    assert not sim.bbr.filled_pipe
+    assert sim.bbr.pacing_gain == STARTUP_GAIN
+    assert sim.bbr.min_rtt == pytest.approx(RTT + 0.02 + SIZE / RATE, rel=0.01)
+    assert sim.throughput(2.0, 12.0) == pytest.approx(RATE / 10, rel=0.02)
+
+
+def _pace(bbr: BBR, start: float, end: float, size: int = SIZE) -> list[float]:
+    """Send as fast as the pacer allows from `start` to `end`; returns the send times."""
+    times: list[float] = []
+    t = start
+    while True:
+        t = max(t, bbr.next_send_time(t))
+        if t >= end:
+            return times
+        bbr.on_packet_sent(t, size, SIZE)  # something in flight: no idle restart
+        times.append(t)
+
+
+@pytest.mark.parametrize("rate", [50_000.0, 400_000.0, 12_500_000.0, 125_000_000.0])
+def test_pacer_holds_the_rate_with_a_bounded_burst(rate: float) -> None:
+    bbr = BBR()
+    bbr.pacing_rate = rate
+    burst = max(2 * SIZE, rate * 0.001)
+    times = _pace(bbr, 0.0, 1.0)
+    sent = len(times) * SIZE
+    # over the whole second: the rate, give or take the initial burst and one packet
+    assert rate - SIZE <= sent <= rate + burst + SIZE
+    # over every window: never more than the burst allowance plus the rate
+    for i in range(0, len(times), max(1, len(times) // 200)):
+        for j in (i + 1, i + 10, i + 100, len(times) - 1):
+            if i < j < len(times):
+                window = times[j] - times[i]
+                assert (j - i + 1) * SIZE <= burst + rate * window + 1e-6 * rate
+
+
+def test_pacer_refills_only_up_to_the_burst_after_idle() -> None:
+    bbr = BBR()
+    bbr.pacing_rate = 1_000_000.0  # 1 ms of bytes < 2 datagrams: burst is 2 packets
+    _pace(bbr, 0.0, 0.5)
+    times = _pace(bbr, 10.0, 10.0 + 1e-9)  # after 9.5 s idle, what may leave at once?
+    assert len(times) == 2
+    assert bbr.next_send_time(10.0) == pytest.approx(10.0 + SIZE / 1_000_000.0)
+
+
+def test_small_packets_are_paced_by_bytes() -> None:
+    bbr = BBR()
+    bbr.pacing_rate = 100_000.0
+    small = _pace(bbr, 0.0, 1.0, size=100)
+    assert 100_000 - SIZE <= len(small) * 100 <= 100_000 + 2 * SIZE + SIZE
+
+
+def _fill(bbr: BBR, now: float, packets: int,
+          inflight: list[tuple[int, float, RateSnapshot]]) -> None:
+    for _ in range(packets):
+        inflight.append((SIZE, now, bbr.on_packet_sent(now, SIZE, SIZE * len(inflight))))
+
+
+def test_loss_conserves_packets_then_restores_cwnd() -> None:
+    sim = _converged(seed=10, until=2.0)
+    bbr = sim.bbr
+    prior = bbr.cwnd
+    btl_bw = bbr.btl_bw
+    now = sim.now
+    flight: list[tuple[int, float, RateSnapshot]] = []
+    _fill(bbr, now, 30, flight)
+    bbr.on_ack(now + 0.05, flight[:5], 25 * SIZE, 0.05)
+    # the same ACK reveals ten losses: cwnd falls to what is still in flight
+    bbr.on_loss(now + 0.05, 10 * SIZE, 15 * SIZE)
+    assert bbr.cwnd == 15 * SIZE
+    # ACKs of packets sent before the loss: packet conservation, one out per one delivered
+    # (without it cwnd would grow by the acked bytes)
+    bbr.on_ack(now + 0.06, flight[5:7], 13 * SIZE, 0.06)
+    assert bbr.cwnd == 15 * SIZE
+    assert bbr.btl_bw == btl_bw  # loss is not a bandwidth signal
+    bbr.on_loss(now + 0.06, 13 * SIZE, 0)  # everything else lost in the same episode
+    assert bbr.cwnd == MIN_CWND  # never below 4 packets
+    bbr.on_loss(now + 0.06, 0, 0)  # nothing in flight was lost: no change
+    assert bbr.cwnd == MIN_CWND
+    # the first ACK of a packet sent after the loss ends the episode: the old cwnd is back
+    after: list[tuple[int, float, RateSnapshot]] = []
+    _fill(bbr, now + 0.07, 1, after)
+    bbr.on_ack(now + 0.12, after, 0, 0.05)
+    assert bbr.cwnd >= prior
+
+
+def test_random_loss_does_not_collapse_throughput() -> None:
+    # BBR's point: 1 % random loss is not congestion; a loss-based controller would halve
+    # its window every few round trips here
+    sim = PathSim(BBR(rng=random.Random(11)), RATE, RTT, loss=0.01, seed=11)
+    sim.run(6.0)
+    assert sim.bbr.state in {"PROBE_BW", "PROBE_RTT"}
+    assert sim.bbr.btl_bw == pytest.approx(RATE, rel=0.05)
+    assert sim.throughput(2.0, 6.0) > 0.85 * RATE
+
+
+def test_cwnd_floor_holds_under_any_feedback() -> None:
+    rnd = random.Random(12)
+    bbr = BBR(rng=rnd)
+    flight: list[tuple[int, float, RateSnapshot]] = []
+    now = 0.0
+    for _ in range(3000):
+        now += rnd.random() * 0.01
+        action = rnd.random()
+        if action < 0.5:
+            _fill(bbr, now, rnd.randrange(1, 4), flight)
+        elif action < 0.85 and flight:
+            n = rnd.randrange(1, len(flight) + 1)
+            acked, flight = flight[:n], flight[n:]
+            bbr.on_ack(now, acked, SIZE * len(flight), now - acked[-1][1] + 0.001)
+        elif flight:
+            n = rnd.randrange(1, len(flight) + 1)
+            flight = flight[n:]
+            bbr.on_loss(now, n * SIZE, SIZE * len(flight))
+        else:
+            bbr.on_app_limited(0)
+        assert bbr.cwnd >= MIN_CWND
+        assert bbr.pacing_rate > 0.0
+        assert bbr.state in {"STARTUP", "DRAIN", "PROBE_BW", "PROBE_RTT"}

@@ -1,0 +1,131 @@
+"""The storage contract every session store (memory, etcd) fulfils.
+
+Stores keep sessions and their indexes (by connection id, by user id, by expiry); they hold no
+policy beyond what each method documents. Every method is a coroutine so a networked store can
+implement it; every session passed in or handed out is the caller's own copy.
+
+Ordering: `list` and `get_by_user_id` return sessions sorted by session id (creation order for
+UUIDv7 ids). A connection id maps to at most one session.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from collections import Counter
+from datetime import datetime
+
+from session.errors import (
+    InvalidSession,
+    InvalidToken,
+    SessionError,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    StoreUnavailable,
+)
+from session.model import Session, SessionFilter, State
+
+__all__ = [
+    "InvalidSession",
+    "InvalidToken",
+    "SessionError",
+    "SessionExists",
+    "SessionExpired",
+    "SessionNotFound",
+    "Store",
+    "StoreUnavailable",
+    "not_found",
+    "not_found_for_connection",
+]
+
+#: States a keepalive wakes up: the client is demonstrably there.
+WAKE_ON_TOUCH = frozenset({State.CONNECTING, State.IDLE})
+
+
+def not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"session not found: {session_id}")
+
+
+def not_found_for_connection(connection_id: str) -> SessionNotFound:
+    return SessionNotFound(f"session not found for connection: {connection_id}")
+
+
+class Store(abc.ABC):
+    """Async session storage. Implementations raise only `SessionError` subclasses."""
+
+    @abc.abstractmethod
+    async def create(self, session: Session) -> None:
+        """Store a new session.
+
+        Raises `SessionExists` if the session id, or its connection id, is already stored, and
+        `InvalidSession` if the session fails `model.validate_session`.
+        """
+
+    @abc.abstractmethod
+    async def get(self, session_id: str) -> Session:
+        """The stored session, expired or not. Raises `SessionNotFound`."""
+
+    @abc.abstractmethod
+    async def update(self, session: Session) -> None:
+        """Replace the stored session with the same id (indexes follow any changed field).
+
+        Raises `SessionNotFound`, `SessionExists` if the new connection id belongs to another
+        session, `InvalidSession` if the session fails validation.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, session_id: str) -> Session:
+        """Remove a session and return what was stored. Raises `SessionNotFound`."""
+
+    @abc.abstractmethod
+    async def list(self, filter: SessionFilter) -> tuple[list[Session], int]:
+        """The page of matching sessions selected by the filter, and the total match count."""
+
+    @abc.abstractmethod
+    async def get_by_connection_id(self, connection_id: str) -> Session:
+        """The session for a connection id. Raises `SessionNotFound`."""
+
+    @abc.abstractmethod
+    async def get_by_user_id(self, user_id: str) -> builtins.list[Session]:
+        """All of a user's sessions (possibly none), ordered by session id."""
+
+    @abc.abstractmethod
+    async def expire(self, now: datetime) -> builtins.list[Session]:
+        """Remove and return every session whose `expires_at` is at or before `now`."""
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many sessions are stored, expired ones included until removed."""
+
+    async def delete_expired(self, now: datetime) -> int:
+        """Remove expired sessions and say how many there were."""
+        return len(await self.expire(now))
+
+    async def count_by_state(self) -> dict[State, int]:
+        """Sessions per state, every state present (zero when none).
+
+        Stores with a state index should override this; the default reads everything.
+        """
+        sessions, _ = await self.list(SessionFilter())
+        counts = Counter(s.state for s in sessions)
+        return {state: counts.get(state, 0) for state in State}
+
+    async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+        """A keepalive: `last_active_at = now`, new `expires_at`, CONNECTING/IDLE -> ACTIVE.
+
+        Raises `SessionNotFound`, or `SessionExpired` if the session had expired by `now` (an
+        expired session is never revived). This is the hot path; stores should override the
+        default read-modify-write with something cheaper.
+        """
+        session = await self.get(session_id)
+        if now >= session.expires_at:
+            raise SessionExpired(f"session expired: {session_id}")
+        session.last_active_at = now
+        session.expires_at = expires_at
+        if session.state in WAKE_ON_TOUCH:
+            session.state = State.ACTIVE
+        await self.update(session)
+
+    async def close(self) -> None:  # noqa: B027 - a no-op is the right default for local stores
+        """Release connections or other resources; calling it twice is harmless."""

@@ -1,0 +1,59 @@
+"""Shared fixtures for the session tests: a fake clock and the `store` fixture.
+
+`store` runs each test once per entry of `STORE_FACTORIES`. A factory is an async callable
+taking the pytest request (so it can pull in other fixtures, e.g. an etcd server) and
+returning a fresh, empty store; wrap it in `pytest.param(factory, id=..., marks=...)`.
+Add factories to the list *before* the `store` fixture below is defined: pytest reads the
+parameter list when the decorator runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from session.memory import MemoryStore
+from session.store import Store
+
+StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]
+
+
+async def memory_store(request: pytest.FixtureRequest) -> Store:
+    return MemoryStore()
+
+
+STORE_FACTORIES: list[Any] = [
+    pytest.param(memory_store, id="memory"),
+]
+
+
+@pytest.fixture(params=STORE_FACTORIES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    factory: StoreFactory = request.param
+    instance = await factory(request)
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+class FakeClock:
+    """An injectable clock (`clock()` returns aware UTC) that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2025, 11, 7, 14, 30, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

@@ -1,0 +1,357 @@
+"""The Store contract, run against every store in `STORE_FACTORIES` (memory, etcd, ...)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from session.model import Session, SessionFilter, State, Stats, new_session_id
+from session.store import (
+    InvalidSession,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+    Store,
+)
+
+T0 = datetime(2025, 11, 7, 14, 30, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def make_session(**overrides: Any) -> Session:
+    fields: dict[str, Any] = {
+        "session_id": new_session_id(),
+        "user_id": "user1",
+        "connection_id": str(uuid.uuid4()),
+        "client_ip": "192.168.1.100",
+        "client_port": 50000,
+        "state": State.CONNECTING,
+        "created_at": T0,
+        "last_active_at": T0,
+        "expires_at": at(1800),
+        "server_addr": "0.0.0.0:9000",
+        "metadata": {"device": "desktop"},
+        "stats": Stats(packets_sent=1, current_rtt_ms=12.5),
+        "token_hash": b"\x01" * 32,
+    }
+    fields.update(overrides)
+    return Session(**fields)
+
+
+async def test_create_then_get_round_trips_every_field(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    assert await store.get(session.session_id) == session
+    assert await store.count() == 1
+
+
+async def test_get_hands_out_copies(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    got = await store.get(session.session_id)
+    got.metadata["device"] = "hacked"
+    got.stats.packets_sent = 999
+    got.state = State.CLOSED
+    again = await store.get(session.session_id)
+    assert again.metadata == {"device": "desktop"}
+    assert again.stats.packets_sent == 1
+    assert again.state is State.CONNECTING
+
+
+async def test_create_copies_its_input(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    session.metadata["device"] = "changed"
+    session.stats.bytes_sent = 7
+    stored = await store.get(session.session_id)
+    assert stored.metadata == {"device": "desktop"}
+    assert stored.stats.bytes_sent == 0
+
+
+async def test_create_duplicate_id_raises_and_keeps_original(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    clash = make_session(session_id=session.session_id, user_id="other")
+    with pytest.raises(SessionExists, match=session.session_id):
+        await store.create(clash)
+    assert (await store.get(session.session_id)).user_id == "user1"
+    assert await store.count() == 1
+
+
+async def test_create_duplicate_connection_id_raises(store: Store) -> None:
+    first = make_session()
+    await store.create(first)
+    second = make_session(connection_id=first.connection_id)
+    with pytest.raises(SessionExists, match=first.connection_id):
+        await store.create(second)
+    with pytest.raises(SessionNotFound):
+        await store.get(second.session_id)
+    assert (await store.get_by_connection_id(first.connection_id)).session_id == first.session_id
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"user_id": ""},
+        {"user_id": "x" * 257},
+        {"client_port": 70000},
+        {"connection_id": "not-a-uuid"},
+        {"session_id": "nope"},
+        {"client_ip": "999.1.1.1"},
+        {"expires_at": datetime(2025, 1, 1)},
+        {"metadata": {f"k{i}": "v" for i in range(65)}},
+    ],
+    ids=["empty-user", "long-user", "port", "cid", "sid", "ip", "naive-time", "metadata"],
+)
+async def test_create_rejects_invalid_sessions_and_stores_nothing(
+    store: Store, overrides: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidSession):
+        await store.create(make_session(**overrides))
+    assert await store.count() == 0
+
+
+async def test_get_missing_names_the_id(store: Store) -> None:
+    sid = new_session_id()
+    with pytest.raises(SessionNotFound, match=f"^session not found: {sid}$"):
+        await store.get(sid)
+
+
+async def test_update_replaces_and_reindexes(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    old_cid = session.connection_id
+    session.connection_id = str(uuid.uuid4())
+    session.user_id = "user2"
+    session.state = State.ACTIVE
+    session.metadata["room"] = "lobby"
+    await store.update(session)
+    assert await store.get(session.session_id) == session
+    assert (await store.get_by_connection_id(session.connection_id)).user_id == "user2"
+    with pytest.raises(SessionNotFound, match=old_cid):
+        await store.get_by_connection_id(old_cid)
+    assert await store.get_by_user_id("user1") == []
+    assert [s.session_id for s in await store.get_by_user_id("user2")] == [session.session_id]
+    by_state = await store.count_by_state()
+    assert by_state[State.ACTIVE] == 1 and by_state[State.CONNECTING] == 0
+
+
+async def test_update_copies_its_input(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    session.metadata["room"] = "a"
+    await store.update(session)
+    session.metadata["room"] = "b"
+    assert (await store.get(session.session_id)).metadata["room"] == "a"
+
+
+async def test_update_missing_raises(store: Store) -> None:
+    session = make_session()
+    with pytest.raises(SessionNotFound, match=session.session_id):
+        await store.update(session)
+    assert await store.count() == 0
+
+
+async def test_update_to_another_sessions_connection_raises(store: Store) -> None:
+    a, b = make_session(), make_session()
+    await store.create(a)
+    await store.create(b)
+    b.connection_id = a.connection_id
+    with pytest.raises(SessionExists):
+        await store.update(b)
+    assert (await store.get_by_connection_id(a.connection_id)).session_id == a.session_id
+    assert (await store.get(b.session_id)).connection_id != a.connection_id
+
+
+async def test_update_rejects_invalid(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    session.client_port = -1
+    with pytest.raises(InvalidSession):
+        await store.update(session)
+    assert (await store.get(session.session_id)).client_port == 50000
+
+
+async def test_delete_returns_session_and_clears_indexes(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    deleted = await store.delete(session.session_id)
+    assert deleted == session
+    with pytest.raises(SessionNotFound):
+        await store.get(session.session_id)
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(session.connection_id)
+    assert await store.get_by_user_id("user1") == []
+    assert await store.count() == 0
+    assert sum((await store.count_by_state()).values()) == 0
+    assert await store.delete_expired(at(10**6)) == 0
+
+
+async def test_delete_missing_raises(store: Store) -> None:
+    sid = new_session_id()
+    with pytest.raises(SessionNotFound, match=f"session not found: {sid}"):
+        await store.delete(sid)
+
+
+async def test_connection_id_is_reusable_after_delete(store: Store) -> None:
+    first = make_session()
+    await store.create(first)
+    await store.delete(first.session_id)
+    second = make_session(connection_id=first.connection_id)
+    await store.create(second)
+    assert (await store.get_by_connection_id(first.connection_id)).session_id == second.session_id
+
+
+async def _populate(store: Store) -> list[Session]:
+    layout = [
+        ("alice", State.ACTIVE), ("bob", State.IDLE), ("alice", State.IDLE),
+        ("carol", State.ACTIVE), ("alice", State.ACTIVE), ("bob", State.CONNECTING),
+    ]
+    sessions = [make_session(user_id=u, state=s) for u, s in layout]
+    for session in reversed(sessions):  # insertion order must not matter
+        await store.create(session)
+    return sorted(sessions, key=lambda s: s.session_id)
+
+
+@pytest.mark.parametrize(
+    ("user_id", "state"),
+    [(None, None), ("alice", None), (None, State.ACTIVE), ("alice", State.IDLE),
+     ("nobody", None), ("bob", State.ACTIVE)],
+)
+async def test_list_filters_and_orders_by_session_id(
+    store: Store, user_id: str | None, state: State | None
+) -> None:
+    sessions = await _populate(store)
+    expected = [
+        s for s in sessions
+        if (user_id is None or s.user_id == user_id) and (state is None or s.state is state)
+    ]
+    got, total = await store.list(SessionFilter(user_id=user_id, state=state))
+    assert got == expected
+    assert total == len(expected)
+
+
+async def test_list_pages_and_reports_total_before_paging(store: Store) -> None:
+    sessions = await _populate(store)
+    page, total = await store.list(SessionFilter(limit=2, offset=1))
+    assert total == 6
+    assert page == sessions[1:3]
+    tail, total = await store.list(SessionFilter(limit=10, offset=5))
+    assert (tail, total) == (sessions[5:], 6)
+    past, total = await store.list(SessionFilter(offset=50))
+    assert (past, total) == ([], 6)
+    none, total = await store.list(SessionFilter(limit=0))
+    assert (none, total) == ([], 6)
+    alice, total = await store.list(SessionFilter(user_id="alice", limit=1, offset=1))
+    assert total == 3
+    assert alice == [s for s in sessions if s.user_id == "alice"][1:2]
+
+
+async def test_list_returns_copies(store: Store) -> None:
+    await _populate(store)
+    page, _ = await store.list(SessionFilter())
+    page[0].metadata.clear()
+    again, _ = await store.list(SessionFilter())
+    assert again[0].metadata == {"device": "desktop"}
+
+
+async def test_get_by_user_id_orders_by_session_id(store: Store) -> None:
+    sessions = await _populate(store)
+    got = await store.get_by_user_id("alice")
+    assert got == [s for s in sessions if s.user_id == "alice"]
+    assert await store.get_by_user_id("nobody") == []
+
+
+async def test_get_by_connection_id_missing_names_it(store: Store) -> None:
+    cid = str(uuid.uuid4())
+    with pytest.raises(SessionNotFound, match=f"session not found for connection: {cid}"):
+        await store.get_by_connection_id(cid)
+
+
+async def test_count_by_state_lists_every_state(store: Store) -> None:
+    await _populate(store)
+    assert await store.count_by_state() == {
+        State.CONNECTING: 1, State.ACTIVE: 3, State.IDLE: 2,
+        State.DISCONNECTING: 0, State.CLOSED: 0,
+    }
+
+
+async def test_expire_removes_exactly_the_due_sessions(store: Store) -> None:
+    early = make_session(expires_at=at(10))
+    boundary = make_session(expires_at=at(20))
+    late = make_session(expires_at=at(30))
+    for s in (late, boundary, early):
+        await store.create(s)
+    assert await store.expire(at(5)) == []
+    removed = await store.expire(at(20))  # expiring exactly now counts as expired
+    assert sorted(s.session_id for s in removed) == sorted([early.session_id, boundary.session_id])
+    assert await store.count() == 1
+    assert (await store.get(late.session_id)) == late
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(early.connection_id)
+    assert await store.delete_expired(at(30)) == 1
+    assert await store.count() == 0
+
+
+async def test_expire_respects_extensions_and_shortenings(store: Store) -> None:
+    extended = make_session(expires_at=at(10))
+    shortened = make_session(expires_at=at(100))
+    await store.create(extended)
+    await store.create(shortened)
+    extended.expires_at = at(50)
+    await store.update(extended)
+    shortened.expires_at = at(5)
+    await store.update(shortened)
+    assert [s.session_id for s in await store.expire(at(10))] == [shortened.session_id]
+    assert await store.delete_expired(at(49)) == 0
+    assert await store.delete_expired(at(50)) == 1
+
+
+async def test_touch_refreshes_and_wakes(store: Store) -> None:
+    connecting = make_session(state=State.CONNECTING, expires_at=at(60))
+    idle = make_session(state=State.IDLE, expires_at=at(60))
+    leaving = make_session(state=State.DISCONNECTING, expires_at=at(60))
+    for s in (connecting, idle, leaving):
+        await store.create(s)
+    for s in (connecting, idle, leaving):
+        await store.touch(s.session_id, at(30), at(90))
+    for s, state in ((connecting, State.ACTIVE), (idle, State.ACTIVE),
+                     (leaving, State.DISCONNECTING)):
+        got = await store.get(s.session_id)
+        assert (got.state, got.last_active_at, got.expires_at) == (state, at(30), at(90))
+    assert (await store.count_by_state())[State.ACTIVE] == 2
+    assert await store.delete_expired(at(60)) == 0
+    assert await store.delete_expired(at(90)) == 3
+
+
+async def test_touch_never_revives_an_expired_session(store: Store) -> None:
+    session = make_session(state=State.IDLE, expires_at=at(60))
+    await store.create(session)
+    with pytest.raises(SessionExpired, match=session.session_id):
+        await store.touch(session.session_id, at(60), at(120))
+    got = await store.get(session.session_id)
+    assert (got.state, got.expires_at) == (State.IDLE, at(60))
+
+
+async def test_touch_missing_raises(store: Store) -> None:
+    sid = new_session_id()
+    with pytest.raises(SessionNotFound, match=sid):
+        await store.touch(sid, at(0), at(10))
+
+
+async def test_touch_that_shortens_expiry_is_honoured(store: Store) -> None:
+    session = make_session(expires_at=at(100))
+    await store.create(session)
+    await store.touch(session.session_id, at(1), at(5))
+    assert await store.delete_expired(at(5)) == 1
+
+
+async def test_close_is_idempotent(store: Store) -> None:
+    await store.close()
+    await store.close()

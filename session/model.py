@@ -38,7 +38,9 @@ __all__ = [
     "require_utc",
     "validate_metadata",
     "validate_port",
+    "validate_server_addr",
     "validate_session",
+    "validate_stats",
     "validate_user_id",
 ]
 

@@ -24,7 +24,7 @@ from session.errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from session.model import Session, SessionFilter, State
+from session.model import Session, SessionFilter, State, Stats
 
 __all__ = [
     "InvalidSession",
@@ -125,6 +125,16 @@ class Store(abc.ABC):
         session.expires_at = expires_at
         if session.state in WAKE_ON_TOUCH:
             session.state = State.ACTIVE
+        await self.update(session)
+
+    async def set_stats(self, session_id: str, stats: Stats) -> None:
+        """Replace a session's stats and nothing else. Raises `SessionNotFound`.
+
+        Called for every connection every few seconds; stores may override the default
+        read-modify-write with an in-place change.
+        """
+        session = await self.get(session_id)
+        session.stats = stats.copy()
         await self.update(session)
 
     async def close(self) -> None:  # noqa: B027 - a no-op is the right default for local stores

@@ -355,3 +355,22 @@ async def test_touch_that_shortens_expiry_is_honoured(store: Store) -> None:
 async def test_close_is_idempotent(store: Store) -> None:
     await store.close()
     await store.close()
+
+
+async def test_set_stats_replaces_only_stats_and_copies(store: Store) -> None:
+    session = make_session()
+    await store.create(session)
+    stats = Stats(packets_sent=5, packets_received=4, bytes_sent=300, bytes_received=200,
+                  retransmissions=1, current_rtt_ms=33.0)
+    await store.set_stats(session.session_id, stats)
+    stats.packets_sent = 99
+    got = await store.get(session.session_id)
+    assert got.stats == Stats(5, 4, 300, 200, 1, 33.0)
+    got.stats = session.stats
+    assert got == session
+
+
+async def test_set_stats_missing_raises(store: Store) -> None:
+    sid = new_session_id()
+    with pytest.raises(SessionNotFound, match=sid):
+        await store.set_stats(sid, Stats())

@@ -1,0 +1,412 @@
+"""`SessionManager`: session life-cycle policy on top of any `Store`.
+
+The manager validates input, issues and checks resume tokens, applies the timeout, logs what
+happened, tells listeners when sessions end, and runs the periodic expiry sweep. The store only
+keeps data.
+
+Time: `ManagerConfig.clock` is a zero-argument callable returning the current time as a
+timezone-aware UTC `datetime` (default: `datetime.now(UTC)`); tests inject a fake one and never
+sleep. Durations (`default_timeout`, `cleanup_interval`, `heartbeat`'s result) are float seconds.
+
+`heartbeat` is the hot path (every keepalive of every client): one clock read, one datetime
+addition, one store call, no lock, no copy, and no logging unless debug was enabled when the
+manager was built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from session import tokens
+from session.errors import InvalidSession, InvalidToken, SessionError, SessionExpired
+from session.logs import get_logger
+from session.model import (
+    Session,
+    SessionFilter,
+    State,
+    Stats,
+    new_session_id,
+    normalize_client_ip,
+    normalize_connection_id,
+    require_utc,
+    validate_metadata,
+    validate_port,
+    validate_server_addr,
+    validate_stats,
+    validate_user_id,
+)
+from session.store import Store
+
+__all__ = ["Listener", "ManagerConfig", "SessionManager"]
+
+#: Called synchronously with the session that ended and why ("expired" for the sweep).
+Listener = Callable[[Session, str], None]
+Clock = Callable[[], datetime]
+
+
+def _check_duration(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(slots=True)
+class ManagerConfig:
+    """`logger` is any structlog-style logger; `clock` returns aware UTC datetimes."""
+
+    store: Store
+    default_timeout: float = 1800.0
+    cleanup_interval: float = 300.0
+    logger: Any | None = None
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        self.default_timeout = _check_duration("default_timeout", self.default_timeout)
+        self.cleanup_interval = _check_duration("cleanup_interval", self.cleanup_interval)
+
+
+def _expired(session_id: str) -> SessionExpired:
+    return SessionExpired(f"session expired: {session_id}")
+
+
+class SessionManager:
+    """Creates, finds, updates, keeps alive, resumes and ends sessions.
+
+    The manager owns its store: `close` closes it. Use ``async with manager:`` or
+    `start`/`close` to run the background expiry sweep.
+    """
+
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.store = config.store
+        self._clock: Clock = config.clock or functools.partial(datetime.now, UTC)
+        try:
+            require_utc(self._clock(), "clock()")
+        except InvalidSession as exc:
+            raise ValueError(f"the clock must return aware UTC datetimes: {exc}") from None
+        self._timeout_s = config.default_timeout
+        self._timeout = timedelta(seconds=config.default_timeout)
+        # a concrete logger, bound once: per-call proxy resolution would cost more than the
+        # heartbeat itself
+        self._log = (config.logger or get_logger("session")).bind()
+        is_enabled = getattr(self._log, "is_enabled_for", None)
+        self._debug = bool(is_enabled(logging.DEBUG)) if is_enabled is not None else True
+        self._touch = self.store.touch
+        # a store may expose its touch as a plain function (MemoryStore.touch_now): calling it
+        # directly saves creating and awaiting a second coroutine per heartbeat
+        self._touch_now: Callable[[str, datetime, datetime], None] | None = getattr(
+            self.store, "touch_now", None
+        )
+        self._listeners: list[Listener] = []
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        """Start the periodic expiry sweep (idempotent)."""
+        if self._closed:
+            raise RuntimeError("session manager is closed")
+        if self._cleanup_task is None:
+            self._cleanup_task = asyncio.get_running_loop().create_task(
+                self._cleanup_loop(), name="session-cleanup"
+            )
+
+    async def close(self) -> None:
+        """Stop the sweep and close the store. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _cleanup_loop(self) -> None:
+        interval = self.config.cleanup_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.cleanup_expired()
+            except SessionError as exc:
+                # a store outage must not kill the sweep: the next round catches up
+                self._log.warning("session cleanup failed", error=str(exc))
+            except Exception:
+                self._log.exception("session cleanup crashed")
+
+    # -- listeners
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call `callback(session, reason)` whenever a session is deleted or expires."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        """Stop calling `callback`; raises `ValueError` if it was never added."""
+        self._listeners.remove(callback)
+
+    def _notify(self, session: Session, reason: str) -> None:
+        for callback in tuple(self._listeners):
+            try:
+                callback(session, reason)
+            except Exception:
+                # one faulty listener must neither break the caller nor starve the others
+                self._log.exception(
+                    "session listener failed", session_id=session.session_id, reason=reason
+                )
+
+    # -- creating and finding
+
+    async def create_session(
+        self,
+        user_id: str,
+        client_ip: str,
+        client_port: int,
+        connection_id: str,
+        metadata: Mapping[str, str] | None = None,
+        server_addr: str | None = None,
+    ) -> tuple[Session, str]:
+        """A new CONNECTING session and its resume token (returned once, never stored)."""
+        user_id = validate_user_id(user_id)
+        client_ip = normalize_client_ip(client_ip)
+        client_port = validate_port(client_port)
+        connection_id = normalize_connection_id(connection_id)
+        clean_metadata = validate_metadata(metadata)
+        server_addr = validate_server_addr(server_addr)
+        token, token_hash = tokens.new_token()
+        now = self._clock()
+        session = Session(
+            session_id=new_session_id(),
+            user_id=user_id,
+            connection_id=connection_id,
+            client_ip=client_ip,
+            client_port=client_port,
+            state=State.CONNECTING,
+            created_at=now,
+            last_active_at=now,
+            expires_at=now + self._timeout,
+            server_addr=server_addr,
+            metadata=clean_metadata,
+            stats=Stats(),
+            token_hash=token_hash,
+        )
+        await self.store.create(session)
+        self._log.info(
+            "session created",
+            session_id=session.session_id,
+            user_id=user_id,
+            connection_id=connection_id,
+            client=f"{client_ip}:{client_port}",
+        )
+        return session, token
+
+    async def get_session(self, session_id: str) -> Session:
+        """The live session; `SessionExpired` once its expiry has passed."""
+        session = await self.store.get(session_id)
+        if session.is_expired(self._clock()):
+            raise _expired(session_id)
+        return session
+
+    async def get_session_by_connection(self, connection_id: str) -> Session:
+        """The live session of a connection; `SessionExpired` once its expiry has passed."""
+        session = await self.store.get_by_connection_id(normalize_connection_id(connection_id))
+        if session.is_expired(self._clock()):
+            raise _expired(session.session_id)
+        return session
+
+    async def list_sessions(
+        self, filter: SessionFilter | None = None
+    ) -> tuple[list[Session], int]:
+        """A page of sessions (ordered by id) and the number matching before paging."""
+        return await self.store.list(filter or SessionFilter())
+
+    async def get_stats(self) -> dict[str, int]:
+        """``total``, and one count per state under its lower-case name (``active``, ...)."""
+        counts = await self.store.count_by_state()
+        stats = {"total": sum(counts.values())}
+        for state in State:
+            stats[state.name.lower()] = counts.get(state, 0)
+        return stats
+
+    # -- changing
+
+    async def update_session(
+        self,
+        session_id: str,
+        state: State | None = None,
+        metadata: Mapping[str, str] | None = None,
+        stats: Stats | None = None,
+    ) -> Session:
+        """Change state, merge metadata into the existing map, replace stats.
+
+        Counts as activity (`last_active_at`) but does not extend expiry: only heartbeats and
+        resumes do. Raises `SessionExpired` for an expired session.
+        """
+        if state is not None and not isinstance(state, State):
+            raise InvalidSession(f"state must be a State, got {state!r}")
+        if stats is not None:
+            validate_stats(stats)
+        changes = validate_metadata(metadata)
+        now = self._clock()
+        session = await self.store.get(session_id)
+        if session.is_expired(now):
+            raise _expired(session_id)
+        previous = session.state
+        if changes:
+            merged = {**session.metadata, **changes}
+            session.metadata = validate_metadata(merged)
+        if state is not None:
+            session.state = state
+        if stats is not None:
+            session.stats = stats.copy()
+        session.last_active_at = now
+        await self.store.update(session)
+        if session.state is not previous:
+            self._log.info(
+                "session state changed",
+                session_id=session_id,
+                user_id=session.user_id,
+                old_state=previous.value,
+                new_state=session.state.value,
+            )
+        return session
+
+    async def record_stats(self, session_id: str, stats: Stats) -> None:
+        """Replace the session's transport statistics. Cheap and silent: called often."""
+        validate_stats(stats)
+        await self.store.set_stats(session_id, stats)
+
+    async def update_client_address(
+        self, session_id: str, client_ip: str, client_port: int
+    ) -> Session:
+        """Follow a client whose address changed (NAT rebinding, network switch)."""
+        client_ip = normalize_client_ip(client_ip)
+        client_port = validate_port(client_port)
+        now = self._clock()
+        session = await self.store.get(session_id)
+        if session.is_expired(now):
+            raise _expired(session_id)
+        session.client_ip, session.client_port = client_ip, client_port
+        session.last_active_at = now
+        await self.store.update(session)
+        self._log.info(
+            "session address changed",
+            session_id=session_id,
+            user_id=session.user_id,
+            client=f"{client_ip}:{client_port}",
+        )
+        return session
+
+    async def heartbeat(self, session_id: str) -> float:
+        """Keep a session alive: expiry moves to now + timeout, CONNECTING/IDLE become ACTIVE.
+
+        Returns the seconds remaining. Raises `SessionNotFound` or `SessionExpired` (an expired
+        session is never revived). Never suspends on a `MemoryStore`.
+        """
+        now = self._clock()
+        touch_now = self._touch_now
+        if touch_now is not None:
+            touch_now(session_id, now, now + self._timeout)
+        else:
+            await self._touch(session_id, now, now + self._timeout)
+        if self._debug:
+            self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
+        return self._timeout_s
+
+    async def resume_session(
+        self,
+        session_id: str,
+        token: str,
+        connection_id: str,
+        client_ip: str,
+        client_port: int,
+        server_addr: str | None = None,
+    ) -> Session:
+        """Move a session to a new connection, given its resume token.
+
+        Raises `SessionNotFound`, `InvalidToken` (checked before expiry, so only a token holder
+        learns that the session expired), `SessionExpired`, `SessionExists` if the new
+        connection already has another session, `InvalidSession` for bad input.
+        """
+        connection_id = normalize_connection_id(connection_id)
+        client_ip = normalize_client_ip(client_ip)
+        client_port = validate_port(client_port)
+        server_addr = validate_server_addr(server_addr)
+        session = await self.store.get(session_id)
+        if not tokens.verify(token, session.token_hash):
+            self._log.warning("session resume refused: bad token", session_id=session_id)
+            raise InvalidToken(f"invalid token for session: {session_id}")
+        now = self._clock()
+        if session.is_expired(now):
+            raise _expired(session_id)
+        previous_connection = session.connection_id
+        session.connection_id = connection_id
+        session.client_ip, session.client_port = client_ip, client_port
+        if server_addr is not None:
+            session.server_addr = server_addr
+        session.state = State.ACTIVE
+        session.last_active_at = now
+        session.expires_at = now + self._timeout
+        await self.store.update(session)
+        self._log.info(
+            "session resumed",
+            session_id=session_id,
+            user_id=session.user_id,
+            connection_id=connection_id,
+            previous_connection_id=previous_connection,
+            client=f"{client_ip}:{client_port}",
+        )
+        return session
+
+    async def verify_token(self, session_id: str, token: str) -> bool:
+        """Whether `token` is this session's resume token (constant-time). `SessionNotFound`."""
+        session = await self.store.get(session_id)
+        return tokens.verify(token, session.token_hash)
+
+    # -- ending
+
+    async def delete_session(self, session_id: str, reason: str) -> Session:
+        """Remove a session, log why, tell the listeners; returns what was removed."""
+        session = await self.store.delete(session_id)
+        self._log.info(
+            "session deleted", session_id=session_id, user_id=session.user_id, reason=reason
+        )
+        self._notify(session, reason)
+        return session
+
+    async def cleanup_expired(self) -> int:
+        """Remove every expired session now (the sweep calls this); returns how many."""
+        expired = await self.store.expire(self._clock())
+        if expired:
+            self._log.info("expired sessions cleaned up", count=len(expired))
+            for session in expired:
+                if self._debug:
+                    self._log.debug(
+                        "session expired", session_id=session.session_id, user_id=session.user_id
+                    )
+                self._notify(session, "expired")
+        return len(expired)

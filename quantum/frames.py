@@ -1,0 +1,427 @@
+"""Frames: the units inside a packet's payload.
+
+A payload is a sequence of frames, each starting with a one-byte type. A 0x00 byte where a
+frame type is expected starts PADDING, which runs to the end of the payload and must be all
+zero bytes. All integers are big-endian. Every frame but padding is ack-eliciting; there is no
+ACK frame because acknowledgements live in the packet header (packet.py). Byte layouts and
+test vectors: docs/PROTOCOL.md section 4.
+
+Frames are validated when decoded (`decode_frames` raises only `PacketError`) and when
+encoded (`encode()` raises `PacketError` for a value that does not fit its field); the
+constructors do not validate, because the hot path builds one `MessageFrame` per fragment.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from quantum.packet import PacketError
+
+
+class Delivery(enum.IntEnum):
+    RELIABLE_ORDERED = 0
+    RELIABLE_UNORDERED = 1
+    UNRELIABLE = 2
+    UNRELIABLE_SEQUENCED = 3
+
+
+PADDING: Final = 0x00
+MESSAGE: Final = 0x01
+KEEPALIVE: Final = 0x02
+KEEPALIVE_ACK: Final = 0x03
+CLOSE: Final = 0x04
+PARITY: Final = 0x05
+ACK_FLOOR: Final = 0x06
+PATH_CHALLENGE: Final = 0x07
+PATH_RESPONSE: Final = 0x08
+SESSION: Final = 0x09
+REJECT: Final = 0x0A
+
+#: type, channel, mode, message id, fragment index, fragment count, data length
+MESSAGE_FRAME_OVERHEAD: Final = 13
+MAX_REASON_BYTES: Final = 512
+MAX_TOKEN_BYTES: Final = 64
+MAX_PARITY_SEQS: Final = 32
+PATH_DATA_SIZE: Final = 8
+SESSION_ID_SIZE: Final = 16
+
+_MESSAGE = struct.Struct("!BBBIHHH")
+_U32_FRAME = struct.Struct("!BI")
+_U32_U32_FRAME = struct.Struct("!BII")
+_CODE_LEN = struct.Struct("!BHH")
+_PARITY_HEAD = struct.Struct("!BIBBB")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U32_PAIR = struct.Struct("!II")
+_BODY_MESSAGE = struct.Struct("!BBIHHH")
+_BODY_CODE_LEN = struct.Struct("!HH")
+_BODY_PARITY = struct.Struct("!IBBB")
+_SESSION_TAIL = struct.Struct("!IB")
+_U32_SEQS = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_SEQS + 1))
+_DELIVERY = tuple(Delivery)
+
+
+def _pack(fmt: struct.Struct, *values: object) -> bytes:
+    try:
+        return fmt.pack(*values)
+    except struct.error as exc:
+        raise PacketError(f"cannot encode frame field: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrame:
+    TYPE: ClassVar[int] = MESSAGE
+    channel: int
+    mode: Delivery
+    message_id: int
+    frag_index: int
+    frag_count: int
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return MESSAGE_FRAME_OVERHEAD + len(self.data)
+
+    def encode(self) -> bytes:
+        if not 0 <= self.mode <= 3:
+            raise PacketError(f"unknown delivery mode {self.mode}")
+        if not 0 <= self.frag_index < self.frag_count:
+            raise PacketError(f"fragment index {self.frag_index} not below count {self.frag_count}")
+        return _pack(_MESSAGE, MESSAGE, self.channel, self.mode, self.message_id,
+                     self.frag_index, self.frag_count, len(self.data)) + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveFrame:
+    TYPE: ClassVar[int] = KEEPALIVE
+    keepalive_id: int
+
+    size: ClassVar[int] = 5
+
+    def encode(self) -> bytes:
+        return _pack(_U32_FRAME, KEEPALIVE, self.keepalive_id)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveAckFrame:
+    TYPE: ClassVar[int] = KEEPALIVE_ACK
+    keepalive_id: int
+    #: the session's remaining lifetime in ms; 0xFFFFFFFF means there is no session
+    remaining_ms: int
+
+    size: ClassVar[int] = 9
+
+    def encode(self) -> bytes:
+        return _pack(_U32_U32_FRAME, KEEPALIVE_ACK, self.keepalive_id, self.remaining_ms)
+
+
+def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
+    try:
+        raw = reason.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PacketError("reason is not encodable as UTF-8 (lone surrogate)") from None
+    if len(raw) > MAX_REASON_BYTES:
+        raise PacketError(f"reason of {len(raw)} bytes exceeds {MAX_REASON_BYTES}")
+    return _pack(_CODE_LEN, frame_type, code, len(raw)) + raw
+
+
+@dataclass(frozen=True, slots=True)
+class CloseFrame:
+    TYPE: ClassVar[int] = CLOSE
+    code: int
+    reason: str
+
+    @property
+    def size(self) -> int:
+        return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
+
+    def encode(self) -> bytes:
+        return _encode_code_reason(CLOSE, self.code, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectFrame:
+    TYPE: ClassVar[int] = REJECT
+    code: int
+    reason: str
+
+    @property
+    def size(self) -> int:
+        return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
+
+    def encode(self) -> bytes:
+        return _encode_code_reason(REJECT, self.code, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ParityFrame:
+    TYPE: ClassVar[int] = PARITY
+    group_id: int
+    #: parity shards in the group
+    m: int
+    #: this shard's index among the parity shards, 0..m-1
+    index: int
+    #: wire sequence numbers of the group's data packets, in shard order
+    data_seqs: tuple[int, ...]
+    shard: bytes
+
+    @property
+    def size(self) -> int:
+        return 8 + 4 * len(self.data_seqs) + 2 + len(self.shard)
+
+    def encode(self) -> bytes:
+        k = len(self.data_seqs)
+        if not 1 <= k <= MAX_PARITY_SEQS:
+            raise PacketError(f"parity group of {k} data packets, must be 1..{MAX_PARITY_SEQS}")
+        if not 0 <= self.index < self.m:
+            raise PacketError(f"parity index {self.index} not below m={self.m}")
+        return b"".join((
+            _pack(_PARITY_HEAD, PARITY, self.group_id, self.m, self.index, k),
+            _pack(_U32_SEQS[k], *self.data_seqs),
+            _pack(_U16, len(self.shard)),
+            self.shard,
+        ))
+
+
+@dataclass(frozen=True, slots=True)
+class AckFloorFrame:
+    TYPE: ClassVar[int] = ACK_FLOOR
+    #: the sender will never send or retransmit a packet numbered below this (32-bit wire value)
+    floor: int
+
+    size: ClassVar[int] = 5
+
+    def encode(self) -> bytes:
+        return _pack(_U32_FRAME, ACK_FLOOR, self.floor)
+
+
+def _check_path_data(data: bytes) -> None:
+    if len(data) != PATH_DATA_SIZE:
+        raise PacketError(f"path challenge data must be {PATH_DATA_SIZE} bytes, got {len(data)}")
+
+
+@dataclass(frozen=True, slots=True)
+class PathChallengeFrame:
+    TYPE: ClassVar[int] = PATH_CHALLENGE
+    data: bytes
+
+    size: ClassVar[int] = 1 + PATH_DATA_SIZE
+
+    def encode(self) -> bytes:
+        _check_path_data(self.data)
+        return bytes((PATH_CHALLENGE,)) + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class PathResponseFrame:
+    TYPE: ClassVar[int] = PATH_RESPONSE
+    data: bytes
+
+    size: ClassVar[int] = 1 + PATH_DATA_SIZE
+
+    def encode(self) -> bytes:
+        _check_path_data(self.data)
+        return bytes((PATH_RESPONSE,)) + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFrame:
+    TYPE: ClassVar[int] = SESSION
+    session_id: bytes
+    token: str
+    #: the session's remaining lifetime in ms; 0xFFFFFFFF means it never expires
+    remaining_ms: int
+    resumed: bool
+
+    @property
+    def size(self) -> int:
+        return 1 + SESSION_ID_SIZE + 1 + len(self.token) + 5
+
+    def encode(self) -> bytes:
+        if len(self.session_id) != SESSION_ID_SIZE:
+            raise PacketError(f"session id must be {SESSION_ID_SIZE} bytes, "
+                              f"got {len(self.session_id)}")
+        if not self.token.isascii():
+            raise PacketError("session token must be ASCII")
+        raw = self.token.encode("ascii")
+        if len(raw) > MAX_TOKEN_BYTES:
+            raise PacketError(f"session token of {len(raw)} bytes exceeds {MAX_TOKEN_BYTES}")
+        return b"".join((bytes((SESSION,)), self.session_id, bytes((len(raw),)), raw,
+                         _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class PaddingFrame:
+    """`length` zero bytes; only ever last in a payload. Decoding skips padding silently."""
+
+    TYPE: ClassVar[int] = PADDING
+    length: int
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    def encode(self) -> bytes:
+        if self.length < 1:
+            raise PacketError(f"padding length must be at least 1, got {self.length}")
+        return bytes(self.length)
+
+
+Frame = (MessageFrame | KeepaliveFrame | KeepaliveAckFrame | CloseFrame | ParityFrame
+         | AckFloorFrame | PathChallengeFrame | PathResponseFrame | SessionFrame | RejectFrame
+         | PaddingFrame)
+
+_FRAME_TYPES: Final = (MessageFrame, KeepaliveFrame, KeepaliveAckFrame, CloseFrame, ParityFrame,
+                       AckFloorFrame, PathChallengeFrame, PathResponseFrame, SessionFrame,
+                       RejectFrame, PaddingFrame)
+
+
+def encode_frames(frames: Iterable[object]) -> bytes:
+    """Concatenate the frames' encodings (padding, if any, must come last)."""
+    parts: list[bytes] = []
+    padded = False
+    for frame in frames:
+        if not isinstance(frame, _FRAME_TYPES):
+            raise TypeError(f"not a frame: {type(frame).__name__}")
+        if padded:
+            raise PacketError("padding must be the last frame of a payload")
+        padded = isinstance(frame, PaddingFrame)
+        parts.append(frame.encode())
+    return b"".join(parts)
+
+
+def is_retransmittable(frame: object) -> bool:
+    """Whether a lost packet's frame must go out again in a new packet.
+
+    Unreliable messages never are (their delivery mode says so), keepalives are re-sent by the
+    keepalive timer, parity only helps while the group is fresh, path probes are re-issued by
+    the migration logic, and an ack floor is recomputed from the next ACK when still needed.
+    """
+    if isinstance(frame, MessageFrame):
+        return frame.mode <= Delivery.RELIABLE_UNORDERED
+    return isinstance(frame, CloseFrame | SessionFrame | KeepaliveAckFrame | RejectFrame)
+
+
+def _need(payload: bytes, end: int, what: str) -> None:
+    if end > len(payload):
+        raise PacketError(f"truncated {what} frame: needs {end} bytes, payload has {len(payload)}")
+
+
+def _decode_reason(payload: bytes, pos: int, what: str) -> tuple[int, str, int]:
+    _need(payload, pos + 4, what)
+    code, length = _BODY_CODE_LEN.unpack_from(payload, pos)
+    if length > MAX_REASON_BYTES:
+        raise PacketError(f"{what} reason of {length} bytes exceeds {MAX_REASON_BYTES}")
+    start = pos + 4
+    end = start + length
+    _need(payload, end, what)
+    try:
+        reason = payload[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PacketError(f"{what} reason is not valid UTF-8: {exc.reason}") from None
+    return code, reason, end
+
+
+def decode_frames(payload: bytes) -> list[Frame]:
+    """Parse a payload into frames (padding is skipped); raises only PacketError."""
+    if not isinstance(payload, bytes):
+        if not isinstance(payload, bytearray | memoryview):
+            raise PacketError(f"payload must be bytes, got {type(payload).__name__}")
+        payload = bytes(payload)
+    frames: list[Frame] = []
+    append = frames.append
+    n = len(payload)
+    pos = 0
+    while pos < n:
+        frame_type = payload[pos]
+        pos += 1
+        if frame_type == MESSAGE:
+            _need(payload, pos + 12, "MESSAGE")
+            channel, mode, message_id, index, count, length = _BODY_MESSAGE.unpack_from(
+                payload, pos)
+            if mode > 3:
+                raise PacketError(f"MESSAGE frame with unknown delivery mode {mode}")
+            if index >= count:
+                raise PacketError(f"MESSAGE fragment index {index} not below count {count}")
+            start = pos + 12
+            pos = start + length
+            _need(payload, pos, "MESSAGE")
+            append(MessageFrame(channel, _DELIVERY[mode], message_id, index, count,
+                                payload[start:pos]))
+        elif frame_type == PADDING:
+            zeros = payload.count(0, pos)
+            if zeros != n - pos:
+                raise PacketError(f"nonzero byte in padding after offset {pos - 1}")
+            break
+        elif frame_type in (KEEPALIVE, ACK_FLOOR):
+            _need(payload, pos + 4, "KEEPALIVE" if frame_type == KEEPALIVE else "ACK_FLOOR")
+            (value,) = _U32.unpack_from(payload, pos)
+            pos += 4
+            append(KeepaliveFrame(value) if frame_type == KEEPALIVE else AckFloorFrame(value))
+        elif frame_type == KEEPALIVE_ACK:
+            _need(payload, pos + 8, "KEEPALIVE_ACK")
+            keepalive_id, remaining = _U32_PAIR.unpack_from(payload, pos)
+            pos += 8
+            append(KeepaliveAckFrame(keepalive_id, remaining))
+        elif frame_type == CLOSE:
+            code, reason, pos = _decode_reason(payload, pos, "CLOSE")
+            append(CloseFrame(code, reason))
+        elif frame_type == REJECT:
+            code, reason, pos = _decode_reason(payload, pos, "REJECT")
+            append(RejectFrame(code, reason))
+        elif frame_type == PARITY:
+            pos = _decode_parity(payload, pos, append)
+        elif frame_type in (PATH_CHALLENGE, PATH_RESPONSE):
+            end = pos + PATH_DATA_SIZE
+            _need(payload, end, "PATH")
+            data = payload[pos:end]
+            pos = end
+            append(PathChallengeFrame(data) if frame_type == PATH_CHALLENGE
+                   else PathResponseFrame(data))
+        elif frame_type == SESSION:
+            pos = _decode_session(payload, pos, append)
+        else:
+            raise PacketError(f"unknown frame type 0x{frame_type:02x} at offset {pos - 1}")
+    return frames
+
+
+def _decode_parity(payload: bytes, pos: int, append: Callable[[Frame], None]) -> int:
+    _need(payload, pos + 7, "PARITY")
+    group_id, m, index, k = _BODY_PARITY.unpack_from(payload, pos)
+    if index >= m:
+        raise PacketError(f"PARITY index {index} not below m={m}")
+    if not 1 <= k <= MAX_PARITY_SEQS:
+        raise PacketError(f"PARITY group of {k} data packets, must be 1..{MAX_PARITY_SEQS}")
+    pos += 7
+    _need(payload, pos + 4 * k + 2, "PARITY")
+    seqs = _U32_SEQS[k].unpack_from(payload, pos)
+    pos += 4 * k
+    length: int = _U16.unpack_from(payload, pos)[0]
+    start = pos + 2
+    end = start + length
+    _need(payload, end, "PARITY")
+    append(ParityFrame(group_id, m, index, seqs, payload[start:end]))
+    return end
+
+
+def _decode_session(payload: bytes, pos: int, append: Callable[[Frame], None]) -> int:
+    _need(payload, pos + SESSION_ID_SIZE + 1, "SESSION")
+    session_id = payload[pos:pos + SESSION_ID_SIZE]
+    length = payload[pos + SESSION_ID_SIZE]
+    if length > MAX_TOKEN_BYTES:
+        raise PacketError(f"SESSION token of {length} bytes exceeds {MAX_TOKEN_BYTES}")
+    start = pos + SESSION_ID_SIZE + 1
+    end = start + length
+    _need(payload, end + 5, "SESSION")
+    raw = payload[start:end]
+    if not raw.isascii():
+        raise PacketError("SESSION token is not ASCII")
+    remaining, resumed = _SESSION_TAIL.unpack_from(payload, end)
+    if resumed > 1:
+        raise PacketError(f"SESSION resumed flag must be 0 or 1, got {resumed}")
+    append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))
+    return end + 5

@@ -1,0 +1,691 @@
+"""The Quantum handshake, sans-I/O: SYN / SYN-ACK / ACK with X25519 (Noise-NK-like).
+
+The exact byte layouts and the construction are specified in docs/protocol-security.md; the
+short version:
+
+* SYN (ClientHello): the client's ephemeral key e_c, padded to a >= 1200-byte datagram so the
+  server never answers with more bytes than it received.
+* RETRY (flags SYN|URG): under load the server answers a SYN without a valid retry cookie with
+  a stateless HMAC cookie binding the client address, the connection id and a time slot, and
+  does no Diffie-Hellman until the client echoes it.
+* SYN-ACK (ServerHello): e_s, the static key S, a server cookie (AEAD-sealed under a rotating
+  server-only key: e_s's private key, the time, the client address; bound to the connection id
+  and e_c) and a confirmation sealed with keys only the holder of S's private key can derive.
+  The server keeps no per-connection state until the client echoes the cookie.
+* ACK (ClientFinish): e_c, the echoed cookie and the client's sealed credentials.
+
+Keys: ee = X25519(e_c, e_s), es = X25519(e_c, S); h = SHA-256(label || cid || e_c || e_s || S);
+HKDF-SHA256(salt=h, ikm=ee || es) -> confirmation key, finish key, and a key + iv per direction.
+
+Every parser rejects malformed input with HandshakeError carrying a CloseCode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import math
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from quantum.crypto import IV_SIZE, KEY_SIZE, TAG_SIZE, PacketProtection
+from quantum.errors import CloseCode, QuantumError
+from quantum.fec import MAX_K, MAX_M
+from quantum.keys import fingerprint
+
+PROTOCOL_LABEL: Final = b"Quantum v2 handshake: X25519, HKDF-SHA256, AES-256-GCM"
+RETRY_LABEL: Final = b"Quantum v2 retry cookie"
+COOKIE_LABEL: Final = b"Quantum v2 server cookie"
+KDF_INFO: Final = b"Quantum v2 key schedule"
+
+CONNECTION_ID_SIZE: Final = 16
+PUBLIC_KEY_SIZE: Final = 32
+HEADER_SIZE: Final = 32  # the packet header, as in packet.py
+MIN_INITIAL_DATAGRAM: Final = 1200
+#: a ClientHello payload is padded to this, making the SYN datagram MIN_INITIAL_DATAGRAM bytes
+HELLO_SIZE: Final = MIN_INITIAL_DATAGRAM - HEADER_SIZE
+#: equals packet.MAX_PAYLOAD: every handshake message fits in one packet
+MAX_HANDSHAKE_PAYLOAD: Final = 1400
+
+RETRY_COOKIE_SIZE: Final = 4 + 32  # slot u32 || HMAC-SHA256
+_COOKIE_PLAIN_SIZE: Final = 32 + 8 + 16  # e_s private || issued-at f64 || address tag
+SERVER_COOKIE_SIZE: Final = 1 + 12 + _COOKIE_PLAIN_SIZE + TAG_SIZE  # key id || nonce || sealed
+PARAMS_SIZE: Final = 10
+SERVER_HELLO_SIZE: Final = 2 * PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE + PARAMS_SIZE + TAG_SIZE
+_FINISH_PREFIX: Final = PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE
+
+# credentials bounds (sizes in UTF-8 bytes)
+MAX_USER_ID_BYTES: Final = 1024
+MAX_TICKET_BYTES: Final = 1200
+MAX_TOKEN_BYTES: Final = 255
+SESSION_ID_SIZE: Final = 16
+MAX_METADATA_ENTRIES: Final = 64
+MAX_METADATA_KEY_BYTES: Final = 64
+MAX_METADATA_VALUE_BYTES: Final = 1024
+
+_F_TICKET: Final = 0x01
+_F_RESUME: Final = 0x02
+_F_FALLBACK: Final = 0x04
+_F_FEC: Final = 0x08
+_F_KNOWN: Final = _F_TICKET | _F_RESUME | _F_FALLBACK | _F_FEC
+
+_ZERO_NONCE: Final = bytes(12)
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_F64 = struct.Struct(">d")
+_PARAMS = struct.Struct(">BBII")
+_KDF_LENGTH: Final = 2 * KEY_SIZE + 2 * (KEY_SIZE + IV_SIZE)
+
+
+class HandshakeError(QuantumError):
+    """The handshake cannot go on; `code` is the reason to report or send."""
+
+    def __init__(self, code: CloseCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the client proves and asks for, sealed in its ACK."""
+
+    user_id: str
+    ticket: str | None = None
+    resume: tuple[bytes, str] | None = None  # (session_id 16 bytes, token)
+    resume_fallback: bool = False  # a new session if the resume is refused
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    fec: tuple[int, int] | None = (10, 3)  # requested (k, m), None = off
+
+
+@dataclass(frozen=True, slots=True)
+class ServerParams:
+    """The server's connection parameters (durations in seconds, sent as milliseconds)."""
+
+    fec: tuple[int, int] | None
+    keepalive_interval: float
+    idle_timeout: float
+
+    def __post_init__(self) -> None:
+        if self.fec is not None:
+            k, m = self.fec
+            if not (1 <= k <= MAX_K and 1 <= m <= MAX_M):
+                raise ValueError(f"fec must be (k, m) with 1 <= k <= {MAX_K}, "
+                                 f"1 <= m <= {MAX_M}, got {self.fec}")
+        for name in ("keepalive_interval", "idle_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 1 <= round(value * 1000) <= 0xFFFFFFFF):
+                raise ValueError(f"{name} must be between 1 ms and 2**32-1 ms, got {value}")
+
+    def negotiate(self, requested: tuple[int, int] | None) -> ServerParams:
+        """FEC is on only if both sides want it, and then with the server's (k, m)."""
+        if requested is None and self.fec is not None:
+            return ServerParams(None, self.keepalive_interval, self.idle_timeout)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """Packet protection for one endpoint: `send` seals what it sends, `recv` opens the rest."""
+
+    send: PacketProtection
+    recv: PacketProtection
+
+
+# ---------------------------------------------------------------------- codecs
+
+
+class _Reader:
+    """Bounds-checked reads; any shortfall is a HandshakeError with the given code."""
+
+    __slots__ = ("_code", "_data", "_pos", "_what")
+
+    def __init__(self, data: bytes, code: CloseCode, what: str) -> None:
+        self._data, self._pos, self._code, self._what = data, 0, code, what
+
+    def fail(self, message: str) -> HandshakeError:
+        return HandshakeError(self._code, f"{self._what}: {message}")
+
+    def take(self, n: int, field_name: str) -> bytes:
+        end = self._pos + n
+        if end > len(self._data):
+            raise self.fail(f"truncated in {field_name}")
+        chunk = self._data[self._pos:end]
+        self._pos = end
+        return chunk
+
+    def u8(self, field_name: str) -> int:
+        return self.take(1, field_name)[0]
+
+    def u16(self, field_name: str) -> int:
+        value: int = _U16.unpack(self.take(2, field_name))[0]
+        return value
+
+    def text(self, n: int, field_name: str) -> str:
+        try:
+            return self.take(n, field_name).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{field_name} is not valid UTF-8") from None
+
+    def end(self) -> None:
+        if self._pos != len(self._data):
+            raise self.fail(f"{len(self._data) - self._pos} unexpected trailing bytes")
+
+
+def _utf8(value: object, field_name: str, low: int, high: int) -> bytes:
+    if not isinstance(value, str):
+        raise HandshakeError(CloseCode.BAD_REQUEST, f"{field_name} must be a string")
+    data = value.encode("utf-8")
+    if not low <= len(data) <= high:
+        raise HandshakeError(CloseCode.BAD_REQUEST,
+                             f"{field_name} is {len(data)} bytes of UTF-8, allowed {low}..{high}")
+    return data
+
+
+def _check_fec(fec: tuple[int, int], code: CloseCode, what: str) -> None:
+    k, m = fec
+    if not (1 <= k <= MAX_K and 1 <= m <= MAX_M):
+        raise HandshakeError(code, f"{what}: fec (k, m) must be within 1..{MAX_K} and "
+                                   f"1..{MAX_M}, got ({k}, {m})")
+
+
+def encode_credentials(credentials: Credentials) -> bytes:
+    """The credentials' plaintext encoding; HandshakeError(BAD_REQUEST) if out of bounds."""
+    c = credentials
+    flags = 0
+    parts: list[bytes] = []
+    user = _utf8(c.user_id, "user id", 1, MAX_USER_ID_BYTES)
+    parts += [_U16.pack(len(user)), user]
+    if c.ticket is not None:
+        flags |= _F_TICKET
+        ticket = _utf8(c.ticket, "ticket", 0, MAX_TICKET_BYTES)
+        parts += [_U16.pack(len(ticket)), ticket]
+    if c.resume is not None:
+        flags |= _F_RESUME
+        session_id, token = c.resume
+        if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE:
+            raise HandshakeError(CloseCode.BAD_REQUEST,
+                                 f"resume session id must be {SESSION_ID_SIZE} bytes")
+        token_bytes = _utf8(token, "resume token", 0, MAX_TOKEN_BYTES)
+        parts += [session_id, bytes((len(token_bytes),)), token_bytes]
+    if c.resume_fallback:
+        flags |= _F_FALLBACK
+    if c.fec is not None:
+        flags |= _F_FEC
+        _check_fec(c.fec, CloseCode.BAD_REQUEST, "credentials")
+        parts.append(bytes(c.fec))
+    if len(c.metadata) > MAX_METADATA_ENTRIES:
+        raise HandshakeError(CloseCode.BAD_REQUEST, f"{len(c.metadata)} metadata entries, "
+                                                    f"at most {MAX_METADATA_ENTRIES}")
+    parts.append(bytes((len(c.metadata),)))
+    for key, value in c.metadata.items():
+        key_bytes = _utf8(key, "metadata key", 1, MAX_METADATA_KEY_BYTES)
+        value_bytes = _utf8(value, f"metadata value of {key!r}", 0, MAX_METADATA_VALUE_BYTES)
+        parts += [bytes((len(key_bytes),)), key_bytes, _U16.pack(len(value_bytes)), value_bytes]
+    body = bytes((flags,)) + b"".join(parts)
+    limit = MAX_HANDSHAKE_PAYLOAD - _FINISH_PREFIX - TAG_SIZE
+    if len(body) > limit:
+        raise HandshakeError(CloseCode.BAD_REQUEST,
+                             f"credentials encode to {len(body)} bytes; at most {limit} fit "
+                             "in the handshake packet (shorten the metadata)")
+    return body
+
+
+def decode_credentials(data: bytes) -> Credentials:
+    """Inverse of encode_credentials; HandshakeError(BAD_REQUEST) on any malformation."""
+    r = _Reader(data, CloseCode.BAD_REQUEST, "credentials")
+    flags = r.u8("flags")
+    if flags & ~_F_KNOWN:
+        raise r.fail(f"unknown flag bits 0x{flags & ~_F_KNOWN:02x}")
+    n = r.u16("user id length")
+    if not 1 <= n <= MAX_USER_ID_BYTES:
+        raise r.fail(f"user id length {n} outside 1..{MAX_USER_ID_BYTES}")
+    user_id = r.text(n, "user id")
+    ticket = None
+    if flags & _F_TICKET:
+        n = r.u16("ticket length")
+        if n > MAX_TICKET_BYTES:
+            raise r.fail(f"ticket length {n} above {MAX_TICKET_BYTES}")
+        ticket = r.text(n, "ticket")
+    resume = None
+    if flags & _F_RESUME:
+        session_id = r.take(SESSION_ID_SIZE, "resume session id")
+        resume = (session_id, r.text(r.u8("resume token length"), "resume token"))
+    fec = None
+    if flags & _F_FEC:
+        fec = (r.u8("fec k"), r.u8("fec m"))
+        _check_fec(fec, CloseCode.BAD_REQUEST, "credentials")
+    count = r.u8("metadata count")
+    if count > MAX_METADATA_ENTRIES:
+        raise r.fail(f"{count} metadata entries, at most {MAX_METADATA_ENTRIES}")
+    metadata: dict[str, str] = {}
+    for _ in range(count):
+        n = r.u8("metadata key length")
+        if not 1 <= n <= MAX_METADATA_KEY_BYTES:
+            raise r.fail(f"metadata key length {n} outside 1..{MAX_METADATA_KEY_BYTES}")
+        key = r.text(n, "metadata key")
+        n = r.u16("metadata value length")
+        if n > MAX_METADATA_VALUE_BYTES:
+            raise r.fail(f"metadata value length {n} above {MAX_METADATA_VALUE_BYTES}")
+        if key in metadata:
+            raise r.fail(f"metadata key {key!r} appears twice")
+        metadata[key] = r.text(n, "metadata value")
+    r.end()
+    return Credentials(user_id, ticket, resume, bool(flags & _F_FALLBACK), metadata, fec)
+
+
+def encode_params(params: ServerParams) -> bytes:
+    k, m = params.fec if params.fec is not None else (0, 0)
+    return _PARAMS.pack(k, m, round(params.keepalive_interval * 1000),
+                        round(params.idle_timeout * 1000))
+
+
+def decode_params(data: bytes) -> ServerParams:
+    if len(data) != PARAMS_SIZE:
+        raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                             f"server parameters are {len(data)} bytes, expected {PARAMS_SIZE}")
+    k, m, keepalive_ms, idle_ms = _PARAMS.unpack(data)
+    try:
+        return ServerParams(None if (k, m) == (0, 0) else (k, m), keepalive_ms / 1000,
+                            idle_ms / 1000)
+    except ValueError as exc:
+        raise HandshakeError(CloseCode.PROTOCOL_VIOLATION, f"server parameters: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hello:
+    client_public: bytes
+    options: int
+    retry_cookie: bytes | None
+
+
+def encode_hello(client_public: bytes, retry_cookie: bytes | None, options: int = 0) -> bytes:
+    cookie = retry_cookie or b""
+    body = client_public + _U16.pack(options) + bytes((len(cookie),)) + cookie
+    return body + bytes(HELLO_SIZE - len(body))
+
+
+def decode_hello(payload: bytes) -> _Hello:
+    r = _Reader(payload, CloseCode.PROTOCOL_VIOLATION, "client hello")
+    if len(payload) < HELLO_SIZE:
+        raise r.fail(f"{len(payload)} bytes; it must be padded to at least {HELLO_SIZE} "
+                     "(anti-amplification)")
+    if len(payload) > MAX_HANDSHAKE_PAYLOAD:
+        raise r.fail(f"{len(payload)} bytes, above {MAX_HANDSHAKE_PAYLOAD}")
+    client_public = r.take(PUBLIC_KEY_SIZE, "client ephemeral key")
+    options = r.u16("options")
+    n = r.u8("retry cookie length")
+    if n not in (0, RETRY_COOKIE_SIZE):
+        raise r.fail(f"retry cookie length {n}, expected 0 or {RETRY_COOKIE_SIZE}")
+    cookie = r.take(n, "retry cookie") if n else None
+    padding = payload[PUBLIC_KEY_SIZE + 3 + n:]
+    if padding.count(0) != len(padding):
+        raise r.fail("padding is not all zero")
+    return _Hello(client_public, options, cookie)
+
+
+# ---------------------------------------------------------------------- key schedule
+
+
+def _public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _private_key(data: bytes | None, what: str) -> X25519PrivateKey:
+    if data is None:
+        return X25519PrivateKey.generate()
+    if len(data) != 32:
+        raise HandshakeError(CloseCode.INTERNAL_ERROR, f"{what} must be 32 bytes, got {len(data)}")
+    return X25519PrivateKey.from_private_bytes(data)
+
+
+def _dh(private: X25519PrivateKey, public: bytes, code: CloseCode, what: str) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # all-zero output: a low-order point, which contributes nothing
+        raise HandshakeError(code, f"{what} is a low-order point") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Schedule:
+    transcript: bytes
+    confirm_key: bytes
+    finish_key: bytes
+    client_key: bytes  # client -> server
+    client_iv: bytes
+    server_key: bytes  # server -> client
+    server_iv: bytes
+
+    def client_keys(self) -> SessionKeys:
+        return SessionKeys(PacketProtection(self.client_key, self.client_iv),
+                           PacketProtection(self.server_key, self.server_iv))
+
+    def server_keys(self) -> SessionKeys:
+        return SessionKeys(PacketProtection(self.server_key, self.server_iv),
+                           PacketProtection(self.client_key, self.client_iv))
+
+
+def key_schedule(connection_id: bytes, client_public: bytes, server_ephemeral: bytes,
+                 server_static: bytes, ee: bytes, es: bytes) -> _Schedule:
+    """The transcript hash and every key derived from the two Diffie-Hellman results."""
+    transcript = hashlib.sha256(PROTOCOL_LABEL + connection_id + client_public
+                                + server_ephemeral + server_static).digest()
+    okm = HKDF(hashes.SHA256(), _KDF_LENGTH, transcript, KDF_INFO).derive(ee + es)
+    k = KEY_SIZE
+    return _Schedule(transcript, okm[0:k], okm[k:2 * k], okm[2 * k:3 * k],
+                     okm[3 * k:3 * k + IV_SIZE], okm[3 * k + IV_SIZE:4 * k + IV_SIZE],
+                     okm[4 * k + IV_SIZE:])
+
+
+def _check_cid(connection_id: bytes) -> None:
+    if len(connection_id) != CONNECTION_ID_SIZE:
+        raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                             f"connection id must be {CONNECTION_ID_SIZE} bytes, "
+                             f"got {len(connection_id)}")
+
+
+def _parse_pin(server_key: bytes | str | None) -> tuple[bytes | None, str | None]:
+    """(raw public key, fingerprint) to compare against; at most one is set."""
+    if server_key is None:
+        return None, None
+    if isinstance(server_key, bytes):
+        if len(server_key) != PUBLIC_KEY_SIZE:
+            raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                                 f"pinned server key must be {PUBLIC_KEY_SIZE} bytes, "
+                                 f"got {len(server_key)}")
+        return server_key, None
+    text = server_key.strip()
+    if text.startswith("SHA256:"):
+        digest = text[len("SHA256:"):].rstrip("=")
+        if len(digest) != 43:
+            raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                                 "pinned fingerprint must be SHA256:<43 base64 characters>")
+        return None, "SHA256:" + digest
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                             "pinned server key is neither base64 nor SHA256:<fingerprint>"
+                             ) from None
+    if len(raw) != PUBLIC_KEY_SIZE:
+        raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                             f"pinned server key decodes to {len(raw)} bytes, "
+                             f"expected {PUBLIC_KEY_SIZE}")
+    return raw, None
+
+
+# ---------------------------------------------------------------------- client
+
+
+class ClientHandshake:
+    """The client's side: hello, retry, server hello check, finish."""
+
+    def __init__(self, connection_id: bytes, credentials: Credentials,
+                 server_key: bytes | str | None = None,
+                 ephemeral_private: bytes | None = None) -> None:
+        _check_cid(connection_id)
+        self.connection_id = connection_id
+        self.credentials = credentials
+        self._credentials_plain = encode_credentials(credentials)  # fail early, at connect()
+        self._pin_key, self._pin_fingerprint = _parse_pin(server_key)
+        self._ephemeral = _private_key(ephemeral_private, "client ephemeral private key")
+        self.client_public = _public_bytes(self._ephemeral)
+        self._retry_cookie: bytes | None = None
+        self._finish: bytes | None = None
+        self.keys: SessionKeys | None = None
+        self.server_public_key: bytes | None = None
+
+    def client_hello(self) -> bytes:
+        """The SYN payload (with the retry cookie once the server asked for one)."""
+        return encode_hello(self.client_public, self._retry_cookie)
+
+    def on_retry(self, payload: bytes) -> None:
+        """The server wants its retry cookie echoed: remember it for the next hello."""
+        if len(payload) != RETRY_COOKIE_SIZE:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 f"retry cookie is {len(payload)} bytes, "
+                                 f"expected {RETRY_COOKIE_SIZE}")
+        self._retry_cookie = bytes(payload)
+
+    def on_server_hello(self, payload: bytes) -> ServerParams:
+        """Check the server's key and proof, derive the keys; the negotiated parameters."""
+        if self.keys is not None:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION, "second server hello")
+        if len(payload) != SERVER_HELLO_SIZE:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 f"server hello is {len(payload)} bytes, "
+                                 f"expected {SERVER_HELLO_SIZE}")
+        server_ephemeral = payload[:PUBLIC_KEY_SIZE]
+        server_static = payload[PUBLIC_KEY_SIZE:2 * PUBLIC_KEY_SIZE]
+        cookie_end = 2 * PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE
+        cookie = payload[2 * PUBLIC_KEY_SIZE:cookie_end]
+        confirmation = payload[cookie_end:]
+        seen = fingerprint(server_static)
+        if self._pin_key is not None and not hmac.compare_digest(server_static, self._pin_key):
+            raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                                 f"server key {seen} does not match the pinned key "
+                                 f"{fingerprint(self._pin_key)}")
+        if self._pin_fingerprint is not None and seen != self._pin_fingerprint:
+            raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                                 f"server key {seen} does not match the pinned fingerprint "
+                                 f"{self._pin_fingerprint}")
+        ee = _dh(self._ephemeral, server_ephemeral, CloseCode.PROTOCOL_VIOLATION,
+                 "server ephemeral key")
+        es = _dh(self._ephemeral, server_static, CloseCode.BAD_SERVER_KEY, "server static key")
+        schedule = key_schedule(self.connection_id, self.client_public, server_ephemeral,
+                                server_static, ee, es)
+        try:
+            params_bytes = AESGCM(schedule.confirm_key).decrypt(_ZERO_NONCE, confirmation,
+                                                                 schedule.transcript)
+        except InvalidTag:
+            raise HandshakeError(CloseCode.BAD_SERVER_KEY,
+                                 f"server did not prove it holds the private key of {seen}"
+                                 ) from None
+        params = decode_params(params_bytes)
+        sealed = AESGCM(schedule.finish_key).encrypt(_ZERO_NONCE, self._credentials_plain,
+                                                     schedule.transcript)
+        self._finish = self.client_public + cookie + sealed
+        self.server_public_key = server_static
+        self.keys = schedule.client_keys()
+        return params.negotiate(self.credentials.fec)
+
+    def client_finish(self) -> bytes:
+        """The ACK payload; the same bytes on every retransmission."""
+        if self._finish is None:
+            raise HandshakeError(CloseCode.INTERNAL_ERROR,
+                                 "client_finish() before a server hello was accepted")
+        return self._finish
+
+
+# ---------------------------------------------------------------------- server
+
+
+class _RotatingSecret:
+    """A random secret per epoch of `period` seconds; the current and previous are kept.
+
+    Secrets are fresh random bytes, not derived from a master, so once a secret has rotated out
+    nothing can recompute it: cookies sealed under it (which hold ephemeral private keys) become
+    unreadable, which bounds how long a server compromise exposes past handshakes.
+    """
+
+    __slots__ = ("_current", "_epoch", "_period", "_previous", "_random")
+
+    def __init__(self, period: float, random: Callable[[int], bytes]) -> None:
+        self._period, self._random = period, random
+        self._epoch: int | None = None
+        self._current = b""
+        self._previous: bytes | None = None
+
+    def current(self, now: float) -> tuple[int, bytes]:
+        epoch = math.floor(now / self._period)
+        if self._epoch is None or epoch > self._epoch:
+            self._previous = self._current if self._epoch == epoch - 1 else None
+            self._current = self._random(32)
+            self._epoch = epoch
+        assert self._epoch is not None
+        return self._epoch, self._current
+
+    def lookup(self, epoch_bits: int, mask: int, now: float) -> bytes | None:
+        """The secret whose epoch's low bits are `epoch_bits`, if it is current or previous."""
+        epoch, secret = self.current(now)
+        if epoch_bits == epoch & mask:
+            return secret
+        if epoch_bits == (epoch - 1) & mask:
+            return self._previous
+        return None
+
+
+def _address_bytes(addr: tuple[str, int]) -> bytes:
+    host, port = addr[0], addr[1]
+    return _U16.pack(port & 0xFFFF) + host.encode("utf-8", "surrogateescape")
+
+
+class ServerHandshake:
+    """The server's side, one per server: stateless per connection."""
+
+    def __init__(self, static_private: bytes, params: ServerParams, cookie_lifetime: float = 10.0,
+                 retry_rotation: float = 60.0,
+                 random: Callable[[int], bytes] = os.urandom) -> None:
+        if not (cookie_lifetime > 0 and retry_rotation > 0):
+            raise ValueError("cookie_lifetime and retry_rotation must be positive")
+        self._static = _private_key(static_private, "server static private key")
+        self.static_public = _public_bytes(self._static)
+        self.fingerprint = fingerprint(self.static_public)
+        self.params = params
+        self.cookie_lifetime = cookie_lifetime
+        self.retry_rotation = retry_rotation
+        self._random = random
+        self._cookie_keys = _RotatingSecret(cookie_lifetime, random)
+        self._retry_secrets = _RotatingSecret(retry_rotation, random)
+
+    def __repr__(self) -> str:
+        return f"ServerHandshake(fingerprint={self.fingerprint!r})"
+
+    # -- retry
+
+    def _retry_mac(self, secret: bytes, slot: int, connection_id: bytes,
+                   addr: tuple[str, int]) -> bytes:
+        message = RETRY_LABEL + connection_id + _U32.pack(slot) + _address_bytes(addr)
+        return hmac.new(secret, message, hashlib.sha256).digest()
+
+    def make_retry(self, connection_id: bytes, addr: tuple[str, int], now: float) -> bytes:
+        """The RETRY payload: a cookie the client must echo in its next hello."""
+        _check_cid(connection_id)
+        epoch, secret = self._retry_secrets.current(now)
+        slot = epoch & 0xFFFFFFFF
+        return _U32.pack(slot) + self._retry_mac(secret, slot, connection_id, addr)
+
+    def needs_retry(self, hello_payload: bytes, connection_id: bytes, addr: tuple[str, int],
+                    now: float) -> bool:
+        """True unless the hello carries a valid retry cookie for this address and id."""
+        _check_cid(connection_id)
+        cookie = decode_hello(hello_payload).retry_cookie
+        if cookie is None:
+            return True
+        slot = _U32.unpack_from(cookie)[0]
+        secret = self._retry_secrets.lookup(slot, 0xFFFFFFFF, now)
+        if secret is None:
+            return True
+        expected = self._retry_mac(secret, slot, connection_id, addr)
+        return not hmac.compare_digest(cookie[4:], expected)
+
+    # -- hello
+
+    def on_client_hello(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
+                        now: float, ephemeral_private: bytes | None = None) -> bytes:
+        """The SYN-ACK payload. Nothing is remembered: it all goes into the cookie."""
+        _check_cid(connection_id)
+        hello = decode_hello(payload)
+        ephemeral_bytes = ephemeral_private if ephemeral_private is not None else self._random(32)
+        ephemeral = _private_key(ephemeral_bytes, "server ephemeral private key")
+        server_ephemeral = _public_bytes(ephemeral)
+        client_public = hello.client_public
+        ee = _dh(ephemeral, client_public, CloseCode.PROTOCOL_VIOLATION, "client ephemeral key")
+        es = _dh(self._static, client_public, CloseCode.PROTOCOL_VIOLATION,
+                 "client ephemeral key")
+        schedule = key_schedule(connection_id, client_public, server_ephemeral,
+                                self.static_public, ee, es)
+        confirmation = AESGCM(schedule.confirm_key).encrypt(
+            _ZERO_NONCE, encode_params(self.params), schedule.transcript)
+        epoch, key = self._cookie_keys.current(now)
+        key_id = epoch & 0xFF
+        nonce = self._random(12)
+        plain = (ephemeral.private_bytes_raw() + _F64.pack(now) + _address_tag(addr))
+        sealed = AESGCM(key).encrypt(nonce, plain, _cookie_ad(key_id, connection_id,
+                                                               client_public))
+        cookie = bytes((key_id,)) + nonce + sealed
+        return server_ephemeral + self.static_public + cookie + confirmation
+
+    # -- finish
+
+    def on_client_finish(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
+                         now: float) -> tuple[SessionKeys, Credentials, ServerParams]:
+        """Verify the echoed cookie and the sealed credentials; keys, credentials, params."""
+        _check_cid(connection_id)
+        if not _FINISH_PREFIX + TAG_SIZE <= len(payload) <= MAX_HANDSHAKE_PAYLOAD:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 f"client finish is {len(payload)} bytes, expected "
+                                 f"{_FINISH_PREFIX + TAG_SIZE}..{MAX_HANDSHAKE_PAYLOAD}")
+        client_public = payload[:PUBLIC_KEY_SIZE]
+        cookie = payload[PUBLIC_KEY_SIZE:_FINISH_PREFIX]
+        sealed_credentials = payload[_FINISH_PREFIX:]
+        ephemeral_bytes = self._open_cookie(connection_id, client_public, cookie, addr, now)
+        ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_bytes)
+        server_ephemeral = _public_bytes(ephemeral)
+        ee = _dh(ephemeral, client_public, CloseCode.PROTOCOL_VIOLATION, "client ephemeral key")
+        es = _dh(self._static, client_public, CloseCode.PROTOCOL_VIOLATION,
+                 "client ephemeral key")
+        schedule = key_schedule(connection_id, client_public, server_ephemeral,
+                                self.static_public, ee, es)
+        try:
+            plain = AESGCM(schedule.finish_key).decrypt(_ZERO_NONCE, sealed_credentials,
+                                                        schedule.transcript)
+        except InvalidTag:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 "client credentials do not authenticate") from None
+        credentials = decode_credentials(plain)
+        return schedule.server_keys(), credentials, self.params.negotiate(credentials.fec)
+
+    def _open_cookie(self, connection_id: bytes, client_public: bytes, cookie: bytes,
+                     addr: tuple[str, int], now: float) -> bytes:
+        key_id = cookie[0]
+        key = self._cookie_keys.lookup(key_id, 0xFF, now)
+        if key is None:
+            raise HandshakeError(CloseCode.HANDSHAKE_TIMEOUT,
+                                 "server cookie expired (its key has rotated out)")
+        try:
+            plain = AESGCM(key).decrypt(cookie[1:13], cookie[13:],
+                                        _cookie_ad(key_id, connection_id, client_public))
+        except InvalidTag:
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 "server cookie does not authenticate (tampered, or issued "
+                                 "for another connection id or client key)") from None
+        issued = _F64.unpack_from(plain, 32)[0]
+        if not issued <= now <= issued + self.cookie_lifetime:
+            raise HandshakeError(CloseCode.HANDSHAKE_TIMEOUT,
+                                 f"server cookie expired ({now - issued:.1f} s old, "
+                                 f"lifetime {self.cookie_lifetime} s)")
+        if not hmac.compare_digest(plain[40:], _address_tag(addr)):
+            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                                 "server cookie was issued to another address")
+        return plain[:32]
+
+
+def _address_tag(addr: tuple[str, int]) -> bytes:
+    return hashlib.sha256(_address_bytes(addr)).digest()[:16]
+
+
+def _cookie_ad(key_id: int, connection_id: bytes, client_public: bytes) -> bytes:
+    return COOKIE_LABEL + bytes((key_id,)) + connection_id + client_public

@@ -6,9 +6,9 @@ sized to the room left in the packet it is building; frames of lost packets come
 messages that became deliverable.
 
 A *stream* is one (channel, mode) pair; message ids are u32 per stream and wrap. The receiver
-unwraps each id to a 64-bit counter relative to the stream's own position (RFC 1982 serial
-arithmetic: within 2**31 ahead is newer, anything else older), so all later bookkeeping is
-plain integer comparison and never mis-orders at the wrap.
+unwraps each id to a 64-bit counter, `position + serial.diff(wire_id, position)` relative to
+the stream's own position (RFC 1982: less than 2**31 ahead is newer, anything else older), so
+all later bookkeeping is plain integer comparison and never mis-orders at the wrap.
 
 Why each stream keeps its own state: a lost reliable message on one channel must not hold back
 any other channel (no head-of-line blocking across channels), and the modes on one channel
@@ -23,6 +23,7 @@ from typing import Final, NoReturn
 
 from quantum.errors import MessageError, ProtocolError
 from quantum.frames import MESSAGE_FRAME_OVERHEAD, Delivery, MessageFrame
+from quantum.serial import MASK, diff
 
 __all__ = [
     "MAX_CHANNEL",
@@ -38,8 +39,6 @@ MAX_CHANNEL: Final = 255
 #: duplicate; older arrivals cannot be told apart and are dropped to keep "at most once"
 UNRELIABLE_WINDOW: Final = 1024
 
-_ID_MASK: Final = 0xFFFFFFFF
-_ID_HALF: Final = 0x80000000
 _MAX_FRAG_COUNT: Final = 0xFFFF
 #: retransmissions examined per pop when the oldest does not fit: bounds the cost per packet
 _RETRANSMIT_SCAN: Final = 16
@@ -59,11 +58,6 @@ _UNRELIABLE: Final = Delivery.UNRELIABLE
 _UNRELIABLE_SEQUENCED: Final = Delivery.UNRELIABLE_SEQUENCED
 
 Delivered = tuple[int, Delivery, bytes]
-
-
-def _unwrap(wire_id: int, reference: int) -> int:
-    """The 64-bit id nearest `reference` whose low 32 bits are `wire_id` (RFC 1982 order)."""
-    return reference + ((wire_id - reference + _ID_HALF) & _ID_MASK) - _ID_HALF
 
 
 # ---------------------------------------------------------------------------------------- send
@@ -106,7 +100,7 @@ class ChannelSender:
             raise ValueError(f"max_fragment must be an int, got {type(max_fragment).__name__}")
         if max_fragment < 1:
             raise ValueError(f"max_fragment must be at least 1, got {max_fragment}")
-        if not 0 <= first_message_id <= _ID_MASK:
+        if not 0 <= first_message_id <= MASK:
             raise ValueError(f"first_message_id {first_message_id} is not a u32")
         self._max_fragment = max_fragment
         self._next_ids: dict[int, int] = {}  # stream key (channel << 2 | mode) -> next id
@@ -127,25 +121,28 @@ class ChannelSender:
 
         Raises `MessageError` if the message cannot be sent as asked.
         """
-        if isinstance(data, bytes):
+        if type(data) is bytes:
             size = len(data)
-        elif isinstance(data, (bytearray, memoryview)):
+        elif isinstance(data, (bytes, bytearray, memoryview)):
             # A mutable buffer may change or be resized after this call returns; copy it once
-            # so the bytes sent are the bytes queued.
+            # so the bytes sent are the bytes queued (a bytes subclass becomes plain bytes).
             data = bytes(data)
             size = len(data)
         else:
             raise MessageError(f"message must be bytes-like, got {type(data).__name__}")
-        if isinstance(channel, bool) or not isinstance(channel, int):
-            raise MessageError(f"channel must be an int, got {type(channel).__name__}")
+        if type(channel) is not int:
+            if isinstance(channel, bool) or not isinstance(channel, int):
+                raise MessageError(f"channel must be an int, got {type(channel).__name__}")
+            channel = int(channel)
         if not 0 <= channel <= MAX_CHANNEL:
             raise MessageError(f"channel {channel} is outside 0..{MAX_CHANNEL}")
-        if isinstance(mode, bool) or not isinstance(mode, int):
-            raise MessageError(f"unknown delivery mode {mode!r}")
-        try:
-            mode = Delivery(mode)
-        except ValueError:
-            raise MessageError(f"unknown delivery mode {mode!r}") from None
+        if type(mode) is not Delivery:  # the common case skips the costly enum lookup
+            if isinstance(mode, bool) or not isinstance(mode, int):
+                raise MessageError(f"unknown delivery mode {mode!r}")
+            try:
+                mode = Delivery(mode)
+            except ValueError:
+                raise MessageError(f"unknown delivery mode {mode!r}") from None
         if size > MAX_MESSAGE_SIZE:
             raise MessageError(f"message of {size} bytes exceeds the maximum of "
                                f"{MAX_MESSAGE_SIZE} bytes")
@@ -159,7 +156,7 @@ class ChannelSender:
                                f"{max_fragment} bytes, more than {_MAX_FRAG_COUNT}")
         key = channel << 2 | mode
         message_id = self._next_ids.get(key, self._first_id)
-        self._next_ids[key] = (message_id + 1) & _ID_MASK
+        self._next_ids[key] = (message_id + 1) & MASK
         outgoing = _Outgoing(channel, mode, message_id, data, count)
         queue = self._queues.get(channel)
         if queue is None:
@@ -317,7 +314,7 @@ class ChannelReceiver:
         """
         if max_buffered_bytes < 1:
             raise ValueError(f"max_buffered_bytes must be positive, got {max_buffered_bytes}")
-        if not 0 <= first_message_id <= _ID_MASK:
+        if not 0 <= first_message_id <= MASK:
             raise ValueError(f"first_message_id {first_message_id} is not a u32")
         self._max_buffered = max_buffered_bytes
         self._first_id = first_message_id
@@ -393,7 +390,7 @@ class ChannelReceiver:
 
     def _on_ordered(self, stream: _OrderedStream, frame: MessageFrame) -> list[Delivered]:
         next_id = stream.next_id
-        message_id = _unwrap(frame.message_id, next_id)
+        message_id = next_id + diff(frame.message_id, next_id)
         ready = stream.ready
         if message_id < next_id or message_id in ready:
             self.duplicates += 1
@@ -424,7 +421,7 @@ class ChannelReceiver:
 
     def _on_unordered(self, stream: _UnorderedStream, frame: MessageFrame) -> list[Delivered]:
         watermark = stream.watermark
-        message_id = _unwrap(frame.message_id, watermark)
+        message_id = watermark + diff(frame.message_id, watermark)
         if message_id < watermark:
             self.duplicates += 1
             return []
@@ -473,7 +470,7 @@ class ChannelReceiver:
 
     def _on_unreliable(self, stream: _UnreliableStream, frame: MessageFrame) -> list[Delivered]:
         highest = stream.highest
-        message_id = _unwrap(frame.message_id, highest)
+        message_id = highest + diff(frame.message_id, highest)
         if message_id > highest:
             shift = message_id - highest
             stream.seen = ((stream.seen << shift) | 1) & _WINDOW_MASK \
@@ -495,7 +492,7 @@ class ChannelReceiver:
 
     def _on_sequenced(self, stream: _SequencedStream, frame: MessageFrame) -> list[Delivered]:
         highest = stream.highest
-        message_id = _unwrap(frame.message_id, highest)
+        message_id = highest + diff(frame.message_id, highest)
         if message_id <= highest:
             if message_id == highest:
                 self.duplicates += 1

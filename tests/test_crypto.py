@@ -1,0 +1,113 @@
+"""Packet protection: round trips, tamper detection, nonce construction, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quantum.crypto import (
+    MAX_PACKET_NUMBER,
+    TAG_SIZE,
+    PacketProtection,
+    ProtectionError,
+)
+from quantum.errors import QuantumError
+
+KEY = bytes(range(32))
+IV = bytes(range(100, 112))
+HEADER = b"QUNT" + bytes(range(28))
+
+
+@pytest.mark.parametrize("algorithm", ["aes-256-gcm", "chacha20-poly1305"])
+def test_round_trip_and_length(algorithm: str) -> None:
+    sender = PacketProtection(KEY, IV, algorithm)  # type: ignore[arg-type]
+    receiver = PacketProtection(KEY, IV, algorithm)  # type: ignore[arg-type]
+    body = b"sack blocks and payload" * 10
+    sealed = sender.seal(7, HEADER, body)
+    assert len(sealed) == len(body) + TAG_SIZE
+    assert body not in sealed
+    assert receiver.open(7, HEADER, sealed) == body
+
+
+def test_nonce_is_iv_xor_packet_number() -> None:
+    pn = 0x0102030405060708
+    nonce = (int.from_bytes(IV, "big") ^ pn).to_bytes(12, "big")
+    expected = AESGCM(KEY).encrypt(nonce, b"body", HEADER)
+    assert PacketProtection(KEY, IV).seal(pn, HEADER, b"body") == expected
+    chacha = ChaCha20Poly1305(KEY).encrypt(nonce, b"body", HEADER)
+    assert PacketProtection(KEY, IV, "chacha20-poly1305").seal(pn, HEADER, b"body") == chacha
+
+
+def test_distinct_packet_numbers_give_distinct_ciphertexts() -> None:
+    p = PacketProtection(KEY, IV)
+    assert p.seal(1, HEADER, b"same") != p.seal(2, HEADER, b"same")
+
+
+def test_wrong_packet_number_header_or_key_fails() -> None:
+    p = PacketProtection(KEY, IV)
+    sealed = p.seal(5, HEADER, b"payload")
+    with pytest.raises(ProtectionError, match="packet 6 failed authentication"):
+        p.open(6, HEADER, sealed)
+    with pytest.raises(ProtectionError):
+        p.open(5, HEADER[:-1] + b"\x00", sealed)
+    with pytest.raises(ProtectionError):
+        PacketProtection(bytes(32), IV).open(5, HEADER, sealed)
+
+
+def test_empty_body_is_authenticated() -> None:
+    p = PacketProtection(KEY, IV)
+    sealed = p.seal(1, HEADER, b"")
+    assert len(sealed) == TAG_SIZE
+    assert p.open(1, HEADER, sealed) == b""
+
+
+@pytest.mark.parametrize("pn", [-1, MAX_PACKET_NUMBER + 1])
+def test_packet_number_out_of_range(pn: int) -> None:
+    p = PacketProtection(KEY, IV)
+    with pytest.raises(ProtectionError, match="outside"):
+        p.seal(pn, HEADER, b"x")
+    with pytest.raises(ProtectionError, match="outside"):
+        p.open(pn, HEADER, bytes(20))
+
+
+def test_short_ciphertext() -> None:
+    with pytest.raises(ProtectionError, match="shorter than the 16-byte tag"):
+        PacketProtection(KEY, IV).open(1, HEADER, bytes(15))
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ProtectionError, match="key must be 32 bytes"):
+        PacketProtection(bytes(16), IV)
+    with pytest.raises(ProtectionError, match="iv must be 12 bytes"):
+        PacketProtection(KEY, bytes(8))
+    with pytest.raises(ProtectionError, match="unknown AEAD"):
+        PacketProtection(KEY, IV, "rot13")  # type: ignore[arg-type]
+
+
+def test_repr_hides_key() -> None:
+    text = repr(PacketProtection(KEY, IV))
+    assert KEY.hex() not in text and "aes-256-gcm" in text
+
+
+@given(
+    body=st.binary(max_size=300),
+    pn=st.integers(0, MAX_PACKET_NUMBER),
+    data=st.data(),
+)
+def test_any_single_bit_flip_is_rejected(body: bytes, pn: int, data: st.DataObject) -> None:
+    p = PacketProtection(KEY, IV)
+    datagram = HEADER + p.seal(pn, HEADER, body)
+    bit = data.draw(st.integers(0, len(datagram) * 8 - 1))
+    flipped = bytearray(datagram)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(ProtectionError):
+        p.open(pn, bytes(flipped[:32]), bytes(flipped[32:]))
+
+
+@given(pn=st.integers(0, MAX_PACKET_NUMBER), junk=st.binary(max_size=200))
+def test_arbitrary_ciphertext_only_raises_protection_error(pn: int, junk: bytes) -> None:
+    with pytest.raises(ProtectionError):
+        PacketProtection(KEY, IV).open(pn, HEADER, junk)
+    assert issubclass(ProtectionError, QuantumError)

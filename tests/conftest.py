@@ -17,6 +17,7 @@ import pytest
 
 from session.memory import MemoryStore
 from session.store import Store
+from tests.etcd_cluster import etcd_store_factory
 
 StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]
 
@@ -27,6 +28,7 @@ async def memory_store(request: pytest.FixtureRequest) -> Store:
 
 STORE_FACTORIES: list[Any] = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(etcd_store_factory, id="etcd", marks=pytest.mark.etcd),
 ]
 
 

@@ -24,12 +24,15 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.etcd_util import EtcdCluster
+from session.etcd import EtcdStore
+from session.store import Store
 
 __all__ = [
     "etcd_cluster3",
     "etcd_endpoints",
     "etcd_prefix",
     "etcd_private",
+    "etcd_store_factory",
     "shared_etcd",
     "unique_prefix",
 ]
@@ -91,3 +94,10 @@ def etcd_private() -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+async def etcd_store_factory(request: pytest.FixtureRequest) -> Store:
+    """`STORE_FACTORIES` entry: a started `EtcdStore` on the shared server, fresh prefix."""
+    store = EtcdStore(shared_etcd().endpoints, prefix=unique_prefix("contract"), timeout=5.0)
+    await store.start()
+    return store

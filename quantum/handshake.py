@@ -414,7 +414,8 @@ def _parse_pin(server_key: bytes | str | None) -> tuple[bytes | None, str | None
                                  "pinned fingerprint must be SHA256:<43 base64 characters>")
         return None, "SHA256:" + digest
     try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        text = text.replace("-", "+").replace("_", "/").rstrip("=")
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise HandshakeError(CloseCode.BAD_SERVER_KEY,
                              "pinned server key is neither base64 nor SHA256:<fingerprint>"

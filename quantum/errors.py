@@ -40,3 +40,5 @@ class CloseCode(enum.IntEnum):
     VERSION_NOT_SUPPORTED = 21
     BAD_RESUME = 22
     BAD_SERVER_KEY = 23
+    BAD_REQUEST = 24  # malformed credentials or metadata
+    STORE_UNAVAILABLE = 25  # the session store cannot be reached; try again later

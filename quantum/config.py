@@ -1,0 +1,43 @@
+"""Tunable protocol parameters, with the defaults of the original Quantum protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QuantumConfiguration:
+    """Settings shared by both ends of a connection. Durations are float seconds."""
+
+    #: a keepalive goes out when this long has passed since the last one (None: never)
+    keepalive_interval: float | None = 10.0
+    #: nothing received for this long -> closed with reason "idle timeout"
+    idle_timeout: float = 60.0
+    #: the whole handshake must finish within this time
+    handshake_timeout: float = 5.0
+    #: SYN (and handshake ACK) transmissions before giving up
+    handshake_tries: int = 5
+    #: Reed-Solomon (k data, m parity) packets per group; None turns FEC off
+    fec: tuple[int, int] | None = (10, 3)
+    #: send and receive windows, in packets
+    window: int = 256
+    #: longest an acknowledgement may be delayed
+    max_ack_delay: float = 0.025
+    #: how long a closing endpoint waits for its FIN to be acknowledged
+    close_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.keepalive_interval is not None and self.keepalive_interval <= 0:
+            raise ValueError(f"keepalive_interval must be positive, got {self.keepalive_interval}")
+        if self.idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, got {self.idle_timeout}")
+        if self.handshake_timeout <= 0 or self.handshake_tries < 1:
+            raise ValueError("handshake_timeout must be positive and handshake_tries at least 1")
+        if self.fec is not None:
+            k, m = self.fec
+            if not (1 <= k <= 16 and 1 <= m <= 16):
+                raise ValueError(f"fec must be (k, m) with 1 <= k <= 16, 1 <= m <= 16, got {self.fec}")
+        if not 16 <= self.window <= 4096:
+            raise ValueError(f"window must be between 16 and 4096 packets, got {self.window}")
+        if not 0 < self.max_ack_delay <= 0.5:
+            raise ValueError(f"max_ack_delay must be in (0, 0.5], got {self.max_ack_delay}")

@@ -1,0 +1,768 @@
+"""The Quantum connection state machine, sans-I/O.
+
+A `Connection` owns one peer. It never touches a socket or a clock: every input carries `now`
+(float seconds, any monotonic origin), output datagrams are pulled with `datagrams_to_send`,
+and what happened is pulled as events with `next_event`. Everything with an algorithm of its
+own lives in its own module; this one only wires them together:
+
+    wire codec ........ packet.py, frames.py      reliability .... reliability.py
+    channels .......... channels.py               congestion ..... bbr.py
+    FEC ............... fec.py                    keys, AEAD ..... handshake.py, crypto.py
+
+States (client):  SYN_SENT -> AWAIT_ACCEPT -> ESTABLISHED -> CLOSING -> CLOSED
+States (server):                AUTHENTICATING -> ESTABLISHED -> CLOSING -> CLOSED
+The server's stateless first half of the handshake lives in listener.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+from quantum import packet as wire
+from quantum.bbr import BBR
+from quantum.channels import ChannelReceiver, ChannelSender
+from quantum.config import QuantumConfiguration
+from quantum.crypto import ProtectionError
+from quantum.errors import CloseCode, ConnectionClosedError, MessageError, ProtocolError
+from quantum.events import (
+    AuthenticationRequested,
+    ConnectionClosed,
+    Event,
+    HandshakeCompleted,
+    HandshakeRejected,
+    KeepaliveAcknowledged,
+    KeepaliveReceived,
+    MessageReceived,
+    PathMigrated,
+)
+from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard
+from quantum.frames import (
+    AckFloorFrame,
+    CloseFrame,
+    Delivery,
+    KeepaliveAckFrame,
+    KeepaliveFrame,
+    MessageFrame,
+    ParityFrame,
+    PathChallengeFrame,
+    PathResponseFrame,
+    RejectFrame,
+    SessionFrame,
+    decode_frames,
+    encode_frames,
+    is_retransmittable,
+)
+from quantum.handshake import ClientHandshake, Credentials, HandshakeError, ServerParams, SessionKeys
+from quantum.packet import Flags, Packet, PacketError, decode_header, encode_packet, split_body
+from quantum.reliability import (
+    BEYOND_WINDOW,
+    DUPLICATE,
+    TOO_OLD,
+    ReceiveTracker,
+    SendTracker,
+    SentPacket,
+)
+
+Address = tuple[str, int]
+
+AEAD_TAG = 16
+#: payload room left for frames in a protected packet carrying 8 SACK blocks
+MAX_FRAME_PAYLOAD = wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS - AEAD_TAG
+#: data bytes per message fragment: leaves room for the FEC shard framing of a parity packet
+#: (10 + 4k + 2 bytes with k <= 32 would be too much; groups up to k = 10 fit in 1348) and for
+#: a few small control frames riding in the same packet
+MAX_FRAGMENT = 1300
+#: frames per data packet: fits beside 8 SACK blocks, and as an FEC shard (2-byte length
+#: prefix) inside a parity packet with the group's sequence list (k <= 16: 10 + 4k + 2 bytes)
+MAX_DATA_PAYLOAD = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * 16)
+NO_SESSION_MS = 0xFFFFFFFF
+#: how much an unvalidated new path may receive, as a multiple of what it sent us
+MIGRATION_AMPLIFICATION = 3
+
+
+class ConnectionState(enum.Enum):
+    SYN_SENT = "SYN_SENT"
+    AWAIT_ACCEPT = "AWAIT_ACCEPT"
+    AUTHENTICATING = "AUTHENTICATING"
+    ESTABLISHED = "ESTABLISHED"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+@dataclass(slots=True)
+class ConnectionStats:
+    """Counters of one connection, readable at any time."""
+
+    packets_sent: int = 0
+    packets_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    fast_retransmits: int = 0
+    timeout_retransmits: int = 0
+    packets_lost: int = 0
+    fec_recovered: int = 0
+    srtt: float | None = None
+    min_rtt: float | None = None
+    cwnd: int = 0
+    pacing_rate: float = 0.0
+    bbr_state: str = ""
+    drops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def retransmissions(self) -> int:
+        return self.fast_retransmits + self.timeout_retransmits
+
+
+class Connection:
+    """One end of a Quantum connection. Build with `Connection.client` or via `Listener`."""
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        connection_id: bytes,
+        peer_addr: Address,
+        configuration: QuantumConfiguration,
+        now: float,
+    ) -> None:
+        if len(connection_id) != 16:
+            raise ValueError("connection_id must be 16 bytes")
+        self.is_client = is_client
+        self.connection_id = connection_id
+        self.peer_addr = peer_addr
+        self.config = configuration
+        self.state = ConnectionState.SYN_SENT if is_client else ConnectionState.AUTHENTICATING
+        self.stats = ConnectionStats()
+        self.session_id: bytes | None = None
+        self.session_token: str | None = None
+        self.params: ServerParams | None = None
+        self.credentials: Credentials | None = None
+        self.close_code = CloseCode.NORMAL
+        self.close_reason = ""
+
+        self._events: deque[Event] = deque()
+        self._keys: SessionKeys | None = None
+        self._handshake: ClientHandshake | None = None
+        self._handshake_tries = 0
+        self._handshake_deadline = now + configuration.handshake_timeout
+        self._handshake_resend_at: float | None = None
+        self._handshake_out: list[bytes] = []
+
+        self._sent = SendTracker(window=configuration.window)
+        self._received = ReceiveTracker(
+            window=configuration.window, max_ack_delay=configuration.max_ack_delay
+        )
+        self._cc = BBR()
+        self._sender = ChannelSender(MAX_FRAGMENT)
+        self._receiver = ChannelReceiver()
+        self._control: list[object] = []  # control frames waiting for the next packet
+        self._fec_encoder: FecEncoder | None = None
+        self._fec_decoder: FecDecoder | None = None
+        self._parity_out: deque[ParityShard] = deque()
+
+        self._last_received = now
+        self._last_keepalive_sent = now
+        self._keepalive_id = 0
+        self._keepalives_pending: dict[int, float] = {}
+        self._fin_pn: int | None = None
+        self._close_deadline: float | None = None
+        self._closed_event_sent = False
+        self._path_validated = True
+        self._path_challenge: bytes | None = None
+        self._path_budget = 0
+        self._previous_addr: Address | None = None
+        self._largest_pn = 0
+        self._now = now  # the latest time any entry point was given (for pacing deadlines)
+        self._pending_out: list[bytes] = []
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def client(
+        cls,
+        server_addr: Address,
+        credentials: Credentials,
+        now: float,
+        *,
+        configuration: QuantumConfiguration | None = None,
+        server_key: bytes | str | None = None,
+        connection_id: bytes | None = None,
+        ephemeral_private: bytes | None = None,
+    ) -> Connection:
+        """A client connection; its SYN is ready in `datagrams_to_send` at once."""
+        config = configuration or QuantumConfiguration()
+        # the configuration decides whether we ask for FEC; the server may still say no
+        credentials = dataclasses.replace(credentials, fec=config.fec)
+        cid = connection_id if connection_id is not None else os.urandom(16)
+        conn = cls(is_client=True, connection_id=cid, peer_addr=server_addr,
+                   configuration=config, now=now)
+        conn.credentials = credentials
+        conn._handshake = ClientHandshake(cid, credentials, server_key=server_key,
+                                          ephemeral_private=ephemeral_private)
+        conn._send_handshake_packet(Flags.SYN, conn._handshake.client_hello(), now)
+        return conn
+
+    @classmethod
+    def server(
+        cls,
+        connection_id: bytes,
+        peer_addr: Address,
+        keys: SessionKeys,
+        credentials: Credentials,
+        params: ServerParams,
+        now: float,
+        *,
+        configuration: QuantumConfiguration | None = None,
+    ) -> Connection:
+        """The server side of a connection whose handshake the listener has verified."""
+        conn = cls(is_client=False, connection_id=connection_id, peer_addr=peer_addr,
+                   configuration=configuration or QuantumConfiguration(), now=now)
+        conn._keys = keys
+        conn.credentials = credentials
+        conn._apply_params(params)
+        conn._events.append(
+            AuthenticationRequested(
+                user_id=credentials.user_id,
+                ticket=credentials.ticket,
+                resume=credentials.resume,
+                resume_fallback=credentials.resume_fallback,
+                metadata=dict(credentials.metadata),
+            )
+        )
+        return conn
+
+    def _apply_params(self, params: ServerParams) -> None:
+        self.params = params
+        if params.fec is not None:
+            k, m = params.fec
+            self._fec_encoder = FecEncoder(k, m)
+            self._fec_decoder = FecDecoder()
+
+    # ------------------------------------------------------------------ application calls
+
+    def accept(self, session_id: bytes, session_token: str, remaining: float | None,
+               resumed: bool = False) -> None:
+        """Server: the credentials are good; hand the client its session and go ESTABLISHED."""
+        if self.state is not ConnectionState.AUTHENTICATING:
+            raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
+        self.session_id = session_id
+        self.session_token = session_token
+        self._control.append(SessionFrame(session_id, session_token, _ms(remaining), resumed))
+        self.state = ConnectionState.ESTABLISHED
+        self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed))
+
+    def reject(self, code: int, reason: str, now: float) -> None:
+        """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
+        if self.state is not ConnectionState.AUTHENTICATING:
+            raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
+        self._send_protected([RejectFrame(code, reason[:512])], now, flags=Flags.ACK | Flags.RST)
+        self._terminate(code, reason, by_peer=False)
+
+    def send(self, message: bytes, channel: int = 0,
+             mode: Delivery = Delivery.RELIABLE_ORDERED) -> int:
+        """Queue one application message; returns its id within its channel."""
+        if self.state not in (ConnectionState.ESTABLISHED, ConnectionState.AWAIT_ACCEPT,
+                              ConnectionState.AUTHENTICATING):
+            raise MessageError(f"cannot send on a connection in state {self.state.value}")
+        message_id = self._sender.queue(message, channel, mode)
+        self.stats.messages_sent += 1
+        return message_id
+
+    def send_keepalive(self) -> int:
+        """Queue a keepalive now; the answer arrives as `KeepaliveAcknowledged`."""
+        if self.state is not ConnectionState.ESTABLISHED:
+            raise ConnectionClosedError(f"no keepalive in state {self.state.value}")
+        return self._queue_keepalive(None)
+
+    def acknowledge_keepalive(self, keepalive_id: int, remaining: float | None) -> None:
+        """Server: answer a `KeepaliveReceived` with the session's remaining seconds."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._control.append(KeepaliveAckFrame(keepalive_id, _ms(remaining)))
+
+    def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
+        """Graceful close: pending data is flushed first, then a FIN goes out."""
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        self.close_code, self.close_reason = CloseCode(code), reason
+        if self._keys is None or self.state is ConnectionState.AUTHENTICATING:
+            self._terminate(code, reason, by_peer=False)
+            return
+        self.state = ConnectionState.CLOSING
+
+    # ------------------------------------------------------------------ sans-I/O surface
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Process one datagram from the network. Bad input is dropped and counted."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._now = now
+        try:
+            _version, flags, cid, seq, ack, payload_len = decode_header(data)
+        except PacketError:
+            self._drop("malformed")
+            return
+        if cid != self.connection_id:
+            self._drop("wrong_connection")
+            return
+        if self._keys is None or (flags & Flags.SYN and self.is_client):
+            self._receive_handshake_packet(data, flags, addr, now)
+            return
+        received = self._received
+        pn = received.expand(seq)
+        verdict = received.check(pn)
+        if verdict:
+            self._drop(_VERDICT_NAMES.get(verdict, "duplicate"))
+            return
+        header = data[: wire.HEADER_SIZE]
+        try:
+            body = self._keys.recv.open(pn, header, data[wire.HEADER_SIZE:])
+            sack, payload = split_body(body, payload_len)
+            frames = decode_frames(payload)
+        except ProtectionError:
+            self._drop("auth_failed")
+            return
+        except PacketError as exc:
+            # authenticated, so it really came from the peer: a protocol violation
+            self._protocol_violation(f"malformed frames: {exc}", now)
+            return
+        ack_eliciting = bool(frames)
+        received.on_received(pn, ack_eliciting, now)
+        stats = self.stats
+        stats.packets_received += 1
+        stats.bytes_received += len(data)
+        self._last_received = now
+        if addr != self.peer_addr:
+            self._on_new_path(addr, pn, now)
+        if pn > self._largest_pn:
+            self._largest_pn = pn
+        if self._path_challenge is not None:
+            self._path_budget += len(data) * MIGRATION_AMPLIFICATION
+        if self.state is ConnectionState.AWAIT_ACCEPT:
+            self._handshake_resend_at = None  # any protected packet proves our ACK arrived
+        if flags & Flags.ACK:
+            self._on_ack(ack, sack, now)
+        if self._fec_decoder is not None and payload and not flags & Flags.FEC:
+            try:
+                recovered = self._fec_decoder.on_data(pn, payload)
+            except FecError as exc:
+                self._protocol_violation(str(exc), now)
+                return
+            for rpn, rpayload in recovered:
+                self._on_recovered(rpn, rpayload, now)
+        self._process_frames(frames, flags, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out: list[tuple[bytes, Address]] = []
+        if self._handshake_out:
+            out.extend((d, self.peer_addr) for d in self._handshake_out)
+            self._handshake_out.clear()
+        self._now = now
+        if self._keys is not None and self.state is not ConnectionState.CLOSED:
+            self._fill(now)
+        if self._pending_out:
+            addr = self.peer_addr
+            out.extend((d, addr) for d in self._pending_out)
+            self._pending_out = []
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.state is ConnectionState.CLOSED:
+            return None
+        timers = [self._last_received + self.config.idle_timeout]
+        if self.state in (ConnectionState.SYN_SENT, ConnectionState.AWAIT_ACCEPT):
+            timers.append(self._handshake_deadline)
+            if self._handshake_resend_at is not None:
+                timers.append(self._handshake_resend_at)
+        ack_at = self._received.ack_deadline()
+        if ack_at is not None:
+            timers.append(ack_at)
+        loss_at = self._sent.loss_deadline()
+        if loss_at is not None:
+            timers.append(loss_at)
+        if self._close_deadline is not None:
+            timers.append(self._close_deadline)
+        if self.state is ConnectionState.ESTABLISHED and self.config.keepalive_interval:
+            timers.append(self._last_keepalive_sent + self.config.keepalive_interval)
+        if self._has_data() and self._sent.can_send() and self._cc.can_send(
+            self._sent.bytes_in_flight
+        ):
+            timers.append(self._cc.next_send_time(self._now))
+        return min(timers)
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._now = now
+        if now >= self._last_received + self.config.idle_timeout:
+            self._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False)
+            return
+        if self.state in (ConnectionState.SYN_SENT, ConnectionState.AWAIT_ACCEPT):
+            if now >= self._handshake_deadline:
+                self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout", by_peer=False)
+                return
+            if self._handshake_resend_at is not None and now >= self._handshake_resend_at:
+                self._resend_handshake(now)
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self._terminate(self.close_code, self.close_reason, by_peer=False)
+            return
+        loss_at = self._sent.loss_deadline()
+        if loss_at is not None and now >= loss_at:
+            lost = self._sent.on_loss_timer(now)
+            self.stats.timeout_retransmits += self._requeue_lost(lost, now)
+        if (self.state is ConnectionState.ESTABLISHED and self.config.keepalive_interval
+                and now >= self._last_keepalive_sent + self.config.keepalive_interval):
+            self._queue_keepalive(now)
+
+    # ------------------------------------------------------------------ handshake
+
+    def _send_handshake_packet(self, flags: int, payload: bytes, now: float) -> None:
+        self._handshake_tries += 1
+        datagram = encode_packet(Packet(flags, self.connection_id, 0, 0, (), payload))
+        self._handshake_out.append(datagram)
+        self._handshake_last = datagram
+        interval = self.config.handshake_timeout / self.config.handshake_tries
+        self._handshake_resend_at = now + interval
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(datagram)
+
+    def _resend_handshake(self, now: float) -> None:
+        if self._handshake_tries >= self.config.handshake_tries:
+            self._handshake_resend_at = None
+            return
+        self._handshake_tries += 1
+        self._handshake_out.append(self._handshake_last)
+        self._handshake_resend_at = now + self.config.handshake_timeout / self.config.handshake_tries
+
+    def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
+                                  now: float) -> None:
+        if not self.is_client or self._handshake is None or addr != self.peer_addr:
+            self._drop("unexpected_handshake")
+            return
+        try:
+            packet = wire.decode_packet(data)
+        except PacketError:
+            self._drop("malformed")
+            return
+        self._last_received = now
+        try:
+            if flags & Flags.RST and self.state is ConnectionState.SYN_SENT:
+                frames = decode_frames(packet.payload)
+                reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
+                if reject is None:
+                    raise PacketError("handshake reset without a reason")
+                self._events.append(HandshakeRejected(reject.code, reject.reason))
+                self._terminate(reject.code, reject.reason, by_peer=True)
+            elif flags & Flags.SYN and flags & Flags.URG and self.state is ConnectionState.SYN_SENT:
+                self._handshake.on_retry(packet.payload)
+                self._handshake_tries = 0
+                self._send_handshake_packet(Flags.SYN, self._handshake.client_hello(), now)
+            elif flags & Flags.SYN and flags & Flags.ACK and self.state is ConnectionState.SYN_SENT:
+                params = self._handshake.on_server_hello(packet.payload)
+                self._keys = self._handshake.keys
+                self._apply_params(params)
+                self.state = ConnectionState.AWAIT_ACCEPT
+                self._handshake_tries = 0
+                self._send_handshake_packet(Flags.ACK, self._handshake.client_finish(), now)
+            else:
+                self._drop("unexpected_handshake")
+        except HandshakeError as exc:
+            self._events.append(HandshakeRejected(exc.code, exc.message))
+            self._terminate(exc.code, exc.message, by_peer=False)
+        except PacketError:
+            self._drop("malformed")
+
+    # ------------------------------------------------------------------ receiving
+
+    def _process_frames(self, frames: list[object], flags: int, now: float) -> None:
+        events = self._events
+        for frame in frames:
+            if isinstance(frame, MessageFrame):
+                if self.state is ConnectionState.CLOSED:
+                    return
+                try:
+                    delivered = self._receiver.on_frame(frame)
+                except ProtocolError as exc:
+                    self._protocol_violation(str(exc), now)
+                    return
+                for channel, mode, data in delivered:
+                    self.stats.messages_received += 1
+                    events.append(MessageReceived(data, channel, mode))
+            elif isinstance(frame, KeepaliveFrame):
+                events.append(KeepaliveReceived(frame.keepalive_id))
+            elif isinstance(frame, KeepaliveAckFrame):
+                sent_at = self._keepalives_pending.pop(frame.keepalive_id, None)
+                remaining = None if frame.remaining_ms == NO_SESSION_MS else frame.remaining_ms / 1000
+                rtt = None if sent_at is None else now - sent_at
+                events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
+            elif isinstance(frame, AckFloorFrame):
+                self._received.on_floor(frame.floor)
+            elif isinstance(frame, ParityFrame):
+                self._on_parity(frame, now)
+            elif isinstance(frame, PathChallengeFrame):
+                self._control.append(PathResponseFrame(frame.data))
+            elif isinstance(frame, PathResponseFrame):
+                if self._path_challenge is not None and frame.data == self._path_challenge:
+                    self._path_challenge = None
+                    self._path_validated = True
+                    if self._previous_addr is not None:
+                        events.append(PathMigrated(self._previous_addr, self.peer_addr))
+            elif isinstance(frame, SessionFrame):
+                if self.is_client and self.state is ConnectionState.AWAIT_ACCEPT:
+                    self.session_id, self.session_token = frame.session_id, frame.token
+                    self.state = ConnectionState.ESTABLISHED
+                    self._last_keepalive_sent = now
+                    remaining = None if frame.remaining_ms == NO_SESSION_MS else frame.remaining_ms / 1000
+                    events.append(HandshakeCompleted(frame.session_id, frame.token, remaining,
+                                                     frame.resumed))
+            elif isinstance(frame, RejectFrame):
+                if self.is_client and self.state is ConnectionState.AWAIT_ACCEPT:
+                    events.append(HandshakeRejected(frame.code, frame.reason))
+                    self._terminate(frame.code, frame.reason, by_peer=True)
+                    return
+            elif isinstance(frame, CloseFrame):
+                # FIN: graceful close by the peer; RST: abortive. Either way we are done, but a
+                # FIN is acknowledged first so that the peer stops retransmitting it.
+                if flags & Flags.FIN:
+                    self._send_ack_only(now)
+                self._terminate(frame.code, frame.reason, by_peer=True)
+                return
+
+    def _on_recovered(self, pn: int, payload: bytes, now: float) -> None:
+        if self._received.check(pn):
+            return
+        try:
+            frames = decode_frames(payload)
+        except PacketError:
+            self._drop("malformed")
+            return
+        self._received.on_received(pn, True, now)
+        self.stats.fec_recovered += 1
+        self._process_frames(frames, 0, now)
+
+    def _on_parity(self, frame: ParityFrame, now: float) -> None:
+        if self._fec_decoder is None:
+            return
+        seqs = tuple(self._received.expand(s) for s in frame.data_seqs)
+        shard = ParityShard(frame.group_id, frame.index, frame.m, seqs, frame.shard)
+        try:
+            recovered = self._fec_decoder.on_parity(shard)
+        except FecError as exc:
+            self._protocol_violation(str(exc), now)
+            return
+        for rpn, rpayload in recovered:
+            self._on_recovered(rpn, rpayload, now)
+
+    def _on_ack(self, ack: int, sack: tuple[tuple[int, int], ...], now: float) -> None:
+        sent = self._sent
+        result = sent.on_ack(ack, sack, now)
+        if result.acked:
+            acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
+            self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
+            for p in result.acked:
+                if p.pn == self._fin_pn:
+                    self._terminate(self.close_code, self.close_reason, by_peer=False)
+                    return
+        if result.lost:
+            self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
+        if sent.peer_needs_floor(ack):
+            self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+
+    def _requeue_lost(self, lost: list[SentPacket], now: float) -> int:
+        """Lost packets: give reliable frames a new packet; returns how many packets that took."""
+        if not lost:
+            return 0
+        self.stats.packets_lost += len(lost)
+        self._cc.on_loss(now, sum(p.size for p in lost if p.in_flight), self._sent.bytes_in_flight)
+        retransmitted = 0
+        for p in lost:
+            if not p.frames:
+                continue
+            retransmitted += 1
+            for frame in p.frames:
+                if isinstance(frame, MessageFrame):
+                    self._sender.requeue(frame)
+                elif isinstance(frame, CloseFrame):
+                    self._fin_pn = None  # a new FIN goes out with the close frame
+                else:
+                    self._control.append(frame)
+        return retransmitted
+
+    def _on_new_path(self, addr: Address, pn: int, now: float) -> None:
+        """An authenticated packet from a new address: follow it, but validate before trusting."""
+        if pn < self._largest_pn:
+            return  # a reordered packet from the old path, not a migration
+        self._previous_addr = self.peer_addr
+        self.peer_addr = addr
+        self._path_validated = False
+        self._path_challenge = os.urandom(8)
+        self._path_budget = 0
+        self._control.append(PathChallengeFrame(self._path_challenge))
+
+    # ------------------------------------------------------------------ sending
+
+    def _has_data(self) -> bool:
+        return bool(self._control or self._parity_out or self._sender.has_pending()
+                    or self._fin_due())
+
+    def _fin_due(self) -> bool:
+        """FIN goes out once every reliable byte is acknowledged, so nothing is cut off."""
+        return (self.state is ConnectionState.CLOSING and self._fin_pn is None
+                and not self._sender.has_pending() and self._sent.bytes_in_flight == 0
+                and not self._control and not self._parity_out)
+
+    def _fill(self, now: float) -> None:
+        """Build as many packets as the window, congestion control and pacing allow."""
+        sent, cc, encoder = self._sent, self._cc, self._fec_encoder
+        while True:
+            if not self._has_data():
+                if encoder is not None and encoder.pending:
+                    # the sender ran dry: close the FEC group now rather than let a partial
+                    # group wait for packets that may not come
+                    self._parity_out.extend(encoder.flush())
+                    continue
+                cc.on_app_limited(sent.bytes_in_flight)
+                break
+            if not sent.can_send() or not cc.can_send(sent.bytes_in_flight):
+                break
+            if cc.next_send_time(now) > now:
+                break
+            if not self._path_validated and self._path_budget <= 0 and not self._control:
+                break
+            if self._parity_out:
+                shard = self._parity_out.popleft()
+                seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
+                self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
+                                                  shard.shard)], now, flags=Flags.ACK | Flags.FEC)
+                continue
+            if not self._build_data_packet(now):
+                break
+        ack_at = self._received.ack_deadline()
+        if ack_at is not None and ack_at <= now:
+            self._send_ack_only(now)
+
+    def _build_data_packet(self, now: float) -> bool:
+        frames: list[object] = []
+        room = MAX_DATA_PAYLOAD
+        control = self._control
+        while control:
+            frame = control[0]
+            size = len(encode_frames([frame]))
+            if size > room:
+                break
+            frames.append(control.pop(0))
+            room -= size
+        while room > 13 + 1:
+            frame = self._sender.pop_frame(room)
+            if frame is None:
+                break
+            frames.append(frame)
+            room -= 13 + len(frame.data)
+        flags = Flags.ACK
+        if not frames and self._fin_due():
+            frames.append(CloseFrame(self.close_code, self.close_reason))
+            flags |= Flags.FIN
+        if not frames:
+            return False
+        pn = self._send_protected(frames, now, flags=flags)
+        if flags & Flags.FIN:
+            self._fin_pn = pn
+            if self._close_deadline is None:
+                self._close_deadline = now + self.config.close_timeout
+        return True
+
+    def _send_protected(self, frames: list[object], now: float, flags: int) -> int:
+        keys = self._keys
+        assert keys is not None
+        sent = self._sent
+        pn = sent.allocate_pn()
+        ack32, sack = self._received.ack_fields()
+        payload = encode_frames(frames)
+        plain = encode_packet(Packet(flags, self.connection_id, pn & 0xFFFFFFFF, ack32,
+                                     tuple(sack), payload))
+        header = plain[: wire.HEADER_SIZE]
+        datagram = header + keys.send.seal(pn, header, plain[wire.HEADER_SIZE:])
+        self._received.on_ack_sent()
+        size = len(datagram)
+        ack_eliciting = bool(frames)
+        retransmittable = [f for f in frames if is_retransmittable(f)]
+        rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight) if ack_eliciting else None
+        sent.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting,
+                                       retransmittable, rate))
+        stats = self.stats
+        stats.packets_sent += 1
+        stats.bytes_sent += size
+        if not self._path_validated:
+            self._path_budget -= size
+        self._pending_out.append(datagram)
+        if (self._fec_encoder is not None and not flags & Flags.FEC
+                and any(isinstance(f, MessageFrame) for f in frames)):
+            self._parity_out.extend(self._fec_encoder.add(pn, payload))
+        return pn
+
+    def _send_ack_only(self, now: float) -> None:
+        if self._keys is None:
+            return
+        self._send_protected([], now, flags=Flags.ACK)
+
+    def _queue_keepalive(self, now: float | None) -> int:
+        self._keepalive_id = (self._keepalive_id + 1) & 0xFFFFFFFF
+        kid = self._keepalive_id
+        if now is not None:
+            self._last_keepalive_sent = now
+        self._keepalives_pending[kid] = now if now is not None else self._last_keepalive_sent
+        if len(self._keepalives_pending) > 64:  # unanswered ones: forget the oldest
+            del self._keepalives_pending[next(iter(self._keepalives_pending))]
+        self._control.append(KeepaliveFrame(kid))
+        return kid
+
+    # ------------------------------------------------------------------ ending
+
+    def _protocol_violation(self, reason: str, now: float) -> None:
+        if self._keys is not None:
+            self._send_protected([CloseFrame(CloseCode.PROTOCOL_VIOLATION, reason[:512])], now,
+                                 flags=Flags.ACK | Flags.RST)
+        self._terminate(CloseCode.PROTOCOL_VIOLATION, reason, by_peer=False)
+
+    def _terminate(self, code: int, reason: str, by_peer: bool) -> None:
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.state = ConnectionState.CLOSED
+        self.close_code, self.close_reason = CloseCode(code), reason
+        self._handshake_resend_at = None
+        self._close_deadline = None
+        self._events.append(ConnectionClosed(int(code), reason, by_peer))
+
+    def _drop(self, reason: str) -> None:
+        drops = self.stats.drops
+        drops[reason] = drops.get(reason, 0) + 1
+
+    def refresh_stats(self) -> ConnectionStats:
+        """Copy the estimators' current values into `stats` and return it."""
+        stats = self.stats
+        rtt = self._sent.rtt
+        stats.srtt, stats.min_rtt = rtt.srtt, rtt.min_rtt
+        stats.cwnd, stats.pacing_rate, stats.bbr_state = (self._cc.cwnd, self._cc.pacing_rate,
+                                                          self._cc.state)
+        if self._receiver is not None:
+            stats.drops["stale_sequenced"] = self._receiver.stale_dropped
+        return stats
+
+
+_VERDICT_NAMES: dict[int, str] = {
+    DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
+
+
+def _ms(seconds: float | None) -> int:
+    if seconds is None:
+        return NO_SESSION_MS
+    return max(0, min(NO_SESSION_MS - 1, int(seconds * 1000)))

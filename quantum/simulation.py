@@ -1,0 +1,221 @@
+"""A deterministic in-memory network and virtual clock for driving connections without sockets.
+
+Used by the protocol tests and by `benchmarks.protocol_bench`: two (or more) endpoints exchange
+datagrams through `SimulatedNetwork`, which applies seeded loss, reordering (delay jitter),
+duplication and a fixed one-way delay. Time only moves when `run` jumps to the next datagram
+arrival or connection timer, so minutes of protocol time take milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from quantum.config import QuantumConfiguration
+from quantum.connection import Address, Connection
+from quantum.events import AuthenticationRequested, Event
+from quantum.handshake import Credentials, ServerHandshake, ServerParams
+from quantum.listener import Listener
+
+SERVER_ADDR: Address = ("10.0.0.1", 9090)
+CLIENT_ADDR: Address = ("10.0.0.2", 40000)
+
+
+@dataclass(slots=True)
+class LinkProfile:
+    """How the network treats every datagram (each direction independently)."""
+
+    delay: float = 0.02
+    jitter: float = 0.0  # extra uniform delay in [0, jitter): reorders datagrams
+    loss: float = 0.0
+    duplicate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.loss < 1.0 and 0.0 <= self.duplicate < 1.0):
+            raise ValueError("loss and duplicate must be probabilities in [0, 1)")
+        if self.delay < 0 or self.jitter < 0:
+            raise ValueError("delay and jitter must not be negative")
+
+
+@dataclass(slots=True)
+class NetworkStats:
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+
+
+class SimulatedNetwork:
+    """Datagrams in flight, ordered by arrival time; deterministic for a given seed."""
+
+    def __init__(self, profile: LinkProfile, seed: int = 0) -> None:
+        self.profile = profile
+        self.random = random.Random(seed)
+        self.stats = NetworkStats()
+        self._queue: list[tuple[float, int, bytes, Address, Address]] = []
+        self._counter = itertools.count()
+
+    def send(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        p, rnd = self.profile, self.random
+        self.stats.sent += 1
+        copies = 2 if p.duplicate and rnd.random() < p.duplicate else 1
+        self.stats.duplicated += copies - 1
+        for _ in range(copies):
+            if p.loss and rnd.random() < p.loss:
+                self.stats.lost += 1
+                continue
+            arrival = now + p.delay + (rnd.random() * p.jitter if p.jitter else 0.0)
+            heapq.heappush(self._queue, (arrival, next(self._counter), data, src, dst))
+
+    def next_arrival(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+    def pop(self) -> tuple[float, bytes, Address, Address]:
+        arrival, _, data, src, dst = heapq.heappop(self._queue)
+        self.stats.delivered += 1
+        return arrival, data, src, dst
+
+
+Authorizer = Callable[[Connection, AuthenticationRequested], None]
+
+
+def accept_everyone(conn: Connection, request: AuthenticationRequested) -> None:
+    """Default server policy for simulations: every client gets a fresh fake session."""
+    conn.accept(conn.connection_id, "token-" + conn.connection_id.hex()[:8], 1800.0)
+
+
+@dataclass
+class SimulatedServer:
+    """A Listener plus its connections, as server.py would hold them, minus the sockets."""
+
+    listener: Listener
+    authorize: Authorizer = accept_everyone
+    connections: dict[bytes, Connection] = field(default_factory=dict)
+    events: list[tuple[Connection, Event]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, configuration: QuantumConfiguration | None = None,
+               static_private: bytes | None = None, **listener_args: object) -> SimulatedServer:
+        config = configuration or QuantumConfiguration(keepalive_interval=None)
+        params = ServerParams(fec=config.fec, keepalive_interval=10.0,
+                              idle_timeout=config.idle_timeout)
+        key = static_private if static_private is not None else bytes(range(1, 33))
+        handshake = ServerHandshake(key, params)
+        return cls(Listener(handshake, config, **listener_args))  # type: ignore[arg-type]
+
+
+class Simulation:
+    """Drives one server and any number of client connections over a simulated network."""
+
+    def __init__(self, network: SimulatedNetwork, server: SimulatedServer) -> None:
+        self.network = network
+        self.server = server
+        self.now = 0.0
+        self.clients: dict[Address, Connection] = {}
+        self.client_events: dict[Address, list[Event]] = {}
+
+    def add_client(self, credentials: Credentials, addr: Address = CLIENT_ADDR,
+                   configuration: QuantumConfiguration | None = None,
+                   server_key: bytes | str | None = None) -> Connection:
+        conn = Connection.client(SERVER_ADDR, credentials, self.now,
+                                 configuration=configuration, server_key=server_key)
+        self.clients[addr] = conn
+        self.client_events[addr] = []
+        self.flush()
+        return conn
+
+    # ------------------------------------------------------------------ the loop
+
+    def flush(self) -> None:
+        """Send everything every endpoint has queued, and collect events."""
+        net, now = self.network, self.now
+        for addr, conn in self.clients.items():
+            for data, dst in conn.datagrams_to_send(now):
+                net.send(data, addr, dst, now)
+            events = self.client_events[addr]
+            while (event := conn.next_event()) is not None:
+                events.append(event)
+        for conn in list(self.server.connections.values()):
+            self._drain_server(conn)
+
+    def _drain_server(self, conn: Connection) -> None:
+        while (event := conn.next_event()) is not None:
+            self.server.events.append((conn, event))
+            if isinstance(event, AuthenticationRequested):
+                self.server.authorize(conn, event)
+        for data, dst in conn.datagrams_to_send(self.now):
+            self.network.send(data, SERVER_ADDR, dst, self.now)
+        if conn.state.value == "CLOSED":
+            self.server.connections.pop(conn.connection_id, None)
+            self.server.listener.forget(conn.connection_id, self.now)
+
+    def next_time(self) -> float | None:
+        times = [t for t in (self.network.next_arrival(),) if t is not None]
+        for conn in self.clients.values():
+            t = conn.get_timer()
+            if t is not None:
+                times.append(t)
+        for conn in self.server.connections.values():
+            t = conn.get_timer()
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    def step(self) -> bool:
+        """Advance to the next arrival or timer and process it; False when nothing is left."""
+        t = self.next_time()
+        if t is None:
+            return False
+        self.now = max(self.now, t)
+        now = self.now
+        net = self.network
+        while (arrival := net.next_arrival()) is not None and arrival <= now:
+            _, data, src, dst = net.pop()
+            self._deliver(data, src, dst)
+        for conn in list(self.clients.values()):
+            timer = conn.get_timer()
+            if timer is not None and timer <= now:
+                conn.handle_timer(now)
+        for conn in list(self.server.connections.values()):
+            timer = conn.get_timer()
+            if timer is not None and timer <= now:
+                conn.handle_timer(now)
+        self.flush()
+        return True
+
+    def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
+        now = self.now
+        if dst == SERVER_ADDR:
+            server = self.server
+            cid = data[6:22]
+            conn = server.connections.get(cid)
+            if conn is not None:
+                conn.receive_datagram(data, src, now)
+                return
+            replies, new = server.listener.receive_datagram(data, src, now,
+                                                            len(server.connections))
+            for reply, to in replies:
+                self.network.send(reply, SERVER_ADDR, to, now)
+            if new is not None:
+                server.connections[new.connection_id] = new
+        else:
+            client = self.clients.get(dst)
+            if client is not None:
+                client.receive_datagram(data, src, now)
+
+    def run(self, until: float | None = None, condition: Callable[[], bool] | None = None,
+            max_steps: int = 10_000_000) -> None:
+        """Step until `condition()` holds, virtual time passes `until`, or nothing is left."""
+        for _ in range(max_steps):
+            if condition is not None and condition():
+                return
+            t = self.next_time()
+            if t is None or (until is not None and t > until):
+                if until is not None:
+                    self.now = max(self.now, until)
+                return
+            self.step()
+        raise RuntimeError("simulation did not settle within max_steps")

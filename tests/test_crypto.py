@@ -111,3 +111,17 @@ def test_arbitrary_ciphertext_only_raises_protection_error(pn: int, junk: bytes)
     with pytest.raises(ProtectionError):
         PacketProtection(KEY, IV).open(pn, HEADER, junk)
     assert issubclass(ProtectionError, QuantumError)
+
+
+def test_benchmark_reports_every_figure() -> None:
+    from benchmarks.crypto_bench import measure
+
+    figures = measure(20)
+    assert figures["default_aead"] == "aes-256-gcm"
+    ratio = figures["protected_ns_100"] / figures["bare_aead_ns_100"]
+    assert figures["ratio"] == pytest.approx(ratio, abs=0.02)
+    for name in ("aes_gcm_ns_100", "aes_gcm_ns_1200", "chacha20_ns_100", "chacha20_ns_1200",
+                 "handshakes_per_cpu_s"):
+        assert figures[name] > 0
+    with pytest.raises(ValueError, match="at least 1"):
+        measure(0)

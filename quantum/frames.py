@@ -326,7 +326,7 @@ def _decode_reason(payload: bytes, pos: int, what: str) -> tuple[int, str, int]:
     return code, reason, end
 
 
-def decode_frames(payload: bytes) -> list[Frame]:
+def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     """Parse a payload into frames (padding is skipped); raises only PacketError."""
     if not isinstance(payload, bytes):
         if not isinstance(payload, bytearray | memoryview):

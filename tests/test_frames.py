@@ -1,0 +1,225 @@
+"""Frame codec: byte layouts (the hex vectors of docs/PROTOCOL.md section 7), limits, padding,
+retransmittability, and that any payload decodes or raises PacketError, nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quantum.frames import (
+    MESSAGE_FRAME_OVERHEAD,
+    AckFloorFrame,
+    CloseFrame,
+    Delivery,
+    Frame,
+    KeepaliveAckFrame,
+    KeepaliveFrame,
+    MessageFrame,
+    PaddingFrame,
+    ParityFrame,
+    PathChallengeFrame,
+    PathResponseFrame,
+    RejectFrame,
+    SessionFrame,
+    decode_frames,
+    encode_frames,
+    is_retransmittable,
+)
+from quantum.packet import PacketError
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+VECTORS: list[tuple[Frame, str]] = [
+    (MessageFrame(3, Delivery.RELIABLE_UNORDERED, 258, 1, 2, b"hi"),
+     "010301000001020001000200026869"),
+    (KeepaliveFrame(42), "020000002a"),
+    (KeepaliveAckFrame(42, 1800000), "030000002a001b7740"),
+    (KeepaliveAckFrame(7, 0xFFFFFFFF), "0300000007ffffffff"),
+    (CloseFrame(4, "bye"), "0400040003627965"),
+    (ParityFrame(17, 3, 1, (1, 2), b"\xaa\xbb\xcc"),
+     "050000001103010200000001000000020003aabbcc"),
+    (AckFloorFrame(0xFFFFFFF0), "06fffffff0"),
+    (PathChallengeFrame(bytes(range(1, 9))), "070102030405060708"),
+    (PathResponseFrame(bytes(range(1, 9))), "080102030405060708"),
+    (SessionFrame(bytes(range(16)), "tok", 60000, True),
+     "09000102030405060708090a0b0c0d0e0f03746f6b0000ea6001"),
+    (RejectFrame(19, "full"), "0a0013000466756c6c"),
+]
+
+
+@pytest.mark.parametrize(("frame", "hexdata"), VECTORS)
+def test_vectors_byte_for_byte(frame: Frame, hexdata: str) -> None:
+    data = bytes.fromhex(hexdata)
+    assert frame.encode() == data
+    assert frame.size == len(data)
+    assert decode_frames(data) == [frame]
+
+
+def test_padding_vector_and_rules() -> None:
+    data = bytes.fromhex("0200000001000000")
+    assert encode_frames([KeepaliveFrame(1), PaddingFrame(3)]) == data
+    assert decode_frames(data) == [KeepaliveFrame(1)]  # padding is skipped, not returned
+    assert decode_frames(bytes(10)) == []
+    with pytest.raises(PacketError, match="nonzero byte in padding"):
+        decode_frames(b"\x00\x00\x02\x00\x00\x00\x01")
+    with pytest.raises(PacketError, match="padding must be the last"):
+        encode_frames([PaddingFrame(2), KeepaliveFrame(1)])
+
+
+def test_message_frame_overhead() -> None:
+    frame = MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b"12345")
+    assert len(frame.encode()) == MESSAGE_FRAME_OVERHEAD + 5 == frame.size
+    assert MESSAGE_FRAME_OVERHEAD == 13
+
+
+def test_decoded_mode_is_a_delivery() -> None:
+    (frame,) = decode_frames(MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, 0, 1, b"").encode())
+    assert isinstance(frame, MessageFrame)
+    assert frame.mode is Delivery.UNRELIABLE_SEQUENCED
+
+
+def test_several_frames_in_one_payload() -> None:
+    frames = [frame for frame, _ in VECTORS]
+    assert decode_frames(encode_frames(frames)) == frames
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> Frame:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        count = draw(st.integers(1, 0xFFFF))
+        return MessageFrame(draw(u8), draw(st.sampled_from(Delivery)), draw(u32),
+                            draw(st.integers(0, count - 1)), count, draw(st.binary(max_size=300)))
+    if kind == 1:
+        return KeepaliveFrame(draw(u32))
+    if kind == 2:
+        return KeepaliveAckFrame(draw(u32), draw(u32))
+    if kind in (3, 4):
+        cls = CloseFrame if kind == 3 else RejectFrame
+        reason = draw(st.text(st.characters(blacklist_categories=["Cs"]), max_size=128))
+        return cls(draw(u16), reason)
+    if kind == 5:
+        m = draw(st.integers(1, 255))
+        return ParityFrame(draw(u32), m, draw(st.integers(0, m - 1)),
+                           tuple(draw(st.lists(u32, min_size=1, max_size=32))),
+                           draw(st.binary(max_size=300)))
+    if kind == 6:
+        return AckFloorFrame(draw(u32))
+    if kind == 7:
+        data = draw(st.binary(min_size=8, max_size=8))
+        return PathChallengeFrame(data) if draw(st.booleans()) else PathResponseFrame(data)
+    return SessionFrame(draw(st.binary(min_size=16, max_size=16)),
+                        draw(st.text(st.characters(max_codepoint=127), max_size=64)),
+                        draw(u32), draw(st.booleans()))
+
+
+@given(st.lists(frames(), max_size=6), st.integers(0, 20))
+def test_round_trip(frame_list: list[Frame], padding: int) -> None:
+    tail: list[Frame] = [PaddingFrame(padding)] if padding else []
+    payload = encode_frames(frame_list + tail)
+    assert len(payload) == sum(f.size for f in frame_list) + padding
+    assert decode_frames(payload) == frame_list
+
+
+@given(st.binary(max_size=600))
+def test_arbitrary_payloads_raise_only_packet_error(payload: bytes) -> None:
+    try:
+        decoded = decode_frames(payload)
+    except PacketError:
+        return
+    # whatever decodes re-encodes to the same bytes, minus trailing padding
+    assert encode_frames(decoded) == payload[:len(encode_frames(decoded))]
+
+
+@given(st.lists(frames(), min_size=1, max_size=4), st.data())
+def test_mutated_payloads_raise_only_packet_error(frame_list: list[Frame],
+                                                  data: st.DataObject) -> None:
+    payload = bytearray(encode_frames(frame_list))
+    action = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
+    if action == "flip":
+        payload[data.draw(st.integers(0, len(payload) - 1))] ^= data.draw(st.integers(1, 255))
+    elif action == "truncate":
+        del payload[data.draw(st.integers(0, len(payload) - 1)):]
+    else:
+        payload += data.draw(st.binary(min_size=1, max_size=40))
+    with contextlib.suppress(PacketError):
+        decode_frames(bytes(payload))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"\x0b", "unknown frame type 0x0b"),
+    (b"\x01" + bytes(11), "truncated MESSAGE"),
+    (b"\x01\x00\x04" + bytes(10), "unknown delivery mode 4"),
+    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 2, 2, 0), "index 2 not below count 2"),
+    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 0, 0, 0), "index 0 not below count 0"),
+    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 0, 1, 5) + b"abc", "truncated MESSAGE"),
+    (b"\x02\x00\x00", "truncated KEEPALIVE"),
+    (b"\x03" + bytes(7), "truncated KEEPALIVE_ACK"),
+    (b"\x04\x00\x00\x00\x02\xff\xfe", "not valid UTF-8"),
+    (b"\x04\x00\x00\x02\x01" + bytes(513), "513 bytes exceeds 512"),
+    (b"\x0a\x00\x00\x00\x05ab", "truncated REJECT"),
+    (b"\x05" + struct.pack("!IBBB", 1, 2, 2, 1), "index 2 not below m=2"),
+    (b"\x05" + struct.pack("!IBBB", 1, 2, 0, 0), "must be 1..32"),
+    (b"\x05" + struct.pack("!IBBB", 1, 2, 0, 33), "must be 1..32"),
+    (b"\x05" + struct.pack("!IBBBI", 1, 2, 0, 2, 7), "truncated PARITY"),
+    (b"\x06\x00", "truncated ACK_FLOOR"),
+    (b"\x07" + bytes(7), "truncated PATH"),
+    (b"\x09" + bytes(16) + b"\x41" + bytes(10), "65 bytes exceeds 64"),
+    (b"\x09" + bytes(16) + b"\x02\xc3\xa9" + bytes(5), "not ASCII"),
+    (b"\x09" + bytes(16) + b"\x00" + bytes(4) + b"\x02", "resumed flag must be 0 or 1"),
+    (b"\x09" + bytes(16) + b"\x00" + bytes(4), "truncated SESSION"),
+])
+def test_malformed_frames_say_what_is_wrong(payload: bytes, message: str) -> None:
+    with pytest.raises(PacketError, match=message):
+        decode_frames(payload)
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 1, 1, b""), "index 1 not below count 1"),
+    (MessageFrame(256, Delivery.RELIABLE_ORDERED, 1, 0, 1, b""), "cannot encode"),
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, bytes(65536)), "cannot encode"),
+    (KeepaliveFrame(-1), "cannot encode"),
+    (CloseFrame(0, "x" * 513), "513 bytes exceeds 512"),
+    (CloseFrame(0, "\ud800"), "surrogate"),
+    (ParityFrame(1, 2, 2, (1,), b""), "index 2 not below m=2"),
+    (ParityFrame(1, 2, 0, (), b""), "1..32"),
+    (ParityFrame(1, 2, 0, tuple(range(33)), b""), "1..32"),
+    (PathChallengeFrame(b"short"), "8 bytes"),
+    (SessionFrame(bytes(15), "t", 0, False), "16 bytes"),
+    (SessionFrame(bytes(16), "é", 0, False), "ASCII"),
+    (SessionFrame(bytes(16), "t" * 65, 0, False), "65 bytes exceeds 64"),
+    (PaddingFrame(0), "at least 1"),
+])
+def test_encode_refuses_values_that_do_not_fit(frame: Frame, message: str) -> None:
+    with pytest.raises(PacketError, match=message):
+        frame.encode()
+
+
+def test_encode_frames_rejects_non_frames() -> None:
+    with pytest.raises(TypeError, match="not a frame"):
+        encode_frames([b"raw"])
+
+
+def test_non_bytes_payload_is_malformed() -> None:
+    with pytest.raises(PacketError, match="must be bytes"):
+        decode_frames(5)  # type: ignore[arg-type]
+    assert decode_frames(bytearray(b"\x02\x00\x00\x00\x01")) == [KeepaliveFrame(1)]
+
+
+def test_retransmittable_frames() -> None:
+    yes = [MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, b""),
+           MessageFrame(0, Delivery.RELIABLE_UNORDERED, 1, 0, 1, b""),
+           CloseFrame(0, ""), SessionFrame(bytes(16), "", 0, False), KeepaliveAckFrame(1, 2),
+           RejectFrame(16, "")]
+    no = [MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""),
+          MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, 0, 1, b""),
+          ParityFrame(1, 1, 0, (1,), b""), PaddingFrame(1), PathChallengeFrame(bytes(8)),
+          PathResponseFrame(bytes(8)), KeepaliveFrame(1), AckFloorFrame(3), object()]
+    assert all(is_retransmittable(f) for f in yes)
+    assert not any(is_retransmittable(f) for f in no)

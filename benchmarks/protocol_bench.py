@@ -1,0 +1,175 @@
+"""Protocol benchmark: two connections over the simulated network, in-process, no sockets.
+
+    python -m benchmarks.protocol_bench --json
+
+For each case (random loss 0/1/5/10 %, 20 ms one-way delay, FEC on and off) a client sends
+reliable-ordered 1 KiB messages at a steady rate; the benchmark checks every message arrives once
+and in order, and reports goodput, delivery latency p50/p99 in virtual time, retransmissions,
+FEC recoveries and CPU time per delivered packet. A bulk case at 0 % loss measures messages per
+CPU-second, and a protection case compares sealing+opening a 100-byte packet with the bare AEAD.
+Prints one JSON array, one object per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from quantum.config import QuantumConfiguration
+from quantum.connection import ConnectionState
+from quantum.events import MessageReceived
+from quantum.handshake import Credentials
+from quantum.simulation import LinkProfile, SimulatedNetwork, SimulatedServer, Simulation
+
+MESSAGE_SIZE = 1024
+ONE_WAY_DELAY = 0.020
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _connect(loss: float, fec: bool, seed: int) -> tuple[Simulation, Any]:
+    config = QuantumConfiguration(keepalive_interval=None, fec=(10, 3) if fec else None,
+                                  idle_timeout=600.0, handshake_tries=20,
+                                  handshake_timeout=20.0)
+    sim = Simulation(SimulatedNetwork(LinkProfile(delay=ONE_WAY_DELAY, loss=loss), seed),
+                     SimulatedServer.create(config))
+    client = sim.add_client(Credentials(user_id="bench"), configuration=config)
+    sim.run(until=30.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    if client.state is not ConnectionState.ESTABLISHED:
+        raise RuntimeError("handshake did not complete in the benchmark network")
+    return sim, client
+
+
+def run_case(loss: float, fec: bool, messages: int, rate: float, seed: int = 42) -> dict[str, Any]:
+    """Steady stream: `messages` 1 KiB messages, one every 1/rate seconds of virtual time."""
+    sim, client = _connect(loss, fec, seed)
+    server_events = sim.server.events
+    sent_at: list[float] = []
+    delivered_at: dict[int, float] = {}
+    order: list[int] = []
+    seen = 0
+    interval = 1.0 / rate
+    start = sim.now
+    cpu0 = time.process_time()
+
+    def collect() -> None:
+        nonlocal seen
+        while seen < len(server_events):
+            _, event = server_events[seen]
+            seen += 1
+            if isinstance(event, MessageReceived):
+                index = int.from_bytes(event.data[:4], "big")
+                order.append(index)
+                delivered_at.setdefault(index, sim.now)
+
+    for i in range(messages):
+        sim.run(until=start + i * interval)
+        collect()
+        sent_at.append(sim.now)
+        client.send(i.to_bytes(4, "big") + bytes(MESSAGE_SIZE - 4))
+        sim.flush()
+    sim.run(until=sim.now + 120.0, condition=lambda: (collect(), len(order) >= messages)[1])
+    collect()
+    cpu = time.process_time() - cpu0
+    latencies = [delivered_at[i] - sent_at[i] for i in range(messages) if i in delivered_at]
+    stats = client.refresh_stats()
+    server_stats = next(iter(sim.server.connections.values())).stats
+    duration = max(delivered_at.values(), default=start) - start
+    packets = server_stats.packets_received
+    rtt = 2 * ONE_WAY_DELAY
+    return {
+        "case": f"loss={loss:.0%} fec={'on' if fec else 'off'}",
+        "loss": loss,
+        "fec": fec,
+        "one_way_delay_ms": ONE_WAY_DELAY * 1000,
+        "message_size": MESSAGE_SIZE,
+        "messages_sent": messages,
+        "messages_delivered": len(order),
+        "delivered_in_order": order == list(range(messages)),
+        "goodput_mbit_s": round(len(order) * MESSAGE_SIZE * 8 / duration / 1e6, 3)
+        if duration > 0 else None,
+        "latency_p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+        "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "latency_mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        "rtt_ms": rtt * 1000,
+        "p99_over_rtt": round(_percentile(latencies, 0.99) / rtt, 3),
+        "retransmissions": stats.retransmissions,
+        "packets_lost": stats.packets_lost,
+        "fec_recovered": server_stats.fec_recovered,
+        "packets_delivered": packets,
+        "cpu_s": round(cpu, 4),
+        "cpu_us_per_delivered_packet": round(cpu / packets * 1e6, 2) if packets else None,
+    }
+
+
+def run_bulk(messages: int, seed: int = 7) -> dict[str, Any]:
+    """0 % loss, everything queued at once: CPU cost of the whole pipeline per 1 KiB message."""
+    sim, client = _connect(0.0, False, seed)
+    server_events = sim.server.events
+    payload = bytes(MESSAGE_SIZE)
+    already = len(server_events)
+    cpu0 = time.process_time()
+    for _ in range(messages):
+        client.send(payload)
+    sim.flush()
+    sim.run(until=sim.now + 600.0, condition=lambda: len(server_events) - already >= messages)
+    cpu = time.process_time() - cpu0
+    delivered = sum(1 for _, e in server_events[already:] if isinstance(e, MessageReceived))
+    return {
+        "case": "bulk loss=0% fec=off",
+        "messages_sent": messages,
+        "messages_delivered": delivered,
+        "cpu_s": round(cpu, 4),
+        "cpu_us_per_message": round(cpu / delivered * 1e6, 2) if delivered else None,
+        "messages_per_cpu_s": round(delivered / cpu) if cpu > 0 else None,
+        "target_messages_per_cpu_s": 100_000,
+        "note": "CPU of both endpoints and the simulator together, one process",
+    }
+
+
+def run_protection(iterations: int) -> dict[str, Any]:
+    from benchmarks.crypto_bench import measure
+
+    result = measure(iterations)
+    return {"case": "protection", **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.protocol_bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON array (default)")
+    parser.add_argument("--messages", type=int, default=2000,
+                        help="messages per loss case (default 2000)")
+    parser.add_argument("--rate", type=float, default=500.0,
+                        help="messages per second of virtual time in loss cases (default 500)")
+    parser.add_argument("--bulk", type=int, default=20000,
+                        help="messages in the bulk CPU case (default 20000)")
+    parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.messages < 1 or args.rate <= 0 or args.bulk < 1:
+        parser.error("--messages and --bulk must be at least 1, --rate positive")
+    if args.quick:
+        args.messages, args.bulk = 200, 1000
+    results: list[dict[str, Any]] = []
+    for loss in (0.0, 0.01, 0.05, 0.10):
+        for fec in (True, False):
+            results.append(run_case(loss, fec, args.messages, args.rate))
+            print(f"# {results[-1]['case']}: done", file=sys.stderr, flush=True)
+    results.append(run_bulk(args.bulk))
+    results.append(run_protection(20_000 if args.quick else 200_000))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

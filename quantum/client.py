@@ -1,0 +1,298 @@
+"""The asyncio Quantum client: a thin I/O shell around the sans-I/O `Connection`.
+
+    async with await quantum.connect("127.0.0.1", 9090, user_id="alice", ticket=t) as conn:
+        await conn.send(b"hello")
+        reply = await conn.recv()
+        remaining = await conn.heartbeat()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from quantum.config import QuantumConfiguration
+from quantum.connection import Address, Connection, ConnectionState, ConnectionStats
+from quantum.errors import CloseCode, ConnectionClosedError, QuantumError
+from quantum.events import (
+    ConnectionClosed,
+    HandshakeCompleted,
+    HandshakeRejected,
+    KeepaliveAcknowledged,
+    MessageReceived,
+)
+from quantum.frames import Delivery
+from quantum.handshake import Credentials
+
+
+class ConnectError(QuantumError):
+    """The server refused us (with its reason code) or never answered."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        name = CloseCode(code).name if code in CloseCode._value2member_map_ else str(code)
+        super().__init__(f"connection refused ({name}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    data: bytes
+    channel: int
+    mode: Delivery
+
+
+class QuantumClient(asyncio.DatagramProtocol):
+    """One client connection. Create it with `quantum.connect()`."""
+
+    def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._conn = connection
+        self._loop = loop
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._established: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._messages: deque[Message] = deque()
+        self._message_waiter: asyncio.Future[None] | None = None
+        self._heartbeats: dict[int, asyncio.Future[float | None]] = {}
+        self.session_id: str | None = None
+        self.session_token: str | None = None
+        self.resumed = False
+        self.remaining: float | None = None
+        self.close_reason: str | None = None
+        self.close_code: int | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return self._conn.refresh_stats()
+
+    @property
+    def connection_id(self) -> bytes:
+        return self._conn.connection_id
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    async def send(self, data: bytes, channel: int = 0,
+                   mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
+        """Queue a message (raises `MessageError` for a bad one) and push it to the wire."""
+        self._check_open()
+        self._conn.send(data, channel, mode)
+        self._flush()
+
+    async def recv(self) -> bytes:
+        """The next application message's bytes (any channel)."""
+        return (await self.recv_message()).data
+
+    async def recv_message(self) -> Message:
+        """The next application message with its channel and delivery mode."""
+        while not self._messages:
+            self._check_open()
+            self._message_waiter = self._loop.create_future()
+            await asyncio.wait([self._message_waiter, self._closed],
+                               return_when=asyncio.FIRST_COMPLETED)
+        return self._messages.popleft()
+
+    async def heartbeat(self, timeout: float = 5.0) -> float | None:
+        """Send a keepalive now; returns the session's remaining seconds from the server."""
+        self._check_open()
+        kid = self._conn.send_keepalive()
+        waiter: asyncio.Future[float | None] = self._loop.create_future()
+        self._heartbeats[kid] = waiter
+        self._flush()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        finally:
+            self._heartbeats.pop(kid, None)
+
+    async def close(self, reason: str = "client closed", timeout: float = 5.0) -> None:
+        """Graceful close: pending data goes first, then FIN; waits for the server's ack."""
+        if not self._closed.done():
+            self._conn.close(reason)
+            self._flush()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+            except TimeoutError:
+                pass
+        self._teardown()
+
+    def abort(self) -> None:
+        """Drop the connection without telling the server (as a crashed client would)."""
+        self._teardown()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> QuantumClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ DatagramProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._conn.receive_datagram(data, addr[:2], self._loop.time())
+        self._process()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake_all()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed.done() or self._conn.state is ConnectionState.CLOSED:
+            raise ConnectionClosedError(f"connection closed: {self.close_reason or 'closed'}")
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._conn.handle_timer(self._loop.time())
+        self._process()
+
+    def _process(self) -> None:
+        conn = self._conn
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, MessageReceived):
+                self._messages.append(Message(event.data, event.channel, event.mode))
+                waiter = self._message_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif isinstance(event, KeepaliveAcknowledged):
+                self.remaining = event.remaining
+                hb = self._heartbeats.get(event.keepalive_id)
+                if hb is not None and not hb.done():
+                    hb.set_result(event.remaining)
+            elif isinstance(event, HandshakeCompleted):
+                self.session_id = str(uuid.UUID(bytes=event.session_id))
+                self.session_token = event.session_token
+                self.remaining = event.remaining
+                self.resumed = event.resumed
+                if not self._established.done():
+                    self._established.set_result(None)
+            elif isinstance(event, HandshakeRejected):
+                if not self._established.done():
+                    self._established.set_exception(ConnectError(event.code, event.reason))
+            elif isinstance(event, ConnectionClosed):
+                self.close_code, self.close_reason = event.code, event.reason
+                if not self._established.done():
+                    self._established.set_exception(ConnectError(event.code, event.reason))
+                if not self._closed.done():
+                    self._closed.set_result(None)
+                self._wake_all()
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for data, addr in self._conn.datagrams_to_send(self._loop.time()):
+            transport.sendto(data, addr)
+        self._arm_timer()
+        if self._conn.state is ConnectionState.CLOSED and self._closed.done():
+            self._teardown()
+
+    def _arm_timer(self) -> None:
+        at = self._conn.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _wake_all(self) -> None:
+        waiter = self._message_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        for hb in self._heartbeats.values():
+            if not hb.done():
+                hb.set_exception(ConnectionClosedError(
+                    f"connection closed: {self.close_reason or 'closed'}"))
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    user_id: str,
+    ticket: str | None = None,
+    server_key: bytes | str | None = None,
+    metadata: dict[str, str] | None = None,
+    resume: tuple[str, str] | None = None,
+    resume_fallback: bool = False,
+    fec: bool = True,
+    configuration: QuantumConfiguration | None = None,
+    local_addr: tuple[str, int] | None = None,
+) -> QuantumClient:
+    """Connect, authenticate and return an established client connection.
+
+    `resume=(session_id, token)` continues an earlier session on this new connection; with
+    `resume_fallback=True` a refused resume gets a new session instead of `ConnectError`.
+    Raises `ConnectError` when the server refuses (reason code) or does not answer in time.
+    """
+    config = configuration or QuantumConfiguration()
+    resume_bytes: tuple[bytes, str] | None = None
+    if resume is not None:
+        try:
+            resume_bytes = (uuid.UUID(resume[0]).bytes, resume[1])
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"resume session id is not a UUID: {resume[0]!r}") from exc
+    credentials = Credentials(
+        user_id=user_id,
+        ticket=ticket,
+        resume=resume_bytes,
+        resume_fallback=resume_fallback,
+        metadata=dict(metadata or {}),
+        fec=config.fec if fec else None,
+    )
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+    if not infos:
+        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}")
+    server_addr: Address = infos[0][4][:2]  # type: ignore[assignment]
+    conn = Connection.client(server_addr, credentials, loop.time(), configuration=config,
+                             server_key=server_key, connection_id=os.urandom(16))
+    client = QuantumClient(conn, loop)
+    kwargs: dict[str, Any] = {"remote_addr": server_addr}
+    if local_addr is not None:
+        kwargs["local_addr"] = local_addr
+    await loop.create_datagram_endpoint(lambda: client, **kwargs)
+    try:
+        await client._established
+    except BaseException:
+        client._teardown()
+        raise
+    return client

@@ -1,0 +1,792 @@
+"""The Quantum server: where the wire meets the session service.
+
+One asyncio `DatagramProtocol` (on uvloop where available) serves every client on one UDP socket.
+Datagrams are routed by connection id to sans-I/O `quantum.Connection`s; new connection ids go to
+the stateless `quantum.Listener`. All connection timers live in one heap armed with a single
+`loop.call_at`. What the connections report as events becomes SessionManager calls in exactly one
+place, `SessionBridge.handle`, which reads like the table in docs/ARCHITECTURE.md.
+
+Run it with `quantum-server` (or `python server.py`); `quantum-server --help` lists the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from quantum.auth import AnonymousAuthenticator, Authenticator, AuthError, TicketAuthenticator
+from quantum.config import QuantumConfiguration
+from quantum.connection import Address, Connection, ConnectionState
+from quantum.errors import CloseCode
+from quantum.events import (
+    AuthenticationRequested,
+    ConnectionClosed,
+    Event,
+    KeepaliveReceived,
+    MessageReceived,
+    PathMigrated,
+)
+from quantum.frames import Delivery
+from quantum.handshake import ServerHandshake, ServerParams
+from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
+from quantum.listener import Listener
+from quantum.packet import HEADER_SIZE, MAGIC
+from session.manager import ManagerConfig, SessionManager
+from session.memory import MemoryStore
+from session.model import Session, State, Stats
+from session.errors import SessionError, SessionExpired, SessionNotFound, StoreUnavailable
+
+log = structlog.get_logger("quantum.server")
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------- the peers
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    """One connected client as the application sees it."""
+
+    server: QuantumServer
+    conn: Connection
+    user_id: str = ""
+    session_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    last_keepalive: float = 0.0
+    idle: bool = False
+    stats_dirty: bool = False
+    superseded: bool = False  # a resume moved the session to another connection
+    timer_at: float | None = None
+
+    @property
+    def connection_id(self) -> str:
+        return str(uuid.UUID(bytes=self.conn.connection_id))
+
+    @property
+    def address(self) -> Address:
+        return self.conn.peer_addr
+
+    def send(self, message: bytes, channel: int = 0,
+             mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
+        """Queue a message to this client (raises `MessageError` for a bad one)."""
+        self.conn.send(message, channel, mode)
+        self.server.flush(self)
+
+
+class Application:
+    """What a game or collaboration server overrides. Callbacks run on the event loop; return a
+    coroutine to do async work (it is scheduled as a task)."""
+
+    def on_connect(self, peer: Peer) -> Awaitable[None] | None:
+        return None
+
+    def on_message(self, peer: Peer, message: bytes, channel: int,
+                   mode: Delivery) -> Awaitable[None] | None:
+        return None
+
+    def on_disconnect(self, peer: Peer, reason: str) -> Awaitable[None] | None:
+        return None
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    connections_opened: int = 0
+    connections_closed: int = 0
+    heartbeats: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+    retransmissions: int = 0
+    auth_failures: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------- the event mapping
+
+
+class SessionBridge:
+    """Protocol events -> session-manager calls. The whole mapping is `handle`:
+
+    | event                                  | session service                                  |
+    |----------------------------------------|--------------------------------------------------|
+    | AuthenticationRequested                | authenticate; create_session / resume_session    |
+    | KeepaliveReceived                      | heartbeat -> keepalive-ack carries remaining     |
+    | MessageReceived                        | application.on_message; IDLE session -> ACTIVE   |
+    | PathMigrated                           | session's client address follows                 |
+    | no keepalive for 3 intervals (sweep)   | ACTIVE -> IDLE                                   |
+    | stats (sweep, every few s, and close)  | record_stats (coalesced, never per packet)       |
+    | ConnectionClosed by client FIN         | delete_session(reason "client closed")           |
+    | ConnectionClosed otherwise (idle ...)  | DISCONNECTING, kept until expiry for a resume    |
+    | session deleted/expired in the manager | its connection is closed with that reason        |
+    """
+
+    def __init__(self, server: QuantumServer) -> None:
+        self.server = server
+        self.manager = server.manager
+        self._sync = isinstance(server.manager.store, MemoryStore)
+
+    def handle(self, peer: Peer, event: Event) -> None:
+        server = self.server
+        if isinstance(event, KeepaliveReceived):
+            server.counters.heartbeats += 1
+            peer.last_keepalive = server.loop.time()
+            peer.idle = False
+            self._heartbeat(peer, event.keepalive_id)
+        elif isinstance(event, MessageReceived):
+            server.counters.messages_received += 1
+            peer.stats_dirty = True
+            if peer.idle:
+                peer.idle = False
+                self._set_state(peer, State.ACTIVE)
+            server.call_app(server.app.on_message, peer, event.data, event.channel, event.mode)
+        elif isinstance(event, AuthenticationRequested):
+            server.spawn(self._authenticate(peer, event))
+        elif isinstance(event, PathMigrated):
+            if peer.session_id is not None:
+                server.spawn(self._migrated(peer, event.new_addr))
+        elif isinstance(event, ConnectionClosed):
+            self._closed(peer, event)
+
+    # -- keepalives: the hot path. MemoryStore never suspends, so its coroutine is driven to
+    # -- completion right here instead of paying for a Task per heartbeat.
+
+    def _heartbeat(self, peer: Peer, keepalive_id: int) -> None:
+        sid = peer.session_id
+        if sid is None:
+            peer.conn.acknowledge_keepalive(keepalive_id, None)
+            return
+        coro = self.manager.heartbeat(sid)
+        if self._sync:
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                peer.conn.acknowledge_keepalive(keepalive_id, done.value)
+                return
+            except SessionError as exc:
+                self._session_gone(peer, exc)
+                return
+            coro.close()
+            raise RuntimeError("MemoryStore.heartbeat suspended; it must complete at once")
+        self.server.spawn(self._heartbeat_async(peer, keepalive_id, coro))
+
+    async def _heartbeat_async(self, peer: Peer, keepalive_id: int,
+                               coro: Coroutine[Any, Any, float]) -> None:
+        try:
+            remaining = await coro
+        except SessionError as exc:
+            self._session_gone(peer, exc)
+            return
+        peer.conn.acknowledge_keepalive(keepalive_id, remaining)
+        self.server.flush(peer)
+
+    def _session_gone(self, peer: Peer, exc: SessionError) -> None:
+        if isinstance(exc, (SessionNotFound, SessionExpired)):
+            peer.session_id = None
+            peer.conn.close(f"session ended: {exc}", CloseCode.SESSION_ENDED)
+            self.server.flush(peer)
+        else:
+            log.warning("heartbeat failed", connection_id=peer.connection_id, error=str(exc))
+
+    # -- handshake
+
+    async def _authenticate(self, peer: Peer, req: AuthenticationRequested) -> None:
+        server, conn = self.server, peer.conn
+        ip, port = conn.peer_addr
+        cid = str(uuid.UUID(bytes=conn.connection_id))
+        try:
+            session: Session | None = None
+            resumed = False
+            if req.resume is not None:
+                session = await self._try_resume(peer, req, cid)
+                resumed = session is not None
+                if session is None and not req.resume_fallback:
+                    raise AuthError(CloseCode.BAD_RESUME, "session cannot be resumed")
+            if session is None:
+                user_id = server.authenticator.authenticate(req.user_id, req.ticket, time.time())
+                session, token = await self.manager.create_session(
+                    user_id, ip, port, cid, metadata=req.metadata, server_addr=server.address_text)
+            else:
+                token = req.resume[1] if req.resume else ""
+            remaining = await self.manager.heartbeat(session.session_id)  # CONNECTING -> ACTIVE
+        except AuthError as exc:
+            server.counters.auth_failures += 1
+            log.info("handshake rejected", connection_id=cid, user_id=req.user_id,
+                     reason=exc.code.name.lower(), detail=exc.message)
+            conn.reject(exc.code, exc.message, server.loop.time())
+            server.flush(peer)
+            return
+        except StoreUnavailable as exc:
+            log.error("session store unavailable", connection_id=cid, error=str(exc))
+            conn.reject(CloseCode.STORE_UNAVAILABLE, "session store unavailable",
+                        server.loop.time())
+            server.flush(peer)
+            return
+        except (SessionError, ValueError) as exc:
+            server.counters.auth_failures += 1
+            conn.reject(CloseCode.BAD_REQUEST, str(exc)[:200], server.loop.time())
+            server.flush(peer)
+            return
+        if conn.state is not ConnectionState.AUTHENTICATING:
+            # the client gave up while we were busy: undo what we created
+            if not resumed:
+                await self.manager.delete_session(session.session_id, "handshake abandoned")
+            return
+        peer.user_id, peer.session_id, peer.metadata = session.user_id, session.session_id, dict(
+            session.metadata)
+        peer.last_keepalive = server.loop.time()
+        server.by_session[session.session_id] = peer
+        conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed)
+        log.info("connection established", connection_id=cid, session_id=session.session_id,
+                 user_id=session.user_id, resumed=resumed, client=f"{ip}:{port}")
+        server.call_app(server.app.on_connect, peer)
+        server.flush(peer)
+
+    async def _try_resume(self, peer: Peer, req: AuthenticationRequested,
+                          cid: str) -> Session | None:
+        assert req.resume is not None
+        sid_bytes, token = req.resume
+        sid = str(uuid.UUID(bytes=sid_bytes))
+        ip, port = peer.conn.peer_addr
+        try:
+            session = await self.manager.resume_session(sid, token, cid, ip, port,
+                                                        server_addr=self.server.address_text)
+        except (SessionError, ValueError) as exc:
+            log.info("resume refused", session_id=sid, reason=str(exc))
+            return None
+        if session.user_id != req.user_id:
+            log.warning("resume refused: user mismatch", session_id=sid)
+            return None
+        old = self.server.by_session.get(sid)
+        if old is not None and old is not peer:
+            old.superseded = True
+            old.conn.close("session resumed on another connection", CloseCode.SESSION_ENDED)
+            self.server.flush(old)
+        return session
+
+    async def _migrated(self, peer: Peer, addr: Address) -> None:
+        assert peer.session_id is not None
+        try:
+            await self.manager.update_client_address(peer.session_id, addr[0], addr[1])
+        except SessionError as exc:
+            log.warning("address update failed", session_id=peer.session_id, error=str(exc))
+
+    # -- periodic work and the end of a connection
+
+    def _set_state(self, peer: Peer, state: State) -> None:
+        if peer.session_id is not None:
+            self.server.spawn(self._update(peer.session_id, state=state))
+
+    async def _update(self, session_id: str, state: State | None = None,
+                      stats: Stats | None = None) -> None:
+        try:
+            await self.manager.update_session(session_id, state=state, stats=stats)
+        except SessionError as exc:
+            log.debug("session update skipped", session_id=session_id, error=str(exc))
+
+    def sweep(self, peers: Iterable[Peer], now: float) -> None:
+        """Every few seconds: idle detection and coalesced statistics."""
+        interval = self.server.config.keepalive_interval
+        for peer in peers:
+            if peer.session_id is None:
+                continue
+            if not peer.idle and now - peer.last_keepalive > 3 * interval:
+                peer.idle = True
+                self._set_state(peer, State.IDLE)
+            if peer.stats_dirty or peer.conn.stats.packets_received:
+                self._push_stats(peer)
+
+    def _push_stats(self, peer: Peer) -> None:
+        assert peer.session_id is not None
+        peer.stats_dirty = False
+        s = peer.conn.refresh_stats()
+        stats = Stats(packets_sent=s.packets_sent, packets_received=s.packets_received,
+                      bytes_sent=s.bytes_sent, bytes_received=s.bytes_received,
+                      retransmissions=s.retransmissions,
+                      current_rtt_ms=(s.srtt or 0.0) * 1000)
+        self.server.spawn(self._record(peer.session_id, stats))
+
+    async def _record(self, session_id: str, stats: Stats) -> None:
+        try:
+            await self.manager.record_stats(session_id, stats)
+        except SessionError:
+            pass
+
+    def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
+        server = self.server
+        sid = peer.session_id
+        server.call_app(server.app.on_disconnect, peer, event.reason)
+        if sid is None or peer.superseded:
+            return
+        if server.by_session.get(sid) is peer:
+            del server.by_session[sid]
+        self._push_stats(peer)
+        if event.by_peer and event.code == CloseCode.NORMAL:
+            server.spawn(self._delete(sid, "client closed"))
+        elif event.code == CloseCode.SESSION_ENDED:
+            pass  # the session service ended it; nothing left to update
+        else:
+            server.spawn(self._update(sid, state=State.DISCONNECTING))
+        log.info("connection closed", connection_id=peer.connection_id, session_id=sid,
+                 reason=event.reason, by_peer=event.by_peer)
+
+    async def _delete(self, session_id: str, reason: str) -> None:
+        try:
+            await self.manager.delete_session(session_id, reason)
+        except SessionError:
+            pass
+
+    def on_session_ended(self, session: Session, reason: str) -> None:
+        """Manager listener: a session deleted or expired closes its connection."""
+        peer = self.server.by_session.pop(session.session_id, None)
+        if peer is None or peer.conn.state is ConnectionState.CLOSED:
+            return
+        peer.session_id = None
+        peer.conn.close(f"session {reason}", CloseCode.SESSION_ENDED)
+        self.server.flush(peer)
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 9090
+    keepalive_interval: float = 10.0
+    idle_timeout: float = 60.0
+    fec: bool = True
+    max_connections: int = 10_000
+    stats_interval: float = 2.0
+    report_interval: float = 60.0
+
+
+class QuantumServer(asyncio.DatagramProtocol):
+    """The UDP server. `await server.start()`, then `await server.stop()`."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        key: ServerKeyFile,
+        authenticator: Authenticator,
+        config: ServerConfig | None = None,
+        app: Application | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.manager = manager
+        self.key = key
+        self.authenticator = authenticator
+        self.app = app or Application()
+        self.counters = ServerCounters()
+        self.peers: dict[bytes, Peer] = {}
+        self.by_session: dict[str, Peer] = {}
+        self.address_text = ""
+        cfg = self.config
+        self.quantum_config = QuantumConfiguration(
+            keepalive_interval=None, idle_timeout=cfg.idle_timeout,
+            fec=(10, 3) if cfg.fec else None)
+        params = ServerParams(fec=self.quantum_config.fec,
+                              keepalive_interval=cfg.keepalive_interval,
+                              idle_timeout=cfg.idle_timeout)
+        self.listener = Listener(ServerHandshake(key.private_key, params), self.quantum_config,
+                                 max_connections=cfg.max_connections)
+        self.bridge = SessionBridge(self)
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timers: list[tuple[float, int, Peer]] = []
+        self._timer_seq = itertools.count()
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_handle_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._accepting = True
+        self._periodic: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.manager.add_listener(self.bridge.on_session_ended)
+        await self.manager.start()
+        transport, _ = await self.loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.config.host, self.config.port))
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.address_text = f"{host}:{port}"
+        self._periodic = self.loop.create_task(self._periodic_work())
+        log.info("server started", address=self.address_text,
+                 fingerprint=fingerprint(self.key.public_key),
+                 max_connections=self.config.max_connections, fec=self.config.fec)
+
+    @property
+    def port(self) -> int:
+        return int(self.address_text.rsplit(":", 1)[1])
+
+    async def stop(self, reason: str = "server shutdown") -> None:
+        """Stop accepting, close every connection with a reason, update sessions, release."""
+        self._accepting = False
+        for peer in list(self.peers.values()):
+            peer.conn.close(reason, CloseCode.SERVER_SHUTDOWN)
+            self.flush(peer)
+        deadline = self.loop.time() + 2.0
+        while self.peers and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for peer in list(self.peers.values()):  # unresponsive clients: give up on them
+            peer.conn.handle_timer(float("inf"))
+            self._drain(peer)
+        if self._periodic is not None:
+            self._periodic.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        if self._transport is not None:
+            self._transport.close()
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        await self.manager.close()
+        log.info("server stopped", reason=reason)
+
+    # ------------------------------------------------------------------ DatagramProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if len(data) < HEADER_SIZE or data[:4] != MAGIC:
+            self._drop("not_quantum")
+            return
+        peer = self.peers.get(data[6:22])
+        now = self.loop.time()
+        if peer is not None:
+            peer.conn.receive_datagram(data, addr, now)
+            self._drain(peer)
+            return
+        if not self._accepting:
+            self._drop("shutting_down")
+            return
+        replies, conn = self.listener.receive_datagram(data, addr, now, len(self.peers))
+        transport = self._transport
+        if transport is not None:
+            for reply, to in replies:
+                transport.sendto(reply, to)
+        if conn is not None:
+            peer = Peer(self, conn, last_keepalive=now)
+            self.peers[conn.connection_id] = peer
+            self.counters.connections_opened += 1
+            self._drain(peer)
+
+    def error_received(self, exc: Exception) -> None:
+        self._drop("socket_error")
+
+    # ------------------------------------------------------------------ per-connection work
+
+    def _drain(self, peer: Peer) -> None:
+        """After any input: turn the connection's events into session calls, then flush."""
+        conn, handle = peer.conn, self.bridge.handle
+        while (event := conn.next_event()) is not None:
+            try:
+                handle(peer, event)
+            except Exception:
+                log.exception("event handling failed", connection_id=peer.connection_id,
+                              event=type(event).__name__)
+        self.flush(peer)
+
+    def flush(self, peer: Peer) -> None:
+        conn = peer.conn
+        transport = self._transport
+        datagrams = conn.datagrams_to_send(self.loop.time())
+        if transport is not None:
+            for data, addr in datagrams:
+                transport.sendto(data, addr)
+        if conn.state is ConnectionState.CLOSED:
+            if self.peers.pop(conn.connection_id, None) is not None:
+                self.counters.connections_closed += 1
+                self.counters.retransmissions += conn.stats.retransmissions
+                self.listener.forget(conn.connection_id, self.loop.time())
+                while (event := conn.next_event()) is not None:
+                    self.bridge.handle(peer, event)
+            return
+        at = conn.get_timer()
+        if at is not None and at != peer.timer_at:
+            peer.timer_at = at
+            heapq.heappush(self._timers, (at, next(self._timer_seq), peer))
+            if self._timer_handle_at is None or at < self._timer_handle_at:
+                self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        self._timer_handle_at = at
+        self._timer_handle = self.loop.call_at(at, self._on_timers)
+
+    def _on_timers(self) -> None:
+        """The one timer: run every connection timer that is due, then re-arm for the next."""
+        self._timer_handle = None
+        self._timer_handle_at = None
+        now = self.loop.time()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, peer = heapq.heappop(timers)
+            if peer.timer_at != at or peer.conn.connection_id not in self.peers:
+                continue  # superseded by a later arming, or gone
+            peer.timer_at = None
+            peer.conn.handle_timer(now)
+            self._drain(peer)
+        while timers:
+            at, _, peer = timers[0]
+            if peer.timer_at == at and peer.conn.connection_id in self.peers:
+                self._arm(at)
+                break
+            heapq.heappop(timers)
+
+    # ------------------------------------------------------------------ background work
+
+    async def _periodic_work(self) -> None:
+        next_report = self.loop.time() + self.config.report_interval
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            now = self.loop.time()
+            self.bridge.sweep(list(self.peers.values()), now)
+            if now >= next_report:
+                next_report = now + self.config.report_interval
+                log.info("server counters", **self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for people and dashboards: connections, heartbeats, drops by reason..."""
+        c = self.counters
+        drops = dict(c.drops)
+        for reason, n in self.listener.stats.drops.items():
+            drops[f"handshake_{reason}"] = n
+        for peer in self.peers.values():
+            for reason, n in peer.conn.stats.drops.items():
+                drops[reason] = drops.get(reason, 0) + n
+        live_retx = sum(p.conn.stats.retransmissions for p in self.peers.values())
+        return {
+            "connections": len(self.peers),
+            "connections_opened": c.connections_opened,
+            "connections_closed": c.connections_closed,
+            "heartbeats": c.heartbeats,
+            "messages_received": c.messages_received,
+            "retransmissions": c.retransmissions + live_retx,
+            "auth_failures": c.auth_failures,
+            "handshakes_rejected": dict(self.listener.stats.rejected),
+            "drops": drops,
+        }
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", error=repr(task.exception()))
+
+    def call_app(self, callback: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+        try:
+            result = callback(*args)
+        except Exception:
+            log.exception("application callback failed", callback=callback.__name__)
+            return
+        if result is not None:
+            self.spawn(_await(result))
+
+    def send(self, target: Peer | str, message: bytes, channel: int = 0,
+             mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
+        """Send to a peer, or to the connection currently holding a session id."""
+        peer = target if isinstance(target, Peer) else self.by_session.get(target)
+        if peer is None:
+            raise SessionNotFound(f"session not found: {target}")
+        peer.send(message, channel, mode)
+        self.counters.messages_sent += 1
+
+    def _drop(self, reason: str) -> None:
+        drops = self.counters.drops
+        drops[reason] = drops.get(reason, 0) + 1
+
+
+async def _await(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantum-server",
+        description="Quantum-protocol UDP server with a built-in session service. "
+                    "Subcommands: 'keygen' and 'issue-ticket' (see 'quantum-server keygen -h').")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
+    p.add_argument("--store", choices=("memory", "etcd"), default="memory",
+                   help="session store (default memory)")
+    p.add_argument("--etcd-endpoints", default="127.0.0.1:2379",
+                   help="comma-separated host:port list of one etcd cluster")
+    p.add_argument("--etcd-prefix", default="/quantum", help="etcd key prefix (default /quantum)")
+    p.add_argument("--session-timeout", type=_positive(float), default=1800.0,
+                   help="seconds a session lives without heartbeats (default 1800)")
+    p.add_argument("--keepalive-interval", type=_positive(float), default=10.0,
+                   help="keepalive interval clients are told to use (default 10)")
+    p.add_argument("--idle-timeout", type=_positive(float), default=60.0,
+                   help="seconds of silence before a connection is dropped (default 60)")
+    p.add_argument("--fec", action=argparse.BooleanOptionalAction, default=True,
+                   help="Reed-Solomon forward error correction, 10+3 (default on)")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"server key file (default {default_key_path()}; created if missing)")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="DEVELOPMENT ONLY: accept any claimed user id without a ticket")
+    p.add_argument("--max-connections", type=_positive(int), default=10_000,
+                   help="connection cap; handshakes beyond it are refused (default 10000)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return p
+
+
+def _keygen_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantum-server keygen",
+                                description="Write a new server key file (mode 0600).")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"where to write it (default {default_key_path()})")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    return p
+
+
+def _ticket_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantum-server issue-ticket",
+                                description="Print a signed login ticket for a user.")
+    p.add_argument("--user", required=True, help="user id the ticket is for")
+    p.add_argument("--ttl", type=_positive(float), default=3600.0,
+                   help="seconds the ticket is valid (default 3600)")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"server key file (default {default_key_path()})")
+    return p
+
+
+def _keygen(argv: list[str]) -> int:
+    args = _keygen_parser().parse_args(argv)
+    path = args.key_file or default_key_path()
+    if path.exists() and not args.force:
+        print(f"quantum-server keygen: {path} exists; use --force to replace it", file=sys.stderr)
+        return 2
+    key = ServerKeyFile.generate(path)
+    print(f"wrote {path}")
+    print(f"public key:  {key.public_key_text}")
+    print(f"fingerprint: {fingerprint(key.public_key)}")
+    return 0
+
+
+def _issue_ticket(argv: list[str]) -> int:
+    from quantum.auth import issue_ticket
+
+    args = _ticket_parser().parse_args(argv)
+    path = args.key_file or default_key_path()
+    try:
+        key = ServerKeyFile.load(path)
+        print(issue_ticket(key.ticket_secret, args.user, args.ttl, time.time()))
+    except (KeyFileError, ValueError) as exc:
+        print(f"quantum-server issue-ticket: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _build_store(args: argparse.Namespace) -> Any:
+    if args.store == "memory":
+        return MemoryStore()
+    from session.etcd import EtcdStore
+
+    endpoints = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
+    return EtcdStore(endpoints, prefix=args.etcd_prefix)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from session.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    path = args.key_file or default_key_path()
+    try:
+        key, created = ServerKeyFile.load_or_create(path)
+    except KeyFileError as exc:
+        print(f"quantum-server: {exc}", file=sys.stderr)
+        return 2
+    if created:
+        log.warning("created a new server key file", path=str(path))
+    authenticator: Authenticator
+    if args.allow_anonymous:
+        authenticator = AnonymousAuthenticator()
+        log.warning("ANONYMOUS MODE: any claimed user id is accepted without a ticket; "
+                    "never run this in production")
+    else:
+        authenticator = TicketAuthenticator(key.ticket_secret)
+    store = await _build_store(args)
+    manager = SessionManager(ManagerConfig(store=store, default_timeout=args.session_timeout))
+    config = ServerConfig(host=args.host, port=args.port,
+                          keepalive_interval=args.keepalive_interval,
+                          idle_timeout=args.idle_timeout, fec=args.fec,
+                          max_connections=args.max_connections)
+    server = QuantumServer(manager, key, authenticator, config)
+    try:
+        await server.start()
+    except (OSError, StoreUnavailable) as exc:
+        print(f"quantum-server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    print(f"quantum-server ready on {server.address_text} store={args.store} "
+          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await asyncio.wait_for(server.stop(), timeout=4.5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "keygen":
+        return _keygen(argv[1:])
+    if argv and argv[0] == "issue-ticket":
+        return _issue_ticket(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(args))
+    except ImportError:  # Windows: plain asyncio
+        return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -203,13 +203,17 @@ class _Cluster:
         last: BaseException | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        attempts = max(2, len(self._addresses))
-        for attempt in range(attempts):
-            if attempt and loop.time() >= deadline:
+        members = len(self._addresses)
+        # a member that hangs (no quorum, partitioned) gets its share of the budget, not all
+        # of it, so the others are still tried in time
+        share = self.timeout if members == 1 else max(self.timeout / members, 0.5)
+        for attempt in range(2 * members):
+            remaining = deadline - loop.time()
+            if attempt and remaining <= 0:
                 break
             client, generation = self.current()
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(min(share, remaining) if attempt else share):
                     return await op(client), attempt > 0
             except _TRANSIENT as exc:
                 last = exc

@@ -317,8 +317,8 @@ async def test_all_of_etcd_down_fails_fast_then_recovers(etcd_private: EtcdClust
 async def test_service_continues_with_one_member_of_three_killed(
     etcd_cluster3: EtcdCluster,  # noqa: F811
 ) -> None:
-    store = EtcdStore(etcd_cluster3.endpoints, prefix="/ha", timeout=3.0)
-    watcher = EtcdStore(etcd_cluster3.endpoints[::-1], prefix="/ha", timeout=3.0)
+    store = EtcdStore(etcd_cluster3.endpoints, prefix="/ha", timeout=5.0)
+    watcher = EtcdStore(etcd_cluster3.endpoints[::-1], prefix="/ha", timeout=5.0)
     await store.start()
     await watcher.start()
     heard: list[str] = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import heapq
 import itertools
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from session.errors import SessionExists, SessionExpired
 from session.model import Session, SessionFilter, State, Stats, validate_session
@@ -26,6 +26,8 @@ from session.store import Store, not_found, not_found_for_connection
 
 __all__ = ["MemoryStore"]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _CONNECTING = State.CONNECTING
 _IDLE = State.IDLE
 _ACTIVE = State.ACTIVE
@@ -41,15 +43,18 @@ class MemoryStore(Store):
         self._by_connection: dict[str, str] = {}
         self._by_user: dict[str, set[str]] = {}
         self._by_state: dict[State, set[str]] = {state: set() for state in State}
-        # heap entries are (due, seq, session_id); _due[session_id] = (due, seq) of the one
-        # live entry, so entries left behind by deletes and re-filing are recognised and skipped
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._due: dict[str, tuple[datetime, int]] = {}
+        # heap entries are (due, seq, session_id), due in integer microseconds since the epoch:
+        # exact like the datetimes, but much cheaper to compare. _due[session_id] is the
+        # (due, seq) of the session's one live entry, so entries left behind by deletes and
+        # re-filing are recognised and skipped.
+        self._heap: list[tuple[int, int, str]] = []
+        self._due: dict[str, tuple[int, int]] = {}
         self._seq = itertools.count()
 
     # -- helpers (synchronous, so callers stay atomic)
 
-    def _schedule(self, session_id: str, due: datetime) -> None:
+    def _schedule(self, session_id: str, expires_at: datetime) -> None:
+        due = (expires_at - _EPOCH) // _MICROSECOND
         seq = next(self._seq)
         heapq.heappush(self._heap, (due, seq, session_id))
         self._due[session_id] = (due, seq)
@@ -120,7 +125,7 @@ class MemoryStore(Store):
         self._unindex(old)
         self._sessions[sid] = stored
         self._index(stored)
-        if stored.expires_at < self._due[sid][0]:
+        if stored.expires_at < old.expires_at:
             self._schedule(sid, stored.expires_at)
             self._compact()
 
@@ -166,17 +171,25 @@ class MemoryStore(Store):
 
     async def expire(self, now: datetime) -> builtins.list[Session]:
         heap, due, sessions = self._heap, self._due, self._sessions
+        now_key = (now - _EPOCH) // _MICROSECOND
         expired: builtins.list[Session] = []
-        while heap and heap[0][0] <= now:
-            _, seq, sid = heapq.heappop(heap)
+        while heap and heap[0][0] <= now_key:
+            _, seq, sid = heap[0]
             live = due.get(sid)
             if live is None or live[1] != seq:
-                continue  # left behind by a delete or superseded by a re-filing
+                heapq.heappop(heap)  # left behind by a delete or superseded by a re-filing
+                continue
             actual = sessions[sid].expires_at
             if actual <= now:
+                heapq.heappop(heap)
                 expired.append(self._remove(sid))
             else:
-                self._schedule(sid, actual)
+                # extended since it was filed: re-file at its real expiry (> now, so the loop
+                # cannot meet it again), replacing the top in one sift
+                key = (actual - _EPOCH) // _MICROSECOND
+                seq = next(self._seq)
+                heapq.heapreplace(heap, (key, seq, sid))
+                due[sid] = (key, seq)
         return expired
 
     async def count(self) -> int:
@@ -206,7 +219,7 @@ class MemoryStore(Store):
             by_state[state].discard(session_id)
             by_state[_ACTIVE].add(session_id)
             session.state = _ACTIVE
-        if expires_at < old_expiry and expires_at < self._due[session_id][0]:
+        if expires_at < old_expiry:
             self._schedule(session_id, expires_at)
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:

@@ -1,0 +1,126 @@
+"""MemoryStore specifics beyond the shared contract: never suspending, and the expiry heap."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from session.memory import MemoryStore
+from session.model import Session, SessionFilter, State, Stats, new_session_id
+
+T0 = datetime(2025, 11, 7, 14, 30, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("MemoryStore suspended")
+
+
+def make(expires: float = 60, user_id: str = "u") -> Session:
+    return Session(new_session_id(), user_id, str(uuid.uuid4()), "10.0.0.1", 1, State.ACTIVE,
+                   T0, T0, at(expires))
+
+
+def test_every_method_completes_without_suspending() -> None:
+    store = MemoryStore()
+    s = make()
+    run_now(store.create(s))
+    assert run_now(store.get(s.session_id)) == s
+    run_now(store.update(s))
+    run_now(store.touch(s.session_id, at(1), at(61)))
+    run_now(store.set_stats(s.session_id, Stats(packets_sent=1)))
+    assert run_now(store.list(SessionFilter()))[1] == 1
+    assert run_now(store.get_by_connection_id(s.connection_id)).session_id == s.session_id
+    assert len(run_now(store.get_by_user_id("u"))) == 1
+    assert run_now(store.count()) == 1
+    assert run_now(store.count_by_state())[State.ACTIVE] == 1
+    assert run_now(store.delete_expired(at(61))) == 1
+    run_now(store.close())
+
+
+def test_heartbeats_never_grow_the_heap() -> None:
+    store = MemoryStore()
+    sessions = [make() for _ in range(10)]
+    for s in sessions:
+        run_now(store.create(s))
+    for step in range(1, 50):
+        for s in sessions:
+            store.touch_now(s.session_id, at(step), at(step + 60))
+    assert store.heap_size() == 10
+
+
+def test_sweep_work_is_bounded_by_what_came_due() -> None:
+    store = MemoryStore()
+    early = [make(expires=10) for _ in range(5)]
+    late = [make(expires=1000) for _ in range(500)]
+    for s in early + late:
+        run_now(store.create(s))
+    assert run_now(store.delete_expired(at(10))) == 5
+    # nothing else was due, so nothing else was touched: the late entries are still the
+    # originals, not re-filed copies
+    assert store.heap_size() == 500
+    assert run_now(store.delete_expired(at(999))) == 0
+    assert store.heap_size() == 500
+
+
+def test_extended_sessions_are_refiled_once_then_left_alone() -> None:
+    store = MemoryStore()
+    s = make(expires=10)
+    run_now(store.create(s))
+    store.touch_now(s.session_id, at(5), at(100))
+    assert run_now(store.delete_expired(at(10))) == 0  # re-filed at 100
+    assert store.heap_size() == 1
+    assert run_now(store.delete_expired(at(99))) == 0
+    assert run_now(store.delete_expired(at(100))) == 1
+    assert store.heap_size() == 0
+
+
+def test_deleted_sessions_leave_bounded_garbage() -> None:
+    store = MemoryStore()
+    keep = [make(expires=10**6) for _ in range(10)]
+    for s in keep:
+        run_now(store.create(s))
+    for _ in range(5000):
+        s = make(expires=10**6)
+        run_now(store.create(s))
+        run_now(store.delete(s.session_id))
+    assert store.heap_size() <= 2 * len(keep) + 1024 + 1
+    assert run_now(store.delete_expired(at(10**6))) == 10
+
+
+def test_recreated_session_id_is_not_expired_by_its_predecessors_entry() -> None:
+    store = MemoryStore()
+    first = make(expires=10)
+    run_now(store.create(first))
+    run_now(store.delete(first.session_id))
+    second = make(expires=100)
+    second.session_id = first.session_id
+    run_now(store.create(second))
+    assert run_now(store.delete_expired(at(10))) == 0
+    assert run_now(store.get(first.session_id)).expires_at == at(100)
+
+
+@pytest.mark.parametrize("shorten_with", ["update", "touch"])
+def test_shortened_expiry_is_found_in_time(shorten_with: str) -> None:
+    store = MemoryStore()
+    s = make(expires=1000)
+    run_now(store.create(s))
+    if shorten_with == "update":
+        s.expires_at = at(5)
+        run_now(store.update(s))
+    else:
+        store.touch_now(s.session_id, at(1), at(5))
+    assert run_now(store.delete_expired(at(4))) == 0
+    assert run_now(store.delete_expired(at(5))) == 1

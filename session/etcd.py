@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -100,6 +100,7 @@ _TRANSIENT = (
 _MERGE_ATTEMPTS = 5
 _TXN_OPS = 100  # etcd refuses transactions of more than 128 operations by default
 _WAKE = frozenset({State.CONNECTING, State.IDLE})
+_ACTIVE = State.ACTIVE
 
 
 class SessionConflict(SessionError):
@@ -244,7 +245,8 @@ class _Entry:
     seen_rev: int  # revision callers last read: `update` must not overwrite anything newer
     lease: int
     lease_ttl: int
-    refreshed: float  # monotonic time of the last lease grant or keepalive
+    span: timedelta  # expires_at - last_active_at the lease TTL was computed from
+    refresh_at: float  # monotonic time after which the next keepalive is due
     written: float  # monotonic time of the last record write
     owned: bool  # created, updated or touched here: this node expires it and refreshes it
     dirty: bool = False  # timestamps or stats changed since the last write
@@ -377,9 +379,19 @@ class EtcdStore(Store):
         timeout = (session.expires_at - session.last_active_at).total_seconds()
         return math.ceil(max(timeout, 1.0) * (1.0 + self._refresh_fraction)) + 1
 
-    def _refresh_due(self, entry: _Entry, now: float) -> bool:
+    def _arm(self, entry: _Entry, mono: float) -> None:
+        """The lease was just granted or kept alive: schedule the next keepalive."""
         timeout = (entry.lease_ttl - 1) / (1.0 + self._refresh_fraction)
-        return now - entry.refreshed >= timeout * self._refresh_fraction
+        entry.refresh_at = mono + timeout * self._refresh_fraction
+
+    def _new_entry(self, session: Session, rev: int, lease: int, owned: bool) -> _Entry:
+        now = self._mono()
+        entry = _Entry(
+            session, rev, rev, lease, self._lease_ttl(session),
+            session.expires_at - session.last_active_at, now, now, owned,
+        )
+        self._arm(entry, now)
+        return entry
 
     async def _call(self, op: Callable[[aetcd.Client], Awaitable[_T]]) -> tuple[_T, bool]:
         if self._closed:
@@ -455,8 +467,7 @@ class EtcdStore(Store):
                     raise SessionExists(f"session already exists: {sid}")
                 holder = owner.value.decode(errors="replace") if owner else "?"
                 raise SessionExists(f"connection {cid} already has a session: {holder}")
-        now = self._mono()
-        self._cache[sid] = _Entry(stored, rev, rev, lease, ttl, now, now, owned=True)
+        self._cache[sid] = self._new_entry(stored, rev, lease, owned=True)
 
     async def update(self, session: Session) -> None:
         validate_session(session)
@@ -481,7 +492,7 @@ class EtcdStore(Store):
             entry.session = new
             entry.dirty = True
             now = self._mono()
-            if self._refresh_due(entry, now):
+            if now >= entry.refresh_at:
                 await self._refresh(entry, now)
             return
         await self._write(entry, new, entry.seen_rev)
@@ -533,13 +544,17 @@ class EtcdStore(Store):
         if lease != entry.lease:
             self._revoke_later(entry.lease)
             entry.lease, entry.lease_ttl = lease, ttl
-            entry.refreshed = self._mono()
+            self._arm(entry, self._mono())
+        entry.span = new.expires_at - new.last_active_at
         entry.session = new
         entry.mod_rev = entry.seen_rev = rev
         entry.written = self._mono()
         entry.dirty = False
 
     async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+        # The hot path. In the common case (an owned, ACTIVE session, same timeout, lease not
+        # yet due) it only changes the cached copy: no etcd call, no allocation beyond the
+        # timedelta of the timeout check.
         entry = self._cache.get(session_id)
         if entry is None or not entry.owned:
             entry = await self._entry(session_id)
@@ -550,14 +565,21 @@ class EtcdStore(Store):
         session.last_active_at = now
         session.expires_at = expires_at
         entry.dirty = True
-        mono = self._mono()
+        if session.state is _ACTIVE and expires_at - now == entry.span:
+            mono = self._mono()
+            if mono >= entry.refresh_at:
+                await self._refresh(entry, mono)
+            return
         if session.state in _WAKE:
-            session.state = State.ACTIVE
+            session.state = _ACTIVE
             await self._flush_entry(entry, force=True)  # state changes are not left lazy
         elif self._lease_ttl(session) != entry.lease_ttl:
-            await self._flush_entry(entry, force=True)
-        elif self._refresh_due(entry, mono):
-            await self._refresh(entry, mono)
+            await self._flush_entry(entry, force=True)  # the lease must be re-granted
+        else:
+            entry.span = expires_at - now
+            mono = self._mono()
+            if mono >= entry.refresh_at:
+                await self._refresh(entry, mono)
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         entry = self._cache.get(session_id)
@@ -575,7 +597,7 @@ class EtcdStore(Store):
             # are gone, so the session is too
             self._cache.pop(entry.session.session_id, None)
             raise not_found(entry.session.session_id)
-        entry.refreshed = mono
+        self._arm(entry, mono)
         await self._flush_entry(entry, force=True)
 
     async def _flush_entry(self, entry: _Entry, force: bool = False) -> None:
@@ -678,16 +700,13 @@ class EtcdStore(Store):
         session = self._decode_logged(kv.key, kv.value)
         entry = self._cache.get(session_id)
         if entry is None:
-            now = self._mono()
-            entry = _Entry(
-                session, kv.mod_revision, kv.mod_revision, kv.lease,
-                self._lease_ttl(session), now, now, owned=False,
-            )
+            entry = self._new_entry(session, kv.mod_revision, kv.lease, owned=False)
             self._cache[session_id] = entry
         elif kv.mod_revision > entry.mod_rev:
             if kv.lease != entry.lease:
                 entry.lease, entry.lease_ttl = kv.lease, self._lease_ttl(session)
-                entry.refreshed = self._mono()
+                entry.span = session.expires_at - session.last_active_at
+                self._arm(entry, self._mono())
             entry.session = session
             entry.mod_rev = kv.mod_revision
             entry.dirty = False
@@ -873,7 +892,7 @@ class EtcdStore(Store):
                 if not (entry.owned and entry.dirty) or now - entry.written < interval:
                     continue
                 try:
-                    if self._refresh_due(entry, now):
+                    if now >= entry.refresh_at:
                         await self._refresh(entry, now)
                     else:
                         await self._flush_entry(entry)

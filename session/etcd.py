@@ -292,8 +292,10 @@ class EtcdStore(Store):
         self._listeners: builtins.list[_Listener] = []
         self._watch_rev = 0
         self._tasks: builtins.list[asyncio.Task[None]] = []
+        self._revokes: set[asyncio.Task[None]] = set()
         self._watch_ready = asyncio.Event()
         self._started = False
+        self._closing = False
         self._closed = False
         #: etcd requests issued (reads, writes, lease calls): for benchmarks and tests
         self.requests = 0
@@ -313,7 +315,7 @@ class EtcdStore(Store):
 
         Raises `StoreUnavailable` if no endpoint answers within the timeout.
         """
-        if self._closed:
+        if self._closing:
             raise RuntimeError("EtcdStore is closed")
         if self._started:
             return
@@ -333,12 +335,15 @@ class EtcdStore(Store):
 
     async def close(self) -> None:
         """Flush what is dirty (best effort), stop the tasks, drop the connection. Idempotent."""
-        if self._closed:
+        if self._closing:
             return
-        self._closed = True
+        self._closing = True
         if self._started:
             with contextlib.suppress(SessionError):
                 await self.flush()
+        if self._revokes:
+            await asyncio.wait(builtins.list(self._revokes), timeout=self._cluster.timeout)
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -416,7 +421,9 @@ class EtcdStore(Store):
     def _revoke_later(self, lease: int) -> None:
         """Free a lease nobody uses any more; failure only means etcd frees it at its TTL."""
         if lease and not self._closed:
-            asyncio.get_running_loop().create_task(self._revoke(lease))
+            task = asyncio.get_running_loop().create_task(self._revoke(lease))
+            self._revokes.add(task)  # held so it is not collected mid-flight
+            task.add_done_callback(self._revokes.discard)
 
     async def _revoke(self, lease: int) -> None:
         with contextlib.suppress(SessionError):

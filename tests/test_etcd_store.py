@@ -337,3 +337,20 @@ async def test_service_continues_with_one_member_of_three_killed(
         await store.close()
         await watcher.close()
         await asyncio.to_thread(etcd_cluster3.restart, 0)
+
+
+async def test_close_writes_what_is_still_dirty(
+    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+) -> None:
+    a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, stats_interval=3600)
+    await a.start()
+    session = make_session()
+    await a.create(session)
+    await a.set_stats(session.session_id, Stats(packets_received=77))
+    await a.close()
+    b = EtcdStore(etcd_endpoints, prefix=etcd_prefix)
+    await b.start()
+    try:
+        assert (await b.get(session.session_id)).stats.packets_received == 77
+    finally:
+        await b.close()

@@ -206,6 +206,12 @@ class BBR:
         self._tokens -= size
         return snapshot
 
+    def on_handshake_rtt(self, rtt: float) -> None:
+        """An RTT measured before any data (the handshake): pace the initial window over it
+        instead of over the 100 ms guess, as the BBR draft's InitPacingRate does with SRTT."""
+        if self.btl_bw == 0.0 and rtt > 0.0:
+            self.pacing_rate = STARTUP_GAIN * self.initial_cwnd / max(rtt, 0.001)
+
     def on_app_limited(self, bytes_in_flight: int) -> None:
         """The sender ran out of data with room left in cwnd: rate samples until everything
         in flight now is delivered measure the application, not the path."""

@@ -41,6 +41,7 @@ from quantum.events import (
 )
 from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard
 from quantum.frames import (
+    MESSAGE_FRAME_OVERHEAD,
     AckFloorFrame,
     CloseFrame,
     Delivery,
@@ -57,7 +58,16 @@ from quantum.frames import (
     is_retransmittable,
 )
 from quantum.handshake import ClientHandshake, Credentials, HandshakeError, ServerParams, SessionKeys
-from quantum.packet import Flags, Packet, PacketError, decode_header, encode_packet, split_body
+from quantum.packet import (
+    Flags,
+    Packet,
+    PacketError,
+    build_header,
+    decode_header,
+    encode_packet,
+    encode_sack,
+    split_body,
+)
 from quantum.reliability import (
     BEYOND_WINDOW,
     DUPLICATE,
@@ -68,6 +78,10 @@ from quantum.reliability import (
 )
 
 Address = tuple[str, int]
+
+# plain ints: IntFlag arithmetic goes through the enum machinery on every packet
+SYN, ACK, FIN, RST, FEC, URG = (int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
+                                                 Flags.FEC, Flags.URG))
 
 AEAD_TAG = 16
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
@@ -153,6 +167,8 @@ class Connection:
         self._handshake_deadline = now + configuration.handshake_timeout
         self._handshake_resend_at: float | None = None
         self._handshake_out: list[bytes] = []
+        self._handshake_last = b""
+        self._handshake_sent_at = now
 
         self._sent = SendTracker(window=configuration.window)
         self._received = ReceiveTracker(
@@ -205,7 +221,7 @@ class Connection:
         conn.credentials = credentials
         conn._handshake = ClientHandshake(cid, credentials, server_key=server_key,
                                           ephemeral_private=ephemeral_private)
-        conn._send_handshake_packet(Flags.SYN, conn._handshake.client_hello(), now)
+        conn._send_handshake_packet(SYN, conn._handshake.client_hello(), now)
         return conn
 
     @classmethod
@@ -261,7 +277,7 @@ class Connection:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
         if self.state is not ConnectionState.AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
-        self._send_protected([RejectFrame(code, reason[:512])], now, flags=Flags.ACK | Flags.RST)
+        self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def send(self, message: bytes, channel: int = 0,
@@ -314,7 +330,7 @@ class Connection:
         if cid != self.connection_id:
             self._drop("wrong_connection")
             return
-        if self._keys is None or (flags & Flags.SYN and self.is_client):
+        if self._keys is None or (flags & SYN and self.is_client):
             self._receive_handshake_packet(data, flags, addr, now)
             return
         received = self._received
@@ -349,9 +365,9 @@ class Connection:
             self._path_budget += len(data) * MIGRATION_AMPLIFICATION
         if self.state is ConnectionState.AWAIT_ACCEPT:
             self._handshake_resend_at = None  # any protected packet proves our ACK arrived
-        if flags & Flags.ACK:
+        if flags & ACK:
             self._on_ack(ack, sack, now)
-        if self._fec_decoder is not None and payload and not flags & Flags.FEC:
+        if self._fec_decoder is not None and payload and not flags & FEC:
             try:
                 recovered = self._fec_decoder.on_data(pn, payload)
             except FecError as exc:
@@ -393,9 +409,9 @@ class Connection:
             timers.append(self._close_deadline)
         if self.state is ConnectionState.ESTABLISHED and self.config.keepalive_interval:
             timers.append(self._last_keepalive_sent + self.config.keepalive_interval)
-        if self._has_data() and self._sent.can_send() and self._cc.can_send(
-            self._sent.bytes_in_flight
-        ):
+        in_flight = self._sent.bytes_in_flight
+        if (self._has_data() and self._sent.can_send() and self._cc.can_send(in_flight)
+                and in_flight >= self._cc.cwnd >> 1):
             timers.append(self._cc.next_send_time(self._now))
         return min(timers)
 
@@ -430,6 +446,7 @@ class Connection:
         datagram = encode_packet(Packet(flags, self.connection_id, 0, 0, (), payload))
         self._handshake_out.append(datagram)
         self._handshake_last = datagram
+        self._handshake_sent_at = now
         interval = self.config.handshake_timeout / self.config.handshake_tries
         self._handshake_resend_at = now + interval
         self.stats.packets_sent += 1
@@ -455,24 +472,28 @@ class Connection:
             return
         self._last_received = now
         try:
-            if flags & Flags.RST and self.state is ConnectionState.SYN_SENT:
+            if flags & RST and self.state is ConnectionState.SYN_SENT:
                 frames = decode_frames(packet.payload)
                 reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
                 if reject is None:
                     raise PacketError("handshake reset without a reason")
                 self._events.append(HandshakeRejected(reject.code, reject.reason))
                 self._terminate(reject.code, reject.reason, by_peer=True)
-            elif flags & Flags.SYN and flags & Flags.URG and self.state is ConnectionState.SYN_SENT:
+            elif flags & SYN and flags & URG and self.state is ConnectionState.SYN_SENT:
                 self._handshake.on_retry(packet.payload)
                 self._handshake_tries = 0
-                self._send_handshake_packet(Flags.SYN, self._handshake.client_hello(), now)
-            elif flags & Flags.SYN and flags & Flags.ACK and self.state is ConnectionState.SYN_SENT:
+                self._send_handshake_packet(SYN, self._handshake.client_hello(), now)
+            elif flags & SYN and flags & ACK and self.state is ConnectionState.SYN_SENT:
                 params = self._handshake.on_server_hello(packet.payload)
                 self._keys = self._handshake.keys
+                if self._handshake_tries == 1:  # unambiguous: the SYN was sent once (Karn)
+                    rtt = now - self._handshake_sent_at
+                    self._sent.rtt.update(rtt)
+                    self._cc.on_handshake_rtt(rtt)
                 self._apply_params(params)
                 self.state = ConnectionState.AWAIT_ACCEPT
                 self._handshake_tries = 0
-                self._send_handshake_packet(Flags.ACK, self._handshake.client_finish(), now)
+                self._send_handshake_packet(ACK, self._handshake.client_finish(), now)
             else:
                 self._drop("unexpected_handshake")
         except HandshakeError as exc:
@@ -532,7 +553,7 @@ class Connection:
             elif isinstance(frame, CloseFrame):
                 # FIN: graceful close by the peer; RST: abortive. Either way we are done, but a
                 # FIN is acknowledged first so that the peer stops retransmitting it.
-                if flags & Flags.FIN:
+                if flags & FIN:
                     self._send_ack_only(now)
                 self._terminate(frame.code, frame.reason, by_peer=True)
                 return
@@ -634,7 +655,10 @@ class Connection:
                 break
             if not sent.can_send() or not cc.can_send(sent.bytes_in_flight):
                 break
-            if cc.next_send_time(now) > now:
+            if sent.bytes_in_flight >= cc.cwnd >> 1 and cc.next_send_time(now) > now:
+                # Pacing spreads a flight that fills the pipe. Below half the window (in
+                # PROBE_BW, one estimated BDP) the path cannot be congested by us, and pacing
+                # app-limited real-time traffic at BBR's 0.75 gain would only queue it.
                 break
             if not self._path_validated and self._path_budget <= 0 and not self._control:
                 break
@@ -642,7 +666,7 @@ class Connection:
                 shard = self._parity_out.popleft()
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
                 self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
-                                                  shard.shard)], now, flags=Flags.ACK | Flags.FEC)
+                                                  shard.shard)], now, flags=ACK | FEC)
                 continue
             if not self._build_data_packet(now):
                 break
@@ -655,26 +679,26 @@ class Connection:
         room = MAX_DATA_PAYLOAD
         control = self._control
         while control:
-            frame = control[0]
-            size = len(encode_frames([frame]))
+            size = control[0].size
             if size > room:
                 break
             frames.append(control.pop(0))
             room -= size
-        while room > 13 + 1:
-            frame = self._sender.pop_frame(room)
+        sender = self._sender
+        while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
+            frame = sender.pop_frame(room)
             if frame is None:
                 break
             frames.append(frame)
-            room -= 13 + len(frame.data)
-        flags = Flags.ACK
+            room -= MESSAGE_FRAME_OVERHEAD + len(frame.data)
+        flags = ACK
         if not frames and self._fin_due():
             frames.append(CloseFrame(self.close_code, self.close_reason))
-            flags |= Flags.FIN
+            flags |= FIN
         if not frames:
             return False
         pn = self._send_protected(frames, now, flags=flags)
-        if flags & Flags.FIN:
+        if flags & FIN:
             self._fin_pn = pn
             if self._close_deadline is None:
                 self._close_deadline = now + self.config.close_timeout
@@ -685,16 +709,16 @@ class Connection:
         assert keys is not None
         sent = self._sent
         pn = sent.allocate_pn()
-        ack32, sack = self._received.ack_fields()
-        payload = encode_frames(frames)
-        plain = encode_packet(Packet(flags, self.connection_id, pn & 0xFFFFFFFF, ack32,
-                                     tuple(sack), payload))
-        header = plain[: wire.HEADER_SIZE]
-        datagram = header + keys.send.seal(pn, header, plain[wire.HEADER_SIZE:])
-        self._received.on_ack_sent()
+        received = self._received
+        ack32, sack = received.ack_fields()
+        payload = encode_frames(frames) if frames else b""
+        header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
+        body = encode_sack(sack) + payload if sack else payload
+        datagram = header + keys.send.seal(pn, header, body)
+        received.on_ack_sent()
         size = len(datagram)
         ack_eliciting = bool(frames)
-        retransmittable = [f for f in frames if is_retransmittable(f)]
+        retransmittable = [f for f in frames if is_retransmittable(f)] if frames else []
         rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight) if ack_eliciting else None
         sent.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting,
                                        retransmittable, rate))
@@ -704,15 +728,15 @@ class Connection:
         if not self._path_validated:
             self._path_budget -= size
         self._pending_out.append(datagram)
-        if (self._fec_encoder is not None and not flags & Flags.FEC
-                and any(isinstance(f, MessageFrame) for f in frames)):
+        if (self._fec_encoder is not None and not flags & FEC and frames
+                and any(type(f) is MessageFrame for f in frames)):
             self._parity_out.extend(self._fec_encoder.add(pn, payload))
         return pn
 
     def _send_ack_only(self, now: float) -> None:
         if self._keys is None:
             return
-        self._send_protected([], now, flags=Flags.ACK)
+        self._send_protected([], now, flags=ACK)
 
     def _queue_keepalive(self, now: float | None) -> int:
         self._keepalive_id = (self._keepalive_id + 1) & 0xFFFFFFFF
@@ -730,7 +754,7 @@ class Connection:
     def _protocol_violation(self, reason: str, now: float) -> None:
         if self._keys is not None:
             self._send_protected([CloseFrame(CloseCode.PROTOCOL_VIOLATION, reason[:512])], now,
-                                 flags=Flags.ACK | Flags.RST)
+                                 flags=ACK | RST)
         self._terminate(CloseCode.PROTOCOL_VIOLATION, reason, by_peer=False)
 
     def _terminate(self, code: int, reason: str, by_peer: bool) -> None:

@@ -97,11 +97,11 @@ class FecEncoder:
         return self._close(self.m)
 
     def flush(self) -> list[ParityShard]:
-        """Close a partial group, with parity in proportion to its size (at least one shard)."""
+        """Close a partial group early (the sender ran out of data); see `partial_parity`."""
         count = len(self._seqs)
         if not count:
             return []
-        return self._close(max(1, -(-self.m * count // self.k)))
+        return self._close(partial_parity(self.k, self.m, count))
 
     def _close(self, m: int) -> list[ParityShard]:
         seqs, payloads = tuple(self._seqs), self._payloads
@@ -114,6 +114,17 @@ class FecEncoder:
         self._seqs = []
         self._payloads = []
         return [ParityShard(gid, i, m, seqs, bytes(parity[i])) for i in range(m)]
+
+
+def partial_parity(k: int, m: int, count: int) -> int:
+    """Parity shards for a partial group of `count` < k packets.
+
+    Proportional parity plus one, capped at m. The extra shard matters for real-time traffic,
+    which flushes tiny groups: with one packet and one parity shard a 5 % loss rate leaves
+    0.25 % of packets unrecoverable, each stalling its ordered channel for a retransmission
+    round trip; with two parity shards it is 0.0125 %.
+    """
+    return min(m, -(-m * count // k) + 1)
 
 
 @dataclass(slots=True)

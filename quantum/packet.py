@@ -108,6 +108,18 @@ def encode_packet(p: Packet) -> bytes:
     return header + payload
 
 
+def build_header(flags: int, connection_id: bytes, seq: int, ack: int, payload_len: int) -> bytes:
+    """The 32-byte header alone, for the send hot path (the caller guarantees valid fields)."""
+    return _HEADER.pack(MAGIC, VERSION, flags, connection_id, seq, ack, payload_len)
+
+
+def encode_sack(sack: SackBlocks | list[tuple[int, int]]) -> bytes:
+    """SACK blocks as they follow the header (at most MAX_SACK_BLOCKS, caller-checked)."""
+    if not sack:
+        return b""
+    return _SACKS[len(sack)].pack(*[n for block in sack for n in block])
+
+
 def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
     """(version, flags, connection id, seq, ack, payload length); checks length and magic only."""
     if len(data) < HEADER_SIZE:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum.errors import ProtocolError
-from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard
+from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard, partial_parity
 
 
 def _payloads(count: int, seed: int = 1) -> list[bytes]:
@@ -97,7 +97,7 @@ def test_flushed_partial_group_every_loss_pattern(count: int) -> None:
     k, m = 10, 3
     payloads = _payloads(count, seed=count)
     pns, parity = _encode_group(k, m, payloads, flush=True)
-    m_partial = max(1, -(-m * count // k))
+    m_partial = partial_parity(k, m, count)
     assert len(parity) == m_partial
     assert all(s.m == m_partial and len(s.data_seqs) == count for s in parity)
     for lost_count in range(m_partial + 1):
@@ -124,7 +124,7 @@ def test_encoder_groups_and_flush() -> None:
     assert enc.pending == 0
     enc.add(5, b"d")
     second = enc.flush()
-    assert [(s.group_id, s.m, s.data_seqs) for s in second] == [(1, 1, (5,))]
+    assert [(s.group_id, s.m, s.data_seqs) for s in second] == [(1, 2, (5,)), (1, 2, (5,))]
     assert enc.flush() == []
 
 
@@ -274,3 +274,9 @@ def test_random_payloads_and_losses(k: int, m: int, data: st.DataObject) -> None
         _check_recovery(pns, payloads, lost, recovered, parity_first)
     else:
         assert recovered == {}
+
+
+def test_partial_groups_get_proportional_parity_plus_one_capped_at_m() -> None:
+    assert [partial_parity(10, 3, n) for n in (1, 2, 3, 4, 7, 9)] == [2, 2, 2, 3, 3, 3]
+    assert partial_parity(10, 1, 1) == 1
+    assert partial_parity(4, 4, 1) == 2

@@ -1,0 +1,414 @@
+"""Heartbeat throughput of the Quantum server per server CPU-second, against a bare UDP echo.
+
+    python -m benchmarks.heartbeat --json [--clients 1000] [--duration 10]
+                                   [--store memory|etcd] [--idle-connections 50000]
+
+Every server runs in its own process pinned to one core, the load generator
+(`benchmarks.loadgen`) in another pinned to the other core. The load is a closed loop: each
+client sends its next protected keepalive when the previous one is acknowledged. The server
+process measures its own CPU time (`time.process_time()`, every thread) and the heartbeats its
+`ServerCounters` saw over the measured window only, so start-up and handshakes are excluded.
+The same generator then loads a bare uvloop echo server (`benchmarks.echo_server`) for the
+baseline; `ratio` is heartbeats per server CPU-second over echoes per server CPU-second.
+
+Memory: a fresh server gets `--idle-connections` established idle connections (each with its
+session); the growth of its resident set size divided by that count is the cost of one.
+
+`--store etcd` runs the same load against a throwaway single-member etcd as well as against the
+memory store, and reports etcd write requests (puts, transactions, deletes, lease grants and
+keep-alives, read from etcd's /metrics) per 1000 sessions per second, and the throughput
+relative to the memory store.
+
+Prints one JSON object (with `--json`; otherwise a readable summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack, suppress
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from benchmarks.echo_server import CpuWindow, enlarge_buffers, rss_bytes, run_echo_server
+from benchmarks.loadgen import pin_to_cpu, run_loadgen, serve_commands
+from quantum.auth import AnonymousAuthenticator
+from quantum.handshake import ServerHandshake, ServerParams
+from quantum.keys import ServerKeyFile
+from quantum.listener import Listener
+from server import QuantumServer, ServerConfig
+from session.manager import ManagerConfig, SessionManager
+from session.memory import MemoryStore
+from session.store import Store
+
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+#: how long the orchestrator waits for a child's answer before calling the run failed
+REPLY_TIMEOUT = 900.0
+#: connections made before the memory baseline is read, so imports, pools and caches that
+#: the first connections allocate are not charged to the idle ones
+MEMORY_WARMUP = 200
+#: etcd /metrics counters that are write requests from the session store
+ETCD_WRITE_METRICS = (
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_txn_total",
+    "etcd_mvcc_delete_total",
+    'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseGrant"',
+    'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseRevoke"',
+    "etcd_debugging_lease_renewed_total",
+)
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed; the message names the step and the child's reason."""
+
+
+# ------------------------------------------------------------------ the server-side runner
+
+
+class BenchServer(QuantumServer):
+    """The product server with socket buffers sized for a closed loop of many clients."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        enlarge_buffers(transport)
+
+
+def _generous_listener(server: QuantumServer, key: ServerKeyFile, max_connections: int) -> None:
+    """All load comes from one loopback address: lift the per-source handshake rate limit and
+    the retry-cookie threshold, which exist for the internet, not for a load generator."""
+    cfg = server.config
+    params = ServerParams(fec=server.quantum_config.fec,
+                          keepalive_interval=cfg.keepalive_interval, idle_timeout=cfg.idle_timeout)
+    server.listener = Listener(ServerHandshake(key.private_key, params), server.quantum_config,
+                               max_connections=max_connections, per_source_rate=1e9,
+                               per_source_burst=1e9, retry_above_rate=1e9)
+
+
+async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
+                       max_connections: int) -> None:
+    from session.logs import configure_logging
+
+    configure_logging("console", "warning")
+    store: Store
+    if store_kind == "etcd":
+        from session.etcd import EtcdStore
+
+        etcd = EtcdStore(etcd_endpoints, prefix=f"/bench-{time.monotonic_ns()}")
+        await etcd.start()
+        store = etcd
+    else:
+        store = MemoryStore()
+    with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
+        key, _ = ServerKeyFile.load_or_create(Path(tmp) / "server.key")
+    manager = SessionManager(ManagerConfig(store=store))
+    # idle connections must outlive the minute it takes to open 50,000 of them
+    config = ServerConfig(host="127.0.0.1", port=0, idle_timeout=900.0,
+                          max_connections=max_connections)
+    server = BenchServer(manager, key, AnonymousAuthenticator(), config)
+    _generous_listener(server, key, max_connections)
+    await server.start()
+    window = CpuWindow(lambda: server.counters.heartbeats)
+    requests = getattr(store, "requests", None)
+    store_requests0 = 0
+    pipe.send({"port": server.port})
+
+    async def handle(command: dict[str, Any]) -> dict[str, Any]:
+        nonlocal store_requests0
+        kind = command["cmd"]
+        if kind == "start":
+            store_requests0 = int(getattr(store, "requests", 0))
+            window.start()
+            return {"ok": True}
+        if kind == "stop":
+            reply: dict[str, Any] = {"ok": True, **window.stop()}
+            if requests is not None:
+                reply["store_requests"] = int(getattr(store, "requests", 0)) - store_requests0
+            reply["snapshot"] = server.snapshot()
+            return reply
+        if kind == "memory":
+            gc.collect()
+            return {"ok": True, "rss": rss_bytes(), "connections": len(server.peers),
+                    "sessions": await store.count()}
+        if kind == "quit":
+            if command.get("graceful", True):
+                await asyncio.wait_for(server.stop(), timeout=30.0)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {kind!r}"}
+
+    await serve_commands(pipe, handle)
+
+
+def run_bench_server(pipe: Pipe, cpu: int | None, store_kind: str, etcd_endpoints: list[str],
+                     max_connections: int) -> None:
+    """Child-process entry point for the Quantum server under test."""
+    pin_to_cpu(cpu)
+    import uvloop
+
+    uvloop.run(_server_main(pipe, store_kind, etcd_endpoints, max_connections))
+
+
+# ------------------------------------------------------------------ the orchestrator
+
+
+class Child:
+    """A child process and its command pipe; `call` sends a command and waits for the reply."""
+
+    def __init__(self, name: str, process: BaseProcess, pipe: Pipe) -> None:
+        self.name = name
+        self.process = process
+        self.pipe = pipe
+
+    def receive(self, step: str) -> dict[str, Any]:
+        if not self.pipe.poll(REPLY_TIMEOUT):
+            raise BenchError(f"{self.name}: no answer to {step!r} in {REPLY_TIMEOUT:.0f} s")
+        try:
+            reply: dict[str, Any] = self.pipe.recv()
+        except EOFError:
+            raise BenchError(f"{self.name} died during {step!r} "
+                             f"(exit code {self.process.exitcode})") from None
+        if reply.get("ok") is False:
+            raise BenchError(f"{self.name}: {step} failed: {reply.get('error')}")
+        return reply
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        self.pipe.send({"cmd": cmd, **args})
+        return self.receive(cmd)
+
+    def send(self, cmd: str, **args: Any) -> None:
+        self.pipe.send({"cmd": cmd, **args})
+
+    def stop(self, **args: Any) -> None:
+        if self.process.is_alive():
+            with suppress(BenchError, OSError):
+                self.call("quit", **args)
+            self.process.join(timeout=40.0)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=5.0)
+        self.pipe.close()
+
+
+def _spawn(ctx: Any, name: str, target: Any, *args: Any) -> Child:
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+    process.start()
+    child.close()
+    return Child(name, process, parent)
+
+
+def _start_server(ctx: Any, stack: ExitStack, name: str, target: Any, *args: Any,
+                  graceful: bool = True) -> tuple[Child, int]:
+    server = _spawn(ctx, name, target, SERVER_CPU, *args)
+    stack.callback(server.stop, graceful=graceful)
+    port = int(server.receive("start-up")["port"])
+    return server, port
+
+
+def _start_loadgen(ctx: Any, stack: ExitStack, port: int) -> Child:
+    loadgen = _spawn(ctx, "loadgen", run_loadgen, ("127.0.0.1", port), LOADGEN_CPU)
+    stack.callback(loadgen.stop)
+    return loadgen
+
+
+def _measure(server: Child, loadgen: Child, clients: int, duration: float) -> dict[str, Any]:
+    """One closed-loop window: the server's counters and CPU over exactly `duration` seconds,
+    the generator's view (sent, answered, RTTs) over the run and its drain."""
+    server.call("start")
+    loadgen.send("run", clients=clients, duration=duration)
+    time.sleep(duration)
+    window = server.call("stop")
+    client_side = loadgen.receive("run")
+    return {"server": window, "clients": client_side}
+
+
+def run_echo(ctx: Any, clients: int, duration: float) -> dict[str, Any]:
+    with ExitStack() as stack:
+        server, port = _start_server(ctx, stack, "echo-server", run_echo_server)
+        loadgen = _start_loadgen(ctx, stack, port)
+        loadgen.call("echo_clients", count=clients)
+        return _measure(server, loadgen, clients, duration)
+
+
+def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
+                   etcd_endpoints: list[str]) -> dict[str, Any]:
+    with ExitStack() as stack:
+        server, port = _start_server(ctx, stack, f"quantum-server-{store}", run_bench_server,
+                                     store, etcd_endpoints, clients + 1000)
+        loadgen = _start_loadgen(ctx, stack, port)
+        handshakes = loadgen.call("connect", count=clients, user_prefix=f"hb-{store}")
+        metrics0 = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
+        result = _measure(server, loadgen, clients, duration)
+        if etcd_endpoints:
+            result["etcd_writes"] = _etcd_writes(etcd_endpoints) - metrics0
+        result["handshakes"] = handshakes
+        return result
+
+
+def run_idle(ctx: Any, count: int) -> dict[str, Any]:
+    with ExitStack() as stack:
+        server, port = _start_server(ctx, stack, "quantum-server-idle", run_bench_server,
+                                     "memory", [], count + MEMORY_WARMUP + 1000, graceful=False)
+        loadgen = _start_loadgen(ctx, stack, port)
+        loadgen.call("connect", count=MEMORY_WARMUP, user_prefix="warmup")
+        time.sleep(1.0)  # the warm-up connections' last ACKs settle
+        before = server.call("memory")
+        handshakes = loadgen.call("connect", count=count, user_prefix="idle")
+        time.sleep(2.0)  # delayed ACKs of the session frames arrive; nothing left in flight
+        after = server.call("memory")
+        added = after["connections"] - before["connections"]
+        if added != count or after["sessions"] - before["sessions"] != count:
+            raise BenchError(f"expected {count} new idle connections and sessions, the server "
+                             f"has {added} and {after['sessions'] - before['sessions']}")
+        return {"idle_connections": count,
+                "bytes_per_idle_connection": round((after["rss"] - before["rss"]) / count),
+                "rss_before_mib": round(before["rss"] / 2**20, 1),
+                "rss_after_mib": round(after["rss"] / 2**20, 1),
+                "handshake_seconds": handshakes["seconds"],
+                "handshakes_per_s": round(count / handshakes["seconds"])
+                if handshakes["seconds"] else None}
+
+
+_METRIC_LINE = re.compile(r"^([^\s#]+)\s+([0-9.eE+-]+)$")
+
+
+def _etcd_writes(endpoints: list[str]) -> float:
+    """Write requests etcd has served so far, summed over ETCD_WRITE_METRICS and members."""
+    total = 0.0
+    for endpoint in endpoints:
+        with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5.0) as resp:
+            text = resp.read().decode("utf-8", "replace")
+        for line in text.splitlines():
+            match = _METRIC_LINE.match(line)
+            if match and match.group(1).startswith(ETCD_WRITE_METRICS):
+                total += float(match.group(2))
+    return total
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _per_cpu(run: dict[str, Any]) -> float:
+    return float(run["server"]["per_cpu_s"])
+
+
+def report(clients: int, duration: float, store: str, echo: dict[str, Any],
+           runs: dict[str, dict[str, Any]], idle: dict[str, Any] | None) -> dict[str, Any]:
+    main_run = runs[store]
+    server, client_side = main_run["server"], main_run["clients"]
+    heartbeats_per_cpu = _per_cpu(main_run)
+    echo_per_cpu = _per_cpu(echo)
+    out: dict[str, Any] = {
+        "heartbeats": int(server["count"]),
+        "server_cpu_s": round(server["cpu_s"], 3),
+        "heartbeats_per_cpu_s": round(heartbeats_per_cpu),
+        "baseline_echo_per_cpu_s": round(echo_per_cpu),
+        "ratio": round(heartbeats_per_cpu / echo_per_cpu, 3) if echo_per_cpu else None,
+        "rtt_p50_ms": client_side["rtt_p50_ms"],
+        "rtt_p99_ms": client_side["rtt_p99_ms"],
+        "unanswered": client_side["unanswered"],
+        "clients": clients,
+        "duration_s": duration,
+        "store": store,
+        "server_cpu_utilisation": round(server["utilisation"], 3),
+        "heartbeats_per_s": round(server["count"] / server["wall_s"]),
+        "loadgen_cpu_s": client_side["loadgen_cpu_s"],
+        "keepalives_sent": client_side["sent"],
+        "keepalives_timed_out": client_side["timed_out"],
+        "baseline_echo_utilisation": round(echo["server"]["utilisation"], 3),
+        "baseline_echo_per_s": round(echo["server"]["count"] / echo["server"]["wall_s"]),
+        "baseline_rtt_p50_ms": echo["clients"]["rtt_p50_ms"],
+        "handshakes_per_s": round(clients / main_run["handshakes"]["seconds"])
+        if main_run["handshakes"]["seconds"] else None,
+    }
+    if idle is not None:
+        out.update(idle)
+    else:
+        out["idle_connections"] = 0
+        out["bytes_per_idle_connection"] = None
+    if store == "etcd":
+        etcd_run = runs["etcd"]
+        sessions_per_s = clients * etcd_run["server"]["wall_s"] / 1000
+        out["etcd_writes"] = int(etcd_run["etcd_writes"])
+        out["etcd_writes_per_1000_sessions_per_s"] = round(
+            etcd_run["etcd_writes"] / sessions_per_s, 3)
+        out["store_requests"] = etcd_run["server"].get("store_requests")
+        memory_per_cpu = _per_cpu(runs["memory"])
+        out["memory_heartbeats_per_cpu_s"] = round(memory_per_cpu)
+        out["ratio_vs_memory"] = round(heartbeats_per_cpu / memory_per_cpu, 3) \
+            if memory_per_cpu else None
+    return out
+
+
+def run(clients: int, duration: float, store: str, idle_connections: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    echo = run_echo(ctx, clients, duration)
+    runs = {"memory": run_heartbeats(ctx, clients, duration, "memory", [])}
+    if store == "etcd":
+        from benchmarks.etcd_util import running_etcd
+
+        with running_etcd(1) as cluster:
+            runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints)
+    idle = run_idle(ctx, idle_connections) if idle_connections > 0 else None
+    return report(clients, duration, store, echo, runs, idle)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heartbeat",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--clients", type=_positive_int, default=1000,
+                        help="clients in the closed loop (default 1000)")
+    parser.add_argument("--duration", type=_positive_float, default=10.0,
+                        help="seconds of measured load per run (default 10)")
+    parser.add_argument("--store", choices=("memory", "etcd"), default="memory",
+                        help="session store; etcd also runs memory for comparison")
+    parser.add_argument("--idle-connections", type=_non_negative_int, default=50_000,
+                        help="idle connections for the memory figure (default 50000; 0 skips)")
+    args = parser.parse_args(argv)
+    try:
+        result = run(args.clients, args.duration, args.store, args.idle_connections)
+    except BenchError as exc:
+        print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, value in result.items():
+            print(f"{name:>40}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

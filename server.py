@@ -134,7 +134,6 @@ class SessionBridge:
     def __init__(self, server: QuantumServer) -> None:
         self.server = server
         self.manager = server.manager
-        self._sync = isinstance(server.manager.store, MemoryStore)
 
     def handle(self, peer: Peer, event: Event) -> None:
         server = self.server
@@ -158,8 +157,9 @@ class SessionBridge:
         elif isinstance(event, ConnectionClosed):
             self._closed(peer, event)
 
-    # -- keepalives: the hot path. MemoryStore never suspends, so its coroutine is driven to
-    # -- completion right here instead of paying for a Task per heartbeat.
+    # -- keepalives: the hot path. The manager's coroutine is driven right here; with a
+    # -- MemoryStore (and an EtcdStore between lease refreshes) it finishes without suspending,
+    # -- so no Task is paid for per heartbeat. One that does suspend is finished by a task.
 
     def _heartbeat(self, peer: Peer, keepalive_id: int) -> None:
         sid = peer.session_id
@@ -167,23 +167,20 @@ class SessionBridge:
             peer.conn.acknowledge_keepalive(keepalive_id, None)
             return
         coro = self.manager.heartbeat(sid)
-        if self._sync:
-            try:
-                coro.send(None)
-            except StopIteration as done:
-                peer.conn.acknowledge_keepalive(keepalive_id, done.value)
-                return
-            except SessionError as exc:
-                self._session_gone(peer, exc)
-                return
-            coro.close()
-            raise RuntimeError("MemoryStore.heartbeat suspended; it must complete at once")
-        self.server.spawn(self._heartbeat_async(peer, keepalive_id, coro))
-
-    async def _heartbeat_async(self, peer: Peer, keepalive_id: int,
-                               coro: Coroutine[Any, Any, float]) -> None:
         try:
-            remaining = await coro
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            peer.conn.acknowledge_keepalive(keepalive_id, done.value)
+            return
+        except SessionError as exc:
+            self._session_gone(peer, exc)
+            return
+        self.server.spawn(self._heartbeat_resumed(peer, keepalive_id, coro, waiting_on))
+
+    async def _heartbeat_resumed(self, peer: Peer, keepalive_id: int,
+                                 coro: Coroutine[Any, Any, float], waiting_on: Any) -> None:
+        try:
+            remaining = await _resume(coro, waiting_on)
         except SessionError as exc:
             self._session_gone(peer, exc)
             return
@@ -615,6 +612,24 @@ class QuantumServer(asyncio.DatagramProtocol):
 
 async def _await(awaitable: Awaitable[None]) -> None:
     await awaitable
+
+
+async def _resume(coro: Coroutine[Any, Any, T], waiting_on: Any) -> T:
+    """Finish a coroutine that was started by hand and suspended on `waiting_on`.
+
+    The same trampoline asyncio.Task runs: wait until what it yielded is done, then send it on.
+    It runs inside this task, so the coroutine sees a current task as usual.
+    """
+    while True:
+        if waiting_on is None:  # a bare yield (asyncio.sleep(0))
+            await asyncio.sleep(0)
+        else:
+            waiting_on._asyncio_future_blocking = False
+            await asyncio.wait([waiting_on])
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------- the CLI

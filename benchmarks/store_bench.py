@@ -109,8 +109,12 @@ async def run(sessions: int, repeats: int) -> dict[str, Any]:
         slot.last_active_at = 1.0
         slot.expires_at = 2.0
 
-    ops["baseline"] = await _rate(baseline, shuffled, repeats)
-    ops["heartbeat"] = await _rate(live.heartbeat, shuffled, repeats)
+    # interleaved rounds, best of each: the machine is shared, and alternating means both
+    # sides of the ratio see the same background load
+    ops["baseline"] = ops["heartbeat"] = 0.0
+    for _ in range(max(9, 3 * repeats)):
+        ops["baseline"] = max(ops["baseline"], await _rate(baseline, shuffled, 1))
+        ops["heartbeat"] = max(ops["heartbeat"], await _rate(live.heartbeat, shuffled, 1))
     ratio = ops["heartbeat"] / ops["baseline"]
     results["heartbeat_vs_baseline"] = round(ratio, 3)
     results["heartbeat_target"] = HEARTBEAT_RATIO_TARGET

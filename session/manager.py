@@ -5,19 +5,19 @@ happened, tells listeners when sessions end, and runs the periodic expiry sweep.
 keeps data.
 
 Time: `ManagerConfig.clock` is a zero-argument callable returning the current time as a
-timezone-aware UTC `datetime` (default: `datetime.now(UTC)`); tests inject a fake one and never
-sleep. Durations (`default_timeout`, `cleanup_interval`, `heartbeat`'s result) are float seconds.
+timezone-aware UTC `datetime` (default: `clock.CoarseClock`, wall time at 1 ms resolution);
+tests inject a fake one and never sleep. Durations (`default_timeout`, `cleanup_interval`,
+`heartbeat`'s result) are float seconds.
 
-`heartbeat` is the hot path (every keepalive of every client): one clock read, one datetime
-addition, one store call, no lock, no copy, and no logging unless debug was enabled when the
-manager was built.
+`heartbeat` is the hot path (every keepalive of every client): one clock read, one store call,
+no lock, no copy, no allocation while the clock stays on one tick, and no logging unless debug
+was enabled when the manager was built.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from session import tokens
+from session.clock import CoarseClock
 from session.errors import InvalidSession, InvalidToken, SessionError, SessionExpired
 from session.logs import get_logger
 from session.model import (
@@ -90,13 +91,17 @@ class SessionManager:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.store = config.store
-        self._clock: Clock = config.clock or functools.partial(datetime.now, UTC)
+        self._clock: Clock = config.clock or CoarseClock()
         try:
             require_utc(self._clock(), "clock()")
         except InvalidSession as exc:
             raise ValueError(f"the clock must return aware UTC datetimes: {exc}") from None
         self._timeout_s = config.default_timeout
         self._timeout = timedelta(seconds=config.default_timeout)
+        # `now + timeout` for the last `now` seen by heartbeat: the clock hands out one object
+        # per tick, so consecutive heartbeats share the sum instead of allocating their own
+        self._expiry_for: datetime | None = None
+        self._expiry = datetime.min.replace(tzinfo=UTC)
         # a concrete logger, bound once: per-call proxy resolution would cost more than the
         # heartbeat itself
         self._log = (config.logger or get_logger("session")).bind()
@@ -111,6 +116,32 @@ class SessionManager:
         self._listeners: list[Listener] = []
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._bind_fast_heartbeat()
+
+    def _bind_fast_heartbeat(self) -> None:
+        """On a store with a synchronous `touch_now`, replace `heartbeat` on this instance by a
+        closure: the same steps as the method, with everything in closure cells instead of
+        attribute lookups, which is worth ~15 % on the hot path."""
+        touch_now = self._touch_now
+        if touch_now is None:
+            return
+        clock, timeout, remaining = self._clock, self._timeout, self._timeout_s
+        log, debug = self._log, self._debug
+        last_now: datetime | None = None
+        last_expiry = self._expiry
+
+        async def heartbeat(session_id: str) -> float:
+            nonlocal last_now, last_expiry
+            now = clock()
+            if now is not last_now:
+                last_now, last_expiry = now, now + timeout
+            touch_now(session_id, now, last_expiry)
+            if debug:
+                log.debug("session heartbeat", session_id=session_id, remaining=remaining)
+            return remaining
+
+        heartbeat.__doc__ = SessionManager.heartbeat.__doc__
+        self.heartbeat = heartbeat  # type: ignore[method-assign]
 
     # -- life cycle
 
@@ -328,11 +359,16 @@ class SessionManager:
         session is never revived). Never suspends on a `MemoryStore`.
         """
         now = self._clock()
+        if now is self._expiry_for:
+            expires_at = self._expiry
+        else:
+            expires_at = self._expiry = now + self._timeout
+            self._expiry_for = now
         touch_now = self._touch_now
         if touch_now is not None:
-            touch_now(session_id, now, now + self._timeout)
+            touch_now(session_id, now, expires_at)
         else:
-            await self._touch(session_id, now, now + self._timeout)
+            await self._touch(session_id, now, expires_at)
         if self._debug:
             self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
         return self._timeout_s

@@ -205,9 +205,10 @@ class MemoryStore(Store):
         """`touch` as a plain function: the manager calls it directly on the heartbeat path,
         saving a coroutine per keepalive. In place, no copy, no validation (the manager
         computed both times)."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise not_found(session_id)
+        try:
+            session = self._sessions[session_id]
+        except KeyError:
+            raise not_found(session_id) from None
         old_expiry = session.expires_at
         if now >= old_expiry:
             raise SessionExpired(f"session expired: {session_id}")

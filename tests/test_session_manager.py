@@ -7,7 +7,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Coroutine, MutableMapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -597,3 +597,15 @@ async def test_close_is_idempotent_and_final(clock: FakeClock) -> None:
     assert store.closed == 1
     with pytest.raises(RuntimeError, match="closed"):
         await manager.start()
+
+
+async def test_default_clock_is_wall_time_utc(store: MemoryStore) -> None:
+    manager = SessionManager(ManagerConfig(store=store, logger=make_logger(LogCapture())))
+    before = datetime.now(UTC)
+    session, _ = await create(manager)
+    assert session.created_at.tzinfo is UTC
+    assert abs((session.created_at - before).total_seconds()) < 1.0
+    assert await manager.heartbeat(session.session_id) == 1800.0
+    assert await manager.heartbeat(session.session_id) == 1800.0
+    got = await manager.get_session(session.session_id)
+    assert got.expires_at - got.last_active_at == timedelta(seconds=1800)

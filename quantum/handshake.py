@@ -1,6 +1,6 @@
 """The Quantum handshake, sans-I/O: SYN / SYN-ACK / ACK with X25519 (Noise-NK-like).
 
-The exact byte layouts and the construction are specified in docs/protocol-security.md; the
+The exact byte layouts and the construction are specified in docs/PROTOCOL.md section 5; the
 short version:
 
 * SYN (ClientHello): the client's ephemeral key e_c, padded to a >= 1200-byte datagram so the

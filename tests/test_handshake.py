@@ -61,7 +61,7 @@ CLIENT_EPHEMERAL = _h("quantum test vector client ephemeral")
 SERVER_EPHEMERAL = _h("quantum test vector server ephemeral")
 VECTOR_CREDENTIALS = Credentials("alice", "v1.test", metadata={"room": "lobby"})
 
-# --- test vectors (the same hex is in docs/protocol-security.md) ---------------------------
+# --- test vectors (the same hex is in docs/PROTOCOL.md section 5) ---------------------------
 V_STATIC_PUBLIC = "f5891566af36149b269a72b62f3cb780dc2c54039950d39da73200b4bdaf0962"
 V_FINGERPRINT = "SHA256:ntQ1m6ivgZZoWZ8G5ldXLKUY0bTIpMuNDNNGzIVimj8"
 V_CLIENT_PUBLIC = "9510d6fb656e12ecb7fe02c013e546115ab650bcbb291e41da4b91cd4d6fe172"

@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -416,6 +417,7 @@ class QuantumServer(asyncio.DatagramProtocol):
         await self.manager.start()
         transport, _ = await self.loop.create_datagram_endpoint(
             lambda: self, local_addr=(self.config.host, self.config.port))
+        _enlarge_socket_buffers(transport)
         host, port = transport.get_extra_info("sockname")[:2]
         self.address_text = f"{host}:{port}"
         self._periodic = self.loop.create_task(self._periodic_work())
@@ -608,6 +610,21 @@ class QuantumServer(asyncio.DatagramProtocol):
     def _drop(self, reason: str) -> None:
         drops = self.counters.drops
         drops[reason] = drops.get(reason, 0) + 1
+
+
+#: a burst from many clients at once must not overflow the kernel's default UDP buffer
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _enlarge_socket_buffers(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError:  # capped by the OS (net.core.rmem_max): keep what it allows
+            pass
 
 
 async def _await(awaitable: Awaitable[None]) -> None:

@@ -103,16 +103,33 @@ class QuantumClient(asyncio.DatagramProtocol):
         return self._messages.popleft()
 
     async def heartbeat(self, timeout: float = 5.0) -> float | None:
-        """Send a keepalive now; returns the session's remaining seconds from the server."""
+        """Send a keepalive now; returns the session's remaining seconds from the server.
+
+        Keepalives are not retransmitted (a late one is worthless), so while no answer comes a
+        fresh one goes out every max(2 x SRTT, 0.25 s); the first answer to any of them counts.
+        """
         self._check_open()
-        kid = self._conn.send_keepalive()
         waiter: asyncio.Future[float | None] = self._loop.create_future()
-        self._heartbeats[kid] = waiter
-        self._flush()
+        ids: list[int] = []
+        deadline = self._loop.time() + timeout
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            while True:
+                kid = self._conn.send_keepalive()
+                ids.append(kid)
+                self._heartbeats[kid] = waiter
+                self._flush()
+                srtt = self._conn.refresh_stats().srtt or 0.1
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    raise TimeoutError(f"no keepalive answer within {timeout} s")
+                done, _ = await asyncio.wait([waiter, self._closed],
+                                             timeout=min(left, max(2 * srtt, 0.25)))
+                if waiter.done():
+                    return waiter.result()
+                self._check_open()
         finally:
-            self._heartbeats.pop(kid, None)
+            for kid in ids:
+                self._heartbeats.pop(kid, None)
 
     async def close(self, reason: str = "client closed", timeout: float = 5.0) -> None:
         """Graceful close: pending data goes first, then FIN; waits for the server's ack."""

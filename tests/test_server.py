@@ -238,10 +238,6 @@ async def test_idle_session_becomes_active_again_on_a_message() -> None:
         await client.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "quantum/client.py QuantumClient.heartbeat waits for the ack of its own keepalive id only; "
-    "keepalives are never retransmitted, so one lost datagram makes heartbeat() time out "
-    "although later keepalives are answered"))
 async def test_heartbeat_survives_one_lost_keepalive() -> None:
     async with running_server() as h:
         relay = await LossyRelay.start((HOST, h.port), seed=1)

@@ -1,0 +1,272 @@
+"""The command lines as users run them: `python server.py ...` and `python -m quantum.client_cli`.
+
+Every test starts real processes (`sys.executable`), with HOME-like paths pointed at tmp_path so
+that nothing touches the user's configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from quantum.auth import AuthError, TicketAuthenticator, issue_ticket
+from quantum.client import connect
+from quantum.errors import CloseCode
+from quantum.frames import Delivery
+from quantum.keys import ServerKeyFile
+from server import Application, Peer
+from tests.test_server import HOST, Echo, client_config, eventually, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = re.compile(r"quantum-server ready on (?P<host>[\d.]+):(?P<port>\d+) store=memory "
+                   r"fingerprint=(?P<fingerprint>SHA256:\S+) public-key=(?P<public>\S+)")
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "QUANTUM_KEY_FILE"}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(args: Sequence[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=30)
+
+
+# ------------------------------------------------------------------------------ flags
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "notaport"], "not a port number: 'notaport'"),
+    (["--port", "70000"], "port must be 0-65535, got 70000"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--session-timeout", "-5"], "must be positive, got -5"),
+    (["--idle-timeout", "soon"], "not a number: 'soon'"),
+    (["--store", "redis"], "invalid choice: 'redis'"),
+    (["issue-ticket"], "the following arguments are required: --user"),
+    (["issue-ticket", "--user", "alice", "--ttl", "0"], "must be positive, got 0"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(args: list[str], message: str,
+                                               tmp_path: Path) -> None:
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "usage: quantum-server" in result.stderr
+    assert result.stdout == ""
+
+
+def test_keygen_writes_a_private_file_and_prints_its_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "server.key"
+    result = run_cli(["keygen", "--key-file", str(path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = ServerKeyFile.load(path)
+    assert f"fingerprint: {key.fingerprint}" in result.stdout
+    assert f"public key:  {key.public_key_text}" in result.stdout
+
+    again = run_cli(["keygen", "--key-file", str(path)], tmp_path)
+    assert again.returncode == 2
+    assert "exists; use --force to replace it" in again.stderr
+    assert ServerKeyFile.load(path).fingerprint == key.fingerprint
+
+    forced = run_cli(["keygen", "--key-file", str(path), "--force"], tmp_path)
+    assert forced.returncode == 0
+    assert ServerKeyFile.load(path).fingerprint != key.fingerprint
+
+
+def test_issue_ticket_prints_a_ticket_the_authenticator_accepts(tmp_path: Path) -> None:
+    path = tmp_path / "server.key"
+    ServerKeyFile.generate(path)
+    result = run_cli(["issue-ticket", "--user", "alice", "--ttl", "3600", "--key-file",
+                      str(path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    ticket = result.stdout.strip()
+    authenticator = TicketAuthenticator(ServerKeyFile.load(path).ticket_secret)
+    now = time.time()
+    assert authenticator.authenticate("alice", ticket, now) == "alice"
+    with pytest.raises(AuthError) as other_user:
+        authenticator.authenticate("bob", ticket, now)
+    assert other_user.value.code == CloseCode.BAD_TICKET
+    with pytest.raises(AuthError) as later:
+        authenticator.authenticate("alice", ticket, now + 3601)
+    assert later.value.code == CloseCode.EXPIRED_TICKET
+
+    missing = run_cli(["issue-ticket", "--user", "alice", "--key-file",
+                       str(tmp_path / "nope.key")], tmp_path)
+    assert missing.returncode == 2
+    assert "no such key file" in missing.stderr
+
+
+# ------------------------------------------------------------------------- the server process
+
+
+@asynccontextmanager
+async def server_process(tmp_path: Path, *extra: str) -> AsyncIterator[
+        tuple[asyncio.subprocess.Process, re.Match[str]]]:
+    key_file = tmp_path / "server.key"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "server.py", "--host", HOST, "--port", "0", "--key-file", str(key_file),
+        "--keepalive-interval", "1", *extra, cwd=ROOT, env=cli_env(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        ready = READY.search(line)
+        assert ready is not None, f"no ready line, got {line!r}"
+        yield proc, ready
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signals,
+                                                              tmp_path: Path) -> None:
+    async with server_process(tmp_path) as (proc, ready):
+        key = ServerKeyFile.load(tmp_path / "server.key")  # created on first start
+        assert ready["fingerprint"] == key.fingerprint
+        assert ready["public"] == key.public_key_text
+        client = await connect(HOST, int(ready["port"]), user_id="alice",
+                               ticket=issue_ticket(key.ticket_secret, "alice", 60, time.time()),
+                               server_key=ready["public"], configuration=client_config())
+        assert await client.heartbeat() == pytest.approx(1800.0)
+
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        assert time.monotonic() - started < 5
+        await asyncio.wait_for(client.wait_closed(), 3)
+        assert client.close_code == CloseCode.SERVER_SHUTDOWN
+        assert proc.stderr is not None
+        assert b"server stopped" in await proc.stderr.read()
+
+
+async def test_server_refuses_anonymous_users_unless_allowed(tmp_path: Path) -> None:
+    from quantum.client import ConnectError
+
+    async with server_process(tmp_path) as (proc, ready):
+        with pytest.raises(ConnectError) as refused:
+            await connect(HOST, int(ready["port"]), user_id="alice",
+                          configuration=client_config())
+        assert refused.value.code == CloseCode.BAD_TICKET
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    async with server_process(tmp_path, "--allow-anonymous") as (proc, ready):
+        client = await connect(HOST, int(ready["port"]), user_id="alice",
+                               configuration=client_config())
+        assert client.session_id is not None
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+
+
+# ----------------------------------------------------------------------------- quantum-client
+
+
+async def client_process(port: int, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "quantum.client_cli", HOST, str(port), *args, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def read_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().rstrip("\n")
+
+
+async def test_client_cli_sends_lines_prints_replies_and_heartbeats() -> None:
+    async with running_server(app=Echo()) as h:
+        proc = await client_process(h.port, "--user", "bob", "--keepalive-interval", "0.3")
+        assert proc.stdin is not None
+        proc.stdin.write(b"hello\n")
+        assert await read_line(proc) == "hello"
+        # keepalives go out on their own: each answer is printed
+        assert await read_line(proc) == "heartbeat: remaining 30s"
+        proc.stdin.write("/heartbeat\nwörld\n".encode())
+        lines = {await read_line(proc) for _ in range(2)}
+        assert "wörld" in lines and lines <= {"wörld", "heartbeat: remaining 30s"}
+        sessions, total = await h.manager.list_sessions()
+        assert total == 1 and sessions[0].user_id == "bob"
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert h.ended == [(sessions[0].session_id, "client closed")]
+
+
+class Recorder(Application):
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, int, Delivery]] = []
+
+    def on_message(self, peer: Peer, message: bytes, channel: int, mode: Delivery) -> None:
+        self.got.append((message, channel, mode))
+
+
+async def test_client_cli_channel_mode_and_piped_input_until_eof() -> None:
+    recorder = Recorder()
+    async with running_server(app=recorder) as h:
+        proc = await client_process(h.port, "--user", "carol", "--channel", "3", "--mode",
+                                    "reliable-unordered", "--metadata", "team=red")
+        _, err = await asyncio.wait_for(proc.communicate(b"one\ntwo\nthree\n"), 15)
+        assert proc.returncode == 0, err
+        assert sorted(recorder.got) == sorted(
+            (m, 3, Delivery.RELIABLE_UNORDERED) for m in (b"one", b"two", b"three"))
+        assert len(h.ended) == 1 and h.ended[0][1] == "client closed"
+
+
+async def test_client_cli_reports_a_refused_login() -> None:
+    key = ServerKeyFile.new()
+    async with running_server(key=key, authenticator=TicketAuthenticator(key.ticket_secret)) as h:
+        proc = await client_process(h.port, "--user", "dave", "--ticket", "v1.bad")
+        _, err = await asyncio.wait_for(proc.communicate(b""), 15)
+        assert proc.returncode == 1
+        assert "cannot connect" in err.decode() and "BAD_TICKET" in err.decode()
+
+        ticket = issue_ticket(key.ticket_secret, "dave", 60, time.time())
+        proc = await client_process(h.port, "--user", "dave", "--ticket", ticket,
+                                    "--server-key", ServerKeyFile.new().public_key_text)
+        _, err = await asyncio.wait_for(proc.communicate(b""), 15)
+        assert proc.returncode == 1 and "BAD_SERVER_KEY" in err.decode()
+
+
+async def test_client_cli_exits_1_when_the_server_ends_the_session() -> None:
+    async with running_server(app=Echo()) as h:
+        proc = await client_process(h.port, "--user", "erin")
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(b"ping\n")
+        assert await read_line(proc) == "ping"
+
+        async def one_session() -> bool:
+            return (await h.manager.get_stats())["total"] == 1
+
+        await eventually(one_session, what="the CLI's session")
+        sessions, _ = await h.manager.list_sessions()
+        await h.manager.delete_session(sessions[0].session_id, "kicked")
+        assert await asyncio.wait_for(proc.wait(), 10) == 1
+        err = (await proc.stderr.read()).decode()
+        assert "connection closed: session kicked" in err
+
+
+def test_client_cli_bad_flags_exit_2() -> None:
+    for args, message in (
+        (["127.0.0.1", "9090"], "the following arguments are required: --user"),
+        (["127.0.0.1", "0", "--user", "a"], "port must be 1-65535, got 0"),
+        (["127.0.0.1", "9090", "--user", "a", "--mode", "fast"], "invalid choice: 'fast'"),
+        (["127.0.0.1", "9090", "--user", "a", "--channel", "256"], "channel must be 0-255"),
+        (["127.0.0.1", "9090", "--user", "a", "--metadata", "novalue"], "KEY=VALUE"),
+    ):
+        result = subprocess.run([sys.executable, "-m", "quantum.client_cli", *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, args
+        assert message in result.stderr, args

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import multiprocessing
@@ -96,7 +97,7 @@ def _generous_listener(server: QuantumServer, key: ServerKeyFile, max_connection
 
 
 async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
-                       max_connections: int) -> None:
+                       max_connections: int, profile: str | None) -> None:
     from session.logs import configure_logging
 
     configure_logging("console", "warning")
@@ -121,6 +122,7 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
     window = CpuWindow(lambda: server.counters.heartbeats)
     requests = getattr(store, "requests", None)
     store_requests0 = 0
+    profiler = cProfile.Profile() if profile else None
     pipe.send({"port": server.port})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +131,13 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
         if kind == "start":
             store_requests0 = int(getattr(store, "requests", 0))
             window.start()
+            if profiler is not None:
+                profiler.enable()
             return {"ok": True}
         if kind == "stop":
+            if profiler is not None and profile:
+                profiler.disable()
+                profiler.dump_stats(profile)
             reply: dict[str, Any] = {"ok": True, **window.stop()}
             if requests is not None:
                 reply["store_requests"] = int(getattr(store, "requests", 0)) - store_requests0
@@ -150,12 +157,14 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
 
 
 def run_bench_server(pipe: Pipe, cpu: int | None, store_kind: str, etcd_endpoints: list[str],
-                     max_connections: int) -> None:
-    """Child-process entry point for the Quantum server under test."""
+                     max_connections: int, profile: str | None = None) -> None:
+    """Child-process entry point for the Quantum server under test; with `profile`, the
+    measured window runs under cProfile (slower: figures are then only for finding hot spots)
+    and its stats are written to that path."""
     pin_to_cpu(cpu)
     import uvloop
 
-    uvloop.run(_server_main(pipe, store_kind, etcd_endpoints, max_connections))
+    uvloop.run(_server_main(pipe, store_kind, etcd_endpoints, max_connections, profile))
 
 
 # ------------------------------------------------------------------ the orchestrator
@@ -241,10 +250,11 @@ def run_echo(ctx: Any, clients: int, duration: float) -> dict[str, Any]:
 
 
 def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
-                   etcd_endpoints: list[str]) -> dict[str, Any]:
+                   etcd_endpoints: list[str], profile: str | None = None) -> dict[str, Any]:
     with ExitStack() as stack:
         server, port = _start_server(ctx, stack, f"quantum-server-{store}", run_bench_server,
-                                     store, etcd_endpoints, clients + 1000)
+                                     store, etcd_endpoints, clients + 1000,
+                                     f"{profile}.{store}" if profile else None)
         loadgen = _start_loadgen(ctx, stack, port)
         handshakes = loadgen.call("connect", count=clients, user_prefix=f"hb-{store}")
         metrics0 = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
@@ -350,15 +360,17 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
     return out
 
 
-def run(clients: int, duration: float, store: str, idle_connections: int) -> dict[str, Any]:
+def run(clients: int, duration: float, store: str, idle_connections: int,
+        profile: str | None = None) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     echo = run_echo(ctx, clients, duration)
-    runs = {"memory": run_heartbeats(ctx, clients, duration, "memory", [])}
+    runs = {"memory": run_heartbeats(ctx, clients, duration, "memory", [], profile)}
     if store == "etcd":
         from benchmarks.etcd_util import running_etcd
 
         with running_etcd(1) as cluster:
-            runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints)
+            runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints,
+                                          profile)
     idle = run_idle(ctx, idle_connections) if idle_connections > 0 else None
     return report(clients, duration, store, echo, runs, idle)
 
@@ -396,9 +408,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="session store; etcd also runs memory for comparison")
     parser.add_argument("--idle-connections", type=_non_negative_int, default=50_000,
                         help="idle connections for the memory figure (default 50000; 0 skips)")
+    parser.add_argument("--profile", metavar="PATH", default=None,
+                        help="cProfile the server's measured window into PATH.<store> "
+                             "(slows the server: use the figures only to find hot spots)")
     args = parser.parse_args(argv)
     try:
-        result = run(args.clients, args.duration, args.store, args.idle_connections)
+        result = run(args.clients, args.duration, args.store, args.idle_connections,
+                     args.profile)
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1

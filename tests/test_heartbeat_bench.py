@@ -1,0 +1,65 @@
+"""Smoke test of the heartbeat benchmark: the real thing, run tiny (a few clients, ~1 s).
+
+It runs `python -m benchmarks.heartbeat` as a user would, in a subprocess, so the server, the
+echo baseline and the load generator each get their own process exactly as in a full run.
+Figures are not judged here (performance is measured, never asserted); what must hold at any
+size is that every field is reported, every keepalive was answered, and the counts agree.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REQUIRED = {
+    "heartbeats": int,
+    "server_cpu_s": float,
+    "heartbeats_per_cpu_s": int,
+    "baseline_echo_per_cpu_s": int,
+    "ratio": float,
+    "rtt_p50_ms": float,
+    "rtt_p99_ms": float,
+    "unanswered": int,
+    "clients": int,
+    "duration_s": float,
+    "store": str,
+    "idle_connections": int,
+    "bytes_per_idle_connection": int,
+    "server_cpu_utilisation": float,
+}
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "benchmarks.heartbeat", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
+    done = _bench("--json", "--clients", "4", "--duration", "1", "--idle-connections", "40")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for name, kind in REQUIRED.items():
+        assert isinstance(result.get(name), kind), f"{name}: {result.get(name)!r}"
+    assert result["unanswered"] == 0
+    assert result["keepalives_timed_out"] == 0
+    assert result["clients"] == 4 and result["store"] == "memory"
+    assert result["idle_connections"] == 40
+    assert result["heartbeats"] > 0 and result["server_cpu_s"] > 0
+    # the server counted the keepalives the clients sent within its window, no more
+    assert result["heartbeats"] <= result["keepalives_sent"]
+    # the derived figures are what their names say (inputs are rounded, hence the slack)
+    rate = result["heartbeats"] / result["server_cpu_s"]
+    assert abs(result["heartbeats_per_cpu_s"] - rate) <= 0.01 * rate
+    ratio = result["heartbeats_per_cpu_s"] / result["baseline_echo_per_cpu_s"]
+    assert abs(result["ratio"] - ratio) <= 0.002
+    assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
+
+
+def test_bad_arguments_are_refused_with_a_reason() -> None:
+    done = _bench("--clients", "0")
+    assert done.returncode == 2
+    assert "--clients: must be at least 1, got 0" in done.stderr

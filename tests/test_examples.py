@@ -43,9 +43,10 @@ async def example(name: str, tmp_path: Path) -> AsyncIterator[tuple[int, str]]:
             await proc.wait()
 
 
-async def join(port: int, key: str, user: str, **kwargs: object) -> QuantumClient:
-    return await connect(HOST, port, user_id=user, server_key=key,  # type: ignore[arg-type]
-                         configuration=client_config(), **kwargs)
+async def join(port: int, key: str, user: str,
+               metadata: dict[str, str] | None = None) -> QuantumClient:
+    return await connect(HOST, port, user_id=user, server_key=key, metadata=metadata,
+                         configuration=client_config())
 
 
 async def recv(client: QuantumClient) -> bytes:

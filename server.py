@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import itertools
 import signal
@@ -44,10 +45,10 @@ from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum.listener import Listener
 from quantum.packet import HEADER_SIZE, MAGIC
+from session.errors import SessionError, SessionExpired, SessionNotFound, StoreUnavailable
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State, Stats
-from session.errors import SessionError, SessionExpired, SessionNotFound, StoreUnavailable
 
 log = structlog.get_logger("quantum.server")
 T = TypeVar("T")
@@ -158,30 +159,27 @@ class SessionBridge:
         elif isinstance(event, ConnectionClosed):
             self._closed(peer, event)
 
-    # -- keepalives: the hot path. The manager's coroutine is driven right here; with a
-    # -- MemoryStore (and an EtcdStore between lease refreshes) it finishes without suspending,
-    # -- so no Task is paid for per heartbeat. One that does suspend is finished by a task.
+    # -- keepalives: the hot path. `heartbeat_nowait` finishes at once whenever the store
+    # -- can (MemoryStore always, EtcdStore between lease refreshes): no Task per heartbeat.
 
     def _heartbeat(self, peer: Peer, keepalive_id: int) -> None:
         sid = peer.session_id
         if sid is None:
             peer.conn.acknowledge_keepalive(keepalive_id, None)
             return
-        coro = self.manager.heartbeat(sid)
         try:
-            waiting_on = coro.send(None)
-        except StopIteration as done:
-            peer.conn.acknowledge_keepalive(keepalive_id, done.value)
-            return
+            remaining = self.manager.heartbeat_nowait(sid)
         except SessionError as exc:
             self._session_gone(peer, exc)
             return
-        self.server.spawn(self._heartbeat_resumed(peer, keepalive_id, coro, waiting_on))
+        if remaining is not None:
+            peer.conn.acknowledge_keepalive(keepalive_id, remaining)
+        else:
+            self.server.spawn(self._heartbeat_async(peer, keepalive_id, sid))
 
-    async def _heartbeat_resumed(self, peer: Peer, keepalive_id: int,
-                                 coro: Coroutine[Any, Any, float], waiting_on: Any) -> None:
+    async def _heartbeat_async(self, peer: Peer, keepalive_id: int, session_id: str) -> None:
         try:
-            remaining = await _resume(coro, waiting_on)
+            remaining = await self.manager.heartbeat(session_id)
         except SessionError as exc:
             self._session_gone(peer, exc)
             return
@@ -315,10 +313,8 @@ class SessionBridge:
         self.server.spawn(self._record(peer.session_id, stats))
 
     async def _record(self, session_id: str, stats: Stats) -> None:
-        try:
+        with contextlib.suppress(SessionError):
             await self.manager.record_stats(session_id, stats)
-        except SessionError:
-            pass
 
     def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
         server = self.server
@@ -339,10 +335,8 @@ class SessionBridge:
                  reason=event.reason, by_peer=event.by_peer)
 
     async def _delete(self, session_id: str, reason: str) -> None:
-        try:
+        with contextlib.suppress(SessionError):
             await self.manager.delete_session(session_id, reason)
-        except SessionError:
-            pass
 
     def on_session_ended(self, session: Session, reason: str) -> None:
         """Manager listener: a session deleted or expired closes its connection."""
@@ -494,7 +488,7 @@ class QuantumServer(asyncio.DatagramProtocol):
                 handle(peer, event)
             except Exception:
                 log.exception("event handling failed", connection_id=peer.connection_id,
-                              event=type(event).__name__)
+                              event_type=type(event).__name__)
         self.flush(peer)
 
     def flush(self, peer: Peer) -> None:
@@ -621,32 +615,14 @@ def _enlarge_socket_buffers(transport: asyncio.BaseTransport) -> None:
     if sock is None:
         return
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
+        # capped by the OS (net.core.rmem_max): keep what it allows
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-        except OSError:  # capped by the OS (net.core.rmem_max): keep what it allows
-            pass
 
 
 async def _await(awaitable: Awaitable[None]) -> None:
     await awaitable
 
-
-async def _resume(coro: Coroutine[Any, Any, T], waiting_on: Any) -> T:
-    """Finish a coroutine that was started by hand and suspended on `waiting_on`.
-
-    The same trampoline asyncio.Task runs: wait until what it yielded is done, then send it on.
-    It runs inside this task, so the coroutine sees a current task as usual.
-    """
-    while True:
-        if waiting_on is None:  # a bare yield (asyncio.sleep(0))
-            await asyncio.sleep(0)
-        else:
-            waiting_on._asyncio_future_blocking = False
-            await asyncio.wait([waiting_on])
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------- the CLI

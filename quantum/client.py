@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections import deque
@@ -122,8 +123,9 @@ class QuantumClient(asyncio.DatagramProtocol):
                 left = deadline - self._loop.time()
                 if left <= 0:
                     raise TimeoutError(f"no keepalive answer within {timeout} s")
-                done, _ = await asyncio.wait([waiter, self._closed],
-                                             timeout=min(left, max(2 * srtt, 0.25)))
+                pending: list[asyncio.Future[Any]] = [waiter, self._closed]
+                await asyncio.wait(pending, timeout=min(left, max(2 * srtt, 0.25)),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done():
                     return waiter.result()
                 self._check_open()
@@ -136,10 +138,8 @@ class QuantumClient(asyncio.DatagramProtocol):
         if not self._closed.done():
             self._conn.close(reason)
             self._flush()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closed), timeout)
-            except TimeoutError:
-                pass
         self._teardown()
 
     def abort(self) -> None:

@@ -36,7 +36,8 @@ class QuantumConfiguration:
         if self.fec is not None:
             k, m = self.fec
             if not (1 <= k <= 16 and 1 <= m <= 16):
-                raise ValueError(f"fec must be (k, m) with 1 <= k <= 16, 1 <= m <= 16, got {self.fec}")
+                raise ValueError(
+                    f"fec must be (k, m) with 1 <= k <= 16, 1 <= m <= 16, got {self.fec}")
         if not 16 <= self.window <= 4096:
             raise ValueError(f"window must be between 16 and 4096 packets, got {self.window}")
         if not 0 < self.max_ack_delay <= 0.5:

@@ -20,7 +20,9 @@ import dataclasses
 import enum
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from quantum import packet as wire
 from quantum.bbr import BBR
@@ -45,6 +47,7 @@ from quantum.frames import (
     AckFloorFrame,
     CloseFrame,
     Delivery,
+    Frame,
     KeepaliveAckFrame,
     KeepaliveFrame,
     MessageFrame,
@@ -57,7 +60,13 @@ from quantum.frames import (
     encode_frames,
     is_retransmittable,
 )
-from quantum.handshake import ClientHandshake, Credentials, HandshakeError, ServerParams, SessionKeys
+from quantum.handshake import (
+    ClientHandshake,
+    Credentials,
+    HandshakeError,
+    ServerParams,
+    SessionKeys,
+)
 from quantum.packet import (
     Flags,
     Packet,
@@ -177,7 +186,7 @@ class Connection:
         self._cc = BBR()
         self._sender = ChannelSender(MAX_FRAGMENT)
         self._receiver = ChannelReceiver()
-        self._control: list[object] = []  # control frames waiting for the next packet
+        self._control: list[Frame] = []  # control frames waiting for the next packet
         self._fec_encoder: FecEncoder | None = None
         self._fec_decoder: FecDecoder | None = None
         self._parity_out: deque[ParityShard] = deque()
@@ -447,10 +456,12 @@ class Connection:
         self._handshake_out.append(datagram)
         self._handshake_last = datagram
         self._handshake_sent_at = now
-        interval = self.config.handshake_timeout / self.config.handshake_tries
-        self._handshake_resend_at = now + interval
+        self._handshake_resend_at = now + self._handshake_interval()
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(datagram)
+
+    def _handshake_interval(self) -> float:
+        return self.config.handshake_timeout / self.config.handshake_tries
 
     def _resend_handshake(self, now: float) -> None:
         if self._handshake_tries >= self.config.handshake_tries:
@@ -458,7 +469,7 @@ class Connection:
             return
         self._handshake_tries += 1
         self._handshake_out.append(self._handshake_last)
-        self._handshake_resend_at = now + self.config.handshake_timeout / self.config.handshake_tries
+        self._handshake_resend_at = now + self._handshake_interval()
 
     def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
                                   now: float) -> None:
@@ -504,7 +515,7 @@ class Connection:
 
     # ------------------------------------------------------------------ receiving
 
-    def _process_frames(self, frames: list[object], flags: int, now: float) -> None:
+    def _process_frames(self, frames: Sequence[Frame], flags: int, now: float) -> None:
         events = self._events
         for frame in frames:
             if isinstance(frame, MessageFrame):
@@ -522,7 +533,7 @@ class Connection:
                 events.append(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
                 sent_at = self._keepalives_pending.pop(frame.keepalive_id, None)
-                remaining = None if frame.remaining_ms == NO_SESSION_MS else frame.remaining_ms / 1000
+                remaining = _seconds(frame.remaining_ms)
                 rtt = None if sent_at is None else now - sent_at
                 events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
             elif isinstance(frame, AckFloorFrame):
@@ -542,7 +553,7 @@ class Connection:
                     self.session_id, self.session_token = frame.session_id, frame.token
                     self.state = ConnectionState.ESTABLISHED
                     self._last_keepalive_sent = now
-                    remaining = None if frame.remaining_ms == NO_SESSION_MS else frame.remaining_ms / 1000
+                    remaining = _seconds(frame.remaining_ms)
                     events.append(HandshakeCompleted(frame.session_id, frame.token, remaining,
                                                      frame.resumed))
             elif isinstance(frame, RejectFrame):
@@ -615,7 +626,7 @@ class Connection:
                 elif isinstance(frame, CloseFrame):
                     self._fin_pn = None  # a new FIN goes out with the close frame
                 else:
-                    self._control.append(frame)
+                    self._control.append(cast(Frame, frame))
         return retransmitted
 
     def _on_new_path(self, addr: Address, pn: int, now: float) -> None:
@@ -675,7 +686,7 @@ class Connection:
             self._send_ack_only(now)
 
     def _build_data_packet(self, now: float) -> bool:
-        frames: list[object] = []
+        frames: list[Frame] = []
         room = MAX_DATA_PAYLOAD
         control = self._control
         while control:
@@ -704,7 +715,7 @@ class Connection:
                 self._close_deadline = now + self.config.close_timeout
         return True
 
-    def _send_protected(self, frames: list[object], now: float, flags: int) -> int:
+    def _send_protected(self, frames: list[Frame], now: float, flags: int) -> int:
         keys = self._keys
         assert keys is not None
         sent = self._sent
@@ -718,7 +729,8 @@ class Connection:
         received.on_ack_sent()
         size = len(datagram)
         ack_eliciting = bool(frames)
-        retransmittable = [f for f in frames if is_retransmittable(f)] if frames else []
+        retransmittable: list[object] = (
+            [f for f in frames if is_retransmittable(f)] if frames else [])
         rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight) if ack_eliciting else None
         sent.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting,
                                        retransmittable, rate))
@@ -784,6 +796,10 @@ class Connection:
 
 _VERDICT_NAMES: dict[int, str] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
+
+
+def _seconds(ms: int) -> float | None:
+    return None if ms == NO_SESSION_MS else ms / 1000
 
 
 def _ms(seconds: float | None) -> int:

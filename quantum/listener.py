@@ -33,7 +33,7 @@ class _Bucket:
 class TokenBucket:
     """A rate limit: `rate` events per second with bursts of up to `burst`."""
 
-    __slots__ = ("burst", "rate", "_bucket")
+    __slots__ = ("_bucket", "burst", "rate")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst

@@ -558,6 +558,23 @@ class EtcdStore(Store):
         entry.written = self._mono()
         entry.dirty = False
 
+    def touch_local(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
+        """The common heartbeat without any I/O: an owned ACTIVE session, same timeout, lease
+        refresh not yet due. Returns False, changing nothing, when `touch` must do it."""
+        entry = self._cache.get(session_id)
+        if entry is None or not entry.owned:
+            return False
+        session = entry.session
+        if now >= session.expires_at:
+            raise SessionExpired(f"session expired: {session_id}")
+        if (session.state is not _ACTIVE or expires_at - now != entry.span
+                or self._mono() >= entry.refresh_at):
+            return False
+        session.last_active_at = now
+        session.expires_at = expires_at
+        entry.dirty = True
+        return True
+
     async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
         # The hot path. In the common case (an owned, ACTIVE session, same timeout, lease not
         # yet due) it only changes the cached copy: no etcd call, no allocation beyond the

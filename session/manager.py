@@ -113,7 +113,16 @@ class SessionManager:
         self._touch_now: Callable[[str, datetime, datetime], None] | None = getattr(
             self.store, "touch_now", None
         )
+        # a store that keeps a local cache (EtcdStore) may do most heartbeats without I/O
+        self._touch_local: Callable[[str, datetime, datetime], bool] | None = getattr(
+            self.store, "touch_local", None
+        )
         self._listeners: list[Listener] = []
+        # a shared store (EtcdStore) reports sessions that other nodes deleted or that expired
+        # there: they reach this manager's listeners like local deletions do
+        store_listen = getattr(self.store, "add_listener", None)
+        if callable(store_listen):
+            store_listen(self._notify)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
         self._bind_fast_heartbeat()
@@ -146,9 +155,11 @@ class SessionManager:
     # -- life cycle
 
     async def start(self) -> None:
-        """Start the periodic expiry sweep (idempotent)."""
+        """Start the store (an EtcdStore connects and starts its watch; `StoreUnavailable` if
+        it cannot) and the periodic expiry sweep. Idempotent."""
         if self._closed:
             raise RuntimeError("session manager is closed")
+        await self.store.start()
         if self._cleanup_task is None:
             self._cleanup_task = asyncio.get_running_loop().create_task(
                 self._cleanup_loop(), name="session-cleanup"
@@ -369,6 +380,31 @@ class SessionManager:
             touch_now(session_id, now, expires_at)
         else:
             await self._touch(session_id, now, expires_at)
+        if self._debug:
+            self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
+        return self._timeout_s
+
+    def heartbeat_nowait(self, session_id: str) -> float | None:
+        """`heartbeat` for callers that must not suspend (the server's per-packet path).
+
+        Done at once when the store can do it locally: always on a `MemoryStore`, and on an
+        `EtcdStore` while no lease refresh or state write is due. Then it returns the seconds
+        remaining (raising like `heartbeat`); otherwise it changes nothing and returns None,
+        and the caller awaits `heartbeat` instead.
+        """
+        now = self._clock()
+        if now is self._expiry_for:
+            expires_at = self._expiry
+        else:
+            expires_at = self._expiry = now + self._timeout
+            self._expiry_for = now
+        touch_now = self._touch_now
+        if touch_now is not None:
+            touch_now(session_id, now, expires_at)
+        else:
+            touch_local = self._touch_local
+            if touch_local is None or not touch_local(session_id, now, expires_at):
+                return None
         if self._debug:
             self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
         return self._timeout_s

@@ -137,5 +137,8 @@ class Store(abc.ABC):
         session.stats = stats.copy()
         await self.update(session)
 
+    async def start(self) -> None:  # noqa: B027 - a no-op is the right default for local stores
+        """Connect and start background work (a shared store's watch); idempotent."""
+
     async def close(self) -> None:  # noqa: B027 - a no-op is the right default for local stores
         """Release connections or other resources; calling it twice is harmless."""

@@ -55,7 +55,7 @@ class Clock:
 
 
 @pytest.fixture
-async def raw(etcd_endpoints: list[str]) -> AsyncIterator[aetcd.Client]:  # noqa: F811
+async def raw(etcd_endpoints: list[str]) -> AsyncIterator[aetcd.Client]:
     host, port = etcd_endpoints[0].split(":")
     async with aetcd.Client(host=host, port=int(port), timeout=5) as client:
         yield client
@@ -63,7 +63,7 @@ async def raw(etcd_endpoints: list[str]) -> AsyncIterator[aetcd.Client]:  # noqa
 
 @pytest.fixture
 async def pair(
-    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+    etcd_endpoints: list[str], etcd_prefix: str
 ) -> AsyncIterator[tuple[EtcdStore, EtcdStore]]:
     """Two nodes sharing one prefix."""
     a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, timeout=5.0)
@@ -78,7 +78,7 @@ async def pair(
 
 
 async def test_key_layout_and_one_lease_per_session(
-    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str  # noqa: F811
+    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str
 ) -> None:
     a, _ = pair
     session = make_session(user_id="team/alice")
@@ -130,7 +130,7 @@ async def test_own_deletes_are_not_reported(pair: tuple[EtcdStore, EtcdStore]) -
 
 
 async def test_session_nobody_refreshes_expires_through_its_lease(
-    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+    etcd_endpoints: list[str], etcd_prefix: str
 ) -> None:
     observer = EtcdStore(etcd_endpoints, prefix=etcd_prefix)
     owner = EtcdStore(etcd_endpoints, prefix=etcd_prefix)
@@ -152,7 +152,7 @@ async def test_session_nobody_refreshes_expires_through_its_lease(
 
 
 async def test_heartbeats_stay_local_until_the_lease_needs_refreshing(
-    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+    etcd_endpoints: list[str], etcd_prefix: str
 ) -> None:
     clock = Clock()
     a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, monotonic=clock, stats_interval=3600)
@@ -182,7 +182,7 @@ async def test_heartbeats_stay_local_until_the_lease_needs_refreshing(
 
 
 async def test_stats_are_flushed_in_the_background(
-    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+    etcd_endpoints: list[str], etcd_prefix: str
 ) -> None:
     a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, stats_interval=0.2)
     b = EtcdStore(etcd_endpoints, prefix=etcd_prefix)
@@ -270,7 +270,7 @@ async def test_heartbeat_merges_onto_a_record_changed_elsewhere(
 
 
 async def test_undecodable_record_is_reported_with_its_key_and_skipped(
-    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str  # noqa: F811
+    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str
 ) -> None:
     a, _ = pair
     good = make_session()
@@ -289,7 +289,7 @@ async def test_undecodable_record_is_reported_with_its_key_and_skipped(
     await eventually(lambda: heard == [good.session_id])
 
 
-async def test_all_of_etcd_down_fails_fast_then_recovers(etcd_private: EtcdCluster) -> None:  # noqa: F811
+async def test_all_of_etcd_down_fails_fast_then_recovers(etcd_private: EtcdCluster) -> None:
     store = EtcdStore(etcd_private.endpoints, prefix="/down", timeout=1.0)
     other = EtcdStore(etcd_private.endpoints, prefix="/down", timeout=1.0)
     await store.start()
@@ -315,7 +315,7 @@ async def test_all_of_etcd_down_fails_fast_then_recovers(etcd_private: EtcdClust
 
 
 async def test_service_continues_with_one_member_of_three_killed(
-    etcd_cluster3: EtcdCluster,  # noqa: F811
+    etcd_cluster3: EtcdCluster,
 ) -> None:
     store = EtcdStore(etcd_cluster3.endpoints, prefix="/ha", timeout=5.0)
     watcher = EtcdStore(etcd_cluster3.endpoints[::-1], prefix="/ha", timeout=5.0)
@@ -340,7 +340,7 @@ async def test_service_continues_with_one_member_of_three_killed(
 
 
 async def test_close_writes_what_is_still_dirty(
-    etcd_endpoints: list[str], etcd_prefix: str  # noqa: F811
+    etcd_endpoints: list[str], etcd_prefix: str
 ) -> None:
     a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, stats_interval=3600)
     await a.start()

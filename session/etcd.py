@@ -513,6 +513,9 @@ class EtcdStore(Store):
         ttl = self._lease_ttl(new)
         lease = entry.lease if ttl == entry.lease_ttl else await self._grant(ttl)
         value = encode_session(new)
+        # `new` may be the cached copy, which heartbeats keep changing while the write is in
+        # flight: what changed after encoding is still unwritten when the answer comes
+        sent_active, sent_stats = new.last_active_at, new.stats
         compare = [aetcd.transactions.Mod(skey) == expect_rev]
         ops = self._put_ops(new, value, lease)
         if old.connection_id != new.connection_id:
@@ -552,11 +555,13 @@ class EtcdStore(Store):
             self._revoke_later(entry.lease)
             entry.lease, entry.lease_ttl = lease, ttl
             self._arm(entry, self._mono())
+        entry.written = self._mono()
+        if rev < entry.mod_rev:
+            return  # the watch already delivered a later write made on top of this one
         entry.span = new.expires_at - new.last_active_at
         entry.session = new
         entry.mod_rev = entry.seen_rev = rev
-        entry.written = self._mono()
-        entry.dirty = False
+        entry.dirty = new.last_active_at != sent_active or new.stats is not sent_stats
 
     def touch_local(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
         """The common heartbeat without any I/O: an owned ACTIVE session, same timeout, lease
@@ -635,15 +640,11 @@ class EtcdStore(Store):
                 await self._write(entry, local, entry.mod_rev)
                 return
             except SessionConflict:
-                # the newer record was adopted into the entry: re-apply what this node owns
-                # (keepalive times, state wake-up, stats) on top of it and try again
+                # the newer record was adopted into the entry (by `_write`, or already by the
+                # watch while the write was in flight, in which case `_on_event` re-applied
+                # the keepalive): re-apply what this node owns on top of it and try again
                 remote = entry.session
-                if local.last_active_at > remote.last_active_at:
-                    remote.last_active_at = local.last_active_at
-                    remote.expires_at = local.expires_at
-                    if remote.state in _WAKE and local.state is State.ACTIVE:
-                        remote.state = State.ACTIVE
-                remote.stats = local.stats
+                _reapply(remote, local)
                 entry.dirty = True
                 local = remote
         raise SessionConflict(f"session {sid}: gave up after {_MERGE_ATTEMPTS} conflicts")
@@ -862,7 +863,9 @@ class EtcdStore(Store):
                     dirty, local = entry.dirty, entry.session
                     self._adopt(sid, kv)
                     if dirty and entry.session is not local:
-                        self._remerge(entry, local)
+                        # keep this node's unwritten keepalive and stats, unless the record
+                        # already has them (e.g. it is this node's own write, or one on top)
+                        entry.dirty = _reapply(entry.session, local)
             return
         if sid in self._own_deletes:
             self._own_deletes.discard(sid)
@@ -876,15 +879,6 @@ class EtcdStore(Store):
             return
         reason = "expired" if datetime.now(UTC) >= last.expires_at else "deleted"
         self._notify(last, reason)
-
-    @staticmethod
-    def _remerge(entry: _Entry, local: Session) -> None:
-        """A remote write arrived while this node held unwritten keepalives: keep both."""
-        remote = entry.session
-        if local.last_active_at > remote.last_active_at:
-            remote.last_active_at = local.last_active_at
-            remote.expires_at = local.expires_at
-            entry.dirty = True
 
     def _notify(self, session: Session, reason: str) -> None:
         for callback in tuple(self._listeners):
@@ -925,6 +919,28 @@ class EtcdStore(Store):
                                  error=str(exc))
                     if isinstance(exc, StoreUnavailable):
                         break
+
+
+def _reapply(remote: Session, local: Session) -> bool:
+    """Carry what this node owns and has not written yet onto a newer record of the session.
+
+    That is the keepalive (timestamps, and the wake-up from CONNECTING/IDLE that the same
+    `touch` made: the two travel together, or the old state would be written back under the
+    new timestamp) when it is newer than the record's, and the stats. Used both when a write
+    loses its compare and when the watch delivers a remote write over unwritten changes; the
+    two can happen to the same write, so applying it twice must change nothing. Returns
+    whether the record lacked any of it, i.e. whether it still has to be written.
+    """
+    behind = local.last_active_at > remote.last_active_at
+    if behind:
+        remote.last_active_at = local.last_active_at
+        remote.expires_at = local.expires_at
+        if local.state is _ACTIVE and remote.state in _WAKE:
+            remote.state = _ACTIVE
+    if remote.stats != local.stats:
+        remote.stats = local.stats
+        behind = True
+    return behind
 
 
 def _kv_of(response: Any) -> Any:

@@ -12,8 +12,8 @@ import aetcd
 import pytest
 
 from benchmarks.etcd_util import EtcdCluster
-from session.errors import InvalidSession, SessionNotFound, StoreUnavailable
-from session.etcd import EtcdStore, SessionConflict
+from session.errors import InvalidSession, SessionExpired, SessionNotFound, StoreUnavailable
+from session.etcd import EtcdStore, SessionConflict, decode_session
 from session.model import Session, SessionFilter, State, Stats, new_session_id
 from tests.etcd_cluster import (  # noqa: F401 - fixtures
     etcd_cluster3,
@@ -267,6 +267,168 @@ async def test_heartbeat_merges_onto_a_record_changed_elsewhere(
     final = await b.get(session.session_id)
     assert final.metadata == {"room": "blue"}
     assert (final.state, final.last_active_at) == (State.ACTIVE, now)
+
+
+async def test_wake_up_survives_a_remote_write_arriving_while_it_is_written(
+    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flaky interleaving of the test above, forced: A's watch delivers B's write after
+    `touch` changed the cached copy but before A's compare-on-revision write is answered."""
+    a, b = pair
+    session = make_session(state=State.IDLE)
+    sid = session.session_id
+    await a.create(session)
+    deliver = a._on_event
+    held: list[Any] = []
+    monkeypatch.setattr(a, "_on_event", held.append)
+    other = await b.get(sid)
+    other.metadata["room"] = "blue"
+    await b.update(other)
+    remote_rev = b._cache[sid].mod_rev
+    await eventually(lambda: any(e.kv.mod_revision == remote_rev for e in held))
+    txn = a._txn
+    interleaved: list[bool] = []
+
+    async def watch_first(*args: Any) -> Any:
+        if not interleaved:
+            interleaved.append(True)
+            monkeypatch.setattr(a, "_on_event", deliver)
+            for event in held:
+                deliver(event)
+        return await txn(*args)
+
+    monkeypatch.setattr(a, "_txn", watch_first)
+    now = datetime.now(UTC)
+    await a.touch(sid, now, now + timedelta(seconds=30))
+    assert interleaved
+    record = await raw.get(f"{etcd_prefix}/s/{sid}".encode())
+    assert record is not None
+    stored = decode_session(record.key, record.value)
+    assert (stored.state, stored.last_active_at, stored.metadata) == (
+        State.ACTIVE, now, {"room": "blue"})
+    cached = a._cache[sid]
+    assert (cached.session.state, cached.mod_rev, cached.dirty) == (
+        State.ACTIVE, record.mod_revision, False)
+
+
+async def test_later_remote_write_delivered_before_the_answer_is_kept(
+    pair: tuple[EtcdStore, EtcdStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B writes on top of A's write, and A's watch brings that in before A's own answer:
+    A's cache must keep B's newer record, not fall back to the one it wrote."""
+    a, b = pair
+    session = make_session(state=State.IDLE)
+    sid = session.session_id
+    await a.create(session)
+    await b.get(sid)
+    txn = a._txn
+    newer: list[int] = []
+
+    async def answer_late(*args: Any) -> Any:
+        result = await txn(*args)
+        if not newer:
+            await eventually(lambda: b._cache[sid].mod_rev == result[1])
+            theirs = await b.get(sid)
+            theirs.metadata["room"] = "blue"
+            await b.update(theirs)
+            newer.append(b._cache[sid].mod_rev)
+            await eventually(lambda: a._watch_rev >= newer[0])
+        return result
+
+    monkeypatch.setattr(a, "_txn", answer_late)
+    now = datetime.now(UTC)
+    await a.touch(sid, now, now + timedelta(seconds=30))
+    cached = a._cache[sid]
+    assert (cached.mod_rev, cached.session.metadata, cached.session.state) == (
+        newer[0], {"room": "blue"}, State.ACTIVE)
+    assert not cached.dirty
+
+
+async def test_heartbeat_during_a_write_stays_dirty(
+    pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local heartbeat that lands while the wake-up write is in flight is not in that
+    write, so the entry must stay dirty and the next flush must carry it."""
+    a, _ = pair
+    session = make_session(state=State.IDLE)
+    sid = session.session_id
+    await a.create(session)
+    first = datetime.now(UTC)
+    later = first + timedelta(seconds=1)
+    txn = a._txn
+    landed: list[bool] = []
+
+    async def heartbeat_meanwhile(*args: Any) -> Any:
+        pending = txn(*args)
+        landed.append(a.touch_local(sid, later, later + timedelta(seconds=30)))
+        return await pending
+
+    monkeypatch.setattr(a, "_txn", heartbeat_meanwhile)
+    await a.touch(sid, first, first + timedelta(seconds=30))
+    assert landed == [True]
+    key = f"{etcd_prefix}/s/{sid}".encode()
+    record = await raw.get(key)
+    assert record is not None
+    assert decode_session(record.key, record.value).last_active_at == first
+    assert a._cache[sid].dirty
+    await a.flush()
+    record = await raw.get(key)
+    assert record is not None
+    assert decode_session(record.key, record.value).last_active_at == later
+    assert not a._cache[sid].dirty
+
+
+async def test_touch_local_does_only_the_heartbeats_that_need_no_io(
+    etcd_endpoints: list[str], etcd_prefix: str,
+) -> None:
+    clock = Clock()
+    a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, monotonic=clock, stats_interval=3600)
+    b = EtcdStore(etcd_endpoints, prefix=etcd_prefix, monotonic=clock, stats_interval=3600)
+    await a.start()
+    await b.start()
+    try:
+        active = make_session(timeout=60.0)
+        idle = make_session(timeout=60.0, state=State.IDLE)
+        await a.create(active)
+        await a.create(idle)
+        t = active.last_active_at
+        requests = a.requests
+
+        def beat(store: EtcdStore, sid: str, seconds: float, timeout: float = 60.0) -> bool:
+            at = t + timedelta(seconds=seconds)
+            return store.touch_local(sid, at, at + timedelta(seconds=timeout))
+
+        def cached(store: EtcdStore, sid: str) -> tuple[datetime, datetime, bool]:
+            entry = store._cache[sid]
+            return entry.session.last_active_at, entry.session.expires_at, entry.dirty
+
+        assert beat(b, active.session_id, 1) is False  # not in B's cache
+        await b.get(active.session_id)
+        assert beat(b, active.session_id, 1) is False  # cached on B but owned by A
+        assert cached(b, active.session_id) == (t, active.expires_at, False)
+        assert beat(a, idle.session_id, 1) is False  # the wake-up must be written
+        assert a._cache[idle.session_id].session.state is State.IDLE
+        assert not a._cache[idle.session_id].dirty
+        assert beat(a, active.session_id, 1, timeout=90) is False  # new lease needed
+        assert cached(a, active.session_id) == (t, active.expires_at, False)
+
+        assert beat(a, active.session_id, 2) is True
+        later = t + timedelta(seconds=2)
+        assert cached(a, active.session_id) == (later, later + timedelta(seconds=60), True)
+        assert a.requests == requests
+
+        clock.now += 15.0  # a quarter of the timeout: the lease keepalive is due
+        assert beat(a, active.session_id, 17) is False
+        assert cached(a, active.session_id) == (later, later + timedelta(seconds=60), True)
+
+        with pytest.raises(SessionExpired, match=active.session_id):
+            beat(a, active.session_id, 63)
+        assert a.requests == requests
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_undecodable_record_is_reported_with_its_key_and_skipped(

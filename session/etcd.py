@@ -481,6 +481,11 @@ class EtcdStore(Store):
         new = session.copy()
         entry = await self._entry(new.session_id)
         old = entry.session
+        # the timeout the lease was sized for only changes with `expires_at`: an update that
+        # counts as activity without extending expiry must not re-grant (and later a heartbeat
+        # re-grant back) a lease sized for the shrinking time left
+        keep = new.expires_at == old.expires_at
+        ttl = entry.lease_ttl if keep else self._lease_ttl(new)
         if (
             entry.owned
             and old.connection_id == new.connection_id
@@ -492,7 +497,7 @@ class EtcdStore(Store):
             and old.metadata == new.metadata
             and old.token_hash == new.token_hash
             and old.created_at == new.created_at
-            and self._lease_ttl(new) == entry.lease_ttl
+            and ttl == entry.lease_ttl
             and entry.seen_rev == entry.mod_rev
         ):
             # only timestamps and stats changed: the heartbeat-like path, written lazily
@@ -502,15 +507,21 @@ class EtcdStore(Store):
             if now >= entry.refresh_at:
                 await self._refresh(entry, now)
             return
-        await self._write(entry, new, entry.seen_rev)
+        await self._write(entry, new, entry.seen_rev, ttl if keep else None)
         entry.owned = True
 
-    async def _write(self, entry: _Entry, new: Session, expect_rev: int) -> None:
-        """Replace the record (and indexes) if its revision is still `expect_rev`."""
+    async def _write(
+        self, entry: _Entry, new: Session, expect_rev: int, keep_ttl: int | None = None
+    ) -> None:
+        """Replace the record (and indexes) if its revision is still `expect_rev`.
+
+        The lease is sized from the record's timeout, or kept when `keep_ttl` says the
+        timeout has not changed.
+        """
         old = entry.session
         sid = new.session_id
         skey, ckey = self._skey(sid), self._ckey(new.connection_id)
-        ttl = self._lease_ttl(new)
+        ttl = self._lease_ttl(new) if keep_ttl is None else keep_ttl
         lease = entry.lease if ttl == entry.lease_ttl else await self._grant(ttl)
         value = encode_session(new)
         # `new` may be the cached copy, which heartbeats keep changing while the write is in
@@ -558,7 +569,8 @@ class EtcdStore(Store):
         entry.written = self._mono()
         if rev < entry.mod_rev:
             return  # the watch already delivered a later write made on top of this one
-        entry.span = new.expires_at - new.last_active_at
+        if keep_ttl is None:
+            entry.span = new.expires_at - new.last_active_at
         entry.session = new
         entry.mod_rev = entry.seen_rev = rev
         entry.dirty = new.last_active_at != sent_active or new.stats is not sent_stats

@@ -431,6 +431,34 @@ async def test_touch_local_does_only_the_heartbeats_that_need_no_io(
         await b.close()
 
 
+async def test_update_that_keeps_expiry_keeps_the_lease(
+    etcd_endpoints: list[str], etcd_prefix: str, raw: aetcd.Client,
+) -> None:
+    """`update_session` counts as activity without extending expiry: the time left shrinks,
+    the timeout does not, so neither the update nor the next heartbeat re-grants the lease."""
+    clock = Clock()
+    a = EtcdStore(etcd_endpoints, prefix=etcd_prefix, monotonic=clock, stats_interval=3600)
+    await a.start()
+    try:
+        session = make_session(timeout=60.0)
+        sid = session.session_id
+        await a.create(session)
+        lease = a._cache[sid].lease
+        changed = await a.get(sid)
+        changed.metadata["room"] = "blue"
+        changed.last_active_at += timedelta(seconds=10)
+        before = a.requests
+        await a.update(changed)
+        assert a.requests == before + 1  # one transaction: no grant, no revoke
+        record = await raw.get(f"{etcd_prefix}/s/{sid}".encode())
+        assert record is not None and record.lease == lease
+        beat = changed.last_active_at + timedelta(seconds=1)
+        assert a.touch_local(sid, beat, beat + timedelta(seconds=60))
+        assert a.requests == before + 1
+    finally:
+        await a.close()
+
+
 async def test_undecodable_record_is_reported_with_its_key_and_skipped(
     pair: tuple[EtcdStore, EtcdStore], raw: aetcd.Client, etcd_prefix: str
 ) -> None:

@@ -97,6 +97,10 @@ class _WindowedMax:
         return vs[0]
 
 
+#: one generator for every connection: a Random() each would cost 2.5 KB per connection
+_SHARED_RNG = random.Random()
+
+
 class BBR:
     """One connection's congestion controller and pacer. `cwnd` is in bytes, rates in bytes/s."""
 
@@ -149,7 +153,7 @@ class BBR:
         self.min_cwnd = min_cwnd_packets * max_datagram
         self.initial_cwnd = initial_cwnd_packets * max_datagram
         # the PROBE_BW starting phase is random so that competing flows do not probe in step
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _SHARED_RNG
 
         self.state = STARTUP
         self.pacing_gain = STARTUP_GAIN

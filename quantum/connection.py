@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -89,8 +88,8 @@ from quantum.reliability import (
 Address = tuple[str, int]
 
 # plain ints: IntFlag arithmetic goes through the enum machinery on every packet
-SYN, ACK, FIN, RST, FEC, URG = (int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
-                                                 Flags.FEC, Flags.URG))
+SYN, ACK, FIN, RST, FEC, PSH, URG = (int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
+                                                      Flags.FEC, Flags.PSH, Flags.URG))
 
 AEAD_TAG = 16
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
@@ -145,6 +144,54 @@ class ConnectionStats:
 class Connection:
     """One end of a Quantum connection. Build with `Connection.client` or via `Listener`."""
 
+    __slots__ = (
+        "_cc",
+        "_close_deadline",
+        "_closed_event_sent",
+        "_control",
+        "_events",
+        "_fec_decoder",
+        "_fec_encoder",
+        "_fec_on",
+        "_fin_pn",
+        "_handshake",
+        "_handshake_deadline",
+        "_handshake_last",
+        "_handshake_out",
+        "_handshake_resend_at",
+        "_handshake_sent_at",
+        "_handshake_tries",
+        "_keepalive_id",
+        "_keepalives_pending",
+        "_keys",
+        "_largest_pn",
+        "_last_keepalive_sent",
+        "_last_received",
+        "_now",
+        "_parity_out",
+        "_path_budget",
+        "_path_challenge",
+        "_path_validated",
+        "_pending_out",
+        "_previous_addr",
+        "_received",
+        "_receiver",
+        "_sender",
+        "_sent",
+        "close_code",
+        "close_reason",
+        "config",
+        "connection_id",
+        "credentials",
+        "is_client",
+        "params",
+        "peer_addr",
+        "session_id",
+        "session_token",
+        "state",
+        "stats",
+    )
+
     def __init__(
         self,
         *,
@@ -169,7 +216,7 @@ class Connection:
         self.close_code = CloseCode.NORMAL
         self.close_reason = ""
 
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []
         self._keys: SessionKeys | None = None
         self._handshake: ClientHandshake | None = None
         self._handshake_tries = 0
@@ -184,12 +231,14 @@ class Connection:
             window=configuration.window, max_ack_delay=configuration.max_ack_delay
         )
         self._cc = BBR()
-        self._sender = ChannelSender(MAX_FRAGMENT)
-        self._receiver = ChannelReceiver()
+        # created on first use: a keepalive-only connection never needs them
+        self._sender: ChannelSender | None = None
+        self._receiver: ChannelReceiver | None = None
         self._control: list[Frame] = []  # control frames waiting for the next packet
         self._fec_encoder: FecEncoder | None = None
-        self._fec_decoder: FecDecoder | None = None
-        self._parity_out: deque[ParityShard] = deque()
+        self._fec_decoder: FecDecoder | None = None  # created by the first FEC-group packet
+        self._fec_on = False
+        self._parity_out: list[ParityShard] = []
 
         self._last_received = now
         self._last_keepalive_sent = now
@@ -267,7 +316,7 @@ class Connection:
         if params.fec is not None:
             k, m = params.fec
             self._fec_encoder = FecEncoder(k, m)
-            self._fec_decoder = FecDecoder()
+            self._fec_on = True
 
     # ------------------------------------------------------------------ application calls
 
@@ -295,7 +344,10 @@ class Connection:
         if self.state not in (ConnectionState.ESTABLISHED, ConnectionState.AWAIT_ACCEPT,
                               ConnectionState.AUTHENTICATING):
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
-        message_id = self._sender.queue(message, channel, mode)
+        sender = self._sender
+        if sender is None:
+            sender = self._sender = ChannelSender(MAX_FRAGMENT)
+        message_id = sender.queue(message, channel, mode)
         self.stats.messages_sent += 1
         return message_id
 
@@ -324,7 +376,7 @@ class Connection:
     # ------------------------------------------------------------------ sans-I/O surface
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one datagram from the network. Bad input is dropped and counted."""
@@ -376,9 +428,12 @@ class Connection:
             self._handshake_resend_at = None  # any protected packet proves our ACK arrived
         if flags & ACK:
             self._on_ack(ack, sack, now)
-        if self._fec_decoder is not None and payload and not flags & FEC:
+        if flags & PSH and self._fec_on:
+            decoder = self._fec_decoder
+            if decoder is None:
+                decoder = self._fec_decoder = FecDecoder()
             try:
-                recovered = self._fec_decoder.on_data(pn, payload)
+                recovered = decoder.on_data(pn, payload)
             except FecError as exc:
                 self._protocol_violation(str(exc), now)
                 return
@@ -401,28 +456,34 @@ class Connection:
         return out
 
     def get_timer(self) -> float | None:
-        if self.state is ConnectionState.CLOSED:
+        state = self.state
+        if state is ConnectionState.CLOSED:
             return None
-        timers = [self._last_received + self.config.idle_timeout]
-        if self.state in (ConnectionState.SYN_SENT, ConnectionState.AWAIT_ACCEPT):
-            timers.append(self._handshake_deadline)
-            if self._handshake_resend_at is not None:
-                timers.append(self._handshake_resend_at)
-        ack_at = self._received.ack_deadline()
-        if ack_at is not None:
-            timers.append(ack_at)
-        loss_at = self._sent.loss_deadline()
-        if loss_at is not None:
-            timers.append(loss_at)
-        if self._close_deadline is not None:
-            timers.append(self._close_deadline)
-        if self.state is ConnectionState.ESTABLISHED and self.config.keepalive_interval:
-            timers.append(self._last_keepalive_sent + self.config.keepalive_interval)
-        in_flight = self._sent.bytes_in_flight
-        if (self._has_data() and self._sent.can_send() and self._cc.can_send(in_flight)
-                and in_flight >= self._cc.cwnd >> 1):
-            timers.append(self._cc.next_send_time(self._now))
-        return min(timers)
+        at = self._last_received + self.config.idle_timeout
+        if state is not ConnectionState.ESTABLISHED:
+            if state is ConnectionState.SYN_SENT or state is ConnectionState.AWAIT_ACCEPT:
+                at = min(at, self._handshake_deadline)
+                if self._handshake_resend_at is not None:
+                    at = min(at, self._handshake_resend_at)
+            if self._close_deadline is not None:
+                at = min(at, self._close_deadline)
+        elif self.config.keepalive_interval:
+            at = min(at, self._last_keepalive_sent + self.config.keepalive_interval)
+        t = self._received.ack_deadline()
+        if t is not None and t < at:
+            at = t
+        sent = self._sent
+        t = sent.loss_deadline()
+        if t is not None and t < at:
+            at = t
+        in_flight = sent.bytes_in_flight
+        cc = self._cc
+        if (in_flight >= cc.cwnd >> 1 and self._has_data() and sent.can_send()
+                and cc.can_send(in_flight)):
+            t = cc.next_send_time(self._now)
+            if t < at:
+                at = t
+        return at
 
     def handle_timer(self, now: float) -> None:
         if self.state is ConnectionState.CLOSED:
@@ -521,8 +582,11 @@ class Connection:
             if isinstance(frame, MessageFrame):
                 if self.state is ConnectionState.CLOSED:
                     return
+                receiver = self._receiver
+                if receiver is None:
+                    receiver = self._receiver = ChannelReceiver()
                 try:
-                    delivered = self._receiver.on_frame(frame)
+                    delivered = receiver.on_frame(frame)
                 except ProtocolError as exc:
                     self._protocol_violation(str(exc), now)
                     return
@@ -582,8 +646,10 @@ class Connection:
         self._process_frames(frames, 0, now)
 
     def _on_parity(self, frame: ParityFrame, now: float) -> None:
-        if self._fec_decoder is None:
+        if not self._fec_on:
             return
+        if self._fec_decoder is None:
+            self._fec_decoder = FecDecoder()
         seqs = tuple(self._received.expand(s) for s in frame.data_seqs)
         shard = ParityShard(frame.group_id, frame.index, frame.m, seqs, frame.shard)
         try:
@@ -606,7 +672,7 @@ class Connection:
                     return
         if result.lost:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
-        if sent.peer_needs_floor(ack):
+        if sack and sent.peer_needs_floor(ack):
             self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
 
     def _requeue_lost(self, lost: list[SentPacket], now: float) -> int:
@@ -622,7 +688,8 @@ class Connection:
             retransmitted += 1
             for frame in p.frames:
                 if isinstance(frame, MessageFrame):
-                    self._sender.requeue(frame)
+                    if self._sender is not None:
+                        self._sender.requeue(frame)
                 elif isinstance(frame, CloseFrame):
                     self._fin_pn = None  # a new FIN goes out with the close frame
                 else:
@@ -643,14 +710,17 @@ class Connection:
     # ------------------------------------------------------------------ sending
 
     def _has_data(self) -> bool:
-        return bool(self._control or self._parity_out or self._sender.has_pending()
-                    or self._fin_due())
+        sender = self._sender
+        return bool(self._control or self._parity_out
+                    or (sender is not None and sender.has_pending()) or self._fin_due())
 
     def _fin_due(self) -> bool:
         """FIN goes out once every reliable byte is acknowledged, so nothing is cut off."""
+        sender = self._sender
         return (self.state is ConnectionState.CLOSING and self._fin_pn is None
-                and not self._sender.has_pending() and self._sent.bytes_in_flight == 0
-                and not self._control and not self._parity_out)
+                and (sender is None or not sender.has_pending())
+                and self._sent.bytes_in_flight == 0 and not self._control
+                and not self._parity_out)
 
     def _fill(self, now: float) -> None:
         """Build as many packets as the window, congestion control and pacing allow."""
@@ -674,7 +744,7 @@ class Connection:
             if not self._path_validated and self._path_budget <= 0 and not self._control:
                 break
             if self._parity_out:
-                shard = self._parity_out.popleft()
+                shard = self._parity_out.pop(0)
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
                 self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
                                                   shard.shard)], now, flags=ACK | FEC)
@@ -696,13 +766,16 @@ class Connection:
             frames.append(control.pop(0))
             room -= size
         sender = self._sender
-        while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
-            frame = sender.pop_frame(room)
-            if frame is None:
-                break
-            frames.append(frame)
-            room -= MESSAGE_FRAME_OVERHEAD + len(frame.data)
         flags = ACK
+        if sender is not None:
+            while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
+                frame = sender.pop_frame(room)
+                if frame is None:
+                    break
+                frames.append(frame)
+                room -= MESSAGE_FRAME_OVERHEAD + len(frame.data)
+                if self._fec_encoder is not None:
+                    flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():
             frames.append(CloseFrame(self.close_code, self.close_reason))
             flags |= FIN
@@ -740,9 +813,8 @@ class Connection:
         if not self._path_validated:
             self._path_budget -= size
         self._pending_out.append(datagram)
-        if (self._fec_encoder is not None and not flags & FEC and frames
-                and any(type(f) is MessageFrame for f in frames)):
-            self._parity_out.extend(self._fec_encoder.add(pn, payload))
+        if flags & PSH:
+            self._parity_out.extend(self._fec_encoder.add(pn, payload))  # type: ignore[union-attr]
         return pn
 
     def _send_ack_only(self, now: float) -> None:

@@ -70,6 +70,7 @@ class Peer:
     idle: bool = False
     stats_dirty: bool = False
     superseded: bool = False  # a resume moved the session to another connection
+    stats_pushed_at: int = 0  # packets_received when the stats last went to the manager
     timer_at: float | None = None
 
     @property
@@ -299,7 +300,9 @@ class SessionBridge:
             if not peer.idle and now - peer.last_keepalive > 3 * interval:
                 peer.idle = True
                 self._set_state(peer, State.IDLE)
-            if peer.stats_dirty or peer.conn.stats.packets_received:
+            received = peer.conn.stats.packets_received
+            if peer.stats_dirty or received != peer.stats_pushed_at:
+                peer.stats_pushed_at = received
                 self._push_stats(peer)
 
     def _push_stats(self, peer: Peer) -> None:
@@ -737,7 +740,9 @@ async def _build_store(args: argparse.Namespace) -> Any:
     return EtcdStore(endpoints, prefix=args.etcd_prefix)
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, app: Application | None = None,
+                name: str = "quantum-server") -> int:
+    """Run a server (with `app`, if given) configured by the CLI flags until SIGINT/SIGTERM."""
     from session.logs import configure_logging
 
     configure_logging(args.log_format, args.log_level)
@@ -745,7 +750,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         key, created = ServerKeyFile.load_or_create(path)
     except KeyFileError as exc:
-        print(f"quantum-server: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     if created:
         log.warning("created a new server key file", path=str(path))
@@ -762,13 +767,13 @@ async def serve(args: argparse.Namespace) -> int:
                           keepalive_interval=args.keepalive_interval,
                           idle_timeout=args.idle_timeout, fec=args.fec,
                           max_connections=args.max_connections)
-    server = QuantumServer(manager, key, authenticator, config)
+    server = QuantumServer(manager, key, authenticator, config, app)
     try:
         await server.start()
     except (OSError, StoreUnavailable) as exc:
-        print(f"quantum-server: cannot start: {exc}", file=sys.stderr)
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
-    print(f"quantum-server ready on {server.address_text} store={args.store} "
+    print(f"{name} ready on {server.address_text} store={args.store} "
           f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
           flush=True)
     stop = asyncio.Event()
@@ -781,19 +786,26 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_app(app: Application | None, argv: list[str] | None = None,
+            name: str = "quantum-server") -> int:
+    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows)."""
+    parser = build_parser()
+    parser.prog = name
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(args, app, name))
+    return uvloop.run(serve(args, app, name))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "keygen":
         return _keygen(argv[1:])
     if argv and argv[0] == "issue-ticket":
         return _issue_ticket(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        import uvloop
-
-        return uvloop.run(serve(args))
-    except ImportError:  # Windows: plain asyncio
-        return asyncio.run(serve(args))
+    return run_app(None, argv)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,15 @@ announced; the departure says why the connection ended (client closed, idle time
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from echo_server import serve_app
-
 from quantum.frames import Delivery
-from server import Application, Peer, build_parser
+from server import Application, Peer, run_app
 
 
 class ChatRoom(Application):
@@ -52,9 +48,7 @@ class ChatRoom(Application):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.prog = "chat_room.py"
-    return asyncio.run(serve_app(ChatRoom(), parser.parse_args(argv), "chat-room"))
+    return run_app(ChatRoom(), argv, "chat-room")
 
 
 if __name__ == "__main__":

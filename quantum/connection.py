@@ -760,20 +760,23 @@ class Connection:
         room = MAX_DATA_PAYLOAD
         control = self._control
         while control:
-            size = control[0].size
+            frame = control[0]
+            size = frame.size
             if size > room:
                 break
             frames.append(control.pop(0))
             room -= size
+            if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
+                self._keepalives_pending[frame.keepalive_id] = now
         sender = self._sender
         flags = ACK
         if sender is not None:
             while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
-                frame = sender.pop_frame(room)
-                if frame is None:
+                fragment = sender.pop_frame(room)
+                if fragment is None:
                     break
-                frames.append(frame)
-                room -= MESSAGE_FRAME_OVERHEAD + len(frame.data)
+                frames.append(fragment)
+                room -= MESSAGE_FRAME_OVERHEAD + len(fragment.data)
                 if self._fec_encoder is not None:
                     flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():

@@ -18,7 +18,7 @@ from quantum.frames import Delivery
 from tests.test_server import HOST, client_config
 from tests.test_server_cli import ROOT, cli_env
 
-READY = re.compile(r"(?P<name>[\w-]+) ready on [\d.]+:(?P<port>\d+) fingerprint=\S+ "
+READY = re.compile(r"(?P<name>[\w-]+) ready on [\d.]+:(?P<port>\d+) (?:store=\S+ )?fingerprint=\S+ "
                    r"public-key=(?P<public>\S+)")
 
 

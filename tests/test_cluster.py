@@ -21,16 +21,18 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.etcd_util import EtcdCluster
 from quantum.auth import AnonymousAuthenticator
-from quantum.client import QuantumClient, connect
+from quantum.client import ConnectError, QuantumClient, connect
 from quantum.config import QuantumConfiguration
+from quantum.errors import CloseCode
 from quantum.keys import ServerKeyFile
 from server import QuantumServer, ServerConfig
 from session.errors import SessionNotFound
 from session.etcd import EtcdStore
 from session.manager import ManagerConfig, SessionManager
 from session.model import State
-from tests.etcd_cluster import etcd_endpoints, etcd_prefix  # noqa: F401  (fixtures)
+from tests.etcd_cluster import etcd_endpoints, etcd_prefix, etcd_private  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.etcd
 
@@ -168,3 +170,31 @@ async def test_client_of_a_killed_node_resumes_on_another_and_orphans_expire(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_etcd_outage_spares_established_connections_and_refuses_new_ones_clearly(
+        etcd_private: EtcdCluster) -> None:
+    key = ServerKeyFile.new()
+    async with node(etcd_private.endpoints, "/outage", key) as a:
+        client = await dial(a.port)
+        etcd_private.kill_all()
+        # heartbeats are answered from the node's cache while no lease refresh is due
+        for _ in range(3):
+            assert await client.heartbeat(timeout=3.0) == pytest.approx(30.0)
+        await client.send(b"still here")
+        with pytest.raises(ConnectError) as refused:
+            await dial(a.port)
+        assert refused.value.code == CloseCode.STORE_UNAVAILABLE
+        etcd_private.restart()
+
+        async def accepts_again() -> bool:
+            try:
+                late = await dial(a.port)
+            except ConnectError:
+                return False
+            await late.close()
+            return True
+
+        await eventually(accepts_again, 20.0, "new sessions once etcd is back")
+        assert await client.heartbeat(timeout=3.0) == pytest.approx(30.0)
+        await client.close()

@@ -205,10 +205,9 @@ class BBR:
                     self._set_pacing_rate_with_gain(1.0)
                 elif self.state == PROBE_RTT:
                     self._check_probe_rtt_done(now)
-        snapshot = RateSnapshot(self._delivered, self._delivered_time, self._first_sent_time,
-                                self._app_limited != 0)
         self._tokens -= size
-        return snapshot
+        return RateSnapshot(self._delivered, self._delivered_time, self._first_sent_time,
+                            self._app_limited != 0)
 
     def on_handshake_rtt(self, rtt: float) -> None:
         """An RTT measured before any data (the handshake): pace the initial window over it
@@ -247,62 +246,112 @@ class BBR:
             if rtt_sample is not None:
                 self._update_min_rtt(now, rtt_sample)
             return
+        # Once per ACK: the min-RTT filter and the pacing-rate and cwnd updates are inlined,
+        # and the rarely true state checks guard their calls.
         self._refill(now)  # bytes earned so far at the old rate, before the rate changes
-        acked_bytes = 0
-        best: RateSnapshot | None = None
-        best_sent = 0.0
-        for size, sent_time, snap in acked:
+        it = iter(acked)
+        acked_bytes, best_sent, best = next(it)
+        for size, sent_time, snap in it:
             acked_bytes += size
             # the sample comes from the most recently sent packet: the shortest, newest interval
-            if best is None or snap.delivered > best.delivered or (
+            if snap.delivered > best.delivered or (
                     snap.delivered == best.delivered and sent_time > best_sent):
                 best, best_sent = snap, sent_time
-        assert best is not None
-        self._delivered += acked_bytes
+        best_delivered = best.delivered
+        delivered = self._delivered + acked_bytes
+        self._delivered = delivered
         self._delivered_time = now
-        if self._app_limited and self._delivered > self._app_limited:
+        app_limited = self._app_limited
+        if app_limited and delivered > app_limited:
             self._app_limited = 0
 
         # delivery-rate sample: the longer of the send and ACK intervals, so that neither ACK
         # compression nor a sender burst inflates the rate
-        sample_delivered = self._delivered - best.delivered
-        interval = max(best_sent - best.first_sent_time, now - best.delivered_time)
+        interval = best_sent - best.first_sent_time
+        ack_interval = now - best.delivered_time
+        if ack_interval > interval:
+            interval = ack_interval
         self._first_sent_time = best_sent
-        floor = self.min_rtt  # an interval shorter than any RTT is a bogus sample
+        min_rtt = self.min_rtt
+        floor = min_rtt  # an interval shorter than any RTT is a bogus sample
         if rtt_sample is not None and (floor is None or rtt_sample < floor):
             floor = rtt_sample
         rate: float | None = None
         if interval > 0.0 and (floor is None or interval >= floor):
-            rate = sample_delivered / interval
+            rate = (delivered - best_delivered) / interval
 
-        if best.delivered >= self._next_round_delivered:
-            self._next_round_delivered = self._delivered
+        if best_delivered >= self._next_round_delivered:
+            self._next_round_delivered = delivered
             self.round_count += 1
-            self._round_start = True
+            round_start = True
             self._packet_conservation = False
         else:
-            self._round_start = False
+            round_start = False
+        self._round_start = round_start
 
         if self._in_recovery and best_sent > self._recovery_start:
             # a packet sent after the loss arrived: the loss episode is over
             self._in_recovery = False
             self._packet_conservation = False
-            self.cwnd = max(self.cwnd, self._prior_cwnd)
+            if self._prior_cwnd > self.cwnd:
+                self.cwnd = self._prior_cwnd
 
         if rate is not None and (rate >= self.btl_bw or not best.is_app_limited):
             self.btl_bw = self._bw_filter.update(self.round_count, rate)
 
-        prior_inflight = bytes_in_flight + acked_bytes
-        if self.state == PROBE_BW and self._is_next_cycle_phase(now, prior_inflight):
+        if self.state == PROBE_BW and self._is_next_cycle_phase(now,
+                                                                 bytes_in_flight + acked_bytes):
             self._advance_cycle_phase(now)
         self._loss_since_ack = False
-        self._check_full_pipe(best.is_app_limited)
-        self._check_drain(now, bytes_in_flight)
-        expired = self._update_min_rtt(now, rtt_sample)
-        self._check_probe_rtt(now, bytes_in_flight, expired)
+        if round_start and not self.filled_pipe:
+            self._check_full_pipe(best.is_app_limited)
+        if self.state in (STARTUP, DRAIN):
+            self._check_drain(now, bytes_in_flight)
 
-        self._set_pacing_rate_with_gain(self.pacing_gain)
-        self._set_cwnd(bytes_in_flight, acked_bytes)
+        # the min RTT over MIN_RTT_WINDOW (_update_min_rtt)
+        expired = min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW
+        if rtt_sample is not None and rtt_sample >= 0.0 and (
+                min_rtt is None or rtt_sample <= min_rtt or expired):
+            self.min_rtt = min_rtt = rtt_sample
+            self._min_rtt_stamp = now
+        if expired or self.state == PROBE_RTT:
+            self._check_probe_rtt(now, bytes_in_flight, expired)
+        else:
+            self._idle_restart = False
+
+        # pacing rate (_set_pacing_rate_with_gain with the current gain)
+        bw = self.btl_bw
+        if bw > 0.0:
+            new_rate: float | None = self.pacing_gain * bw
+        elif min_rtt is not None and min_rtt > 0.0:
+            # no bandwidth sample yet, but an RTT: pace the initial window over it
+            new_rate = self.pacing_gain * self.initial_cwnd / min_rtt
+        else:
+            new_rate = None
+        # in STARTUP the rate only grows: one low early sample must not stall the ramp-up
+        if new_rate is not None and (self.filled_pipe or new_rate > self.pacing_rate):
+            self.pacing_rate = new_rate
+
+        # cwnd: grow by what was acked towards cwnd_gain x BDP, never below the floor
+        cwnd = self.cwnd
+        if self._packet_conservation:
+            if bytes_in_flight + acked_bytes > cwnd:
+                cwnd = bytes_in_flight + acked_bytes
+        else:
+            if min_rtt is None or bw <= 0.0:
+                target = self.initial_cwnd
+            else:
+                target = int(self.cwnd_gain * bw * min_rtt) + QUANTA_PACKETS * self.max_datagram
+            if self.filled_pipe:
+                cwnd += acked_bytes
+                if target < cwnd:
+                    cwnd = target
+            elif cwnd < target or delivered < self.initial_cwnd:
+                cwnd += acked_bytes
+        min_cwnd = self.min_cwnd
+        if cwnd < min_cwnd or (cwnd > min_cwnd and self.state == PROBE_RTT):
+            cwnd = min_cwnd
+        self.cwnd = cwnd
 
     def on_loss(self, now: float, lost_bytes: int, bytes_in_flight: int) -> None:
         """In-flight packets declared lost (`bytes_in_flight` already excludes them).
@@ -443,30 +492,21 @@ class BBR:
         if self.filled_pipe or rate > self.pacing_rate:
             self.pacing_rate = rate
 
-    def _set_cwnd(self, bytes_in_flight: int, acked_bytes: int) -> None:
-        cwnd = self.cwnd
-        if self._packet_conservation:
-            cwnd = max(cwnd, bytes_in_flight + acked_bytes)
-        else:
-            target = self._bdp_inflight(self.cwnd_gain)
-            if self.filled_pipe:
-                cwnd = min(cwnd + acked_bytes, target)
-            elif cwnd < target or self._delivered < self.initial_cwnd:
-                cwnd += acked_bytes
-        cwnd = max(cwnd, self.min_cwnd)
-        if self.state == PROBE_RTT:
-            cwnd = min(cwnd, self.min_cwnd)
-        self.cwnd = cwnd
-
     # ------------------------------------------------------------------ pacer
 
     def _burst(self) -> float:
         return max(PACING_BURST_PACKETS * self.max_datagram, self.pacing_rate * PACING_BURST_TIME)
 
     def _refill(self, now: float) -> None:
+        # _burst() spelled out without max()/min(): this runs for every packet and every ACK
         t = self._pace_time
         if t is None:
             self._pace_time = now
         elif now > t:
-            self._tokens = min(self._burst(), self._tokens + (now - t) * self.pacing_rate)
+            rate = self.pacing_rate
+            tokens = self._tokens + (now - t) * rate
+            burst: float = PACING_BURST_PACKETS * self.max_datagram
+            if rate * PACING_BURST_TIME > burst:
+                burst = rate * PACING_BURST_TIME
+            self._tokens = tokens if tokens < burst else burst
             self._pace_time = now

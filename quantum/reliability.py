@@ -89,12 +89,23 @@ class RttEstimator:
     def base_rto(self) -> float:
         """The RTO before exponential backoff."""
         srtt = self.srtt
-        rto = INITIAL_RTO if srtt is None else srtt + max(CLOCK_GRANULARITY, RTO_K * self.rttvar)
-        return min(MAX_RTO, max(MIN_RTO, rto))
+        if srtt is None:
+            rto = INITIAL_RTO
+        else:
+            # comparisons instead of max()/min(): read for every timer query
+            var = RTO_K * self.rttvar
+            rto = srtt + (var if var > CLOCK_GRANULARITY else CLOCK_GRANULARITY)
+        if rto < MIN_RTO:
+            return MIN_RTO
+        return rto if rto < MAX_RTO else MAX_RTO
 
     @property
     def rto(self) -> float:
-        return min(MAX_RTO, self.base_rto * (1 << self.backoff))
+        backoff = self.backoff
+        if not backoff:
+            return self.base_rto
+        rto = self.base_rto * (1 << backoff)
+        return rto if rto < MAX_RTO else MAX_RTO
 
     def on_timeout(self) -> None:
         if self.backoff < MAX_BACKOFF:
@@ -203,23 +214,66 @@ class SendTracker:
         if cumulative > next_pn:
             self.invalid_acks += 1
             return AckResult([], [], None)
-        blocks: list[tuple[int, int]] = []
-        for start32, end32 in sack32:
-            end = expand(end32 & MASK, largest_sent)
-            start = end - ((end32 - start32) & MASK)
-            if end >= next_pn or start < 1:
-                self.invalid_acks += 1
-                return AckResult([], [], None)
-            blocks.append((start, end))
+        blocks: list[tuple[int, int]] | None = None
+        if sack32:
+            blocks = []
+            for start32, end32 in sack32:
+                end = expand(end32 & MASK, largest_sent)
+                start = end - ((end32 - start32) & MASK)
+                if end >= next_pn or start < 1:
+                    self.invalid_acks += 1
+                    return AckResult([], [], None)
+                blocks.append((start, end))
 
         outstanding = self._outstanding
-        acked: list[SentPacket] = []
         if cumulative > self._peer_cumulative:
             self._peer_cumulative = cumulative
         if cumulative - 1 > self._largest_acked:
             self._largest_acked = cumulative - 1
-        for pn in _keys_below(outstanding, cumulative):
-            acked.append(outstanding.pop(pn))
+        acked: list[SentPacket]
+        if outstanding and cumulative > self._last_tracked:
+            # the common case: the cumulative ack covers everything in flight
+            acked = list(outstanding.values())
+            outstanding.clear()
+        else:
+            acked = [outstanding.pop(pn) for pn in _keys_below(outstanding, cumulative)]
+        if blocks is not None:
+            self._process_sack(blocks, cumulative, acked)
+
+        rtt_sample: float | None = None
+        if acked:
+            gone = 0
+            for p in acked:
+                if p.in_flight:
+                    gone += p.size
+            self.bytes_in_flight -= gone
+            newest = acked[-1]
+            rtt = self.rtt
+            if newest.ack_eliciting:
+                rtt_sample = now - newest.sent_time
+                if rtt_sample >= 0:
+                    rtt.update(rtt_sample)
+                else:
+                    rtt_sample = None
+            if rtt.backoff:
+                rtt.reset_backoff()
+
+        lost: list[SentPacket] = []
+        top = self._top_acked
+        if len(top) == FAST_RETRANSMIT_THRESHOLD and outstanding:
+            threshold = min(top)
+            for pn in _keys_below(outstanding, threshold):
+                lost.append(outstanding.pop(pn))
+            if lost:
+                self.bytes_in_flight -= sum(p.size for p in lost if p.in_flight)
+                self.fast_retransmits += len(lost)
+        return AckResult(acked, lost, rtt_sample)
+
+    def _process_sack(self, blocks: list[tuple[int, int]], cumulative: int,
+                      acked: list[SentPacket]) -> None:
+        """Add what the SACK blocks newly acknowledge to `acked` (kept in pn order) and
+        remember the largest pns acknowledged above the cumulative point."""
+        outstanding = self._outstanding
         sort_needed = False
         top = self._top_acked
         for start, end in blocks:
@@ -241,30 +295,8 @@ class SendTracker:
         if len(top) > FAST_RETRANSMIT_THRESHOLD:
             top.sort(reverse=True)
             del top[FAST_RETRANSMIT_THRESHOLD:]
-
-        rtt_sample: float | None = None
-        if acked:
-            if sort_needed:
-                acked.sort(key=_PN)
-            self.bytes_in_flight -= sum(p.size for p in acked if p.in_flight)
-            newest = acked[-1]
-            if newest.ack_eliciting:
-                rtt_sample = now - newest.sent_time
-                if rtt_sample >= 0:
-                    self.rtt.update(rtt_sample)
-                else:
-                    rtt_sample = None
-            self.rtt.reset_backoff()
-
-        lost: list[SentPacket] = []
-        if len(top) == FAST_RETRANSMIT_THRESHOLD and outstanding:
-            threshold = min(top)
-            for pn in _keys_below(outstanding, threshold):
-                lost.append(outstanding.pop(pn))
-            if lost:
-                self.bytes_in_flight -= sum(p.size for p in lost if p.in_flight)
-                self.fast_retransmits += len(lost)
-        return AckResult(acked, lost, rtt_sample)
+        if sort_needed:
+            acked.sort(key=_PN)
 
     def loss_deadline(self) -> float | None:
         """When the RTO fires: the oldest ack-eliciting in-flight packet's send time + RTO."""
@@ -420,6 +452,8 @@ class ReceiveTracker:
         """(cumulative ack, SACK blocks) as 32-bit wire values, highest blocks first."""
         starts, ends = self._starts, self._ends
         n = len(starts)
+        if not n:
+            return self._cumulative & MASK, []
         stop = max(0, n - MAX_SACK_BLOCKS) - 1
         return self._cumulative & MASK, [
             (starts[i] & MASK, ends[i] & MASK) for i in range(n - 1, stop, -1)

@@ -282,6 +282,12 @@ _FRAME_TYPES: Final = (MessageFrame, KeepaliveFrame, KeepaliveAckFrame, CloseFra
 
 def encode_frames(frames: Iterable[object]) -> bytes:
     """Concatenate the frames' encodings (padding, if any, must come last)."""
+    if type(frames) is list and len(frames) == 1:
+        # the common case on the hot path: one frame, nothing to join
+        frame = frames[0]
+        if not isinstance(frame, _FRAME_TYPES):
+            raise TypeError(f"not a frame: {type(frame).__name__}")
+        return frame.encode()
     parts: list[bytes] = []
     padded = False
     for frame in frames:
@@ -328,7 +334,7 @@ def _decode_reason(payload: bytes, pos: int, what: str) -> tuple[int, str, int]:
 
 def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     """Parse a payload into frames (padding is skipped); raises only PacketError."""
-    if not isinstance(payload, bytes):
+    if type(payload) is not bytes and not isinstance(payload, bytes):
         if not isinstance(payload, bytearray | memoryview):
             raise PacketError(f"payload must be bytes, got {type(payload).__name__}")
         payload = bytes(payload)
@@ -339,8 +345,10 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     while pos < n:
         frame_type = payload[pos]
         pos += 1
+        # the hot frame types check their length inline instead of calling _need
         if frame_type == MESSAGE:
-            _need(payload, pos + 12, "MESSAGE")
+            if pos + 12 > n:
+                _need(payload, pos + 12, "MESSAGE")
             channel, mode, message_id, index, count, length = _BODY_MESSAGE.unpack_from(
                 payload, pos)
             if mode > 3:
@@ -349,7 +357,8 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                 raise PacketError(f"MESSAGE fragment index {index} not below count {count}")
             start = pos + 12
             pos = start + length
-            _need(payload, pos, "MESSAGE")
+            if pos > n:
+                _need(payload, pos, "MESSAGE")
             append(MessageFrame(channel, _DELIVERY[mode], message_id, index, count,
                                 payload[start:pos]))
         elif frame_type == PADDING:
@@ -358,12 +367,14 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                 raise PacketError(f"nonzero byte in padding after offset {pos - 1}")
             break
         elif frame_type in (KEEPALIVE, ACK_FLOOR):
-            _need(payload, pos + 4, "KEEPALIVE" if frame_type == KEEPALIVE else "ACK_FLOOR")
+            if pos + 4 > n:
+                _need(payload, pos + 4, "KEEPALIVE" if frame_type == KEEPALIVE else "ACK_FLOOR")
             (value,) = _U32.unpack_from(payload, pos)
             pos += 4
             append(KeepaliveFrame(value) if frame_type == KEEPALIVE else AckFloorFrame(value))
         elif frame_type == KEEPALIVE_ACK:
-            _need(payload, pos + 8, "KEEPALIVE_ACK")
+            if pos + 8 > n:
+                _need(payload, pos + 8, "KEEPALIVE_ACK")
             keepalive_id, remaining = _U32_PAIR.unpack_from(payload, pos)
             pos += 8
             append(KeepaliveAckFrame(keepalive_id, remaining))

@@ -136,12 +136,15 @@ def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
 
 def split_body(body: BytesLike, payload_len: int) -> tuple[SackBlocks, bytes]:
     """Separate the SACK blocks from the payload in what follows the header (decrypted)."""
+    n = len(body)
+    if n == payload_len and type(body) is bytes and n <= MAX_PAYLOAD:
+        return (), body  # the common case: no SACK blocks, nothing to copy
     if not 0 <= payload_len <= MAX_PAYLOAD:
         raise PacketError(f"payload length {payload_len} exceeds {MAX_PAYLOAD}")
-    rest = len(body) - payload_len
+    rest = n - payload_len
     if rest < 0:
         raise PacketError(f"truncated: payload length says {payload_len} bytes, "
-                          f"only {len(body)} follow the header")
+                          f"only {n} follow the header")
     k, odd = divmod(rest, SACK_BLOCK_SIZE)
     if odd:
         raise PacketError(f"{rest} bytes between header and payload is not a whole number "

@@ -69,7 +69,11 @@ def _pack(fmt: struct.Struct, *values: object) -> bytes:
     try:
         return fmt.pack(*values)
     except struct.error as exc:
-        raise PacketError(f"cannot encode frame field: {exc}") from None
+        raise _field_error(exc) from None
+
+
+def _field_error(exc: struct.error) -> PacketError:
+    return PacketError(f"cannot encode frame field: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,12 @@ class MessageFrame:
             raise PacketError(f"unknown delivery mode {self.mode}")
         if not 0 <= self.frag_index < self.frag_count:
             raise PacketError(f"fragment index {self.frag_index} not below count {self.frag_count}")
-        return _pack(_MESSAGE, MESSAGE, self.channel, self.mode, self.message_id,
-                     self.frag_index, self.frag_count, len(self.data)) + self.data
+        # struct called directly, not through _pack: one frame per fragment on the hot path
+        try:
+            return _MESSAGE.pack(MESSAGE, self.channel, self.mode, self.message_id,
+                                 self.frag_index, self.frag_count, len(self.data)) + self.data
+        except struct.error as exc:
+            raise _field_error(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +111,10 @@ class KeepaliveFrame:
     size: ClassVar[int] = 5
 
     def encode(self) -> bytes:
-        return _pack(_U32_FRAME, KEEPALIVE, self.keepalive_id)
+        try:
+            return _U32_FRAME.pack(KEEPALIVE, self.keepalive_id)
+        except struct.error as exc:
+            raise _field_error(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +127,10 @@ class KeepaliveAckFrame:
     size: ClassVar[int] = 9
 
     def encode(self) -> bytes:
-        return _pack(_U32_U32_FRAME, KEEPALIVE_ACK, self.keepalive_id, self.remaining_ms)
+        try:
+            return _U32_U32_FRAME.pack(KEEPALIVE_ACK, self.keepalive_id, self.remaining_ms)
+        except struct.error as exc:
+            raise _field_error(exc) from None
 
 
 def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:

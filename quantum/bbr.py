@@ -356,7 +356,10 @@ class BBR:
     def on_loss(self, now: float, lost_bytes: int, bytes_in_flight: int) -> None:
         """In-flight packets declared lost (`bytes_in_flight` already excludes them).
         BBR does not treat loss as congestion, but it conserves packets for a round so a
-        burst of losses does not let it keep blasting into an overflowing queue."""
+        burst of losses does not let it keep blasting into an overflowing queue. Only the first
+        loss of an episode cuts cwnd (to what is in flight): cutting again for every further
+        loss of the same episode spirals down under random loss (at 10 % the sender then falls
+        below its application's rate), and conservation already bounds the round."""
         if lost_bytes <= 0:
             return
         self._loss_since_ack = True
@@ -367,8 +370,6 @@ class BBR:
             self._packet_conservation = True
             self._next_round_delivered = self._delivered  # conservation lasts one round
             self.cwnd = max(bytes_in_flight, self.min_cwnd)
-        else:
-            self.cwnd = max(self.cwnd - lost_bytes, self.min_cwnd)
         if self.state == PROBE_RTT:
             self.cwnd = min(self.cwnd, self.min_cwnd)
 

@@ -805,11 +805,10 @@ class Connection:
         received.on_ack_sent()
         size = len(datagram)
         ack_eliciting = bool(frames)
-        retransmittable: list[object] = (
-            [f for f in frames if is_retransmittable(f)] if frames else [])
-        rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight) if ack_eliciting else None
-        sent.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting,
-                                       retransmittable, rate))
+        if ack_eliciting:  # a pure ACK is neither tracked nor congestion controlled
+            retransmittable: list[object] = [f for f in frames if is_retransmittable(f)]
+            rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight)
+            sent.on_packet_sent(SentPacket(pn, now, size, True, True, retransmittable, rate))
         stats = self.stats
         stats.packets_sent += 1
         stats.bytes_sent += size

@@ -666,10 +666,10 @@ class Connection:
         if result.acked:
             acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
             self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
-            for p in result.acked:
-                if p.pn == self._fin_pn:
-                    self._terminate(self.close_code, self.close_reason, by_peer=False)
-                    return
+            fin_pn = self._fin_pn
+            if fin_pn is not None and any(p.pn == fin_pn for p in result.acked):
+                self._terminate(self.close_code, self.close_reason, by_peer=False)
+                return
         if result.lost:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):

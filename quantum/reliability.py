@@ -142,6 +142,22 @@ class SendTracker:
     moment it is sent, so it never holds the floor back.
     """
 
+    __slots__ = (
+        "_floor_announced_at",
+        "_largest_acked",
+        "_last_tracked",
+        "_outstanding",
+        "_peer_cumulative",
+        "_top_acked",
+        "bytes_in_flight",
+        "fast_retransmits",
+        "invalid_acks",
+        "next_pn",
+        "rtt",
+        "timeout_retransmits",
+        "window",
+    )
+
     def __init__(self, window: int = DEFAULT_WINDOW, rtt: RttEstimator | None = None, *,
                  first_pn: int = 1) -> None:
         if window < 1:
@@ -355,6 +371,18 @@ class ReceiveTracker:
     abandoned by the sender. Ranges received above it are kept for SACK, only within one
     window above it, so memory is bounded by the window.
     """
+
+    __slots__ = (
+        "_ack_due",
+        "_cumulative",
+        "_ends",
+        "_largest",
+        "_starts",
+        "_unacked_eliciting",
+        "max_ack_delay",
+        "window",
+        "window_slides",
+    )
 
     def __init__(self, window: int = DEFAULT_WINDOW,
                  max_ack_delay: float = DEFAULT_MAX_ACK_DELAY, *, first_pn: int = 1) -> None:

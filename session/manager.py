@@ -369,20 +369,22 @@ class SessionManager:
         Returns the seconds remaining. Raises `SessionNotFound` or `SessionExpired` (an expired
         session is never revived). Never suspends on a `MemoryStore`.
         """
-        now = self._clock()
-        if now is self._expiry_for:
-            expires_at = self._expiry
-        else:
-            expires_at = self._expiry = now + self._timeout
-            self._expiry_for = now
-        touch_now = self._touch_now
-        if touch_now is not None:
-            touch_now(session_id, now, expires_at)
-        else:
-            await self._touch(session_id, now, expires_at)
+        remaining = self.heartbeat_nowait(session_id)
+        if remaining is not None:
+            return remaining
+        now, expires_at = self._now_and_expiry()
+        await self._touch(session_id, now, expires_at)
         if self._debug:
             self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
         return self._timeout_s
+
+    def _now_and_expiry(self) -> tuple[datetime, datetime]:
+        """The clock and now + timeout, the sum reused while the (coarse) clock stands still."""
+        now = self._clock()
+        if now is not self._expiry_for:
+            self._expiry = now + self._timeout
+            self._expiry_for = now
+        return now, self._expiry
 
     def heartbeat_nowait(self, session_id: str) -> float | None:
         """`heartbeat` for callers that must not suspend (the server's per-packet path).
@@ -392,12 +394,7 @@ class SessionManager:
         remaining (raising like `heartbeat`); otherwise it changes nothing and returns None,
         and the caller awaits `heartbeat` instead.
         """
-        now = self._clock()
-        if now is self._expiry_for:
-            expires_at = self._expiry
-        else:
-            expires_at = self._expiry = now + self._timeout
-            self._expiry_for = now
+        now, expires_at = self._now_and_expiry()
         touch_now = self._touch_now
         if touch_now is not None:
             touch_now(session_id, now, expires_at)

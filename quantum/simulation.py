@@ -19,6 +19,7 @@ from quantum.connection import Address, Connection
 from quantum.events import AuthenticationRequested, Event
 from quantum.handshake import Credentials, ServerHandshake, ServerParams
 from quantum.listener import Listener
+from quantum.packet import MAX_DATAGRAM
 
 SERVER_ADDR: Address = ("10.0.0.1", 9090)
 CLIENT_ADDR: Address = ("10.0.0.2", 40000)
@@ -59,6 +60,8 @@ class SimulatedNetwork:
         self._counter = itertools.count()
 
     def send(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        if len(data) > MAX_DATAGRAM:  # every simulated run checks the no-fragmentation promise
+            raise ValueError(f"a {len(data)}-byte datagram exceeds {MAX_DATAGRAM} bytes")
         p, rnd = self.profile, self.random
         self.stats.sent += 1
         copies = 2 if p.duplicate and rnd.random() < p.duplicate else 1

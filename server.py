@@ -68,7 +68,6 @@ class Peer:
     metadata: dict[str, str] = field(default_factory=dict)
     last_keepalive: float = 0.0
     idle: bool = False
-    stats_dirty: bool = False
     superseded: bool = False  # a resume moved the session to another connection
     stats_pushed_at: int = 0  # packets_received when the stats last went to the manager
     timer_at: float | None = None
@@ -147,7 +146,6 @@ class SessionBridge:
             self._heartbeat(peer, event.keepalive_id)
         elif isinstance(event, MessageReceived):
             server.counters.messages_received += 1
-            peer.stats_dirty = True
             if peer.idle:
                 peer.idle = False
                 self._set_state(peer, State.ACTIVE)
@@ -301,13 +299,12 @@ class SessionBridge:
                 peer.idle = True
                 self._set_state(peer, State.IDLE)
             received = peer.conn.stats.packets_received
-            if peer.stats_dirty or received != peer.stats_pushed_at:
+            if received != peer.stats_pushed_at:
                 peer.stats_pushed_at = received
                 self._push_stats(peer)
 
     def _push_stats(self, peer: Peer) -> None:
         assert peer.session_id is not None
-        peer.stats_dirty = False
         s = peer.conn.refresh_stats()
         stats = Stats(packets_sent=s.packets_sent, packets_received=s.packets_received,
                       bytes_sent=s.bytes_sent, bytes_received=s.bytes_received,

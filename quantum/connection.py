@@ -147,7 +147,6 @@ class Connection:
     __slots__ = (
         "_cc",
         "_close_deadline",
-        "_closed_event_sent",
         "_control",
         "_events",
         "_fec_decoder",
@@ -246,7 +245,6 @@ class Connection:
         self._keepalives_pending: dict[int, float] = {}
         self._fin_pn: int | None = None
         self._close_deadline: float | None = None
-        self._closed_event_sent = False
         self._path_validated = True
         self._path_challenge: bytes | None = None
         self._path_budget = 0

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -52,6 +52,77 @@ from session.model import Session, State, Stats
 
 log = structlog.get_logger("quantum.server")
 T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- the timers
+
+
+class Timed(Protocol):
+    """Anything scheduled on a TimerHeap records its pending deadline here (None: none)."""
+
+    timer_at: float | None
+
+
+TimedT = TypeVar("TimedT", bound=Timed)
+
+
+class TimerHeap(Generic[TimedT]):
+    """The deadlines of many sans-I/O connections in one heap, with one `loop.call_at`.
+
+    Re-scheduling does not search the heap: the owner's `timer_at` names its live deadline and
+    any other entry for it is skipped when popped, as are entries whose owner `alive` denies.
+    """
+
+    def __init__(self, fire: Callable[[TimedT, float], None],
+                 alive: Callable[[TimedT], bool]) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the owner starts
+        self._fire = fire
+        self._alive = alive
+        self._heap: list[tuple[float, int, TimedT]] = []
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at: float | None = None
+
+    def schedule(self, item: TimedT, at: float | None) -> None:
+        if at is None or at == item.timer_at:
+            return
+        item.timer_at = at
+        heapq.heappush(self._heap, (at, next(self._seq), item))
+        if self._handle_at is None or at < self._handle_at:
+            self._arm(at)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, at: float) -> None:
+        assert self.loop is not None, "TimerHeap.loop is set when its owner starts"
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle_at = at
+        self._handle = self.loop.call_at(at, self._run)
+
+    def _run(self) -> None:
+        """Fire every live deadline that is due, then arm for the earliest live one left."""
+        assert self.loop is not None
+        self._handle = None
+        self._handle_at = None
+        now = self.loop.time()
+        heap, alive = self._heap, self._alive
+        while heap and heap[0][0] <= now:
+            at, _, item = heapq.heappop(heap)
+            if item.timer_at != at or not alive(item):
+                continue  # superseded by a later scheduling, or gone
+            item.timer_at = None
+            self._fire(item, now)
+        while heap:
+            at, _, item = heap[0]
+            if item.timer_at == at and alive(item):
+                self._arm(at)
+                break
+            heapq.heappop(heap)
+
 
 
 # ---------------------------------------------------------------------------------- the peers
@@ -395,10 +466,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.bridge = SessionBridge(self)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self._transport: asyncio.DatagramTransport | None = None
-        self._timers: list[tuple[float, int, Peer]] = []
-        self._timer_seq = itertools.count()
-        self._timer_handle: asyncio.TimerHandle | None = None
-        self._timer_handle_at: float | None = None
+        self._timers: TimerHeap[Peer] = TimerHeap(
+            self._on_timer, lambda peer: peer.conn.connection_id in self.peers)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._periodic: asyncio.Task[None] | None = None
@@ -406,7 +475,7 @@ class QuantumServer(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self._timers.loop = asyncio.get_running_loop()
         self.manager.add_listener(self.bridge.on_session_ended)
         await self.manager.start()
         transport, _ = await self.loop.create_datagram_endpoint(
@@ -441,8 +510,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             await asyncio.wait(self._tasks, timeout=2.0)
         if self._transport is not None:
             self._transport.close()
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
+        self._timers.close()
         await self.manager.close()
         log.info("server stopped", reason=reason)
 
@@ -506,38 +574,11 @@ class QuantumServer(asyncio.DatagramProtocol):
                 while (event := conn.next_event()) is not None:
                     self.bridge.handle(peer, event)
             return
-        at = conn.get_timer()
-        if at is not None and at != peer.timer_at:
-            peer.timer_at = at
-            heapq.heappush(self._timers, (at, next(self._timer_seq), peer))
-            if self._timer_handle_at is None or at < self._timer_handle_at:
-                self._arm(at)
+        self._timers.schedule(peer, conn.get_timer())
 
-    def _arm(self, at: float) -> None:
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
-        self._timer_handle_at = at
-        self._timer_handle = self.loop.call_at(at, self._on_timers)
-
-    def _on_timers(self) -> None:
-        """The one timer: run every connection timer that is due, then re-arm for the next."""
-        self._timer_handle = None
-        self._timer_handle_at = None
-        now = self.loop.time()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            at, _, peer = heapq.heappop(timers)
-            if peer.timer_at != at or peer.conn.connection_id not in self.peers:
-                continue  # superseded by a later arming, or gone
-            peer.timer_at = None
-            peer.conn.handle_timer(now)
-            self._drain(peer)
-        while timers:
-            at, _, peer = timers[0]
-            if peer.timer_at == at and peer.conn.connection_id in self.peers:
-                self._arm(at)
-                break
-            heapq.heappop(timers)
+    def _on_timer(self, peer: Peer, now: float) -> None:
+        peer.conn.handle_timer(now)
+        self._drain(peer)
 
     # ------------------------------------------------------------------ background work
 

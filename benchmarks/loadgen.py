@@ -21,8 +21,6 @@ Two targets speak through the same loop:
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import os
 import socket
 import time
@@ -42,6 +40,7 @@ from quantum.events import (
     KeepaliveAcknowledged,
 )
 from quantum.handshake import Credentials
+from server import TimerHeap
 
 #: socket buffers: a closed loop of thousands of clients keeps thousands of datagrams in flight
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -119,10 +118,9 @@ class LoadGenerator:
         self._sockets: list[_Socket] = []
         self._transports: list[asyncio.DatagramTransport] = []
         self.clients: dict[bytes, Client] = {}
-        self._timers: list[tuple[float, int, Client]] = []
-        self._timer_seq = itertools.count()
-        self._timer_handle: asyncio.TimerHandle | None = None
-        self._timer_handle_at: float | None = None
+        self._timers: TimerHeap[Client] = TimerHeap(
+            self._on_timer, lambda client: client.conn.connection_id in self.clients)
+        self._timers.loop = self.loop
         self._running = False
         self._result = RunResult()
         self._outstanding = 0
@@ -148,8 +146,7 @@ class LoadGenerator:
             self._transports.append(transport)
 
     def close(self) -> None:
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
+        self._timers.close()
         for transport in self._transports:
             transport.close()
 
@@ -193,38 +190,11 @@ class LoadGenerator:
         if conn.state is ConnectionState.CLOSED:
             self.clients.pop(conn.connection_id, None)
             return
-        at = conn.get_timer()
-        if at is not None and at != client.timer_at:
-            client.timer_at = at
-            heapq.heappush(self._timers, (at, next(self._timer_seq), client))
-            if self._timer_handle_at is None or at < self._timer_handle_at:
-                self._arm(at)
+        self._timers.schedule(client, conn.get_timer())
 
-    def _arm(self, at: float) -> None:
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
-        self._timer_handle_at = at
-        self._timer_handle = self.loop.call_at(at, self._on_timers)
-
-    def _on_timers(self) -> None:
-        self._timer_handle = None
-        self._timer_handle_at = None
-        now = self.loop.time()
-        timers = self._timers
-        clients = self.clients
-        while timers and timers[0][0] <= now:
-            at, _, client = heapq.heappop(timers)
-            if client.timer_at != at or client.conn.connection_id not in clients:
-                continue
-            client.timer_at = None
-            client.conn.handle_timer(now)
-            self._drain(client)
-        while timers:
-            at, _, client = timers[0]
-            if client.timer_at == at and client.conn.connection_id in clients:
-                self._arm(at)
-                break
-            heapq.heappop(timers)
+    def _on_timer(self, client: Client, now: float) -> None:
+        client.conn.handle_timer(now)
+        self._drain(client)
 
     # ------------------------------------------------------------------ handshakes
 

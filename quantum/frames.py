@@ -144,8 +144,11 @@ def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseFrame:
-    TYPE: ClassVar[int] = CLOSE
+class _CodeReasonFrame:
+    """The body CLOSE and REJECT share: u16 code, u16 length, UTF-8 reason. Neither is a kind
+    of the other (the connection tells them apart with isinstance), so both derive from this."""
+
+    TYPE: ClassVar[int]
     code: int
     reason: str
 
@@ -154,21 +157,17 @@ class CloseFrame:
         return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
 
     def encode(self) -> bytes:
-        return _encode_code_reason(CLOSE, self.code, self.reason)
+        return _encode_code_reason(self.TYPE, self.code, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
-class RejectFrame:
+class CloseFrame(_CodeReasonFrame):
+    TYPE: ClassVar[int] = CLOSE
+
+
+@dataclass(frozen=True, slots=True)
+class RejectFrame(_CodeReasonFrame):
     TYPE: ClassVar[int] = REJECT
-    code: int
-    reason: str
-
-    @property
-    def size(self) -> int:
-        return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
-
-    def encode(self) -> bytes:
-        return _encode_code_reason(REJECT, self.code, self.reason)
 
 
 @dataclass(frozen=True, slots=True)

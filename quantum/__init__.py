@@ -3,6 +3,9 @@
     conn = await quantum.connect("127.0.0.1", 9090, user_id="alice", ticket=ticket)
 """
 
+import warnings
+
+from quantum.build import REBUILD_HINT, stale_modules
 from quantum.client import ConnectError, Message, QuantumClient, connect
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
@@ -23,3 +26,7 @@ __all__ = [
     "QuantumError",
     "connect",
 ]
+
+if _stale := stale_modules():
+    warnings.warn(f"compiled modules built from older sources (the old code runs): "
+                  f"{', '.join(_stale)}; {REBUILD_HINT}", RuntimeWarning, stacklevel=2)

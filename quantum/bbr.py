@@ -506,7 +506,7 @@ class BBR:
         elif now > t:
             rate = self.pacing_rate
             tokens = self._tokens + (now - t) * rate
-            burst: float = PACING_BURST_PACKETS * self.max_datagram
+            burst = float(PACING_BURST_PACKETS * self.max_datagram)
             if rate * PACING_BURST_TIME > burst:
                 burst = rate * PACING_BURST_TIME
             self._tokens = tokens if tokens < burst else burst

@@ -115,11 +115,14 @@ class ChannelSender:
         """Message data not yet handed out by `pop_frame` (new and requeued)."""
         return self._pending_bytes
 
-    def queue(self, data: bytes | bytearray | memoryview, channel: int = 0,
-              mode: Delivery = Delivery.RELIABLE_ORDERED) -> int:
-        """Queue one message; returns its id within its (channel, mode) stream.
+    def queue(self, data: object, channel: object = 0,
+              mode: object = Delivery.RELIABLE_ORDERED) -> int:
+        """Queue one message (bytes-like) on `channel` (0..255) with delivery `mode` (a
+        `Delivery` or its int value); returns its id within its (channel, mode) stream.
 
-        Raises `MessageError` if the message cannot be sent as asked.
+        Raises `MessageError` if the message cannot be sent as asked. The parameters are typed
+        `object` on purpose: this is where application input is checked, and the compiled
+        build would otherwise answer a wrong type with a bare TypeError before the check runs.
         """
         if type(data) is bytes:
             size = len(data)

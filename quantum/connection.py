@@ -88,8 +88,8 @@ from quantum.reliability import (
 Address = tuple[str, int]
 
 # plain ints: IntFlag arithmetic goes through the enum machinery on every packet
-SYN, ACK, FIN, RST, FEC, PSH, URG = (int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
-                                                      Flags.FEC, Flags.PSH, Flags.URG))
+SYN, ACK, FIN, RST, FEC, PSH, URG = [int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
+                                                      Flags.FEC, Flags.PSH, Flags.URG)]
 
 AEAD_TAG = 16
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
@@ -336,9 +336,11 @@ class Connection:
         self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
-    def send(self, message: bytes, channel: int = 0,
-             mode: Delivery = Delivery.RELIABLE_ORDERED) -> int:
-        """Queue one application message; returns its id within its channel."""
+    def send(self, message: object, channel: object = 0,
+             mode: object = Delivery.RELIABLE_ORDERED) -> int:
+        """Queue one application message (bytes-like) on `channel` (0..255) with delivery
+        `mode`; returns its id within its channel. Raises `MessageError` for anything that
+        cannot be sent as asked (`ChannelSender.queue` says why the parameters are `object`)."""
         if self.state not in (ConnectionState.ESTABLISHED, ConnectionState.AWAIT_ACCEPT,
                               ConnectionState.AUTHENTICATING):
             raise MessageError(f"cannot send on a connection in state {self.state.value}")

@@ -17,7 +17,7 @@ import enum
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Final
 
 from quantum.packet import PacketError
 
@@ -78,7 +78,6 @@ def _field_error(exc: struct.error) -> PacketError:
 
 @dataclass(frozen=True, slots=True)
 class MessageFrame:
-    TYPE: ClassVar[int] = MESSAGE
     channel: int
     mode: Delivery
     message_id: int
@@ -105,10 +104,11 @@ class MessageFrame:
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveFrame:
-    TYPE: ClassVar[int] = KEEPALIVE
     keepalive_id: int
 
-    size: ClassVar[int] = 5
+    @property
+    def size(self) -> int:
+        return 5
 
     def encode(self) -> bytes:
         try:
@@ -119,12 +119,13 @@ class KeepaliveFrame:
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveAckFrame:
-    TYPE: ClassVar[int] = KEEPALIVE_ACK
     keepalive_id: int
     #: the session's remaining lifetime in ms; 0xFFFFFFFF means there is no session
     remaining_ms: int
 
-    size: ClassVar[int] = 9
+    @property
+    def size(self) -> int:
+        return 9
 
     def encode(self) -> bytes:
         try:
@@ -148,7 +149,6 @@ class _CodeReasonFrame:
     """The body CLOSE and REJECT share: u16 code, u16 length, UTF-8 reason. Neither is a kind
     of the other (the connection tells them apart with isinstance), so both derive from this."""
 
-    TYPE: ClassVar[int]
     code: int
     reason: str
 
@@ -156,23 +156,21 @@ class _CodeReasonFrame:
     def size(self) -> int:
         return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
 
-    def encode(self) -> bytes:
-        return _encode_code_reason(self.TYPE, self.code, self.reason)
-
 
 @dataclass(frozen=True, slots=True)
 class CloseFrame(_CodeReasonFrame):
-    TYPE: ClassVar[int] = CLOSE
+    def encode(self) -> bytes:
+        return _encode_code_reason(CLOSE, self.code, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
 class RejectFrame(_CodeReasonFrame):
-    TYPE: ClassVar[int] = REJECT
+    def encode(self) -> bytes:
+        return _encode_code_reason(REJECT, self.code, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
 class ParityFrame:
-    TYPE: ClassVar[int] = PARITY
     group_id: int
     #: parity shards in the group
     m: int
@@ -202,11 +200,12 @@ class ParityFrame:
 
 @dataclass(frozen=True, slots=True)
 class AckFloorFrame:
-    TYPE: ClassVar[int] = ACK_FLOOR
     #: the sender will never send or retransmit a packet numbered below this (32-bit wire value)
     floor: int
 
-    size: ClassVar[int] = 5
+    @property
+    def size(self) -> int:
+        return 5
 
     def encode(self) -> bytes:
         return _pack(_U32_FRAME, ACK_FLOOR, self.floor)
@@ -219,10 +218,11 @@ def _check_path_data(data: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PathChallengeFrame:
-    TYPE: ClassVar[int] = PATH_CHALLENGE
     data: bytes
 
-    size: ClassVar[int] = 1 + PATH_DATA_SIZE
+    @property
+    def size(self) -> int:
+        return 1 + PATH_DATA_SIZE
 
     def encode(self) -> bytes:
         _check_path_data(self.data)
@@ -231,10 +231,11 @@ class PathChallengeFrame:
 
 @dataclass(frozen=True, slots=True)
 class PathResponseFrame:
-    TYPE: ClassVar[int] = PATH_RESPONSE
     data: bytes
 
-    size: ClassVar[int] = 1 + PATH_DATA_SIZE
+    @property
+    def size(self) -> int:
+        return 1 + PATH_DATA_SIZE
 
     def encode(self) -> bytes:
         _check_path_data(self.data)
@@ -243,7 +244,6 @@ class PathResponseFrame:
 
 @dataclass(frozen=True, slots=True)
 class SessionFrame:
-    TYPE: ClassVar[int] = SESSION
     session_id: bytes
     token: str
     #: the session's remaining lifetime in ms; 0xFFFFFFFF means it never expires
@@ -271,7 +271,6 @@ class SessionFrame:
 class PaddingFrame:
     """`length` zero bytes; only ever last in a payload. Decoding skips padding silently."""
 
-    TYPE: ClassVar[int] = PADDING
     length: int
 
     @property

@@ -15,9 +15,22 @@ from typing import Any
 
 import pytest
 
+from quantum.build import REBUILD_HINT, is_compiled, stale_modules
 from session.memory import MemoryStore
 from session.store import Store
 from tests.etcd_cluster import etcd_store_factory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a compiled module older than its source would test the old code, silently
+    if stale := stale_modules():
+        raise pytest.UsageError(f"compiled modules were built from older sources: "
+                                f"{', '.join(stale)}; {REBUILD_HINT}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"quantum core: {'compiled (mypyc)' if is_compiled() else 'pure Python'}"
+
 
 StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]
 

@@ -1,0 +1,58 @@
+"""Build script: compiles the per-packet modules with mypyc.
+
+Everything else about the project is declared in pyproject.toml. The modules below are plain,
+fully typed Python (mypy --strict clean); mypyc turns them into C extensions that run the same
+code two to three times faster. Set QUANTUM_PURE_PYTHON=1 at install time to skip compilation
+(the package then runs as ordinary Python, slower but identical in behaviour).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+#: the modules every packet passes through; the handshake, listener and client are not on the
+#: per-packet path and stay interpreted
+COMPILED_MODULES = [
+    "quantum/serial.py",
+    "quantum/packet.py",
+    "quantum/frames.py",
+    "quantum/crypto.py",
+    "quantum/reliability.py",
+    "quantum/bbr.py",
+    "quantum/fec.py",
+    "quantum/channels.py",
+    "quantum/connection.py",
+]
+
+
+#: written beside the compiled modules: the SHA-256 of each source they were built from, so that
+#: `quantum.build.stale_modules` can tell when a source changed after the build
+STAMP = "compiled-sources.sha256"
+
+
+class BuildExtWithStamp(build_ext):  # type: ignore[misc]  # setuptools ships no stubs here
+    def run(self) -> None:
+        super().run()
+        if not self.extensions:
+            return
+        target = Path("quantum") if self.inplace else Path(self.build_lib) / "quantum"
+        lines = [f"{hashlib.sha256(Path(m).read_bytes()).hexdigest()}  {Path(m).name}\n"
+                 for m in COMPILED_MODULES]
+        target.mkdir(parents=True, exist_ok=True)
+        (target / STAMP).write_text("".join(lines))
+
+
+def _ext_modules() -> list[object]:
+    if os.environ.get("QUANTUM_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(COMPILED_MODULES, opt_level="3", debug_level="0"))
+
+
+setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExtWithStamp})

@@ -21,6 +21,7 @@ COMPILED_MODULES = [
     "quantum/serial.py",
     "quantum/packet.py",
     "quantum/frames.py",
+    "quantum/events.py",
     "quantum/crypto.py",
     "quantum/reliability.py",
     "quantum/bbr.py",

@@ -18,30 +18,31 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
-MAX_DATAGRAM = 1472  # the "packet" of cwnd arithmetic
+MAX_DATAGRAM: Final = 1472  # the "packet" of cwnd arithmetic
 
-STARTUP_GAIN = 2.77
-DRAIN_GAIN = 1 / STARTUP_GAIN
-PROBE_BW_CWND_GAIN = 2.0
+STARTUP_GAIN: Final = 2.77
+DRAIN_GAIN: Final = 1 / STARTUP_GAIN
+PROBE_BW_CWND_GAIN: Final = 2.0
 PACING_GAIN_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-BTL_BW_WINDOW_ROUNDS = 10
-MIN_RTT_WINDOW = 10.0
-PROBE_RTT_DURATION = 0.2
-FULL_BW_GROWTH = 1.25  # STARTUP ends when a round grows the bandwidth by less than this...
-FULL_BW_ROUNDS = 3  # ...this many rounds in a row
-INITIAL_RTT = 0.1  # assumed RTT for the first pacing rate, before any sample
-PACING_BURST_TIME = 0.001  # the pacer lets this much time's worth of bytes out back to back
-PACING_BURST_PACKETS = 2  # ...but never fewer than this many datagrams
-QUANTA_PACKETS = 3  # cwnd headroom so that ACK aggregation does not starve the pipe
+BTL_BW_WINDOW_ROUNDS: Final = 10
+MIN_RTT_WINDOW: Final = 10.0
+PROBE_RTT_DURATION: Final = 0.2
+FULL_BW_GROWTH: Final = 1.25  # STARTUP ends when a round grows the bandwidth by less than this...
+FULL_BW_ROUNDS: Final = 3  # ...this many rounds in a row
+INITIAL_RTT: Final = 0.1  # assumed RTT for the first pacing rate, before any sample
+PACING_BURST_TIME: Final = 0.001  # the pacer lets this much time's worth of bytes out back to back
+PACING_BURST_PACKETS: Final = 2  # ...but never fewer than this many datagrams
+QUANTA_PACKETS: Final = 3  # cwnd headroom so that ACK aggregation does not starve the pipe
 
-STARTUP = "STARTUP"
-DRAIN = "DRAIN"
-PROBE_BW = "PROBE_BW"
-PROBE_RTT = "PROBE_RTT"
+STARTUP: Final = "STARTUP"
+DRAIN: Final = "DRAIN"
+PROBE_BW: Final = "PROBE_BW"
+PROBE_RTT: Final = "PROBE_RTT"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RateSnapshot:
     """Connection delivery state when a packet was sent; its ACK turns it into a rate sample."""
 
@@ -49,6 +50,18 @@ class RateSnapshot:
     delivered_time: float
     first_sent_time: float
     is_app_limited: bool
+
+    def __init__(
+        self,
+        delivered: int,
+        delivered_time: float,
+        first_sent_time: float,
+        is_app_limited: bool,
+    ) -> None:
+        self.delivered = delivered
+        self.delivered_time = delivered_time
+        self.first_sent_time = first_sent_time
+        self.is_app_limited = is_app_limited
 
 
 class _WindowedMax:
@@ -98,7 +111,7 @@ class _WindowedMax:
 
 
 #: one generator for every connection: a Random() each would cost 2.5 KB per connection
-_SHARED_RNG = random.Random()
+_SHARED_RNG: Final = random.Random()
 
 
 class BBR:

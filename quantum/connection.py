@@ -21,7 +21,7 @@ import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 from quantum import packet as wire
 from quantum.bbr import BBR
@@ -67,7 +67,6 @@ from quantum.handshake import (
     SessionKeys,
 )
 from quantum.packet import (
-    Flags,
     Packet,
     PacketError,
     build_header,
@@ -87,23 +86,30 @@ from quantum.reliability import (
 
 Address = tuple[str, int]
 
-# plain ints: IntFlag arithmetic goes through the enum machinery on every packet
-SYN, ACK, FIN, RST, FEC, PSH, URG = [int(f) for f in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST,
-                                                      Flags.FEC, Flags.PSH, Flags.URG)]
+# plain ints equal to packet.Flags (tests/test_packet.py checks): IntFlag arithmetic goes
+# through the enum machinery on every packet, Final ints compile to constants
+SYN: Final = 0x01
+ACK: Final = 0x02
+FIN: Final = 0x04
+RST: Final = 0x08
+FEC: Final = 0x10
+PSH: Final = 0x20
+URG: Final = 0x40
 
-AEAD_TAG = 16
+AEAD_TAG: Final = 16
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
-MAX_FRAME_PAYLOAD = wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS - AEAD_TAG
+MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS
+                             - AEAD_TAG)
 #: data bytes per message fragment: leaves room for the FEC shard framing of a parity packet
 #: (10 + 4k + 2 bytes with k <= 32 would be too much; groups up to k = 10 fit in 1348) and for
 #: a few small control frames riding in the same packet
-MAX_FRAGMENT = 1300
+MAX_FRAGMENT: Final = 1300
 #: frames per data packet: fits beside 8 SACK blocks, and as an FEC shard (2-byte length
 #: prefix) inside a parity packet with the group's sequence list (k <= 16: 10 + 4k + 2 bytes)
-MAX_DATA_PAYLOAD = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * 16)
-NO_SESSION_MS = 0xFFFFFFFF
+MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * 16)
+NO_SESSION_MS: Final = 0xFFFFFFFF
 #: how much an unvalidated new path may receive, as a multiple of what it sent us
-MIGRATION_AMPLIFICATION = 3
+MIGRATION_AMPLIFICATION: Final = 3
 
 
 class ConnectionState(enum.Enum):

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from quantum.frames import Delivery
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Event:
     """Base class of every connection event."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class AuthenticationRequested(Event):
     """Server side: a client finished the cryptographic handshake and presented credentials.
 
@@ -30,8 +30,22 @@ class AuthenticationRequested(Event):
     resume_fallback: bool
     metadata: dict[str, str] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        user_id: str,
+        ticket: str | None,
+        resume: tuple[bytes, str] | None,
+        resume_fallback: bool,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.ticket = ticket
+        self.resume = resume
+        self.resume_fallback = resume_fallback
+        self.metadata = {} if metadata is None else metadata
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class HandshakeCompleted(Event):
     """The connection is established (client: the server accepted us; server: we accepted)."""
 
@@ -40,16 +54,32 @@ class HandshakeCompleted(Event):
     remaining: float | None
     resumed: bool
 
+    def __init__(
+        self,
+        session_id: bytes,
+        session_token: str,
+        remaining: float | None,
+        resumed: bool,
+    ) -> None:
+        self.session_id = session_id
+        self.session_token = session_token
+        self.remaining = remaining
+        self.resumed = resumed
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class HandshakeRejected(Event):
     """Client side: the server refused the handshake with a reason code."""
 
     code: int
     reason: str
 
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class MessageReceived(Event):
     """A whole application message arrived on a channel, with its delivery mode."""
 
@@ -57,15 +87,23 @@ class MessageReceived(Event):
     channel: int
     mode: Delivery
 
+    def __init__(self, data: bytes, channel: int, mode: Delivery) -> None:
+        self.data = data
+        self.channel = channel
+        self.mode = mode
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class KeepaliveReceived(Event):
     """The peer sent a keepalive; the server answers with `acknowledge_keepalive`."""
 
     keepalive_id: int
 
+    def __init__(self, keepalive_id: int) -> None:
+        self.keepalive_id = keepalive_id
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class KeepaliveAcknowledged(Event):
     """Our keepalive was answered; `remaining` is the session's remaining seconds (None: none)."""
 
@@ -73,19 +111,33 @@ class KeepaliveAcknowledged(Event):
     remaining: float | None
     rtt: float | None
 
+    def __init__(self, keepalive_id: int, remaining: float | None, rtt: float | None) -> None:
+        self.keepalive_id = keepalive_id
+        self.remaining = remaining
+        self.rtt = rtt
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PathMigrated(Event):
     """An authenticated packet from a new address was validated; the peer now lives there."""
 
     old_addr: tuple[str, int]
     new_addr: tuple[str, int]
 
+    def __init__(self, old_addr: tuple[str, int], new_addr: tuple[str, int]) -> None:
+        self.old_addr = old_addr
+        self.new_addr = new_addr
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class ConnectionClosed(Event):
     """The connection is closed: by us, by the peer, or by a timeout. Always the last event."""
 
     code: int
     reason: str
     by_peer: bool
+
+    def __init__(self, code: int, reason: str, by_peer: bool) -> None:
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer

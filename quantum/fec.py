@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Final
 
 import zfec
 
 from quantum.errors import ProtocolError
 
-MAX_K = 32
-MAX_M = 16
-_LEN_PREFIX = 2
-_MAX_PAYLOAD = 0xFFFF
+MAX_K: Final = 32
+MAX_M: Final = 16
+_LEN_PREFIX: Final = 2
+_MAX_PAYLOAD: Final = 0xFFFF
 
 
 class FecError(ProtocolError, ValueError):

@@ -49,20 +49,20 @@ MAX_PARITY_SEQS: Final = 32
 PATH_DATA_SIZE: Final = 8
 SESSION_ID_SIZE: Final = 16
 
-_MESSAGE = struct.Struct("!BBBIHHH")
-_U32_FRAME = struct.Struct("!BI")
-_U32_U32_FRAME = struct.Struct("!BII")
-_CODE_LEN = struct.Struct("!BHH")
-_PARITY_HEAD = struct.Struct("!BIBBB")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_U32_PAIR = struct.Struct("!II")
-_BODY_MESSAGE = struct.Struct("!BBIHHH")
-_BODY_CODE_LEN = struct.Struct("!HH")
-_BODY_PARITY = struct.Struct("!IBBB")
-_SESSION_TAIL = struct.Struct("!IB")
-_U32_SEQS = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_SEQS + 1))
-_DELIVERY = tuple(Delivery)
+_MESSAGE: Final = struct.Struct("!BBBIHHH")
+_U32_FRAME: Final = struct.Struct("!BI")
+_U32_U32_FRAME: Final = struct.Struct("!BII")
+_CODE_LEN: Final = struct.Struct("!BHH")
+_PARITY_HEAD: Final = struct.Struct("!BIBBB")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_U32_PAIR: Final = struct.Struct("!II")
+_BODY_MESSAGE: Final = struct.Struct("!BBIHHH")
+_BODY_CODE_LEN: Final = struct.Struct("!HH")
+_BODY_PARITY: Final = struct.Struct("!IBBB")
+_SESSION_TAIL: Final = struct.Struct("!IB")
+_U32_SEQS: Final = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_SEQS + 1))
+_DELIVERY: Final = tuple(Delivery)
 
 
 def _pack(fmt: struct.Struct, *values: object) -> bytes:
@@ -76,7 +76,7 @@ def _field_error(exc: struct.error) -> PacketError:
     return PacketError(f"cannot encode frame field: {exc}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class MessageFrame:
     channel: int
     mode: Delivery
@@ -84,6 +84,22 @@ class MessageFrame:
     frag_index: int
     frag_count: int
     data: bytes
+
+    def __init__(
+        self,
+        channel: int,
+        mode: Delivery,
+        message_id: int,
+        frag_index: int,
+        frag_count: int,
+        data: bytes,
+    ) -> None:
+        self.channel = channel
+        self.mode = mode
+        self.message_id = message_id
+        self.frag_index = frag_index
+        self.frag_count = frag_count
+        self.data = data
 
     @property
     def size(self) -> int:
@@ -102,9 +118,12 @@ class MessageFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class KeepaliveFrame:
     keepalive_id: int
+
+    def __init__(self, keepalive_id: int) -> None:
+        self.keepalive_id = keepalive_id
 
     @property
     def size(self) -> int:
@@ -117,11 +136,15 @@ class KeepaliveFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class KeepaliveAckFrame:
     keepalive_id: int
     #: the session's remaining lifetime in ms; 0xFFFFFFFF means there is no session
     remaining_ms: int
+
+    def __init__(self, keepalive_id: int, remaining_ms: int) -> None:
+        self.keepalive_id = keepalive_id
+        self.remaining_ms = remaining_ms
 
     @property
     def size(self) -> int:
@@ -144,7 +167,7 @@ def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
     return _pack(_CODE_LEN, frame_type, code, len(raw)) + raw
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class _CodeReasonFrame:
     """The body CLOSE and REJECT share: u16 code, u16 length, UTF-8 reason. Neither is a kind
     of the other (the connection tells them apart with isinstance), so both derive from this."""
@@ -152,24 +175,28 @@ class _CodeReasonFrame:
     code: int
     reason: str
 
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
     @property
     def size(self) -> int:
         return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class CloseFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(CLOSE, self.code, self.reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class RejectFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(REJECT, self.code, self.reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class ParityFrame:
     group_id: int
     #: parity shards in the group
@@ -179,6 +206,20 @@ class ParityFrame:
     #: wire sequence numbers of the group's data packets, in shard order
     data_seqs: tuple[int, ...]
     shard: bytes
+
+    def __init__(
+        self,
+        group_id: int,
+        m: int,
+        index: int,
+        data_seqs: tuple[int, ...],
+        shard: bytes,
+    ) -> None:
+        self.group_id = group_id
+        self.m = m
+        self.index = index
+        self.data_seqs = data_seqs
+        self.shard = shard
 
     @property
     def size(self) -> int:
@@ -198,10 +239,13 @@ class ParityFrame:
         ))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class AckFloorFrame:
     #: the sender will never send or retransmit a packet numbered below this (32-bit wire value)
     floor: int
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
 
     @property
     def size(self) -> int:
@@ -216,9 +260,12 @@ def _check_path_data(data: bytes) -> None:
         raise PacketError(f"path challenge data must be {PATH_DATA_SIZE} bytes, got {len(data)}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PathChallengeFrame:
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
     @property
     def size(self) -> int:
@@ -229,9 +276,12 @@ class PathChallengeFrame:
         return bytes((PATH_CHALLENGE,)) + self.data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PathResponseFrame:
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
     @property
     def size(self) -> int:
@@ -242,13 +292,19 @@ class PathResponseFrame:
         return bytes((PATH_RESPONSE,)) + self.data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SessionFrame:
     session_id: bytes
     token: str
     #: the session's remaining lifetime in ms; 0xFFFFFFFF means it never expires
     remaining_ms: int
     resumed: bool
+
+    def __init__(self, session_id: bytes, token: str, remaining_ms: int, resumed: bool) -> None:
+        self.session_id = session_id
+        self.token = token
+        self.remaining_ms = remaining_ms
+        self.resumed = resumed
 
     @property
     def size(self) -> int:
@@ -267,11 +323,14 @@ class SessionFrame:
                          _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PaddingFrame:
     """`length` zero bytes; only ever last in a payload. Decoding skips padding silently."""
 
     length: int
+
+    def __init__(self, length: int) -> None:
+        self.length = length
 
     @property
     def size(self) -> int:

@@ -38,11 +38,11 @@ MAX_DATAGRAM: Final = 1472
 MAX_SACK_BLOCKS: Final = 8
 SACK_BLOCK_SIZE: Final = 8
 
-_HEADER = struct.Struct("!4sBB16sIIH")
+_HEADER: Final = struct.Struct("!4sBB16sIIH")
 # one precompiled format per block count, so that all blocks unpack in one call
-_SACKS = tuple(struct.Struct("!" + "II" * k) for k in range(MAX_SACK_BLOCKS + 1))
-_U32_MAX = 0xFFFFFFFF
-_HALF = 1 << 31
+_SACKS: Final = tuple(struct.Struct("!" + "II" * k) for k in range(MAX_SACK_BLOCKS + 1))
+_U32_MAX: Final = 0xFFFFFFFF
+_HALF: Final = 1 << 31
 
 BytesLike = bytes | bytearray | memoryview
 SackBlocks = tuple[tuple[int, int], ...]

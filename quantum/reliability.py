@@ -55,7 +55,7 @@ BEYOND_WINDOW: Final = 3
 #: ack fields stop being unambiguous
 MAX_PN_JUMP: Final = 1 << 30
 
-_PN = attrgetter("pn")
+_PN: Final = attrgetter("pn")
 
 
 class RttEstimator:
@@ -115,7 +115,7 @@ class RttEstimator:
         self.backoff = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SentPacket:
     pn: int
     sent_time: float
@@ -127,12 +127,40 @@ class SentPacket:
     #: the congestion controller's per-packet snapshot, opaque to this module
     rate: object | None = None
 
+    def __init__(
+        self,
+        pn: int,
+        sent_time: float,
+        size: int,
+        ack_eliciting: bool,
+        in_flight: bool,
+        frames: list[object],
+        rate: object | None = None,
+    ) -> None:
+        self.pn = pn
+        self.sent_time = sent_time
+        self.size = size
+        self.ack_eliciting = ack_eliciting
+        self.in_flight = in_flight
+        self.frames = frames
+        self.rate = rate
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class AckResult:
     acked: list[SentPacket]
     lost: list[SentPacket]
     rtt_sample: float | None
+
+    def __init__(
+        self,
+        acked: list[SentPacket],
+        lost: list[SentPacket],
+        rtt_sample: float | None,
+    ) -> None:
+        self.acked = acked
+        self.lost = lost
+        self.rtt_sample = rtt_sample
 
 
 class SendTracker:

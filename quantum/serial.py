@@ -8,12 +8,14 @@ used as a packet number (and as the AEAD nonce). Everything here is pure and all
 
 from __future__ import annotations
 
-SERIAL_BITS = 32
-MODULUS = 1 << SERIAL_BITS
-MASK = MODULUS - 1
-HALF = 1 << (SERIAL_BITS - 1)
+from typing import Final
+
+SERIAL_BITS: Final = 32
+MODULUS: Final = 1 << SERIAL_BITS
+MASK: Final = MODULUS - 1
+HALF: Final = 1 << (SERIAL_BITS - 1)
 #: packet numbers are 64-bit: expansion never produces a value at or above this
-PN_LIMIT = 1 << 64
+PN_LIMIT: Final = 1 << 64
 
 
 def diff(a: int, b: int) -> int:

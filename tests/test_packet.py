@@ -194,3 +194,10 @@ def test_peek_connection_id() -> None:
     assert peek_connection_id(memoryview(data)) == CID
     assert peek_connection_id(data[:31]) is None
     assert peek_connection_id(b"HTTP" + data[4:]) is None
+
+
+def test_connection_flag_constants_match_the_wire_flags() -> None:
+    from quantum import connection
+
+    for flag in (Flags.SYN, Flags.ACK, Flags.FIN, Flags.RST, Flags.FEC, Flags.PSH, Flags.URG):
+        assert getattr(connection, flag.name) == int(flag)

@@ -53,7 +53,9 @@ def _ext_modules() -> list[object]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(COMPILED_MODULES, opt_level="3", debug_level="0"))
+    # one fixed name for the shared library, inside the package: editable installs find it
+    return list(mypycify(COMPILED_MODULES, opt_level="3", debug_level="0",
+                         group_name="quantum._compiled"))
 
 
 setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExtWithStamp})

@@ -12,7 +12,9 @@ The same generator then loads a bare uvloop echo server (`benchmarks.echo_server
 baseline; `ratio` is heartbeats per server CPU-second over echoes per server CPU-second.
 
 Memory: a fresh server gets `--idle-connections` established idle connections (each with its
-session); the growth of its resident set size divided by that count is the cost of one.
+session); the growth of its resident set size divided by that count is the cost of one, read
+once right after the handshakes (`bytes_per_idle_connection_awake`) and once the quiet
+connections have hibernated, i.e. released their cipher objects (`bytes_per_idle_connection`).
 
 `--store etcd` runs the same load against a throwaway single-member etcd as well as against the
 memory store, and reports etcd write RPCs over the window (puts, transactions, deletes, lease
@@ -142,7 +144,9 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
         if kind == "memory":
             gc.collect()
             return {"ok": True, "rss": rss_bytes(), "connections": len(server.peers),
-                    "sessions": await store.count()}
+                    "sessions": await store.count(),
+                    "hibernating": sum(p.conn.hibernating for p in server.peers.values()),
+                    "settle_seconds": config.hibernate_after + config.stats_interval + 1.0}
         if kind == "quit":
             if command.get("graceful", True):
                 await asyncio.wait_for(server.stop(), timeout=30.0)
@@ -273,6 +277,10 @@ def run_idle(ctx: Any, count: int) -> dict[str, Any]:
         before = server.call("memory")
         handshakes = loadgen.call("connect", count=count, user_prefix="idle")
         time.sleep(2.0)  # delayed ACKs of the session frames arrive; nothing left in flight
+        awake = server.call("memory")
+        # idle connections release their cipher objects after `hibernate_after` s of quiet
+        # (checked every `stats_interval`): the settled figure is what idle ones cost
+        time.sleep(awake["settle_seconds"])
         after = server.call("memory")
         added = after["connections"] - before["connections"]
         if added != count or after["sessions"] - before["sessions"] != count:
@@ -280,6 +288,8 @@ def run_idle(ctx: Any, count: int) -> dict[str, Any]:
                              f"has {added} and {after['sessions'] - before['sessions']}")
         return {"idle_connections": count,
                 "bytes_per_idle_connection": round((after["rss"] - before["rss"]) / count),
+                "bytes_per_idle_connection_awake": round((awake["rss"] - before["rss"]) / count),
+                "idle_connections_hibernating": after["hibernating"] - before["hibernating"],
                 "rss_before_mib": round(before["rss"] / 2**20, 1),
                 "rss_after_mib": round(after["rss"] / 2**20, 1),
                 "handshake_seconds": handshakes["seconds"],

@@ -125,3 +125,18 @@ def test_benchmark_reports_every_figure() -> None:
         assert figures[name] > 0
     with pytest.raises(ValueError, match="at least 1"):
         measure(0)
+
+
+def test_released_cipher_is_rebuilt_and_seals_the_same() -> None:
+    sender, receiver = PacketProtection(KEY, IV), PacketProtection(KEY, IV)
+    assert not sender.loaded  # built on first use
+    first = sender.seal(3, HEADER, b"body")
+    assert sender.loaded
+    sender.release()
+    receiver.release()
+    assert not sender.loaded and not receiver.loaded
+    assert sender.seal(3, HEADER, b"body") == first  # same key, same nonce, same bytes
+    assert receiver.open(3, HEADER, first) == b"body"
+    receiver.release()
+    with pytest.raises(ProtectionError, match="failed authentication"):
+        receiver.open(4, HEADER, first)

@@ -73,12 +73,14 @@ async def running_server(
     session_timeout: float = 30.0,
     idle_timeout: float = 5.0,
     cleanup_interval: float = 0.2,
+    hibernate_after: float = 5.0,
 ) -> AsyncIterator[Harness]:
     key = key or ServerKeyFile.new()
     manager = SessionManager(ManagerConfig(store=MemoryStore(), default_timeout=session_timeout,
                                            cleanup_interval=cleanup_interval))
     config = ServerConfig(host=HOST, port=0, keepalive_interval=KEEPALIVE,
-                          idle_timeout=idle_timeout, stats_interval=0.1)
+                          idle_timeout=idle_timeout, stats_interval=0.1,
+                          hibernate_after=hibernate_after)
     server = QuantumServer(manager, key, authenticator or AnonymousAuthenticator(), config, app)
     harness = Harness(server, manager, key)
     manager.add_listener(lambda s, reason: harness.ended.append((s.session_id, reason)))
@@ -234,6 +236,25 @@ async def test_idle_session_becomes_active_again_on_a_message() -> None:
         await client.send(b"back")
         assert await client.recv() == b"back"
         await eventually(await state_is(State.ACTIVE), what="ACTIVE after a message")
+        await client.close()
+
+
+async def test_quiet_connection_hibernates_and_wakes_on_the_next_packet() -> None:
+    async with running_server(app=Echo(), hibernate_after=0.3) as h:
+        client = await dial(h.port, configuration=client_config(keepalive=None))
+        conn = next(iter(h.server.peers.values())).conn
+
+        async def hibernated() -> bool:
+            return conn.hibernating and h.server.snapshot()["connections_hibernating"] == 1
+
+        await eventually(hibernated, what="cipher objects released after 0.3 s of quiet")
+        # the next packets in both directions rebuild the ciphers; nothing is lost
+        remaining = await client.heartbeat()
+        assert remaining is not None and remaining > 0
+        await client.send(b"after hibernation")
+        assert await client.recv() == b"after hibernation"
+        assert not conn.hibernating
+        assert h.server.counters.heartbeats >= 1
         await client.close()
 
 

@@ -1,0 +1,57 @@
+"""server.TimerHeap: one heap and one loop.call_at for many connections' deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server import TimerHeap
+
+
+class Item:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.timer_at: float | None = None
+
+
+async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    alive = {"a", "b"}
+    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append((item.name, now)),
+                                      lambda item: item.name in alive)
+    heap.loop = loop
+    a, b = Item("a"), Item("b")
+    t0 = loop.time()
+    heap.schedule(a, t0 + 0.05)
+    heap.schedule(b, t0 + 0.02)
+    # a's deadline moves later: no new heap entry, the earlier one stays live
+    heap.schedule(a, t0 + 10.0)
+    assert a.timer_at == t0 + 0.05
+    assert len(heap._heap) == 2
+    # ... but an earlier deadline replaces it at once
+    heap.schedule(b, t0 + 0.01)
+    assert b.timer_at == t0 + 0.01
+    await asyncio.sleep(0.12)
+    assert [name for name, _ in fired] == ["b", "a"]  # the stale b entry at +0.02 is skipped
+    assert all(now >= t0 for _, now in fired)
+    assert a.timer_at is None and b.timer_at is None  # owners re-schedule from their fire
+    heap.close()
+
+
+async def test_entries_of_dead_owners_are_skipped_and_close_disarms() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    alive = {"a"}
+    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append(item.name),
+                                      lambda item: item.name in alive)
+    heap.loop = loop
+    a, gone = Item("a"), Item("gone")
+    heap.schedule(gone, loop.time() + 0.01)
+    heap.schedule(a, loop.time() + 0.02)
+    heap.schedule(a, None)  # no deadline: nothing changes
+    await asyncio.sleep(0.06)
+    assert fired == ["a"]
+    heap.schedule(a, loop.time() + 0.01)
+    heap.close()
+    await asyncio.sleep(0.03)
+    assert fired == ["a"]

@@ -67,47 +67,49 @@ class RateSnapshot:
 class _WindowedMax:
     """Max of samples over a sliding window, in O(1) memory (Kathleen Nichols' algorithm,
     as in Linux's lib/win_minmax.c): the best, second-best and third-best samples of
-    successive sub-windows, so the max does not drop abruptly when the best sample ages out."""
+    successive sub-windows, so the max does not drop abruptly when the best sample ages out.
+    Six scalars rather than two lists: compiled, they are stored unboxed (64 bytes instead of
+    ~370 per connection)."""
 
-    __slots__ = ("_t", "_v", "window")
+    __slots__ = ("_t0", "_t1", "_t2", "_v0", "_v1", "_v2", "window")
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self._t = [0.0, 0.0, 0.0]
-        self._v = [0.0, 0.0, 0.0]
+        self._t0 = self._t1 = self._t2 = 0.0
+        self._v0 = self._v1 = self._v2 = 0.0
 
     @property
     def value(self) -> float:
-        return self._v[0]
+        return self._v0
 
     def _reset(self, t: float, v: float) -> float:
-        self._t[:] = (t, t, t)
-        self._v[:] = (v, v, v)
+        self._t0 = self._t1 = self._t2 = t
+        self._v0 = self._v1 = self._v2 = v
         return v
 
     def update(self, t: float, v: float) -> float:
-        ts, vs, win = self._t, self._v, self.window
-        if v >= vs[0] or t - ts[2] > win:
+        win = self.window
+        if v >= self._v0 or t - self._t2 > win:
             return self._reset(t, v)
-        if v >= vs[1]:
-            ts[1] = ts[2] = t
-            vs[1] = vs[2] = v
-        elif v >= vs[2]:
-            ts[2], vs[2] = t, v
-        dt = t - ts[0]
+        if v >= self._v1:
+            self._t1 = self._t2 = t
+            self._v1 = self._v2 = v
+        elif v >= self._v2:
+            self._t2, self._v2 = t, v
+        dt = t - self._t0
         if dt > win:
             # the best sample aged out: promote the runners-up
-            ts[0], ts[1], ts[2] = ts[1], ts[2], t
-            vs[0], vs[1], vs[2] = vs[1], vs[2], v
-            if t - ts[0] > win:
-                ts[0], ts[1] = ts[1], ts[2]
-                vs[0], vs[1] = vs[1], vs[2]
-        elif ts[1] == ts[0] and dt > win / 4:
-            ts[1] = ts[2] = t
-            vs[1] = vs[2] = v
-        elif ts[2] == ts[1] and dt > win / 2:
-            ts[2], vs[2] = t, v
-        return vs[0]
+            self._t0, self._t1, self._t2 = self._t1, self._t2, t
+            self._v0, self._v1, self._v2 = self._v1, self._v2, v
+            if t - self._t0 > win:
+                self._t0, self._t1 = self._t1, self._t2
+                self._v0, self._v1 = self._v1, self._v2
+        elif self._t1 == self._t0 and dt > win / 4:
+            self._t1 = self._t2 = t
+            self._v1 = self._v2 = v
+        elif self._t2 == self._t1 and dt > win / 2:
+            self._t2, self._v2 = t, v
+        return self._v0
 
 
 #: one generator for every connection: a Random() each would cost 2.5 KB per connection

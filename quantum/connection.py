@@ -157,6 +157,7 @@ class Connection:
         "_events",
         "_fec_decoder",
         "_fec_encoder",
+        "_fec_next_group",
         "_fec_on",
         "_fin_pn",
         "_handshake",
@@ -241,6 +242,7 @@ class Connection:
         self._receiver: ChannelReceiver | None = None
         self._control: list[Frame] = []  # control frames waiting for the next packet
         self._fec_encoder: FecEncoder | None = None
+        self._fec_next_group = 0  # group ids continue across encoders (see _fill)
         self._fec_decoder: FecDecoder | None = None  # created by the first FEC-group packet
         self._fec_on = False
         self._parity_out: list[ParityShard] = []
@@ -248,7 +250,7 @@ class Connection:
         self._last_received = now
         self._last_keepalive_sent = now
         self._keepalive_id = 0
-        self._keepalives_pending: dict[int, float] = {}
+        self._keepalives_pending: dict[int, float] | None = None  # built by the first keepalive
         self._fin_pn: int | None = None
         self._close_deadline: float | None = None
         self._path_validated = True
@@ -302,7 +304,8 @@ class Connection:
         conn = cls(is_client=False, connection_id=connection_id, peer_addr=peer_addr,
                    configuration=configuration or QuantumConfiguration(), now=now)
         conn._keys = keys
-        conn.credentials = credentials
+        # the credentials and (in `accept`) the session token only pass through the server
+        # side: handed to the owner in events, not kept for the connection's lifetime
         conn._apply_params(params)
         conn._events.append(
             AuthenticationRequested(
@@ -318,9 +321,7 @@ class Connection:
     def _apply_params(self, params: ServerParams) -> None:
         self.params = params
         if params.fec is not None:
-            k, m = params.fec
-            self._fec_encoder = FecEncoder(k, m)
-            self._fec_on = True
+            self._fec_on = True  # the encoder is built by the first data packet
 
     # ------------------------------------------------------------------ application calls
 
@@ -330,7 +331,6 @@ class Connection:
         if self.state is not ConnectionState.AUTHENTICATING:
             raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
         self.session_id = session_id
-        self.session_token = session_token
         self._control.append(SessionFrame(session_id, session_token, _ms(remaining), resumed))
         self.state = ConnectionState.ESTABLISHED
         self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed))
@@ -380,15 +380,18 @@ class Connection:
         keys = self._keys
         return keys is not None and not keys.send.loaded and not keys.recv.loaded
 
-    def hibernate(self) -> None:
+    def hibernate(self) -> bool:
         """Release what a quiet connection can rebuild on demand: the two packet-protection
         cipher objects (about 4.8 KB of OpenSSL state with AES-GCM). Safe at any time; the next
         packet sealed or opened rebuilds its cipher (about 0.7 us each). The owner decides
-        when a connection is quiet (the server: no packet for `HIBERNATE_AFTER` seconds)."""
+        when a connection is quiet (the server: no packet for `hibernate_after` seconds).
+        Returns whether anything was released."""
         keys = self._keys
-        if keys is not None:
-            keys.send.release()
-            keys.recv.release()
+        if keys is None or not (keys.send.loaded or keys.recv.loaded):
+            return False
+        keys.send.release()
+        keys.recv.release()
+        return True
 
     def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
         """Graceful close: pending data is flushed first, then a FIN goes out."""
@@ -623,7 +626,8 @@ class Connection:
             elif isinstance(frame, KeepaliveFrame):
                 events.append(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
-                sent_at = self._keepalives_pending.pop(frame.keepalive_id, None)
+                pending = self._keepalives_pending
+                sent_at = None if pending is None else pending.pop(frame.keepalive_id, None)
                 remaining = _seconds(frame.remaining_ms)
                 rtt = None if sent_at is None else now - sent_at
                 events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
@@ -754,10 +758,15 @@ class Connection:
         sent, cc, encoder = self._sent, self._cc, self._fec_encoder
         while True:
             if not self._has_data():
-                if encoder is not None and encoder.pending:
+                if encoder is not None:
                     # the sender ran dry: close the FEC group now rather than let a partial
-                    # group wait for packets that may not come
-                    self._parity_out.extend(encoder.flush())
+                    # group wait for packets that may not come; an idle connection keeps no
+                    # encoder (the next data packet builds one)
+                    self._fec_encoder = None
+                    if encoder.pending:
+                        self._parity_out.extend(encoder.flush())
+                    self._fec_next_group = encoder.next_group_id
+                    encoder = None
                     continue
                 cc.on_app_limited(sent.bytes_in_flight)
                 break
@@ -794,7 +803,9 @@ class Connection:
             frames.append(control.pop(0))
             room -= size
             if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
-                self._keepalives_pending[frame.keepalive_id] = now
+                pending = self._keepalives_pending
+                if pending is not None:
+                    pending[frame.keepalive_id] = now
         sender = self._sender
         flags = ACK
         if sender is not None:
@@ -804,7 +815,7 @@ class Connection:
                     break
                 frames.append(fragment)
                 room -= MESSAGE_FRAME_OVERHEAD + len(fragment.data)
-                if self._fec_encoder is not None:
+                if self._fec_on:
                     flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():
             frames.append(CloseFrame(self.close_code, self.close_reason))
@@ -843,7 +854,13 @@ class Connection:
             self._path_budget -= size
         self._pending_out.append(datagram)
         if flags & PSH:
-            self._parity_out.extend(self._fec_encoder.add(pn, payload))  # type: ignore[union-attr]
+            encoder = self._fec_encoder
+            if encoder is None:
+                params = self.params
+                assert params is not None and params.fec is not None
+                k, m = params.fec
+                encoder = self._fec_encoder = FecEncoder(k, m, self._fec_next_group)
+            self._parity_out.extend(encoder.add(pn, payload))
         return pn
 
     def _send_ack_only(self, now: float) -> None:
@@ -856,9 +873,12 @@ class Connection:
         kid = self._keepalive_id
         if now is not None:
             self._last_keepalive_sent = now
-        self._keepalives_pending[kid] = now if now is not None else self._last_keepalive_sent
-        if len(self._keepalives_pending) > 64:  # unanswered ones: forget the oldest
-            del self._keepalives_pending[next(iter(self._keepalives_pending))]
+        pending = self._keepalives_pending
+        if pending is None:
+            pending = self._keepalives_pending = {}
+        pending[kid] = now if now is not None else self._last_keepalive_sent
+        if len(pending) > 64:  # unanswered ones: forget the oldest
+            del pending[next(iter(pending))]
         self._control.append(KeepaliveFrame(kid))
         return kid
 

@@ -71,13 +71,18 @@ class FecEncoder:
 
     __slots__ = ("_group_id", "_payloads", "_seqs", "k", "m")
 
-    def __init__(self, k: int = 10, m: int = 3) -> None:
+    def __init__(self, k: int = 10, m: int = 3, first_group_id: int = 0) -> None:
         _check_params(k, m)
         self.k = k
         self.m = m
-        self._group_id = 0
+        self._group_id = first_group_id
         self._seqs: list[int] = []
         self._payloads: list[bytes] = []
+
+    @property
+    def next_group_id(self) -> int:
+        """The id the next group gets (a successor encoder continues from here)."""
+        return self._group_id
 
     @property
     def pending(self) -> int:

@@ -248,6 +248,35 @@ def test_fec_recovers_lost_packets_without_retransmission() -> None:
     assert server_conn(sim).stats.fec_recovered > 0
 
 
+def test_fec_keeps_recovering_across_quiet_spells() -> None:
+    # An idle sender drops its FEC encoder and the next burst builds a new one; its groups must
+    # continue the id sequence, or the receiver would mistake them for finished groups.
+    sim = make_sim(LinkProfile(delay=0.02, loss=0.05), seed=5)
+    client = sim.add_client(ALICE)
+    sim.run(until=5.0, condition=lambda: established(sim, client))
+    sent: list[bytes] = []
+    recovered = []
+    for burst in range(4):
+        for i in range(60):
+            sent.append(bytes([burst, i]) * 300)
+            client.send(sent[-1])
+        sim.flush()
+        sim.run(until=sim.now + 3.0)
+        assert client._fec_encoder is None  # quiet: no encoder kept
+        recovered.append(server_conn(sim).stats.fec_recovered)
+    assert server_messages(sim) == sent
+    assert recovered[-1] > recovered[0] > 0  # later bursts are recovered too
+
+
+def test_server_keeps_neither_credentials_nor_the_session_token() -> None:
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=5.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    assert server.credentials is None and server.session_token is None
+    assert client.session_token is not None and server.session_id == client.session_id
+
+
 def test_channels_are_independent_under_loss() -> None:
     """A reliable message stuck behind a loss on channel 1 does not hold back channel 2."""
     sim = make_sim()

@@ -280,3 +280,11 @@ def test_partial_groups_get_proportional_parity_plus_one_capped_at_m() -> None:
     assert [partial_parity(10, 3, n) for n in (1, 2, 3, 4, 7, 9)] == [2, 2, 2, 3, 3, 3]
     assert partial_parity(10, 1, 1) == 1
     assert partial_parity(4, 4, 1) == 2
+
+
+def test_a_successor_encoder_continues_the_group_ids() -> None:
+    first = FecEncoder(2, 1)
+    shards = first.add(1, b"a") + first.add(2, b"b")
+    assert [s.group_id for s in shards] == [0] and first.next_group_id == 1
+    second = FecEncoder(2, 1, first_group_id=first.next_group_id)
+    assert [s.group_id for s in second.add(3, b"c") + second.add(4, b"d")] == [1]

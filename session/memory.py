@@ -3,8 +3,10 @@
 No method ever suspends (there is no real ``await`` inside), so under asyncio each call is
 atomic without a lock, and the server may drive `touch` synchronously with ``coro.send(None)``.
 
-Indexes: by id and by connection id (dicts, O(1)), by user and by state (sets). Expiry uses a
-lazy min-heap with exactly one live entry per session whose key is never later than the
+Indexes: by id and by connection id (dicts, O(1)); by user, a dict to the user's one session id
+(the common case) or to a set of ids once the user has several; by state, a dict per state with
+``None`` values, used as a set (it takes less memory than a `set`). Expiry uses a lazy min-heap of
+``(due, session_id)`` with exactly one live entry per session whose key is never later than the
 session's real expiry. Extending a session (every heartbeat) leaves the heap alone; when an entry
 comes due, `expire` either removes the session or re-files it at its real expiry. So the work
 of `expire` is proportional to the sessions that came due since the last sweep (expired, or
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import builtins
 import heapq
-import itertools
 from datetime import UTC, datetime, timedelta
 
 from session.errors import SessionExists, SessionExpired
@@ -36,50 +37,77 @@ _ACTIVE = State.ACTIVE
 class MemoryStore(Store):
     """Sessions in dicts, safe under concurrent asyncio tasks because nothing awaits."""
 
-    __slots__ = ("_by_connection", "_by_state", "_by_user", "_due", "_heap", "_seq", "_sessions")
+    __slots__ = ("_by_connection", "_by_state", "_by_user", "_due", "_heap", "_sessions")
 
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._by_connection: dict[str, str] = {}
-        self._by_user: dict[str, set[str]] = {}
-        self._by_state: dict[State, set[str]] = {state: set() for state in State}
-        # heap entries are (due, seq, session_id), due in integer microseconds since the epoch:
-        # exact like the datetimes, but much cheaper to compare. _due[session_id] is the
-        # (due, seq) of the session's one live entry, so entries left behind by deletes and
-        # re-filing are recognised and skipped.
-        self._heap: list[tuple[int, int, str]] = []
-        self._due: dict[str, tuple[int, int]] = {}
-        self._seq = itertools.count()
+        # a user with one session maps to its id, a user with several to a set of ids: most
+        # users have one, and a one-member set costs ~200 bytes more than the bare id
+        self._by_user: dict[str, str | set[str]] = {}
+        # values are always None: a dict of n str keys takes ~21-38 bytes per key, a set 42-105
+        self._by_state: dict[State, dict[str, None]] = {state: {} for state in State}
+        # heap entries are (due, session_id), due in integer microseconds since the epoch:
+        # exact like the datetimes, but much cheaper to compare; equal dues order by session
+        # id. _due[session_id] is the due of the session's one live entry (the same int
+        # object), so an entry is live exactly when its due equals _due[its session id]: entries
+        # left behind by deletes and re-filing are recognised and skipped. `_schedule` never
+        # pushes a due equal to the live one, so two entries can only look alike when one was
+        # left behind by a deleted session whose id came back; whichever `expire` meets first
+        # settles the session (removes it, or re-files it at a later due), which makes the
+        # other one stale: no double expiry, none lost.
+        self._heap: list[tuple[int, str]] = []
+        self._due: dict[str, int] = {}
 
     # -- helpers (synchronous, so callers stay atomic)
 
     def _schedule(self, session_id: str, expires_at: datetime) -> None:
         due = (expires_at - _EPOCH) // _MICROSECOND
-        seq = next(self._seq)
-        heapq.heappush(self._heap, (due, seq, session_id))
-        self._due[session_id] = (due, seq)
+        live = self._due.get(session_id)
+        if live is not None and live <= due:
+            # the live entry comes due no later than the new expiry, so it keeps the invariant
+            # (`expire` re-files it then); pushing would only leave a stale entry behind, or two
+            # alike if the dues were equal
+            return
+        heapq.heappush(self._heap, (due, session_id))
+        self._due[session_id] = due
 
     def _compact(self) -> None:
         # Deletes leave dead heap entries behind; rebuilding once they outnumber the live ones
         # keeps memory bounded at an amortised O(1) per delete.
         if len(self._heap) > 2 * len(self._due) + 1024:
-            self._heap = [(due, seq, sid) for sid, (due, seq) in self._due.items()]
+            self._heap = [(due, sid) for sid, due in self._due.items()]
             heapq.heapify(self._heap)
 
     def _unindex(self, session: Session) -> None:
-        sid = session.session_id
+        sid, user_id = session.session_id, session.user_id
         self._by_connection.pop(session.connection_id, None)
-        users = self._by_user[session.user_id]
-        users.discard(sid)
-        if not users:
-            del self._by_user[session.user_id]
-        self._by_state[session.state].discard(sid)
+        by_user = self._by_user
+        mine = by_user.get(user_id)
+        if isinstance(mine, str):
+            if mine == sid:
+                del by_user[user_id]
+        elif mine is not None:
+            mine.discard(sid)
+            if len(mine) == 1:
+                by_user[user_id] = next(iter(mine))  # back to the bare id
+            elif not mine:
+                del by_user[user_id]
+        self._by_state[session.state].pop(sid, None)
 
     def _index(self, session: Session) -> None:
-        sid = session.session_id
+        sid, user_id = session.session_id, session.user_id
         self._by_connection[session.connection_id] = sid
-        self._by_user.setdefault(session.user_id, set()).add(sid)
-        self._by_state[session.state].add(sid)
+        by_user = self._by_user
+        mine = by_user.get(user_id)
+        if mine is None:
+            by_user[user_id] = sid
+        elif isinstance(mine, str):
+            if mine != sid:
+                by_user[user_id] = {mine, sid}
+        else:
+            mine.add(sid)
+        self._by_state[session.state][sid] = None
 
     def _remove(self, session_id: str) -> Session:
         session = self._sessions.pop(session_id)
@@ -151,7 +179,11 @@ class MemoryStore(Store):
         if user_id is None:
             assert state is not None
             return builtins.list(self._by_state[state])
-        mine = self._by_user.get(user_id, ())
+        mine = self._by_user.get(user_id)
+        if mine is None:
+            return []
+        if isinstance(mine, str):
+            return [mine] if state is None or mine in self._by_state[state] else []
         if state is None:
             return builtins.list(mine)
         in_state = self._by_state[state]
@@ -167,16 +199,20 @@ class MemoryStore(Store):
 
     async def get_by_user_id(self, user_id: str) -> builtins.list[Session]:
         sessions = self._sessions
-        return [sessions[sid].copy() for sid in sorted(self._by_user.get(user_id, ()))]
+        mine = self._by_user.get(user_id)
+        if mine is None:
+            return []
+        if isinstance(mine, str):
+            return [sessions[mine].copy()]
+        return [sessions[sid].copy() for sid in sorted(mine)]
 
     async def expire(self, now: datetime) -> builtins.list[Session]:
         heap, due, sessions = self._heap, self._due, self._sessions
         now_key = (now - _EPOCH) // _MICROSECOND
         expired: builtins.list[Session] = []
         while heap and heap[0][0] <= now_key:
-            _, seq, sid = heap[0]
-            live = due.get(sid)
-            if live is None or live[1] != seq:
+            key, sid = heap[0]
+            if due.get(sid) != key:
                 heapq.heappop(heap)  # left behind by a delete or superseded by a re-filing
                 continue
             actual = sessions[sid].expires_at
@@ -187,9 +223,8 @@ class MemoryStore(Store):
                 # extended since it was filed: re-file at its real expiry (> now, so the loop
                 # cannot meet it again), replacing the top in one sift
                 key = (actual - _EPOCH) // _MICROSECOND
-                seq = next(self._seq)
-                heapq.heapreplace(heap, (key, seq, sid))
-                due[sid] = (key, seq)
+                heapq.heapreplace(heap, (key, sid))
+                due[sid] = key
         return expired
 
     async def count(self) -> int:
@@ -217,8 +252,8 @@ class MemoryStore(Store):
         state = session.state
         if state is _CONNECTING or state is _IDLE:
             by_state = self._by_state
-            by_state[state].discard(session_id)
-            by_state[_ACTIVE].add(session_id)
+            by_state[state].pop(session_id, None)
+            by_state[_ACTIVE][session_id] = None
             session.state = _ACTIVE
         if expires_at < old_expiry:
             self._schedule(session_id, expires_at)

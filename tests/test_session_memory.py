@@ -124,3 +124,117 @@ def test_shortened_expiry_is_found_in_time(shorten_with: str) -> None:
         store.touch_now(s.session_id, at(1), at(5))
     assert run_now(store.delete_expired(at(4))) == 0
     assert run_now(store.delete_expired(at(5))) == 1
+
+
+def _user_index(store: MemoryStore, user_id: str) -> object:
+    return store._by_user.get(user_id)
+
+
+def _ids(sessions: list[Session]) -> list[str]:
+    return [s.session_id for s in sessions]
+
+
+def test_user_index_goes_from_bare_id_to_set_and_back() -> None:
+    store = MemoryStore()
+    a, b = make(user_id="alice"), make(user_id="alice")
+    a.state, b.state = State.ACTIVE, State.IDLE
+    first, second = sorted([a, b], key=lambda s: s.session_id)
+
+    run_now(store.create(first))  # 1 session: the bare id, no set
+    assert _user_index(store, "alice") == first.session_id
+    assert _ids(run_now(store.get_by_user_id("alice"))) == [first.session_id]
+    assert _ids(run_now(store.list(SessionFilter(user_id="alice")))[0]) == [first.session_id]
+    assert run_now(store.list(SessionFilter(user_id="alice", state=first.state)))[1] == 1
+    assert run_now(store.list(SessionFilter(user_id="alice", state=State.CLOSED)))[1] == 0
+
+    run_now(store.create(second))  # 2 sessions: a set
+    assert _user_index(store, "alice") == {first.session_id, second.session_id}
+    both = [first.session_id, second.session_id]
+    assert _ids(run_now(store.get_by_user_id("alice"))) == both
+    assert _ids(run_now(store.list(SessionFilter(user_id="alice")))[0]) == both
+    for s in (first, second):
+        got = run_now(store.list(SessionFilter(user_id="alice", state=s.state)))[0]
+        assert _ids(got) == [s.session_id]
+
+    # an update that keeps the user keeps both; one that moves a session away shrinks the set
+    run_now(store.update(second))
+    assert _user_index(store, "alice") == {first.session_id, second.session_id}
+    moved = second.copy()
+    moved.user_id = "bob"
+    run_now(store.update(moved))
+    assert _user_index(store, "alice") == first.session_id
+    assert _user_index(store, "bob") == second.session_id
+    assert _ids(run_now(store.get_by_user_id("alice"))) == [first.session_id]
+    run_now(store.update(second))  # and back to alice
+    assert _user_index(store, "alice") == {first.session_id, second.session_id}
+    assert _user_index(store, "bob") is None
+    assert run_now(store.get_by_user_id("bob")) == []
+
+    run_now(store.delete(second.session_id))  # back to 1: the bare id again
+    assert _user_index(store, "alice") == first.session_id
+    assert _ids(run_now(store.get_by_user_id("alice"))) == [first.session_id]
+    assert run_now(store.list(SessionFilter(user_id="alice", state=second.state)))[1] == 0
+
+    assert run_now(store.delete_expired(at(60))) == 1  # 0 sessions: no entry at all
+    assert _user_index(store, "alice") is None
+    assert run_now(store.get_by_user_id("alice")) == []
+    assert run_now(store.list(SessionFilter(user_id="alice"))) == ([], 0)
+
+
+def test_equal_dues_expire_each_session_exactly_once() -> None:
+    store = MemoryStore()
+    sessions = [make(expires=10) for _ in range(20)]
+    for s in sessions:
+        run_now(store.create(s))
+    for s in sessions[::2]:  # half were extended: re-filed at the same later due
+        store.touch_now(s.session_id, at(1), at(20))
+    expired = run_now(store.expire(at(10)))
+    assert sorted(_ids(expired)) == sorted(s.session_id for s in sessions[1::2])
+    assert store.heap_size() == 10
+    assert run_now(store.delete_expired(at(19))) == 0
+    expired = run_now(store.expire(at(20)))
+    assert sorted(_ids(expired)) == sorted(s.session_id for s in sessions[::2])
+    assert store.heap_size() == 0
+
+
+def test_shortening_to_the_live_due_or_later_pushes_nothing() -> None:
+    store = MemoryStore()
+    s = make(expires=10)
+    run_now(store.create(s))
+    store.touch_now(s.session_id, at(1), at(200))  # extended: the entry stays at 10
+    store.touch_now(s.session_id, at(2), at(10))  # shortened to exactly the live due
+    assert store.heap_size() == 1
+    store.touch_now(s.session_id, at(3), at(100))  # extended again
+    s.expires_at = at(50)
+    s.last_active_at = at(3)
+    run_now(store.update(s))  # shortened, but still later than the live due
+    assert store.heap_size() == 1
+    assert run_now(store.delete_expired(at(10))) == 0  # re-filed at 50
+    assert store.heap_size() == 1
+    assert run_now(store.delete_expired(at(49))) == 0
+    assert run_now(store.delete_expired(at(50))) == 1
+    assert store.heap_size() == 0
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_stale_entry_alike_the_live_one_neither_doubles_nor_loses_expiry(extended: bool) -> None:
+    store = MemoryStore()
+    first = make(expires=10)
+    run_now(store.create(first))
+    run_now(store.delete(first.session_id))
+    # the same id back, with the same due: the heap holds two identical entries
+    again = make(expires=10)
+    again.session_id = first.session_id
+    run_now(store.create(again))
+    assert store.heap_size() == 2
+    if extended:
+        store.touch_now(again.session_id, at(5), at(30))
+        assert run_now(store.expire(at(10))) == []  # re-filed once, the twin skipped
+        assert store.heap_size() == 1
+        expired = run_now(store.expire(at(30)))
+    else:
+        expired = run_now(store.expire(at(10)))
+    assert _ids(expired) == [again.session_id]
+    assert store.heap_size() == 0
+    assert run_now(store.count()) == 0
+    assert run_now(store.expire(at(10**6))) == []

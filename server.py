@@ -321,8 +321,9 @@ class SessionBridge:
             if not resumed:
                 await self.manager.delete_session(session.session_id, "handshake abandoned")
             return
-        peer.user_id, peer.session_id, peer.metadata = session.user_id, session.session_id, dict(
-            session.metadata)
+        # `session` is the manager's copy, ours alone: its metadata needs no second copy
+        peer.user_id, peer.session_id = session.user_id, session.session_id
+        peer.metadata = session.metadata
         peer.last_keepalive = server.loop.time()
         server.by_session[session.session_id] = peer
         conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed)

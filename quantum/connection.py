@@ -228,7 +228,8 @@ class Connection:
         self._handshake_tries = 0
         self._handshake_deadline = now + configuration.handshake_timeout
         self._handshake_resend_at: float | None = None
-        self._handshake_out: list[bytes] = []
+        # client handshake datagrams waiting to go out (None: none; the server never has any)
+        self._handshake_out: list[bytes] | None = None
         self._handshake_last = b""
         self._handshake_sent_at = now
 
@@ -245,7 +246,7 @@ class Connection:
         self._fec_next_group = 0  # group ids continue across encoders (see _fill)
         self._fec_decoder: FecDecoder | None = None  # created by the first FEC-group packet
         self._fec_on = False
-        self._parity_out: list[ParityShard] = []
+        self._parity_out: list[ParityShard] | None = None  # None: no parity waiting
 
         self._last_received = now
         self._last_keepalive_sent = now
@@ -473,9 +474,10 @@ class Connection:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         out: list[tuple[bytes, Address]] = []
-        if self._handshake_out:
-            out.extend((d, self.peer_addr) for d in self._handshake_out)
-            self._handshake_out.clear()
+        handshake_out = self._handshake_out
+        if handshake_out:
+            out.extend((d, self.peer_addr) for d in handshake_out)
+            self._handshake_out = None
         self._now = now
         if self._keys is not None and self.state is not ConnectionState.CLOSED:
             self._fill(now)
@@ -544,12 +546,24 @@ class Connection:
     def _send_handshake_packet(self, flags: int, payload: bytes, now: float) -> None:
         self._handshake_tries += 1
         datagram = encode_packet(Packet(flags, self.connection_id, 0, 0, (), payload))
-        self._handshake_out.append(datagram)
+        self._queue_handshake(datagram)
         self._handshake_last = datagram
         self._handshake_sent_at = now
         self._handshake_resend_at = now + self._handshake_interval()
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(datagram)
+
+    def _queue_handshake(self, datagram: bytes) -> None:
+        if self._handshake_out is None:
+            self._handshake_out = [datagram]
+        else:
+            self._handshake_out.append(datagram)
+
+    def _queue_parity(self, shards: list[ParityShard]) -> None:
+        if self._parity_out is None:
+            self._parity_out = shards
+        else:
+            self._parity_out.extend(shards)
 
     def _handshake_interval(self) -> float:
         return self.config.handshake_timeout / self.config.handshake_tries
@@ -559,7 +573,7 @@ class Connection:
             self._handshake_resend_at = None
             return
         self._handshake_tries += 1
-        self._handshake_out.append(self._handshake_last)
+        self._queue_handshake(self._handshake_last)
         self._handshake_resend_at = now + self._handshake_interval()
 
     def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
@@ -764,7 +778,7 @@ class Connection:
                     # encoder (the next data packet builds one)
                     self._fec_encoder = None
                     if encoder.pending:
-                        self._parity_out.extend(encoder.flush())
+                        self._queue_parity(encoder.flush())
                     self._fec_next_group = encoder.next_group_id
                     encoder = None
                     continue
@@ -779,8 +793,11 @@ class Connection:
                 break
             if not self._path_validated and self._path_budget <= 0 and not self._control:
                 break
-            if self._parity_out:
-                shard = self._parity_out.pop(0)
+            parity_out = self._parity_out
+            if parity_out:
+                shard = parity_out.pop(0)
+                if not parity_out:
+                    self._parity_out = None
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
                 self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
                                                   shard.shard)], now, flags=ACK | FEC)
@@ -860,7 +877,9 @@ class Connection:
                 assert params is not None and params.fec is not None
                 k, m = params.fec
                 encoder = self._fec_encoder = FecEncoder(k, m, self._fec_next_group)
-            self._parity_out.extend(encoder.add(pn, payload))
+            shards = encoder.add(pn, payload)
+            if shards:
+                self._queue_parity(shards)
         return pn
 
     def _send_ack_only(self, now: float) -> None:

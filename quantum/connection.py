@@ -27,7 +27,7 @@ from quantum import packet as wire
 from quantum.bbr import BBR
 from quantum.channels import ChannelReceiver, ChannelSender
 from quantum.config import QuantumConfiguration
-from quantum.crypto import ProtectionError
+from quantum.crypto import PacketProtection, ProtectionError
 from quantum.errors import CloseCode, ConnectionClosedError, MessageError, ProtocolError
 from quantum.events import (
     AuthenticationRequested,
@@ -169,11 +169,11 @@ class Connection:
         "_handshake_tries",
         "_keepalive_id",
         "_keepalives_pending",
-        "_keys",
         "_largest_pn",
         "_last_keepalive_sent",
         "_last_received",
         "_now",
+        "_open",
         "_parity_out",
         "_path_budget",
         "_path_challenge",
@@ -182,6 +182,7 @@ class Connection:
         "_previous_addr",
         "_received",
         "_receiver",
+        "_seal",
         "_sender",
         "_sent",
         "close_code",
@@ -223,7 +224,10 @@ class Connection:
         self.close_reason = ""
 
         self._events: list[Event] = []
-        self._keys: SessionKeys | None = None
+        # packet protection, one per direction, once the handshake produced keys (the two
+        # objects of the handshake's SessionKeys, held directly: one object less per connection)
+        self._seal: PacketProtection | None = None
+        self._open: PacketProtection | None = None
         self._handshake: ClientHandshake | None = None
         self._handshake_tries = 0
         self._handshake_deadline = now + configuration.handshake_timeout
@@ -260,7 +264,7 @@ class Connection:
         self._previous_addr: Address | None = None
         self._largest_pn = 0
         self._now = now  # the latest time any entry point was given (for pacing deadlines)
-        self._pending_out: list[bytes] = []
+        self._pending_out: list[bytes] | None = None  # sealed datagrams not yet collected
 
     # ------------------------------------------------------------------ construction
 
@@ -304,7 +308,7 @@ class Connection:
         """The server side of a connection whose handshake the listener has verified."""
         conn = cls(is_client=False, connection_id=connection_id, peer_addr=peer_addr,
                    configuration=configuration or QuantumConfiguration(), now=now)
-        conn._keys = keys
+        conn._set_keys(keys)
         # the credentials and (in `accept`) the session token only pass through the server
         # side: handed to the owner in events, not kept for the connection's lifetime
         conn._apply_params(params)
@@ -378,8 +382,9 @@ class Connection:
     @property
     def hibernating(self) -> bool:
         """Whether both cipher objects are released (see `hibernate`)."""
-        keys = self._keys
-        return keys is not None and not keys.send.loaded and not keys.recv.loaded
+        seal, open_ = self._seal, self._open
+        return (seal is not None and open_ is not None
+                and not seal.loaded and not open_.loaded)
 
     def hibernate(self) -> bool:
         """Release what a quiet connection can rebuild on demand: the two packet-protection
@@ -387,11 +392,11 @@ class Connection:
         packet sealed or opened rebuilds its cipher (about 0.7 us each). The owner decides
         when a connection is quiet (the server: no packet for `hibernate_after` seconds).
         Returns whether anything was released."""
-        keys = self._keys
-        if keys is None or not (keys.send.loaded or keys.recv.loaded):
+        seal, open_ = self._seal, self._open
+        if seal is None or open_ is None or not (seal.loaded or open_.loaded):
             return False
-        keys.send.release()
-        keys.recv.release()
+        seal.release()
+        open_.release()
         return True
 
     def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
@@ -399,7 +404,7 @@ class Connection:
         if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return
         self.close_code, self.close_reason = CloseCode(code), reason
-        if self._keys is None or self.state is ConnectionState.AUTHENTICATING:
+        if self._seal is None or self.state is ConnectionState.AUTHENTICATING:
             self._terminate(code, reason, by_peer=False)
             return
         self.state = ConnectionState.CLOSING
@@ -422,7 +427,8 @@ class Connection:
         if cid != self.connection_id:
             self._drop("wrong_connection")
             return
-        if self._keys is None or (flags & SYN and self.is_client):
+        open_ = self._open
+        if open_ is None or (flags & SYN and self.is_client):
             self._receive_handshake_packet(data, flags, addr, now)
             return
         received = self._received
@@ -433,7 +439,7 @@ class Connection:
             return
         header = data[: wire.HEADER_SIZE]
         try:
-            body = self._keys.recv.open(pn, header, data[wire.HEADER_SIZE:])
+            body = open_.open(pn, header, data[wire.HEADER_SIZE:])
             sack, payload = split_body(body, payload_len)
             frames = decode_frames(payload)
         except ProtectionError:
@@ -479,12 +485,13 @@ class Connection:
             out.extend((d, self.peer_addr) for d in handshake_out)
             self._handshake_out = None
         self._now = now
-        if self._keys is not None and self.state is not ConnectionState.CLOSED:
+        if self._seal is not None and self.state is not ConnectionState.CLOSED:
             self._fill(now)
-        if self._pending_out:
+        pending_out = self._pending_out
+        if pending_out:
             addr = self.peer_addr
-            out.extend((d, addr) for d in self._pending_out)
-            self._pending_out = []
+            out.extend((d, addr) for d in pending_out)
+            self._pending_out = None
         return out
 
     def get_timer(self) -> float | None:
@@ -553,6 +560,10 @@ class Connection:
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(datagram)
 
+    def _set_keys(self, keys: SessionKeys | None) -> None:
+        if keys is not None:
+            self._seal, self._open = keys.send, keys.recv
+
     def _queue_handshake(self, datagram: bytes) -> None:
         if self._handshake_out is None:
             self._handshake_out = [datagram]
@@ -601,7 +612,7 @@ class Connection:
                 self._send_handshake_packet(SYN, self._handshake.client_hello(), now)
             elif flags & SYN and flags & ACK and self.state is ConnectionState.SYN_SENT:
                 params = self._handshake.on_server_hello(packet.payload)
-                self._keys = self._handshake.keys
+                self._set_keys(self._handshake.keys)
                 if self._handshake_tries == 1:  # unambiguous: the SYN was sent once (Karn)
                     rtt = now - self._handshake_sent_at
                     self._sent.rtt.update(rtt)
@@ -847,8 +858,8 @@ class Connection:
         return True
 
     def _send_protected(self, frames: list[Frame], now: float, flags: int) -> int:
-        keys = self._keys
-        assert keys is not None
+        seal = self._seal
+        assert seal is not None
         sent = self._sent
         pn = sent.allocate_pn()
         received = self._received
@@ -856,7 +867,7 @@ class Connection:
         payload = encode_frames(frames) if frames else b""
         header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
         body = encode_sack(sack) + payload if sack else payload
-        datagram = header + keys.send.seal(pn, header, body)
+        datagram = header + seal.seal(pn, header, body)
         received.on_ack_sent()
         size = len(datagram)
         ack_eliciting = bool(frames)
@@ -869,7 +880,11 @@ class Connection:
         stats.bytes_sent += size
         if not self._path_validated:
             self._path_budget -= size
-        self._pending_out.append(datagram)
+        pending_out = self._pending_out
+        if pending_out is None:
+            self._pending_out = [datagram]
+        else:
+            pending_out.append(datagram)
         if flags & PSH:
             encoder = self._fec_encoder
             if encoder is None:
@@ -883,7 +898,7 @@ class Connection:
         return pn
 
     def _send_ack_only(self, now: float) -> None:
-        if self._keys is None:
+        if self._seal is None:
             return
         self._send_protected([], now, flags=ACK)
 
@@ -904,7 +919,7 @@ class Connection:
     # ------------------------------------------------------------------ ending
 
     def _protocol_violation(self, reason: str, now: float) -> None:
-        if self._keys is not None:
+        if self._seal is not None:
             self._send_protected([CloseFrame(CloseCode.PROTOCOL_VIOLATION, reason[:512])], now,
                                  flags=ACK | RST)
         self._terminate(CloseCode.PROTOCOL_VIOLATION, reason, by_peer=False)

@@ -337,9 +337,12 @@ def normalize_client_ip(client_ip: object) -> str:
     if not isinstance(client_ip, str):
         raise InvalidSession(f"client_ip must be a string, got {type(client_ip).__name__}")
     try:
-        return str(ipaddress.ip_address(client_ip))
+        text = str(ipaddress.ip_address(client_ip))
     except ValueError:
         raise InvalidSession(f"client_ip is not an IP address: {client_ip[:80]!r}") from None
+    # already canonical (the usual case): keep the caller's string, which the server's peer
+    # address also holds, instead of a second copy per session
+    return client_ip if text == client_ip else text
 
 
 def validate_server_addr(server_addr: object) -> str | None:

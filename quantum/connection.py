@@ -216,10 +216,12 @@ class Connection:
         self.config = configuration
         self.state = ConnectionState.SYN_SENT if is_client else ConnectionState.AUTHENTICATING
         self.stats = ConnectionStats()
+        # client side only: what the client presented and the session the server gave it
+        # (a server connection hands these to its owner in events and keeps none of them)
         self.session_id: bytes | None = None
         self.session_token: str | None = None
-        self.params: ServerParams | None = None
         self.credentials: Credentials | None = None
+        self.params: ServerParams | None = None
         self.close_code = CloseCode.NORMAL
         self.close_reason = ""
 
@@ -335,7 +337,6 @@ class Connection:
         """Server: the credentials are good; hand the client its session and go ESTABLISHED."""
         if self.state is not ConnectionState.AUTHENTICATING:
             raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
-        self.session_id = session_id
         self._control.append(SessionFrame(session_id, session_token, _ms(remaining), resumed))
         self.state = ConnectionState.ESTABLISHED
         self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed))

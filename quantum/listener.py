@@ -17,7 +17,7 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
 from quantum.errors import CloseCode
 from quantum.frames import RejectFrame, encode_frames
-from quantum.handshake import HandshakeError, ServerHandshake
+from quantum.handshake import HandshakeError, ServerHandshake, ServerParams
 from quantum.packet import VERSION, Flags, Packet, PacketError, decode_packet, encode_packet
 
 #: how many sources the per-source rate limiter remembers (the oldest are forgotten first)
@@ -86,6 +86,8 @@ class Listener:
         self._global = TokenBucket(retry_above_rate, retry_above_rate)
         self._sources: OrderedDict[str, _Bucket] = OrderedDict()
         self._recently_closed: OrderedDict[bytes, float] = OrderedDict()
+        # negotiated parameters take a handful of values: connections share one object each
+        self._params: dict[ServerParams, ServerParams] = {}
         self.stats = ListenerStats()
 
     def receive_datagram(
@@ -163,6 +165,11 @@ class Listener:
         except HandshakeError:
             self._drop("bad_finish")
             return [], None
+        shared = self._params.get(params)
+        if shared is not None:
+            params = shared
+        elif len(self._params) < 64:
+            self._params[params] = params
         conn = Connection.server(cid, addr, keys, credentials, params, now,
                                  configuration=self.config)
         if connection_count >= self.max_connections:

@@ -59,42 +59,60 @@ _PN: Final = attrgetter("pn")
 
 
 class RttEstimator:
-    """Smoothed RTT and retransmission timeout per RFC 6298."""
+    """Smoothed RTT and retransmission timeout per RFC 6298.
 
-    __slots__ = ("backoff", "latest_rtt", "min_rtt", "rttvar", "srtt")
+    The estimates are kept as plain floats beside a "sampled" flag rather than as
+    `float | None`: compiled, a plain float attribute is stored unboxed, an optional one is a
+    24-byte object per value, and every connection holds three of them."""
+
+    __slots__ = ("_latest", "_min", "_sampled", "_srtt", "backoff", "rttvar")
 
     def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar: float = 0.0
-        self.min_rtt: float | None = None
-        self.latest_rtt: float | None = None
+        self._sampled = False
+        self._srtt = 0.0
+        self._min = 0.0
+        self._latest = 0.0
+        self.rttvar = 0.0
         self.backoff = 0
+
+    @property
+    def srtt(self) -> float | None:
+        """The smoothed RTT; None before the first sample."""
+        return self._srtt if self._sampled else None
+
+    @property
+    def min_rtt(self) -> float | None:
+        return self._min if self._sampled else None
+
+    @property
+    def latest_rtt(self) -> float | None:
+        return self._latest if self._sampled else None
 
     def update(self, sample: float) -> None:
         if sample < 0:
             raise ValueError(f"RTT sample must not be negative, got {sample}")
-        self.latest_rtt = sample
-        if self.min_rtt is None or sample < self.min_rtt:
-            self.min_rtt = sample
-        srtt = self.srtt
-        if srtt is None:
-            self.srtt = sample
+        self._latest = sample
+        if not self._sampled:
+            self._sampled = True
+            self._min = self._srtt = sample
             self.rttvar = sample / 2
-        else:
-            # rttvar first: RFC 6298 2.3 uses the srtt from before this sample
-            self.rttvar = (1 - RTT_BETA) * self.rttvar + RTT_BETA * abs(srtt - sample)
-            self.srtt = (1 - RTT_ALPHA) * srtt + RTT_ALPHA * sample
+            return
+        if sample < self._min:
+            self._min = sample
+        srtt = self._srtt
+        # rttvar first: RFC 6298 2.3 uses the srtt from before this sample
+        self.rttvar = (1 - RTT_BETA) * self.rttvar + RTT_BETA * abs(srtt - sample)
+        self._srtt = (1 - RTT_ALPHA) * srtt + RTT_ALPHA * sample
 
     @property
     def base_rto(self) -> float:
         """The RTO before exponential backoff."""
-        srtt = self.srtt
-        if srtt is None:
+        if not self._sampled:
             rto = INITIAL_RTO
         else:
             # comparisons instead of max()/min(): read for every timer query
             var = RTO_K * self.rttvar
-            rto = srtt + (var if var > CLOCK_GRANULARITY else CLOCK_GRANULARITY)
+            rto = self._srtt + (var if var > CLOCK_GRANULARITY else CLOCK_GRANULARITY)
         if rto < MIN_RTO:
             return MIN_RTO
         return rto if rto < MAX_RTO else MAX_RTO

@@ -34,6 +34,18 @@ _IDLE = State.IDLE
 _ACTIVE = State.ACTIVE
 
 
+#: the metadata of every stored session that has none: never mutated (stored sessions are
+#: replaced, not changed, and copied on the way out), so one dict serves them all
+_NO_METADATA: dict[str, str] = {}
+
+
+def _stored_copy(session: Session) -> Session:
+    stored = session.copy()
+    if not stored.metadata:
+        stored.metadata = _NO_METADATA
+    return stored
+
+
 class MemoryStore(Store):
     """Sessions in dicts, safe under concurrent asyncio tasks because nothing awaits."""
 
@@ -127,7 +139,7 @@ class MemoryStore(Store):
             raise SessionExists(
                 f"connection {session.connection_id} already has a session: {owner}"
             )
-        stored = session.copy()
+        stored = _stored_copy(session)
         self._sessions[sid] = stored
         self._index(stored)
         self._schedule(sid, stored.expires_at)
@@ -149,7 +161,7 @@ class MemoryStore(Store):
             raise SessionExists(
                 f"connection {session.connection_id} already has a session: {owner}"
             )
-        stored = session.copy()
+        stored = _stored_copy(session)
         self._unindex(old)
         self._sessions[sid] = stored
         self._index(stored)

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import heapq
-import itertools
 import signal
 import socket
 import sys
@@ -64,9 +63,12 @@ T = TypeVar("T")
 
 
 class Timed(Protocol):
-    """Anything scheduled on a TimerHeap records its pending deadline here (None: none)."""
+    """Anything scheduled on a TimerHeap records its pending deadline here (None: none), and
+    orders against its kind (any consistent order: it only breaks ties between deadlines)."""
 
     timer_at: float | None
+
+    def __lt__(self, other: Any, /) -> bool: ...
 
 
 TimedT = TypeVar("TimedT", bound=Timed)
@@ -88,8 +90,8 @@ class TimerHeap(Generic[TimedT]):
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the owner starts
         self._fire = fire
         self._alive = alive
-        self._heap: list[tuple[float, int, TimedT]] = []
-        self._seq = itertools.count()
+        # (deadline, owner): no sequence number per entry, ties fall back on the owner's order
+        self._heap: list[tuple[float, TimedT]] = []
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at: float | None = None
 
@@ -100,7 +102,7 @@ class TimerHeap(Generic[TimedT]):
         if current is not None and current <= at:
             return  # the live entry fires first; its owner re-schedules then
         item.timer_at = at
-        heapq.heappush(self._heap, (at, next(self._seq), item))
+        heapq.heappush(self._heap, (at, item))
         if self._handle_at is None or at < self._handle_at:
             self._arm(at)
 
@@ -124,13 +126,13 @@ class TimerHeap(Generic[TimedT]):
         now = self.loop.time()
         heap, alive = self._heap, self._alive
         while heap and heap[0][0] <= now:
-            at, _, item = heapq.heappop(heap)
+            at, item = heapq.heappop(heap)
             if item.timer_at != at or not alive(item):
                 continue  # superseded by a later scheduling, or gone
             item.timer_at = None
             self._fire(item, now)
         while heap:
-            at, _, item = heap[0]
+            at, item = heap[0]
             if item.timer_at == at and alive(item):
                 self._arm(at)
                 break
@@ -159,6 +161,9 @@ class Peer:
     @property
     def connection_id(self) -> str:
         return str(uuid.UUID(bytes=self.conn.connection_id))
+
+    def __lt__(self, other: Peer) -> bool:
+        return id(self) < id(other)  # TimerHeap tie-break: any consistent order will do
 
     @property
     def address(self) -> Address:

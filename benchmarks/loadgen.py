@@ -70,6 +70,9 @@ class Client:
     active: bool = False  # part of the closed loop (idle clients only hold their connection)
     settled: bool = False  # its handshake has been counted, as established or as refused
 
+    def __lt__(self, other: Client) -> bool:
+        return id(self) < id(other)  # TimerHeap tie-break: any consistent order will do
+
 
 @dataclass(slots=True)
 class RunResult:

@@ -132,6 +132,7 @@ class BBR:
         "_idle_restart",
         "_in_recovery",
         "_loss_since_ack",
+        "_min_rtt",
         "_min_rtt_stamp",
         "_next_round_delivered",
         "_pace_time",
@@ -150,7 +151,6 @@ class BBR:
         "initial_cwnd",
         "max_datagram",
         "min_cwnd",
-        "min_rtt",
         "pacing_gain",
         "pacing_rate",
         "round_count",
@@ -176,7 +176,8 @@ class BBR:
         self.cwnd = self.initial_cwnd
         self.pacing_rate = STARTUP_GAIN * self.initial_cwnd / INITIAL_RTT
         self.btl_bw = 0.0
-        self.min_rtt: float | None = None
+        # -1.0 until the first sample (plain floats are stored unboxed; see the min_rtt property)
+        self._min_rtt = -1.0
         self._min_rtt_stamp = 0.0
         self._bw_filter = _WindowedMax(BTL_BW_WINDOW_ROUNDS)
 
@@ -204,7 +205,7 @@ class BBR:
         self._loss_since_ack = False
 
         self._tokens = float(self._burst())
-        self._pace_time: float | None = None
+        self._pace_time = -1.0  # when the token bucket was last filled; -1.0: never
 
     # ------------------------------------------------------------------ sender-side events
 
@@ -239,12 +240,17 @@ class BBR:
     def can_send(self, bytes_in_flight: int) -> bool:
         return bytes_in_flight < self.cwnd
 
+    @property
+    def min_rtt(self) -> float | None:
+        """The windowed minimum RTT; None before the first sample."""
+        return self._min_rtt if self._min_rtt >= 0.0 else None
+
     def next_send_time(self, now: float) -> float:
         """Earliest time the next packet may leave: at or before `now` when it may go at once.
         A token bucket holding max(2 datagrams, 1 ms of bytes) lets small bursts out without
         a timer per packet while the rate holds over any longer interval."""
         t = self._pace_time
-        if t is None:
+        if t < 0.0:
             return now
         need = self.max_datagram - self._tokens
         if need <= 0.0:
@@ -287,12 +293,12 @@ class BBR:
         if ack_interval > interval:
             interval = ack_interval
         self._first_sent_time = best_sent
-        min_rtt = self.min_rtt
+        min_rtt = self._min_rtt  # < 0.0: no sample yet
         floor = min_rtt  # an interval shorter than any RTT is a bogus sample
-        if rtt_sample is not None and (floor is None or rtt_sample < floor):
+        if rtt_sample is not None and (floor < 0.0 or rtt_sample < floor):
             floor = rtt_sample
         rate: float | None = None
-        if interval > 0.0 and (floor is None or interval >= floor):
+        if interval > 0.0 and (floor < 0.0 or interval >= floor):
             rate = (delivered - best_delivered) / interval
 
         if best_delivered >= self._next_round_delivered:
@@ -324,10 +330,10 @@ class BBR:
             self._check_drain(now, bytes_in_flight)
 
         # the min RTT over MIN_RTT_WINDOW (_update_min_rtt)
-        expired = min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW
+        expired = min_rtt >= 0.0 and now > self._min_rtt_stamp + MIN_RTT_WINDOW
         if rtt_sample is not None and rtt_sample >= 0.0 and (
-                min_rtt is None or rtt_sample <= min_rtt or expired):
-            self.min_rtt = min_rtt = rtt_sample
+                min_rtt < 0.0 or rtt_sample <= min_rtt or expired):
+            self._min_rtt = min_rtt = rtt_sample
             self._min_rtt_stamp = now
         if expired or self.state == PROBE_RTT:
             self._check_probe_rtt(now, bytes_in_flight, expired)
@@ -338,7 +344,7 @@ class BBR:
         bw = self.btl_bw
         if bw > 0.0:
             new_rate: float | None = self.pacing_gain * bw
-        elif min_rtt is not None and min_rtt > 0.0:
+        elif min_rtt > 0.0:  # (-1.0 before any sample)
             # no bandwidth sample yet, but an RTT: pace the initial window over it
             new_rate = self.pacing_gain * self.initial_cwnd / min_rtt
         else:
@@ -353,7 +359,7 @@ class BBR:
             if bytes_in_flight + acked_bytes > cwnd:
                 cwnd = bytes_in_flight + acked_bytes
         else:
-            if min_rtt is None or bw <= 0.0:
+            if min_rtt < 0.0 or bw <= 0.0:
                 target = self.initial_cwnd
             else:
                 target = int(self.cwnd_gain * bw * min_rtt) + QUANTA_PACKETS * self.max_datagram
@@ -392,16 +398,17 @@ class BBR:
 
     def _bdp_inflight(self, gain: float) -> int:
         """gain x estimated BDP plus headroom; the initial cwnd until the model has samples."""
-        if self.min_rtt is None or self.btl_bw <= 0.0:
+        if self._min_rtt < 0.0 or self.btl_bw <= 0.0:
             return self.initial_cwnd
-        return int(gain * self.btl_bw * self.min_rtt) + QUANTA_PACKETS * self.max_datagram
+        return int(gain * self.btl_bw * self._min_rtt) + QUANTA_PACKETS * self.max_datagram
 
     def _update_min_rtt(self, now: float, rtt_sample: float | None) -> bool:
         """Track the min RTT over 10 s; returns whether the old one had expired."""
-        expired = self.min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW
+        min_rtt = self._min_rtt
+        expired = min_rtt >= 0.0 and now > self._min_rtt_stamp + MIN_RTT_WINDOW
         if rtt_sample is not None and rtt_sample >= 0.0 and (
-                self.min_rtt is None or rtt_sample <= self.min_rtt or expired):
-            self.min_rtt = rtt_sample
+                min_rtt < 0.0 or rtt_sample <= min_rtt or expired):
+            self._min_rtt = rtt_sample
             self._min_rtt_stamp = now
         return expired
 
@@ -439,7 +446,7 @@ class BBR:
         self.pacing_gain = PACING_GAIN_CYCLE[self._cycle_index]
 
     def _is_next_cycle_phase(self, now: float, prior_inflight: int) -> bool:
-        full_length = self.min_rtt is not None and now - self._cycle_stamp > self.min_rtt
+        full_length = self._min_rtt >= 0.0 and now - self._cycle_stamp > self._min_rtt
         gain = self.pacing_gain
         if gain == 1.0:
             return full_length
@@ -498,10 +505,10 @@ class BBR:
     def _set_pacing_rate_with_gain(self, gain: float) -> None:
         bw = self.btl_bw
         if bw <= 0.0:
-            if self.min_rtt is None or self.min_rtt <= 0.0:
+            if self._min_rtt <= 0.0:  # no sample yet (-1.0), or a useless zero
                 return
             # no bandwidth sample yet, but an RTT: pace the initial window over it
-            rate = gain * self.initial_cwnd / self.min_rtt
+            rate = gain * self.initial_cwnd / self._min_rtt
         else:
             rate = gain * bw
         # in STARTUP the rate only grows: one low early sample must not stall the ramp-up
@@ -516,7 +523,7 @@ class BBR:
     def _refill(self, now: float) -> None:
         # _burst() spelled out without max()/min(): this runs for every packet and every ACK
         t = self._pace_time
-        if t is None:
+        if t < 0.0:
             self._pace_time = now
         elif now > t:
             rate = self.pacing_rate

@@ -12,6 +12,9 @@ class Item:
         self.name = name
         self.timer_at: float | None = None
 
+    def __lt__(self, other: Item) -> bool:
+        return self.name < other.name
+
 
 async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry() -> None:
     loop = asyncio.get_running_loop()
@@ -36,6 +39,19 @@ async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry(
     assert all(now >= t0 for _, now in fired)
     assert a.timer_at is None and b.timer_at is None  # owners re-schedule from their fire
     heap.close()
+
+
+async def test_equal_deadlines_fire_every_owner() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append(item.name),
+                                      lambda item: True)
+    heap.loop = loop
+    at = loop.time() + 0.01
+    for name in ("c", "a", "b"):
+        heap.schedule(Item(name), at)
+    await asyncio.sleep(0.05)
+    assert sorted(fired) == ["a", "b", "c"]
 
 
 async def test_entries_of_dead_owners_are_skipped_and_close_disarms() -> None:

@@ -601,7 +601,13 @@ class QuantumServer(asyncio.DatagramProtocol):
         self._timers.schedule(peer, conn.get_timer())
 
     def _on_timer(self, peer: Peer, now: float) -> None:
-        peer.conn.handle_timer(now)
+        conn = peer.conn
+        at = conn.get_timer()
+        if at is not None and at > now:
+            # an early wake-up (TimerHeap keeps the earlier of two deadlines): nothing is due
+            self._timers.schedule(peer, at)
+            return
+        conn.handle_timer(now)
         self._drain(peer)
 
     # ------------------------------------------------------------------ background work

@@ -56,6 +56,7 @@ from quantum.frames import (
     RejectFrame,
     SessionFrame,
     decode_frames,
+    elicits_ack,
     encode_frames,
     is_retransmittable,
 )
@@ -450,8 +451,7 @@ class Connection:
             # authenticated, so it really came from the peer: a protocol violation
             self._protocol_violation(f"malformed frames: {exc}", now)
             return
-        ack_eliciting = bool(frames)
-        received.on_received(pn, ack_eliciting, now)
+        received.on_received(pn, elicits_ack(frames), now)
         stats = self.stats
         stats.packets_received += 1
         stats.bytes_received += len(data)
@@ -871,8 +871,7 @@ class Connection:
         datagram = header + seal.seal(pn, header, body)
         received.on_ack_sent()
         size = len(datagram)
-        ack_eliciting = bool(frames)
-        if ack_eliciting:  # a pure ACK is neither tracked nor congestion controlled
+        if elicits_ack(frames):  # a pure ACK is neither tracked nor congestion controlled
             retransmittable: list[object] = [f for f in frames if is_retransmittable(f)]
             rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight)
             sent.on_packet_sent(SentPacket(pn, now, size, True, True, retransmittable, rate))

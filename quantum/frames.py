@@ -375,12 +375,22 @@ def is_retransmittable(frame: object) -> bool:
     """Whether a lost packet's frame must go out again in a new packet.
 
     Unreliable messages never are (their delivery mode says so), keepalives are re-sent by the
-    keepalive timer, parity only helps while the group is fresh, path probes are re-issued by
-    the migration logic, and an ack floor is recomputed from the next ACK when still needed.
+    keepalive timer, keepalive answers by the keepalive's sender re-sending the keepalive,
+    parity only helps while the group is fresh, path probes are re-issued by the migration
+    logic, and an ack floor is recomputed from the next ACK when still needed.
     """
     if isinstance(frame, MessageFrame):
         return frame.mode <= Delivery.RELIABLE_UNORDERED
-    return isinstance(frame, CloseFrame | SessionFrame | KeepaliveAckFrame | RejectFrame)
+    return isinstance(frame, CloseFrame | SessionFrame | RejectFrame)
+
+
+def elicits_ack(frames: list[Frame]) -> bool:
+    """Whether a packet carrying `frames` must be acknowledged (and so is tracked in flight).
+
+    Every frame elicits an ACK except KEEPALIVE_ACK (PADDING never reaches a frame list): like
+    an ACK, the answer to a keepalive is neither acknowledged, retransmitted nor congestion
+    controlled, so a heartbeat costs the answering side no in-flight state and no timer."""
+    return any(type(frame) is not KeepaliveAckFrame for frame in frames)
 
 
 def _need(payload: bytes, end: int, what: str) -> None:

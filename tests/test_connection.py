@@ -104,6 +104,11 @@ def test_keepalive_is_answered_with_remaining_seconds() -> None:
     acks = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, KeepaliveAcknowledged)]
     assert [(a.keepalive_id, a.remaining) for a in acks] == [(kid, 1234.5)]
     assert acks[0].rtt == pytest.approx(0.04, abs=0.03)
+    # the answer is not ack-eliciting: the server keeps nothing in flight for it and arms no
+    # retransmission timer (its next deadline is the idle timeout), the client owes no ACK
+    assert server._sent.bytes_in_flight == 0
+    assert server.get_timer() == pytest.approx(server.last_received_at + server.config.idle_timeout)
+    assert client._received.ack_deadline() is None
 
 
 def test_automatic_keepalives_when_quiet() -> None:

@@ -26,6 +26,7 @@ from quantum.frames import (
     RejectFrame,
     SessionFrame,
     decode_frames,
+    elicits_ack,
     encode_frames,
     is_retransmittable,
 )
@@ -215,11 +216,21 @@ def test_non_bytes_payload_is_malformed() -> None:
 def test_retransmittable_frames() -> None:
     yes = [MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, b""),
            MessageFrame(0, Delivery.RELIABLE_UNORDERED, 1, 0, 1, b""),
-           CloseFrame(0, ""), SessionFrame(bytes(16), "", 0, False), KeepaliveAckFrame(1, 2),
-           RejectFrame(16, "")]
-    no = [MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""),
+           CloseFrame(0, ""), SessionFrame(bytes(16), "", 0, False), RejectFrame(16, "")]
+    no = [MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""), KeepaliveAckFrame(1, 2),
           MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, 0, 1, b""),
           ParityFrame(1, 1, 0, (1,), b""), PaddingFrame(1), PathChallengeFrame(bytes(8)),
           PathResponseFrame(bytes(8)), KeepaliveFrame(1), AckFloorFrame(3), object()]
     assert all(is_retransmittable(f) for f in yes)
     assert not any(is_retransmittable(f) for f in no)
+
+
+def test_every_frame_but_the_keepalive_answer_elicits_an_ack() -> None:
+    answer = KeepaliveAckFrame(1, 2)
+    assert not elicits_ack([])
+    assert not elicits_ack([answer])
+    assert not elicits_ack([answer, KeepaliveAckFrame(2, 2)])
+    for other in (KeepaliveFrame(1), AckFloorFrame(3), PathChallengeFrame(bytes(8)),
+                  MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""), CloseFrame(0, "")):
+        assert elicits_ack([other])
+        assert elicits_ack([answer, other])

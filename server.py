@@ -52,6 +52,7 @@ from session.memory import MemoryStore
 from session.model import Session, State, Stats
 
 log = structlog.get_logger("quantum.server")
+_CLOSED = ConnectionState.CLOSED
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB
 #: each, ~1.2 MB here) hands the freed memory back to the OS
 TRIM_AFTER_RELEASES = 256
@@ -230,7 +231,7 @@ class SessionBridge:
         server = self.server
         if isinstance(event, KeepaliveReceived):
             server.counters.heartbeats += 1
-            peer.last_keepalive = server.loop.time()
+            peer.last_keepalive = peer.conn.last_received_at  # when it arrived (loop time)
             peer.idle = False
             self._heartbeat(peer, event.keepalive_id)
         elif isinstance(event, MessageReceived):
@@ -527,7 +528,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             await asyncio.sleep(0.05)
         for peer in list(self.peers.values()):  # unresponsive clients: give up on them
             peer.conn.handle_timer(float("inf"))
-            self._drain(peer)
+            self._drain(peer, self.loop.time())
         if self._periodic is not None:
             self._periodic.cancel()
         if self._tasks:
@@ -551,7 +552,7 @@ class QuantumServer(asyncio.DatagramProtocol):
         now = self.loop.time()
         if peer is not None:
             peer.conn.receive_datagram(data, addr, now)
-            self._drain(peer)
+            self._drain(peer, now)
             return
         if not self._accepting:
             self._drop("shutting_down")
@@ -565,15 +566,16 @@ class QuantumServer(asyncio.DatagramProtocol):
             peer = Peer(self, conn, last_keepalive=now)
             self.peers[conn.connection_id] = peer
             self.counters.connections_opened += 1
-            self._drain(peer)
+            self._drain(peer, now)
 
     def error_received(self, exc: Exception) -> None:
         self._drop("socket_error")
 
     # ------------------------------------------------------------------ per-connection work
 
-    def _drain(self, peer: Peer) -> None:
-        """After any input: turn the connection's events into session calls, then flush."""
+    def _drain(self, peer: Peer, now: float) -> None:
+        """After any input at `now`: turn the connection's events into session calls, then
+        flush."""
         conn, handle = peer.conn, self.bridge.handle
         while (event := conn.next_event()) is not None:
             try:
@@ -581,16 +583,18 @@ class QuantumServer(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("event handling failed", connection_id=peer.connection_id,
                               event_type=type(event).__name__)
-        self.flush(peer)
+        self.flush(peer, now)
 
-    def flush(self, peer: Peer) -> None:
+    def flush(self, peer: Peer, now: float | None = None) -> None:
+        """Send what the connection has queued; re-arm its timer (or forget it once closed).
+        `now`: the loop time, when the caller already read it."""
         conn = peer.conn
         transport = self._transport
-        datagrams = conn.datagrams_to_send(self.loop.time())
+        datagrams = conn.datagrams_to_send(self.loop.time() if now is None else now)
         if transport is not None:
             for data, addr in datagrams:
                 transport.sendto(data, addr)
-        if conn.state is ConnectionState.CLOSED:
+        if conn.state is _CLOSED:
             if self.peers.pop(conn.connection_id, None) is not None:
                 self.counters.connections_closed += 1
                 self.counters.retransmissions += conn.stats.retransmissions
@@ -598,7 +602,10 @@ class QuantumServer(asyncio.DatagramProtocol):
                 while (event := conn.next_event()) is not None:
                     self.bridge.handle(peer, event)
             return
-        self._timers.schedule(peer, conn.get_timer())
+        at = conn.get_timer()
+        timer_at = peer.timer_at
+        if at is not None and (timer_at is None or at < timer_at):  # else: nothing to do
+            self._timers.schedule(peer, at)
 
     def _on_timer(self, peer: Peer, now: float) -> None:
         conn = peer.conn
@@ -608,7 +615,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             self._timers.schedule(peer, at)
             return
         conn.handle_timer(now)
-        self._drain(peer)
+        self._drain(peer, now)
 
     # ------------------------------------------------------------------ background work
 

@@ -181,6 +181,10 @@ class AckResult:
         self.rtt_sample = rtt_sample
 
 
+#: the result of an ACK that acknowledges nothing tracked; shared, so never to be mutated
+_NOTHING_ACKED: Final = AckResult([], [], None)
+
+
 class SendTracker:
     """Packets in flight, ACK/SACK processing, fast retransmit and the RTO timer.
 
@@ -292,6 +296,8 @@ class SendTracker:
             self._peer_cumulative = cumulative
         if cumulative - 1 > self._largest_acked:
             self._largest_acked = cumulative - 1
+        if not outstanding and blocks is None:
+            return _NOTHING_ACKED  # nothing in flight (a heartbeat-only connection): no news
         acked: list[SentPacket]
         if outstanding and cumulative > self._last_tracked:
             # the common case: the cumulative ack covers everything in flight

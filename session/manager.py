@@ -394,7 +394,12 @@ class SessionManager:
         remaining (raising like `heartbeat`); otherwise it changes nothing and returns None,
         and the caller awaits `heartbeat` instead.
         """
-        now, expires_at = self._now_and_expiry()
+        # _now_and_expiry spelled out: this runs for every keepalive the server receives
+        now = self._clock()
+        if now is not self._expiry_for:
+            self._expiry = now + self._timeout
+            self._expiry_for = now
+        expires_at = self._expiry
         touch_now = self._touch_now
         if touch_now is not None:
             touch_now(session_id, now, expires_at)

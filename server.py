@@ -64,12 +64,14 @@ T = TypeVar("T")
 
 
 class Timed(Protocol):
-    """Anything scheduled on a TimerHeap records its pending deadline here (None: none), and
-    orders against its kind (any consistent order: it only breaks ties between deadlines)."""
+    """Anything scheduled on a TimerHeap records its pending deadline here (None: none) and
+    names a unique key that breaks ties between equal deadlines (loop times step in whole
+    milliseconds, so ties are common): an object it already holds, compared in C."""
 
     timer_at: float | None
 
-    def __lt__(self, other: Any, /) -> bool: ...
+    @property
+    def timer_key(self) -> bytes: ...
 
 
 TimedT = TypeVar("TimedT", bound=Timed)
@@ -91,8 +93,8 @@ class TimerHeap(Generic[TimedT]):
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the owner starts
         self._fire = fire
         self._alive = alive
-        # (deadline, owner): no sequence number per entry, ties fall back on the owner's order
-        self._heap: list[tuple[float, TimedT]] = []
+        # (deadline, owner's tie-break key, owner): no new object per entry but the tuple
+        self._heap: list[tuple[float, bytes, TimedT]] = []
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at: float | None = None
 
@@ -103,7 +105,7 @@ class TimerHeap(Generic[TimedT]):
         if current is not None and current <= at:
             return  # the live entry fires first; its owner re-schedules then
         item.timer_at = at
-        heapq.heappush(self._heap, (at, item))
+        heapq.heappush(self._heap, (at, item.timer_key, item))
         if self._handle_at is None or at < self._handle_at:
             self._arm(at)
 
@@ -127,13 +129,13 @@ class TimerHeap(Generic[TimedT]):
         now = self.loop.time()
         heap, alive = self._heap, self._alive
         while heap and heap[0][0] <= now:
-            at, item = heapq.heappop(heap)
+            at, _, item = heapq.heappop(heap)
             if item.timer_at != at or not alive(item):
                 continue  # superseded by a later scheduling, or gone
             item.timer_at = None
             self._fire(item, now)
         while heap:
-            at, item = heap[0]
+            at, _, item = heap[0]
             if item.timer_at == at and alive(item):
                 self._arm(at)
                 break
@@ -163,8 +165,9 @@ class Peer:
     def connection_id(self) -> str:
         return str(uuid.UUID(bytes=self.conn.connection_id))
 
-    def __lt__(self, other: Peer) -> bool:
-        return id(self) < id(other)  # TimerHeap tie-break: any consistent order will do
+    @property
+    def timer_key(self) -> bytes:
+        return self.conn.connection_id  # unique among live connections: a TimerHeap tie-break
 
     @property
     def address(self) -> Address:

@@ -70,8 +70,9 @@ class Client:
     active: bool = False  # part of the closed loop (idle clients only hold their connection)
     settled: bool = False  # its handshake has been counted, as established or as refused
 
-    def __lt__(self, other: Client) -> bool:
-        return id(self) < id(other)  # TimerHeap tie-break: any consistent order will do
+    @property
+    def timer_key(self) -> bytes:
+        return self.conn.connection_id  # unique: a TimerHeap tie-break
 
 
 @dataclass(slots=True)
@@ -193,10 +194,18 @@ class LoadGenerator:
         if conn.state is ConnectionState.CLOSED:
             self.clients.pop(conn.connection_id, None)
             return
-        self._timers.schedule(client, conn.get_timer())
+        at = conn.get_timer()
+        timer_at = client.timer_at
+        if at is not None and (timer_at is None or at < timer_at):  # else: nothing to do
+            self._timers.schedule(client, at)
 
     def _on_timer(self, client: Client, now: float) -> None:
-        client.conn.handle_timer(now)
+        conn = client.conn
+        at = conn.get_timer()
+        if at is not None and at > now:  # an early wake-up (see TimerHeap): nothing is due
+            self._timers.schedule(client, at)
+            return
+        conn.handle_timer(now)
         self._drain(client)
 
     # ------------------------------------------------------------------ handshakes

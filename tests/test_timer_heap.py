@@ -12,8 +12,9 @@ class Item:
         self.name = name
         self.timer_at: float | None = None
 
-    def __lt__(self, other: Item) -> bool:
-        return self.name < other.name
+    @property
+    def timer_key(self) -> bytes:
+        return self.name.encode()
 
 
 async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from quantum.build import is_compiled
 from quantum.crypto import Algorithm, PacketProtection
 from quantum.handshake import ClientHandshake, Credentials, ServerHandshake, ServerParams
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
-    json.dump(measure(args.iterations), sys.stdout)
+    json.dump({**measure(args.iterations), "compiled": is_compiled()}, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -46,6 +46,7 @@ from typing import Any
 from benchmarks.echo_server import CpuWindow, enlarge_buffers, rss_bytes, run_echo_server
 from benchmarks.loadgen import pin_to_cpu, run_loadgen, serve_commands
 from quantum.auth import AnonymousAuthenticator
+from quantum.build import is_compiled
 from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import ServerKeyFile
 from quantum.listener import Listener
@@ -289,7 +290,9 @@ def run_idle(ctx: Any, count: int) -> dict[str, Any]:
         return {"idle_connections": count,
                 "bytes_per_idle_connection": round((after["rss"] - before["rss"]) / count),
                 "bytes_per_idle_connection_awake": round((awake["rss"] - before["rss"]) / count),
-                "idle_connections_hibernating": after["hibernating"] - before["hibernating"],
+                # every connection the server holds (warm-up ones too) and how many hibernate
+                "server_connections": after["connections"],
+                "hibernating_connections": after["hibernating"],
                 "rss_before_mib": round(before["rss"] / 2**20, 1),
                 "rss_after_mib": round(after["rss"] / 2**20, 1),
                 "handshake_seconds": handshakes["seconds"],
@@ -344,6 +347,8 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
         "clients": clients,
         "duration_s": duration,
         "store": store,
+        # the protocol core the server ran: mypyc-compiled (setup.py) or plain Python
+        "compiled": is_compiled(),
         "server_cpu_utilisation": round(server["utilisation"], 3),
         "heartbeats_per_s": round(server["count"] / server["wall_s"]),
         "loadgen_cpu_s": client_side["loadgen_cpu_s"],

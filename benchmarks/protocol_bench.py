@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from quantum.build import is_compiled
 from quantum.config import QuantumConfiguration
 from quantum.connection import ConnectionState
 from quantum.events import MessageReceived
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {results[-1]['case']}: done", file=sys.stderr, flush=True)
     results.append(run_bulk(args.bulk))
     results.append(run_protection(20_000 if args.quick else 200_000))
+    compiled = is_compiled()  # the protocol core that ran: mypyc-compiled or plain Python
+    for result in results:
+        result["compiled"] = compiled
     print(json.dumps(results, indent=2))
     return 0
 

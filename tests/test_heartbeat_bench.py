@@ -29,7 +29,11 @@ REQUIRED = {
     "store": str,
     "idle_connections": int,
     "bytes_per_idle_connection": int,
+    "bytes_per_idle_connection_awake": int,
+    "server_connections": int,
+    "hibernating_connections": int,
     "server_cpu_utilisation": float,
+    "compiled": bool,
 }
 
 
@@ -57,6 +61,8 @@ def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     ratio = result["heartbeats_per_cpu_s"] / result["baseline_echo_per_cpu_s"]
     assert abs(result["ratio"] - ratio) <= 0.002
     assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
+    # every connection went quiet long enough to release its ciphers
+    assert result["hibernating_connections"] == result["server_connections"] >= 40
 
 
 def test_bad_arguments_are_refused_with_a_reason() -> None:

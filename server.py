@@ -461,6 +461,21 @@ class ServerConfig:
     #: traffic never is; waking costs ~1.4 us, once per quiet spell
     hibernate_after: float = 2.0
 
+    def __post_init__(self) -> None:
+        """Refuse a configuration the server could not run with, naming the field."""
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host must be a non-empty string, got {self.host!r}")
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {self.port!r}")
+        if type(self.max_connections) is not int or self.max_connections < 1:
+            raise ValueError(f"max_connections must be a positive integer, "
+                             f"got {self.max_connections!r}")
+        for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
+                     "hibernate_after"):
+            value = getattr(self, name)
+            if (type(value) not in (int, float) or not 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
 
 class QuantumServer(asyncio.DatagramProtocol):
     """The UDP server. `await server.start()`, then `await server.stop()`."""

@@ -125,6 +125,8 @@ class MemoryStore(Store):
         session = self._sessions.pop(session_id)
         self._unindex(session)
         del self._due[session_id]
+        if session.metadata is _NO_METADATA:  # it leaves the store: its own dict from now on
+            session.metadata = {}
         return session
 
     # -- the Store contract

@@ -238,3 +238,21 @@ def test_stale_entry_alike_the_live_one_neither_doubles_nor_loses_expiry(extende
     assert store.heap_size() == 0
     assert run_now(store.count()) == 0
     assert run_now(store.expire(at(10**6))) == []
+
+
+def test_sessions_leaving_the_store_do_not_share_their_empty_metadata() -> None:
+    # the store keeps one shared empty dict for sessions without metadata; what it hands out,
+    # deleted and expired sessions included, must each own theirs
+    store = MemoryStore()
+    a, b, c = make(60), make(1), make(60)
+    for session in (a, b, c):
+        run_now(store.create(session))
+    deleted = run_now(store.delete(a.session_id))
+    expired = run_now(store.expire(at(2)))
+    fetched = run_now(store.get(c.session_id))
+    deleted.metadata["x"] = "1"
+    expired[0].metadata["y"] = "2"
+    fetched.metadata["z"] = "3"
+    assert run_now(store.get(c.session_id)).metadata == {}
+    assert [s.session_id for s in expired] == [b.session_id]
+    assert (deleted.metadata, expired[0].metadata) == ({"x": "1"}, {"y": "2"})

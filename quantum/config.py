@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+#: packets left under the key limit when the graceful close starts: room to drain what is
+#: queued, send the FIN and retransmit it
+KEY_LIMIT_HEADROOM: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,10 @@ class QuantumConfiguration:
     max_ack_delay: float = 0.025
     #: how long a closing endpoint waits for its FIN to be acknowledged
     close_timeout: float = 3.0
+    #: packets one key may seal (the AES-GCM confidentiality bound RFC 9001 section 6.6 uses);
+    #: an endpoint closes gracefully, code KEYS_EXHAUSTED, KEY_LIMIT_HEADROOM packets before it
+    #: and never seals past it. v2 has no key update: the client resumes on a new connection.
+    packets_per_key: int = 1 << 23
 
     def __post_init__(self) -> None:
         if self.keepalive_interval is not None and self.keepalive_interval <= 0:
@@ -40,5 +49,8 @@ class QuantumConfiguration:
                     f"fec must be (k, m) with 1 <= k <= 16, 1 <= m <= 16, got {self.fec}")
         if not 16 <= self.window <= 4096:
             raise ValueError(f"window must be between 16 and 4096 packets, got {self.window}")
+        if not 2 * KEY_LIMIT_HEADROOM <= self.packets_per_key <= 1 << 62:
+            raise ValueError(f"packets_per_key must be between {2 * KEY_LIMIT_HEADROOM} and "
+                             f"2**62, got {self.packets_per_key}")
         if not 0 < self.max_ack_delay <= 0.5:
             raise ValueError(f"max_ack_delay must be in (0, 0.5], got {self.max_ack_delay}")

@@ -26,7 +26,7 @@ from typing import Final, cast
 from quantum import packet as wire
 from quantum.bbr import BBR
 from quantum.channels import ChannelReceiver, ChannelSender
-from quantum.config import QuantumConfiguration
+from quantum.config import KEY_LIMIT_HEADROOM, QuantumConfiguration
 from quantum.crypto import PacketProtection, ProtectionError
 from quantum.errors import CloseCode, ConnectionClosedError, MessageError, ProtocolError
 from quantum.events import (
@@ -153,6 +153,7 @@ class Connection:
 
     __slots__ = (
         "_cc",
+        "_close_at_pn",
         "_close_deadline",
         "_control",
         "_events",
@@ -234,6 +235,8 @@ class Connection:
         self._handshake: ClientHandshake | None = None
         self._handshake_tries = 0
         self._handshake_deadline = now + configuration.handshake_timeout
+        # the graceful close before the key's packet limit starts here (see _keys_running_out)
+        self._close_at_pn = configuration.packets_per_key - KEY_LIMIT_HEADROOM
         self._handshake_resend_at: float | None = None
         # client handshake datagrams waiting to go out (None: none; the server never has any)
         self._handshake_out: list[bytes] | None = None
@@ -346,7 +349,8 @@ class Connection:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
         if self.state is not ConnectionState.AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
-        self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
+        if self._sent.next_pn < self.config.packets_per_key:
+            self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def send(self, message: object, channel: object = 0,
@@ -487,7 +491,9 @@ class Connection:
             self._handshake_out = None
         self._now = now
         if self._seal is not None and self.state is not ConnectionState.CLOSED:
-            self._fill(now)
+            if self._sent.next_pn >= self._close_at_pn:
+                self._keys_running_out()  # a graceful close (or, at the limit, the end)
+            self._fill(now)  # stops by itself at the limit
         pending_out = self._pending_out
         if pending_out:
             addr = self.peer_addr
@@ -782,7 +788,11 @@ class Connection:
     def _fill(self, now: float) -> None:
         """Build as many packets as the window, congestion control and pacing allow."""
         sent, cc, encoder = self._sent, self._cc, self._fec_encoder
+        key_limit = self.config.packets_per_key
         while True:
+            if sent.next_pn >= key_limit:  # never seal past the key's limit
+                self._keys_running_out()
+                return
             if not self._has_data():
                 if encoder is not None:
                     # the sender ran dry: close the FEC group now rather than let a partial
@@ -897,8 +907,17 @@ class Connection:
                 self._queue_parity(shards)
         return pn
 
+    def _keys_running_out(self) -> None:
+        """Near the key's packet limit: close gracefully (the headroom drains the queue and
+        carries the FIN); at the limit itself: stop, without sealing another packet."""
+        if self._sent.next_pn >= self.config.packets_per_key:
+            self._terminate(CloseCode.KEYS_EXHAUSTED, "packet protection limit reached",
+                            by_peer=False)
+        else:
+            self.close("packet protection limit reached: reconnect", CloseCode.KEYS_EXHAUSTED)
+
     def _send_ack_only(self, now: float) -> None:
-        if self._seal is None:
+        if self._seal is None or self._sent.next_pn >= self.config.packets_per_key:
             return
         self._send_protected([], now, flags=ACK)
 
@@ -919,7 +938,7 @@ class Connection:
     # ------------------------------------------------------------------ ending
 
     def _protocol_violation(self, reason: str, now: float) -> None:
-        if self._seal is not None:
+        if self._seal is not None and self._sent.next_pn < self.config.packets_per_key:
             self._send_protected([CloseFrame(CloseCode.PROTOCOL_VIOLATION, reason[:512])], now,
                                  flags=ACK | RST)
         self._terminate(CloseCode.PROTOCOL_VIOLATION, reason, by_peer=False)

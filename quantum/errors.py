@@ -31,6 +31,9 @@ class CloseCode(enum.IntEnum):
     SERVER_SHUTDOWN = 4
     HANDSHAKE_TIMEOUT = 5
     INTERNAL_ERROR = 6
+    #: the connection sealed as many packets as one key may protect (QuantumConfiguration.
+    #: packets_per_key); the client reconnects, resuming its session
+    KEYS_EXHAUSTED = 7
     # handshake rejections
     BAD_TICKET = 16
     EXPIRED_TICKET = 17

@@ -283,6 +283,49 @@ def test_server_keeps_neither_credentials_nor_the_session_token() -> None:
     assert client.session_token is not None and client.session_id is not None
 
 
+def test_connection_closes_before_its_keys_seal_too_many_packets() -> None:
+    # A small limit stands in for AES-GCM's 2**23: the endpoint that nears it closes
+    # gracefully (code KEYS_EXHAUSTED, so the server keeps the session for a resume), delivers
+    # everything it had queued, and never seals a packet number at or past the limit.
+    limit = 2100
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=limit, fec=None)
+    sim = make_sim(LinkProfile(delay=0.01, loss=0.02), seed=11, config=config)
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=5.0, condition=lambda: established(sim, client))
+    sent: list[bytes] = []
+    while client.state is ConnectionState.ESTABLISHED and len(sent) < 5000:
+        for _ in range(50):
+            sent.append(len(sent).to_bytes(4, "big") * 64)
+            client.send(sent[-1])
+        sim.flush()
+        sim.run(until=sim.now + 0.2)
+    sim.run(until=sim.now + 30.0)
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == CloseCode.KEYS_EXHAUSTED
+    assert client._sent.next_pn <= limit
+    assert server_messages(sim) == sent[:len(server_messages(sim))]
+    assert len(server_messages(sim)) == len(sent)  # queued before the close: all delivered
+    closed = [e for _, e in sim.server.events if isinstance(e, ConnectionClosed)]
+    assert [(e.code, e.by_peer) for e in closed] == [(CloseCode.KEYS_EXHAUSTED, True)]
+
+
+def test_at_the_key_limit_nothing_more_is_sealed() -> None:
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=4096)
+    sim = make_sim(config=config)
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=5.0, condition=lambda: established(sim, client))
+    client._sent.next_pn = 4096  # as if 4096 packets had been sealed under this key
+    client.send(b"too late")
+    assert client.datagrams_to_send(sim.now) == []
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == CloseCode.KEYS_EXHAUSTED and client._sent.next_pn == 4096
+
+
+def test_packets_per_key_must_leave_room_for_the_closing_handshake() -> None:
+    with pytest.raises(ValueError, match="packets_per_key must be between 2048"):
+        QuantumConfiguration(packets_per_key=1000)
+
+
 def test_channels_are_independent_under_loss() -> None:
     """A reliable message stuck behind a loss on channel 1 does not hold back channel 2."""
     sim = make_sim()

@@ -82,17 +82,19 @@ class TimerHeap(Generic[TimedT]):
 
     Re-scheduling does not search the heap: the owner's `timer_at` names its live deadline and
     any other entry for it is skipped when popped, as are entries whose owner `alive` denies.
-    A deadline that moves *later* is not pushed at all: the earlier entry fires, `fire` finds
-    nothing due (sans-I/O `handle_timer` only acts on what is due) and the owner re-schedules
-    from the connection's real deadline. Every ACK moves the retransmission deadline later, so
-    this turns a heap push and a stale pop per packet into one early wake-up per deadline.
+    A deadline that moves *later* is not pushed at all: when the earlier entry comes due, the
+    owner's real deadline is asked again (`deadline`) and, if it is still ahead, re-filed
+    without firing. Every ACK moves the retransmission deadline later, so this turns a heap
+    push and a stale pop per packet into one early wake-up per deadline.
     """
 
     def __init__(self, fire: Callable[[TimedT, float], None],
-                 alive: Callable[[TimedT], bool]) -> None:
+                 alive: Callable[[TimedT], bool],
+                 deadline: Callable[[TimedT], float | None] | None = None) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the owner starts
         self._fire = fire
         self._alive = alive
+        self._deadline = deadline  # the owner's current deadline (None: take entries as due)
         # (deadline, owner's tie-break key, owner): no new object per entry but the tuple
         self._heap: list[tuple[float, bytes, TimedT]] = []
         self._handle: asyncio.TimerHandle | None = None
@@ -127,11 +129,16 @@ class TimerHeap(Generic[TimedT]):
         self._handle = None
         self._handle_at = None
         now = self.loop.time()
-        heap, alive = self._heap, self._alive
+        heap, alive, deadline = self._heap, self._alive, self._deadline
         while heap and heap[0][0] <= now:
-            at, _, item = heapq.heappop(heap)
+            at, key, item = heapq.heappop(heap)
             if item.timer_at != at or not alive(item):
                 continue  # superseded by a later scheduling, or gone
+            real = deadline(item) if deadline is not None else None
+            if real is not None and real > now:  # an early wake-up: the deadline moved later
+                item.timer_at = real
+                heapq.heappush(heap, (real, key, item))
+                continue
             item.timer_at = None
             self._fire(item, now)
         while heap:
@@ -510,7 +517,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self._transport: asyncio.DatagramTransport | None = None
         self._timers: TimerHeap[Peer] = TimerHeap(
-            self._on_timer, lambda peer: peer.conn.connection_id in self.peers)
+            self._on_timer, lambda peer: peer.conn.connection_id in self.peers,
+            lambda peer: peer.conn.get_timer())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._periodic: asyncio.Task[None] | None = None
@@ -620,19 +628,10 @@ class QuantumServer(asyncio.DatagramProtocol):
                 while (event := conn.next_event()) is not None:
                     self.bridge.handle(peer, event)
             return
-        at = conn.get_timer()
-        timer_at = peer.timer_at
-        if at is not None and (timer_at is None or at < timer_at):  # else: nothing to do
-            self._timers.schedule(peer, at)
+        self._timers.schedule(peer, conn.get_timer())
 
     def _on_timer(self, peer: Peer, now: float) -> None:
-        conn = peer.conn
-        at = conn.get_timer()
-        if at is not None and at > now:
-            # an early wake-up (TimerHeap keeps the earlier of two deadlines): nothing is due
-            self._timers.schedule(peer, at)
-            return
-        conn.handle_timer(now)
+        peer.conn.handle_timer(now)
         self._drain(peer, now)
 
     # ------------------------------------------------------------------ background work

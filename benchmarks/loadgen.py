@@ -123,7 +123,8 @@ class LoadGenerator:
         self._transports: list[asyncio.DatagramTransport] = []
         self.clients: dict[bytes, Client] = {}
         self._timers: TimerHeap[Client] = TimerHeap(
-            self._on_timer, lambda client: client.conn.connection_id in self.clients)
+            self._on_timer, lambda client: client.conn.connection_id in self.clients,
+            lambda client: client.conn.get_timer())
         self._timers.loop = self.loop
         self._running = False
         self._result = RunResult()
@@ -194,18 +195,10 @@ class LoadGenerator:
         if conn.state is ConnectionState.CLOSED:
             self.clients.pop(conn.connection_id, None)
             return
-        at = conn.get_timer()
-        timer_at = client.timer_at
-        if at is not None and (timer_at is None or at < timer_at):  # else: nothing to do
-            self._timers.schedule(client, at)
+        self._timers.schedule(client, conn.get_timer())
 
     def _on_timer(self, client: Client, now: float) -> None:
-        conn = client.conn
-        at = conn.get_timer()
-        if at is not None and at > now:  # an early wake-up (see TimerHeap): nothing is due
-            self._timers.schedule(client, at)
-            return
-        conn.handle_timer(now)
+        client.conn.handle_timer(now)
         self._drain(client)
 
     # ------------------------------------------------------------------ handshakes

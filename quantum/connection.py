@@ -491,9 +491,7 @@ class Connection:
             self._handshake_out = None
         self._now = now
         if self._seal is not None and self.state is not ConnectionState.CLOSED:
-            if self._sent.next_pn >= self._close_at_pn:
-                self._keys_running_out()  # a graceful close (or, at the limit, the end)
-            self._fill(now)  # stops by itself at the limit
+            self._fill(now)
         pending_out = self._pending_out
         if pending_out:
             addr = self.peer_addr
@@ -788,11 +786,10 @@ class Connection:
     def _fill(self, now: float) -> None:
         """Build as many packets as the window, congestion control and pacing allow."""
         sent, cc, encoder = self._sent, self._cc, self._fec_encoder
-        key_limit = self.config.packets_per_key
+        close_at = self._close_at_pn
         while True:
-            if sent.next_pn >= key_limit:  # never seal past the key's limit
-                self._keys_running_out()
-                return
+            if sent.next_pn >= close_at and self._keys_running_out():
+                return  # the key's limit: not one more packet
             if not self._has_data():
                 if encoder is not None:
                     # the sender ran dry: close the FEC group now rather than let a partial
@@ -907,14 +904,16 @@ class Connection:
                 self._queue_parity(shards)
         return pn
 
-    def _keys_running_out(self) -> None:
+    def _keys_running_out(self) -> bool:
         """Near the key's packet limit: close gracefully (the headroom drains the queue and
-        carries the FIN); at the limit itself: stop, without sealing another packet."""
+        carries the FIN); at the limit itself: stop without sealing another packet, and
+        return True."""
         if self._sent.next_pn >= self.config.packets_per_key:
             self._terminate(CloseCode.KEYS_EXHAUSTED, "packet protection limit reached",
                             by_peer=False)
-        else:
-            self.close("packet protection limit reached: reconnect", CloseCode.KEYS_EXHAUSTED)
+            return True
+        self.close("packet protection limit reached: reconnect", CloseCode.KEYS_EXHAUSTED)
+        return False
 
     def _send_ack_only(self, now: float) -> None:
         if self._seal is None or self._sent.next_pn >= self.config.packets_per_key:

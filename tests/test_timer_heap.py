@@ -72,3 +72,23 @@ async def test_entries_of_dead_owners_are_skipped_and_close_disarms() -> None:
     heap.close()
     await asyncio.sleep(0.03)
     assert fired == ["a"]
+
+
+async def test_an_entry_whose_owner_deadline_moved_later_is_refiled_not_fired() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    real: dict[str, float] = {}
+    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append((item.name, now)),
+                                      lambda item: True, lambda item: real[item.name])
+    heap.loop = loop
+    a = Item("a")
+    t0 = loop.time()
+    real["a"] = t0 + 0.01
+    heap.schedule(a, real["a"])
+    real["a"] = t0 + 0.06  # e.g. an ACK pushed the retransmission deadline back
+    heap.schedule(a, real["a"])  # later: not pushed
+    await asyncio.sleep(0.03)
+    assert fired == [] and a.timer_at == real["a"]  # woke early, re-filed, did not fire
+    await asyncio.sleep(0.06)
+    assert [name for name, _ in fired] == ["a"] and fired[0][1] >= real["a"]
+    heap.close()

@@ -7,6 +7,9 @@ the stateless `quantum.Listener`. All connection timers live in one heap armed w
 place, `SessionBridge.handle`, which reads like the table in docs/ARCHITECTURE.md.
 
 Run it with `quantum-server` (or `python server.py`); `quantum-server --help` lists the flags.
+
+This module is on the per-packet path, so setup.py compiles it with mypyc like the protocol core
+(docs/ARCHITECTURE.md, "The compiled core"); it is ordinary typed Python all the same.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
+from mypy_extensions import mypyc_attr
 
 from quantum.auth import AnonymousAuthenticator, Authenticator, AuthError, TicketAuthenticator
 from quantum.config import QuantumConfiguration
@@ -187,6 +191,7 @@ class Peer:
         self.server.flush(self)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled here, subclassed by applications
 class Application:
     """What a game or collaboration server overrides. Callbacks run on the event loop; return a
     coroutine to do async work (it is scheduled as a task)."""
@@ -452,6 +457,9 @@ class SessionBridge:
 # ------------------------------------------------------------------------------ the server
 
 
+# an ordinary Python class, not a compiled one: its __post_init__ names the field of a value
+# of the wrong type, where a compiled class would raise a bare TypeError first
+@mypyc_attr(native_class=False)
 @dataclass
 class ServerConfig:
     host: str = "0.0.0.0"
@@ -470,17 +478,20 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
-        if not isinstance(self.host, str) or not self.host:
-            raise ValueError(f"host must be a non-empty string, got {self.host!r}")
-        if type(self.port) is not int or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an integer in 0..65535, got {self.port!r}")
-        if type(self.max_connections) is not int or self.max_connections < 1:
+        # the fields as plain objects: they may hold anything the caller passed
+        given: dict[str, object] = vars(self)
+        host, port, max_connections = given["host"], given["port"], given["max_connections"]
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, got {host!r}")
+        if type(port) is not int or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        if type(max_connections) is not int or max_connections < 1:
             raise ValueError(f"max_connections must be a positive integer, "
-                             f"got {self.max_connections!r}")
+                             f"got {max_connections!r}")
         for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
                      "hibernate_after"):
-            value = getattr(self, name)
-            if (type(value) not in (int, float) or not 0 < value < float("inf")):
+            value = given[name]
+            if type(value) not in (int, float) or not 0 < value < float("inf"):  # type: ignore[operator]
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
@@ -923,7 +934,8 @@ def run_app(app: Application | None, argv: list[str] | None = None,
         import uvloop
     except ImportError:
         return asyncio.run(serve(args, app, name))
-    return uvloop.run(serve(args, app, name))
+    status: int = uvloop.run(serve(args, app, name))
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -936,4 +948,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python server.py` runs this file as __main__, always as source: import the module by name
+    # instead, which loads the compiled build where there is one
+    from server import main as _main
+
+    sys.exit(_main())

@@ -3,7 +3,7 @@
 Everything else about the project is declared in pyproject.toml. The modules below are plain,
 fully typed Python (mypy --strict clean); mypyc turns them into C extensions that run the same
 code two to three times faster. Set QUANTUM_PURE_PYTHON=1 at install time to skip compilation
-(the package then runs as ordinary Python, slower but identical in behaviour).
+(the project then runs as ordinary Python, slower but identical in behaviour).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-#: the modules every packet passes through; the handshake, listener and client are not on the
-#: per-packet path and stay interpreted
+#: the modules every packet passes through, from the socket callback in server.py to the session
+#: store; the handshake, listener, client and the etcd store are not on the per-packet path and
+#: stay interpreted
 COMPILED_MODULES = [
     "quantum/serial.py",
     "quantum/packet.py",
@@ -28,11 +29,14 @@ COMPILED_MODULES = [
     "quantum/fec.py",
     "quantum/channels.py",
     "quantum/connection.py",
+    "session/clock.py",
+    "session/memory.py",
+    "server.py",
 ]
 
 
-#: written beside the compiled modules: the SHA-256 of each source they were built from, so that
-#: `quantum.build.stale_modules` can tell when a source changed after the build
+#: written into the quantum package: the SHA-256 of each source compiled (by its path from the
+#: project root), so that `quantum.build.stale_modules` can tell when one changed after the build
 STAMP = "compiled-sources.sha256"
 
 
@@ -42,7 +46,7 @@ class BuildExtWithStamp(build_ext):  # type: ignore[misc]  # setuptools ships no
         if not self.extensions:
             return
         target = Path("quantum") if self.inplace else Path(self.build_lib) / "quantum"
-        lines = [f"{hashlib.sha256(Path(m).read_bytes()).hexdigest()}  {Path(m).name}\n"
+        lines = [f"{hashlib.sha256(Path(m).read_bytes()).hexdigest()}  {m}\n"
                  for m in COMPILED_MODULES]
         target.mkdir(parents=True, exist_ok=True)
         (target / STAMP).write_text("".join(lines))

@@ -43,7 +43,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from benchmarks.echo_server import CpuWindow, enlarge_buffers, rss_bytes, run_echo_server
+from benchmarks.echo_server import CpuWindow, rss_bytes, run_echo_server
 from benchmarks.loadgen import pin_to_cpu, run_loadgen, serve_commands
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
@@ -74,14 +74,6 @@ class BenchError(RuntimeError):
 
 
 # ------------------------------------------------------------------ the server-side runner
-
-
-class BenchServer(QuantumServer):
-    """The product server with socket buffers sized for a closed loop of many clients."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        enlarge_buffers(transport)
 
 
 def _generous_listener(server: QuantumServer, key: ServerKeyFile, max_connections: int) -> None:
@@ -115,7 +107,7 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
     # idle connections must outlive the minute it takes to open 50,000 of them
     config = ServerConfig(host="127.0.0.1", port=0, idle_timeout=900.0,
                           max_connections=max_connections)
-    server = BenchServer(manager, key, AnonymousAuthenticator(), config)
+    server = QuantumServer(manager, key, AnonymousAuthenticator(), config)
     _generous_listener(server, key, max_connections)
     await server.start()
     window = CpuWindow(lambda: server.counters.heartbeats)

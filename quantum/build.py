@@ -1,9 +1,10 @@
 """Which build of the per-packet modules is running: mypyc-compiled or plain Python.
 
 `setup.py` compiles the modules every packet passes through with mypyc, in place, beside their
-sources. Python imports an extension module in preference to the source next to it, so a
-source edited after the build would silently not run; `stale_modules` finds such modules, the
-test suite refuses to start with any, and importing `quantum` warns.
+sources: the protocol core in `quantum`, the hot half of `session`, and `server.py`. Python
+imports an extension module in preference to the source next to it, so a source edited after
+the build would silently not run; `stale_modules` finds such modules, the test suite refuses to
+start with any, and importing `quantum` warns.
 """
 
 from __future__ import annotations
@@ -13,27 +14,37 @@ import importlib.machinery
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
+#: the directory holding `quantum`, `session` and `server.py` (the project, or site-packages)
+_ROOT = _PACKAGE.parent
+#: where compiled modules can live, relative to _ROOT: packages, and top-level module names
+_COMPILED_PACKAGES = ("quantum", "session")
+_COMPILED_TOP_LEVEL = ("server",)
 _SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-#: written by setup.py beside the compiled modules (see there)
+#: written by setup.py into the quantum package (see there)
 STAMP = "compiled-sources.sha256"
 
 
+def _has_extension(stem: Path) -> bool:
+    return any(stem.with_name(stem.name + suffix).exists() for suffix in _SUFFIXES)
+
+
 def compiled_modules() -> list[str]:
-    """Names of the `quantum` modules that have a compiled extension beside their source."""
-    names = []
-    for path in _PACKAGE.iterdir():
-        for suffix in _SUFFIXES:
-            stem = path.name[:-len(suffix)]
-            if path.name.endswith(suffix) and (_PACKAGE / f"{stem}.py").exists():
-                names.append(stem)
-    return sorted(names)
+    """Sources (paths from the project root, e.g. ``quantum/connection.py``) that have a
+    compiled extension beside them."""
+    sources = [path for package in _COMPILED_PACKAGES for path in (_ROOT / package).glob("*.py")]
+    sources += [_ROOT / f"{name}.py" for name in _COMPILED_TOP_LEVEL]
+    return sorted(path.relative_to(_ROOT).as_posix() for path in sources
+                  if path.exists() and _has_extension(path.with_suffix("")))
 
 
 def is_compiled() -> bool:
-    """Whether the connection core runs as compiled code (what benchmarks should report)."""
+    """Whether the per-packet path runs as compiled code (what benchmarks should report): the
+    connection core and the server that drives it."""
+    import server
     from quantum import connection
 
-    return connection.__file__ is not None and connection.__file__.endswith(_SUFFIXES)
+    return all(module.__file__ is not None and module.__file__.endswith(_SUFFIXES)
+               for module in (connection, server))
 
 
 def stale_modules() -> list[str]:
@@ -48,14 +59,13 @@ def stale_modules() -> list[str]:
     recorded: dict[str, str] = {}
     try:
         for line in (_PACKAGE / STAMP).read_text().splitlines():
-            digest, _, filename = line.partition("  ")
-            recorded[filename] = digest
+            digest, _, source = line.partition("  ")
+            recorded[source] = digest
     except OSError:
         return built
-    return [name for name in built
-            if recorded.get(f"{name}.py")
-            != hashlib.sha256((_PACKAGE / f"{name}.py").read_bytes()).hexdigest()]
+    return [source for source in built
+            if recorded.get(source) != hashlib.sha256((_ROOT / source).read_bytes()).hexdigest()]
 
 
 REBUILD_HINT = ("rebuild with `pip install -e .` (or `python setup.py build_ext --inplace`), or "
-                "delete quantum/*.so to run the sources as plain Python")
+                "delete the compiled *.so files to run the sources as plain Python")

@@ -21,6 +21,8 @@ import builtins
 import heapq
 from datetime import UTC, datetime, timedelta
 
+from mypy_extensions import mypyc_attr
+
 from session.errors import SessionExists, SessionExpired
 from session.model import Session, SessionFilter, State, Stats, validate_session
 from session.store import Store, not_found, not_found_for_connection
@@ -46,6 +48,7 @@ def _stored_copy(session: Session) -> Session:
     return stored
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; tests and users may subclass it
 class MemoryStore(Store):
     """Sessions in dicts, safe under concurrent asyncio tasks because nothing awaits."""
 

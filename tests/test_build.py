@@ -1,0 +1,82 @@
+"""The compiled build: stale extensions are found, and imports load the extension that was built.
+
+setup.py compiles the per-packet modules (the protocol core, the memory store and server.py)
+with mypyc, in place. An extension older than its source would run the old code silently, and an
+import that picked the source over a built extension would run uncompiled code just as silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantum import build
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def fake_build(root: Path, sources: dict[str, str]) -> None:
+    """A project tree under `root` whose `sources` all have an 'extension' and a stamp entry."""
+    for relative, text in sources.items():
+        source = root / relative
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(text)
+        source.with_name(source.stem + SUFFIX).write_bytes(b"")
+    (root / "session").mkdir(exist_ok=True)
+    (root / "quantum").mkdir(exist_ok=True)
+    (root / "quantum" / build.STAMP).write_text("".join(
+        f"{hashlib.sha256(text.encode()).hexdigest()}  {relative}\n"
+        for relative, text in sources.items()))
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(build, "_ROOT", tmp_path)
+    monkeypatch.setattr(build, "_PACKAGE", tmp_path / "quantum")
+    fake_build(tmp_path, {"quantum/connection.py": "x = 1\n", "session/memory.py": "y = 2\n",
+                          "server.py": "z = 3\n"})
+    (tmp_path / "quantum" / "client.py").write_text("not compiled\n")
+    return tmp_path
+
+
+def test_every_compiled_module_is_found_by_its_path_from_the_root(tree: Path) -> None:
+    assert build.compiled_modules() == ["quantum/connection.py", "server.py",
+                                        "session/memory.py"]
+    assert build.stale_modules() == []
+
+
+def test_a_source_edited_after_the_build_is_stale(tree: Path) -> None:
+    (tree / "server.py").write_text("z = 4\n")
+    (tree / "session" / "memory.py").write_text("y = 5\n")
+    assert build.stale_modules() == ["server.py", "session/memory.py"]
+
+
+def test_without_a_stamp_every_compiled_module_is_stale(tree: Path) -> None:
+    (tree / "quantum" / build.STAMP).unlink()
+    assert build.stale_modules() == build.compiled_modules()
+
+
+def test_a_source_tree_without_extensions_has_nothing_stale(tree: Path) -> None:
+    for extension in tree.rglob(f"*{SUFFIX}"):
+        extension.unlink()
+    assert build.compiled_modules() == []
+    assert build.stale_modules() == []
+
+
+@pytest.mark.skipif(not build.compiled_modules(), reason="pure-Python build: nothing compiled")
+@pytest.mark.parametrize("module", ["server", "session.memory", "quantum.connection"])
+def test_imports_from_anywhere_load_the_compiled_module(module: str, tmp_path: Path) -> None:
+    # from another directory, as the quantum-server command runs: the installed project must
+    # resolve every compiled module to its extension, never to the source beside it
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module} as m; print(m.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    loaded = Path(result.stdout.strip())
+    assert loaded.name.endswith(SUFFIX), f"{module} was loaded from {loaded}"
+    assert loaded.parent.resolve() == (ROOT / module.replace(".", "/")).parent.resolve()

@@ -613,10 +613,10 @@ class QuantumServer(asyncio.DatagramProtocol):
     def _drain(self, peer: Peer, now: float) -> None:
         """After any input at `now`: turn the connection's events into session calls, then
         flush."""
-        conn, handle = peer.conn, self.bridge.handle
+        conn, bridge = peer.conn, self.bridge
         while (event := conn.next_event()) is not None:
             try:
-                handle(peer, event)
+                bridge.handle(peer, event)  # a direct call once compiled: no bound method
             except Exception:
                 log.exception("event handling failed", connection_id=peer.connection_id,
                               event_type=type(event).__name__)

@@ -494,18 +494,20 @@ class Connection:
         self._process_frames(frames, flags, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out: list[tuple[bytes, Address]] = []
+        addr = self.peer_addr
         handshake_out = self._handshake_out
         if handshake_out:
-            out.extend((d, self.peer_addr) for d in handshake_out)
+            out = [(d, addr) for d in handshake_out]
             self._handshake_out = None
+        else:
+            out = []
         self._now = now
         if self._seal is not None and self.state is not _CLOSED:
             self._fill(now)
         pending_out = self._pending_out
         if pending_out:
-            addr = self.peer_addr
-            out.extend((d, addr) for d in pending_out)
+            for d in pending_out:
+                out.append((d, addr))
             self._pending_out = None
         return out
 

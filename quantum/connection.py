@@ -428,7 +428,16 @@ class Connection:
     # ------------------------------------------------------------------ sans-I/O surface
 
     def next_event(self) -> Event | None:
-        return self._events.pop(0) if self._events else None
+        events = self._events
+        if not events:
+            return None
+        if len(events) == 1:
+            # the last one: a fresh list instead of popping. CPython shrinks a list popped
+            # empty to a zero-byte buffer from the C allocator (pymalloc does not serve zero
+            # bytes), and growing it again is a libc realloc: twice per packet, otherwise
+            self._events = []
+            return events[0]
+        return events.pop(0)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one datagram from the network. Bad input is dropped and counted."""
@@ -843,17 +852,23 @@ class Connection:
         frames: list[Frame] = []
         room = MAX_DATA_PAYLOAD
         control = self._control
-        while control:
-            frame = control[0]
+        taken = 0
+        for frame in control:
             size = frame.size
             if size > room:
                 break
-            frames.append(control.pop(0))
+            frames.append(frame)
+            taken += 1
             room -= size
             if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
                 pending = self._keepalives_pending
                 if pending is not None:
                     pending[frame.keepalive_id] = now
+        if taken:
+            if taken == len(control):
+                self._control = []  # not emptied in place: see next_event
+            else:
+                del control[:taken]
         sender = self._sender
         flags = ACK
         if sender is not None:

@@ -222,6 +222,14 @@ class ServerCounters:
 # ------------------------------------------------------------------------- the event mapping
 
 
+def _session_stats(conn: Connection) -> Stats:
+    """The connection's counters and RTT as the session service records them."""
+    s = conn.refresh_stats()
+    return Stats(packets_sent=s.packets_sent, packets_received=s.packets_received,
+                 bytes_sent=s.bytes_sent, bytes_received=s.bytes_received,
+                 retransmissions=s.retransmissions, current_rtt_ms=(s.srtt or 0.0) * 1000)
+
+
 class SessionBridge:
     """Protocol events -> session-manager calls. The whole mapping is `handle`:
 
@@ -398,8 +406,10 @@ class SessionBridge:
     def sweep(self, peers: Iterable[Peer], now: float) -> None:
         """Every few seconds: idle detection and coalesced statistics."""
         interval = self.server.config.keepalive_interval
+        changed: list[tuple[str, Stats]] = []
         for peer in peers:
-            if peer.session_id is None:
+            sid = peer.session_id
+            if sid is None:
                 continue
             if not peer.idle and now - peer.last_keepalive > 3 * interval:
                 peer.idle = True
@@ -407,20 +417,21 @@ class SessionBridge:
             received = peer.conn.stats.packets_received
             if received != peer.stats_pushed_at:
                 peer.stats_pushed_at = received
-                self._push_stats(peer)
+                changed.append((sid, _session_stats(peer.conn)))
+        if changed:
+            # one task for the whole sweep, not one per session: recording is local on both
+            # stores (MemoryStore; EtcdStore writes it with the next lease refresh)
+            self.server.spawn(self._record(changed))
 
     def _push_stats(self, peer: Peer) -> None:
         assert peer.session_id is not None
-        s = peer.conn.refresh_stats()
-        stats = Stats(packets_sent=s.packets_sent, packets_received=s.packets_received,
-                      bytes_sent=s.bytes_sent, bytes_received=s.bytes_received,
-                      retransmissions=s.retransmissions,
-                      current_rtt_ms=(s.srtt or 0.0) * 1000)
-        self.server.spawn(self._record(peer.session_id, stats))
+        self.server.spawn(self._record([(peer.session_id, _session_stats(peer.conn))]))
 
-    async def _record(self, session_id: str, stats: Stats) -> None:
-        with contextlib.suppress(SessionError):
-            await self.manager.record_stats(session_id, stats)
+    async def _record(self, changed: list[tuple[str, Stats]]) -> None:
+        record = self.manager.record_stats
+        for session_id, stats in changed:
+            with contextlib.suppress(SessionError):
+                await record(session_id, stats)
 
     def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
         server = self.server

@@ -31,6 +31,7 @@ COMPILED_MODULES = [
     "quantum/connection.py",
     "session/clock.py",
     "session/memory.py",
+    "session/heartbeat.py",
     "server.py",
 ]
 

@@ -22,13 +22,14 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from session import tokens
 from session.clock import CoarseClock
 from session.errors import InvalidSession, InvalidToken, SessionError, SessionExpired
+from session.heartbeat import LocalHeartbeat
 from session.logs import get_logger
 from session.model import (
     Session,
@@ -88,6 +89,14 @@ class SessionManager:
     `start`/`close` to run the background expiry sweep.
     """
 
+    #: ``heartbeat_nowait(session_id) -> float | None``: `heartbeat` for callers that must not
+    #: suspend (the server's per-packet path). Done at once when the store can do it locally:
+    #: always on a `MemoryStore`, and on an `EtcdStore` while no lease refresh or state write
+    #: is due. Then it returns the seconds remaining (raising like `heartbeat`); otherwise it
+    #: changes nothing and returns None, and the caller awaits `heartbeat` instead. A compiled
+    #: callable built for this manager's store (see session/heartbeat.py), not a method.
+    heartbeat_nowait: LocalHeartbeat
+
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.store = config.store
@@ -98,24 +107,20 @@ class SessionManager:
             raise ValueError(f"the clock must return aware UTC datetimes: {exc}") from None
         self._timeout_s = config.default_timeout
         self._timeout = timedelta(seconds=config.default_timeout)
-        # `now + timeout` for the last `now` seen by heartbeat: the clock hands out one object
-        # per tick, so consecutive heartbeats share the sum instead of allocating their own
-        self._expiry_for: datetime | None = None
-        self._expiry = datetime.min.replace(tzinfo=UTC)
         # a concrete logger, bound once: per-call proxy resolution would cost more than the
         # heartbeat itself
         self._log = (config.logger or get_logger("session")).bind()
         is_enabled = getattr(self._log, "is_enabled_for", None)
         self._debug = bool(is_enabled(logging.DEBUG)) if is_enabled is not None else True
         self._touch = self.store.touch
-        # a store may expose its touch as a plain function (MemoryStore.touch_now): calling it
-        # directly saves creating and awaiting a second coroutine per heartbeat
-        self._touch_now: Callable[[str, datetime, datetime], None] | None = getattr(
-            self.store, "touch_now", None
-        )
-        # a store that keeps a local cache (EtcdStore) may do most heartbeats without I/O
-        self._touch_local: Callable[[str, datetime, datetime], bool] | None = getattr(
-            self.store, "touch_local", None
+        # a store may expose its touch as a plain function (MemoryStore.touch_now), or one that
+        # does it without I/O when it can (EtcdStore.touch_local, from its cache): then most
+        # heartbeats need no coroutine at all
+        self.heartbeat_nowait = LocalHeartbeat(
+            self._clock, config.default_timeout,
+            touch_now=getattr(self.store, "touch_now", None),
+            touch_local=getattr(self.store, "touch_local", None),
+            log=self._log if self._debug else None,
         )
         self._listeners: list[Listener] = []
         # a shared store (EtcdStore) reports sessions that other nodes deleted or that expired
@@ -125,32 +130,6 @@ class SessionManager:
             store_listen(self._notify)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._bind_fast_heartbeat()
-
-    def _bind_fast_heartbeat(self) -> None:
-        """On a store with a synchronous `touch_now`, replace `heartbeat` on this instance by a
-        closure: the same steps as the method, with everything in closure cells instead of
-        attribute lookups, which is worth ~15 % on the hot path."""
-        touch_now = self._touch_now
-        if touch_now is None:
-            return
-        clock, timeout, remaining = self._clock, self._timeout, self._timeout_s
-        log, debug = self._log, self._debug
-        last_now: datetime | None = None
-        last_expiry = self._expiry
-
-        async def heartbeat(session_id: str) -> float:
-            nonlocal last_now, last_expiry
-            now = clock()
-            if now is not last_now:
-                last_now, last_expiry = now, now + timeout
-            touch_now(session_id, now, last_expiry)
-            if debug:
-                log.debug("session heartbeat", session_id=session_id, remaining=remaining)
-            return remaining
-
-        heartbeat.__doc__ = SessionManager.heartbeat.__doc__
-        self.heartbeat = heartbeat  # type: ignore[method-assign]
 
     # -- life cycle
 
@@ -372,41 +351,8 @@ class SessionManager:
         remaining = self.heartbeat_nowait(session_id)
         if remaining is not None:
             return remaining
-        now, expires_at = self._now_and_expiry()
+        now, expires_at = self.heartbeat_nowait.now_and_expiry()
         await self._touch(session_id, now, expires_at)
-        if self._debug:
-            self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
-        return self._timeout_s
-
-    def _now_and_expiry(self) -> tuple[datetime, datetime]:
-        """The clock and now + timeout, the sum reused while the (coarse) clock stands still."""
-        now = self._clock()
-        if now is not self._expiry_for:
-            self._expiry = now + self._timeout
-            self._expiry_for = now
-        return now, self._expiry
-
-    def heartbeat_nowait(self, session_id: str) -> float | None:
-        """`heartbeat` for callers that must not suspend (the server's per-packet path).
-
-        Done at once when the store can do it locally: always on a `MemoryStore`, and on an
-        `EtcdStore` while no lease refresh or state write is due. Then it returns the seconds
-        remaining (raising like `heartbeat`); otherwise it changes nothing and returns None,
-        and the caller awaits `heartbeat` instead.
-        """
-        # _now_and_expiry spelled out: this runs for every keepalive the server receives
-        now = self._clock()
-        if now is not self._expiry_for:
-            self._expiry = now + self._timeout
-            self._expiry_for = now
-        expires_at = self._expiry
-        touch_now = self._touch_now
-        if touch_now is not None:
-            touch_now(session_id, now, expires_at)
-        else:
-            touch_local = self._touch_local
-            if touch_local is None or not touch_local(session_id, now, expires_at):
-                return None
         if self._debug:
             self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
         return self._timeout_s

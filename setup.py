@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 #: store; the handshake, listener, client and the etcd store are not on the per-packet path and
 #: stay interpreted
 COMPILED_MODULES = [
+    "quantum/config.py",
     "quantum/serial.py",
     "quantum/packet.py",
     "quantum/frames.py",

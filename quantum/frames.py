@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -419,8 +419,7 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
         if not isinstance(payload, bytearray | memoryview):
             raise PacketError(f"payload must be bytes, got {type(payload).__name__}")
         payload = bytes(payload)
-    frames: list[Frame] = []
-    append = frames.append
+    frames: list[Frame] = []  # frames.append, not a bound alias: compiled, that is a C call
     n = len(payload)
     pos = 0
     while pos < n:
@@ -440,7 +439,7 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
             pos = start + length
             if pos > n:
                 _need(payload, pos, "MESSAGE")
-            append(MessageFrame(channel, _DELIVERY[mode], message_id, index, count,
+            frames.append(MessageFrame(channel, _DELIVERY[mode], message_id, index, count,
                                 payload[start:pos]))
         elif frame_type == PADDING:
             zeros = payload.count(0, pos)
@@ -452,36 +451,37 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                 _need(payload, pos + 4, "KEEPALIVE" if frame_type == KEEPALIVE else "ACK_FLOOR")
             (value,) = _U32.unpack_from(payload, pos)
             pos += 4
-            append(KeepaliveFrame(value) if frame_type == KEEPALIVE else AckFloorFrame(value))
+            frames.append(KeepaliveFrame(value) if frame_type == KEEPALIVE
+                          else AckFloorFrame(value))
         elif frame_type == KEEPALIVE_ACK:
             if pos + 8 > n:
                 _need(payload, pos + 8, "KEEPALIVE_ACK")
             keepalive_id, remaining = _U32_PAIR.unpack_from(payload, pos)
             pos += 8
-            append(KeepaliveAckFrame(keepalive_id, remaining))
+            frames.append(KeepaliveAckFrame(keepalive_id, remaining))
         elif frame_type == CLOSE:
             code, reason, pos = _decode_reason(payload, pos, "CLOSE")
-            append(CloseFrame(code, reason))
+            frames.append(CloseFrame(code, reason))
         elif frame_type == REJECT:
             code, reason, pos = _decode_reason(payload, pos, "REJECT")
-            append(RejectFrame(code, reason))
+            frames.append(RejectFrame(code, reason))
         elif frame_type == PARITY:
-            pos = _decode_parity(payload, pos, append)
+            pos = _decode_parity(payload, pos, frames)
         elif frame_type in (PATH_CHALLENGE, PATH_RESPONSE):
             end = pos + PATH_DATA_SIZE
             _need(payload, end, "PATH")
             data = payload[pos:end]
             pos = end
-            append(PathChallengeFrame(data) if frame_type == PATH_CHALLENGE
+            frames.append(PathChallengeFrame(data) if frame_type == PATH_CHALLENGE
                    else PathResponseFrame(data))
         elif frame_type == SESSION:
-            pos = _decode_session(payload, pos, append)
+            pos = _decode_session(payload, pos, frames)
         else:
             raise PacketError(f"unknown frame type 0x{frame_type:02x} at offset {pos - 1}")
     return frames
 
 
-def _decode_parity(payload: bytes, pos: int, append: Callable[[Frame], None]) -> int:
+def _decode_parity(payload: bytes, pos: int, frames: list[Frame]) -> int:
     _need(payload, pos + 7, "PARITY")
     group_id, m, index, k = _BODY_PARITY.unpack_from(payload, pos)
     if index >= m:
@@ -496,11 +496,11 @@ def _decode_parity(payload: bytes, pos: int, append: Callable[[Frame], None]) ->
     start = pos + 2
     end = start + length
     _need(payload, end, "PARITY")
-    append(ParityFrame(group_id, m, index, seqs, payload[start:end]))
+    frames.append(ParityFrame(group_id, m, index, seqs, payload[start:end]))
     return end
 
 
-def _decode_session(payload: bytes, pos: int, append: Callable[[Frame], None]) -> int:
+def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     _need(payload, pos + SESSION_ID_SIZE + 1, "SESSION")
     session_id = payload[pos:pos + SESSION_ID_SIZE]
     length = payload[pos + SESSION_ID_SIZE]
@@ -515,5 +515,5 @@ def _decode_session(payload: bytes, pos: int, append: Callable[[Frame], None]) -
     remaining, resumed = _SESSION_TAIL.unpack_from(payload, end)
     if resumed > 1:
         raise PacketError(f"SESSION resumed flag must be 0 or 1, got {resumed}")
-    append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))
+    frames.append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))
     return end + 5

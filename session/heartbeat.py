@@ -15,6 +15,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from session.clock import CoarseClock
+from session.memory import MemoryStore
+
 __all__ = ["LocalHeartbeat"]
 
 
@@ -27,8 +30,8 @@ class LocalHeartbeat:
     it did. `log`: a logger to write a debug event per heartbeat to, or None for silence.
     """
 
-    __slots__ = ("_clock", "_expiry", "_log", "_now", "_remaining", "_timeout", "_touch_local",
-                 "_touch_now")
+    __slots__ = ("_clock", "_coarse", "_expiry", "_log", "_memory", "_now", "_remaining",
+                 "_timeout", "_touch_local", "_touch_now")
 
     def __init__(self, clock: Callable[[], datetime], timeout: float,
                  touch_now: Callable[[str, datetime, datetime], None] | None,
@@ -40,6 +43,12 @@ class LocalHeartbeat:
         self._touch_now = touch_now
         self._touch_local = touch_local
         self._log = log
+        # the default clock and store are compiled with this module: called as such, natively,
+        # rather than through Python's call protocol (a MemoryStore subclass's override of
+        # touch_now still runs: mypyc dispatches to it)
+        self._coarse = clock if isinstance(clock, CoarseClock) else None
+        owner = getattr(touch_now, "__self__", None)
+        self._memory = owner if isinstance(owner, MemoryStore) else None
         # the tick `_expiry` was computed for (None: none yet)
         self._now: datetime | None = None
         self._expiry = datetime.min.replace(tzinfo=UTC)
@@ -53,12 +62,16 @@ class LocalHeartbeat:
         return now, self._expiry
 
     def __call__(self, session_id: str) -> float | None:
-        now = self._clock()
+        coarse = self._coarse
+        now = coarse() if coarse is not None else self._clock()
         if now is not self._now:
             self._now = now
             self._expiry = now + self._timeout
+        memory = self._memory
         touch_now = self._touch_now
-        if touch_now is not None:
+        if memory is not None:
+            memory.touch_now(session_id, now, self._expiry)
+        elif touch_now is not None:
             touch_now(session_id, now, self._expiry)
         else:
             touch_local = self._touch_local

@@ -638,7 +638,9 @@ class QuantumServer(asyncio.DatagramProtocol):
         `now`: the loop time, when the caller already read it."""
         conn = peer.conn
         transport = self._transport
-        datagrams = conn.datagrams_to_send(self.loop.time() if now is None else now)
+        # Any: the (datagram, address) pairs pass through as the objects they are; typed, the
+        # compiled loop would unpack each address into a C struct and box it again for sendto
+        datagrams: list[Any] = conn.datagrams_to_send(self.loop.time() if now is None else now)
         if transport is not None:
             for data, addr in datagrams:
                 transport.sendto(data, addr)

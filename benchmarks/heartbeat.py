@@ -1,6 +1,6 @@
 """Heartbeat throughput of the Quantum server per server CPU-second, against a bare UDP echo.
 
-    python -m benchmarks.heartbeat --json [--clients 1000] [--duration 10]
+    python -m benchmarks.heartbeat --json [--clients 1000] [--duration 10] [--rounds 5]
                                    [--store memory|etcd] [--idle-connections 50000]
 
 Every server runs in its own process pinned to one core, the load generator
@@ -8,8 +8,14 @@ Every server runs in its own process pinned to one core, the load generator
 client sends its next protected keepalive when the previous one is acknowledged. The server
 process measures its own CPU time (`time.process_time()`, every thread) and the heartbeats its
 `ServerCounters` saw over the measured window only, so start-up and handshakes are excluded.
-The same generator then loads a bare uvloop echo server (`benchmarks.echo_server`) for the
+The same generator loads a bare uvloop echo server (`benchmarks.echo_server`) for the
 baseline; `ratio` is heartbeats per server CPU-second over echoes per server CPU-second.
+
+Both servers and both generators run side by side (the idle pair sleeps), and the measured time
+is cut into `--rounds` windows that alternate between echo and Quantum: a machine whose speed
+drifts during the run (shared hosts do) then slows both sides alike instead of whichever
+happened to run second. The figures are totals over all windows; `ratio_per_round` shows the
+spread.
 
 Memory: a fresh server gets `--idle-connections` established idle connections (each with its
 session); the growth of its resident set size divided by that count is the cost of one, read
@@ -227,23 +233,61 @@ def _measure(server: Child, loadgen: Child, clients: int, duration: float) -> di
     """One closed-loop window: the server's counters and CPU over exactly `duration` seconds,
     the generator's view (sent, answered, RTTs) over the run and its drain."""
     server.call("start")
-    loadgen.send("run", clients=clients, duration=duration)
+    loadgen.send("run", clients=clients, duration=duration, pool=True)
     time.sleep(duration)
     window = server.call("stop")
     client_side = loadgen.receive("run")
     return {"server": window, "clients": client_side}
 
 
-def run_echo(ctx: Any, clients: int, duration: float) -> dict[str, Any]:
+def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several windows of one target as if they were one: totals, and RTT percentiles over
+    every round trip of every window."""
+    server: dict[str, Any] = {key: sum(w["server"][key] for w in windows)
+                              for key in ("count", "cpu_s", "wall_s")}
+    server["per_cpu_s"] = server["count"] / server["cpu_s"] if server["cpu_s"] > 0 else 0.0
+    server["utilisation"] = server["cpu_s"] / server["wall_s"] if server["wall_s"] > 0 else 0.0
+    if all("store_requests" in w["server"] for w in windows):
+        server["store_requests"] = sum(w["server"]["store_requests"] for w in windows)
+    clients: dict[str, Any] = {key: sum(w["clients"][key] for w in windows)
+                               for key in ("sent", "acknowledged", "unanswered", "timed_out",
+                                           "late", "duration_s", "loadgen_cpu_s")}
+    # the generator pooled the round trips of its windows: its last answer covers them all
+    clients["rtt_p50_ms"] = windows[-1]["clients"]["pooled_rtt_p50_ms"]
+    clients["rtt_p99_ms"] = windows[-1]["clients"]["pooled_rtt_p99_ms"]
+    return {"server": server, "clients": clients}
+
+
+def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
+                     profile: str | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """The echo baseline and the Quantum server (memory store), measured in alternating
+    windows: `rounds` of each, `duration / rounds` seconds apiece. Returns the combined echo
+    run, the combined Quantum run and each round's ratio."""
     with ExitStack() as stack:
-        server, port = _start_server(ctx, stack, "echo-server", run_echo_server)
-        loadgen = _start_loadgen(ctx, stack, port)
-        loadgen.call("echo_clients", count=clients)
-        return _measure(server, loadgen, clients, duration)
+        echo_server, echo_port = _start_server(ctx, stack, "echo-server", run_echo_server)
+        echo_gen = _start_loadgen(ctx, stack, echo_port)
+        echo_gen.call("echo_clients", count=clients)
+        server, port = _start_server(ctx, stack, "quantum-server-memory", run_bench_server,
+                                     "memory", [], clients + 1000,
+                                     f"{profile}.memory" if profile else None)
+        gen = _start_loadgen(ctx, stack, port)
+        handshakes = gen.call("connect", count=clients, user_prefix="hb-memory")
+        echo_windows, quantum_windows, ratios = [], [], []
+        for _ in range(rounds):
+            echo_windows.append(_measure(echo_server, echo_gen, clients, duration / rounds))
+            quantum_windows.append(_measure(server, gen, clients, duration / rounds))
+            echo_rate = _per_cpu(echo_windows[-1])
+            ratios.append(round(_per_cpu(quantum_windows[-1]) / echo_rate, 3)
+                          if echo_rate else 0.0)
+        quantum = _combine(quantum_windows)
+        quantum["handshakes"] = handshakes
+        return _combine(echo_windows), quantum, ratios
 
 
 def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
                    etcd_endpoints: list[str], profile: str | None = None) -> dict[str, Any]:
+    """One window of the Quantum server on `store` (etcd: also counting etcd's writes)."""
     with ExitStack() as stack:
         server, port = _start_server(ctx, stack, f"quantum-server-{store}", run_bench_server,
                                      store, etcd_endpoints, clients + 1000,
@@ -252,7 +296,7 @@ def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
         before_handshakes = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
         handshakes = loadgen.call("connect", count=clients, user_prefix=f"hb-{store}")
         metrics0 = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
-        result = _measure(server, loadgen, clients, duration)
+        result = _combine([_measure(server, loadgen, clients, duration)])
         if etcd_endpoints:
             result["etcd_writes"] = _etcd_writes(etcd_endpoints) - metrics0
             result["etcd_writes_handshakes"] = metrics0 - before_handshakes
@@ -322,7 +366,8 @@ def _per_cpu(run: dict[str, Any]) -> float:
 
 
 def report(clients: int, duration: float, store: str, echo: dict[str, Any],
-           runs: dict[str, dict[str, Any]], idle: dict[str, Any] | None) -> dict[str, Any]:
+           runs: dict[str, dict[str, Any]], idle: dict[str, Any] | None,
+           ratios: list[float]) -> dict[str, Any]:
     main_run = runs[store]
     server, client_side = main_run["server"], main_run["clients"]
     heartbeats_per_cpu = _per_cpu(main_run)
@@ -338,6 +383,8 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
         "unanswered": client_side["unanswered"],
         "clients": clients,
         "duration_s": duration,
+        "rounds": len(ratios),
+        "ratio_per_round": ratios,
         "store": store,
         # the protocol core the server ran: mypyc-compiled (setup.py) or plain Python
         "compiled": is_compiled(),
@@ -375,10 +422,10 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
 
 
 def run(clients: int, duration: float, store: str, idle_connections: int,
-        profile: str | None = None) -> dict[str, Any]:
+        profile: str | None = None, rounds: int = 5) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
-    echo = run_echo(ctx, clients, duration)
-    runs = {"memory": run_heartbeats(ctx, clients, duration, "memory", [], profile)}
+    echo, memory, ratios = run_against_echo(ctx, clients, duration, rounds, profile)
+    runs = {"memory": memory}
     if store == "etcd":
         from benchmarks.etcd_util import running_etcd
 
@@ -386,7 +433,7 @@ def run(clients: int, duration: float, store: str, idle_connections: int,
             runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints,
                                           profile)
     idle = run_idle(ctx, idle_connections) if idle_connections > 0 else None
-    return report(clients, duration, store, echo, runs, idle)
+    return report(clients, duration, store, echo, runs, idle, ratios)
 
 
 def _positive_int(text: str) -> int:
@@ -418,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="clients in the closed loop (default 1000)")
     parser.add_argument("--duration", type=_positive_float, default=10.0,
                         help="seconds of measured load per run (default 10)")
+    parser.add_argument("--rounds", type=_positive_int, default=5,
+                        help="alternating echo/Quantum windows the duration is cut into "
+                             "(default 5)")
     parser.add_argument("--store", choices=("memory", "etcd"), default="memory",
                         help="session store; etcd also runs memory for comparison")
     parser.add_argument("--idle-connections", type=_non_negative_int, default=50_000,
@@ -428,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(args.clients, args.duration, args.store, args.idle_connections,
-                     args.profile)
+                     args.profile, args.rounds)
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1

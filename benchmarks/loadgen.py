@@ -472,6 +472,7 @@ async def serve_commands(pipe: Pipe, handle: Callable[[dict[str, Any]], Any]) ->
 async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
     gen = LoadGenerator(server_addr, sockets)
     await gen.open()
+    pooled = array("d")  # the round trips of the runs asked to pool them
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
         kind = command["cmd"]
@@ -488,6 +489,13 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
                 result = await gen.run(command["clients"], command["duration"])
                 reply = summarise(result)
                 reply["loadgen_cpu_s"] = round(time.process_time() - cpu0, 3)
+                if command.get("pool"):
+                    # percentiles over this run and every earlier pooled one: the orchestrator
+                    # cuts one measurement into several windows
+                    pooled.extend(result.rtts)
+                    for name, q in (("pooled_rtt_p50_ms", 0.50), ("pooled_rtt_p99_ms", 0.99)):
+                        value = percentile(pooled, q)
+                        reply[name] = None if value is None else round(value * 1000, 3)
             elif kind == "quit":
                 reply = {}
             else:

@@ -38,7 +38,9 @@ class LocalHeartbeat:
                  touch_local: Callable[[str, datetime, datetime], bool] | None,
                  log: Any | None = None) -> None:
         self._clock = clock
-        self._remaining = float(timeout)
+        # typed `float | None` so that it is kept as a Python float: returning it then hands
+        # out this one object, where a plain float attribute is boxed anew on every call
+        self._remaining: float | None = float(timeout)
         self._timeout = timedelta(seconds=timeout)
         self._touch_now = touch_now
         self._touch_local = touch_local

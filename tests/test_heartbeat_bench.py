@@ -34,6 +34,8 @@ REQUIRED = {
     "hibernating_connections": int,
     "server_cpu_utilisation": float,
     "compiled": bool,
+    "rounds": int,
+    "ratio_per_round": list,
 }
 
 
@@ -43,7 +45,8 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
-    done = _bench("--json", "--clients", "4", "--duration", "1", "--idle-connections", "40")
+    done = _bench("--json", "--clients", "4", "--duration", "1", "--rounds", "2",
+                  "--idle-connections", "40")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     for name, kind in REQUIRED.items():
@@ -51,6 +54,9 @@ def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     assert result["unanswered"] == 0
     assert result["keepalives_timed_out"] == 0
     assert result["clients"] == 4 and result["store"] == "memory"
+    # echo and Quantum alternated in two windows each; every window measured something
+    assert result["rounds"] == 2 and len(result["ratio_per_round"]) == 2
+    assert all(r > 0 for r in result["ratio_per_round"])
     assert result["idle_connections"] == 40
     assert result["heartbeats"] > 0 and result["server_cpu_s"] > 0
     # the server counted the keepalives the clients sent within its window, no more

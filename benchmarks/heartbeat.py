@@ -252,6 +252,8 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     clients: dict[str, Any] = {key: sum(w["clients"][key] for w in windows)
                                for key in ("sent", "acknowledged", "unanswered", "timed_out",
                                            "late", "duration_s", "loadgen_cpu_s")}
+    clients["duration_s"] = round(clients["duration_s"], 3)
+    clients["loadgen_cpu_s"] = round(clients["loadgen_cpu_s"], 3)
     # the generator pooled the round trips of its windows: its last answer covers them all
     clients["rtt_p50_ms"] = windows[-1]["clients"]["pooled_rtt_p50_ms"]
     clients["rtt_p99_ms"] = windows[-1]["clients"]["pooled_rtt_p99_ms"]

@@ -31,6 +31,8 @@ from multiprocessing.connection import Connection as Pipe
 from time import perf_counter
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState
 from quantum.events import (
@@ -54,6 +56,7 @@ CLIENT_CONFIG = QuantumConfiguration(keepalive_interval=None, idle_timeout=3600.
                                      handshake_timeout=30.0, handshake_tries=10)
 
 
+@mypyc_attr(native_class=False)  # compiled module (setup.py); exceptions stay Python classes
 class LoadGenError(RuntimeError):
     """The load could not be generated (handshakes refused or stalled); the message says why."""
 

@@ -1,10 +1,10 @@
 """Which build of the per-packet modules is running: mypyc-compiled or plain Python.
 
 `setup.py` compiles the modules every packet passes through with mypyc, in place, beside their
-sources: the protocol core in `quantum`, the hot half of `session`, and `server.py`. Python
-imports an extension module in preference to the source next to it, so a source edited after
-the build would silently not run; `stale_modules` finds such modules, the test suite refuses to
-start with any, and importing `quantum` warns.
+sources: the protocol core in `quantum`, the hot half of `session`, `server.py`, and the
+heartbeat benchmark's load generator. Python imports an extension module in preference to the
+source next to it, so a source edited after the build would silently not run; `stale_modules`
+finds such modules, the test suite refuses to start with any, and importing `quantum` warns.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _PACKAGE = Path(__file__).resolve().parent
 #: the directory holding `quantum`, `session` and `server.py` (the project, or site-packages)
 _ROOT = _PACKAGE.parent
 #: where compiled modules can live, relative to _ROOT: packages, and top-level module names
-_COMPILED_PACKAGES = ("quantum", "session")
+_COMPILED_PACKAGES = ("quantum", "session", "benchmarks")
 _COMPILED_TOP_LEVEL = ("server",)
 _SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 #: written by setup.py into the quantum package (see there)

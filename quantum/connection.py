@@ -21,7 +21,7 @@ import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from quantum import packet as wire
 from quantum.bbr import BBR
@@ -190,6 +190,7 @@ class Connection:
         "_path_budget",
         "_path_challenge",
         "_path_validated",
+        "_peer",
         "_pending_out",
         "_previous_addr",
         "_received",
@@ -204,7 +205,6 @@ class Connection:
         "credentials",
         "is_client",
         "params",
-        "peer_addr",
         "session_id",
         "session_token",
         "state",
@@ -224,7 +224,9 @@ class Connection:
             raise ValueError("connection_id must be 16 bytes")
         self.is_client = is_client
         self.connection_id = connection_id
-        self.peer_addr = peer_addr
+        # the address as a Python tuple: datagrams_to_send pairs it with every datagram as it
+        # is, where a typed `tuple[str, int]` field (stored unboxed) is boxed anew each time
+        self._peer: Any = peer_addr
         self.config = configuration
         self.state = _SYN_SENT if is_client else _AUTHENTICATING
         self.stats = ConnectionStats()
@@ -391,6 +393,12 @@ class Connection:
         self._control.append(KeepaliveAckFrame(keepalive_id, _ms(remaining)))
 
     @property
+    def peer_addr(self) -> Address:
+        """Where the peer's packets come from and ours go (it follows a validated migration)."""
+        addr: Address = self._peer
+        return addr
+
+    @property
     def last_received_at(self) -> float:
         """When the last packet from the peer was accepted (the connection's idle clock)."""
         return self._last_received
@@ -503,7 +511,7 @@ class Connection:
         self._process_frames(frames, flags, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        addr = self.peer_addr
+        addr: Any = self._peer
         handshake_out = self._handshake_out
         if handshake_out:
             out = [(d, addr) for d in handshake_out]
@@ -782,8 +790,8 @@ class Connection:
         """An authenticated packet from a new address: follow it, but validate before trusting."""
         if pn < self._largest_pn:
             return  # a reordered packet from the old path, not a migration
-        self._previous_addr = self.peer_addr
-        self.peer_addr = addr
+        self._previous_addr = self._peer
+        self._peer = addr
         self._path_validated = False
         self._path_challenge = os.urandom(8)
         self._path_budget = 0

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import structlog
 from mypy_extensions import mypyc_attr
@@ -56,10 +56,10 @@ from session.memory import MemoryStore
 from session.model import Session, State, Stats
 
 log = structlog.get_logger("quantum.server")
-_CLOSED = ConnectionState.CLOSED
+_CLOSED: Final = ConnectionState.CLOSED
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB
 #: each, ~1.2 MB here) hands the freed memory back to the OS
-TRIM_AFTER_RELEASES = 256
+TRIM_AFTER_RELEASES: Final = 256
 
 T = TypeVar("T")
 
@@ -747,7 +747,7 @@ class QuantumServer(asyncio.DatagramProtocol):
 
 
 #: a burst from many clients at once must not overflow the kernel's default UDP buffer
-SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+SOCKET_BUFFER_BYTES: Final = 4 * 1024 * 1024
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -759,7 +759,7 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_MALLOC_TRIM: Final = _load_malloc_trim()
 
 
 def _return_free_memory() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -45,14 +45,14 @@ from quantum.handshake import Credentials
 from server import TimerHeap
 
 #: socket buffers: a closed loop of thousands of clients keeps thousands of datagrams in flight
-SOCKET_BUFFER = 4 * 1024 * 1024
+SOCKET_BUFFER: Final = 4 * 1024 * 1024
 #: size of the echo baseline's datagrams: about what one protected keepalive packet weighs
-ECHO_DATAGRAM_SIZE = 64
+ECHO_DATAGRAM_SIZE: Final = 64
 #: a keepalive whose answer takes longer than this is counted unanswered and replaced, because
 #: keepalives are not retransmitted by the protocol (a lost one would stall its client forever)
-ACK_TIMEOUT = 2.0
+ACK_TIMEOUT: Final = 2.0
 #: clients leave their timers to the heap; their own keepalive timer stays off (closed loop)
-CLIENT_CONFIG = QuantumConfiguration(keepalive_interval=None, idle_timeout=3600.0,
+CLIENT_CONFIG: Final = QuantumConfiguration(keepalive_interval=None, idle_timeout=3600.0,
                                      handshake_timeout=30.0, handshake_tries=10)
 
 

@@ -1002,7 +1002,7 @@ class Connection:
         return stats
 
 
-_VERDICT_NAMES: dict[int, str] = {
+_VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import heapq
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -29,16 +30,16 @@ from session.store import Store, not_found, not_found_for_connection
 
 __all__ = ["MemoryStore"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_CONNECTING = State.CONNECTING
-_IDLE = State.IDLE
-_ACTIVE = State.ACTIVE
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_CONNECTING: Final = State.CONNECTING
+_IDLE: Final = State.IDLE
+_ACTIVE: Final = State.ACTIVE
 
 
 #: the metadata of every stored session that has none: never mutated (stored sessions are
 #: replaced, not changed, and copied on the way out), so one dict serves them all
-_NO_METADATA: dict[str, str] = {}
+_NO_METADATA: Final[dict[str, str]] = {}
 
 
 def _stored_copy(session: Session) -> Session:

@@ -411,16 +411,19 @@ class LoadGenerator:
             self._check_idle()
 
 
-def percentile(values: array[float], q: float) -> float | None:
-    """The q-quantile (nearest rank) of `values`, None for no values."""
+def rtt_percentiles_ms(values: array[float]) -> tuple[float | None, float | None]:
+    """The median and the 99th percentile (nearest rank) of round trips in seconds, as
+    milliseconds; None for no values. One sort for both."""
     if not values:
-        return None
+        return None, None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+    last = len(ordered) - 1
+    return (round(ordered[round(0.50 * last)] * 1000, 3),
+            round(ordered[round(0.99 * last)] * 1000, 3))
 
 
 def summarise(result: RunResult) -> dict[str, Any]:
-    p50, p99 = percentile(result.rtts, 0.50), percentile(result.rtts, 0.99)
+    p50, p99 = rtt_percentiles_ms(result.rtts)
     return {
         "sent": result.sent,
         "acknowledged": result.acknowledged,
@@ -428,8 +431,8 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "timed_out": result.timed_out,
         "late": result.late,
         "duration_s": round(result.duration, 3),
-        "rtt_p50_ms": None if p50 is None else round(p50 * 1000, 3),
-        "rtt_p99_ms": None if p99 is None else round(p99 * 1000, 3),
+        "rtt_p50_ms": p50,
+        "rtt_p99_ms": p99,
     }
 
 
@@ -496,9 +499,8 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
                     # percentiles over this run and every earlier pooled one: the orchestrator
                     # cuts one measurement into several windows
                     pooled.extend(result.rtts)
-                    for name, q in (("pooled_rtt_p50_ms", 0.50), ("pooled_rtt_p99_ms", 0.99)):
-                        value = percentile(pooled, q)
-                        reply[name] = None if value is None else round(value * 1000, 3)
+                    reply["pooled_rtt_p50_ms"], reply["pooled_rtt_p99_ms"] = \
+                        rtt_percentiles_ms(pooled)
             elif kind == "quit":
                 reply = {}
             else:

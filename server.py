@@ -502,7 +502,8 @@ class ServerConfig:
         for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
                      "hibernate_after"):
             value = given[name]
-            if type(value) not in (int, float) or not 0 < value < float("inf"):  # type: ignore[operator]
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 

@@ -386,6 +386,29 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
         await manager.heartbeat(session.session_id)
 
 
+async def test_heartbeat_nowait_runs_a_store_subclass_override_of_touch_now(
+    clock: FakeClock,
+) -> None:
+    # MemoryStore is compiled and the manager's heartbeat calls its touch_now natively: an
+    # interpreted subclass's override must still be the one that runs
+    class CountingStore(MemoryStore):
+        touched = 0
+
+        def touch_now(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+            self.touched += 1
+            super().touch_now(session_id, now, expires_at)
+
+    store = CountingStore()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock))
+    session, _ = await create(manager)
+    clock.advance(5)
+    assert manager.heartbeat_nowait(session.session_id) == 1800.0
+    assert await manager.heartbeat(session.session_id) == 1800.0
+    assert store.touched == 2
+    got = await manager.get_session(session.session_id)
+    assert (got.state, got.last_active_at) == (State.ACTIVE, clock.now)
+
+
 # -- list and stats
 
 async def test_list_sessions_filters_and_pages(manager: SessionManager) -> None:

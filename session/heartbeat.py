@@ -57,18 +57,20 @@ class LocalHeartbeat:
 
     def now_and_expiry(self) -> tuple[datetime, datetime]:
         """The clock, and the expiry a heartbeat now would set (for a touch that needs I/O)."""
-        now = self._clock()
-        if now is not self._now:
-            self._now = now
-            self._expiry = now + self._timeout
+        now = self._tick()
         return now, self._expiry
 
-    def __call__(self, session_id: str) -> float | None:
+    def _tick(self) -> datetime:
+        """Read the clock; on a new tick, compute the expiry `_expiry` for it."""
         coarse = self._coarse
         now = coarse() if coarse is not None else self._clock()
         if now is not self._now:
             self._now = now
             self._expiry = now + self._timeout
+        return now
+
+    def __call__(self, session_id: str) -> float | None:
+        now = self._tick()
         memory = self._memory
         touch_now = self._touch_now
         if memory is not None:

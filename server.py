@@ -653,7 +653,13 @@ class QuantumServer(asyncio.DatagramProtocol):
                 while (event := conn.next_event()) is not None:
                     self.bridge.handle(peer, event)
             return
-        self._timers.schedule(peer, conn.get_timer())
+        at = conn.get_timer()
+        current = peer.timer_at
+        # schedule() would return at once for a deadline no earlier than the live one, the
+        # common case (a packet only moves the idle deadline later); asked here, where Peer's
+        # type is known, that check is a field read rather than a generic attribute lookup
+        if at is not None and (current is None or at < current):
+            self._timers.schedule(peer, at)
 
     def _on_timer(self, peer: Peer, now: float) -> None:
         peer.conn.handle_timer(now)

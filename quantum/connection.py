@@ -98,6 +98,7 @@ PSH: Final = 0x20
 URG: Final = 0x40
 
 AEAD_TAG: Final = 16
+MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
 MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS
                              - AEAD_TAG)
@@ -908,6 +909,13 @@ class Connection:
         received = self._received
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
+        if sack:
+            # the most recent blocks that fit: a parity packet (12 + 4k bytes of FEC framing
+            # around a full-size payload) has no room for all eight, and SACK information is
+            # repeated by every later packet, so a shortened list loses nothing
+            room = (MAX_DATAGRAM - wire.HEADER_SIZE - AEAD_TAG - len(payload)) >> 3
+            if len(sack) > room:
+                sack = sack[:room] if room > 0 else []
         header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
         body = encode_sack(sack) + payload if sack else payload
         datagram = header + seal.seal(pn, header, body)

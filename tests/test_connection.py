@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from quantum.config import QuantumConfiguration
@@ -388,6 +388,9 @@ def test_syn_flood_from_spoofed_addresses_creates_no_state() -> None:
     fec=st.booleans(),
     sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=30),
 )
+# found in CI: a parity packet of a 7-packet group with eight SACK blocks came to 1478 bytes
+@example(seed=560, loss=0.25, duplicate=0.1796875, jitter=0.032243949525077795, fec=True,
+         sizes=[709, 9712, 13142, 970, 131, 1, 5626, 18198, 1, 345, 1, 1, 19497])
 def test_every_reliable_message_arrives_once_in_order_under_a_hostile_network(
     seed: int, loss: float, duplicate: float, jitter: float, fec: bool, sizes: list[int]
 ) -> None:
@@ -416,3 +419,32 @@ def test_every_reliable_message_arrives_once_in_order_under_a_hostile_network(
     sim.run(until=sim.now + 700.0)
     assert client.state is ConnectionState.CLOSED
     assert server.state is ConnectionState.CLOSED
+
+
+def test_a_parity_packet_drops_sack_blocks_rather_than_exceed_the_datagram_limit() -> None:
+    """Full-size payloads in an FEC group, with the receive side holding eight gaps: every
+    datagram, parity packets included, stays within the limit (the simulated network raises
+    otherwise), and the parity packets still go out."""
+    config = QuantumConfiguration(keepalive_interval=None, fec=(16, 3), idle_timeout=600.0)
+    sim = make_sim(LinkProfile(loss=0.0), 3, config)
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    # eight gaps in what the client has received: every client packet wants 8 SACK blocks
+    for pn in range(3, 40, 4):
+        client._received.on_received(server._sent.next_pn + pn, True, sim.now)
+    for _ in range(32):
+        client.send(bytes(5000))
+    sizes: list[int] = []
+    sent = sim.network.send
+
+    def record(data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
+        sizes.append(len(data))
+        sent(data, src, dst, now)
+
+    sim.network.send = record  # type: ignore[method-assign]
+    sim.flush()
+    sim.run(until=sim.now + 5.0)
+    assert max(sizes) <= 1472
+    assert client.stats.packets_sent > 100
+    assert any(size > 1400 for size in sizes)

@@ -34,9 +34,9 @@ import structlog
 from mypy_extensions import mypyc_attr
 
 from quantum.auth import AnonymousAuthenticator, Authenticator, AuthError, TicketAuthenticator
-from quantum.config import QuantumConfiguration
+from quantum.config import MIN_SEND_BUFFER, QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState
-from quantum.errors import CloseCode
+from quantum.errors import CloseCode, ConnectionClosedError
 from quantum.events import (
     AuthenticationRequested,
     ConnectionClosed,
@@ -44,6 +44,7 @@ from quantum.events import (
     KeepaliveReceived,
     MessageReceived,
     PathMigrated,
+    SendBufferDrained,
 )
 from quantum.frames import Delivery
 from quantum.handshake import ServerHandshake, ServerParams
@@ -128,12 +129,18 @@ class TimerHeap(Generic[TimedT]):
         self._handle = self.loop.call_at(at, self._run)
 
     def _run(self) -> None:
-        """Fire every live deadline that is due, then arm for the earliest live one left."""
+        """Fire every live deadline that is due, each at most once, then arm for the earliest
+        live one left and return to the event loop.
+
+        The entries due are taken off the heap before any fires: whatever firing schedules,
+        even at or before `now` (an owner whose deadline did not move), waits for the next
+        pass, after the loop has polled the socket. No owner can keep this loop running."""
         assert self.loop is not None
         self._handle = None
         self._handle_at = None
         now = self.loop.time()
         heap, alive, deadline = self._heap, self._alive, self._deadline
+        due: list[TimedT] = []
         while heap and heap[0][0] <= now:
             at, key, item = heapq.heappop(heap)
             if item.timer_at != at or not alive(item):
@@ -144,7 +151,10 @@ class TimerHeap(Generic[TimedT]):
                 heapq.heappush(heap, (real, key, item))
                 continue
             item.timer_at = None
-            self._fire(item, now)
+            due.append(item)
+        for item in due:
+            if alive(item):  # an earlier one of this pass may have ended it
+                self._fire(item, now)
         while heap:
             at, _, item = heap[0]
             if item.timer_at == at and alive(item):
@@ -171,6 +181,7 @@ class Peer:
     superseded: bool = False  # a resume moved the session to another connection
     stats_pushed_at: int = 0  # packets_received when the stats last went to the manager
     timer_at: float | None = None
+    drained: asyncio.Future[None] | None = None  # what `drain()` waits for, while it does
 
     @property
     def connection_id(self) -> str:
@@ -186,9 +197,36 @@ class Peer:
 
     def send(self, message: bytes, channel: int = 0,
              mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
-        """Queue a message to this client (raises `MessageError` for a bad one)."""
+        """Queue a message to this client. Raises `MessageError` for a bad one, and its
+        subclass `SendBufferFull` when the client has not acknowledged enough of what it was
+        sent (nothing is queued then: `await peer.drain()` and send again, or drop it)."""
         self.conn.send(message, channel, mode)
         self.server.flush(self)
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is back under half its limit (at once if it is).
+        Raises `ConnectionClosedError` if the connection closes first."""
+        if self.conn.state is _CLOSED:
+            raise ConnectionClosedError("connection closed")
+        if not self.conn.drain_wanted():
+            return
+        if self.drained is None:
+            self.drained = self.server.loop.create_future()
+        await asyncio.shield(self.drained)
+
+    def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
+        """Close this client's connection gracefully (queued data first, then FIN)."""
+        self.conn.close(reason, code)
+        self.server.flush(self)
+
+    def _wake_drained(self, error: BaseException | None) -> None:
+        waiter, self.drained = self.drained, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: nobody may be left awaiting it
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled here, subclassed by applications
@@ -268,6 +306,8 @@ class SessionBridge:
         elif isinstance(event, PathMigrated):
             if peer.session_id is not None:
                 server.spawn(self._migrated(peer, event.new_addr))
+        elif isinstance(event, SendBufferDrained):
+            peer._wake_drained(None)
         elif isinstance(event, ConnectionClosed):
             self._closed(peer, event)
 
@@ -436,6 +476,7 @@ class SessionBridge:
     def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
         server = self.server
         sid = peer.session_id
+        peer._wake_drained(ConnectionClosedError(f"connection closed: {event.reason}"))
         server.call_app(server.app.on_disconnect, peer, event.reason)
         if sid is None or peer.superseded:
             return
@@ -486,6 +527,11 @@ class ServerConfig:
     #: idle client's connection spends most of its time hibernated, while one with real-time
     #: traffic never is; waking costs ~1.4 us, once per quiet spell
     hibernate_after: float = 2.0
+    #: bytes one client may have queued or unacknowledged (`QuantumConfiguration.
+    #: max_send_buffer`): past it `Peer.send` raises `SendBufferFull`
+    max_send_buffer: int = 4 << 20
+    #: a client that acknowledges nothing for this long while data is outstanding is closed
+    stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
@@ -499,8 +545,12 @@ class ServerConfig:
         if type(max_connections) is not int or max_connections < 1:
             raise ValueError(f"max_connections must be a positive integer, "
                              f"got {max_connections!r}")
+        max_send_buffer = given["max_send_buffer"]
+        if type(max_send_buffer) is not int or not MIN_SEND_BUFFER <= max_send_buffer <= 1 << 40:
+            raise ValueError(f"max_send_buffer must be an integer of {MIN_SEND_BUFFER} to "
+                             f"2**40 bytes, got {max_send_buffer!r}")
         for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
-                     "hibernate_after"):
+                     "hibernate_after", "stall_timeout"):
             value = given[name]
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and 0 < value < float("inf")):
@@ -530,7 +580,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         cfg = self.config
         self.quantum_config = QuantumConfiguration(
             keepalive_interval=None, idle_timeout=cfg.idle_timeout,
-            fec=(10, 3) if cfg.fec else None)
+            fec=(10, 3) if cfg.fec else None, max_send_buffer=cfg.max_send_buffer,
+            stall_timeout=cfg.stall_timeout)
         params = ServerParams(fec=self.quantum_config.fec,
                               keepalive_interval=cfg.keepalive_interval,
                               idle_timeout=cfg.idle_timeout)
@@ -837,6 +888,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DEVELOPMENT ONLY: accept any claimed user id without a ticket")
     p.add_argument("--max-connections", type=_positive(int), default=10_000,
                    help="connection cap; handshakes beyond it are refused (default 10000)")
+    p.add_argument("--max-send-buffer", type=_positive(int), default=4 << 20,
+                   help="bytes one client may have queued or unacknowledged before sends "
+                        f"are refused (default 4 MiB, at least {MIN_SEND_BUFFER})")
+    p.add_argument("--stall-timeout", type=_positive(float), default=30.0,
+                   help="seconds a client may go on sending without acknowledging anything "
+                        "before it is closed (default 30)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return p
@@ -919,12 +976,18 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
                     "never run this in production")
     else:
         authenticator = TicketAuthenticator(key.ticket_secret)
+    try:
+        config = ServerConfig(host=args.host, port=args.port,
+                              keepalive_interval=args.keepalive_interval,
+                              idle_timeout=args.idle_timeout, fec=args.fec,
+                              max_connections=args.max_connections,
+                              max_send_buffer=args.max_send_buffer,
+                              stall_timeout=args.stall_timeout)
+    except ValueError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     store = await _build_store(args)
     manager = SessionManager(ManagerConfig(store=store, default_timeout=args.session_timeout))
-    config = ServerConfig(host=args.host, port=args.port,
-                          keepalive_interval=args.keepalive_interval,
-                          idle_timeout=args.idle_timeout, fec=args.fec,
-                          max_connections=args.max_connections)
     server = QuantumServer(manager, key, authenticator, config, app)
     try:
         await server.start()

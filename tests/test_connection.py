@@ -448,3 +448,70 @@ def test_a_parity_packet_drops_sack_blocks_rather_than_exceed_the_datagram_limit
     assert max(sizes) <= 1472
     assert client.stats.packets_sent > 100
     assert any(size > 1400 for size in sizes)
+
+
+def _reachable(root: object) -> list[object]:
+    """Every object reachable from `root` through references the garbage collector sees."""
+    import gc
+
+    seen: dict[int, object] = {}
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen[id(obj)] = obj
+        todo.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def _holds(root: object, secret: bytes) -> bool:
+    text = secret.decode("latin-1")
+    return any((isinstance(o, (bytes, bytearray)) and secret in o)
+               or (isinstance(o, str) and text in o) for o in _reachable(root))
+
+
+def _holds_private_key(root: object) -> bool:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return any(isinstance(o, X25519PrivateKey) for o in _reachable(root))
+
+
+def test_the_client_forgets_its_ticket_and_ephemeral_key_once_established_and_closed() -> None:
+    ticket = "ticket-that-must-not-linger-0123456789"
+    ephemeral = bytes(range(100, 132))
+    sim = make_sim()
+    client = Connection.client(SERVER_ADDR, Credentials(user_id="alice", ticket=ticket),
+                               sim.now, ephemeral_private=ephemeral)
+    sim.clients[CLIENT_ADDR] = client
+    sim.client_events[CLIENT_ADDR] = []
+    assert ticket not in repr(client.credentials)  # a repr ends up in logs
+    assert _holds(client, ticket.encode()) and _holds_private_key(client)  # (the check works)
+    sim.flush()
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert not _holds(client, ticket.encode())
+    assert not _holds_private_key(client)
+    assert client.credentials is None
+    client.close()
+    sim.flush()
+    sim.run(until=sim.now + 5.0)
+    assert client.state is ConnectionState.CLOSED
+    assert client.session_token is not None  # kept: it is what resumes the session later
+
+
+def test_a_refused_client_forgets_its_ticket_too() -> None:
+    ticket = "refused-ticket-0123456789"
+    sim = make_sim()
+    sim.server.authorize = lambda conn, req: conn.reject(CloseCode.BAD_TICKET, "no", sim.now)
+    client = sim.add_client(Credentials(user_id="alice", ticket=ticket))
+    sim.run(until=5.0)
+    assert client.state is ConnectionState.CLOSED
+    assert not _holds(client, ticket.encode())
+
+
+def test_credentials_repr_hides_the_ticket_and_the_resume_token() -> None:
+    creds = Credentials(user_id="alice", ticket="t1cket", resume=(bytes(16), "r3sume"))
+    text = repr(creds)
+    assert "alice" in text and "t1cket" not in text and "r3sume" not in text
+    assert "<hidden>" in text

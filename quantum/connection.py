@@ -203,6 +203,7 @@ class Connection:
         "config",
         "connection_id",
         "credentials",
+        "handshake_reject",
         "is_client",
         "params",
         "session_id",
@@ -236,6 +237,8 @@ class Connection:
         self.session_token: str | None = None
         self.credentials: Credentials | None = None
         self.params: ServerParams | None = None
+        # client side: the last plaintext (unauthenticated) REJECT, see _on_plaintext_reject
+        self.handshake_reject: tuple[int, str] | None = None
         self.close_code = CloseCode.NORMAL
         self.close_reason = ""
 
@@ -638,8 +641,7 @@ class Connection:
                 reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
                 if reject is None:
                     raise PacketError("handshake reset without a reason")
-                self._events.append(HandshakeRejected(reject.code, reject.reason))
-                self._terminate(reject.code, reject.reason, by_peer=True)
+                self._on_plaintext_reject(reject)
             elif flags & SYN and flags & URG and self.state is _SYN_SENT:
                 self._handshake.on_retry(packet.payload)
                 self._handshake_tries = 0
@@ -662,6 +664,20 @@ class Connection:
             self._terminate(exc.code, exc.message, by_peer=False)
         except PacketError:
             self._drop("malformed")
+
+    def _on_plaintext_reject(self, reject: RejectFrame) -> None:
+        """A plaintext REJECT is unauthenticated: anyone who saw our SYN could have sent it.
+        While SYNs are left to send it is only remembered in `handshake_reject` (for the owner
+        to report should the handshake then time out); the one answering the last SYN ends the
+        handshake with its code (docs/PROTOCOL.md 10.2)."""
+        self.handshake_reject = (reject.code, reject.reason)
+        if self._handshake_tries < self.config.handshake_tries:
+            self._drop("unauthenticated_reject")
+            return
+        self._events.append(HandshakeRejected(reject.code, reject.reason))
+        # a code this version does not know still ends the handshake (the event has it)
+        code = reject.code if reject.code in _CLOSE_CODES else CloseCode.PROTOCOL_VIOLATION
+        self._terminate(code, reject.reason, by_peer=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -1002,6 +1018,7 @@ class Connection:
         return stats
 
 
+_CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
 

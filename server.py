@@ -879,11 +879,16 @@ def _positive(kind: type[float] | type[int], minimum: float = 0.0,
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be at least {_plain(minimum)}, got {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {_plain(maximum)}, got {text}")
         return value
     return parse
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 31536000, 4294967.295, 0.001."""
+    return f"{number:.3f}".rstrip("0").rstrip(".")
 
 
 def _host(text: str) -> str:

@@ -66,6 +66,39 @@ def test_bad_flags_exit_2_with_a_clear_message(args: list[str], message: str,
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--session-timeout", "nan"], "must be a finite number, got nan"),
+    (["--idle-timeout", "inf"], "must be a finite number, got inf"),
+    (["--keepalive-interval", "1e309"], "must be a finite number, got 1e309"),
+    (["--idle-timeout", "5000000"], "must be at most 4294967.295, got 5000000"),
+    (["--keepalive-interval", "0.0001"], "must be at least 0.001, got 0.0001"),
+    (["--session-timeout", "1e308"], "must be at most 31536000, got 1e308"),
+    (["issue-ticket", "--user", "alice", "--ttl", "1e308"], "must be at most 31536000"),
+    (["issue-ticket", "--user", "alice", "--ttl", "nan"], "must be a finite number"),
+    (["--host", ""], "argument --host: must not be empty"),
+    (["--max-sessions-per-user", "0"], "must be positive, got 0"),
+    (["--max-connections-per-address", "many"], "not a number: 'many'"),
+    (["--handshake-burst", "0.5"], "must be at least 1, got 0.5"),
+])
+def test_out_of_range_flags_exit_2_with_a_clear_message(args: list[str], message: str,
+                                                        tmp_path: Path) -> None:
+    result = run_cli(args, tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keygen_refuses_a_folder_others_can_write_to(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = run_cli(["keygen", "--key-file", str(shared / "server.key")], tmp_path)
+    assert result.returncode == 2
+    assert "let group or others replace the key file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(shared.iterdir()) == []
+
+
 def test_keygen_writes_a_private_file_and_prints_its_fingerprint(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "server.key"
     result = run_cli(["keygen", "--key-file", str(path)], tmp_path)

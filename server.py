@@ -243,7 +243,8 @@ class SessionBridge:
 
     | event                                  | session service                                  |
     |----------------------------------------|--------------------------------------------------|
-    | AuthenticationRequested                | authenticate; create_session / resume_session    |
+    | AuthenticationRequested                | authenticate; user's connection quota;           |
+    |                                        | create_session / resume_session                  |
     | KeepaliveReceived                      | heartbeat -> keepalive-ack carries remaining     |
     | MessageReceived                        | application.on_message; IDLE session -> ACTIVE   |
     | PathMigrated                           | session's client address follows                 |
@@ -337,7 +338,10 @@ class SessionBridge:
                 token = req.resume[1] if req.resume else ""
             remaining = await self.manager.heartbeat(session.session_id)  # CONNECTING -> ACTIVE
         except AuthError as exc:
-            server.counters.auth_failures += 1
+            if exc.code == CloseCode.TOO_MANY_CONNECTIONS:
+                server.listener.count_reject(exc.code)  # a limit, not a failed authentication
+            else:
+                server.counters.auth_failures += 1
             log.info("handshake rejected", connection_id=cid, user_id=req.user_id,
                      reason=exc.code.name.lower(), detail=exc.message)
             conn.reject(exc.code, exc.message, server.loop.time())
@@ -346,7 +350,8 @@ class SessionBridge:
         except SessionLimitExceeded as exc:
             code = (CloseCode.TOO_MANY_SESSIONS if isinstance(exc, TooManyUserSessions)
                     else CloseCode.SESSIONS_FULL)
-            log.info("handshake refused", connection_id=cid, user_id=req.user_id,
+            server.listener.count_reject(code)
+            log.info("handshake rejected", connection_id=cid, user_id=req.user_id,
                      reason=code.name.lower(), detail=str(exc))
             conn.reject(code, str(exc)[:200], server.loop.time())
             server.flush(peer)

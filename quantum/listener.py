@@ -353,7 +353,7 @@ class Listener:
     def _refuse(self, conn: Connection, code: CloseCode, reason: str, budget: int,
                 now: float) -> list[tuple[bytes, Address]]:
         """Answer a verified finish with a sealed REJECT; replays of it are dropped unread."""
-        self._count_reject(code)
+        self.count_reject(code)
         conn.reject(code, reason, now)
         self._refuse_replays(conn.connection_id, now)
         replies = conn.datagrams_to_send(now)
@@ -366,7 +366,7 @@ class Listener:
 
     def _reject(self, packet: Packet, budget: int, addr: Address, code: CloseCode,
                 reason: str) -> list[tuple[bytes, Address]]:
-        self._count_reject(code)
+        self.count_reject(code)
         payload = encode_frames([RejectFrame(int(code), reason)])
         return self._reply(Flags.RST, packet.connection_id, payload, budget, addr)
 
@@ -378,7 +378,10 @@ class Listener:
             return []
         return [(datagram, addr)]
 
-    def _count_reject(self, code: CloseCode) -> None:
+    def count_reject(self, code: CloseCode) -> None:
+        """Count a refused handshake in `stats.rejected` by reason. The owner counts here too
+        the ones it refuses after authentication for a limit (TOO_MANY_CONNECTIONS...), so
+        that every refusal for a limit shows in one place."""
         rejected = self.stats.rejected
         rejected[code.name.lower()] = rejected.get(code.name.lower(), 0) + 1
 

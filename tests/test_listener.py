@@ -172,12 +172,12 @@ def test_retry_mode_charges_each_handshake_exactly_once() -> None:
 
 
 def test_a_nat_of_many_clients_completes_every_handshake_its_rate_allows() -> None:
-    # 3,500 handshakes through one address in retry mode, at 19 a second against a rate of
-    # 20: charged once each, none is refused (charged twice, a quarter were)
+    # 2,000 handshakes through one address in retry mode, at 19 a second against a rate of
+    # 20: charged once each, none is refused (charged twice, most were)
     door = Door(make_listener(per_source_rate=20.0, per_source_burst=40.0, retry_above_rate=1.0))
     nat = "203.0.113.50"
     refused = 0
-    for i in range(3500):
+    for i in range(2000):
         door.now = 100.0 + i / 19
         client, _ = door.handshake((nat, 1024 + i % 60000))
         if client.state is not ConnectionState.AWAIT_ACCEPT:
@@ -185,7 +185,7 @@ def test_a_nat_of_many_clients_completes_every_handshake_its_rate_allows() -> No
         for conn in list(door.connections.values()):
             door.close(conn)  # keep under the per-address cap: short-lived clients
     assert refused == 0
-    assert door.listener.stats.handshakes_started == 3500
+    assert door.listener.stats.handshakes_started == 2000
 
 
 def test_a_proven_source_over_its_rate_is_told_rate_limited() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import time
@@ -102,7 +103,9 @@ async def test_tiny_garbage_syns_from_the_victims_address_do_not_lock_it_out() -
             return stats.drops.get("bad_hello", 0) == flood.sent
 
         await eventually(all_read, what="every garbage SYN to be read and dropped")
-        assert flood.sent >= 100 and stats.rejected == {} and stats.retries_sent == 0
+        # more than the burst of 40: charged, they would have emptied the victim's bucket
+        assert flood.sent > 40
+        assert stats.rejected == {} and stats.retries_sent == 0
 
 
 async def test_a_flood_of_well_formed_hellos_from_the_victims_address_costs_it_a_retry() -> None:
@@ -121,11 +124,14 @@ async def test_handshakes_through_one_nat_in_retry_mode_are_charged_once() -> No
     limits = {"per_source_rate": 40.0, "per_source_burst": 10.0, "retry_above_rate": 1.0}
     async with limited_server(listener_args=limits) as h:
         clients: list[QuantumClient] = []
+        started = time.monotonic()
         for i in range(30):
             clients.append(await dial(h.port, f"behind-nat-{i}"))
             await asyncio.sleep(1 / 30)
+        elapsed = time.monotonic() - started
         stats = h.server.listener.stats
-        assert stats.retries_sent >= 25
+        # all but the few that found a token of the total rate (one a second) had to retry
+        assert stats.retries_sent >= 30 - math.ceil(elapsed) - 1
         assert stats.rejected == {}
         for client in clients:
             client.abort()
@@ -142,6 +148,7 @@ async def test_one_address_holds_at_most_64_connections() -> None:
             await dial(h.port, "user-64")
         assert refused.value.code == CloseCode.ADDRESS_FULL
         assert "at most 64" in refused.value.reason
+        assert h.server.snapshot()["handshakes_rejected"] == {"address_full": 1}
         assert len(h.server.peers) == 64
         await clients[0].close()
 
@@ -163,6 +170,9 @@ async def test_one_user_holds_at_most_8_connections_and_a_resume_replaces_its_ow
         assert refused.value.code == CloseCode.TOO_MANY_CONNECTIONS
         assert "at most 8" in refused.value.reason
         assert (await h.manager.get_stats())["total"] == 8  # no session was made for it
+        snapshot = h.server.snapshot()
+        assert snapshot["handshakes_rejected"] == {"too_many_connections": 1}
+        assert snapshot["auth_failures"] == 0
         other = await dial(h.port, "bob")  # other users are not affected
         # resuming one of alice's sessions on a new connection replaces that connection
         first = clients[0]
@@ -215,6 +225,7 @@ async def test_when_every_session_is_live_the_next_is_refused_too_many_sessions(
             await dial(h.port, "alice")
         assert refused.value.code == CloseCode.TOO_MANY_SESSIONS
         assert (await h.manager.get_stats())["total"] == 2 and h.ended == []
+        assert h.server.snapshot()["handshakes_rejected"] == {"too_many_sessions": 1}
         assert len(h.server.peers) == 2  # the refused connection is gone
         for client in clients:
             await client.close()
@@ -226,6 +237,7 @@ async def test_the_session_service_full_is_refused_sessions_full() -> None:
         with pytest.raises(ConnectError) as refused:
             await dial(h.port, "user-3")
         assert refused.value.code == CloseCode.SESSIONS_FULL
+        assert h.server.snapshot()["handshakes_rejected"] == {"sessions_full": 1}
         for client in clients:
             await client.close()
 

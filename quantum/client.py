@@ -247,11 +247,21 @@ class QuantumClient(asyncio.DatagramProtocol):
             elif isinstance(event, ConnectionClosed):
                 self.close_code, self.close_reason = event.code, event.reason
                 if not self._established.done():
-                    self._established.set_exception(ConnectError(event.code, event.reason))
+                    self._established.set_exception(self._connect_error(event))
                 if not self._closed.done():
                     self._closed.set_result(None)
                 self._wake_all()
         self._flush()
+
+    def _connect_error(self, closed: ConnectionClosed) -> ConnectError:
+        """Why the handshake failed: a handshake that timed out after a plaintext REJECT
+        (which the connection only remembers, as anyone could have sent it) reports that."""
+        rejected = self._conn.handshake_reject
+        if closed.code == CloseCode.HANDSHAKE_TIMEOUT and rejected is not None:
+            code, reason = rejected
+            return ConnectError(code, f"{reason} (unauthenticated answer; then the handshake "
+                                      "timed out)")
+        return ConnectError(closed.code, closed.reason)
 
     def _flush(self) -> None:
         transport = self._transport

@@ -216,6 +216,7 @@ class Connection:
         "config",
         "connection_id",
         "credentials",
+        "handshake_reject",
         "is_client",
         "params",
         "session_id",
@@ -249,7 +250,9 @@ class Connection:
         self.session_token: str | None = None
         self.credentials: Credentials | None = None
         self.params: ServerParams | None = None
-        self.close_code = CloseCode.NORMAL
+        # client side: the last plaintext (unauthenticated) REJECT, see _on_plaintext_reject
+        self.handshake_reject: tuple[int, str] | None = None
+        self.close_code: int = CloseCode.NORMAL  # a CloseCode, or the peer's unknown code
         self.close_reason = ""
 
         self._events: list[Event] = []
@@ -722,8 +725,7 @@ class Connection:
                 reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
                 if reject is None:
                     raise PacketError("handshake reset without a reason")
-                self._events.append(HandshakeRejected(reject.code, reject.reason))
-                self._terminate(reject.code, reject.reason, by_peer=True)
+                self._on_plaintext_reject(reject)
             elif flags & SYN and flags & URG and self.state is _SYN_SENT:
                 self._handshake.on_retry(packet.payload)
                 self._handshake_tries = 0
@@ -746,6 +748,18 @@ class Connection:
             self._terminate(exc.code, exc.message, by_peer=False)
         except PacketError:
             self._drop("malformed")
+
+    def _on_plaintext_reject(self, reject: RejectFrame) -> None:
+        """A plaintext REJECT is unauthenticated: anyone who saw our SYN could have sent it.
+        While SYNs are left to send it is only remembered in `handshake_reject` (for the owner
+        to report should the handshake then time out); the one answering the last SYN ends the
+        handshake with its code (docs/PROTOCOL.md 10.2)."""
+        self.handshake_reject = (reject.code, reject.reason)
+        if self._handshake_tries < self.config.handshake_tries:
+            self._drop("unauthenticated_reject")
+            return
+        self._events.append(HandshakeRejected(reject.code, reject.reason))
+        self._terminate(reject.code, reject.reason, by_peer=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -1173,7 +1187,9 @@ class Connection:
         self._forget_handshake()
         self._migration = None
         self._probe_out = None
-        self.close_code, self.close_reason = CloseCode(code), reason
+        # a code this version does not know (a newer peer's) is kept as the number it is
+        self.close_code = CloseCode(code) if code in _CLOSE_CODES else code
+        self.close_reason = reason
         self._handshake_resend_at = None
         self._close_deadline = None
         self._events.append(ConnectionClosed(int(code), reason, by_peer))
@@ -1194,6 +1210,7 @@ class Connection:
         return stats
 
 
+_CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
 

@@ -64,3 +64,13 @@ class CloseCode(enum.IntEnum):
     BAD_SERVER_KEY = 23
     BAD_REQUEST = 24  # malformed credentials or metadata
     STORE_UNAVAILABLE = 25  # the session store cannot be reached; try again later
+    # resource limits (docs/PROTOCOL.md 10.4): the client may try again later
+    #: the user already has `max_sessions_per_user` sessions, none of them evictable (every one
+    #: is held by a live connection)
+    TOO_MANY_SESSIONS = 26
+    #: the session service holds `max_sessions` sessions
+    SESSIONS_FULL = 27
+    #: the user already has `max_connections_per_user` connections to this server
+    TOO_MANY_CONNECTIONS = 28
+    #: the source address already has `max_connections_per_address` connections to this server
+    ADDRESS_FULL = 29

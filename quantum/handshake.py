@@ -688,6 +688,20 @@ class ServerHandshake:
         credentials = decode_credentials(plain)
         return schedule.server_keys(), credentials, self.params.negotiate(credentials.fec)
 
+    def finish_cookie_valid(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
+                            now: float) -> bool:
+        """Whether a ClientFinish payload's server cookie opens, fresh, for this address and
+        connection id: one AES-GCM open and no Diffie-Hellman, so a front door can check it
+        before it spends anything else on the finish. `on_client_finish` checks it again."""
+        if len(payload) < _FINISH_PREFIX:
+            return False
+        try:
+            self._open_cookie(connection_id, payload[:PUBLIC_KEY_SIZE],
+                              payload[PUBLIC_KEY_SIZE:_FINISH_PREFIX], addr, now)
+        except HandshakeError:
+            return False
+        return True
+
     def _open_cookie(self, connection_id: bytes, client_public: bytes, cookie: bytes,
                      addr: tuple[str, int], now: float) -> bytes:
         key_id = cookie[0]

@@ -515,3 +515,29 @@ def test_credentials_repr_hides_the_ticket_and_the_resume_token() -> None:
     text = repr(creds)
     assert "alice" in text and "t1cket" not in text and "r3sume" not in text
     assert "<hidden>" in text
+
+
+def test_a_close_code_this_version_does_not_know_ends_the_connection_with_that_code() -> None:
+    """A newer peer may close with a code we have no name for: it is kept as a number, and
+    neither side crashes."""
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    server._abort(999, "a reason from the future", sim.now)
+    sim.flush()
+    sim.run(until=sim.now + 1.0)
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == 999 and client.close_reason == "a reason from the future"
+    closed = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
+    assert [(e.code, e.by_peer) for e in closed] == [(999, True)]
+
+
+def test_a_sealed_reject_with_an_unknown_code_is_reported_with_that_code() -> None:
+    sim = make_sim()
+    sim.server.authorize = lambda conn, req: conn.reject(4242, "new policy", sim.now)
+    client = sim.add_client(ALICE)
+    sim.run(until=5.0)
+    rejected = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, HandshakeRejected)]
+    assert [(e.code, e.reason) for e in rejected] == [(4242, "new policy")]
+    assert client.state is ConnectionState.CLOSED and client.close_code == 4242

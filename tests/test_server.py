@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -74,15 +75,24 @@ async def running_server(
     idle_timeout: float = 5.0,
     cleanup_interval: float = 0.2,
     hibernate_after: float = 5.0,
+    max_connections: int = 10_000,
+    manager_limits: dict[str, Any] | None = None,
+    setup: Callable[[QuantumServer], None] | None = None,
     **config: object,
 ) -> AsyncIterator[Harness]:
+    """`manager_limits`: more ManagerConfig fields; `setup(server)` runs before it starts;
+    `config`: more ServerConfig fields."""
     key = key or ServerKeyFile.new()
     manager = SessionManager(ManagerConfig(store=MemoryStore(), default_timeout=session_timeout,
-                                           cleanup_interval=cleanup_interval))
+                                           cleanup_interval=cleanup_interval,
+                                           **(manager_limits or {})))
     config = ServerConfig(host=HOST, port=0, keepalive_interval=KEEPALIVE,
                           idle_timeout=idle_timeout, stats_interval=0.1,
-                          hibernate_after=hibernate_after, **config)  # type: ignore[arg-type]
+                          hibernate_after=hibernate_after, max_connections=max_connections,
+                          **config)  # type: ignore[arg-type]
     server = QuantumServer(manager, key, authenticator or AnonymousAuthenticator(), config, app)
+    if setup is not None:
+        setup(server)
     harness = Harness(server, manager, key)
     manager.add_listener(lambda s, reason: harness.ended.append((s.session_id, reason)))
     await server.start()

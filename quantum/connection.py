@@ -550,7 +550,8 @@ class Connection:
         stats.packets_received += 1
         stats.bytes_received += len(data)
         self._last_received = now
-        if addr != self._peer:
+        peer: Address = self._peer  # typed: compared as a native tuple of str and int
+        if addr != peer:
             self._on_other_path(addr, pn, len(data), now)
         if pn > self._largest_pn:
             self._largest_pn = pn

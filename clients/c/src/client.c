@@ -449,6 +449,7 @@ int quantum_client_service(quantum_client *c, int timeout_ms, quantum_event *ev)
         return QUANTUM_E_STATE;
     double start = monotonic();
     double deadline = timeout_ms < 0 ? -1.0 : start + timeout_ms / 1000.0;
+    int last_pass = 0; /* past the deadline, the socket is still read once, without waiting */
     for (;;) {
         if (next_app_event(c, ev))
             return 1;
@@ -480,13 +481,18 @@ int quantum_client_service(quantum_client *c, int timeout_ms, quantum_event *ev)
             t = now + 0.001; /* handled and still due (nothing could move it): do not spin */
         if (t >= 0 && (until < 0 || t < until))
             until = t;
-        if (deadline >= 0 && now >= deadline)
-            return 0;
+        if (deadline >= 0 && now >= deadline) {
+            if (last_pass)
+                return 0;
+            last_pass = 1;
+        }
         int wait_ms = -1;
         if (until >= 0) {
             double ms = (until - now) * 1000.0;
             wait_ms = ms <= 0 ? 0 : (int)(ms + 0.999); /* round up: never spin before a timer */
         }
+        if (last_pass)
+            wait_ms = 0;
         if (c->fd < 0 || c->phase == P_WAIT_RECONNECT) {
             if (wait_ms > 0) {
                 struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L};

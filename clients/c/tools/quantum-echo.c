@@ -3,14 +3,17 @@
  *
  *   quantum-echo HOST PORT --server-key KEY --user USER [--ticket TICKET]
  *                [--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume]
- *                [-4 | -6] [--timeout SECONDS]
+ *                [-4 | -6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]]
  *
  * Steps, each printed as "<step> ok ..." on stdout: connect; echo on every delivery mode on
  * every channel listed (reliable messages of several sizes, multi-fragment included;
  * unreliable ones re-sent if the network lost them, which it may); one big message (1 MiB by
  * default); a heartbeat; a migration to a new local port (the server validates the new path);
  * a resume (the connection is dropped without a word and the session is resumed on a new
- * one); a graceful close. Errors go to stderr; bad arguments exit 2. */
+ * one); a graceful close. With --reconnect, before closing it prints "outage now" and waits
+ * for the network to fail and come back (the client notices within --idle-timeout, default
+ * 1.5 s, and reconnects by itself, resuming the session). Errors go to stderr; bad arguments
+ * exit 2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +28,9 @@ typedef struct opts {
     uint16_t port;
     int channels[MAX_CHANNELS], nchannels;
     size_t big;
-    int migrate, resume, family;
+    int migrate, resume, family, reconnect;
     int timeout_ms;
+    double idle_timeout;
 } opts;
 
 static double now_s(void) {
@@ -39,7 +43,7 @@ static int usage(const char *why) {
     fprintf(stderr, "quantum-echo: %s\n", why);
     fprintf(stderr, "usage: quantum-echo HOST PORT --server-key KEY --user USER [--ticket T] "
                     "[--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume] "
-                    "[-4|-6] [--timeout SECONDS]\n");
+                    "[-4|-6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]]\n");
     return 2;
 }
 
@@ -71,6 +75,7 @@ static int parse(int argc, char **argv, opts *o) {
     o->big = QUANTUM_MAX_MESSAGE_SIZE;
     o->migrate = o->resume = 1;
     o->timeout_ms = 20000;
+    o->idle_timeout = 1.5;
     int ch[] = {0, 1, 7, 255};
     memcpy(o->channels, ch, sizeof ch);
     o->nchannels = 4;
@@ -99,6 +104,14 @@ static int parse(int argc, char **argv, opts *o) {
             if (*end || !(v > 0) || v > 3600)
                 return usage("--timeout: seconds, positive");
             o->timeout_ms = (int)(v * 1000);
+        } else if (strcmp(a, "--idle-timeout") == 0 && next) {
+            char *end;
+            double v = strtod(argv[++i], &end);
+            if (*end || !(v > 0) || v > 3600)
+                return usage("--idle-timeout: seconds, positive");
+            o->idle_timeout = v;
+        } else if (strcmp(a, "--reconnect") == 0) {
+            o->reconnect = 1;
         } else if (strcmp(a, "--no-migrate") == 0) {
             o->migrate = 0;
         } else if (strcmp(a, "--no-resume") == 0) {
@@ -155,6 +168,13 @@ static int connect_client(const opts *o, quantum_client **out, const uint8_t *re
     quantum_config_default(&cfg);
     cfg.handshake_timeout = 8.0;
     cfg.handshake_tries = 16;
+    if (o->reconnect) { /* notice a dead network quickly, and keep it busy enough to notice */
+        cfg.idle_timeout = o->idle_timeout;
+        cfg.keepalive_interval = o->idle_timeout / 3;
+        cfg.reconnect_initial_delay = 0.2;
+        cfg.reconnect_max_delay = 1.0;
+        cfg.reconnect_max_attempts = 0;
+    }
     int r = quantum_client_create(out, &cfg);
     if (r == 0)
         r = quantum_client_set_family(*out, o->family);
@@ -359,6 +379,36 @@ static int step_resume(quantum_client **c, const opts *o) {
     return 0;
 }
 
+static int step_reconnect(quantum_client *c) {
+    uint8_t sid[16];
+    if (quantum_client_session(c, sid, NULL, 0) != 0)
+        return fail("reconnect", "no session");
+    printf("outage now\n");
+    fflush(stdout);
+    quantum_event ev;
+    double end = now_s() + 60.0;
+    int r;
+    do {
+        r = quantum_client_service(c, 100, &ev);
+        if (r < 0)
+            return fail("reconnect", quantum_error_string(r));
+        if (r == 1 && ev.type == QUANTUM_EVENT_DISCONNECTED)
+            return fail("reconnect", ev.reason);
+    } while (!(r == 1 && ev.type == QUANTUM_EVENT_RECONNECTED) && now_s() < end);
+    if (!(r == 1 && ev.type == QUANTUM_EVENT_RECONNECTED))
+        return fail("reconnect", "never reconnected");
+    if (!ev.resumed || memcmp(ev.session_id, sid, 16) != 0)
+        return fail("reconnect", "a new session instead of the old one");
+    static const uint8_t msg[] = "after reconnecting";
+    r = echo_one(c, 11, QUANTUM_RELIABLE_ORDERED, msg, sizeof msg, 10.0);
+    if (r != 0)
+        return fail("reconnect", quantum_error_string(r));
+    quantum_stats s;
+    quantum_client_stats(c, &s);
+    printf("reconnect ok: session resumed after the outage (%u reconnect)\n", s.reconnects);
+    return 0;
+}
+
 static int step_close(quantum_client *c) {
     int r = quantum_client_close(c, "client closed");
     if (r != 0)
@@ -396,7 +446,7 @@ int main(int argc, char **argv) {
     printf("connect ok: session %s remaining_ms=%u\n", text, ev.remaining_ms);
     int failed = step_echo(c, &o) || step_big(c, &o) || step_heartbeat(c) ||
                  (o.migrate && step_migrate(c)) || (o.resume && step_resume(&c, &o)) ||
-                 step_close(c);
+                 (o.reconnect && step_reconnect(c)) || step_close(c);
     quantum_client_destroy(c);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,609 @@
+/* quantum-loadgen: the heartbeat benchmark's load side on libquantum's sans-I/O connections
+ * (python -m benchmarks.heartbeat --client c drives it; benchmarks/c_loadgen.py).
+ *
+ *   quantum-loadgen HOST PORT [--sockets N]
+ *
+ * Many client connections share a few UDP sockets: replies are routed to their connection by
+ * the connection id (header bytes 6..22), every timer sits in one heap, and datagrams are
+ * read and written in batches (recvmmsg / sendmmsg) once per pass of the loop, as the Python
+ * generator (benchmarks/loadgen.py) does with its outbox. Commands arrive on stdin, one per
+ * line, and each is answered with one JSON object on stdout:
+ *
+ *   connect COUNT PREFIX [IN_FLIGHT]   open COUNT connections (users PREFIX-0, PREFIX-1...)
+ *   run CLIENTS SECONDS [pool]         closed loop of keepalives on the first CLIENTS
+ *   quit
+ *
+ * A failed command answers {"error": "..."}; bad arguments exit 2. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "quantum.h"
+
+#define MAX_SOCKETS 16
+#define BATCH 64
+#define DGRAM 1500
+#define ACK_TIMEOUT 2.0
+#define SOCKET_BUFFER (4 * 1024 * 1024)
+
+typedef struct client {
+    quantum_connection *conn;
+    int sock;
+    int64_t keepalive_id; /* the outstanding one, -1: none */
+    double sent_at;
+    double timer_at; /* what the heap holds for it; < 0: nothing */
+    int active, settled, established, closed;
+} client;
+
+typedef struct heap_item {
+    double at;
+    uint32_t index;
+} heap_item;
+
+typedef struct doubles {
+    double *v;
+    size_t n, cap;
+} doubles;
+
+typedef struct gen {
+    struct sockaddr_storage server;
+    socklen_t server_len;
+    int socks[MAX_SOCKETS], nsocks;
+    client *clients;
+    size_t nclients, cap;
+    uint32_t *table; /* open addressing: cid -> client index + 1 */
+    size_t table_cap;
+    heap_item *heap;
+    size_t heap_len, heap_cap;
+    /* outbox: datagrams of this pass, per socket */
+    struct mmsghdr out_msgs[MAX_SOCKETS][BATCH];
+    struct iovec out_iov[MAX_SOCKETS][BATCH];
+    uint8_t out_buf[MAX_SOCKETS][BATCH][DGRAM];
+    int out_n[MAX_SOCKETS];
+    /* handshakes */
+    size_t target, launched, done, failed;
+    const char *prefix;
+    int handshaking;
+    /* the closed loop */
+    int running;
+    size_t outstanding;
+    uint64_t sent, acknowledged, timed_out, late;
+    doubles rtts, pooled;
+} gen;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void push_double(doubles *d, double v) {
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 4096;
+        double *grown = realloc(d->v, cap * sizeof *grown);
+        if (!grown)
+            return;
+        d->v = grown;
+        d->cap = cap;
+    }
+    d->v[d->n++] = v;
+}
+
+/* ------------------------------------------------------------------------- the heap */
+
+static void heap_push(gen *g, double at, uint32_t index) {
+    if (g->heap_len == g->heap_cap) {
+        size_t cap = g->heap_cap ? g->heap_cap * 2 : 1024;
+        heap_item *grown = realloc(g->heap, cap * sizeof *grown);
+        if (!grown)
+            return;
+        g->heap = grown;
+        g->heap_cap = cap;
+    }
+    size_t i = g->heap_len++;
+    while (i > 0 && g->heap[(i - 1) / 2].at > at) {
+        g->heap[i] = g->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    g->heap[i].at = at;
+    g->heap[i].index = index;
+}
+
+static heap_item heap_pop(gen *g) {
+    heap_item top = g->heap[0], last = g->heap[--g->heap_len];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= g->heap_len)
+            break;
+        if (c + 1 < g->heap_len && g->heap[c + 1].at < g->heap[c].at)
+            c++;
+        if (g->heap[c].at >= last.at)
+            break;
+        g->heap[i] = g->heap[c];
+        i = c;
+    }
+    if (g->heap_len)
+        g->heap[i] = last;
+    return top;
+}
+
+/* Keep at most one live heap entry per client: a stale one is skipped when popped. */
+static void schedule(gen *g, uint32_t index) {
+    client *cl = &g->clients[index];
+    double t = cl->closed ? -1.0 : quantum_connection_next_timer(cl->conn);
+    if (t >= 0 && (cl->timer_at < 0 || t < cl->timer_at)) {
+        cl->timer_at = t;
+        heap_push(g, t, index);
+    } else if (t < 0) {
+        cl->timer_at = -1.0;
+    }
+}
+
+/* ------------------------------------------------------------------ connection ids */
+
+static size_t cid_hash(const uint8_t *cid, size_t cap) {
+    uint64_t h;
+    memcpy(&h, cid, 8); /* connection ids are random */
+    return (size_t)(h & (cap - 1));
+}
+
+static int table_grow(gen *g) {
+    size_t cap = g->table_cap ? g->table_cap * 2 : 4096;
+    uint32_t *t = calloc(cap, sizeof *t);
+    if (!t)
+        return -1;
+    for (size_t i = 0; i < g->nclients; i++) {
+        size_t h = cid_hash(quantum_connection_id(g->clients[i].conn), cap);
+        while (t[h])
+            h = (h + 1) & (cap - 1);
+        t[h] = (uint32_t)i + 1;
+    }
+    free(g->table);
+    g->table = t;
+    g->table_cap = cap;
+    return 0;
+}
+
+static client *lookup(gen *g, const uint8_t *cid, uint32_t *index) {
+    if (!g->table_cap)
+        return NULL;
+    for (size_t h = cid_hash(cid, g->table_cap);; h = (h + 1) & (g->table_cap - 1)) {
+        uint32_t v = g->table[h];
+        if (!v)
+            return NULL;
+        if (memcmp(quantum_connection_id(g->clients[v - 1].conn), cid, 16) == 0) {
+            *index = v - 1;
+            return &g->clients[v - 1];
+        }
+    }
+}
+
+/* --------------------------------------------------------------------- datagrams */
+
+static void send_outbox(gen *g, int s) {
+    int n = g->out_n[s], done = 0;
+    while (done < n) {
+        int r = sendmmsg(g->socks[s], g->out_msgs[s] + done, (unsigned)(n - done), 0);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            break; /* a full buffer is loss, as on the network */
+        }
+        done += r;
+    }
+    g->out_n[s] = 0;
+}
+
+static void flush_client(gen *g, uint32_t index) {
+    client *cl = &g->clients[index];
+    int s = cl->sock;
+    size_t len;
+    double now = now_s();
+    for (;;) {
+        if (g->out_n[s] == BATCH)
+            send_outbox(g, s);
+        int i = g->out_n[s];
+        if (quantum_connection_next_datagram(cl->conn, now, g->out_buf[s][i], DGRAM, &len) != 1)
+            break;
+        g->out_iov[s][i].iov_base = g->out_buf[s][i];
+        g->out_iov[s][i].iov_len = len;
+        memset(&g->out_msgs[s][i], 0, sizeof g->out_msgs[s][i]);
+        g->out_msgs[s][i].msg_hdr.msg_iov = &g->out_iov[s][i];
+        g->out_msgs[s][i].msg_hdr.msg_iovlen = 1;
+        g->out_msgs[s][i].msg_hdr.msg_name = &g->server;
+        g->out_msgs[s][i].msg_hdr.msg_namelen = g->server_len;
+        g->out_n[s]++;
+    }
+    schedule(g, index);
+}
+
+static void send_keepalive(gen *g, client *cl) {
+    uint32_t id;
+    if (quantum_connection_keepalive(cl->conn, &id) != 0) {
+        cl->keepalive_id = -1;
+        return;
+    }
+    cl->keepalive_id = id;
+    cl->sent_at = now_s();
+    g->sent++;
+}
+
+static void launch(gen *g);
+
+static void handshake_finished(gen *g, int ok) {
+    if (!g->handshaking)
+        return;
+    if (ok)
+        g->done++;
+    else
+        g->failed++;
+    if (g->launched - g->failed < g->target)
+        launch(g); /* one finished, one more in flight: the pipeline stays full */
+}
+
+static void drain_events(gen *g, uint32_t index) {
+    client *cl = &g->clients[index];
+    quantum_event ev;
+    while (quantum_connection_next_event(cl->conn, &ev) == 1) {
+        if (ev.type == QUANTUM_EVENT_KEEPALIVE) {
+            if ((int64_t)ev.keepalive_id != cl->keepalive_id) {
+                g->late++;
+                continue;
+            }
+            g->acknowledged++;
+            push_double(&g->rtts, now_s() - cl->sent_at);
+            if (g->running) {
+                send_keepalive(g, cl);
+            } else {
+                cl->keepalive_id = -1;
+                g->outstanding--;
+            }
+        } else if (ev.type == QUANTUM_EVENT_CONNECTED) {
+            cl->established = 1;
+            if (!cl->settled) {
+                cl->settled = 1;
+                handshake_finished(g, 1);
+            }
+        } else if (ev.type == QUANTUM_EVENT_DISCONNECTED) {
+            cl->closed = 1;
+            if (cl->active && cl->keepalive_id >= 0) {
+                cl->keepalive_id = -1;
+                g->outstanding--;
+            }
+            cl->active = 0;
+            if (!cl->settled) {
+                cl->settled = 1;
+                handshake_finished(g, 0);
+            }
+        }
+    }
+}
+
+static void receive_socket(gen *g, int s) {
+    static uint8_t bufs[BATCH][DGRAM];
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    for (int round = 0; round < 16; round++) {
+        for (int i = 0; i < BATCH; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = DGRAM;
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(g->socks[s], msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0)
+            return;
+        double now = now_s();
+        for (int i = 0; i < n; i++) {
+            size_t len = msgs[i].msg_len;
+            uint32_t index;
+            client *cl = len >= 22 ? lookup(g, bufs[i] + 6, &index) : NULL;
+            if (!cl || cl->closed)
+                continue;
+            quantum_connection_receive(cl->conn, bufs[i], len, NULL, 0, now);
+            drain_events(g, index);
+            flush_client(g, index);
+        }
+        if (n < BATCH)
+            return;
+    }
+}
+
+static void run_timers(gen *g) {
+    double now = now_s();
+    while (g->heap_len && g->heap[0].at <= now) {
+        heap_item it = heap_pop(g);
+        client *cl = &g->clients[it.index];
+        if (cl->timer_at != it.at || cl->closed)
+            continue; /* superseded */
+        cl->timer_at = -1.0;
+        quantum_connection_handle_timer(cl->conn, now);
+        drain_events(g, it.index);
+        flush_client(g, it.index);
+    }
+}
+
+/* One pass: wait for datagrams or the next timer (at most max_wait), handle, send. */
+static void pass(gen *g, double max_wait) {
+    struct pollfd pfd[MAX_SOCKETS];
+    for (int s = 0; s < g->nsocks; s++) {
+        pfd[s].fd = g->socks[s];
+        pfd[s].events = POLLIN;
+        pfd[s].revents = 0;
+    }
+    double wait = max_wait;
+    if (g->heap_len) {
+        double t = g->heap[0].at - now_s();
+        if (t < wait)
+            wait = t;
+    }
+    int ms = wait <= 0 ? 0 : (int)ceil(wait * 1000);
+    if (poll(pfd, (nfds_t)g->nsocks, ms) > 0)
+        for (int s = 0; s < g->nsocks; s++)
+            if (pfd[s].revents & POLLIN)
+                receive_socket(g, s);
+    run_timers(g);
+    for (int s = 0; s < g->nsocks; s++)
+        if (g->out_n[s])
+            send_outbox(g, s);
+}
+
+/* ------------------------------------------------------------------------- commands */
+
+static void launch(gen *g) {
+    if (g->nclients == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : 1024;
+        client *grown = realloc(g->clients, cap * sizeof *grown);
+        if (!grown)
+            return;
+        g->clients = grown;
+        g->cap = cap;
+    }
+    if ((g->nclients + 1) * 2 > g->table_cap && table_grow(g) != 0)
+        return;
+    quantum_config cfg;
+    quantum_config_default(&cfg);
+    cfg.keepalive_interval = 0; /* the closed loop sends them, no timer */
+    cfg.idle_timeout = 3600;
+    cfg.handshake_timeout = 30;
+    cfg.handshake_tries = 10;
+    cfg.auto_reconnect = 0;
+    char user[128];
+    snprintf(user, sizeof user, "%s-%zu", g->prefix, g->nclients);
+    quantum_credentials cred;
+    memset(&cred, 0, sizeof cred);
+    cred.user_id = user;
+    client *cl = &g->clients[g->nclients];
+    memset(cl, 0, sizeof *cl);
+    if (quantum_connection_create(&cl->conn, &cfg, &cred, NULL, &g->server, g->server_len, NULL,
+                                  now_s()) != 0) {
+        g->launched++;
+        g->failed++;
+        return;
+    }
+    uint32_t index = (uint32_t)g->nclients++;
+    cl->sock = (int)(index % (uint32_t)g->nsocks);
+    cl->keepalive_id = -1;
+    cl->timer_at = -1.0;
+    size_t h = cid_hash(quantum_connection_id(cl->conn), g->table_cap);
+    while (g->table[h])
+        h = (h + 1) & (g->table_cap - 1);
+    g->table[h] = index + 1;
+    g->launched++;
+    flush_client(g, index);
+}
+
+static void cmd_connect(gen *g, size_t count, const char *prefix, size_t in_flight) {
+    double t0 = now_s();
+    g->target = count;
+    g->launched = g->done = g->failed = 0;
+    g->prefix = prefix;
+    g->handshaking = 1;
+    for (size_t i = 0; i < in_flight && i < count; i++)
+        launch(g);
+    while (g->done < count && g->failed <= count / 100 + 1 && now_s() - t0 < 600)
+        pass(g, 0.05);
+    g->handshaking = 0;
+    if (g->done < count) {
+        printf("{\"error\": \"handshakes: %zu of %zu established, %zu refused\"}\n", g->done,
+               count, g->failed);
+        return;
+    }
+    printf("{\"established\": %zu, \"failed\": %zu, \"seconds\": %.3f}\n", g->done, g->failed,
+           now_s() - t0);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median and 99th percentile (nearest rank), in ms; -1 for none. */
+static void percentiles(doubles *d, double *p50, double *p99) {
+    *p50 = *p99 = -1;
+    if (!d->n)
+        return;
+    qsort(d->v, d->n, sizeof *d->v, cmp_double);
+    size_t last = d->n - 1;
+    *p50 = d->v[(size_t)llround(0.50 * (double)last)] * 1000;
+    *p99 = d->v[(size_t)llround(0.99 * (double)last)] * 1000;
+}
+
+static void print_ms(const char *name, double v) {
+    if (v < 0)
+        printf(", \"%s\": null", name);
+    else
+        printf(", \"%s\": %.3f", name, v);
+}
+
+static void expire(gen *g) {
+    double deadline = now_s() - ACK_TIMEOUT;
+    for (size_t i = 0; i < g->nclients; i++) {
+        client *cl = &g->clients[i];
+        if (!cl->active || cl->keepalive_id < 0 || cl->sent_at >= deadline)
+            continue;
+        g->timed_out++;
+        if (g->running) {
+            send_keepalive(g, cl);
+            flush_client(g, (uint32_t)i);
+        } else {
+            cl->keepalive_id = -1;
+            g->outstanding--;
+        }
+    }
+}
+
+static void cmd_run(gen *g, size_t clients, double duration, int pool) {
+    size_t chosen = 0;
+    for (size_t i = 0; i < g->nclients && chosen < clients; i++)
+        if (g->clients[i].established && !g->clients[i].closed)
+            chosen++;
+    if (chosen < clients) {
+        printf("{\"error\": \"only %zu of %zu clients are established\"}\n", chosen, clients);
+        return;
+    }
+    g->sent = g->acknowledged = g->timed_out = g->late = 0;
+    g->rtts.n = 0;
+    double cpu0 = cpu_s(), t0 = now_s();
+    g->running = 1;
+    g->outstanding = 0;
+    for (size_t i = 0, n = 0; i < g->nclients && n < clients; i++) {
+        client *cl = &g->clients[i];
+        if (!cl->established || cl->closed)
+            continue;
+        n++;
+        cl->active = 1;
+        send_keepalive(g, cl);
+        g->outstanding++;
+        flush_client(g, (uint32_t)i);
+    }
+    double end = t0 + duration, last_expire = t0;
+    while (now_s() < end) {
+        pass(g, end - now_s() < 0.05 ? end - now_s() : 0.05);
+        if (now_s() - last_expire > 0.25) {
+            expire(g);
+            last_expire = now_s();
+        }
+    }
+    g->running = 0;
+    double ran = now_s() - t0, drain_end = now_s() + ACK_TIMEOUT + 0.5;
+    while (g->outstanding > 0 && now_s() < drain_end) {
+        pass(g, 0.05);
+        expire(g);
+    }
+    for (size_t i = 0; i < g->nclients; i++) {
+        g->clients[i].active = 0;
+        g->clients[i].keepalive_id = -1;
+    }
+    double cpu = cpu_s() - cpu0;
+    if (pool)
+        for (size_t i = 0; i < g->rtts.n; i++)
+            push_double(&g->pooled, g->rtts.v[i]);
+    double p50, p99;
+    percentiles(&g->rtts, &p50, &p99);
+    printf("{\"sent\": %llu, \"acknowledged\": %llu, \"unanswered\": %lld, \"timed_out\": %llu, "
+           "\"late\": %llu, \"duration_s\": %.3f",
+           (unsigned long long)g->sent, (unsigned long long)g->acknowledged,
+           (long long)g->sent - (long long)g->acknowledged, (unsigned long long)g->timed_out,
+           (unsigned long long)g->late, ran);
+    print_ms("rtt_p50_ms", p50);
+    print_ms("rtt_p99_ms", p99);
+    printf(", \"loadgen_cpu_s\": %.3f", cpu);
+    if (pool) {
+        percentiles(&g->pooled, &p50, &p99);
+        print_ms("pooled_rtt_p50_ms", p50);
+        print_ms("pooled_rtt_p99_ms", p99);
+    }
+    printf("}\n");
+}
+
+static int usage(const char *why) {
+    fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N]\n", why);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3)
+        return usage("HOST and PORT are required");
+    int nsocks = 4;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--sockets") == 0 && i + 1 < argc) {
+            nsocks = atoi(argv[++i]);
+            if (nsocks < 1 || nsocks > MAX_SOCKETS)
+                return usage("--sockets: 1..16");
+        } else {
+            return usage("unknown option");
+        }
+    }
+    static gen g;
+    struct addrinfo hints, *res;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_DGRAM;
+    if (getaddrinfo(argv[1], argv[2], &hints, &res) != 0 || !res)
+        return usage("cannot resolve HOST PORT");
+    memcpy(&g.server, res->ai_addr, res->ai_addrlen);
+    g.server_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    g.nsocks = nsocks;
+    for (int s = 0; s < nsocks; s++) {
+        g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (g.socks[s] < 0)
+            return usage("cannot open a UDP socket");
+        int size = SOCKET_BUFFER;
+        setsockopt(g.socks[s], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        setsockopt(g.socks[s], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    char line[512];
+    while (fgets(line, sizeof line, stdin)) {
+        char cmd[32] = "", prefix[128] = "bench", extra[16] = "";
+        double a = 0, b = 0;
+        int n = sscanf(line, "%31s", cmd);
+        if (n != 1)
+            continue;
+        if (strcmp(cmd, "connect") == 0) {
+            unsigned long count = 0, in_flight = 256;
+            if (sscanf(line, "%*s %lu %127s %lu", &count, prefix, &in_flight) < 1 || count == 0)
+                printf("{\"error\": \"usage: connect COUNT PREFIX [IN_FLIGHT]\"}\n");
+            else
+                cmd_connect(&g, count, prefix, in_flight ? in_flight : 1);
+        } else if (strcmp(cmd, "run") == 0) {
+            if (sscanf(line, "%*s %lf %lf %15s", &a, &b, extra) < 2 || a < 1 || !(b > 0))
+                printf("{\"error\": \"usage: run CLIENTS SECONDS [pool]\"}\n");
+            else
+                cmd_run(&g, (size_t)a, b, strcmp(extra, "pool") == 0);
+        } else if (strcmp(cmd, "quit") == 0) {
+            printf("{}\n");
+            break;
+        } else {
+            printf("{\"error\": \"unknown command %s\"}\n", cmd);
+        }
+    }
+    for (size_t i = 0; i < g.nclients; i++)
+        quantum_connection_destroy(g.clients[i].conn);
+    free(g.clients);
+    free(g.table);
+    free(g.heap);
+    free(g.rtts.v);
+    free(g.pooled.v);
+    for (int s = 0; s < nsocks; s++)
+        close(g.socks[s]);
+    return 0;
+}

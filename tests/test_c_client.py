@@ -388,3 +388,18 @@ def test_fuzz_the_decoders_for_a_bounded_time(fuzz_build: Path, target: str,
     assert runs is not None and int(runs[1]) > 1000, done.stderr[-2000:]
     assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("leak-*"))
 
+
+
+def test_the_readme_example_compiles(c_build: Path, tmp_path: Path) -> None:
+    """The 30-line example of clients/c/README.md is real code."""
+    text = (C_DIR / "README.md").read_text()
+    blocks = re.findall(r"```c\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    source = tmp_path / "example.c"
+    source.write_text(blocks[0])
+    assert len(blocks[0].splitlines()) <= 40
+    done = subprocess.run(
+        ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", str(C_DIR / "include"),
+         str(source), str(c_build / "libquantum.a"), "-lsodium", "-o", str(tmp_path / "example")],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -1,13 +1,16 @@
 /* quantum-loadgen: the heartbeat benchmark's load side on libquantum's sans-I/O connections
  * (python -m benchmarks.heartbeat --client c drives it; benchmarks/c_loadgen.py).
  *
- *   quantum-loadgen HOST PORT [--sockets N]
+ *   quantum-loadgen HOST PORT [--sockets N] [--no-gso]
  *
  * Many client connections share a few UDP sockets: replies are routed to their connection by
  * the connection id (header bytes 6..22), every timer sits in one heap, and datagrams are
- * read and written in batches (recvmmsg / sendmmsg) once per pass of the loop, as the Python
- * generator (benchmarks/loadgen.py) does with its outbox. Commands arrive on stdin, one per
- * line, and each is answered with one JSON object on stdout:
+ * read and written in batches once per pass of the loop, as the Python generator
+ * (benchmarks/loadgen.py) does with its outbox: recvmmsg in, and out one sendmmsg whose
+ * messages each carry a run of equal-sized datagrams as one UDP GSO buffer (UDP_SEGMENT),
+ * so the kernel walks its send path once per run instead of once per datagram (plain
+ * sendmmsg where the kernel refuses GSO). Commands arrive on stdin, one per line, and each
+ * is answered with one JSON object on stdout:
  *
  *   connect COUNT PREFIX [IN_FLIGHT]   open COUNT connections (users PREFIX-0, PREFIX-1...)
  *   run CLIENTS SECONDS [pool]         closed loop of keepalives on the first CLIENTS
@@ -19,10 +22,12 @@
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +37,7 @@
 #define MAX_SOCKETS 16
 #define BATCH 64
 #define DGRAM 1500
+#define GSO_MAX_BYTES 65000 /* a GSO buffer stays under the 64 KiB UDP limit */
 #define ACK_TIMEOUT 2.0
 #define SOCKET_BUFFER (4 * 1024 * 1024)
 
@@ -64,11 +70,11 @@ typedef struct gen {
     size_t table_cap;
     heap_item *heap;
     size_t heap_len, heap_cap;
-    /* outbox: datagrams of this pass, per socket */
-    struct mmsghdr out_msgs[MAX_SOCKETS][BATCH];
-    struct iovec out_iov[MAX_SOCKETS][BATCH];
-    uint8_t out_buf[MAX_SOCKETS][BATCH][DGRAM];
+    /* outbox: datagrams of this pass, per socket, back to back */
+    uint8_t out_buf[MAX_SOCKETS][BATCH * DGRAM];
+    size_t out_len[MAX_SOCKETS][BATCH], out_bytes[MAX_SOCKETS];
     int out_n[MAX_SOCKETS];
+    int gso; /* the kernel takes UDP_SEGMENT */
     /* handshakes */
     size_t target, launched, done, failed;
     const char *prefix;
@@ -86,10 +92,12 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+/* user and system CPU seconds of this process */
+static void cpu_split(double *user, double *sys) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static void push_double(doubles *d, double v) {
@@ -196,18 +204,64 @@ static client *lookup(gen *g, const uint8_t *cid, uint32_t *index) {
 
 /* --------------------------------------------------------------------- datagrams */
 
+typedef struct gso_control {
+    _Alignas(size_t) char buf[CMSG_SPACE(sizeof(uint16_t))]; /* aligned as a cmsghdr */
+} gso_control;
+
+/* Send the pass's datagrams: runs of equal size (the last of a run may be shorter) become
+ * one GSO buffer each, all runs in one sendmmsg. */
 static void send_outbox(gen *g, int s) {
-    int n = g->out_n[s], done = 0;
-    while (done < n) {
-        int r = sendmmsg(g->socks[s], g->out_msgs[s] + done, (unsigned)(n - done), 0);
-        if (r <= 0) {
-            if (r < 0 && errno == EINTR)
-                continue;
-            break; /* a full buffer is loss, as on the network */
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    gso_control control[BATCH];
+    int n = g->out_n[s], nmsg = 0;
+    size_t offset = 0;
+    for (int i = 0; i < n;) {
+        size_t seg = g->out_len[s][i], bytes = seg;
+        int j = i + 1;
+        while (g->gso && j < n && g->out_len[s][j] <= seg && bytes + g->out_len[s][j] <=
+               GSO_MAX_BYTES) {
+            bytes += g->out_len[s][j];
+            if (g->out_len[s][j++] < seg)
+                break; /* a shorter one ends the run */
         }
+        memset(&msgs[nmsg], 0, sizeof msgs[nmsg]);
+        iov[nmsg].iov_base = g->out_buf[s] + offset;
+        iov[nmsg].iov_len = bytes;
+        struct msghdr *h = &msgs[nmsg].msg_hdr;
+        h->msg_iov = &iov[nmsg];
+        h->msg_iovlen = 1;
+        h->msg_name = &g->server;
+        h->msg_namelen = g->server_len;
+        if (j - i > 1) {
+            h->msg_control = control[nmsg].buf;
+            h->msg_controllen = sizeof control[nmsg].buf;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &size, sizeof size);
+        }
+        nmsg++;
+        offset += bytes;
+        i = j;
+    }
+    int done = 0;
+    while (done < nmsg) {
+        int r = sendmmsg(g->socks[s], msgs + done, (unsigned)(nmsg - done), 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && g->gso && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+            g->gso = 0; /* no GSO here: plain datagrams from now on (this pass is lost) */
+            break;
+        }
+        if (r <= 0)
+            break; /* a full buffer is loss, as on the network */
         done += r;
     }
     g->out_n[s] = 0;
+    g->out_bytes[s] = 0;
 }
 
 static void flush_client(gen *g, uint32_t index) {
@@ -218,17 +272,11 @@ static void flush_client(gen *g, uint32_t index) {
     for (;;) {
         if (g->out_n[s] == BATCH)
             send_outbox(g, s);
-        int i = g->out_n[s];
-        if (quantum_connection_next_datagram(cl->conn, now, g->out_buf[s][i], DGRAM, &len) != 1)
+        uint8_t *at = g->out_buf[s] + g->out_bytes[s];
+        if (quantum_connection_next_datagram(cl->conn, now, at, DGRAM, &len) != 1)
             break;
-        g->out_iov[s][i].iov_base = g->out_buf[s][i];
-        g->out_iov[s][i].iov_len = len;
-        memset(&g->out_msgs[s][i], 0, sizeof g->out_msgs[s][i]);
-        g->out_msgs[s][i].msg_hdr.msg_iov = &g->out_iov[s][i];
-        g->out_msgs[s][i].msg_hdr.msg_iovlen = 1;
-        g->out_msgs[s][i].msg_hdr.msg_name = &g->server;
-        g->out_msgs[s][i].msg_hdr.msg_namelen = g->server_len;
-        g->out_n[s]++;
+        g->out_len[s][g->out_n[s]++] = len;
+        g->out_bytes[s] += len;
     }
     schedule(g, index);
 }
@@ -481,7 +529,9 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
     }
     g->sent = g->acknowledged = g->timed_out = g->late = 0;
     g->rtts.n = 0;
-    double cpu0 = cpu_s(), t0 = now_s();
+    double user0, sys0;
+    cpu_split(&user0, &sys0);
+    double t0 = now_s();
     g->running = 1;
     g->outstanding = 0;
     for (size_t i = 0, n = 0; i < g->nclients && n < clients; i++) {
@@ -512,7 +562,8 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
         g->clients[i].active = 0;
         g->clients[i].keepalive_id = -1;
     }
-    double cpu = cpu_s() - cpu0;
+    double user1, sys1;
+    cpu_split(&user1, &sys1);
     if (pool)
         for (size_t i = 0; i < g->rtts.n; i++)
             push_double(&g->pooled, g->rtts.v[i]);
@@ -525,7 +576,9 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
            (unsigned long long)g->late, ran);
     print_ms("rtt_p50_ms", p50);
     print_ms("rtt_p99_ms", p99);
-    printf(", \"loadgen_cpu_s\": %.3f", cpu);
+    printf(", \"loadgen_cpu_s\": %.3f, \"loadgen_user_cpu_s\": %.3f, "
+           "\"loadgen_system_cpu_s\": %.3f, \"gso\": %s",
+           user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0, g->gso ? "true" : "false");
     if (pool) {
         percentiles(&g->pooled, &p50, &p99);
         print_ms("pooled_rtt_p50_ms", p50);
@@ -535,19 +588,22 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
 }
 
 static int usage(const char *why) {
-    fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N]\n", why);
+    fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N] [--no-gso]\n", why);
     return 2;
 }
 
 int main(int argc, char **argv) {
     if (argc < 3)
         return usage("HOST and PORT are required");
-    int nsocks = 4;
+    int nsocks = 1; /* one socket batches best; the server sees one source either way */
+    int no_gso = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--sockets") == 0 && i + 1 < argc) {
             nsocks = atoi(argv[++i]);
             if (nsocks < 1 || nsocks > MAX_SOCKETS)
                 return usage("--sockets: 1..16");
+        } else if (strcmp(argv[i], "--no-gso") == 0) {
+            no_gso = 1;
         } else {
             return usage("unknown option");
         }
@@ -562,6 +618,7 @@ int main(int argc, char **argv) {
     g.server_len = res->ai_addrlen;
     freeaddrinfo(res);
     g.nsocks = nsocks;
+    g.gso = !no_gso;
     for (int s = 0; s < nsocks; s++) {
         g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (g.socks[s] < 0)

@@ -143,9 +143,25 @@ static void test_config(quantum_config *cfg) {
     cfg->keepalive_interval = 0;
 }
 
+/* A fresh connection whose SYN has been pulled into syn (1200 bytes); 1 on success. */
+static int syn_sent(quantum_connection **c, const char *pin, uint8_t syn[Q_MAX_DATAGRAM]) {
+    quantum_config cfg;
+    test_config(&cfg);
+    struct sockaddr_in a = server_addr();
+    quantum_credentials cred = {"alice", NULL, NULL, NULL, 0, NULL, 0};
+    size_t n;
+    return quantum_connection_create(c, &cfg, &cred, pin, &a, sizeof a, NULL, 0.0) == 0 &&
+           next_dgram(*c, 0.0, syn, &n) && n == 1200;
+}
+
 /* A connection established with the fake server at time 0; 1 on success. */
 static int establish(quantum_connection **out, fake_server *fs, const quantum_config *cfg,
                      uint8_t fec_k, uint8_t fec_m) {
+    quantum_config defaults;
+    if (!cfg) {
+        test_config(&defaults);
+        cfg = &defaults;
+    }
     struct sockaddr_in a = server_addr();
     quantum_credentials cred = {"alice", "v1.ticket", NULL, NULL, 0, NULL, 0};
     fs_init(fs);
@@ -170,20 +186,13 @@ static int establish(quantum_connection **out, fake_server *fs, const quantum_co
 }
 
 static void test_handshake_and_session(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
-    struct sockaddr_in a = server_addr();
-    quantum_credentials cred = {"alice", NULL, NULL, NULL, 0, NULL, 0};
     quantum_connection *c;
     fs_init(&fs);
-    CHECK(quantum_connection_create(&c, &cfg, &cred, fs.pin, &a, sizeof a, NULL, 0.0) == 0);
-    uint8_t d[Q_MAX_DATAGRAM], reply[Q_MAX_DATAGRAM];
+    uint8_t d[Q_MAX_DATAGRAM], reply[Q_MAX_DATAGRAM], syn[Q_MAX_DATAGRAM];
     size_t n;
-    CHECK(next_dgram(c, 0.0, d, &n) && n == 1200 && d[5] == Q_SYN);
+    CHECK(syn_sent(&c, fs.pin, syn) && syn[5] == Q_SYN);
     CHECK(!next_dgram(c, 0.0, d, &n)); /* one SYN, nothing else */
-    uint8_t syn[1200];
-    memcpy(syn, d, 1200);
     size_t rn = fs_server_hello(&fs, syn, 1200, 10, 3, 10000, 60000, reply);
     feed(c, reply, rn, 0.040);
     CHECK(quantum_connection_state(c) == QUANTUM_STATE_AWAIT_ACCEPT);
@@ -218,15 +227,10 @@ static void test_handshake_and_session(void) {
 }
 
 static void test_handshake_resends_then_times_out(void) {
-    quantum_config cfg;
-    test_config(&cfg);
-    struct sockaddr_in a = server_addr();
-    quantum_credentials cred = {"alice", NULL, NULL, NULL, 0, NULL, 0};
     quantum_connection *c;
-    CHECK(quantum_connection_create(&c, &cfg, &cred, NULL, &a, sizeof a, NULL, 0.0) == 0);
-    uint8_t d[Q_MAX_DATAGRAM], first[1200];
+    uint8_t d[Q_MAX_DATAGRAM], first[Q_MAX_DATAGRAM];
     size_t n;
-    CHECK(next_dgram(c, 0.0, first, &n));
+    CHECK(syn_sent(&c, NULL, first));
     int sent = 1;
     double now = 0.0;
     quantum_event ev;
@@ -246,15 +250,10 @@ static void test_handshake_resends_then_times_out(void) {
 }
 
 static void test_plain_reject_and_retry(void) {
-    quantum_config cfg;
-    test_config(&cfg);
-    struct sockaddr_in a = server_addr();
-    quantum_credentials cred = {"alice", NULL, NULL, NULL, 0, NULL, 0};
     quantum_connection *c;
-    CHECK(quantum_connection_create(&c, &cfg, &cred, NULL, &a, sizeof a, NULL, 0.0) == 0);
     uint8_t d[Q_MAX_DATAGRAM], reply[256];
     size_t n;
-    CHECK(next_dgram(c, 0.0, d, &n));
+    CHECK(syn_sent(&c, NULL, d));
     /* RETRY: the SYN goes out again at once, with the cookie */
     uint8_t cookie[36];
     randombytes_buf(cookie, 36);
@@ -277,21 +276,15 @@ static void test_plain_reject_and_retry(void) {
 }
 
 static void test_pin_mismatch(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs, other;
     fs_init(&fs);
     fs_init(&other);
-    struct sockaddr_in a = server_addr();
-    quantum_credentials cred = {"alice", NULL, NULL, NULL, 0, NULL, 0};
     quantum_connection *c;
     char fp[64];
     CHECK(quantum_fingerprint(other.s_pub, fp, sizeof fp) == 0);
-    CHECK(quantum_connection_create(&c, &cfg, &cred, fp, &a, sizeof a, NULL, 0.0) == 0);
     uint8_t d[Q_MAX_DATAGRAM], reply[Q_MAX_DATAGRAM];
-    size_t n;
-    CHECK(next_dgram(c, 0.0, d, &n));
-    size_t rn = fs_server_hello(&fs, d, n, 0, 0, 10000, 60000, reply);
+    CHECK(syn_sent(&c, fp, d));
+    size_t rn = fs_server_hello(&fs, d, 1200, 0, 0, 10000, 60000, reply);
     feed(c, reply, rn, 0.01);
     quantum_event ev;
     CHECK(quantum_connection_next_event(c, &ev) == 1 && ev.type == QUANTUM_EVENT_DISCONNECTED);
@@ -302,11 +295,9 @@ static void test_pin_mismatch(void) {
 }
 
 static void test_messages_both_ways(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t frames[1400], pkt[Q_MAX_DATAGRAM], d[Q_MAX_DATAGRAM];
     /* server -> client: a two-fragment unordered message, fragments reversed, and a sequenced
      * one in the same packet */
@@ -357,11 +348,9 @@ static void test_messages_both_ways(void) {
 
 /* Lost packets: their reliable frames go out again under new packet numbers. */
 static void test_rto_and_fast_retransmit(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM];
     size_t n;
     uint64_t first_pn = 0;
@@ -405,11 +394,9 @@ static void test_rto_and_fast_retransmit(void) {
 }
 
 static void test_heartbeat_resends_and_is_answered(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM], frames[32];
     size_t n;
     uint32_t id;
@@ -457,11 +444,9 @@ static void test_heartbeat_resends_and_is_answered(void) {
 }
 
 static void test_path_challenge_is_answered(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM], frames[16];
     static const uint8_t data[8] = {9, 8, 7, 6, 5, 4, 3, 2};
     size_t fl = q_enc_path(frames, Q_FRAME_PATH_CHALLENGE, data);
@@ -476,11 +461,9 @@ static void test_path_challenge_is_answered(void) {
 }
 
 static void test_malformed_frames_reset_the_connection(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM];
     uint8_t bad[2] = {0x0B, 0}; /* an unknown frame type, authenticated */
     size_t n = fs_packet(&fs, 0, bad, 2, pkt);
@@ -497,11 +480,9 @@ static void test_malformed_frames_reset_the_connection(void) {
 }
 
 static void test_server_fin_and_client_close(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM], frames[32];
     size_t fl = q_enc_code_reason(frames, Q_FRAME_CLOSE, 4, (const uint8_t *)"bye", 3);
     size_t n = fs_packet(&fs, Q_FIN, frames, fl, pkt);
@@ -516,7 +497,7 @@ static void test_server_fin_and_client_close(void) {
     fs_free(&fs);
 
     /* our close: queued data first, the FIN once it is acknowledged, done when the FIN is */
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     CHECK(quantum_connection_send(c, 0, QUANTUM_RELIABLE_ORDERED, "last", 4) == 0);
     CHECK(quantum_connection_close(c, "done") == 0);
     CHECK(quantum_connection_send(c, 0, QUANTUM_RELIABLE_ORDERED, "x", 1) == QUANTUM_E_CLOSED);
@@ -557,11 +538,9 @@ static void test_idle_timeout_follows_the_server(void) {
 }
 
 static void test_fec_recovers_a_lost_packet(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 10, 3));
+    CHECK(establish(&c, &fs, NULL, 10, 3));
     q_fec_encoder *e = q_fec_encoder_new(10, 3);
     uint8_t frames[64], pkt[3][Q_MAX_DATAGRAM];
     size_t len[3];
@@ -597,11 +576,9 @@ static void test_fec_recovers_a_lost_packet(void) {
 }
 
 static void test_ack_floor_moves_our_ack(void) {
-    quantum_config cfg;
-    test_config(&cfg);
     fake_server fs;
     quantum_connection *c;
-    CHECK(establish(&c, &fs, &cfg, 0, 0));
+    CHECK(establish(&c, &fs, NULL, 0, 0));
     uint8_t d[Q_MAX_DATAGRAM], pkt[Q_MAX_DATAGRAM], frames[16];
     size_t fl = q_enc_u32_frame(frames, Q_FRAME_KEEPALIVE_ACK, 0);
     Q_UNUSED(fl);

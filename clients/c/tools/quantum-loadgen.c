@@ -100,29 +100,30 @@ static void cpu_split(double *user, double *sys) {
     *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+/* Make room for one more element in a growable array (doubling); 0 or -1. */
+static int grow(void *array, size_t len, size_t *cap, size_t elem, size_t first) {
+    if (len < *cap)
+        return 0;
+    void **p = array;
+    size_t n = *cap ? *cap * 2 : first;
+    void *grown = realloc(*p, n * elem);
+    if (!grown)
+        return -1;
+    *p = grown;
+    *cap = n;
+    return 0;
+}
+
 static void push_double(doubles *d, double v) {
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 4096;
-        double *grown = realloc(d->v, cap * sizeof *grown);
-        if (!grown)
-            return;
-        d->v = grown;
-        d->cap = cap;
-    }
-    d->v[d->n++] = v;
+    if (grow(&d->v, d->n, &d->cap, sizeof *d->v, 4096) == 0)
+        d->v[d->n++] = v;
 }
 
 /* ------------------------------------------------------------------------- the heap */
 
 static void heap_push(gen *g, double at, uint32_t index) {
-    if (g->heap_len == g->heap_cap) {
-        size_t cap = g->heap_cap ? g->heap_cap * 2 : 1024;
-        heap_item *grown = realloc(g->heap, cap * sizeof *grown);
-        if (!grown)
-            return;
-        g->heap = grown;
-        g->heap_cap = cap;
-    }
+    if (grow(&g->heap, g->heap_len, &g->heap_cap, sizeof *g->heap, 1024) != 0)
+        return;
     size_t i = g->heap_len++;
     while (i > 0 && g->heap[(i - 1) / 2].at > at) {
         g->heap[i] = g->heap[(i - 1) / 2];
@@ -416,14 +417,8 @@ static void pass(gen *g, double max_wait) {
 /* ------------------------------------------------------------------------- commands */
 
 static void launch(gen *g) {
-    if (g->nclients == g->cap) {
-        size_t cap = g->cap ? g->cap * 2 : 1024;
-        client *grown = realloc(g->clients, cap * sizeof *grown);
-        if (!grown)
-            return;
-        g->clients = grown;
-        g->cap = cap;
-    }
+    if (grow(&g->clients, g->nclients, &g->cap, sizeof *g->clients, 1024) != 0)
+        return;
     if ((g->nclients + 1) * 2 > g->table_cap && table_grow(g) != 0)
         return;
     quantum_config cfg;

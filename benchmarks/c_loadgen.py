@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import time
 from contextlib import ExitStack
@@ -104,9 +105,39 @@ def run_c_loadgen(pipe: Pipe, server_addr: tuple[str, int], cpu: int | None) -> 
         proc.wait()
 
 
-def _load_side(run: dict[str, Any]) -> dict[str, Any]:
+def _cpu_times(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, from /proc (Linux)."""
+    if pid is None:
+        return 0.0, 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _measure_split(server: Child, loadgen: Child, clients: int, duration: float,
+                   python_side: bool) -> dict[str, Any]:
+    """One window (heartbeat._measure) plus the load generator's user / system CPU split:
+    read from /proc for the Python generator, reported by the C one itself."""
+    pid = loadgen.process.pid if python_side else None
+    user0, system0 = _cpu_times(pid)
+    window = _measure(server, loadgen, clients, duration)
+    user1, system1 = _cpu_times(pid)
+    side = window["clients"]
+    if python_side:
+        side["loadgen_user_cpu_s"], side["loadgen_system_cpu_s"] = user1 - user0, system1 - system0
+    return window
+
+
+def _load_side(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    run = _combine(windows)
     server, clients = run["server"], run["clients"]
     round_trips = clients["acknowledged"]
+    user = sum(w["clients"]["loadgen_user_cpu_s"] for w in windows)
+    system = sum(w["clients"]["loadgen_system_cpu_s"] for w in windows)
+
+    def per_trip(seconds: float) -> float | None:
+        return round(seconds / round_trips * 1e6, 3) if round_trips else None
+
     return {
         "heartbeats": int(server["count"]),
         "server_cpu_s": round(server["cpu_s"], 3),
@@ -114,13 +145,20 @@ def _load_side(run: dict[str, Any]) -> dict[str, Any]:
         "heartbeats_per_s": round(server["count"] / server["wall_s"]) if server["wall_s"] else 0,
         "round_trips": round_trips,
         "loadgen_cpu_s": clients["loadgen_cpu_s"],
-        "loadgen_cpu_us_per_round_trip": round(clients["loadgen_cpu_s"] / round_trips * 1e6, 3)
-        if round_trips else None,
+        "loadgen_cpu_us_per_round_trip": per_trip(clients["loadgen_cpu_s"]),
+        # the kernel's share (system calls, and loopback delivery charged to the sender) is
+        # most of a keepalive's cost on either side: the split shows the client's own part
+        "loadgen_user_cpu_us_per_round_trip": per_trip(user),
+        "loadgen_system_cpu_us_per_round_trip": per_trip(system),
         "rtt_p50_ms": clients["rtt_p50_ms"],
         "rtt_p99_ms": clients["rtt_p99_ms"],
         "unanswered": clients["unanswered"],
         "keepalives_timed_out": clients["timed_out"],
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
 
 
 def run_client_comparison(clients: int, duration: float, rounds: int) -> dict[str, Any]:
@@ -138,10 +176,11 @@ def run_client_comparison(clients: int, duration: float, rounds: int) -> dict[st
         python_windows, c_windows = [], []
         started = time.perf_counter()
         for _ in range(rounds):
-            python_windows.append(_measure(server, python_gen, clients, duration / rounds))
-            c_windows.append(_measure(server, c_gen, clients, duration / rounds))
-        python_load, c_load = _load_side(_combine(python_windows)), _load_side(
-            _combine(c_windows))
+            python_windows.append(_measure_split(server, python_gen, clients, duration / rounds,
+                                                 True))
+            c_windows.append(_measure_split(server, c_gen, clients, duration / rounds, False))
+        python_load, c_load = _load_side(python_windows), _load_side(c_windows)
+        c_load["gso"] = all(w["clients"].get("gso") for w in c_windows)
     py_us, c_us = (python_load["loadgen_cpu_us_per_round_trip"],
                    c_load["loadgen_cpu_us_per_round_trip"])
     return {
@@ -152,8 +191,11 @@ def run_client_comparison(clients: int, duration: float, rounds: int) -> dict[st
         "compiled": is_compiled(),
         "python_load": python_load,
         "c_load": c_load,
-        # how many times less CPU a keepalive round trip costs the C client
-        "c_client_cpu_ratio": round(py_us / c_us, 2) if py_us and c_us else None,
+        # how many times less CPU a keepalive round trip costs the C client (all of it, and
+        # its user-space part alone)
+        "c_client_cpu_ratio": _ratio(py_us, c_us),
+        "c_client_user_cpu_ratio": _ratio(python_load["loadgen_user_cpu_us_per_round_trip"],
+                                          c_load["loadgen_user_cpu_us_per_round_trip"]),
         "target_ratio": TARGET_RATIO,
         # the server's throughput per CPU-second under each load side (C over Python)
         "server_heartbeats_per_cpu_s_ratio": round(

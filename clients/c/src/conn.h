@@ -61,7 +61,6 @@ struct quantum_connection {
     int hs_tries;
     double hs_deadline, hs_resend_at, hs_sent_at;
     int hs_resend_set, hs_out_pending;
-    uint8_t hs_out[Q_MAX_DATAGRAM];
     size_t hs_out_len;
     uint8_t server_public[32];
     int has_server_public;
@@ -106,32 +105,23 @@ struct quantum_connection {
     /* keepalives */
     uint32_t keepalive_id;
     double last_keepalive_sent;
-    q_keepalive_pending ka_pending[Q_KEEPALIVES_PENDING];
-    int ka_pending_next;
+    q_keepalive_pending ka_pending[Q_KEEPALIVES_PENDING]; /* slot: id mod Q_KEEPALIVES_PENDING */
     q_heartbeat heartbeats[Q_HEARTBEATS];
 
     /* FEC */
     q_fec_encoder *encoder;
     q_fec_decoder *decoder;
-    q_fec_recovered recovered; /* scratch for one rebuilt packet */
 
     /* closing */
     int fin_sent, fin_acked, close_deadline_set;
     uint64_t fin_pn;
     double close_deadline;
     uint16_t close_code;
-    uint8_t close_reason[Q_MAX_REASON + 1];
     uint16_t close_reason_len;
 
     uint64_t largest_pn;
     double last_received, now;
 
-    /* sealed datagrams built while receiving (the ACK of a FIN, a reset) */
-    uint8_t pending_out[Q_PENDING_OUT][Q_MAX_DATAGRAM];
-    size_t pending_out_len[Q_PENDING_OUT];
-    int pending_out_n;
-
-    uint8_t rx[Q_MAX_DATAGRAM]; /* a received body, decrypted here */
 
     /* events */
     q_ev *events;
@@ -146,6 +136,16 @@ struct quantum_connection {
 
     quantum_stats stats;
     uint64_t lost_with_frames; /* scratch of the loss callbacks */
+    int pending_out_n;
+
+    /* the big buffers last, so that what every packet touches shares few cache lines */
+    uint8_t rx[Q_MAX_DATAGRAM]; /* a received body, decrypted here */
+    /* sealed datagrams built while receiving (the ACK of a FIN, a reset) */
+    size_t pending_out_len[Q_PENDING_OUT];
+    uint8_t pending_out[Q_PENDING_OUT][Q_MAX_DATAGRAM];
+    uint8_t hs_out[Q_MAX_DATAGRAM];
+    uint8_t close_reason[Q_MAX_REASON + 1];
+    q_fec_recovered recovered; /* scratch for one rebuilt packet */
 };
 
 /* For the unit tests and the fuzz harness: skip the handshake and install keys and params

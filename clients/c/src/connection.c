@@ -464,10 +464,17 @@ static int keys_running_out(quantum_connection *c) {
     return 0;
 }
 
+/* Keepalive ids count up by one, so id mod Q_KEEPALIVES_PENDING is a slot that holds the
+ * newest id of its residue: a new one replaces the one sent Q_KEEPALIVES_PENDING earlier. */
+static q_keepalive_pending *pending_keepalive(quantum_connection *c, uint32_t id) {
+    q_keepalive_pending *p = &c->ka_pending[id % Q_KEEPALIVES_PENDING];
+    return p->used && p->id == id ? p : NULL;
+}
+
 static void record_keepalive_sent(quantum_connection *c, uint32_t id, double now) {
-    for (int i = 0; i < Q_KEEPALIVES_PENDING; i++)
-        if (c->ka_pending[i].used && c->ka_pending[i].id == id)
-            c->ka_pending[i].sent_at = now; /* its RTT runs from when it really leaves */
+    q_keepalive_pending *p = pending_keepalive(c, id);
+    if (p)
+        p->sent_at = now; /* its RTT runs from when it really leaves */
 }
 
 static size_t build_data_packet(quantum_connection *c, uint8_t *buf, double now) {
@@ -710,8 +717,7 @@ static uint32_t queue_keepalive(quantum_connection *c, int timer, double now, in
     uint32_t id = ++c->keepalive_id;
     if (timer)
         c->last_keepalive_sent = now;
-    q_keepalive_pending *p = &c->ka_pending[c->ka_pending_next];
-    c->ka_pending_next = (c->ka_pending_next + 1) % Q_KEEPALIVES_PENDING; /* forget the oldest */
+    q_keepalive_pending *p = &c->ka_pending[id % Q_KEEPALIVES_PENDING]; /* the oldest goes */
     p->used = 1;
     p->spent = 0;
     p->id = id;
@@ -811,10 +817,7 @@ static void on_ack(quantum_connection *c, uint32_t ack32, const q_sack *sack, in
 
 static void on_keepalive_ack(quantum_connection *c, uint32_t id, uint32_t remaining_ms,
                              double now) {
-    q_keepalive_pending *p = NULL;
-    for (int i = 0; i < Q_KEEPALIVES_PENDING; i++)
-        if (c->ka_pending[i].used && c->ka_pending[i].id == id)
-            p = &c->ka_pending[i];
+    q_keepalive_pending *p = pending_keepalive(c, id);
     uint32_t report = id;
     double rtt = -1.0;
     if (p) {

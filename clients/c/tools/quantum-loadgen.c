@@ -38,6 +38,7 @@
 #define BATCH 64
 #define DGRAM 1500
 #define GSO_MAX_BYTES 65000 /* a GSO buffer stays under the 64 KiB UDP limit */
+#define RECV_TIMEOUT_MS 5   /* the longest a blocking receive waits: the timers' granularity */
 #define ACK_TIMEOUT 2.0
 #define SOCKET_BUFFER (4 * 1024 * 1024)
 
@@ -250,7 +251,7 @@ static void send_outbox(gen *g, int s) {
     }
     int done = 0;
     while (done < nmsg) {
-        int r = sendmmsg(g->socks[s], msgs + done, (unsigned)(nmsg - done), 0);
+        int r = sendmmsg(g->socks[s], msgs + done, (unsigned)(nmsg - done), MSG_DONTWAIT);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && g->gso && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
@@ -344,21 +345,27 @@ static void drain_events(gen *g, uint32_t index) {
     }
 }
 
-static void receive_socket(gen *g, int s) {
+/* Read what has arrived on socket s; returns how many datagrams. With `block`, wait for the
+ * first one (up to the socket's receive timeout), then take whatever else is there: one
+ * system call where poll + recvmmsg would be two. */
+static int receive_socket(gen *g, int s, int block) {
     static uint8_t bufs[BATCH][DGRAM];
-    struct mmsghdr msgs[BATCH];
-    struct iovec iov[BATCH];
-    for (int round = 0; round < 16; round++) {
-        for (int i = 0; i < BATCH; i++) {
+    static struct mmsghdr msgs[BATCH];
+    static struct iovec iov[BATCH];
+    if (!iov[0].iov_base)
+        for (int i = 0; i < BATCH; i++) { /* the kernel only writes msg_len and the flags */
             iov[i].iov_base = bufs[i];
             iov[i].iov_len = DGRAM;
-            memset(&msgs[i], 0, sizeof msgs[i]);
             msgs[i].msg_hdr.msg_iov = &iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
         }
-        int n = recvmmsg(g->socks[s], msgs, BATCH, MSG_DONTWAIT, NULL);
+    int total = 0;
+    for (int round = 0; round < 16; round++) {
+        int flags = block && round == 0 ? MSG_WAITFORONE : MSG_DONTWAIT;
+        int n = recvmmsg(g->socks[s], msgs, BATCH, flags, NULL);
         if (n <= 0)
-            return;
+            break;
+        total += n;
         double now = now_s();
         for (int i = 0; i < n; i++) {
             size_t len = msgs[i].msg_len;
@@ -371,8 +378,9 @@ static void receive_socket(gen *g, int s) {
             flush_client(g, index);
         }
         if (n < BATCH)
-            return;
+            break;
     }
+    return total;
 }
 
 static void run_timers(gen *g) {
@@ -390,24 +398,34 @@ static void run_timers(gen *g) {
 }
 
 /* One pass: wait for datagrams or the next timer (at most max_wait), handle, send. */
+/* One pass: handle what has arrived (waiting, at most until the next timer or max_wait,
+ * only when nothing had), run due timers, send everything built meanwhile. */
 static void pass(gen *g, double max_wait) {
-    struct pollfd pfd[MAX_SOCKETS];
-    for (int s = 0; s < g->nsocks; s++) {
-        pfd[s].fd = g->socks[s];
-        pfd[s].events = POLLIN;
-        pfd[s].revents = 0;
-    }
-    double wait = max_wait;
+    int got = 0;
+    for (int s = 0; s < g->nsocks; s++)
+        got += receive_socket(g, s, 0);
+    int wait_ms = (int)ceil(max_wait * 1000);
     if (g->heap_len) {
         double t = g->heap[0].at - now_s();
-        if (t < wait)
-            wait = t;
+        int ms = t <= 0 ? 0 : (int)ceil(t * 1000);
+        if (ms < wait_ms)
+            wait_ms = ms;
     }
-    int ms = wait <= 0 ? 0 : (int)ceil(wait * 1000);
-    if (poll(pfd, (nfds_t)g->nsocks, ms) > 0)
-        for (int s = 0; s < g->nsocks; s++)
-            if (pfd[s].revents & POLLIN)
-                receive_socket(g, s);
+    if (!got && g->nsocks == 1 && wait_ms >= RECV_TIMEOUT_MS) {
+        /* one socket: block in recvmmsg itself (its SO_RCVTIMEO bounds the wait) */
+        receive_socket(g, 0, 1);
+    } else if (!got) {
+        struct pollfd pfd[MAX_SOCKETS];
+        for (int s = 0; s < g->nsocks; s++) {
+            pfd[s].fd = g->socks[s];
+            pfd[s].events = POLLIN;
+            pfd[s].revents = 0;
+        }
+        if (poll(pfd, (nfds_t)g->nsocks, wait_ms) > 0)
+            for (int s = 0; s < g->nsocks; s++)
+                if (pfd[s].revents & POLLIN)
+                    receive_socket(g, s, 0);
+    }
     run_timers(g);
     for (int s = 0; s < g->nsocks; s++)
         if (g->out_n[s])
@@ -615,12 +633,14 @@ int main(int argc, char **argv) {
     g.nsocks = nsocks;
     g.gso = !no_gso;
     for (int s = 0; s < nsocks; s++) {
-        g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0); /* blocking: see pass() */
         if (g.socks[s] < 0)
             return usage("cannot open a UDP socket");
         int size = SOCKET_BUFFER;
         setsockopt(g.socks[s], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         setsockopt(g.socks[s], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        struct timeval timeout = {0, RECV_TIMEOUT_MS * 1000};
+        setsockopt(g.socks[s], SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     char line[512];

@@ -379,9 +379,11 @@ def test_fuzz_the_decoders_for_a_bounded_time(fuzz_build: Path, target: str,
                                               tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    seeds = C_DIR / "fuzz" / target.replace("fuzz-", "seeds-")
+    assert any(seeds.iterdir()), f"no seed inputs in {seeds}"
     done = subprocess.run(
         [str(fuzz_build / target), f"-max_total_time={FUZZ_SECONDS // 2}", "-print_final_stats=1",
-         f"-artifact_prefix={tmp_path}/", str(corpus)],
+         f"-artifact_prefix={tmp_path}/", str(corpus), str(seeds)],
         capture_output=True, text=True, timeout=FUZZ_SECONDS * 4, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", done.stderr)

@@ -2,11 +2,12 @@
  * fuzzer chooses, so that everything behind the AEAD (ACK and SACK processing, every frame
  * type, reassembly, FEC recovery, floors, timers) meets hostile input.
  *
- * Input: records of  flags u8, seq u32, ack u32, time step u8 (ms), body length u16, body
- * (the SACK blocks and payload; the payload length is what makes the split: the record's
- * first body byte says how many of its bytes are SACK blocks, in units of 8). Each record is
- * sealed with the server's key and received; between records the connection sends and runs
- * its timers.
+ * Input: records of  flags u8, seq u32, ack u32, time step u8 (ms), SACK blocks u8 (mod 9),
+ * body length u16, body (the SACK blocks, then the payload). Each record is sealed with the
+ * server's key and received; between records the connection sends and runs its timers. A
+ * record whose flags have ECE (otherwise unused) uses its own sequence number, so replays
+ * and reordering are reachable; the others get fresh packet numbers. Seeds: fuzz/seeds-connection
+ * (written by fuzz/make_seeds.py).
  *
  *   make fuzz && build/fuzz/fuzz-connection -max_total_time=600 corpus/ */
 #include <netinet/in.h>
@@ -65,19 +66,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     drain(c, now);
 
     size_t i = 0;
-    while (i + 12 <= size) {
+    while (i + 13 <= size) {
         uint8_t flags = data[i];
         uint32_t seq = q_get32(data + i + 1), ack = q_get32(data + i + 5);
         now += data[i + 9] / 1000.0;
-        size_t body = q_get16(data + i + 10);
-        i += 12;
+        size_t sack_bytes = (size_t)(data[i + 10] % 9) * 8;
+        size_t body = q_get16(data + i + 11);
+        i += 13;
         if (body > size - i)
             body = size - i;
         if (body > Q_MAX_DATAGRAM - 48)
             body = Q_MAX_DATAGRAM - 48;
-        size_t sack_bytes = body ? (size_t)(data[i] % 9) * 8 : 0;
         if (sack_bytes > body)
-            sack_bytes = 0;
+            sack_bytes = body - body % 8;
         memcpy(pkt + 32, data + i, body);
         i += body;
         /* mostly fresh packet numbers, sometimes the fuzzer's own */

@@ -296,8 +296,9 @@ QUANTUM_API int quantum_client_heartbeat(quantum_client *client, int timeout_ms,
                                          uint32_t *keepalive_id);
 
 /**
- * Do the I/O and the timers, waiting at most timeout_ms (0: do not wait, < 0: no limit)
- * for something to happen. Returns 1 with *event filled, 0 if nothing happened in time,
+ * Do the I/O and the timers, waiting at most timeout_ms (0: do not wait, but still read what
+ * has arrived; < 0: no limit) for something to happen. Returns 1 with *event filled, 0 if
+ * nothing happened in time (and always 0 once DISCONNECTED was returned or after abort()),
  * or a negative error (E_STATE before connect). Call it often (every frame): the protocol's
  * timers (acknowledgements, retransmissions, keepalives, pacing) only run inside it.
  */

@@ -71,7 +71,8 @@ typedef enum quantum_error {
     /** The message exceeds QUANTUM_MAX_MESSAGE_SIZE, or an unreliable / sequenced message
      *  does not fit in one fragment (quantum_connection_max_unreliable()). */
     QUANTUM_E_TOO_LARGE = -4,
-    /** The pinned server key is neither 32 raw bytes, base64 nor a SHA256:<fingerprint>. */
+    /** The pinned server key is neither the base64 of 32 bytes (standard or URL-safe,
+     *  canonical, padding optional) nor "SHA256:" followed by 43 base64 characters. */
     QUANTUM_E_SERVER_KEY = -5,
     /** The host name could not be resolved (getaddrinfo). */
     QUANTUM_E_RESOLVE = -6,
@@ -142,7 +143,9 @@ typedef enum quantum_delivery {
 /* ------------------------------------------------------------------------ configuration */
 
 typedef struct quantum_config {
-    /** Seconds between automatic keepalives once established; 0 turns them off. Default 10. */
+    /** Seconds between automatic keepalives once established; 0 turns them off. Default 10.
+     *  The server's interval (sent in its hello) caps it, and the server's idle timeout caps
+     *  idle_timeout. */
     double keepalive_interval;
     /** Nothing authenticated received for this long closes the connection (code
      *  IDLE_TIMEOUT). Default 60 s. */
@@ -154,7 +157,7 @@ typedef struct quantum_config {
     int handshake_tries;
     /** FEC requested in the handshake: k data packets and m parity packets per group
      *  (1..16 each), or 0, 0 to decline. The server's (k, m) apply if it has FEC on.
-     *  Default 10, 3. */
+     *  Default 10, 3. Parity is zfec's Reed-Solomon code, so both ends recover losses. */
     int fec_k, fec_m;
     /** Send and receive window in packets (16..4096); must equal the server's. Default 256. */
     int window;

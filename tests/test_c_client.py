@@ -194,16 +194,18 @@ async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[int, str, str]]:
 
 
 class FollowingRelay(LossyRelay):
-    """The lossy relay, following its client to a new address (migration, reconnection) and
-    able to cut the network altogether."""
+    """The lossy relay, following its client to a new address (migration, reconnection),
+    able to cut the network altogether, and noting the largest datagram the client sent."""
 
     cut = False
+    largest_from_client = 0
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int], to_server: bool) -> None:
         if self.cut:
             return
         if to_server:
             self.client_addr = addr
+            self.largest_from_client = max(self.largest_from_client, len(data))
         super()._on_datagram(data, addr, to_server)
 
 
@@ -261,6 +263,24 @@ async def test_echo_through_a_lossy_network(c_build: Path, tmp_path: Path) -> No
     assert code == 0, out + err
     assert_steps(out, RELAYED_STEPS)
     assert relay.stats.dropped > 0 and relay.stats.duplicated > 0
+    assert relay.largest_from_client <= 1472
+
+
+async def test_the_datagram_size_is_a_per_connection_limit(c_build: Path,
+                                                           tmp_path: Path) -> None:
+    """At 1200-byte datagrams (where DPLPMTUD starts) every packet the client builds, data,
+    parity and acknowledgements under a 1 MiB transfer, stays within 1200 bytes."""
+    async with echo_server(tmp_path) as (port, _public, fingerprint):
+        relay = await FollowingRelay.start((HOST, port))
+        try:
+            code, out, err = await run_tool(
+                [c_build / "quantum-echo", HOST, str(relay.port), "--server-key", fingerprint,
+                 "--user", "small", "--no-migrate", "--max-datagram", "1200"])
+        finally:
+            relay.close()
+    assert code == 0, out + err
+    assert_steps(out, RELAYED_STEPS)
+    assert relay.largest_from_client == 1200  # the SYN is exactly 1200; nothing is larger
 
 
 async def test_reconnects_and_resumes_after_an_outage(c_build: Path, tmp_path: Path) -> None:

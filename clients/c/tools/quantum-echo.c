@@ -4,6 +4,7 @@
  *   quantum-echo HOST PORT --server-key KEY --user USER [--ticket TICKET]
  *                [--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume]
  *                [-4 | -6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]]
+ *                [--max-datagram 1200..1472]
  *
  * Steps, each printed as "<step> ok ..." on stdout: connect; echo on every delivery mode on
  * every channel listed (reliable messages of several sizes, multi-fragment included;
@@ -29,7 +30,7 @@ typedef struct opts {
     int channels[MAX_CHANNELS], nchannels;
     size_t big;
     int migrate, resume, family, reconnect;
-    int timeout_ms;
+    int timeout_ms, max_datagram;
     double idle_timeout;
 } opts;
 
@@ -43,7 +44,8 @@ static int usage(const char *why) {
     fprintf(stderr, "quantum-echo: %s\n", why);
     fprintf(stderr, "usage: quantum-echo HOST PORT --server-key KEY --user USER [--ticket T] "
                     "[--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume] "
-                    "[-4|-6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]]\n");
+                    "[-4|-6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]] "
+                    "[--max-datagram BYTES]\n");
     return 2;
 }
 
@@ -110,6 +112,12 @@ static int parse(int argc, char **argv, opts *o) {
             if (*end || !(v > 0) || v > 3600)
                 return usage("--idle-timeout: seconds, positive");
             o->idle_timeout = v;
+        } else if (strcmp(a, "--max-datagram") == 0 && next) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1200 || v > 1472)
+                return usage("--max-datagram: bytes, 1200..1472");
+            o->max_datagram = (int)v;
         } else if (strcmp(a, "--reconnect") == 0) {
             o->reconnect = 1;
         } else if (strcmp(a, "--no-migrate") == 0) {
@@ -168,6 +176,8 @@ static int connect_client(const opts *o, quantum_client **out, const uint8_t *re
     quantum_config_default(&cfg);
     cfg.handshake_timeout = 8.0;
     cfg.handshake_tries = 16;
+    if (o->max_datagram)
+        cfg.max_datagram = o->max_datagram;
     if (o->reconnect) { /* notice a dead network quickly, and keep it busy enough to notice */
         cfg.idle_timeout = o->idle_timeout;
         cfg.keepalive_interval = o->idle_timeout / 3;

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import heapq
+import math
 import signal
 import socket
 import sys
@@ -28,15 +29,21 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeGuard, TypeVar
 
 import structlog
 from mypy_extensions import mypyc_attr
 
-from quantum.auth import AnonymousAuthenticator, Authenticator, AuthError, TicketAuthenticator
-from quantum.config import QuantumConfiguration
+from quantum.auth import (
+    MAX_TICKET_TTL,
+    AnonymousAuthenticator,
+    Authenticator,
+    AuthError,
+    TicketAuthenticator,
+)
+from quantum.config import MIN_SEND_BUFFER, QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState
-from quantum.errors import CloseCode
+from quantum.errors import CloseCode, ConnectionClosedError
 from quantum.events import (
     AuthenticationRequested,
     ConnectionClosed,
@@ -44,14 +51,22 @@ from quantum.events import (
     KeepaliveReceived,
     MessageReceived,
     PathMigrated,
+    SendBufferDrained,
 )
 from quantum.frames import Delivery
 from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
-from quantum.listener import Listener
+from quantum.listener import ConnectionQuota, Listener
 from quantum.packet import HEADER_SIZE, MAGIC
-from session.errors import SessionError, SessionExpired, SessionNotFound, StoreUnavailable
-from session.manager import ManagerConfig, SessionManager
+from session.errors import (
+    SessionError,
+    SessionExpired,
+    SessionLimitExceeded,
+    SessionNotFound,
+    StoreUnavailable,
+    TooManyUserSessions,
+)
+from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State, Stats
 
@@ -128,12 +143,18 @@ class TimerHeap(Generic[TimedT]):
         self._handle = self.loop.call_at(at, self._run)
 
     def _run(self) -> None:
-        """Fire every live deadline that is due, then arm for the earliest live one left."""
+        """Fire every live deadline that is due, each at most once, then arm for the earliest
+        live one left and return to the event loop.
+
+        The entries due are taken off the heap before any fires: whatever firing schedules,
+        even at or before `now` (an owner whose deadline did not move), waits for the next
+        pass, after the loop has polled the socket. No owner can keep this loop running."""
         assert self.loop is not None
         self._handle = None
         self._handle_at = None
         now = self.loop.time()
         heap, alive, deadline = self._heap, self._alive, self._deadline
+        due: list[TimedT] = []
         while heap and heap[0][0] <= now:
             at, key, item = heapq.heappop(heap)
             if item.timer_at != at or not alive(item):
@@ -144,7 +165,10 @@ class TimerHeap(Generic[TimedT]):
                 heapq.heappush(heap, (real, key, item))
                 continue
             item.timer_at = None
-            self._fire(item, now)
+            due.append(item)
+        for item in due:
+            if alive(item):  # an earlier one of this pass may have ended it
+                self._fire(item, now)
         while heap:
             at, _, item = heap[0]
             if item.timer_at == at and alive(item):
@@ -171,6 +195,7 @@ class Peer:
     superseded: bool = False  # a resume moved the session to another connection
     stats_pushed_at: int = 0  # packets_received when the stats last went to the manager
     timer_at: float | None = None
+    drained: asyncio.Future[None] | None = None  # what `drain()` waits for, while it does
 
     @property
     def connection_id(self) -> str:
@@ -186,9 +211,36 @@ class Peer:
 
     def send(self, message: bytes, channel: int = 0,
              mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
-        """Queue a message to this client (raises `MessageError` for a bad one)."""
+        """Queue a message to this client. Raises `MessageError` for a bad one, and its
+        subclass `SendBufferFull` when the client has not acknowledged enough of what it was
+        sent (nothing is queued then: `await peer.drain()` and send again, or drop it)."""
         self.conn.send(message, channel, mode)
         self.server.flush(self)
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is back under half its limit (at once if it is).
+        Raises `ConnectionClosedError` if the connection closes first."""
+        if self.conn.state is _CLOSED:
+            raise ConnectionClosedError("connection closed")
+        if not self.conn.drain_wanted():
+            return
+        if self.drained is None:
+            self.drained = self.server.loop.create_future()
+        await asyncio.shield(self.drained)
+
+    def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
+        """Close this client's connection gracefully (queued data first, then FIN)."""
+        self.conn.close(reason, code)
+        self.server.flush(self)
+
+    def _wake_drained(self, error: BaseException | None) -> None:
+        waiter, self.drained = self.drained, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: nobody may be left awaiting it
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled here, subclassed by applications
@@ -235,7 +287,8 @@ class SessionBridge:
 
     | event                                  | session service                                  |
     |----------------------------------------|--------------------------------------------------|
-    | AuthenticationRequested                | authenticate; create_session / resume_session    |
+    | AuthenticationRequested                | authenticate; user's connection quota;           |
+    |                                        | create_session / resume_session                  |
     | KeepaliveReceived                      | heartbeat -> keepalive-ack carries remaining     |
     | MessageReceived                        | application.on_message; IDLE session -> ACTIVE   |
     | PathMigrated                           | session's client address follows                 |
@@ -268,6 +321,8 @@ class SessionBridge:
         elif isinstance(event, PathMigrated):
             if peer.session_id is not None:
                 server.spawn(self._migrated(peer, event.new_addr))
+        elif isinstance(event, SendBufferDrained):
+            peer._wake_drained(None)
         elif isinstance(event, ConnectionClosed):
             self._closed(peer, event)
 
@@ -322,16 +377,29 @@ class SessionBridge:
                     raise AuthError(CloseCode.BAD_RESUME, "session cannot be resumed")
             if session is None:
                 user_id = server.authenticator.authenticate(req.user_id, req.ticket, time.time())
+                self._admit(peer, user_id)
                 session, token = await self.manager.create_session(
                     user_id, ip, port, cid, metadata=req.metadata, server_addr=server.address_text)
             else:
                 token = req.resume[1] if req.resume else ""
             remaining = await self.manager.heartbeat(session.session_id)  # CONNECTING -> ACTIVE
         except AuthError as exc:
-            server.counters.auth_failures += 1
+            if exc.code == CloseCode.TOO_MANY_CONNECTIONS:
+                server.listener.count_reject(exc.code)  # a limit, not a failed authentication
+            else:
+                server.counters.auth_failures += 1
             log.info("handshake rejected", connection_id=cid, user_id=req.user_id,
                      reason=exc.code.name.lower(), detail=exc.message)
             conn.reject(exc.code, exc.message, server.loop.time())
+            server.flush(peer)
+            return
+        except SessionLimitExceeded as exc:
+            code = (CloseCode.TOO_MANY_SESSIONS if isinstance(exc, TooManyUserSessions)
+                    else CloseCode.SESSIONS_FULL)
+            server.listener.count_reject(code)
+            log.info("handshake rejected", connection_id=cid, user_id=req.user_id,
+                     reason=code.name.lower(), detail=str(exc))
+            conn.reject(code, str(exc)[:200], server.loop.time())
             server.flush(peer)
             return
         except StoreUnavailable as exc:
@@ -347,6 +415,7 @@ class SessionBridge:
             return
         if conn.state is not ConnectionState.AUTHENTICATING:
             # the client gave up while we were busy: undo what we created
+            server.user_connections.release(conn.connection_id)
             if not resumed:
                 await self.manager.delete_session(session.session_id, "handshake abandoned")
             return
@@ -361,23 +430,45 @@ class SessionBridge:
         server.call_app(server.app.on_connect, peer)
         server.flush(peer)
 
+    def _admit(self, peer: Peer, user_id: str, replacing: Peer | None = None) -> None:
+        """Count the connection against its user's connection quota (until it closes, see
+        `_closed`), or refuse it with TOO_MANY_CONNECTIONS. `replacing`: the connection a
+        resume is about to supersede, which does not stand in its successor's way."""
+        if peer.conn.state is _CLOSED:
+            return  # it ended while we awaited: `_closed` has run, nothing to count
+        quota = self.server.user_connections
+        old = replacing.conn.connection_id if replacing is not None else None
+        if not quota.acquire(user_id, peer.conn.connection_id, replacing=old):
+            raise AuthError(CloseCode.TOO_MANY_CONNECTIONS,
+                            f"too many connections for this user (at most {quota.limit})")
+
     async def _try_resume(self, peer: Peer, req: AuthenticationRequested,
                           cid: str) -> Session | None:
+        """The resumed session, or None if it cannot be resumed. Token, user, expiry and the
+        user's connection quota are all checked before the store is written: a refused resume
+        changes nothing."""
         assert req.resume is not None
         sid_bytes, token = req.resume
         sid = str(uuid.UUID(bytes=sid_bytes))
         ip, port = peer.conn.peer_addr
+        server = self.server
         try:
-            session = await self.manager.resume_session(sid, token, cid, ip, port,
-                                                        server_addr=self.server.address_text)
+            await self.manager.check_resume(sid, token, req.user_id)
         except (SessionError, ValueError) as exc:
             log.info("resume refused", session_id=sid, reason=str(exc))
             return None
-        if session.user_id != req.user_id:
-            log.warning("resume refused: user mismatch", session_id=sid)
+        holder = server.by_session.get(sid)
+        self._admit(peer, req.user_id, replacing=holder if holder is not peer else None)
+        try:
+            session = await self.manager.resume_session(
+                sid, token, cid, ip, port, server_addr=server.address_text, user_id=req.user_id)
+        except (SessionError, ValueError) as exc:
+            server.user_connections.release(peer.conn.connection_id)
+            log.info("resume refused", session_id=sid, reason=str(exc))
             return None
-        old = self.server.by_session.get(sid)
+        old = server.by_session.get(sid)
         if old is not None and old is not peer:
+            server.user_connections.release(old.conn.connection_id)
             old.superseded = True
             old.conn.close("session resumed on another connection", CloseCode.SESSION_ENDED)
             self.server.flush(old)
@@ -435,7 +526,9 @@ class SessionBridge:
 
     def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
         server = self.server
+        server.user_connections.release(peer.conn.connection_id)
         sid = peer.session_id
+        peer._wake_drained(ConnectionClosedError(f"connection closed: {event.reason}"))
         server.call_app(server.app.on_disconnect, peer, event.reason)
         if sid is None or peer.superseded:
             return
@@ -479,6 +572,18 @@ class ServerConfig:
     idle_timeout: float = 60.0
     fec: bool = True
     max_connections: int = 10_000
+    #: connections one user may hold at once (counted from authentication to close)
+    max_connections_per_user: int = 8
+    #: connections one source address (IPv4, or IPv6 /64) may hold at once: generous, since a
+    #: NAT puts many users behind one address
+    max_connections_per_address: int = 64
+    #: handshakes per second one source may start (bursts of `handshake_burst`) before it is
+    #: asked to prove its address with a retry cookie; also the ClientFinish rate per source
+    handshake_rate: float = 20.0
+    handshake_burst: float = 40.0
+    #: above this many handshakes per second in all, every new source must first echo a retry
+    #: cookie (one HMAC to check) before the server does any Diffie-Hellman for it
+    retry_above_rate: float = 500.0
     stats_interval: float = 2.0
     report_interval: float = 60.0
     #: seconds without a packet from the client after which a connection releases its cipher
@@ -486,25 +591,46 @@ class ServerConfig:
     #: idle client's connection spends most of its time hibernated, while one with real-time
     #: traffic never is; waking costs ~1.4 us, once per quiet spell
     hibernate_after: float = 2.0
+    #: bytes one client may have queued or unacknowledged (`QuantumConfiguration.
+    #: max_send_buffer`): past it `Peer.send` raises `SendBufferFull`
+    max_send_buffer: int = 4 << 20
+    #: a client that acknowledges nothing for this long while data is outstanding is closed
+    stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
         # the fields as plain objects: they may hold anything the caller passed
         given: dict[str, object] = vars(self)
-        host, port, max_connections = given["host"], given["port"], given["max_connections"]
+        host, port = given["host"], given["port"]
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")
         if type(port) is not int or not 0 <= port <= 65535:
             raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
-        if type(max_connections) is not int or max_connections < 1:
-            raise ValueError(f"max_connections must be a positive integer, "
-                             f"got {max_connections!r}")
-        for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
-                     "hibernate_after"):
+        for name in ("max_connections", "max_connections_per_user",
+                     "max_connections_per_address"):
             value = given[name]
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and 0 < value < float("inf")):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("handshake_rate", "retry_above_rate"):
+            rate = given[name]
+            if not (_is_number(rate) and 0 < rate < float("inf")):
+                raise ValueError(f"{name} must be a positive number per second, got {rate!r}")
+        burst = given["handshake_burst"]
+        if not (_is_number(burst) and 1 <= burst < float("inf")):
+            raise ValueError(f"handshake_burst must be a number of at least 1, got {burst!r}")
+        max_send_buffer = given["max_send_buffer"]
+        if type(max_send_buffer) is not int or not MIN_SEND_BUFFER <= max_send_buffer <= 1 << 40:
+            raise ValueError(f"max_send_buffer must be an integer of {MIN_SEND_BUFFER} to "
+                             f"2**40 bytes, got {max_send_buffer!r}")
+        for name in ("keepalive_interval", "idle_timeout", "stats_interval", "report_interval",
+                     "hibernate_after", "stall_timeout"):
+            value = given[name]
+            if not (_is_number(value) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class QuantumServer(asyncio.DatagramProtocol):
@@ -530,12 +656,18 @@ class QuantumServer(asyncio.DatagramProtocol):
         cfg = self.config
         self.quantum_config = QuantumConfiguration(
             keepalive_interval=None, idle_timeout=cfg.idle_timeout,
-            fec=(10, 3) if cfg.fec else None)
+            fec=(10, 3) if cfg.fec else None, max_send_buffer=cfg.max_send_buffer,
+            stall_timeout=cfg.stall_timeout)
         params = ServerParams(fec=self.quantum_config.fec,
                               keepalive_interval=cfg.keepalive_interval,
                               idle_timeout=cfg.idle_timeout)
         self.listener = Listener(ServerHandshake(key.private_key, params), self.quantum_config,
-                                 max_connections=cfg.max_connections)
+                                 max_connections=cfg.max_connections,
+                                 max_connections_per_address=cfg.max_connections_per_address,
+                                 per_source_rate=cfg.handshake_rate,
+                                 per_source_burst=cfg.handshake_burst,
+                                 retry_above_rate=cfg.retry_above_rate)
+        self.user_connections = ConnectionQuota(cfg.max_connections_per_user)
         self.bridge = SessionBridge(self)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self._transport: asyncio.DatagramTransport | None = None
@@ -789,16 +921,41 @@ async def _await(awaitable: Awaitable[None]) -> None:
 # ---------------------------------------------------------------------------------- the CLI
 
 
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+#: the longest duration the wire carries (keepalive interval, idle timeout: u32 milliseconds)
+MAX_WIRE_SECONDS: Final = 0xFFFFFFFF / 1000
+#: the longest ticket `issue-ticket` signs: a year (a longer one is a ticket that never expires)
+
+
+def _positive(kind: type[float] | type[int], minimum: float = 0.0,
+              maximum: float | None = None) -> Callable[[str], float | int]:
+    """An argparse type: a finite number above zero (at least `minimum` if that is set) and at
+    most `maximum`."""
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {_plain(minimum)}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {_plain(maximum)}, got {text}")
         return value
     return parse
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 31536000, 4294967.295, 0.001."""
+    return f"{number:.3f}".rstrip("0").rstrip(".")
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _port(text: str) -> int:
@@ -816,18 +973,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quantum-server",
         description="Quantum-protocol UDP server with a built-in session service. "
                     "Subcommands: 'keygen' and 'issue-ticket' (see 'quantum-server keygen -h').")
-    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--host", type=_host, default="0.0.0.0",
+                   help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
     p.add_argument("--store", choices=("memory", "etcd"), default="memory",
                    help="session store (default memory)")
     p.add_argument("--etcd-endpoints", default="127.0.0.1:2379",
                    help="comma-separated host:port list of one etcd cluster")
     p.add_argument("--etcd-prefix", default="/quantum", help="etcd key prefix (default /quantum)")
-    p.add_argument("--session-timeout", type=_positive(float), default=1800.0,
-                   help="seconds a session lives without heartbeats (default 1800)")
-    p.add_argument("--keepalive-interval", type=_positive(float), default=10.0,
+    p.add_argument("--session-timeout", type=_positive(float, maximum=MAX_TIMEOUT),
+                   default=1800.0,
+                   help="seconds a session lives without heartbeats (default 1800, at most a "
+                        "year)")
+    wire_seconds = _positive(float, minimum=0.001, maximum=MAX_WIRE_SECONDS)
+    p.add_argument("--keepalive-interval", type=wire_seconds, default=10.0,
                    help="keepalive interval clients are told to use (default 10)")
-    p.add_argument("--idle-timeout", type=_positive(float), default=60.0,
+    p.add_argument("--idle-timeout", type=wire_seconds, default=60.0,
                    help="seconds of silence before a connection is dropped (default 60)")
     p.add_argument("--fec", action=argparse.BooleanOptionalAction, default=True,
                    help="Reed-Solomon forward error correction, 10+3 (default on)")
@@ -837,6 +998,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DEVELOPMENT ONLY: accept any claimed user id without a ticket")
     p.add_argument("--max-connections", type=_positive(int), default=10_000,
                    help="connection cap; handshakes beyond it are refused (default 10000)")
+    p.add_argument("--max-send-buffer", type=_positive(int), default=4 << 20,
+                   help="bytes one client may have queued or unacknowledged before sends "
+                        f"are refused (default 4 MiB, at least {MIN_SEND_BUFFER})")
+    p.add_argument("--stall-timeout", type=_positive(float), default=30.0,
+                   help="seconds a client may go on sending without acknowledging anything "
+                        "before it is closed (default 30)")
+    p.add_argument("--max-connections-per-user", type=_positive(int), default=8,
+                   help="connections one user may hold at once (default 8)")
+    p.add_argument("--max-connections-per-address", type=_positive(int), default=64,
+                   help="connections one source address (IPv6: /64) may hold at once "
+                        "(default 64; raise it for clients behind a large NAT)")
+    p.add_argument("--max-sessions-per-user", type=_positive(int), default=8,
+                   help="sessions one user may hold; the least recently active disconnected "
+                        "one is evicted for a new one (default 8)")
+    p.add_argument("--max-sessions", type=_positive(int), default=100_000,
+                   help="sessions the session service holds in all (default 100000)")
+    p.add_argument("--handshake-rate", type=_positive(float), default=20.0,
+                   help="handshakes per second one source address may start before it must "
+                        "prove its address with a retry cookie (default 20)")
+    p.add_argument("--handshake-burst", type=_positive(float, minimum=1.0), default=40.0,
+                   help="burst allowed above --handshake-rate (default 40)")
+    p.add_argument("--retry-above-rate", type=_positive(float), default=500.0,
+                   help="handshakes per second in all above which every new source must echo "
+                        "a retry cookie first (default 500)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return p
@@ -855,8 +1040,8 @@ def _ticket_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantum-server issue-ticket",
                                 description="Print a signed login ticket for a user.")
     p.add_argument("--user", required=True, help="user id the ticket is for")
-    p.add_argument("--ttl", type=_positive(float), default=3600.0,
-                   help="seconds the ticket is valid (default 3600)")
+    p.add_argument("--ttl", type=_positive(float, maximum=MAX_TICKET_TTL), default=3600.0,
+                   help="seconds the ticket is valid (default 3600, at most a year: 31536000)")
     p.add_argument("--key-file", type=Path, default=None,
                    help=f"server key file (default {default_key_path()})")
     return p
@@ -868,7 +1053,11 @@ def _keygen(argv: list[str]) -> int:
     if path.exists() and not args.force:
         print(f"quantum-server keygen: {path} exists; use --force to replace it", file=sys.stderr)
         return 2
-    key = ServerKeyFile.generate(path)
+    try:
+        key = ServerKeyFile.generate(path)
+    except KeyFileError as exc:
+        print(f"quantum-server keygen: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     print(f"public key:  {key.public_key_text}")
     print(f"fingerprint: {fingerprint(key.public_key)}")
@@ -919,12 +1108,28 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
                     "never run this in production")
     else:
         authenticator = TicketAuthenticator(key.ticket_secret)
-    store = await _build_store(args)
-    manager = SessionManager(ManagerConfig(store=store, default_timeout=args.session_timeout))
-    config = ServerConfig(host=args.host, port=args.port,
-                          keepalive_interval=args.keepalive_interval,
-                          idle_timeout=args.idle_timeout, fec=args.fec,
-                          max_connections=args.max_connections)
+    try:
+        config = ServerConfig(host=args.host, port=args.port,
+                              keepalive_interval=args.keepalive_interval,
+                              idle_timeout=args.idle_timeout, fec=args.fec,
+                              max_connections=args.max_connections,
+                              max_connections_per_user=args.max_connections_per_user,
+                              max_connections_per_address=args.max_connections_per_address,
+                              handshake_rate=args.handshake_rate,
+                              handshake_burst=args.handshake_burst,
+                              retry_above_rate=args.retry_above_rate,
+                              max_send_buffer=args.max_send_buffer,
+                              stall_timeout=args.stall_timeout)
+        # checked before any store is built (its own store comes next: an etcd client must not
+        # be created for a configuration that is refused anyway)
+        manager_config = ManagerConfig(store=MemoryStore(), default_timeout=args.session_timeout,
+                                       max_sessions_per_user=args.max_sessions_per_user,
+                                       max_sessions=args.max_sessions)
+    except ValueError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    manager_config.store = await _build_store(args)
+    manager = SessionManager(manager_config)
     server = QuantumServer(manager, key, authenticator, config, app)
     try:
         await server.start()

@@ -83,14 +83,16 @@ class BenchError(RuntimeError):
 
 
 def _generous_listener(server: QuantumServer, key: ServerKeyFile, max_connections: int) -> None:
-    """All load comes from one loopback address: lift the per-source handshake rate limit and
-    the retry-cookie threshold, which exist for the internet, not for a load generator."""
+    """All load comes from one loopback address: lift the per-source handshake rate limits,
+    the per-address connection cap and the retry-cookie threshold, which exist for the
+    internet, not for a load generator."""
     cfg = server.config
     params = ServerParams(fec=server.quantum_config.fec,
                           keepalive_interval=cfg.keepalive_interval, idle_timeout=cfg.idle_timeout)
     server.listener = Listener(ServerHandshake(key.private_key, params), server.quantum_config,
-                               max_connections=max_connections, per_source_rate=1e9,
-                               per_source_burst=1e9, retry_above_rate=1e9)
+                               max_connections=max_connections,
+                               max_connections_per_address=max_connections,
+                               per_source_rate=1e9, per_source_burst=1e9, retry_above_rate=1e9)
 
 
 async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],

@@ -45,10 +45,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def _connect(loss: float, fec: bool, seed: int) -> tuple[Simulation, Any]:
+def _connect(loss: float, fec: bool, seed: int,
+             send_buffer: int = 4 << 20) -> tuple[Simulation, Any]:
     config = QuantumConfiguration(keepalive_interval=None, fec=(10, 3) if fec else None,
                                   idle_timeout=600.0, handshake_tries=20,
-                                  handshake_timeout=20.0)
+                                  handshake_timeout=20.0, max_send_buffer=send_buffer)
     sim = Simulation(SimulatedNetwork(LinkProfile(delay=ONE_WAY_DELAY, loss=loss), seed),
                      SimulatedServer.create(config))
     client = sim.add_client(Credentials(user_id="bench"), configuration=config)
@@ -140,7 +141,8 @@ def run_bulk(messages: int, seed: int = 7) -> dict[str, Any]:
     protocol's own cost: sender (fragmenting, sealing, congestion control, ack processing) and
     receiver (opening, reassembly, acknowledging).
     """
-    sim, client = _connect(0.0, False, seed)
+    # everything is queued at once: the send buffer must hold it all
+    sim, client = _connect(0.0, False, seed, send_buffer=max(4 << 20, 2 * messages * MESSAGE_SIZE))
     server = next(iter(sim.server.connections.values()))
     while server.next_event() is not None:
         pass

@@ -16,6 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from quantum.errors import SendBufferFull
 from quantum.frames import Delivery
 from server import Application, Peer, run_app
 
@@ -25,9 +26,16 @@ class ChatRoom(Application):
         self.rooms: defaultdict[str, set[Peer]] = defaultdict(set)
 
     def _say(self, room: str, text: str, sender: Peer | None = None) -> None:
-        for member in self.rooms[room]:
+        data = text.encode()
+        for member in list(self.rooms[room]):
             if member is not sender:
-                member.send(text.encode())
+                try:
+                    member.send(data)
+                except SendBufferFull:
+                    # a member that does not keep up would make the room wait or the server
+                    # hold its backlog without bound: it leaves instead
+                    self.rooms[room].discard(member)
+                    member.close("too slow: send buffer full")
 
     def on_connect(self, peer: Peer) -> None:
         room = peer.metadata.get("room", "lobby")

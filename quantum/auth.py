@@ -73,12 +73,18 @@ def _sign(secret: bytes, signed_part: str) -> bytes:
     return hmac.new(secret, signed_part.encode("ascii"), hashlib.sha256).digest()
 
 
+#: the longest a ticket may be valid, in seconds
+MAX_TICKET_TTL: Final = 365 * 24 * 3600.0
+
+
 def issue_ticket(secret: bytes, user_id: str, ttl: float, now: float) -> str:
-    """A ticket for `user_id` valid until `now + ttl` (unix seconds, rounded up)."""
+    """A ticket for `user_id` valid until `now + ttl` (unix seconds, rounded up); `ttl` is at
+    most `MAX_TICKET_TTL` (a year): a ticket that never expires cannot be taken back."""
     if len(secret) < 16:
         raise ValueError(f"ticket secret must be at least 16 bytes, got {len(secret)}")
-    if not (ttl > 0 and math.isfinite(ttl)):
-        raise ValueError(f"ticket ttl must be a positive number of seconds, got {ttl}")
+    if not (0 < ttl <= MAX_TICKET_TTL):  # False for nan as well
+        raise ValueError(f"ticket ttl must be a positive number of seconds up to "
+                         f"{MAX_TICKET_TTL:.0f} (a year), got {ttl}")
     try:
         validate_user_id(user_id)
     except AuthError as exc:

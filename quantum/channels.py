@@ -21,7 +21,7 @@ from bisect import bisect_right
 from collections import deque
 from typing import Final, NoReturn
 
-from quantum.errors import MessageError, ProtocolError
+from quantum.errors import MessageError, ProtocolError, SendBufferFull
 from quantum.frames import MESSAGE_FRAME_OVERHEAD, Delivery, MessageFrame
 from quantum.serial import MASK, diff
 
@@ -116,9 +116,13 @@ class ChannelSender:
         return self._pending_bytes
 
     def queue(self, data: object, channel: object = 0,
-              mode: object = Delivery.RELIABLE_ORDERED) -> int:
+              mode: object = Delivery.RELIABLE_ORDERED, *, room: int = 1 << 62) -> int:
         """Queue one message (bytes-like) on `channel` (0..255) with delivery `mode` (a
         `Delivery` or its int value); returns its id within its (channel, mode) stream.
+
+        `room` is what the caller's send buffer still holds: a reliable message larger than
+        that raises `SendBufferFull` (nothing is queued), an unreliable one is dropped and -1
+        returned (those modes may lose a message anyway; queueing it would only grow memory).
 
         Raises `MessageError` if the message cannot be sent as asked. The parameters are typed
         `object` on purpose: this is where application input is checked, and the compiled
@@ -157,6 +161,10 @@ class ChannelSender:
         if count > _MAX_FRAG_COUNT:
             raise MessageError(f"message of {size} bytes needs {count} fragments of "
                                f"{max_fragment} bytes, more than {_MAX_FRAG_COUNT}")
+        if size > room:
+            if mode >= _UNRELIABLE:
+                return -1
+            raise SendBufferFull(size, self._pending_bytes, self._pending_bytes + room)
         key = channel << 2 | mode
         message_id = self._next_ids.get(key, self._first_id)
         self._next_ids[key] = (message_id + 1) & MASK

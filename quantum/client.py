@@ -19,13 +19,14 @@ from typing import Any
 
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState, ConnectionStats
-from quantum.errors import CloseCode, ConnectionClosedError, QuantumError
+from quantum.errors import CloseCode, ConnectionClosedError, QuantumError, SendBufferFull
 from quantum.events import (
     ConnectionClosed,
     HandshakeCompleted,
     HandshakeRejected,
     KeepaliveAcknowledged,
     MessageReceived,
+    SendBufferDrained,
 )
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
@@ -62,6 +63,7 @@ class QuantumClient(asyncio.DatagramProtocol):
         self._messages: deque[Message] = deque()
         self._message_waiter: asyncio.Future[None] | None = None
         self._heartbeats: dict[int, asyncio.Future[float | None]] = {}
+        self._drained: asyncio.Future[None] | None = None
         self.session_id: str | None = None
         self.session_token: str | None = None
         self.resumed = False
@@ -85,10 +87,36 @@ class QuantumClient(asyncio.DatagramProtocol):
 
     async def send(self, data: bytes, channel: int = 0,
                    mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
-        """Queue a message (raises `MessageError` for a bad one) and push it to the wire."""
+        """Queue a message and push it to the wire. Raises `MessageError` for a bad one.
+
+        Backpressure: while the send buffer is full (`QuantumConfiguration.max_send_buffer`
+        bytes queued or unacknowledged) a reliable message waits here until the server has
+        acknowledged enough; an unreliable one is dropped, as that mode allows."""
+        while True:
+            try:
+                self.send_nowait(data, channel, mode)
+                return
+            except SendBufferFull:
+                await self.drain()
+
+    def send_nowait(self, data: bytes, channel: int = 0,
+                    mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
+        """`send` without waiting: raises `SendBufferFull` (nothing queued) when full."""
         self._check_open()
-        self._conn.send(data, channel, mode)
-        self._flush()
+        try:
+            self._conn.send(data, channel, mode)
+        finally:
+            self._flush()
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is back under half its limit (at once if it is)."""
+        self._check_open()
+        if not self._conn.drain_wanted():
+            return
+        if self._drained is None or self._drained.done():
+            self._drained = self._loop.create_future()
+        await asyncio.wait([self._drained, self._closed], return_when=asyncio.FIRST_COMPLETED)
+        self._check_open()
 
     async def recv(self) -> bytes:
         """The next application message's bytes (any channel)."""
@@ -202,6 +230,10 @@ class QuantumClient(asyncio.DatagramProtocol):
                 hb = self._heartbeats.get(event.keepalive_id)
                 if hb is not None and not hb.done():
                     hb.set_result(event.remaining)
+            elif isinstance(event, SendBufferDrained):
+                drained = self._drained
+                if drained is not None and not drained.done():
+                    drained.set_result(None)
             elif isinstance(event, HandshakeCompleted):
                 self.session_id = str(uuid.UUID(bytes=event.session_id))
                 self.session_token = event.session_token
@@ -215,11 +247,21 @@ class QuantumClient(asyncio.DatagramProtocol):
             elif isinstance(event, ConnectionClosed):
                 self.close_code, self.close_reason = event.code, event.reason
                 if not self._established.done():
-                    self._established.set_exception(ConnectError(event.code, event.reason))
+                    self._established.set_exception(self._connect_error(event))
                 if not self._closed.done():
                     self._closed.set_result(None)
                 self._wake_all()
         self._flush()
+
+    def _connect_error(self, closed: ConnectionClosed) -> ConnectError:
+        """Why the handshake failed: a handshake that timed out after a plaintext REJECT
+        (which the connection only remembers, as anyone could have sent it) reports that."""
+        rejected = self._conn.handshake_reject
+        if closed.code == CloseCode.HANDSHAKE_TIMEOUT and rejected is not None:
+            code, reason = rejected
+            return ConnectError(code, f"{reason} (unauthenticated answer; then the handshake "
+                                      "timed out)")
+        return ConnectError(closed.code, closed.reason)
 
     def _flush(self) -> None:
         transport = self._transport
@@ -243,9 +285,9 @@ class QuantumClient(asyncio.DatagramProtocol):
             self._timer = self._loop.call_at(at, self._on_timer)
 
     def _wake_all(self) -> None:
-        waiter = self._message_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._message_waiter, self._drained):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         for hb in self._heartbeats.values():
             if not hb.done():
                 hb.set_exception(ConnectionClosedError(

@@ -8,6 +8,8 @@ from typing import Final
 #: packets left under the key limit when the graceful close starts: room to drain what is
 #: queued, send the FIN and retransmit it
 KEY_LIMIT_HEADROOM: Final = 1024
+#: the smallest send buffer: one largest message (1 MiB) must fit
+MIN_SEND_BUFFER: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,13 @@ class QuantumConfiguration:
     #: an endpoint closes gracefully, code KEYS_EXHAUSTED, KEY_LIMIT_HEADROOM packets before it
     #: and never seals past it. v2 has no key update: the client resumes on a new connection.
     packets_per_key: int = 1 << 23
+    #: bytes of application messages one connection may hold queued or sent and not yet
+    #: acknowledged; past it `send` raises `SendBufferFull` for reliable messages and drops
+    #: unreliable ones (counted as drops["send_buffer_full"])
+    max_send_buffer: int = 4 << 20
+    #: a peer that acknowledges nothing for this long while data is outstanding is closed
+    #: (code STALLED): a peer that keeps sending but never acknowledges never goes idle
+    stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.keepalive_interval is not None and self.keepalive_interval <= 0:
@@ -52,5 +61,12 @@ class QuantumConfiguration:
         if not 2 * KEY_LIMIT_HEADROOM <= self.packets_per_key <= 1 << 62:
             raise ValueError(f"packets_per_key must be between {2 * KEY_LIMIT_HEADROOM} and "
                              f"2**62, got {self.packets_per_key}")
+        if not (type(self.max_send_buffer) is int
+                and MIN_SEND_BUFFER <= self.max_send_buffer <= 1 << 40):
+            raise ValueError(f"max_send_buffer must be an int between {MIN_SEND_BUFFER} and "
+                             f"2**40 bytes, got {self.max_send_buffer!r}")
+        if not 0 < self.stall_timeout < float("inf"):
+            raise ValueError(f"stall_timeout must be a positive number of seconds, "
+                             f"got {self.stall_timeout}")
         if not 0 < self.max_ack_delay <= 0.5:
             raise ValueError(f"max_ack_delay must be in (0, 0.5], got {self.max_ack_delay}")

@@ -28,7 +28,13 @@ from quantum.bbr import BBR
 from quantum.channels import ChannelReceiver, ChannelSender
 from quantum.config import KEY_LIMIT_HEADROOM, QuantumConfiguration
 from quantum.crypto import PacketProtection, ProtectionError
-from quantum.errors import CloseCode, ConnectionClosedError, MessageError, ProtocolError
+from quantum.errors import (
+    CloseCode,
+    ConnectionClosedError,
+    MessageError,
+    ProtocolError,
+    SendBufferFull,
+)
 from quantum.events import (
     AuthenticationRequested,
     ConnectionClosed,
@@ -39,10 +45,12 @@ from quantum.events import (
     KeepaliveReceived,
     MessageReceived,
     PathMigrated,
+    SendBufferDrained,
 )
 from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard
 from quantum.frames import (
     MESSAGE_FRAME_OVERHEAD,
+    PATH_DATA_SIZE,
     AckFloorFrame,
     CloseFrame,
     Delivery,
@@ -67,6 +75,7 @@ from quantum.handshake import (
     ServerParams,
     SessionKeys,
 )
+from quantum.migration import PathValidation
 from quantum.packet import (
     Packet,
     PacketError,
@@ -98,6 +107,7 @@ PSH: Final = 0x20
 URG: Final = 0x40
 
 AEAD_TAG: Final = 16
+MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
 MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS
                              - AEAD_TAG)
@@ -109,8 +119,9 @@ MAX_FRAGMENT: Final = 1300
 #: prefix) inside a parity packet with the group's sequence list (k <= 16: 10 + 4k + 2 bytes)
 MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * 16)
 NO_SESSION_MS: Final = 0xFFFFFFFF
-#: how much an unvalidated new path may receive, as a multiple of what it sent us
-MIGRATION_AMPLIFICATION: Final = 3
+#: `_stall_since` when the peer owes us no acknowledgement
+_NOT_STALLED: Final = -1.0
+_INF: Final = float("inf")
 
 
 class ConnectionState(enum.Enum):
@@ -184,25 +195,28 @@ class Connection:
         "_largest_pn",
         "_last_keepalive_sent",
         "_last_received",
+        "_migration",
         "_now",
         "_open",
         "_parity_out",
-        "_path_budget",
-        "_path_challenge",
-        "_path_validated",
         "_peer",
         "_pending_out",
-        "_previous_addr",
+        "_probe_out",
         "_received",
         "_receiver",
+        "_refused_size",
         "_seal",
+        "_send_blocked",
         "_sender",
         "_sent",
+        "_stall_since",
+        "_unacked_data",
         "close_code",
         "close_reason",
         "config",
         "connection_id",
         "credentials",
+        "handshake_reject",
         "is_client",
         "params",
         "session_id",
@@ -236,7 +250,9 @@ class Connection:
         self.session_token: str | None = None
         self.credentials: Credentials | None = None
         self.params: ServerParams | None = None
-        self.close_code = CloseCode.NORMAL
+        # client side: the last plaintext (unauthenticated) REJECT, see _on_plaintext_reject
+        self.handshake_reject: tuple[int, str] | None = None
+        self.close_code: int = CloseCode.NORMAL  # a CloseCode, or the peer's unknown code
         self.close_reason = ""
 
         self._events: list[Event] = []
@@ -276,13 +292,19 @@ class Connection:
         self._keepalives_pending: dict[int, float] | None = None  # built by the first keepalive
         self._fin_pn: int | None = None
         self._close_deadline: float | None = None
-        self._path_validated = True
-        self._path_challenge: bytes | None = None
-        self._path_budget = 0
-        self._previous_addr: Address | None = None
+        # a candidate address being validated (exists only while a migration is checked)
+        self._migration: PathValidation | None = None
+        self._probe_out: list[bytes] | None = None  # PATH_CHALLENGE datagrams for it
         self._largest_pn = 0
         self._now = now  # the latest time any entry point was given (for pacing deadlines)
         self._pending_out: list[bytes] | None = None  # sealed datagrams not yet collected
+        # since when the peer has acknowledged nothing while owing us an acknowledgement
+        self._stall_since = _NOT_STALLED
+        self._send_blocked = False  # a send was refused: SendBufferDrained is owed
+        self._refused_size = 0  # the largest message refused since the last drain
+        # reliable message bytes sent and not yet acknowledged (nor declared lost: those are
+        # queued again); with the sender's pending bytes, what the send buffer holds
+        self._unacked_data = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -369,16 +391,57 @@ class Connection:
              mode: object = Delivery.RELIABLE_ORDERED) -> int:
         """Queue one application message (bytes-like) on `channel` (0..255) with delivery
         `mode`; returns its id within its channel. Raises `MessageError` for anything that
-        cannot be sent as asked (`ChannelSender.queue` says why the parameters are `object`)."""
+        cannot be sent as asked (`ChannelSender.queue` says why the parameters are `object`).
+
+        Backpressure: a reliable message that would take `send_buffered` past
+        `max_send_buffer` raises `SendBufferFull` (a `MessageError`; nothing is queued, and a
+        `SendBufferDrained` event follows once the peer has acknowledged half the buffer); an
+        unreliable one is dropped, counted in `stats.drops["send_buffer_full"]`, and -1
+        returned."""
         if self.state not in (_ESTABLISHED, _AWAIT_ACCEPT,
                               _AUTHENTICATING):
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
         sender = self._sender
         if sender is None:
             sender = self._sender = ChannelSender(MAX_FRAGMENT)
-        message_id = sender.queue(message, channel, mode)
+        room = self.config.max_send_buffer - sender.pending_bytes - self._unacked_data
+        try:
+            message_id = sender.queue(message, channel, mode, room=room)
+        except SendBufferFull as exc:
+            self._send_blocked = True
+            if exc.size > self._refused_size:
+                self._refused_size = exc.size
+            raise SendBufferFull(exc.size, self.send_buffered,
+                                 self.config.max_send_buffer) from None
+        if message_id < 0:  # an unreliable message the full buffer had no room for
+            self._drop("send_buffer_full")
+            return message_id
         self.stats.messages_sent += 1
         return message_id
+
+    def drain_wanted(self) -> bool:
+        """Whether the owner must wait before sending more: the buffer is above half its
+        limit, or the largest message refused since the last drain does not fit yet. If so,
+        a `SendBufferDrained` event will say when neither holds (what `drain()` waits for),
+        so `try: send() except SendBufferFull: await drain()` always makes progress."""
+        if self._drained_enough():
+            return False
+        self._send_blocked = True
+        return True
+
+    def _drained_enough(self) -> bool:
+        limit = self.config.max_send_buffer
+        need = limit >> 1
+        if self._refused_size > need:
+            need = self._refused_size
+        return limit - self.send_buffered >= need
+
+    @property
+    def send_buffered(self) -> int:
+        """Bytes queued or sent and not yet acknowledged; `send` refuses reliable messages
+        that would take it past `QuantumConfiguration.max_send_buffer`."""
+        sender = self._sender
+        return (0 if sender is None else sender.pending_bytes) + self._unacked_data
 
     def send_keepalive(self) -> int:
         """Queue a keepalive now; the answer arrives as `KeepaliveAcknowledged`."""
@@ -487,12 +550,10 @@ class Connection:
         stats.packets_received += 1
         stats.bytes_received += len(data)
         self._last_received = now
-        if addr != self.peer_addr:
-            self._on_new_path(addr, pn, now)
+        if addr != self._peer:
+            self._on_other_path(addr, pn, len(data), now)
         if pn > self._largest_pn:
             self._largest_pn = pn
-        if self._path_challenge is not None:
-            self._path_budget += len(data) * MIGRATION_AMPLIFICATION
         if self.state is _AWAIT_ACCEPT:
             self._handshake_resend_at = None  # any protected packet proves our ACK arrived
         if flags & ACK:
@@ -526,6 +587,14 @@ class Connection:
             for d in pending_out:
                 out.append((d, addr))
             self._pending_out = None
+        probe_out = self._probe_out
+        if probe_out:
+            migration = self._migration
+            assert migration is not None
+            probe_addr: Any = migration.addr
+            for d in probe_out:
+                out.append((d, probe_addr))
+            self._probe_out = None
         return out
 
     def get_timer(self) -> float | None:
@@ -549,13 +618,22 @@ class Connection:
         t = sent.loss_deadline()
         if t is not None and t < at:
             at = t
-        in_flight = sent.bytes_in_flight
-        cc = self._cc
-        if (in_flight >= cc.cwnd >> 1 and self._has_data() and sent.can_send()
-                and cc.can_send(in_flight)):
-            t = cc.next_send_time(self._now)
+        stall = self._stall_since
+        if stall >= 0.0 and self._last_received > stall:
+            # only a peer that still talks while owing us acks is stalling; a silent one is
+            # the idle timeout's
+            t = stall + self.config.stall_timeout
             if t < at:
                 at = t
+        migration = self._migration
+        if migration is not None and migration.deadline < at:
+            at = migration.deadline
+        if self._has_data():
+            # what `_fill` waits for (`_send_wait` is its gate too): 0.0 means it can send at
+            # once, which the owner's next datagrams_to_send does
+            t = self._send_wait(self._now)
+            if t < at:
+                at = t if t > 0.0 else self._now
         return at
 
     def handle_timer(self, now: float) -> None:
@@ -574,10 +652,19 @@ class Connection:
         if self._close_deadline is not None and now >= self._close_deadline:
             self._terminate(self.close_code, self.close_reason, by_peer=False)
             return
+        stall = self._stall_since
+        if (stall >= 0.0 and self._last_received > stall
+                and now >= stall + self.config.stall_timeout):
+            self._abort(CloseCode.STALLED,
+                        f"peer acknowledged nothing for {self.config.stall_timeout:g} s", now)
+            return
         loss_at = self._sent.loss_deadline()
         if loss_at is not None and now >= loss_at:
             lost = self._sent.on_loss_timer(now)
             self.stats.timeout_retransmits += self._requeue_lost(lost, now)
+        migration = self._migration
+        if migration is not None and now >= migration.deadline:
+            self._on_migration_timer(now)
         if (self.state is _ESTABLISHED and self.config.keepalive_interval
                 and now >= self._last_keepalive_sent + self.config.keepalive_interval):
             self._queue_keepalive(now)
@@ -638,8 +725,7 @@ class Connection:
                 reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
                 if reject is None:
                     raise PacketError("handshake reset without a reason")
-                self._events.append(HandshakeRejected(reject.code, reject.reason))
-                self._terminate(reject.code, reject.reason, by_peer=True)
+                self._on_plaintext_reject(reject)
             elif flags & SYN and flags & URG and self.state is _SYN_SENT:
                 self._handshake.on_retry(packet.payload)
                 self._handshake_tries = 0
@@ -662,6 +748,18 @@ class Connection:
             self._terminate(exc.code, exc.message, by_peer=False)
         except PacketError:
             self._drop("malformed")
+
+    def _on_plaintext_reject(self, reject: RejectFrame) -> None:
+        """A plaintext REJECT is unauthenticated: anyone who saw our SYN could have sent it.
+        While SYNs are left to send it is only remembered in `handshake_reject` (for the owner
+        to report should the handshake then time out); the one answering the last SYN ends the
+        handshake with its code (docs/PROTOCOL.md 10.2)."""
+        self.handshake_reject = (reject.code, reject.reason)
+        if self._handshake_tries < self.config.handshake_tries:
+            self._drop("unauthenticated_reject")
+            return
+        self._events.append(HandshakeRejected(reject.code, reject.reason))
+        self._terminate(reject.code, reject.reason, by_peer=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -697,15 +795,21 @@ class Connection:
             elif isinstance(frame, PathChallengeFrame):
                 self._control.append(PathResponseFrame(frame.data))
             elif isinstance(frame, PathResponseFrame):
-                if self._path_challenge is not None and frame.data == self._path_challenge:
-                    self._path_challenge = None
-                    self._path_validated = True
-                    if self._previous_addr is not None:
-                        events.append(PathMigrated(self._previous_addr, self.peer_addr))
+                migration = self._migration
+                if migration is not None and migration.matches(frame.data):
+                    # the peer receives at the new address: move there
+                    old, self._peer = self._peer, migration.addr
+                    self._migration = None
+                    self._probe_out = None
+                    # what went to the old path while we validated is likely lost and its
+                    # timer backed off: retransmit on the new path without waiting for it
+                    self._sent.rtt.reset_backoff()
+                    events.append(PathMigrated(old, migration.addr))
             elif isinstance(frame, SessionFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
                     self.session_id, self.session_token = frame.session_id, frame.token
                     self.state = _ESTABLISHED
+                    self._forget_handshake()
                     self._last_keepalive_sent = now
                     remaining = _seconds(frame.remaining_ms)
                     events.append(HandshakeCompleted(frame.session_id, frame.token, remaining,
@@ -754,6 +858,15 @@ class Connection:
         sent = self._sent
         result = sent.on_ack(ack, sack, now)
         if result.acked:
+            # progress: the stall clock restarts if more is owed, and stops if nothing is
+            self._stall_since = now if sent.bytes_in_flight else _NOT_STALLED
+            if self._unacked_data:
+                for p in result.acked:
+                    for f in p.frames:
+                        if type(f) is MessageFrame:
+                            self._unacked_data -= len(f.data)
+            if self._send_blocked:
+                self._check_drained()
             acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
             self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
             fin_pn = self._fin_pn
@@ -764,6 +877,15 @@ class Connection:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):
             self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+
+    def _check_drained(self) -> None:
+        """After a refused send: tell the owner once the buffer is down to half and the
+        refused message fits."""
+        if self._drained_enough():
+            self._send_blocked = False
+            self._refused_size = 0
+            self._events.append(SendBufferDrained(self.config.max_send_buffer
+                                                  - self.send_buffered))
 
     def _requeue_lost(self, lost: list[SentPacket], now: float) -> int:
         """Lost packets: give reliable frames a new packet; returns how many packets that took."""
@@ -778,6 +900,7 @@ class Connection:
             retransmitted += 1
             for frame in p.frames:
                 if isinstance(frame, MessageFrame):
+                    self._unacked_data -= len(frame.data)  # back in the sender's queue
                     if self._sender is not None:
                         self._sender.requeue(frame)
                 elif isinstance(frame, CloseFrame):
@@ -786,16 +909,58 @@ class Connection:
                     self._control.append(cast(Frame, frame))
         return retransmitted
 
-    def _on_new_path(self, addr: Address, pn: int, now: float) -> None:
-        """An authenticated packet from a new address: follow it, but validate before trusting."""
+    def _on_other_path(self, addr: Address, pn: int, size: int, now: float) -> None:
+        """An authenticated packet from an address that is not the validated path's.
+
+        Its frames count as usual (they are the peer's), but where our packets go does not
+        change until the address answers a challenge: it may be a NAT rebinding, or a copy of
+        the peer's packet replayed from a spoofed source to make us flood that source."""
+        migration = self._migration
+        if migration is not None and migration.addr == addr:
+            migration.received += size
+            return
         if pn < self._largest_pn:
-            return  # a reordered packet from the old path, not a migration
-        self._previous_addr = self._peer
-        self._peer = addr
-        self._path_validated = False
-        self._path_challenge = os.urandom(8)
-        self._path_budget = 0
-        self._control.append(PathChallengeFrame(self._path_challenge))
+            return  # a reordered packet from a path the peer has left, not a migration
+        # the newest packet comes from here: probe it (a probe of another address is dropped)
+        self._migration = PathValidation(addr, os.urandom(PATH_DATA_SIZE), size)
+        self._probe_out = None
+        self._send_challenge(now)
+
+    def _send_challenge(self, now: float) -> None:
+        """One PATH_CHALLENGE to the candidate address, if its budget allows; either way the
+        probe's clock starts, so a timer never names a deadline nothing will act on."""
+        migration = self._migration
+        assert migration is not None
+        interval = self._sent.rtt.base_rto
+        frames: list[Frame] = [PathChallengeFrame(migration.challenge)]
+        payload = encode_frames(frames)
+        size = wire.HEADER_SIZE + len(payload) + AEAD_TAG
+        if migration.allows(size) and self._seal is not None:
+            # not tracked, not congestion controlled and without SACK blocks: the probe
+            # belongs to another path, and its loss is the validation timer's business
+            pn = self._sent.allocate_pn()
+            ack32 = self._received.cumulative & 0xFFFFFFFF
+            header = build_header(ACK, self.connection_id, pn & 0xFFFFFFFF, ack32,
+                                  len(payload))
+            datagram = header + self._seal.seal(pn, header, payload)
+            migration.on_sent(len(datagram))
+            self.stats.packets_sent += 1
+            self.stats.bytes_sent += len(datagram)
+            if self._probe_out is None:
+                self._probe_out = [datagram]
+            else:
+                self._probe_out.append(datagram)
+        migration.on_probe(now, interval)
+
+    def _on_migration_timer(self, now: float) -> None:
+        migration = self._migration
+        assert migration is not None
+        if migration.exhausted:
+            self._migration = None  # never validated: we stayed on the old path all along
+            self._probe_out = None
+            self._drop("path_validation_failed")
+        else:
+            self._send_challenge(now)
 
     # ------------------------------------------------------------------ sending
 
@@ -832,14 +997,7 @@ class Connection:
                     continue
                 cc.on_app_limited(sent.bytes_in_flight)
                 break
-            if not sent.can_send() or not cc.can_send(sent.bytes_in_flight):
-                break
-            if sent.bytes_in_flight >= cc.cwnd >> 1 and cc.next_send_time(now) > now:
-                # Pacing spreads a flight that fills the pipe. Below half the window (in
-                # PROBE_BW, one estimated BDP) the path cannot be congested by us, and pacing
-                # app-limited real-time traffic at BBR's 0.75 gain would only queue it.
-                break
-            if not self._path_validated and self._path_budget <= 0 and not self._control:
+            if self._send_wait(now) != 0.0:
                 break
             parity_out = self._parity_out
             if parity_out:
@@ -855,6 +1013,24 @@ class Connection:
         ack_at = self._received.ack_deadline()
         if ack_at is not None and ack_at <= now:
             self._send_ack_only(now)
+
+    def _send_wait(self, now: float) -> float:
+        """The one gate on sending data, shared by `_fill` and `get_timer`, so the timer can
+        never name a moment at which `_fill` would still refuse: 0.0 if a packet may leave
+        now; the pacer's release time if only pacing holds it back; infinity if the send or
+        congestion window is full (an acknowledgement, not a timer, opens those)."""
+        sent, cc = self._sent, self._cc
+        in_flight = sent.bytes_in_flight
+        if not sent.can_send() or not cc.can_send(in_flight):
+            return _INF
+        if in_flight >= cc.cwnd >> 1:
+            # Pacing spreads a flight that fills the pipe. Below half the window (in PROBE_BW,
+            # one estimated BDP) the path cannot be congested by us, and pacing app-limited
+            # real-time traffic at BBR's 0.75 gain would only queue it.
+            at = cc.next_send_time(now)
+            if at > now:
+                return at
+        return 0.0
 
     def _build_data_packet(self, now: float) -> bool:
         frames: list[Frame] = []
@@ -908,20 +1084,32 @@ class Connection:
         received = self._received
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
+        if sack:
+            # the most recent blocks that fit: a parity packet (12 + 4k bytes of FEC framing
+            # around a full-size payload) has no room for all eight, and SACK information is
+            # repeated by every later packet, so a shortened list loses nothing
+            room = (MAX_DATAGRAM - wire.HEADER_SIZE - AEAD_TAG - len(payload)) >> 3
+            if len(sack) > room:
+                sack = sack[:room] if room > 0 else []
         header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
         body = encode_sack(sack) + payload if sack else payload
         datagram = header + seal.seal(pn, header, body)
         received.on_ack_sent()
         size = len(datagram)
         if elicits_ack(frames):  # a pure ACK is neither tracked nor congestion controlled
-            retransmittable: list[object] = [f for f in frames if is_retransmittable(f)]
+            if self._stall_since < 0.0:
+                self._stall_since = now  # the peer owes us an acknowledgement from now on
+            retransmittable: list[object] = []
+            for f in frames:
+                if is_retransmittable(f):
+                    retransmittable.append(f)
+                    if type(f) is MessageFrame:
+                        self._unacked_data += len(f.data)
             rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight)
             sent.on_packet_sent(SentPacket(pn, now, size, True, True, retransmittable, rate))
         stats = self.stats
         stats.packets_sent += 1
         stats.bytes_sent += size
-        if not self._path_validated:
-            self._path_budget -= size
         pending_out = self._pending_out
         if pending_out is None:
             self._pending_out = [datagram]
@@ -972,16 +1160,36 @@ class Connection:
     # ------------------------------------------------------------------ ending
 
     def _protocol_violation(self, reason: str, now: float) -> None:
+        self._abort(CloseCode.PROTOCOL_VIOLATION, reason, now)
+
+    def _abort(self, code: int, reason: str, now: float) -> None:
+        """Abortive close: one RST carrying the reason, then closed (nothing waits for it)."""
         if self._seal is not None and self._sent.next_pn < self.config.packets_per_key:
-            self._send_protected([CloseFrame(CloseCode.PROTOCOL_VIOLATION, reason[:512])], now,
-                                 flags=ACK | RST)
-        self._terminate(CloseCode.PROTOCOL_VIOLATION, reason, by_peer=False)
+            self._send_protected([CloseFrame(code, reason[:512])], now, flags=ACK | RST)
+        self._terminate(code, reason, by_peer=False)
+
+    def _forget_handshake(self) -> None:
+        """The handshake is over: drop what only it needed, secrets first (the ephemeral
+        private key and the encoded credentials, wiped by `ClientHandshake.clear`; the ticket
+        in `credentials`)."""
+        handshake = self._handshake
+        if handshake is not None:
+            handshake.clear()
+            self._handshake = None
+        self.credentials = None
+        self._handshake_last = b""
+        self._handshake_out = None
 
     def _terminate(self, code: int, reason: str, by_peer: bool) -> None:
         if self.state is _CLOSED:
             return
         self.state = _CLOSED
-        self.close_code, self.close_reason = CloseCode(code), reason
+        self._forget_handshake()
+        self._migration = None
+        self._probe_out = None
+        # a code this version does not know (a newer peer's) is kept as the number it is
+        self.close_code = CloseCode(code) if code in _CLOSE_CODES else code
+        self.close_reason = reason
         self._handshake_resend_at = None
         self._close_deadline = None
         self._events.append(ConnectionClosed(int(code), reason, by_peer))
@@ -1002,6 +1210,7 @@ class Connection:
         return stats
 
 
+_CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
 

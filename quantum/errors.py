@@ -17,6 +17,22 @@ class MessageError(QuantumError, ValueError):
     """A message handed to `send()` cannot be sent (too large, bad channel, closed...)."""
 
 
+class SendBufferFull(MessageError):
+    """A reliable message would take the connection past its send buffer
+    (`QuantumConfiguration.max_send_buffer`: bytes queued or sent and not yet acknowledged).
+
+    Backpressure, not a failure: nothing was queued, and the message can be sent again once
+    the peer has acknowledged enough (the connection tells with a `SendBufferDrained` event;
+    the asyncio client's `send` waits for it, the server's `Peer.drain()` too)."""
+
+    def __init__(self, size: int, buffered: int, limit: int) -> None:
+        super().__init__(f"send buffer full: a {size}-byte message on top of {buffered} bytes "
+                         f"queued or unacknowledged exceeds the limit of {limit} bytes")
+        self.size = size
+        self.buffered = buffered
+        self.limit = limit
+
+
 class ConnectionClosedError(QuantumError):
     """An operation needs an open connection and this one is closed."""
 
@@ -34,6 +50,9 @@ class CloseCode(enum.IntEnum):
     #: the connection sealed as many packets as one key may protect (QuantumConfiguration.
     #: packets_per_key); the client reconnects, resuming its session
     KEYS_EXHAUSTED = 7
+    #: the peer acknowledged nothing for `QuantumConfiguration.stall_timeout` while data was
+    #: outstanding (it keeps sending, so the idle timeout never fires)
+    STALLED = 8
     # handshake rejections
     BAD_TICKET = 16
     EXPIRED_TICKET = 17
@@ -45,3 +64,13 @@ class CloseCode(enum.IntEnum):
     BAD_SERVER_KEY = 23
     BAD_REQUEST = 24  # malformed credentials or metadata
     STORE_UNAVAILABLE = 25  # the session store cannot be reached; try again later
+    # resource limits (docs/PROTOCOL.md 10.4): the client may try again later
+    #: the user already has `max_sessions_per_user` sessions, none of them evictable (every one
+    #: is held by a live connection)
+    TOO_MANY_SESSIONS = 26
+    #: the session service holds `max_sessions` sessions
+    SESSIONS_FULL = 27
+    #: the user already has `max_connections_per_user` connections to this server
+    TOO_MANY_CONNECTIONS = 28
+    #: the source address already has `max_connections_per_address` connections to this server
+    ADDRESS_FULL = 29

@@ -118,6 +118,18 @@ class KeepaliveAcknowledged(Event):
 
 
 @dataclass(slots=True, init=False, unsafe_hash=True)
+class SendBufferDrained(Event):
+    """After a `send` was refused with `SendBufferFull` (or a `drain` began): the buffer is
+    down to half its limit and the largest refused message fits; `available` bytes can be
+    queued now."""
+
+    available: int
+
+    def __init__(self, available: int) -> None:
+        self.available = available
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PathMigrated(Event):
     """An authenticated packet from a new address was validated; the peer now lives there."""
 

@@ -109,6 +109,14 @@ class Credentials:
     metadata: Mapping[str, str] = field(default_factory=dict)
     fec: tuple[int, int] | None = (10, 3)  # requested (k, m), None = off
 
+    def __repr__(self) -> str:
+        # the ticket and the resume token are secrets: a repr ends up in logs and tracebacks
+        ticket = None if self.ticket is None else "<hidden>"
+        resume = None if self.resume is None else (self.resume[0].hex(), "<hidden>")
+        return (f"Credentials(user_id={self.user_id!r}, ticket={ticket}, resume={resume}, "
+                f"resume_fallback={self.resume_fallback}, metadata={dict(self.metadata)!r}, "
+                f"fec={self.fec})")
+
 
 @dataclass(frozen=True, slots=True)
 class ServerParams:
@@ -438,10 +446,12 @@ class ClientHandshake:
                  ephemeral_private: bytes | None = None) -> None:
         _check_cid(connection_id)
         self.connection_id = connection_id
-        self.credentials = credentials
-        self._credentials_plain = encode_credentials(credentials)  # fail early, at connect()
+        self._fec = credentials.fec
+        # encoded now, to fail early at connect(); a bytearray, so that it can be wiped
+        self._credentials_plain: bytearray | None = bytearray(encode_credentials(credentials))
         self._pin_key, self._pin_fingerprint = _parse_pin(server_key)
-        self._ephemeral = _private_key(ephemeral_private, "client ephemeral private key")
+        self._ephemeral: X25519PrivateKey | None = _private_key(
+            ephemeral_private, "client ephemeral private key")
         self.client_public = _public_bytes(self._ephemeral)
         self._retry_cookie: bytes | None = None
         self._finish: bytes | None = None
@@ -462,7 +472,7 @@ class ClientHandshake:
 
     def on_server_hello(self, payload: bytes) -> ServerParams:
         """Check the server's key and proof, derive the keys; the negotiated parameters."""
-        if self.keys is not None:
+        if self.keys is not None or self._ephemeral is None or self._credentials_plain is None:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION, "second server hello")
         if len(payload) != SERVER_HELLO_SIZE:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
@@ -500,7 +510,26 @@ class ClientHandshake:
         self._finish = self.client_public + cookie + sealed
         self.server_public_key = server_static
         self.keys = schedule.client_keys()
-        return params.negotiate(self.credentials.fec)
+        # the ephemeral key and the plaintext credentials have done their work
+        self._wipe_secrets()
+        return params.negotiate(self._fec)
+
+    def _wipe_secrets(self) -> None:
+        plain = self._credentials_plain
+        if plain is not None:
+            plain[:] = bytes(len(plain))
+            self._credentials_plain = None
+        self._ephemeral = None
+
+    def clear(self) -> None:
+        """Forget everything secret or sensitive this handshake still holds (the connection
+        calls it once established or closed). The derived packet keys live on in `keys`'
+        owner; Python cannot scrub the immutable copies the crypto library returned, but no
+        reference to them is kept here."""
+        self._wipe_secrets()
+        self._finish = None
+        self._retry_cookie = None
+        self.keys = None
 
     def client_finish(self) -> bytes:
         """The ACK payload; the same bytes on every retransmission."""
@@ -658,6 +687,20 @@ class ServerHandshake:
                                  "client credentials do not authenticate") from None
         credentials = decode_credentials(plain)
         return schedule.server_keys(), credentials, self.params.negotiate(credentials.fec)
+
+    def finish_cookie_valid(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
+                            now: float) -> bool:
+        """Whether a ClientFinish payload's server cookie opens, fresh, for this address and
+        connection id: one AES-GCM open and no Diffie-Hellman, so a front door can check it
+        before it spends anything else on the finish. `on_client_finish` checks it again."""
+        if len(payload) < _FINISH_PREFIX:
+            return False
+        try:
+            self._open_cookie(connection_id, payload[:PUBLIC_KEY_SIZE],
+                              payload[PUBLIC_KEY_SIZE:_FINISH_PREFIX], addr, now)
+        except HandshakeError:
+            return False
+        return True
 
     def _open_cookie(self, connection_id: bytes, client_public: bytes, cookie: bytes,
                      addr: tuple[str, int], now: float) -> bytes:

@@ -9,14 +9,17 @@ Format (UTF-8 text, one `name: value` per line, `#` comments and blank lines ign
 
 Anyone who reads this file can impersonate the server and mint tickets, so it is written with
 mode 0600 (atomically, through a temporary file in the same directory) and `load` refuses a
-file that group or others may access at all, as OpenSSH does for private keys. Secrets never
-appear in `repr()` or in messages.
+file that group or others may access at all, as OpenSSH does for private keys. Missing folders
+on the way to it are created 0700, and a key file is neither written nor read in a folder that
+group or others may write to (they could swap the key), unless it is sticky like /tmp, as
+OpenSSH's StrictModes does. Secrets never appear in `repr()` or in messages.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import stat
@@ -139,6 +142,7 @@ class ServerKeyFile:
     def load(cls, path: Path | str) -> ServerKeyFile:
         """Read a key file, refusing one that group or others can access."""
         path = Path(path)
+        _check_folder(path.parent)
         try:
             with path.open("rb") as handle:
                 mode = os.fstat(handle.fileno()).st_mode
@@ -196,10 +200,45 @@ def _secret(values: dict[str, str], name: str, where: str) -> bytes:
     return secret
 
 
+def _make_folders(folder: Path) -> None:
+    """Create `folder` and every missing folder above it, each with mode 0700 (`Path.mkdir`
+    with parents=True would create the ones above with the default 0755)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for each in reversed(missing):
+        # one created meanwhile by another process is left as it is: _check_folder judges it
+        with contextlib.suppress(FileExistsError):
+            each.mkdir(mode=0o700)
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a folder where group or others could replace the key file (writable by them and
+    not sticky): a KeyFileError saying how to fix it."""
+    if os.name != "posix":
+        return
+    try:
+        mode = folder.stat().st_mode
+    except FileNotFoundError:
+        return  # the caller reports the missing key file itself
+    except OSError as exc:
+        raise KeyFileError(f"{folder}: cannot inspect the key file's folder: {exc.strerror}"
+                           ) from None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise KeyFileError(
+            f"{folder}: permissions {stat.S_IMODE(mode):04o} let group or others replace the "
+            f"key file in it; keep the key in a folder only its owner can write to "
+            f"(chmod go-w {folder})")
+
+
 def _write_private(path: Path, text: str, *, replace: bool) -> bool:
     """Write atomically with mode 0600; False if `replace` is off and the file appeared."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_folders(path.parent)
+        _check_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".server-key-", dir=path.parent)  # mode 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

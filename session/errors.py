@@ -10,11 +10,15 @@ from __future__ import annotations
 __all__ = [
     "InvalidSession",
     "InvalidToken",
+    "SessionCapacityExceeded",
+    "SessionChanged",
     "SessionError",
     "SessionExists",
     "SessionExpired",
+    "SessionLimitExceeded",
     "SessionNotFound",
     "StoreUnavailable",
+    "TooManyUserSessions",
 ]
 
 
@@ -47,3 +51,21 @@ class InvalidSession(SessionError, ValueError):
 
 class InvalidToken(SessionError):
     """The presented resume token does not match the session's stored token hash."""
+
+
+class SessionChanged(SessionError):
+    """A conditional change found the session no longer as its condition requires (say, an
+    eviction candidate that a resume took back meanwhile); nothing was changed."""
+
+
+class SessionLimitExceeded(SessionError):
+    """A new session would exceed a configured limit; nothing was created."""
+
+
+class TooManyUserSessions(SessionLimitExceeded):
+    """The user already has `max_sessions_per_user` sessions and none of them may be evicted
+    (every one is still held by a live connection)."""
+
+
+class SessionCapacityExceeded(SessionLimitExceeded):
+    """The store already holds `max_sessions` sessions."""

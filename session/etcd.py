@@ -57,6 +57,7 @@ from urllib.parse import quote
 import aetcd
 import aetcd.exceptions
 import aetcd.rtypes
+import aetcd.utils
 import structlog
 
 from session.errors import (
@@ -67,7 +68,13 @@ from session.errors import (
     StoreUnavailable,
 )
 from session.model import Session, SessionFilter, State, Stats, validate_session
-from session.store import Store, not_found, not_found_for_connection
+from session.store import (
+    Store,
+    changed,
+    not_found,
+    not_found_for_connection,
+    too_many_user_sessions,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -291,6 +298,9 @@ class EtcdStore(Store):
         self._own_deletes: set[str] = set()
         self._listeners: builtins.list[_Listener] = []
         self._watch_rev = 0
+        # sessions stored cluster-wide, kept by the watch (creations +1, deletions -1) so that
+        # `approximate_count` costs no request; set from a full count at start and resync
+        self._count = 0
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._revokes: set[asyncio.Task[None]] = set()
         self._watch_ready = asyncio.Event()
@@ -321,6 +331,7 @@ class EtcdStore(Store):
             return
         result, _ = await self._call(lambda c: c.get_prefix(self._s, keys_only=True))
         self._watch_rev = result.header.revision
+        self._count = len(result.kvs)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._watch_loop(), name="etcd-session-watch"),
@@ -378,7 +389,10 @@ class EtcdStore(Store):
         return self._c + cid.encode()
 
     def _ukey(self, uid: str, sid: str) -> bytes:
-        return self._u + quote(uid, safe="").encode() + b"/" + sid.encode()
+        return self._uprefix(uid) + sid.encode()
+
+    def _uprefix(self, uid: str) -> bytes:
+        return self._u + quote(uid, safe="").encode() + b"/"
 
     def _lease_ttl(self, session: Session) -> int:
         timeout = (session.expires_at - session.last_active_at).total_seconds()
@@ -447,34 +461,67 @@ class EtcdStore(Store):
 
     # -- Store: writes
 
-    async def create(self, session: Session) -> None:
+    async def create(self, session: Session, *, max_user_sessions: int | None = None) -> None:
         validate_session(session)
         stored = session.copy()
-        sid, cid = stored.session_id, stored.connection_id
-        ttl = self._lease_ttl(stored)
+        sid = stored.session_id
         value = encode_session(stored)
-        lease = await self._grant(ttl)
-        skey, ckey = self._skey(sid), self._ckey(cid)
+        lease = await self._grant(self._lease_ttl(stored))
         try:
+            rev = await self._create_txn(stored, value, lease, max_user_sessions)
+        except SessionError:
+            self._revoke_later(lease)
+            raise
+        self._cache[sid] = self._new_entry(stored, rev, lease, owned=True)
+
+    async def _create_txn(
+        self, stored: Session, value: bytes, lease: int, max_user_sessions: int | None
+    ) -> int:
+        """Write a new session's keys; the revision written at.
+
+        The user limit is an optimistic check: count the user's index keys at revision R,
+        then write only if no key of that index was created after R (a compare over the key
+        range: create revision < R + 1 for every key in it). A session of the same user
+        created meanwhile, by this node or another, fails the compare, and the count is
+        taken again, so of two creates racing for the last slot one wins and one is refused.
+        """
+        sid, cid = stored.session_id, stored.connection_id
+        skey, ckey = self._skey(sid), self._ckey(cid)
+        for _ in range(_MERGE_ATTEMPTS):
+            compare = [aetcd.transactions.Create(skey) == 0, aetcd.transactions.Create(ckey) == 0]
+            if max_user_sessions is not None:
+                compare.append(await self._user_slot_free(stored.user_id, max_user_sessions))
             ok, rev, responses, retried = await self._txn(
-                [aetcd.transactions.Create(skey) == 0, aetcd.transactions.Create(ckey) == 0],
+                compare,
                 self._put_ops(stored, value, lease),
                 [aetcd.transactions.Get(skey), aetcd.transactions.Get(ckey)],
             )
-        except StoreUnavailable:
-            self._revoke_later(lease)
-            raise
-        if not ok:
+            if ok:
+                return rev
             current, owner = _kv_of(responses[0]), _kv_of(responses[1])
             if retried and current is not None and current.value == value:
-                ok, rev = True, current.mod_revision  # our lost-answer attempt did apply
-            else:
-                self._revoke_later(lease)
-                if current is not None:
-                    raise SessionExists(f"session already exists: {sid}")
-                holder = owner.value.decode(errors="replace") if owner else "?"
+                return int(current.mod_revision)  # our lost-answer attempt did apply
+            if current is not None:
+                raise SessionExists(f"session already exists: {sid}")
+            if owner is not None:
+                holder = owner.value.decode(errors="replace")
                 raise SessionExists(f"connection {cid} already has a session: {holder}")
-        self._cache[sid] = self._new_entry(stored, rev, lease, owned=True)
+            # neither key exists: the user's index changed since it was counted; count again
+        raise SessionConflict(
+            f"session {sid}: user {stored.user_id!r} kept gaining sessions while this one "
+            f"was created; gave up after {_MERGE_ATTEMPTS} attempts"
+        )
+
+    async def _user_slot_free(self, user_id: str, limit: int) -> Any:
+        """`TooManyUserSessions` if the user has `limit` sessions now; else the compare that
+        holds while no session of the user has been created since they were counted."""
+        prefix = self._uprefix(user_id)
+        index, _ = await self._call(lambda c: c.get_prefix(prefix, keys_only=True))
+        count = len(index.kvs)
+        if count >= limit:
+            raise too_many_user_sessions(user_id, count, limit)
+        end = aetcd.utils.prefix_range_end(prefix)
+        return aetcd.transactions.Create(prefix, range_end=end) < index.header.revision + 1
 
     async def update(self, session: Session) -> None:
         validate_session(session)
@@ -667,10 +714,16 @@ class EtcdStore(Store):
             if entry.dirty and entry.owned:
                 await self._flush_entry(entry)
 
-    async def delete(self, session_id: str) -> Session:
+    async def delete(
+        self, session_id: str, *, only_if: Callable[[Session], bool] | None = None
+    ) -> Session:
         for _ in range(_MERGE_ATTEMPTS):
             entry = await self._entry(session_id)
             session = entry.session
+            # checked on the version the transaction's revision compare pins: if another
+            # node changed the session since, the compare fails and the newer one is checked
+            if only_if is not None and not only_if(session.copy()):
+                raise changed(session_id)
             skey = self._skey(session_id)
             self._own_deletes.add(session_id)
             try:
@@ -831,6 +884,11 @@ class EtcdStore(Store):
         result, _ = await self._call(lambda c: c.get_prefix(self._s, keys_only=True))
         return int(result.count)
 
+    async def approximate_count(self) -> int:
+        """The cluster's session count as the watch last reported it: no request. It lags
+        etcd by the watch's delivery delay (milliseconds), this node's own creates included."""
+        return self._count
+
     async def count_by_state(self) -> dict[State, int]:
         counts = dict.fromkeys(State, 0)
         for session in await self._all():
@@ -869,6 +927,8 @@ class EtcdStore(Store):
         self._watch_rev = max(self._watch_rev, kv.mod_revision)
         sid = kv.key[len(self._s):].decode(errors="replace")
         if event.kind == aetcd.rtypes.EventKind.PUT:
+            if kv.version == 1:  # the first version of the key: a session was created
+                self._count += 1
             if sid in self._cache:
                 with contextlib.suppress(InvalidSession):
                     entry = self._cache[sid]
@@ -879,6 +939,7 @@ class EtcdStore(Store):
                         # already has them (e.g. it is this node's own write, or one on top)
                         entry.dirty = _reapply(entry.session, local)
             return
+        self._count = max(0, self._count - 1)
         if sid in self._own_deletes:
             self._own_deletes.discard(sid)
             return
@@ -912,6 +973,7 @@ class EtcdStore(Store):
                 with contextlib.suppress(InvalidSession):
                     self._adopt(sid, kv)
         self._watch_rev = result.header.revision
+        self._count = len(present)
 
     async def _flush_loop(self) -> None:
         interval = self._stats_interval

@@ -9,6 +9,12 @@ timezone-aware UTC `datetime` (default: `clock.CoarseClock`, wall time at 1 ms r
 tests inject a fake one and never sleep. Durations (`default_timeout`, `cleanup_interval`,
 `heartbeat`'s result) are float seconds.
 
+Limits: a user has at most `ManagerConfig.max_sessions_per_user` sessions and the store at most
+`max_sessions`. A new session for a user at the limit first evicts the user's least recently
+active sessions that no live connection holds (DISCONNECTING or CLOSED, or already expired),
+with reason `EVICTED_REASON`; when every one is live, `create_session` raises
+`TooManyUserSessions`. At the total limit it raises `SessionCapacityExceeded`.
+
 `heartbeat` is the hot path (every keepalive of every client): one clock read, one store call,
 no lock, no copy, no allocation while the clock stays on one tick, and no logging unless debug
 was enabled when the manager was built.
@@ -28,7 +34,16 @@ from typing import Any, Self
 
 from session import tokens
 from session.clock import CoarseClock
-from session.errors import InvalidSession, InvalidToken, SessionError, SessionExpired
+from session.errors import (
+    InvalidSession,
+    InvalidToken,
+    SessionCapacityExceeded,
+    SessionChanged,
+    SessionError,
+    SessionExpired,
+    SessionNotFound,
+    TooManyUserSessions,
+)
 from session.heartbeat import LocalHeartbeat
 from session.logs import get_logger
 from session.model import (
@@ -48,11 +63,18 @@ from session.model import (
 )
 from session.store import Store
 
-__all__ = ["Listener", "ManagerConfig", "SessionManager"]
+__all__ = ["EVICTED_REASON", "Listener", "ManagerConfig", "SessionManager"]
 
 #: Called synchronously with the session that ended and why ("expired" for the sweep).
 Listener = Callable[[Session, str], None]
 Clock = Callable[[], datetime]
+
+#: the reason listeners hear for a session removed to make room under `max_sessions_per_user`
+EVICTED_REASON = "evicted: session limit per user"
+#: states in which no connection holds a session: the ones a new session may evict
+_UNHELD = frozenset({State.DISCONNECTING, State.CLOSED})
+#: rounds of evict-then-create when concurrent creates keep taking the freed slots
+_LIMIT_ATTEMPTS = 3
 
 
 def _check_duration(name: str, value: float) -> float:
@@ -63,19 +85,42 @@ def _check_duration(name: str, value: float) -> float:
     return float(value)
 
 
+def _check_limit(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+#: the longest session timeout: a year (a longer one is a session that never ends)
+MAX_TIMEOUT = 365 * 24 * 3600.0
+
+
 @dataclass(slots=True)
 class ManagerConfig:
-    """`logger` is any structlog-style logger; `clock` returns aware UTC datetimes."""
+    """`logger` is any structlog-style logger; `clock` returns aware UTC datetimes.
+
+    `max_sessions_per_user` (default 8, as the original session service advised) and
+    `max_sessions` (default 100,000, about 200 MB of sessions in a MemoryStore) bound what
+    clients can make the service hold; see the module docstring for what happens at each.
+    """
 
     store: Store
     default_timeout: float = 1800.0
     cleanup_interval: float = 300.0
     logger: Any | None = None
     clock: Clock | None = None
+    max_sessions_per_user: int = 8
+    max_sessions: int = 100_000
 
     def __post_init__(self) -> None:
         self.default_timeout = _check_duration("default_timeout", self.default_timeout)
+        if self.default_timeout > MAX_TIMEOUT:
+            raise ValueError(f"default_timeout must be at most {MAX_TIMEOUT:g} s (a year), "
+                             f"got {self.default_timeout!r}")
         self.cleanup_interval = _check_duration("cleanup_interval", self.cleanup_interval)
+        self.max_sessions_per_user = _check_limit("max_sessions_per_user",
+                                                  self.max_sessions_per_user)
+        self.max_sessions = _check_limit("max_sessions", self.max_sessions)
 
 
 def _expired(session_id: str) -> SessionExpired:
@@ -211,7 +256,12 @@ class SessionManager:
         metadata: Mapping[str, str] | None = None,
         server_addr: str | None = None,
     ) -> tuple[Session, str]:
-        """A new CONNECTING session and its resume token (returned once, never stored)."""
+        """A new CONNECTING session and its resume token (returned once, never stored).
+
+        At the user's session limit the user's least recently active unheld sessions are
+        evicted first (listeners hear `EVICTED_REASON`); raises `TooManyUserSessions` when
+        none can be, `SessionCapacityExceeded` at the total limit. Nothing is created then.
+        """
         user_id = validate_user_id(user_id)
         client_ip = normalize_client_ip(client_ip)
         client_port = validate_port(client_port)
@@ -235,7 +285,13 @@ class SessionManager:
             stats=Stats(),
             token_hash=token_hash,
         )
-        await self.store.create(session)
+        total = await self.store.approximate_count()
+        if total >= self.config.max_sessions:
+            self._log.warning("session refused: session limit reached", user_id=user_id,
+                              sessions=total, limit=self.config.max_sessions)
+            raise SessionCapacityExceeded(
+                f"the session service holds {total} sessions, at most {self.config.max_sessions}")
+        await self._create_within_user_limit(session)
         self._log.info(
             "session created",
             session_id=session.session_id,
@@ -244,6 +300,51 @@ class SessionManager:
             client=f"{client_ip}:{client_port}",
         )
         return session, token
+
+    async def _create_within_user_limit(self, session: Session) -> None:
+        """Store `session`; if its user is at the limit, evict unheld sessions of the user and
+        try again. The store checks the limit atomically with the write, so a concurrent
+        create that took the freed slot sends us round again."""
+        limit = self.config.max_sessions_per_user
+        for attempt in range(_LIMIT_ATTEMPTS):
+            try:
+                await self.store.create(session, max_user_sessions=limit)
+                return
+            except TooManyUserSessions:
+                if attempt == _LIMIT_ATTEMPTS - 1:
+                    raise
+            # only now read the user's sessions: the common create pays for a count alone
+            await self._make_room(session.user_id, limit)
+
+    async def _make_room(self, user_id: str, limit: int) -> None:
+        """Evict enough of the user's unheld sessions that one more fits, or raise
+        `TooManyUserSessions` (evicting nothing) when there are too few of them."""
+        sessions = await self.store.get_by_user_id(user_id)
+        excess = len(sessions) - limit + 1
+        if excess <= 0:
+            return
+        now = self._clock()
+
+        def evictable(s: Session) -> bool:
+            return s.state in _UNHELD or s.is_expired(now)
+
+        # expired ones first, then the least recently active; ids break ties
+        candidates = sorted((s for s in sessions if evictable(s)),
+                            key=lambda s: (not s.is_expired(now), s.last_active_at, s.session_id))
+        if len(candidates) < excess:
+            self._log.warning("session refused: user at session limit", user_id=user_id,
+                              sessions=len(sessions), limit=limit)
+            raise TooManyUserSessions(
+                f"user {user_id!r} has {len(sessions)} sessions (at most {limit}) and "
+                f"{len(candidates)} of them can be evicted; the others are in use")
+        for victim in candidates[:excess]:
+            try:
+                removed = await self.store.delete(victim.session_id, only_if=evictable)
+            except (SessionNotFound, SessionChanged):
+                continue  # gone or reclaimed meanwhile: the store's own check decides
+            self._log.info("session deleted", session_id=removed.session_id, user_id=user_id,
+                           reason=EVICTED_REASON)
+            self._notify(removed, EVICTED_REASON)
 
     async def get_session(self, session_id: str) -> Session:
         """The live session; `SessionExpired` once its expiry has passed."""
@@ -365,24 +466,23 @@ class SessionManager:
         client_ip: str,
         client_port: int,
         server_addr: str | None = None,
+        user_id: str | None = None,
     ) -> Session:
-        """Move a session to a new connection, given its resume token.
+        """Move a session to a new connection, given its resume token (and, with `user_id`,
+        only if the session is that user's).
 
-        Raises `SessionNotFound`, `InvalidToken` (checked before expiry, so only a token holder
-        learns that the session expired), `SessionExpired`, `SessionExists` if the new
-        connection already has another session, `InvalidSession` for bad input.
+        Everything is checked before anything is written: a refused resume changes nothing.
+        Raises `SessionNotFound`, `InvalidToken` (a wrong token or, checked after it, another
+        user's session; both before expiry, so only a token holder learns that the session
+        expired), `SessionExpired`, `SessionExists` if the new connection already has another
+        session, `InvalidSession` for bad input.
         """
         connection_id = normalize_connection_id(connection_id)
         client_ip = normalize_client_ip(client_ip)
         client_port = validate_port(client_port)
         server_addr = validate_server_addr(server_addr)
-        session = await self.store.get(session_id)
-        if not tokens.verify(token, session.token_hash):
-            self._log.warning("session resume refused: bad token", session_id=session_id)
-            raise InvalidToken(f"invalid token for session: {session_id}")
         now = self._clock()
-        if session.is_expired(now):
-            raise _expired(session_id)
+        session = await self._check_resume(session_id, token, user_id, now)
         previous_connection = session.connection_id
         session.connection_id = connection_id
         session.client_ip, session.client_port = client_ip, client_port
@@ -400,6 +500,28 @@ class SessionManager:
             previous_connection_id=previous_connection,
             client=f"{client_ip}:{client_port}",
         )
+        return session
+
+    async def check_resume(
+        self, session_id: str, token: str, user_id: str | None = None
+    ) -> Session:
+        """The live session that `resume_session` would resume, changing nothing: raises as it
+        does (`SessionNotFound`, `InvalidToken`, `SessionExpired`)."""
+        return await self._check_resume(session_id, token, user_id, self._clock())
+
+    async def _check_resume(
+        self, session_id: str, token: str, user_id: str | None, now: datetime
+    ) -> Session:
+        session = await self.store.get(session_id)
+        if not tokens.verify(token, session.token_hash):
+            self._log.warning("session resume refused: bad token", session_id=session_id)
+            raise InvalidToken(f"invalid token for session: {session_id}")
+        if user_id is not None and session.user_id != user_id:
+            self._log.warning("session resume refused: another user's session",
+                              session_id=session_id)
+            raise InvalidToken(f"session {session_id} belongs to another user")
+        if session.is_expired(now):
+            raise _expired(session_id)
         return session
 
     async def verify_token(self, session_id: str, token: str) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import heapq
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -26,7 +27,13 @@ from mypy_extensions import mypyc_attr
 
 from session.errors import SessionExists, SessionExpired
 from session.model import Session, SessionFilter, State, Stats, validate_session
-from session.store import Store, not_found, not_found_for_connection
+from session.store import (
+    Store,
+    changed,
+    not_found,
+    not_found_for_connection,
+    too_many_user_sessions,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -125,6 +132,12 @@ class MemoryStore(Store):
             mine.add(sid)
         self._by_state[session.state][sid] = None
 
+    def _user_count(self, user_id: str) -> int:
+        mine = self._by_user.get(user_id)
+        if mine is None:
+            return 0
+        return 1 if isinstance(mine, str) else len(mine)
+
     def _remove(self, session_id: str) -> Session:
         session = self._sessions.pop(session_id)
         self._unindex(session)
@@ -135,7 +148,7 @@ class MemoryStore(Store):
 
     # -- the Store contract
 
-    async def create(self, session: Session) -> None:
+    async def create(self, session: Session, *, max_user_sessions: int | None = None) -> None:
         validate_session(session)
         sid = session.session_id
         if sid in self._sessions:
@@ -145,6 +158,11 @@ class MemoryStore(Store):
             raise SessionExists(
                 f"connection {session.connection_id} already has a session: {owner}"
             )
+        if max_user_sessions is not None:
+            # atomic like every call here: nothing between this count and the write awaits
+            count = self._user_count(session.user_id)
+            if count >= max_user_sessions:
+                raise too_many_user_sessions(session.user_id, count, max_user_sessions)
         stored = _stored_copy(session)
         self._sessions[sid] = stored
         self._index(stored)
@@ -175,9 +193,14 @@ class MemoryStore(Store):
             self._schedule(sid, stored.expires_at)
             self._compact()
 
-    async def delete(self, session_id: str) -> Session:
-        if session_id not in self._sessions:
+    async def delete(
+        self, session_id: str, *, only_if: Callable[[Session], bool] | None = None
+    ) -> Session:
+        stored = self._sessions.get(session_id)
+        if stored is None:
             raise not_found(session_id)
+        if only_if is not None and not only_if(stored.copy()):
+            raise changed(session_id)
         removed = self._remove(session_id)
         self._compact()
         return removed
@@ -246,6 +269,9 @@ class MemoryStore(Store):
         return expired
 
     async def count(self) -> int:
+        return len(self._sessions)
+
+    async def approximate_count(self) -> int:
         return len(self._sessions)
 
     async def count_by_state(self) -> dict[State, int]:

@@ -13,30 +13,37 @@ from __future__ import annotations
 import abc
 import builtins
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 
 from session.errors import (
     InvalidSession,
     InvalidToken,
+    SessionChanged,
     SessionError,
     SessionExists,
     SessionExpired,
     SessionNotFound,
     StoreUnavailable,
+    TooManyUserSessions,
 )
 from session.model import Session, SessionFilter, State, Stats
 
 __all__ = [
     "InvalidSession",
     "InvalidToken",
+    "SessionChanged",
     "SessionError",
     "SessionExists",
     "SessionExpired",
     "SessionNotFound",
     "Store",
     "StoreUnavailable",
+    "TooManyUserSessions",
+    "changed",
     "not_found",
     "not_found_for_connection",
+    "too_many_user_sessions",
 ]
 
 #: States a keepalive wakes up: the client is demonstrably there.
@@ -51,12 +58,26 @@ def not_found_for_connection(connection_id: str) -> SessionNotFound:
     return SessionNotFound(f"session not found for connection: {connection_id}")
 
 
+def too_many_user_sessions(user_id: str, count: int, limit: int) -> TooManyUserSessions:
+    return TooManyUserSessions(
+        f"user {user_id!r} already has {count} sessions stored, at most {limit}")
+
+
+def changed(session_id: str) -> SessionChanged:
+    return SessionChanged(f"session changed, condition no longer holds: {session_id}")
+
+
 class Store(abc.ABC):
     """Async session storage. Implementations raise only `SessionError` subclasses."""
 
     @abc.abstractmethod
-    async def create(self, session: Session) -> None:
+    async def create(self, session: Session, *, max_user_sessions: int | None = None) -> None:
         """Store a new session.
+
+        With `max_user_sessions`, only if the session's user then has fewer sessions stored
+        (expired ones included until removed), checked atomically with the write: of creates
+        racing for a user's last slot, on one node or on several sharing the store, exactly
+        one succeeds and the others raise `TooManyUserSessions`, storing nothing.
 
         Raises `SessionExists` if the session id, or its connection id, is already stored, and
         `InvalidSession` if the session fails `model.validate_session`.
@@ -75,8 +96,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete(self, session_id: str) -> Session:
-        """Remove a session and return what was stored. Raises `SessionNotFound`."""
+    async def delete(
+        self, session_id: str, *, only_if: Callable[[Session], bool] | None = None
+    ) -> Session:
+        """Remove a session and return what was stored. Raises `SessionNotFound`.
+
+        With `only_if`, remove it only if `only_if(a copy of the stored session)` holds for
+        the very version removed (a shared store compares revisions); otherwise raise
+        `SessionChanged` and remove nothing.
+        """
 
     @abc.abstractmethod
     async def list(self, filter: SessionFilter) -> tuple[list[Session], int]:
@@ -97,6 +125,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count(self) -> int:
         """How many sessions are stored, expired ones included until removed."""
+
+    async def approximate_count(self) -> int:
+        """How many sessions are stored, as cheaply as the store can tell: exact on a local
+        store, possibly behind by its propagation delay on a shared one. The session limit
+        (`ManagerConfig.max_sessions`) checks this on every create."""
+        return await self.count()
 
     async def delete_expired(self, now: datetime) -> int:
         """Remove expired sessions and say how many there were."""

@@ -139,3 +139,13 @@ def test_arbitrary_tickets_only_raise_auth_error(user: str, ticket: str) -> None
         assert exc.code in (CloseCode.BAD_TICKET, CloseCode.BAD_REQUEST)
     else:  # pragma: no cover - would mean a forged ticket was accepted
         pytest.fail(f"forged ticket accepted: {ticket!r}")
+
+
+def test_a_ticket_cannot_outlive_a_year_or_take_a_nonsense_ttl() -> None:
+    from quantum.auth import MAX_TICKET_TTL
+
+    secret = bytes(32)
+    issue_ticket(secret, "alice", MAX_TICKET_TTL, 0.0)  # the longest is fine
+    for ttl in (MAX_TICKET_TTL + 1, 1e308, float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="ticket ttl"):
+            issue_ticket(secret, "alice", ttl, 0.0)

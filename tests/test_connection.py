@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from quantum.config import QuantumConfiguration
@@ -388,6 +388,9 @@ def test_syn_flood_from_spoofed_addresses_creates_no_state() -> None:
     fec=st.booleans(),
     sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=30),
 )
+# found in CI: a parity packet of a 7-packet group with eight SACK blocks came to 1478 bytes
+@example(seed=560, loss=0.25, duplicate=0.1796875, jitter=0.032243949525077795, fec=True,
+         sizes=[709, 9712, 13142, 970, 131, 1, 5626, 18198, 1, 345, 1, 1, 19497])
 def test_every_reliable_message_arrives_once_in_order_under_a_hostile_network(
     seed: int, loss: float, duplicate: float, jitter: float, fec: bool, sizes: list[int]
 ) -> None:
@@ -416,3 +419,125 @@ def test_every_reliable_message_arrives_once_in_order_under_a_hostile_network(
     sim.run(until=sim.now + 700.0)
     assert client.state is ConnectionState.CLOSED
     assert server.state is ConnectionState.CLOSED
+
+
+def test_a_parity_packet_drops_sack_blocks_rather_than_exceed_the_datagram_limit() -> None:
+    """Full-size payloads in an FEC group, with the receive side holding eight gaps: every
+    datagram, parity packets included, stays within the limit (the simulated network raises
+    otherwise), and the parity packets still go out."""
+    config = QuantumConfiguration(keepalive_interval=None, fec=(16, 3), idle_timeout=600.0)
+    sim = make_sim(LinkProfile(loss=0.0), 3, config)
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    # eight gaps in what the client has received: every client packet wants 8 SACK blocks
+    for pn in range(3, 40, 4):
+        client._received.on_received(server._sent.next_pn + pn, True, sim.now)
+    for _ in range(32):
+        client.send(bytes(5000))
+    sizes: list[int] = []
+    sent = sim.network.send
+
+    def record(data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
+        sizes.append(len(data))
+        sent(data, src, dst, now)
+
+    sim.network.send = record  # type: ignore[method-assign]
+    sim.flush()
+    sim.run(until=sim.now + 5.0)
+    assert max(sizes) <= 1472
+    assert client.stats.packets_sent > 100
+    assert any(size > 1400 for size in sizes)
+
+
+def _reachable(root: object) -> list[object]:
+    """Every object reachable from `root` through references the garbage collector sees."""
+    import gc
+
+    seen: dict[int, object] = {}
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen[id(obj)] = obj
+        todo.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def _holds(root: object, secret: bytes) -> bool:
+    text = secret.decode("latin-1")
+    return any((isinstance(o, (bytes, bytearray)) and secret in o)
+               or (isinstance(o, str) and text in o) for o in _reachable(root))
+
+
+def _holds_private_key(root: object) -> bool:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return any(isinstance(o, X25519PrivateKey) for o in _reachable(root))
+
+
+def test_the_client_forgets_its_ticket_and_ephemeral_key_once_established_and_closed() -> None:
+    ticket = "ticket-that-must-not-linger-0123456789"
+    ephemeral = bytes(range(100, 132))
+    sim = make_sim()
+    client = Connection.client(SERVER_ADDR, Credentials(user_id="alice", ticket=ticket),
+                               sim.now, ephemeral_private=ephemeral)
+    sim.clients[CLIENT_ADDR] = client
+    sim.client_events[CLIENT_ADDR] = []
+    assert ticket not in repr(client.credentials)  # a repr ends up in logs
+    assert _holds(client, ticket.encode()) and _holds_private_key(client)  # (the check works)
+    sim.flush()
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert not _holds(client, ticket.encode())
+    assert not _holds_private_key(client)
+    assert client.credentials is None
+    client.close()
+    sim.flush()
+    sim.run(until=sim.now + 5.0)
+    assert client.state is ConnectionState.CLOSED
+    assert client.session_token is not None  # kept: it is what resumes the session later
+
+
+def test_a_refused_client_forgets_its_ticket_too() -> None:
+    ticket = "refused-ticket-0123456789"
+    sim = make_sim()
+    sim.server.authorize = lambda conn, req: conn.reject(CloseCode.BAD_TICKET, "no", sim.now)
+    client = sim.add_client(Credentials(user_id="alice", ticket=ticket))
+    sim.run(until=5.0)
+    assert client.state is ConnectionState.CLOSED
+    assert not _holds(client, ticket.encode())
+
+
+def test_credentials_repr_hides_the_ticket_and_the_resume_token() -> None:
+    creds = Credentials(user_id="alice", ticket="t1cket", resume=(bytes(16), "r3sume"))
+    text = repr(creds)
+    assert "alice" in text and "t1cket" not in text and "r3sume" not in text
+    assert "<hidden>" in text
+
+
+def test_a_close_code_this_version_does_not_know_ends_the_connection_with_that_code() -> None:
+    """A newer peer may close with a code we have no name for: it is kept as a number, and
+    neither side crashes."""
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    server._abort(999, "a reason from the future", sim.now)
+    sim.flush()
+    sim.run(until=sim.now + 1.0)
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == 999 and client.close_reason == "a reason from the future"
+    closed = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
+    assert [(e.code, e.by_peer) for e in closed] == [(999, True)]
+
+
+def test_a_sealed_reject_with_an_unknown_code_is_reported_with_that_code() -> None:
+    sim = make_sim()
+    sim.server.authorize = lambda conn, req: conn.reject(4242, "new policy", sim.now)
+    client = sim.add_client(ALICE)
+    sim.run(until=5.0)
+    rejected = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, HandshakeRejected)]
+    assert [(e.code, e.reason) for e in rejected] == [(4242, "new policy")]
+    assert client.state is ConnectionState.CLOSED and client.close_code == 4242

@@ -12,8 +12,15 @@ import aetcd
 import pytest
 
 from benchmarks.etcd_util import EtcdCluster
-from session.errors import InvalidSession, SessionExpired, SessionNotFound, StoreUnavailable
+from session.errors import (
+    InvalidSession,
+    SessionExpired,
+    SessionNotFound,
+    StoreUnavailable,
+    TooManyUserSessions,
+)
 from session.etcd import EtcdStore, SessionConflict, decode_session
+from session.manager import EVICTED_REASON, ManagerConfig, SessionManager
 from session.model import Session, SessionFilter, State, Stats, new_session_id
 from tests.etcd_cluster import (  # noqa: F401 - fixtures
     etcd_cluster3,
@@ -127,6 +134,49 @@ async def test_own_deletes_are_not_reported(pair: tuple[EtcdStore, EtcdStore]) -
     await eventually(lambda: bool(heard_b))
     assert heard_b == [session.session_id]
     assert heard_a == []
+
+
+async def test_two_nodes_racing_for_a_users_last_slot_one_wins(
+    pair: tuple[EtcdStore, EtcdStore],
+) -> None:
+    a, b = pair
+    await a.create(make_session(user_id="racer"), max_user_sessions=2)
+    for _ in range(5):  # the race is decided by etcd's compare, whoever counts first
+        first, second = make_session(user_id="racer"), make_session(user_id="racer")
+        results = await asyncio.gather(a.create(first, max_user_sessions=2),
+                                       b.create(second, max_user_sessions=2),
+                                       return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["NoneType", "TooManyUserSessions"]
+        assert len(await a.get_by_user_id("racer")) == 2
+        winner = first if results[0] is None else second
+        await b.delete(winner.session_id)
+    assert len(await b.get_by_user_id("racer")) == 1
+
+
+async def test_eviction_spares_a_session_another_node_just_resumed(
+    pair: tuple[EtcdStore, EtcdStore],
+) -> None:
+    a, b = pair
+    managers = [SessionManager(ManagerConfig(store=store, max_sessions_per_user=1))
+                for store in (a, b)]
+    session, token = await managers[0].create_session("eve", "10.0.0.1", 4000,
+                                                       str(uuid.uuid4()))
+    await managers[0].update_session(session.session_id, state=State.DISCONNECTING)
+    ended: list[str] = []
+    managers[0].add_listener(lambda s, reason: ended.append(reason))
+    # node B resumes it; node A, perhaps still seeing it DISCONNECTING, makes room for a new one
+    await managers[1].resume_session(session.session_id, token, str(uuid.uuid4()),
+                                     "10.0.0.2", 4001)
+    with pytest.raises(TooManyUserSessions):
+        await managers[0].create_session("eve", "10.0.0.3", 4002, str(uuid.uuid4()))
+    assert (await b.get(session.session_id)).state is State.ACTIVE
+    assert ended == []
+    # once it is unheld again, the new session takes its place
+    await managers[1].update_session(session.session_id, state=State.DISCONNECTING)
+    await eventually(lambda: a._cache[session.session_id].session.state is State.DISCONNECTING)
+    newer, _ = await managers[0].create_session("eve", "10.0.0.3", 4002, str(uuid.uuid4()))
+    assert ended == [EVICTED_REASON]
+    assert [s.session_id for s in await b.get_by_user_id("eve")] == [newer.session_id]
 
 
 async def test_session_nobody_refreshes_expires_through_its_lease(

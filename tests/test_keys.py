@@ -148,3 +148,38 @@ def test_default_key_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_key_path() == tmp_path / "home" / ".config" / "quantum" / "server.key"
+
+
+@posix_only
+def test_missing_folders_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c" / "server.key"
+    ServerKeyFile.generate(path)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    _, created = ServerKeyFile.load_or_create(tmp_path / "d" / "e" / "server.key")
+    assert created and stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o730])
+def test_a_folder_others_can_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    ServerKeyFile.generate(folder / "server.key")
+    folder.chmod(mode)
+    with pytest.raises(KeyFileError, match=f"permissions {mode:04o} let group or others replace"):
+        ServerKeyFile.generate(folder / "other.key")
+    with pytest.raises(KeyFileError, match="chmod go-w"):
+        ServerKeyFile.load(folder / "server.key")
+    with pytest.raises(KeyFileError):
+        ServerKeyFile.load_or_create(folder / "new.key")
+    assert sorted(p.name for p in folder.iterdir()) == ["server.key"]  # nothing written
+
+
+@posix_only
+def test_a_sticky_shared_folder_is_accepted(tmp_path: Path) -> None:
+    folder = tmp_path / "tmp-like"
+    folder.mkdir()
+    folder.chmod(0o1777)  # like /tmp: only a file's owner may rename or delete it
+    key = ServerKeyFile.generate(folder / "server.key")
+    assert ServerKeyFile.load(folder / "server.key").private_key == key.private_key

@@ -18,13 +18,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from quantum.auth import AnonymousAuthenticator, Authenticator, TicketAuthenticator, issue_ticket
 from quantum.client import ConnectError, QuantumClient, connect
 from quantum.config import QuantumConfiguration
-from quantum.errors import CloseCode, ConnectionClosedError
+from quantum.errors import CloseCode, ConnectionClosedError, SendBufferFull
 from quantum.frames import Delivery
 from quantum.keys import ServerKeyFile
 from quantum.packet import HEADER_SIZE, MAGIC, VERSION, Flags
@@ -74,14 +75,24 @@ async def running_server(
     idle_timeout: float = 5.0,
     cleanup_interval: float = 0.2,
     hibernate_after: float = 5.0,
+    max_connections: int = 10_000,
+    manager_limits: dict[str, Any] | None = None,
+    setup: Callable[[QuantumServer], None] | None = None,
+    **config: object,
 ) -> AsyncIterator[Harness]:
+    """`manager_limits`: more ManagerConfig fields; `setup(server)` runs before it starts;
+    `config`: more ServerConfig fields."""
     key = key or ServerKeyFile.new()
     manager = SessionManager(ManagerConfig(store=MemoryStore(), default_timeout=session_timeout,
-                                           cleanup_interval=cleanup_interval))
+                                           cleanup_interval=cleanup_interval,
+                                           **(manager_limits or {})))
     config = ServerConfig(host=HOST, port=0, keepalive_interval=KEEPALIVE,
                           idle_timeout=idle_timeout, stats_interval=0.1,
-                          hibernate_after=hibernate_after)
+                          hibernate_after=hibernate_after, max_connections=max_connections,
+                          **config)  # type: ignore[arg-type]
     server = QuantumServer(manager, key, authenticator or AnonymousAuthenticator(), config, app)
+    if setup is not None:
+        setup(server)
     harness = Harness(server, manager, key)
     manager.add_listener(lambda s, reason: harness.ended.append((s.session_id, reason)))
     await server.start()
@@ -569,3 +580,41 @@ async def test_chat_room_broadcasts_to_everyone_else() -> None:
             await asyncio.wait_for(alice.recv(), 0.2)
         await alice.close()
         await carol.close()
+
+
+# ------------------------------------------------------------------------------ backpressure
+
+
+class Bulk(Application):
+    """On any message: send 3 x 600 kB through a 1 MiB send buffer, waiting when it is full."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+
+    def on_message(self, peer: Peer, message: bytes, channel: int,
+                   mode: Delivery) -> Awaitable[None]:
+        return self._send_all(peer)
+
+    async def _send_all(self, peer: Peer) -> None:
+        for i in range(3):
+            blob = bytes([i]) * 600_000
+            while True:
+                try:
+                    peer.send(blob)
+                    break
+                except SendBufferFull:
+                    self.refusals += 1
+                    await peer.drain()
+
+
+async def test_peer_send_refuses_past_the_send_buffer_and_drain_waits_for_room() -> None:
+    app = Bulk()
+    async with running_server(app=app, max_send_buffer=1 << 20) as h:
+        client = await dial(h.port)
+        await client.send(b"go")
+        got = [await asyncio.wait_for(client.recv(), 10) for _ in range(3)]
+        assert got == [bytes([i]) * 600_000 for i in range(3)]
+        assert app.refusals >= 1  # the second 600 kB did not fit at first
+        peer = next(iter(h.server.peers.values()))
+        assert peer.conn.send_buffered <= 1 << 20
+        await client.close()

@@ -25,7 +25,7 @@ from quantum.client import connect
 from quantum.errors import CloseCode
 from quantum.frames import Delivery
 from quantum.keys import ServerKeyFile
-from server import Application, Peer
+from server import Application, Peer, _ticket_parser, build_parser
 from tests.test_server import HOST, Echo, client_config, eventually, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,69 @@ def test_bad_flags_exit_2_with_a_clear_message(args: list[str], message: str,
     assert message in result.stderr
     assert "usage: quantum-server" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--session-timeout", "nan"], "must be a finite number, got nan"),
+    (["--host", ""], "argument --host: must not be empty"),
+    (["issue-ticket", "--user", "alice", "--ttl", "1e308"], "must be at most 31536000"),
+])
+def test_out_of_range_flags_exit_2_with_a_clear_message(args: list[str], message: str,
+                                                        tmp_path: Path) -> None:
+    result = run_cli(args, tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--idle-timeout", "inf"], "must be a finite number, got inf"),
+    (["--keepalive-interval", "1e309"], "must be a finite number, got 1e309"),
+    (["--idle-timeout", "5000000"], "must be at most 4294967.295, got 5000000"),
+    (["--keepalive-interval", "0.0001"], "must be at least 0.001, got 0.0001"),
+    (["--session-timeout", "1e308"], "must be at most 31536000, got 1e308"),
+    (["--host", "  "], "argument --host: must not be empty"),
+    (["--max-sessions-per-user", "0"], "must be positive, got 0"),
+    (["--max-connections-per-address", "many"], "not a number: 'many'"),
+    (["--handshake-burst", "0.5"], "must be at least 1, got 0.5"),
+    (["--retry-above-rate", "-1"], "must be positive, got -1"),
+])
+def test_every_bound_of_the_server_flags(args: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_ticket_ttl_is_capped_at_a_year() -> None:
+    parse = _ticket_parser().parse_args
+    assert parse(["--user", "a", "--ttl", "31536000"]).ttl == 31536000.0
+    with pytest.raises(SystemExit):
+        parse(["--user", "a", "--ttl", "31536001"])
+    with pytest.raises(SystemExit):
+        parse(["--user", "a", "--ttl", "inf"])
+
+
+def test_the_limit_flags_reach_the_server_and_its_manager() -> None:
+    args = build_parser().parse_args([
+        "--max-connections-per-user", "3", "--max-connections-per-address", "100",
+        "--max-sessions-per-user", "5", "--max-sessions", "1000", "--handshake-rate", "7.5",
+        "--handshake-burst", "9", "--retry-above-rate", "50"])
+    assert (args.max_connections_per_user, args.max_connections_per_address) == (3, 100)
+    assert (args.max_sessions_per_user, args.max_sessions) == (5, 1000)
+    assert (args.handshake_rate, args.handshake_burst, args.retry_above_rate) == (7.5, 9.0, 50.0)
+
+
+def test_keygen_refuses_a_folder_others_can_write_to(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = run_cli(["keygen", "--key-file", str(shared / "server.key")], tmp_path)
+    assert result.returncode == 2
+    assert "let group or others replace the key file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(shared.iterdir()) == []
 
 
 def test_keygen_writes_a_private_file_and_prints_its_fingerprint(tmp_path: Path) -> None:

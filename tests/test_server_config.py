@@ -27,3 +27,25 @@ def test_bad_values_are_refused_with_the_field_named(field: str, value: object,
                                                       message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_limit_defaults() -> None:
+    config = ServerConfig()
+    assert (config.max_connections_per_user, config.max_connections_per_address) == (8, 64)
+    assert (config.handshake_rate, config.handshake_burst, config.retry_above_rate) == (
+        20.0, 40.0, 500.0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("max_connections_per_user", 0, "max_connections_per_user must be a positive integer"),
+    ("max_connections_per_address", 2.5, "max_connections_per_address must be a positive"),
+    ("handshake_rate", 0.0, "handshake_rate must be a positive number per second"),
+    ("handshake_rate", float("nan"), "handshake_rate must be a positive number"),
+    ("retry_above_rate", float("inf"), "retry_above_rate must be a positive number"),
+    ("handshake_burst", 0.5, "handshake_burst must be a number of at least 1"),
+    ("handshake_burst", True, "handshake_burst must be a number"),
+])
+def test_bad_limits_are_refused_with_the_field_named(field: str, value: object,
+                                                      message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**{field: value})  # type: ignore[arg-type]

@@ -17,12 +17,15 @@ from structlog.testing import LogCapture
 from session.errors import (
     InvalidSession,
     InvalidToken,
+    SessionCapacityExceeded,
     SessionExists,
     SessionExpired,
+    SessionLimitExceeded,
     SessionNotFound,
     StoreUnavailable,
+    TooManyUserSessions,
 )
-from session.manager import ManagerConfig, SessionManager
+from session.manager import EVICTED_REASON, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, SessionFilter, State, Stats, new_session_id
 from session.store import Store
@@ -632,3 +635,157 @@ async def test_default_clock_is_wall_time_utc(store: MemoryStore) -> None:
     assert await manager.heartbeat(session.session_id) == 1800.0
     got = await manager.get_session(session.session_id)
     assert got.expires_at - got.last_active_at == timedelta(seconds=1800)
+
+
+# -- limits
+
+
+@pytest.mark.parametrize("field", ["max_sessions_per_user", "max_sessions"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "8", True])
+def test_config_rejects_bad_limits(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=field):
+        ManagerConfig(store=MemoryStore(), **{field: value})
+
+
+def test_config_limits_and_the_longest_timeout() -> None:
+    config = ManagerConfig(store=MemoryStore())
+    assert (config.max_sessions_per_user, config.max_sessions) == (8, 100_000)
+    ManagerConfig(store=MemoryStore(), default_timeout=365 * 24 * 3600.0)
+    with pytest.raises(ValueError, match="default_timeout must be at most"):
+        ManagerConfig(store=MemoryStore(), default_timeout=1e308)
+
+
+def limited(store: MemoryStore, clock: FakeClock, logs: LogCapture, per_user: int = 3,
+            total: int = 100) -> SessionManager:
+    return SessionManager(ManagerConfig(
+        store=store, default_timeout=TIMEOUT, logger=make_logger(logs), clock=clock,
+        max_sessions_per_user=per_user, max_sessions=total))
+
+
+async def test_a_user_at_the_limit_evicts_the_least_recently_active_unheld_session(
+    store: MemoryStore, clock: FakeClock, logs: LogCapture
+) -> None:
+    manager = limited(store, clock, logs)
+    ended: list[tuple[str, str]] = []
+    manager.add_listener(lambda s, reason: ended.append((s.session_id, reason)))
+    sessions = []
+    for state in (State.DISCONNECTING, State.ACTIVE, State.CLOSED):
+        session, _ = await create(manager)
+        await manager.update_session(session.session_id, state=state)
+        sessions.append(session)
+        clock.advance(1)
+    # the CLOSED one is newer; the DISCONNECTING one was least recently active
+    newest, _ = await create(manager)
+    assert ended == [(sessions[0].session_id, EVICTED_REASON)]
+    (entry,) = [e for e in events(logs, "session deleted") if e["reason"] == EVICTED_REASON]
+    assert entry["session_id"] == sessions[0].session_id
+    mine = {s.session_id for s in await store.get_by_user_id("user1")}
+    assert mine == {sessions[1].session_id, sessions[2].session_id, newest.session_id}
+    await create(manager)
+    assert ended[-1] == (sessions[2].session_id, EVICTED_REASON)
+
+
+async def test_expired_sessions_go_first_whatever_their_state(
+    store: MemoryStore, clock: FakeClock, logs: LogCapture
+) -> None:
+    manager = limited(store, clock, logs, per_user=2)
+    unheld, _ = await create(manager)
+    stale, _ = await create(manager)
+    await manager.update_session(unheld.session_id, state=State.DISCONNECTING)
+    clock.advance(100)
+    await manager.heartbeat(unheld.session_id)  # alive until 400, last active at 100
+    clock.advance(100)
+    await manager.update_session(stale.session_id, state=State.ACTIVE)  # active at 200...
+    clock.advance(110)  # ...but expired at 300, not swept yet
+    await create(manager)
+    with pytest.raises(SessionNotFound):
+        await store.get(stale.session_id)
+    assert (await store.get(unheld.session_id)).state is State.DISCONNECTING
+
+
+@pytest.mark.parametrize("state", [State.CONNECTING, State.ACTIVE, State.IDLE])
+async def test_sessions_held_by_live_connections_are_never_evicted(
+    store: MemoryStore, clock: FakeClock, logs: LogCapture, state: State
+) -> None:
+    manager = limited(store, clock, logs, per_user=2)
+    ended: list[str] = []
+    manager.add_listener(lambda s, reason: ended.append(reason))
+    for _ in range(2):
+        session, _ = await create(manager)
+        await manager.update_session(session.session_id, state=state)
+    before = await store.get_by_user_id("user1")
+    cid = str(uuid.uuid4())
+    with pytest.raises(TooManyUserSessions, match=r"'user1' has 2 sessions \(at most 2\)") as info:
+        await create(manager, connection_id=cid)
+    assert isinstance(info.value, SessionLimitExceeded)
+    assert await store.get_by_user_id("user1") == before and ended == []
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(cid)
+    assert events(logs, "session refused: user at session limit")
+    await create(manager, "user2")  # other users are not affected
+
+
+async def test_the_total_limit_refuses_and_creates_nothing(
+    store: MemoryStore, clock: FakeClock, logs: LogCapture
+) -> None:
+    manager = limited(store, clock, logs, total=3)
+    for user in ("a", "b", "c"):
+        await create(manager, user)
+    with pytest.raises(SessionCapacityExceeded, match="holds 3 sessions, at most 3"):
+        await create(manager, "d")
+    assert await store.count() == 3
+    await manager.delete_session((await store.get_by_user_id("a"))[0].session_id, "logout")
+    await create(manager, "d")
+
+
+async def test_a_create_that_loses_the_freed_slot_to_another_goes_round_again(
+    clock: FakeClock, logs: LogCapture
+) -> None:
+    class RacingStore(MemoryStore):
+        """Another create lands between the eviction and ours, the first time only."""
+
+        sneaked = False
+
+        async def delete(self, session_id: str, **kw: Any) -> Session:
+            removed = await super().delete(session_id, **kw)
+            if not self.sneaked:
+                self.sneaked = True
+                now = clock.now
+                intruder = Session(
+                    session_id=new_session_id(), user_id="user1",
+                    connection_id=str(uuid.uuid4()), client_ip="10.0.0.9", client_port=1,
+                    state=State.DISCONNECTING, created_at=now, last_active_at=now,
+                    expires_at=now + timedelta(seconds=TIMEOUT))
+                await super().create(intruder)
+            return removed
+
+    store = RacingStore()
+    manager = limited(store, clock, logs, per_user=1)
+    first, _ = await create(manager)
+    await manager.update_session(first.session_id, state=State.DISCONNECTING)
+    clock.advance(1)
+    mine, _ = await create(manager)  # evicts `first`, loses the slot, evicts the intruder
+    assert [s.session_id for s in await store.get_by_user_id("user1")] == [mine.session_id]
+
+
+# -- a refused resume changes nothing
+
+
+async def test_resume_for_another_user_is_refused_and_writes_nothing(
+    store: MemoryStore, manager: SessionManager, clock: FakeClock
+) -> None:
+    session, token = await create(manager, "alice")
+    await manager.update_session(session.session_id, state=State.DISCONNECTING)
+    before = (await store.get(session.session_id)).to_dict()
+    clock.advance(30)
+    with pytest.raises(InvalidToken, match="belongs to another user"):
+        await manager.resume_session(session.session_id, token, str(uuid.uuid4()),
+                                     "10.9.9.9", 4444, server_addr="10.0.0.5:1", user_id="mallory")
+    with pytest.raises(InvalidToken, match="belongs to another user"):
+        await manager.check_resume(session.session_id, token, "mallory")
+    assert (await store.get(session.session_id)).to_dict() == before
+    checked = await manager.check_resume(session.session_id, token, "alice")
+    assert checked.to_dict() == before  # checking writes nothing either
+    resumed = await manager.resume_session(session.session_id, token, str(uuid.uuid4()),
+                                           "10.9.9.9", 4444, user_id="alice")
+    assert resumed.state is State.ACTIVE

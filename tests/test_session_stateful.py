@@ -1,5 +1,8 @@
 """SessionManager + MemoryStore against a plain reference model, driven by hypothesis.
 
+The limits are small here (2 sessions per user, 5 in all) so that the machine reaches them
+often: evictions, refusals and their reasons are part of the model.
+
 Every coroutine is driven with a single ``send(None)``: MemoryStore promises never to suspend,
 so this also checks that promise on every path the machine takes.
 """
@@ -15,7 +18,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import structlog
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -30,17 +33,21 @@ from structlog.testing import LogCapture
 from session.errors import (
     InvalidSession,
     InvalidToken,
+    SessionCapacityExceeded,
     SessionError,
     SessionExpired,
     SessionNotFound,
+    TooManyUserSessions,
 )
-from session.manager import ManagerConfig, SessionManager
+from session.manager import EVICTED_REASON, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import MAX_METADATA_ENTRIES, Session, SessionFilter, State, new_session_id
 from tests.conftest import FakeClock
 
 TIMEOUT = 100.0
 USERS = ("alice", "bob", "carol")
+PER_USER = 2
+TOTAL = 5
 KEYS = ("device", "room", "team", "level")
 
 
@@ -86,6 +93,20 @@ class Model:
             return SessionExpired.__name__
         return "ok"
 
+    def evictions(self, user: str, now: datetime) -> list[str] | None:
+        """The sessions a new one for `user` evicts, or None if it is refused."""
+        mine = [ref for ref in self.sessions.values() if ref.user_id == user]
+        if len(mine) < PER_USER:
+            return []
+        unheld = sorted(
+            (ref for ref in mine
+             if now >= ref.expires_at or ref.state in (State.DISCONNECTING, State.CLOSED)),
+            key=lambda ref: (now < ref.expires_at, ref.last_active_at, ref.session_id))
+        excess = len(mine) - PER_USER + 1
+        if len(unheld) < excess:
+            return None
+        return [ref.session_id for ref in unheld[:excess]]
+
 
 metadata_st = st.dictionaries(st.sampled_from(KEYS), st.text(max_size=5), max_size=3)
 state_st = st.sampled_from(list(State))
@@ -103,7 +124,8 @@ class SessionMachine(RuleBasedStateMachine):
             wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         )
         self.manager = SessionManager(ManagerConfig(
-            store=self.store, default_timeout=TIMEOUT, clock=self.clock, logger=logger))
+            store=self.store, default_timeout=TIMEOUT, clock=self.clock, logger=logger,
+            max_sessions_per_user=PER_USER, max_sessions=TOTAL))
         self.ended: list[tuple[str, str]] = []
         self.manager.add_listener(lambda s, reason: self.ended.append((s.session_id, reason)))
         self.model = Model()
@@ -115,9 +137,25 @@ class SessionMachine(RuleBasedStateMachine):
     @rule(target=ids, user=st.sampled_from(USERS), metadata=metadata_st)
     def create(self, user: str, metadata: dict[str, str]) -> Any:
         cid = str(uuid.uuid4())
-        session, token = run_now(self.manager.create_session(user, "10.0.0.1", 1000, cid,
-                                                             metadata))
         now = self.clock.now
+        evicted = self.model.evictions(user, now)
+        if len(self.model.sessions) >= TOTAL:
+            expected, evicted = SessionCapacityExceeded.__name__, []
+        elif evicted is None:
+            expected, evicted = TooManyUserSessions.__name__, []
+        else:
+            expected = "ok"
+        self.ended.clear()
+        result, created = outcome(self.manager.create_session(user, "10.0.0.1", 1000, cid,
+                                                              metadata))
+        assert result == expected
+        event(f"create: {result}{', evicting' if evicted else ''}")
+        assert self.ended == [(sid, EVICTED_REASON) for sid in evicted]
+        for sid in evicted:
+            del self.model.sessions[sid]
+        if created is None:
+            return multiple()
+        session, token = created
         self.model.sessions[session.session_id] = Ref(
             session.session_id, user, cid, token, State.CONNECTING,
             now + timedelta(seconds=TIMEOUT), dict(metadata), now)
@@ -146,6 +184,12 @@ class SessionMachine(RuleBasedStateMachine):
             ref.metadata.update(metadata or {})
             ref.state = state or ref.state
             ref.last_active_at = now
+
+    @rule(sid=ids)
+    def disconnect(self, sid: str) -> None:
+        """What the server does when a connection ends without FIN: the session stays,
+        unheld, until it expires or is resumed (or evicted)."""
+        self.update(sid, State.DISCONNECTING, None)
 
     @rule(sid=ids)
     def heartbeat(self, sid: str) -> None:
@@ -265,6 +309,6 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 SessionMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None
+    max_examples=100, stateful_step_count=40, deadline=None
 )
 TestSessionMachine = SessionMachine.TestCase

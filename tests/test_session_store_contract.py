@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +13,12 @@ import pytest
 from session.model import Session, SessionFilter, State, Stats, new_session_id
 from session.store import (
     InvalidSession,
+    SessionChanged,
     SessionExists,
     SessionExpired,
     SessionNotFound,
     Store,
+    TooManyUserSessions,
 )
 
 T0 = datetime(2025, 11, 7, 14, 30, tzinfo=UTC)
@@ -374,3 +378,72 @@ async def test_set_stats_missing_raises(store: Store) -> None:
     sid = new_session_id()
     with pytest.raises(SessionNotFound, match=sid):
         await store.set_stats(sid, Stats())
+
+
+# -- the per-user limit, conditional delete and the cheap count
+
+
+async def test_create_within_a_user_limit_refuses_past_it_and_stores_nothing(
+    store: Store,
+) -> None:
+    for _ in range(3):
+        await store.create(make_session(), max_user_sessions=3)
+    refused = make_session()
+    with pytest.raises(TooManyUserSessions, match="'user1' already has 3 sessions"):
+        await store.create(refused, max_user_sessions=3)
+    with pytest.raises(SessionNotFound):
+        await store.get(refused.session_id)
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(refused.connection_id)
+    assert len(await store.get_by_user_id("user1")) == 3
+    await store.create(make_session(user_id="user2"), max_user_sessions=3)  # per user
+    await store.create(make_session(), max_user_sessions=4)  # the limit is the caller's
+    assert await store.count() == 5
+
+
+async def test_creates_racing_for_a_users_last_slots_never_exceed_the_limit(
+    store: Store,
+) -> None:
+    await store.create(make_session(), max_user_sessions=3)
+    racers = [make_session() for _ in range(6)]
+    results = await asyncio.gather(
+        *(store.create(s, max_user_sessions=3) for s in racers), return_exceptions=True)
+    won = [s for s, r in zip(racers, results, strict=True) if r is None]
+    assert len(won) == 2
+    assert all(isinstance(r, TooManyUserSessions) for r in results if r is not None)
+    stored = {s.session_id for s in await store.get_by_user_id("user1")}
+    assert len(stored) == 3 and {s.session_id for s in won} <= stored
+
+
+async def test_delete_only_if_removes_nothing_when_the_condition_fails(store: Store) -> None:
+    session = make_session(state=State.DISCONNECTING)
+    await store.create(session)
+    seen: list[Session] = []
+
+    def unheld(s: Session) -> bool:
+        seen.append(s)
+        return s.state is State.DISCONNECTING
+
+    await store.update(dataclasses.replace(session, state=State.ACTIVE))  # a resume, say
+    with pytest.raises(SessionChanged, match=session.session_id):
+        await store.delete(session.session_id, only_if=unheld)
+    assert (await store.get(session.session_id)).state is State.ACTIVE
+    seen[-1].state = State.CLOSED  # the predicate gets a copy
+    assert (await store.get(session.session_id)).state is State.ACTIVE
+    changed = await store.get(session.session_id)
+    changed.state = State.DISCONNECTING
+    await store.update(changed)
+    removed = await store.delete(session.session_id, only_if=unheld)
+    assert removed.state is State.DISCONNECTING
+    assert await store.count() == 0
+
+
+async def test_approximate_count_follows_creates_and_deletes(store: Store) -> None:
+    sessions = [make_session(user_id=f"u{i}") for i in range(5)]
+    for session in sessions:
+        await store.create(session)
+    await store.delete(sessions[0].session_id)
+    async with asyncio.timeout(5):  # a shared store learns it from its watch
+        while await store.approximate_count() != 4:
+            await asyncio.sleep(0.01)
+    assert await store.count() == 4

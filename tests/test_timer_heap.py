@@ -92,3 +92,30 @@ async def test_an_entry_whose_owner_deadline_moved_later_is_refiled_not_fired() 
     await asyncio.sleep(0.06)
     assert [name for name, _ in fired] == ["a"] and fired[0][1] >= real["a"]
     heap.close()
+
+
+async def test_an_owner_that_keeps_a_past_deadline_cannot_hold_the_loop() -> None:
+    """An owner whose fire re-schedules it at or before now (a connection whose timer names a
+    deadline it will not act on) fires once per pass, and the loop runs its other work in
+    between: before each pass re-read its clock once and looped on `heap[0] <= now` forever."""
+    loop = asyncio.get_running_loop()
+    fires = 0
+    heap: TimerHeap[Item] = TimerHeap(lambda item, now: None, lambda item: True)
+
+    def fire(item: Item, now: float) -> None:
+        nonlocal fires
+        fires += 1
+        if fires > 1000:  # a regression must fail this test, not hang the suite
+            raise RuntimeError("the timer heap keeps firing within one pass")
+        heap.schedule(item, now)  # the same deadline again: nothing moved
+
+    heap._fire = fire  # type: ignore[assignment]
+    heap.loop = loop
+    heap.schedule(Item("stuck"), loop.time())
+    ticks = 0
+    for _ in range(20):
+        await asyncio.sleep(0)  # each of these needs the loop back from the timer
+        ticks += 1
+    assert ticks == 20
+    assert 1 <= fires <= 25  # once per loop pass, not without end
+    heap.close()

@@ -410,16 +410,23 @@ static int complete(q_receiver *r, stream *s, int64_t id, const frame_in *f, uin
     return 1;
 }
 
-static int on_ordered(q_receiver *r, stream *s, const frame_in *f, q_deliver_fn deliver,
-                      void *ctx, const char **why) {
-    int64_t next = s->pos, id = position(next, f->id);
-    if (id < next || idmap_get(&s->ready, id)) {
+/* A reliable message's fragment: counted as a duplicate if `seen`, else reassembled
+ * (complete()'s results). */
+static int take(q_receiver *r, stream *s, int64_t id, int seen, const frame_in *f, uint8_t **msg,
+                size_t *len, const char **why) {
+    if (seen) {
         r->duplicates++;
         return 0;
     }
+    return complete(r, s, id, f, msg, len, why);
+}
+
+static int on_ordered(q_receiver *r, stream *s, const frame_in *f, q_deliver_fn deliver,
+                      void *ctx, const char **why) {
+    int64_t next = s->pos, id = position(next, f->id);
     uint8_t *msg;
     size_t len;
-    int c = complete(r, s, id, f, &msg, &len, why);
+    int c = take(r, s, id, id < next || idmap_get(&s->ready, id), f, &msg, &len, why);
     if (c != 1)
         return c;
     if (id != next) { /* early: wait for the ones before it */
@@ -519,13 +526,9 @@ static int on_unordered(q_receiver *r, stream *s, const frame_in *f, q_deliver_f
         return 0;
     }
     uint32_t i = first_above(s, id);
-    if (i > 0 && id < s->ends[i - 1]) {
-        r->duplicates++;
-        return 0;
-    }
     uint8_t *msg;
     size_t len;
-    int c = complete(r, s, id, f, &msg, &len, why);
+    int c = take(r, s, id, i > 0 && id < s->ends[i - 1], f, &msg, &len, why);
     if (c != 1)
         return c;
     if (id == watermark) {

@@ -476,13 +476,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="session store; etcd also runs memory for comparison")
     parser.add_argument("--idle-connections", type=_non_negative_int, default=50_000,
                         help="idle connections for the memory figure (default 50000; 0 skips)")
+    parser.add_argument("--client", choices=("python", "c"), default="python",
+                        help="load side: the compiled Python client (default), or c to compare "
+                             "it with libquantum's C client on one server (benchmarks.c_loadgen)")
     parser.add_argument("--profile", metavar="PATH", default=None,
                         help="cProfile the server's measured window into PATH.<store> "
                              "(slows the server: use the figures only to find hot spots)")
     args = parser.parse_args(argv)
     try:
-        result = run(args.clients, args.duration, args.store, args.idle_connections,
-                     args.profile, args.rounds)
+        if args.client == "c":
+            from benchmarks.c_loadgen import run_client_comparison
+
+            result = run_client_comparison(args.clients, args.duration, args.rounds)
+        else:
+            result = run(args.clients, args.duration, args.store, args.idle_connections,
+                         args.profile, args.rounds)
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,51 @@
+"""Smoke test of `python -m benchmarks.heartbeat --client c`: the real thing, run tiny.
+
+One server is loaded in alternating windows by the Python load generator and by the C one
+(clients/c/tools/quantum-loadgen.c). Figures are not judged (performance is measured, never
+asserted); what must hold is that every field is there, every keepalive was answered on both
+load sides, and the derived figures are what their names say.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_c_client import ROOT, c_build
+
+__all__ = ["c_build"]  # the session fixture: the C build must exist (or skip / fail in CI)
+
+SIDE_FIELDS = ("heartbeats", "server_cpu_s", "heartbeats_per_cpu_s", "round_trips",
+               "loadgen_cpu_s", "loadgen_cpu_us_per_round_trip", "rtt_p50_ms", "rtt_p99_ms",
+               "unanswered")
+
+
+def test_tiny_comparison_answers_every_heartbeat_on_both_load_sides(c_build: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.heartbeat", "--client", "c", "--json", "--clients",
+         "4", "--duration", "1", "--rounds", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["client"] == "c" and result["clients"] == 4 and result["rounds"] == 2
+    for side in ("python_load", "c_load"):
+        numbers = result[side]
+        for field in SIDE_FIELDS:
+            assert numbers.get(field) is not None, f"{side}.{field}"
+        assert numbers["unanswered"] == 0 and numbers["keepalives_timed_out"] == 0
+        assert numbers["heartbeats"] > 0 and numbers["round_trips"] > 0
+        assert numbers["heartbeats"] <= numbers["round_trips"] + 8  # the server's window
+        per_trip = numbers["loadgen_cpu_s"] / numbers["round_trips"] * 1e6
+        assert abs(numbers["loadgen_cpu_us_per_round_trip"] - per_trip) <= 0.01 * per_trip + 0.01
+    ratio = (result["python_load"]["loadgen_cpu_us_per_round_trip"]
+             / result["c_load"]["loadgen_cpu_us_per_round_trip"])
+    assert abs(result["c_client_cpu_ratio"] - ratio) <= 0.01 * ratio + 0.01
+    assert result["target_ratio"] == 5.0
+
+
+def test_an_unknown_client_is_refused() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.heartbeat", "--client", "rust"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "invalid choice: 'rust'" in done.stderr

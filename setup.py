@@ -30,6 +30,8 @@ COMPILED_MODULES = [
     "quantum/fec.py",
     "quantum/channels.py",
     "quantum/connection.py",
+    "quantum/timers.py",
+    "quantum/endpoint.py",
     "session/clock.py",
     "session/memory.py",
     "session/heartbeat.py",

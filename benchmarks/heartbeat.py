@@ -53,9 +53,7 @@ from benchmarks.echo_server import CpuWindow, rss_bytes, run_echo_server
 from benchmarks.loadgen import pin_to_cpu, run_loadgen, serve_commands
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
-from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import ServerKeyFile
-from quantum.listener import Listener
 from server import QuantumServer, ServerConfig
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
@@ -82,19 +80,6 @@ class BenchError(RuntimeError):
 # ------------------------------------------------------------------ the server-side runner
 
 
-def _generous_listener(server: QuantumServer, key: ServerKeyFile, max_connections: int) -> None:
-    """All load comes from one loopback address: lift the per-source handshake rate limits,
-    the per-address connection cap and the retry-cookie threshold, which exist for the
-    internet, not for a load generator."""
-    cfg = server.config
-    params = ServerParams(fec=server.quantum_config.fec,
-                          keepalive_interval=cfg.keepalive_interval, idle_timeout=cfg.idle_timeout)
-    server.listener = Listener(ServerHandshake(key.private_key, params), server.quantum_config,
-                               max_connections=max_connections,
-                               max_connections_per_address=max_connections,
-                               per_source_rate=1e9, per_source_burst=1e9, retry_above_rate=1e9)
-
-
 async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
                        max_connections: int, profile: str | None) -> None:
     from session.logs import configure_logging
@@ -113,10 +98,14 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
         key, _ = ServerKeyFile.load_or_create(Path(tmp) / "server.key")
     manager = SessionManager(ManagerConfig(store=store))
     # idle connections must outlive the minute it takes to open 50,000 of them
+    # all load comes from one loopback address: the per-source handshake rate limits, the
+    # per-address connection cap and the retry-cookie threshold exist for the internet, not
+    # for a load generator
     config = ServerConfig(host="127.0.0.1", port=0, idle_timeout=900.0,
-                          max_connections=max_connections)
+                          max_connections=max_connections,
+                          max_connections_per_address=max_connections,
+                          handshake_rate=1e9, handshake_burst=1e9, retry_above_rate=1e9)
     server = QuantumServer(manager, key, AnonymousAuthenticator(), config)
-    _generous_listener(server, key, max_connections)
     await server.start()
     window = CpuWindow(lambda: server.counters.heartbeats)
     requests = getattr(store, "requests", None)

@@ -42,7 +42,7 @@ from quantum.events import (
     KeepaliveAcknowledged,
 )
 from quantum.handshake import Credentials
-from server import TimerHeap
+from quantum.timers import TimerHeap
 
 #: socket buffers: a closed loop of thousands of clients keeps thousands of datagrams in flight
 SOCKET_BUFFER: Final = 4 * 1024 * 1024

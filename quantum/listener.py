@@ -44,7 +44,16 @@ from quantum.handshake import (
     ServerParams,
     decode_hello,
 )
-from quantum.packet import VERSION, Flags, Packet, PacketError, decode_packet, encode_packet
+from quantum.packet import (
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    Flags,
+    Packet,
+    PacketError,
+    decode_packet,
+    encode_packet,
+)
 
 #: how many sources each per-source rate limiter remembers (the least recently seen are
 #: forgotten first, and start again with a full bucket)
@@ -234,6 +243,9 @@ class Listener:
         self, data: bytes, addr: Address, now: float, connection_count: int
     ) -> tuple[list[tuple[bytes, Address]], Connection | None]:
         """Handle a datagram for an unknown connection id: replies, and a new connection if any."""
+        if len(data) < HEADER_SIZE or data[:4] != MAGIC:
+            self._drop("not_quantum")  # not even a Quantum header: someone else's traffic
+            return [], None
         try:
             packet = decode_packet(data)
         except PacketError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
+from quantum.endpoint import ServerEndpoint
 from quantum.events import AuthenticationRequested, Event
 from quantum.handshake import Credentials, ServerHandshake, ServerParams
 from quantum.listener import Listener
@@ -92,12 +93,21 @@ def accept_everyone(conn: Connection, request: AuthenticationRequested) -> None:
 
 @dataclass
 class SimulatedServer:
-    """A Listener plus its connections, as server.py would hold them, minus the sockets."""
+    """A server endpoint (the listener and its connections), as server.py holds one, minus
+    the sockets: the connections are their own owners."""
 
     listener: Listener
     authorize: Authorizer = accept_everyone
-    connections: dict[bytes, Connection] = field(default_factory=dict)
     events: list[tuple[Connection, Event]] = field(default_factory=list)
+    endpoint: ServerEndpoint[Connection] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.endpoint = ServerEndpoint(self.listener)
+
+    @property
+    def connections(self) -> dict[bytes, Connection]:
+        """Connection id -> live connection."""
+        return self.endpoint.owners
 
     @classmethod
     def create(cls, configuration: QuantumConfiguration | None = None,
@@ -152,8 +162,7 @@ class Simulation:
         for data, dst in conn.datagrams_to_send(self.now):
             self.network.send(data, SERVER_ADDR, dst, self.now)
         if conn.state.value == "CLOSED":
-            self.server.connections.pop(conn.connection_id, None)
-            self.server.listener.forget(conn.connection_id, self.now)
+            self.server.endpoint.remove(conn.connection_id, self.now)
 
     def next_time(self) -> float | None:
         times = [t for t in (self.network.next_arrival(),) if t is not None]
@@ -192,18 +201,16 @@ class Simulation:
     def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
         now = self.now
         if dst == SERVER_ADDR:
-            server = self.server
-            cid = data[6:22]
-            conn = server.connections.get(cid)
+            endpoint = self.server.endpoint
+            conn = endpoint.route(data)
             if conn is not None:
                 conn.receive_datagram(data, src, now)
                 return
-            replies, new = server.listener.receive_datagram(data, src, now,
-                                                            len(server.connections))
+            replies, new = endpoint.handshake(data, src, now)
             for reply, to in replies:
                 self.network.send(reply, SERVER_ADDR, to, now)
             if new is not None:
-                server.connections[new.connection_id] = new
+                endpoint.add(new.connection_id, new)
         else:
             client = self.clients.get(dst)
             if client is not None:

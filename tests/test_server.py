@@ -504,7 +504,7 @@ async def test_garbage_truncated_and_forged_datagrams_change_nothing() -> None:
             sock.close()
 
         drops = h.server.snapshot()["drops"]
-        assert drops.get("not_quantum") == counts["random"] + counts["truncated"]
+        assert drops.get("handshake_not_quantum") == counts["random"] + counts["truncated"]
         rejected_by_conn = sum(drops.get(r, 0) for r in
                                ("auth_failed", "too_old", "beyond_window", "duplicate"))
         assert rejected_by_conn >= counts["forged_live"]

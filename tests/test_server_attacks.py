@@ -238,3 +238,72 @@ async def test_a_burst_larger_than_the_send_buffer_is_echoed_whole(tmp_path: Pat
         for _ in range(8):
             assert await asyncio.wait_for(client.recv(), 20) == blob
         await client.close()
+
+
+async def test_replies_to_messages_that_arrived_together_leave_together() -> None:
+    """Five small messages in one datagram: the echo application answers each from
+    `on_message`, and the five replies share one datagram (flushed once per loop pass), where
+    each reply used to leave in a datagram of its own."""
+    from tests.test_server import Echo, running_server
+
+    async with running_server(app=Echo()) as h:
+        client = await RawClient.start(h.port, h.key.public_key_text)
+        per_datagram: list[int] = []
+        receive = client.datagram_received
+
+        def counting(data: bytes, addr: Address) -> None:
+            before = len(client.received())
+            receive(data, addr)
+            per_datagram.append(len(client.received()) - before)
+
+        client.datagram_received = counting  # type: ignore[method-assign]
+        for i in range(5):
+            client.conn.send(b"ping %d" % i)
+        client.flush()  # one datagram carries all five
+        deadline = time.monotonic() + 5
+        while len(client.received()) < 5:
+            assert time.monotonic() < deadline, "the echoes did not come back"
+            await asyncio.sleep(0.01)
+        assert client.received() == [b"ping %d" % i for i in range(5)]
+        assert [n for n in per_datagram if n] == [5]
+
+
+async def test_a_broadcast_to_another_client_leaves_in_one_datagram() -> None:
+    """A message from A makes the application send three to B (a chat room's fan-out): B's
+    three arrive in one datagram, flushed at the end of the loop pass, not one each."""
+    from server import Application, Peer
+    from tests.test_server import running_server
+
+    class FanOut(Application):
+        def __init__(self) -> None:
+            self.peers: list[Peer] = []
+
+        def on_connect(self, peer: Peer) -> None:
+            self.peers.append(peer)
+
+        def on_message(self, peer: Peer, message: bytes, channel: int, mode: object) -> None:
+            for other in self.peers:
+                if other is not peer:
+                    for i in range(3):
+                        other.send(message + b" #%d" % i)
+
+    async with running_server(app=FanOut()) as h:
+        a = await RawClient.start(h.port, h.key.public_key_text, user="a")
+        b = await RawClient.start(h.port, h.key.public_key_text, user="b")
+        per_datagram: list[int] = []
+        receive = b.datagram_received
+
+        def counting(data: bytes, addr: Address) -> None:
+            before = len(b.received())
+            receive(data, addr)
+            per_datagram.append(len(b.received()) - before)
+
+        b.datagram_received = counting  # type: ignore[method-assign]
+        a.conn.send(b"hello")
+        a.flush()
+        deadline = time.monotonic() + 5
+        while len(b.received()) < 3:
+            assert time.monotonic() < deadline, "the broadcast did not arrive"
+            await asyncio.sleep(0.01)
+        assert b.received() == [b"hello #0", b"hello #1", b"hello #2"]
+        assert [n for n in per_datagram if n] == [3]

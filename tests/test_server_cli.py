@@ -25,7 +25,8 @@ from quantum.client import connect
 from quantum.errors import CloseCode
 from quantum.frames import Delivery
 from quantum.keys import ServerKeyFile
-from server import Application, Peer, _ticket_parser, build_parser
+from quantum_server.cli import _ticket_parser, build_parser
+from server import Application, Peer
 from tests.test_server import HOST, Echo, client_config, eventually, running_server
 
 ROOT = Path(__file__).resolve().parents[1]

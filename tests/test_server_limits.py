@@ -22,33 +22,21 @@ import pytest
 from quantum.client import ConnectError, QuantumClient
 from quantum.connection import Connection
 from quantum.errors import CloseCode
-from quantum.handshake import Credentials, ServerHandshake, ServerParams
-from quantum.listener import Listener
+from quantum.handshake import Credentials
 from quantum.packet import Flags, Packet, encode_packet
-from server import QuantumServer
 from session.model import State
-from tests.test_server import HOST, KEEPALIVE, Echo, Harness, dial, eventually, running_server
+from tests.test_server import HOST, Echo, Harness, dial, eventually, running_server
 
 EVICTED = "evicted: session limit per user"
 
 
 def limited_server(*, manager_limits: dict[str, Any] | None = None,
-                   listener_args: dict[str, Any] | None = None, idle_timeout: float = 5.0,
+                   front_door: dict[str, float] | None = None, idle_timeout: float = 5.0,
                    max_connections: int = 10_000) -> AbstractAsyncContextManager[Harness]:
     """`running_server` with an Echo app and limits: `manager_limits` go to ManagerConfig,
-    `listener_args` (if given) build the server's Listener as the heartbeat benchmark does."""
-
-    def with_listener(server: QuantumServer) -> None:
-        if listener_args is None:
-            return
-        params = ServerParams(fec=server.quantum_config.fec, keepalive_interval=KEEPALIVE,
-                              idle_timeout=idle_timeout)
-        server.listener = Listener(ServerHandshake(server.key.private_key, params),
-                                   server.quantum_config, max_connections=max_connections,
-                                   **listener_args)
-
+    `front_door` to ServerConfig (handshake_rate, handshake_burst, retry_above_rate...)."""
     return running_server(app=Echo(), idle_timeout=idle_timeout, max_connections=max_connections,
-                          manager_limits=manager_limits, setup=with_listener)
+                          manager_limits=manager_limits, **(front_door or {}))
 
 
 class Flood:
@@ -121,8 +109,8 @@ async def test_a_flood_of_well_formed_hellos_from_the_victims_address_costs_it_a
 async def test_handshakes_through_one_nat_in_retry_mode_are_charged_once() -> None:
     # every handshake is asked for a retry cookie (the total rate is 1/s), at 30 a second
     # against a per-source rate of 40: charged once each, all of them complete
-    limits = {"per_source_rate": 40.0, "per_source_burst": 10.0, "retry_above_rate": 1.0}
-    async with limited_server(listener_args=limits) as h:
+    limits = {"handshake_rate": 40.0, "handshake_burst": 10.0, "retry_above_rate": 1.0}
+    async with limited_server(front_door=limits) as h:
         clients: list[QuantumClient] = []
         started = time.monotonic()
         for i in range(30):
@@ -141,8 +129,8 @@ async def test_handshakes_through_one_nat_in_retry_mode_are_charged_once() -> No
 
 
 async def test_one_address_holds_at_most_64_connections() -> None:
-    generous = {"per_source_rate": 1e6, "per_source_burst": 1e6}
-    async with limited_server(listener_args=generous) as h:
+    generous = {"handshake_rate": 1e6, "handshake_burst": 1e6}
+    async with limited_server(front_door=generous) as h:
         clients = await asyncio.gather(*(dial(h.port, f"user-{i}") for i in range(64)))
         with pytest.raises(ConnectError) as refused:
             await dial(h.port, "user-64")

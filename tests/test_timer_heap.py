@@ -1,10 +1,10 @@
-"""server.TimerHeap: one heap and one loop.call_at for many connections' deadlines."""
+"""quantum.timers.TimerHeap: one heap and one loop.call_at for many connections' deadlines."""
 
 from __future__ import annotations
 
 import asyncio
 
-from server import TimerHeap
+from quantum.timers import TimerHeap
 
 
 class Item:

@@ -1,0 +1,278 @@
+"""The `quantum-server` command line: the server itself (`serve`, `run_app`) and its
+subcommands (`keygen`, `issue-ticket`). `quantum-server --help` lists the flags; every flag is
+checked here or by `ServerConfig`, and a bad one prints what was wrong and exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, TicketAuthenticator
+from quantum.config import MIN_SEND_BUFFER
+from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
+from quantum_server.config import ServerConfig
+from server import Application, QuantumServer
+from session.errors import StoreUnavailable
+from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
+from session.memory import MemoryStore
+
+log = structlog.get_logger("quantum.server")
+
+
+#: the longest duration the wire carries (keepalive interval, idle timeout: u32 milliseconds)
+MAX_WIRE_SECONDS: Final = 0xFFFFFFFF / 1000
+
+
+def _positive(kind: type[float] | type[int], minimum: float = 0.0,
+              maximum: float | None = None) -> Callable[[str], float | int]:
+    """An argparse type: a finite number above zero (at least `minimum` if that is set) and at
+    most `maximum`."""
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {_plain(minimum)}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {_plain(maximum)}, got {text}")
+        return value
+    return parse
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 31536000, 4294967.295, 0.001."""
+    return f"{number:.3f}".rstrip("0").rstrip(".")
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantum-server",
+        description="Quantum-protocol UDP server with a built-in session service. "
+                    "Subcommands: 'keygen' and 'issue-ticket' (see 'quantum-server keygen -h').")
+    p.add_argument("--host", type=_host, default="0.0.0.0",
+                   help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
+    p.add_argument("--store", choices=("memory", "etcd"), default="memory",
+                   help="session store (default memory)")
+    p.add_argument("--etcd-endpoints", default="127.0.0.1:2379",
+                   help="comma-separated host:port list of one etcd cluster")
+    p.add_argument("--etcd-prefix", default="/quantum", help="etcd key prefix (default /quantum)")
+    p.add_argument("--session-timeout", type=_positive(float, maximum=MAX_TIMEOUT),
+                   default=1800.0,
+                   help="seconds a session lives without heartbeats (default 1800, at most a "
+                        "year)")
+    wire_seconds = _positive(float, minimum=0.001, maximum=MAX_WIRE_SECONDS)
+    p.add_argument("--keepalive-interval", type=wire_seconds, default=10.0,
+                   help="keepalive interval clients are told to use (default 10)")
+    p.add_argument("--idle-timeout", type=wire_seconds, default=60.0,
+                   help="seconds of silence before a connection is dropped (default 60)")
+    p.add_argument("--fec", action=argparse.BooleanOptionalAction, default=True,
+                   help="Reed-Solomon forward error correction, 10+3 (default on)")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"server key file (default {default_key_path()}; created if missing)")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="DEVELOPMENT ONLY: accept any claimed user id without a ticket")
+    p.add_argument("--max-connections", type=_positive(int), default=10_000,
+                   help="connection cap; handshakes beyond it are refused (default 10000)")
+    p.add_argument("--max-send-buffer", type=_positive(int), default=4 << 20,
+                   help="bytes one client may have queued or unacknowledged before sends "
+                        f"are refused (default 4 MiB, at least {MIN_SEND_BUFFER})")
+    p.add_argument("--stall-timeout", type=_positive(float), default=30.0,
+                   help="seconds a client may go on sending without acknowledging anything "
+                        "before it is closed (default 30)")
+    p.add_argument("--max-connections-per-user", type=_positive(int), default=8,
+                   help="connections one user may hold at once (default 8)")
+    p.add_argument("--max-connections-per-address", type=_positive(int), default=64,
+                   help="connections one source address (IPv6: /64) may hold at once "
+                        "(default 64; raise it for clients behind a large NAT)")
+    p.add_argument("--max-sessions-per-user", type=_positive(int), default=8,
+                   help="sessions one user may hold; the least recently active disconnected "
+                        "one is evicted for a new one (default 8)")
+    p.add_argument("--max-sessions", type=_positive(int), default=100_000,
+                   help="sessions the session service holds in all (default 100000)")
+    p.add_argument("--handshake-rate", type=_positive(float), default=20.0,
+                   help="handshakes per second one source address may start before it must "
+                        "prove its address with a retry cookie (default 20)")
+    p.add_argument("--handshake-burst", type=_positive(float, minimum=1.0), default=40.0,
+                   help="burst allowed above --handshake-rate (default 40)")
+    p.add_argument("--retry-above-rate", type=_positive(float), default=500.0,
+                   help="handshakes per second in all above which every new source must echo "
+                        "a retry cookie first (default 500)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return p
+
+
+def _keygen_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantum-server keygen",
+                                description="Write a new server key file (mode 0600).")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"where to write it (default {default_key_path()})")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    return p
+
+
+def _ticket_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantum-server issue-ticket",
+                                description="Print a signed login ticket for a user.")
+    p.add_argument("--user", required=True, help="user id the ticket is for")
+    p.add_argument("--ttl", type=_positive(float, maximum=MAX_TICKET_TTL), default=3600.0,
+                   help="seconds the ticket is valid (default 3600, at most a year: 31536000)")
+    p.add_argument("--key-file", type=Path, default=None,
+                   help=f"server key file (default {default_key_path()})")
+    return p
+
+
+def _keygen(argv: list[str]) -> int:
+    args = _keygen_parser().parse_args(argv)
+    path = args.key_file or default_key_path()
+    if path.exists() and not args.force:
+        print(f"quantum-server keygen: {path} exists; use --force to replace it", file=sys.stderr)
+        return 2
+    try:
+        key = ServerKeyFile.generate(path)
+    except KeyFileError as exc:
+        print(f"quantum-server keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    print(f"public key:  {key.public_key_text}")
+    print(f"fingerprint: {fingerprint(key.public_key)}")
+    return 0
+
+
+def _issue_ticket(argv: list[str]) -> int:
+    from quantum.auth import issue_ticket
+
+    args = _ticket_parser().parse_args(argv)
+    path = args.key_file or default_key_path()
+    try:
+        key = ServerKeyFile.load(path)
+        print(issue_ticket(key.ticket_secret, args.user, args.ttl, time.time()))
+    except (KeyFileError, ValueError) as exc:
+        print(f"quantum-server issue-ticket: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _build_store(args: argparse.Namespace) -> Any:
+    if args.store == "memory":
+        return MemoryStore()
+    from session.etcd import EtcdStore
+
+    endpoints = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
+    return EtcdStore(endpoints, prefix=args.etcd_prefix)
+
+
+async def serve(args: argparse.Namespace, app: Application | None = None,
+                name: str = "quantum-server") -> int:
+    """Run a server (with `app`, if given) configured by the CLI flags until SIGINT/SIGTERM."""
+    from session.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    path = args.key_file or default_key_path()
+    try:
+        key, created = ServerKeyFile.load_or_create(path)
+    except KeyFileError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    if created:
+        log.warning("created a new server key file", path=str(path))
+    authenticator: Authenticator
+    if args.allow_anonymous:
+        authenticator = AnonymousAuthenticator()
+        log.warning("ANONYMOUS MODE: any claimed user id is accepted without a ticket; "
+                    "never run this in production")
+    else:
+        authenticator = TicketAuthenticator(key.ticket_secret)
+    try:
+        config = ServerConfig(host=args.host, port=args.port,
+                              keepalive_interval=args.keepalive_interval,
+                              idle_timeout=args.idle_timeout, fec=args.fec,
+                              max_connections=args.max_connections,
+                              max_connections_per_user=args.max_connections_per_user,
+                              max_connections_per_address=args.max_connections_per_address,
+                              handshake_rate=args.handshake_rate,
+                              handshake_burst=args.handshake_burst,
+                              retry_above_rate=args.retry_above_rate,
+                              max_send_buffer=args.max_send_buffer,
+                              stall_timeout=args.stall_timeout)
+        # checked before any store is built (its own store comes next: an etcd client must not
+        # be created for a configuration that is refused anyway)
+        manager_config = ManagerConfig(store=MemoryStore(), default_timeout=args.session_timeout,
+                                       max_sessions_per_user=args.max_sessions_per_user,
+                                       max_sessions=args.max_sessions)
+    except ValueError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    manager_config.store = await _build_store(args)
+    manager = SessionManager(manager_config)
+    server = QuantumServer(manager, key, authenticator, config, app)
+    try:
+        await server.start()
+    except (OSError, StoreUnavailable) as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    print(f"{name} ready on {server.address_text} store={args.store} "
+          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await asyncio.wait_for(server.stop(), timeout=4.5)
+    return 0
+
+
+def run_app(app: Application | None, argv: list[str] | None = None,
+            name: str = "quantum-server") -> int:
+    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows)."""
+    parser = build_parser()
+    parser.prog = name
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(args, app, name))
+    status: int = uvloop.run(serve(args, app, name))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "keygen":
+        return _keygen(argv[1:])
+    if argv and argv[0] == "issue-ticket":
+        return _issue_ticket(argv[1:])
+    return run_app(None, argv)

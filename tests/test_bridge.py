@@ -1,0 +1,493 @@
+"""The event -> session table (`server.SessionBridge`), row by row, without a socket.
+
+Real connections over the simulated network produce the events; the bridge acts on a fake
+session manager that records every call (and can fail on demand) and on a fake port (its
+server's three verbs). What each row promises is read back from the manager's calls and from
+what the client side of the connection saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Coroutine
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from quantum.auth import AnonymousAuthenticator, TicketAuthenticator
+from quantum.config import QuantumConfiguration
+from quantum.connection import Connection, ConnectionState
+from quantum.errors import CloseCode
+from quantum.events import (
+    AuthenticationRequested,
+    ConnectionClosed,
+    HandshakeCompleted,
+    HandshakeRejected,
+    KeepaliveAcknowledged,
+    PathMigrated,
+)
+from quantum.handshake import Credentials
+from quantum.keys import ServerKeyFile
+from quantum.simulation import (
+    CLIENT_ADDR,
+    LinkProfile,
+    SimulatedNetwork,
+    SimulatedServer,
+    Simulation,
+)
+from server import Peer, QuantumServer, ServerCounters, SessionBridge
+from session.errors import (
+    InvalidToken,
+    SessionError,
+    SessionNotFound,
+    StoreUnavailable,
+    TooManyUserSessions,
+)
+from session.manager import ManagerConfig, SessionManager
+from session.memory import MemoryStore
+from session.model import Session, State, Stats
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+KEEPALIVE = 10.0
+
+
+def _session(user_id: str, connection_id: str, ip: str = "10.0.0.2", port: int = 40000,
+             sid: str | None = None) -> Session:
+    return Session(session_id=sid or str(uuid.uuid4()), user_id=user_id,
+                   connection_id=connection_id, client_ip=ip, client_port=port,
+                   state=State.CONNECTING, created_at=NOW, last_active_at=NOW,
+                   expires_at=NOW + timedelta(seconds=1800), server_addr="10.0.0.1:9090",
+                   metadata={}, stats=Stats(), token_hash="")
+
+
+class FakeManager(SessionManager):
+    """Records every call the bridge makes; `fail[name]` makes that call raise."""
+
+    def __init__(self) -> None:
+        super().__init__(ManagerConfig(store=MemoryStore()))
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail: dict[str, SessionError] = {}
+        self.remaining: float | None = 1234.0  # heartbeat_nowait's answer (None: must await)
+        self.sessions: dict[str, Session] = {}
+        self.heartbeat_nowait = self._nowait  # type: ignore[assignment]
+
+    def _check(self, name: str) -> None:
+        if name in self.fail:
+            raise self.fail[name]
+
+    def _nowait(self, session_id: str) -> float | None:
+        self.calls.append(("heartbeat_nowait", session_id))
+        self._check("heartbeat_nowait")
+        return self.remaining
+
+    async def create_session(self, user_id: str, client_ip: str, client_port: int,  # type: ignore[override]
+                             connection_id: str, metadata: Any = None,
+                             server_addr: str | None = None, **kwargs: Any) -> tuple[Session, str]:
+        self.calls.append(("create_session", user_id, client_ip, client_port, connection_id,
+                           dict(metadata or {}), server_addr))
+        self._check("create_session")
+        session = _session(user_id, connection_id, client_ip, client_port)
+        session.metadata = dict(metadata or {})
+        self.sessions[session.session_id] = session
+        return session, "token-" + session.session_id[:8]
+
+    async def heartbeat(self, session_id: str) -> float:
+        self.calls.append(("heartbeat", session_id))
+        self._check("heartbeat")
+        return 1800.0
+
+    async def check_resume(self, session_id: str, token: str, user_id: str | None = None) -> Any:
+        self.calls.append(("check_resume", session_id, token, user_id))
+        self._check("check_resume")
+        return self.sessions[session_id]
+
+    async def resume_session(self, session_id: str, token: str, connection_id: str,  # type: ignore[override]
+                             client_ip: str, client_port: int, server_addr: str | None = None,
+                             user_id: str | None = None, **kwargs: Any) -> Session:
+        self.calls.append(("resume_session", session_id, connection_id, user_id))
+        self._check("resume_session")
+        session = replace(self.sessions[session_id], connection_id=connection_id,
+                          state=State.ACTIVE)
+        self.sessions[session_id] = session
+        return session
+
+    async def update_session(self, session_id: str, state: State | None = None,  # type: ignore[override]
+                             metadata: Any = None, stats: Stats | None = None) -> Session:
+        self.calls.append(("update_session", session_id, state))
+        self._check("update_session")
+        return self.sessions[session_id]
+
+    async def record_stats(self, session_id: str, stats: Stats) -> None:
+        self.calls.append(("record_stats", session_id, stats.packets_received))
+
+    async def update_client_address(self, session_id: str, client_ip: str,  # type: ignore[override]
+                                    client_port: int) -> Session:
+        self.calls.append(("update_client_address", session_id, client_ip, client_port))
+        return self.sessions[session_id]
+
+    async def delete_session(self, session_id: str, reason: str) -> Session:
+        self.calls.append(("delete_session", session_id, reason))
+        return self.sessions.pop(session_id)
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == name]
+
+
+class FakePort:
+    """The bridge's server: runs spawned coroutines as tasks, counts flushes and binds."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+        self.flushed: list[Peer] = []
+        self.bound: list[Peer] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    def flush(self, peer: Peer) -> None:
+        self.flushed.append(peer)
+
+    def bind(self, peer: Peer) -> None:
+        self.bound.append(peer)
+
+
+class Rig(Simulation):
+    """A simulation whose server connections' events go through a real SessionBridge."""
+
+    def __init__(self, authenticator: Any = None) -> None:
+        config = QuantumConfiguration(keepalive_interval=None, idle_timeout=600.0)
+        server = SimulatedServer.create(config)
+        super().__init__(SimulatedNetwork(LinkProfile(delay=0.01), 1), server)
+        self.manager = FakeManager()
+        self.port = FakePort()
+        self.counters = ServerCounters()
+        self.bridge = SessionBridge(self.manager, authenticator or AnonymousAuthenticator(),
+                                    self.port, self.counters, keepalive_interval=KEEPALIVE,
+                                    max_connections_per_user=2, clock=lambda: self.now)
+        self.bridge.server_addr = "10.0.0.1:9090"
+        # Peer's own server is only for Peer.send, which these tests do not use
+        self.host = QuantumServer(self.manager, ServerKeyFile.new(), AnonymousAuthenticator())
+        self.peers: dict[bytes, Peer] = {}
+
+    def peer(self, conn: Connection) -> Peer:
+        if conn.connection_id not in self.peers:
+            self.peers[conn.connection_id] = Peer(self.host, conn)
+        return self.peers[conn.connection_id]
+
+    def _drain_server(self, conn: Connection) -> None:
+        while (event := conn.next_event()) is not None:
+            self.server.events.append((conn, event))
+            self.bridge.handle(self.peer(conn), event)
+        for data, dst in conn.datagrams_to_send(self.now):
+            self.network.send(data, ("10.0.0.1", 9090), dst, self.now)
+        if conn.state is ConnectionState.CLOSED:
+            self.server.endpoint.remove(conn.connection_id, self.now)
+
+    async def settle(self, seconds: float = 1.0) -> None:
+        """Run the network and the bridge's tasks until both are quiet."""
+        for _ in range(20):
+            await asyncio.gather(*self.port.tasks)
+            self.flush()  # what the bridge's tasks queued (the port only records flushes)
+            self.run(until=self.now + seconds / 20)
+        await asyncio.gather(*self.port.tasks)
+        self.flush()
+
+    def client_events(self, addr: tuple[str, int] = CLIENT_ADDR) -> list[object]:
+        return self.client_events_of(addr)
+
+    def client_events_of(self, addr: tuple[str, int]) -> list[object]:
+        return list(super().__getattribute__("client_events")[addr])
+
+
+async def connect(rig: Rig, credentials: Credentials,
+                  addr: tuple[str, int] = CLIENT_ADDR) -> tuple[Connection, Peer]:
+    client = rig.add_client(credentials, addr=addr)
+    await rig.settle()
+    return client, rig.peers[client.connection_id]  # (a refused one is reaped already)
+
+
+def events_of(rig: Rig, addr: tuple[str, int], kind: type) -> list[Any]:
+    return [e for e in rig.client_events_of(addr) if isinstance(e, kind)]
+
+
+# ----------------------------------------------------------------- AuthenticationRequested
+
+
+async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
+    cid = str(uuid.UUID(bytes=client.connection_id))
+    assert rig.manager.named("create_session") == [
+        ("create_session", "alice", CLIENT_ADDR[0], CLIENT_ADDR[1], cid, {"room": "blue"},
+         "10.0.0.1:9090")]
+    session_id = rig.manager.named("create_session") and peer.session_id
+    assert rig.manager.named("heartbeat") == [("heartbeat", session_id)]  # CONNECTING -> ACTIVE
+    assert rig.port.bound == [peer] and peer.user_id == "alice"
+    assert rig.bridge.peer_for(str(session_id)) is peer
+    assert client.state is ConnectionState.ESTABLISHED
+    done = events_of(rig, CLIENT_ADDR, HandshakeCompleted)
+    assert uuid.UUID(bytes=done[0].session_id) == uuid.UUID(str(session_id))
+    assert done[0].remaining == pytest.approx(1800.0)
+
+
+async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
+    rig = Rig(TicketAuthenticator(bytes(32)))
+    client, _ = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
+    assert client.state is ConnectionState.CLOSED
+    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
+        CloseCode.BAD_TICKET]
+    assert rig.manager.named("create_session") == [] and rig.port.bound == []
+    assert rig.counters.auth_failures == 1
+
+
+@pytest.mark.parametrize(("failure", "code", "counted"), [
+    (StoreUnavailable("etcd is down"), CloseCode.STORE_UNAVAILABLE, None),
+    (TooManyUserSessions("8 sessions already"), CloseCode.TOO_MANY_SESSIONS,
+     "too_many_sessions"),
+    (SessionError("something else"), CloseCode.BAD_REQUEST, None),
+])
+async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
+        failure: SessionError, code: CloseCode, counted: str | None) -> None:
+    rig = Rig()
+    rig.manager.fail["create_session"] = failure
+    _client, _ = await connect(rig, Credentials(user_id="alice"))
+    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [code]
+    assert rig.port.bound == []
+    if counted is not None:
+        assert rig.counters.rejected == {counted: 1}
+
+
+async def test_the_users_connection_quota_refuses_the_third_connection() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    for i in range(2):
+        await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40000 + i))
+    _client, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40009))
+    assert [e.code for e in events_of(rig, ("10.0.0.2", 40009), HandshakeRejected)] == [
+        CloseCode.TOO_MANY_CONNECTIONS]
+    assert rig.counters.rejected == {"too_many_connections": 1}
+    assert len(rig.manager.named("create_session")) == 2
+
+
+async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() -> None:
+    rig = Rig()
+    old_client, old_peer = await connect(rig, Credentials(user_id="alice"))
+    sid = str(old_peer.session_id)
+    new_addr = ("10.0.0.3", 41000)
+    resume = (uuid.UUID(sid).bytes, "the-token")
+    new_client, new_peer = await connect(rig, Credentials(user_id="alice", resume=resume),
+                                         addr=new_addr)
+    assert rig.manager.named("check_resume") == [("check_resume", sid, "the-token", "alice")]
+    assert rig.manager.named("resume_session") == [
+        ("resume_session", sid, str(uuid.UUID(bytes=new_client.connection_id)), "alice")]
+    assert len(rig.manager.named("create_session")) == 1  # only the first
+    assert events_of(rig, new_addr, HandshakeCompleted)[0].resumed
+    assert rig.bridge.peer_for(sid) is new_peer
+    assert old_peer.superseded and old_client.state is ConnectionState.CLOSED
+    assert old_client.close_code == CloseCode.SESSION_ENDED
+    # the superseded connection's close touches nothing: the session lives on elsewhere
+    assert rig.manager.named("delete_session") == []
+    assert [c for c in rig.manager.named("update_session") if c[2] is State.DISCONNECTING] == []
+
+
+async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
+    rig = Rig()
+    rig.manager.fail["check_resume"] = InvalidToken("bad token")
+    resume = (uuid.uuid4().bytes, "wrong")
+    client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
+    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
+        CloseCode.BAD_RESUME]
+    assert rig.manager.named("resume_session") == []  # refused before anything is written
+    other = ("10.0.0.5", 40500)
+    client, _peer = await connect(
+        rig, Credentials(user_id="alice", resume=resume, resume_fallback=True), addr=other)
+    assert client.state is ConnectionState.ESTABLISHED
+    assert not events_of(rig, other, HandshakeCompleted)[0].resumed
+    assert len(rig.manager.named("create_session")) == 1
+
+
+async def test_a_client_that_gave_up_during_authentication_leaves_no_session() -> None:
+    rig = Rig()
+    gate = asyncio.Event()
+    original = rig.manager.heartbeat
+
+    async def slow_heartbeat(session_id: str) -> float:
+        await gate.wait()
+        return await original(session_id)
+
+    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    client = rig.add_client(Credentials(user_id="alice"))
+    rig.run(until=rig.now + 0.2)
+    server_conn = next(iter(rig.server.connections.values()))
+    server_conn._terminate(CloseCode.HANDSHAKE_TIMEOUT, "gave up", by_peer=False)
+    rig._drain_server(server_conn)
+    gate.set()
+    await rig.settle()
+    created = rig.manager.named("create_session")
+    assert len(created) == 1
+    assert rig.manager.named("delete_session")[0][2] == "handshake abandoned"
+    assert rig.port.bound == [] and client.state is not ConnectionState.ESTABLISHED
+
+
+# ----------------------------------------------------------------- keepalives
+
+
+async def test_a_keepalive_is_answered_with_the_sessions_remaining_time() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    client.send_keepalive()
+    await rig.settle()
+    answered = events_of(rig, CLIENT_ADDR, KeepaliveAcknowledged)
+    assert [e.remaining for e in answered] == [pytest.approx(1234.0)]
+    assert rig.manager.named("heartbeat_nowait") == [("heartbeat_nowait", peer.session_id)]
+    assert rig.counters.heartbeats == 1 and peer.last_keepalive == pytest.approx(
+        peer.conn.last_received_at)
+
+
+async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awaiting() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    rig.manager.remaining = None  # e.g. an etcd lease refresh is due
+    client.send_keepalive()
+    await rig.settle()
+    assert [e.remaining for e in events_of(rig, CLIENT_ADDR, KeepaliveAcknowledged)] == [
+        pytest.approx(1800.0)]
+    assert rig.manager.named("heartbeat")[-1] == ("heartbeat", peer.session_id)
+    assert peer in rig.port.flushed  # the late answer is flushed by the task
+
+
+async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    rig.manager.fail["heartbeat_nowait"] = SessionNotFound("deleted elsewhere")
+    client.send_keepalive()
+    await rig.settle()
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == CloseCode.SESSION_ENDED
+    assert "session ended" in client.close_reason
+    assert peer.session_id is None
+
+
+# ----------------------------------------------------------------- messages, migration, sweep
+
+
+async def test_a_message_wakes_an_idle_session_and_the_sweep_puts_it_to_sleep() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.bridge.sweep([peer], rig.now + 3 * KEEPALIVE - 1)  # not yet
+    await rig.settle(0.1)
+    assert not peer.idle
+    rig.bridge.sweep([peer], peer.last_keepalive + 3 * KEEPALIVE + 1)
+    await rig.settle(0.1)
+    assert peer.idle
+    assert ("update_session", sid, State.IDLE) in rig.manager.calls
+    # the sweep also recorded the connection's statistics, once
+    assert [c[1] for c in rig.manager.named("record_stats")] == [sid]
+    client.send(b"back")
+    await rig.settle()
+    assert not peer.idle and ("update_session", sid, State.ACTIVE) in rig.manager.calls
+    assert rig.counters.messages_received == 1
+
+
+async def test_the_sweep_records_statistics_only_when_something_arrived() -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    rig.bridge.sweep([peer], rig.now)
+    rig.bridge.sweep([peer], rig.now)
+    await rig.settle(0.1)
+    assert len(rig.manager.named("record_stats")) == 1
+
+
+async def test_a_validated_migration_moves_the_sessions_client_address() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    new_addr = ("10.0.0.9", 45000)
+    rig.clients[new_addr] = rig.clients.pop(CLIENT_ADDR)
+    rig.client_events[new_addr] = rig.client_events.pop(CLIENT_ADDR)
+    client.send(b"from the new address")
+    rig.flush()
+    await rig.settle()
+    assert any(isinstance(e, PathMigrated) for _, e in rig.server.events)
+    assert rig.manager.named("update_client_address") == [
+        ("update_client_address", peer.session_id, "10.0.0.9", 45000)]
+
+
+# ----------------------------------------------------------------- the end of a connection
+
+
+async def test_a_client_logout_deletes_its_session() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    client.close("bye")
+    rig.flush()
+    await rig.settle()
+    assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
+    assert rig.bridge.peer_for(str(sid)) is None
+    assert len(rig.manager.named("record_stats")) == 1  # the final statistics, once
+
+
+@pytest.mark.parametrize(("code", "kept"), [
+    (CloseCode.IDLE_TIMEOUT, True), (CloseCode.SERVER_SHUTDOWN, True),
+    (CloseCode.STALLED, True), (CloseCode.SESSION_ENDED, False)])
+async def test_any_other_close_keeps_the_session_resumable(code: CloseCode, kept: bool) -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.bridge.handle(peer, ConnectionClosed(code, "whatever", by_peer=False))
+    await rig.settle(0.1)
+    assert rig.manager.named("delete_session") == []
+    assert (("update_session", sid, State.DISCONNECTING) in rig.manager.calls) is kept
+    assert rig.bridge.peer_for(str(sid)) is None
+
+
+async def test_a_session_ended_in_the_manager_closes_its_connection_with_the_reason() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    session = rig.manager.sessions[str(peer.session_id)]
+    rig.bridge.on_session_ended(session, "expired")
+    assert peer in rig.port.flushed
+    rig.flush()
+    await rig.settle()
+    assert client.state is ConnectionState.CLOSED
+    assert client.close_code == CloseCode.SESSION_ENDED and client.close_reason == "session expired"
+    assert peer.session_id is None
+
+
+async def test_a_peer_still_authenticating_gets_no_session_calls_when_it_closes() -> None:
+    rig = Rig()
+    rig.manager.heartbeat = _never  # type: ignore[method-assign]  # authentication hangs
+    rig.add_client(Credentials(user_id="alice"))
+    rig.run(until=rig.now + 0.2)
+    await asyncio.sleep(0)
+    conn = next(iter(rig.server.connections.values()))
+    peer = rig.peer(conn)
+    assert peer.session_id is None
+    rig.bridge.handle(peer, ConnectionClosed(CloseCode.IDLE_TIMEOUT, "idle", False))
+    assert [c[0] for c in rig.manager.calls] == ["create_session"]
+    for task in rig.port.tasks:
+        task.cancel()
+
+
+async def _never(session_id: str) -> float:
+    await asyncio.Event().wait()
+    return 0.0
+
+
+def test_the_table_covers_every_event_type() -> None:
+    """Every event a server connection can raise has a row (or is the application's)."""
+    import quantum.events as events
+
+    server_side = {events.AuthenticationRequested, events.KeepaliveReceived,
+                   events.MessageReceived, events.PathMigrated, events.ConnectionClosed}
+    app_side = {events.SendBufferDrained}
+    client_side = {events.HandshakeCompleted, events.HandshakeRejected,
+                   events.KeepaliveAcknowledged}
+    declared = {obj for obj in vars(events).values()
+                if isinstance(obj, type) and issubclass(obj, events.Event)
+                and obj is not events.Event}
+    assert declared == server_side | app_side | client_side
+    assert AuthenticationRequested in server_side

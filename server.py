@@ -50,6 +50,7 @@ from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum.listener import Listener
 from quantum.packet import HEADER_SIZE, MAGIC
+from quantum_server.transport import ConnectionTotals
 from session.errors import SessionError, SessionExpired, SessionNotFound, StoreUnavailable
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
@@ -217,6 +218,8 @@ class ServerCounters:
     retransmissions: int = 0
     auth_failures: int = 0
     drops: dict[str, int] = field(default_factory=dict)
+    #: the counters of connections that have closed (the metrics' totals include them)
+    closed: ConnectionTotals = field(default_factory=ConnectionTotals)
 
 
 # ------------------------------------------------------------------------- the event mapping
@@ -649,6 +652,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             if self.peers.pop(conn.connection_id, None) is not None:
                 self.counters.connections_closed += 1
                 self.counters.retransmissions += conn.stats.retransmissions
+                self.counters.closed.add(conn.stats)
                 self.listener.forget(conn.connection_id, self.loop.time())
                 while (event := conn.next_event()) is not None:
                     self.bridge.handle(peer, event)
@@ -815,7 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantum-server",
         description="Quantum-protocol UDP server with a built-in session service. "
-                    "Subcommands: 'keygen' and 'issue-ticket' (see 'quantum-server keygen -h').")
+                    "Subcommands: 'keygen', 'issue-ticket', 'api-token' and 'sessions' (see "
+                    "'quantum-server sessions -h').")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
     p.add_argument("--store", choices=("memory", "etcd"), default="memory",
@@ -839,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connection cap; handshakes beyond it are refused (default 10000)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    from quantum_server.services import add_arguments
+
+    add_arguments(p)  # --grpc, --metrics and their TLS flags
     return p
 
 
@@ -912,6 +920,13 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
         return 2
     if created:
         log.warning("created a new server key file", path=str(path))
+    from quantum_server.services import NetworkServices, ServiceConfigError
+
+    try:
+        services = NetworkServices(args, path)  # checks the API flags, reads TLS files, token
+    except ServiceConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     authenticator: Authenticator
     if args.allow_anonymous:
         authenticator = AnonymousAuthenticator()
@@ -931,15 +946,22 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     except (OSError, StoreUnavailable) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
+    try:
+        await services.start(server)
+    except OSError as exc:
+        await asyncio.wait_for(server.stop(), timeout=4.5)
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 1
     print(f"{name} ready on {server.address_text} store={args.store} "
-          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
-          flush=True)
+          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text} "
+          f"{services.describe()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await services.stop()
     await asyncio.wait_for(server.stop(), timeout=4.5)
     return 0
 
@@ -964,6 +986,10 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(argv[1:])
     if argv and argv[0] == "issue-ticket":
         return _issue_ticket(argv[1:])
+    if argv and argv[0] in ("sessions", "api-token"):
+        from quantum_server import admin
+
+        return admin.main(argv)
     return run_app(None, argv)
 
 

@@ -371,13 +371,13 @@ class SessionBridge:
         sid = str(uuid.UUID(bytes=sid_bytes))
         ip, port = peer.conn.peer_addr
         try:
+            # the user is checked with the token, before the session moves: a refused resume
+            # must leave it where it was
             session = await self.manager.resume_session(sid, token, cid, ip, port,
-                                                        server_addr=self.server.address_text)
+                                                        server_addr=self.server.address_text,
+                                                        user_id=req.user_id)
         except (SessionError, ValueError) as exc:
             log.info("resume refused", session_id=sid, reason=str(exc))
-            return None
-        if session.user_id != req.user_id:
-            log.warning("resume refused: user mismatch", session_id=sid)
             return None
         old = self.server.by_session.get(sid)
         if old is not None and old is not peer:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from server import QuantumServer
     from session.api.endpoint import ApiServer
     from session.api.health import StoreHealth
+    from session.api.service import ApiConfig
 
 __all__ = ["DEFAULT_GRPC", "DEFAULT_METRICS", "NetworkServices", "ServiceConfigError",
            "add_arguments", "host_port"]
@@ -95,9 +96,11 @@ def _read_tls(cert: Path, key: Path) -> tuple[bytes, bytes]:
 
 
 class NetworkServices:
-    """The API and metrics of one server, as its flags ask for."""
+    """The API and metrics of one server, as its flags ask for. `api_config`: the API's
+    limits (`session.api.service.ApiConfig`; its defaults when None)."""
 
-    def __init__(self, args: argparse.Namespace, key_file: Path) -> None:
+    def __init__(self, args: argparse.Namespace, key_file: Path,
+                 api_config: ApiConfig | None = None) -> None:
         from session.api.endpoint import is_loopback
 
         self.grpc: tuple[str, int] | None = None if args.no_grpc else args.grpc
@@ -105,6 +108,7 @@ class NetworkServices:
         self.tls: tuple[bytes, bytes] | None = None
         self.token = ""
         self.insecure = bool(args.grpc_insecure)
+        self.api_config = api_config
         self.api: ApiServer | None = None
         self.metrics: MetricsServer | None = None
         self.health: StoreHealth | None = None
@@ -151,7 +155,8 @@ class NetworkServices:
         try:
             if self.grpc is not None:
                 self.api = ApiServer(manager, self.token, *self.grpc, tls=self.tls,
-                                     allow_insecure=self.insecure, health=health)
+                                     allow_insecure=self.insecure, health=health,
+                                     config=self.api_config)
                 await self.api.start()
             if self.metrics_address is not None:
                 interval = (0.0 if isinstance(manager.store, MemoryStore)

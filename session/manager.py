@@ -447,8 +447,13 @@ class SessionManager:
         client_ip: str,
         client_port: int,
         server_addr: str | None = None,
+        *,
+        user_id: str | None = None,
     ) -> Session:
         """Move a session to a new connection, given its resume token.
+
+        `user_id`: when given, the session must be this user's; another user's session is
+        refused like a wrong token, before anything changes.
 
         Raises `SessionNotFound`, `InvalidToken` (checked before expiry, so only a token holder
         learns that the session expired), `SessionExpired`, `SessionExists` if the new
@@ -461,6 +466,10 @@ class SessionManager:
         session = await self.store.get(session_id)
         if not tokens.verify(token, session.token_hash):
             self._log.warning("session resume refused: bad token", session_id=session_id)
+            raise InvalidToken(f"invalid token for session: {session_id}")
+        if user_id is not None and user_id != session.user_id:
+            self._log.warning("session resume refused: another user's session",
+                              session_id=session_id)
             raise InvalidToken(f"invalid token for session: {session_id}")
         now = self._clock()
         if session.is_expired(now):

@@ -29,8 +29,9 @@ class GenerateError(RuntimeError):
     """protoc failed or is not installed."""
 
 
-def generate(out_dir: Path) -> list[Path]:
-    """Compile PROTO into `out_dir` (mirroring the package path); returns the files written."""
+def generate(out_dir: Path, root: Path = ROOT) -> list[Path]:
+    """Compile `root`/PROTO into `out_dir` (mirroring the package path); returns the files
+    written."""
     try:
         from grpc_tools import protoc
     except ImportError:
@@ -40,24 +41,24 @@ def generate(out_dir: Path) -> list[Path]:
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     status = protoc.main([
         "grpc_tools.protoc",
-        f"-I{ROOT}",
+        f"-I{root}",
         f"-I{well_known}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        str(ROOT / PROTO),
+        str(root / PROTO),
     ])
     if status != 0:
         raise GenerateError(f"protoc failed on {PROTO} (exit status {status})")
     return [out_dir / path for path in OUTPUTS]
 
 
-def stale_outputs() -> list[Path]:
-    """The committed generated modules that differ from what PROTO compiles to now."""
+def stale_outputs(root: Path = ROOT) -> list[Path]:
+    """The generated modules under `root` that differ from what its PROTO compiles to now."""
     with tempfile.TemporaryDirectory(prefix="session-proto-") as tmp:
-        fresh = generate(Path(tmp))
+        fresh = generate(Path(tmp), root)
         return [path for path, new in zip(OUTPUTS, fresh, strict=True)
-                if not (ROOT / path).exists() or (ROOT / path).read_bytes() != new.read_bytes()]
+                if not (root / path).exists() or (root / path).read_bytes() != new.read_bytes()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,13 +272,18 @@ def _stats(client: _Client, args: argparse.Namespace) -> None:
 
 def _watch(client: _Client, args: argparse.Namespace) -> None:
     grpc.channel_ready_future(client.channel).result(timeout=args.timeout)
-    events: Iterable[Any] = client.stub.WatchSessions(
-        pb.WatchSessionsRequest(user_id=args.user), metadata=client.auth)
+    call = client.stub.WatchSessions(pb.WatchSessionsRequest(user_id=args.user),
+                                     metadata=client.auth)
+    call.initial_metadata()  # the server sends its headers once the watch is registered
+    if call.is_active():
+        print(f"watching session changes at {args.api[0]}:{args.api[1]} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+    events: Iterable[Any] = call
     try:
         for event in events:
             print(json.dumps(_dict(event)) if args.json else _event_line(event), flush=True)
     except KeyboardInterrupt:
-        events.cancel()  # type: ignore[attr-defined]  # the call object is also the iterator
+        call.cancel()
 
 
 _COMMANDS: dict[str, Callable[[_Client, argparse.Namespace], None]] = {

@@ -97,10 +97,13 @@ def _read_tls(cert: Path, key: Path) -> tuple[bytes, bytes]:
 
 class NetworkServices:
     """The API and metrics of one server, as its flags ask for. `api_config`: the API's
-    limits (`session.api.service.ApiConfig`; its defaults when None)."""
+    limits (`session.api.service.ApiConfig`; its defaults when None). `session_count_interval`:
+    seconds the per-state session gauges may be old (default: 0 on the memory store,
+    SHARED_STORE_COUNT_INTERVAL on a shared one)."""
 
     def __init__(self, args: argparse.Namespace, key_file: Path,
-                 api_config: ApiConfig | None = None) -> None:
+                 api_config: ApiConfig | None = None,
+                 session_count_interval: float | None = None) -> None:
         from session.api.endpoint import is_loopback
 
         self.grpc: tuple[str, int] | None = None if args.no_grpc else args.grpc
@@ -109,6 +112,7 @@ class NetworkServices:
         self.token = ""
         self.insecure = bool(args.grpc_insecure)
         self.api_config = api_config
+        self.session_count_interval = session_count_interval
         self.api: ApiServer | None = None
         self.metrics: MetricsServer | None = None
         self.health: StoreHealth | None = None
@@ -159,8 +163,10 @@ class NetworkServices:
                                      config=self.api_config)
                 await self.api.start()
             if self.metrics_address is not None:
-                interval = (0.0 if isinstance(manager.store, MemoryStore)
-                            else SHARED_STORE_COUNT_INTERVAL)
+                interval = self.session_count_interval
+                if interval is None:
+                    interval = (0.0 if isinstance(manager.store, MemoryStore)
+                                else SHARED_STORE_COUNT_INTERVAL)
                 self.session_metrics = SessionMetrics(manager, refresh_interval=interval)
                 collectors: list[object] = [
                     self.session_metrics, TransportCollector(lambda: transport_totals(server)),

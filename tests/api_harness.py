@@ -121,7 +121,9 @@ async def running_stack(
     server = QuantumServer(manager, key, AnonymousAuthenticator(), config)
     args = build_parser().parse_args(
         ["--grpc", f"{HOST}:0", "--metrics", f"{HOST}:0", *extra_flags])
-    services = NetworkServices(args, tmp_path / "server.key", api_config=api_config)
+    # fresh session gauges at every scrape, on etcd too (the tests compare them)
+    services = NetworkServices(args, tmp_path / "server.key", api_config=api_config,
+                               session_count_interval=0.0)
     await server.start()
     await services.start(server)
     assert services.api is not None

@@ -9,7 +9,7 @@ packet handler increments anything for the metrics' sake:
   (refreshed before a scrape, at most every `refresh_interval` seconds), counters and the
   duration histogram from the manager's change events (`SessionMetrics` is a watcher: once per
   session created or ended, never per packet);
-- gRPC (`quantum_grpc_requests_total`): the API interceptor's per-method, per-code counts.
+- gRPC (`quantum_grpc_requests_total`): the API guard's per-method, per-code counts.
 
 README.md lists every metric.
 """

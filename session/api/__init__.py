@@ -7,7 +7,7 @@ modules are missing or out of date):
 
 - `endpoint.ApiServer`: the grpc.aio server (the service, grpc.health.v1, reflection; TLS rule)
 - `service.SessionService`: the servicer and its limits (`ApiConfig`)
-- `auth`: bearer-token interceptor and request counts
+- `auth`: the bearer-token guard and request counts
 - `health.StoreHealth`: store reachability, for gRPC health and HTTP /readyz
 - `convert`: model <-> protobuf
 

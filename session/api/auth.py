@@ -1,4 +1,4 @@
-"""The API's front door: bearer-token authentication and request accounting, as one interceptor.
+"""The API's front door: bearer-token authentication and request accounting.
 
 Every call of session.SessionService must carry ``authorization: Bearer <token>`` metadata; the
 token is compared with `hmac.compare_digest` (time independent of where a guess differs) and
@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import grpc.aio
 import structlog
 
-__all__ = ["SERVICE_PREFIX", "ApiInterceptor", "RequestCounts", "bearer_metadata"]
+__all__ = ["ApiGuard", "RequestCounts", "bearer_metadata"]
 
-SERVICE_PREFIX = "/session.SessionService/"
 _BEARER = "bearer "
 log = structlog.get_logger("session.api")
 
@@ -47,38 +47,29 @@ class RequestCounts:
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
-    """Authenticates and counts the calls of session.SessionService; other services pass."""
+class ApiGuard:
+    """Authenticates and counts the calls of session.SessionService.
+
+    `guard(servicer)` returns an object with the servicer's RPC methods wrapped, for
+    `add_SessionServiceServicer_to_server`. Wrapping at registration rather than in a gRPC
+    interceptor keeps the per-call cost to one coroutine and the token check: grpc.aio runs
+    interceptors as a chain of coroutines for every call, which measurably cut the API's
+    throughput (benchmarks/grpc_bench.py). Health and reflection are registered unguarded.
+    """
 
     def __init__(self, token: str, counts: RequestCounts | None = None) -> None:
         if not token:
             raise ValueError("the API token must not be empty")
         self._expected = token.encode("utf-8")
         self.counts = counts if counts is not None else RequestCounts()
-        # method path -> wrapped handler: the service's methods are fixed, so wrapping each
-        # once keeps the per-call cost to the token check
-        self._wrapped: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return "ApiInterceptor(token=<hidden>)"
+        return "ApiGuard(token=<hidden>)"
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        method: str = details.method
-        if not method.startswith(SERVICE_PREFIX):
-            return await continuation(details)
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(details)
-        if handler is None:
-            return None  # no such method: grpc answers UNIMPLEMENTED (and nothing is counted)
-        wrapped = self._wrap(method.removeprefix(SERVICE_PREFIX), handler)
-        self._wrapped[method] = wrapped
-        return wrapped
+    def guard(self, servicer: Any, methods: Iterable[str]) -> Any:
+        """A stand-in for `servicer` whose `methods` need the token and are counted."""
+        return SimpleNamespace(**{name: self._wrap(name, getattr(servicer, name))
+                                  for name in methods})
 
     def _refusal(self, context: grpc.aio.ServicerContext) -> str | None:
         """Why the call may not proceed, or None when its token is right."""
@@ -97,20 +88,13 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
             return "invalid API token"
         return None
 
-    def _wrap(self, name: str, handler: Any) -> Any:
-        if handler.unary_unary is not None:
-            inner: Behaviour = handler.unary_unary
-            make = grpc.unary_unary_rpc_method_handler
-        elif handler.unary_stream is not None:
-            inner = handler.unary_stream
-            make = grpc.unary_stream_rpc_method_handler
-        else:  # the service has no client-streaming RPCs
-            raise TypeError(f"unsupported RPC shape for {name}")
+    def _wrap(self, name: str, inner: Behaviour) -> Behaviour:
+        counts, refusal_of = self.counts, self._refusal
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code = "OK"
             try:
-                refusal = self._refusal(context)
+                refusal = refusal_of(context)
                 if refusal is not None:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
                 return await inner(request, context)
@@ -126,7 +110,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
                 log.exception("API call failed", method=name)
                 raise
             finally:
-                self.counts.add(name, code)
+                counts.add(name, code)
 
-        return make(guarded, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        guarded.__name__ = name
+        return guarded

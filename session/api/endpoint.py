@@ -25,7 +25,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from session.api import session_pb2, session_pb2_grpc
-from session.api.auth import ApiInterceptor, RequestCounts
+from session.api.auth import ApiGuard, RequestCounts
 from session.api.health import StoreHealth
 from session.api.service import ApiConfig, SessionService
 from session.manager import SessionManager
@@ -80,7 +80,7 @@ class ApiServer:
         self.tls = tls
         self.health = health or StoreHealth(manager.store)
         self._owns_health = health is None
-        self.interceptor = ApiInterceptor(token, counts)
+        self.guard = ApiGuard(token, counts)
         self.service = SessionService(manager, config, on_store_failure=self.health.report_failure)
         self._health_service = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -91,7 +91,7 @@ class ApiServer:
 
     @property
     def counts(self) -> RequestCounts:
-        return self.interceptor.counts
+        return self.guard.counts
 
     @property
     def address(self) -> str:
@@ -100,11 +100,14 @@ class ApiServer:
 
     async def start(self) -> None:
         """Listen and serve. Raises `OSError` when the address cannot be bound."""
-        server = grpc.aio.server(interceptors=[self.interceptor], options=[
+        server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),
         ])
-        session_pb2_grpc.add_SessionServiceServicer_to_server(self.service, server)
+        methods = [m.name for m in session_pb2.DESCRIPTOR.services_by_name[
+            "SessionService"].methods]
+        session_pb2_grpc.add_SessionServiceServicer_to_server(
+            self.guard.guard(self.service, methods), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_service, server)
         reflection.enable_server_reflection(
             (SESSION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

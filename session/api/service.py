@@ -14,7 +14,7 @@ changes anything, then makes one manager call; errors become status codes (docs/
 | `SessionConflict` (etcd: another node changed it meanwhile) | ABORTED (retry) |
 | a watcher too slow, too many watchers | RESOURCE_EXHAUSTED |
 
-Authentication is the interceptor's (`session.api.auth`): a call reaches this class only with
+Authentication is the guard's (`session.api.auth`): a call reaches this class only with
 the right bearer token.
 """
 
@@ -167,7 +167,7 @@ class SessionService:
         except Exception as exc:
             code = _status_of(exc)
             if code is None:
-                raise  # a bug: grpc answers UNKNOWN, and the interceptor logs it
+                raise  # a bug: grpc answers UNKNOWN, and the guard logs it
             if code is grpc.StatusCode.UNAVAILABLE and self._on_store_failure is not None:
                 self._on_store_failure()
             await _abort(context, code, str(exc))

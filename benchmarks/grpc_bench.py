@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import sys
@@ -32,13 +31,23 @@ import tempfile
 import time
 import uuid
 from array import array
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
 
-from benchmarks.echo_server import CpuWindow
-from benchmarks.heartbeat import LOADGEN_CPU, SERVER_CPU, BenchError, Child, _spawn
+from benchmarks.echo_server import CpuWindow, window_reply
+from benchmarks.heartbeat import (
+    LOADGEN_CPU,
+    SERVER_CPU,
+    BenchError,
+    Child,
+    _positive_float,
+    _positive_int,
+    _spawn,
+    print_report,
+)
 from benchmarks.loadgen import pin_to_cpu, serve_commands
 
 METHODS = ("Heartbeat", "GetSession")
@@ -76,24 +85,17 @@ async def _api_main(pipe: Pipe, sessions: int) -> None:
     pipe.send({"address": services.api.address, "token": services.token, "session_ids": ids})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        return await _window_command(command, window, stop=lambda: services.stop())
+        return await _answer(command, window, services.stop)
 
     await serve_commands(pipe, handle)
     await server.stop()
 
 
-async def _window_command(command: dict[str, Any], window: CpuWindow,
-                          stop: Any) -> dict[str, Any]:
-    kind = command["cmd"]
-    if kind == "start":
-        window.start()
-        return {"ok": True}
-    if kind == "stop":
-        return {"ok": True, **window.stop()}
-    if kind == "quit":
+async def _answer(command: dict[str, Any], window: CpuWindow,
+                  stop: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    if command["cmd"] == "quit":
         await stop()
-        return {"ok": True}
-    return {"ok": False, "error": f"unknown command {kind!r}"}
+    return window_reply(command, window)
 
 
 class _Baseline:
@@ -145,7 +147,7 @@ async def _baseline_main(pipe: Pipe) -> None:
     pipe.send({"address": f"127.0.0.1:{port}"})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        return await _window_command(command, window, stop=lambda: server.stop(0))
+        return await _answer(command, window, lambda: server.stop(0))
 
     await serve_commands(pipe, handle)
 
@@ -344,20 +346,6 @@ def run(callers: int, channels: int, duration: float, rounds: int,
     }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc_bench",
                                      description=(__doc__ or "").split("\n\n")[0])
@@ -378,11 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"grpc benchmark failed: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for name, value in result.items():
-            print(f"{name:>24}: {value}")
+    print_report(result, args.json, width=24)
     return 0
 
 

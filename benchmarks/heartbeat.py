@@ -597,12 +597,17 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    print_report(result, args.json)
+    return 0
+
+
+def print_report(result: dict[str, Any], as_json: bool, width: int = 40) -> None:
+    """One JSON object, or one `name: value` line per figure for people."""
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         for name, value in result.items():
-            print(f"{name:>40}: {value}")
-    return 0
+            print(f"{name:>{width}}: {value}")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ async def test_sessions_commands_against_a_running_server(tmp_path: Path, store:
 def test_the_cli_reports_usage_and_unreachable_apis(tmp_path: Path) -> None:
     for args, message in [
             (["sessions"], "the following arguments are required: COMMAND"),
-            (["sessions", "list", "--page", "0"], "must be at least 1, got 0"),
+            (["sessions", "list", "--page", "0"], "must be positive, got 0"),
+            (["sessions", "stats", "--timeout", "nan"], "must be finite, got nan"),
             (["sessions", "list", "--state", "sleepy"], "invalid choice: 'sleepy'"),
             (["sessions", "stats", "--api", "nowhere"], "expected HOST:PORT, got 'nowhere'"),
             (["sessions", "stats"], "no API token file")]:

@@ -73,6 +73,7 @@ def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     assert len(result["metrics_on_vs_off_per_round"]) == 2
     assert result["metrics_scrapes"] > 0 and result["metrics_scrape_failures"] == 0
     assert result["metrics_on_vs_off"] > 0 and result["ratio_metrics_on"] > 0
+    assert min(result["metrics_on_vs_off_per_round"]) <= result["metrics_on_vs_off_median"]
     assert result["ratio_metrics_off"] == result["ratio"]
 
 

@@ -20,8 +20,11 @@ __all__ = [
     "event_to_pb",
     "require_uuid",
     "session_to_pb",
+    "set_timestamp",
     "state_from_pb",
+    "state_to_pb",
     "stats_from_pb",
+    "timestamp",
 ]
 
 _TO_PB: dict[State, pb.SessionState] = {

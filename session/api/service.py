@@ -50,7 +50,7 @@ from session.errors import (
     StoreUnavailable,
 )
 from session.manager import SessionManager
-from session.model import MAX_USER_ID_LENGTH, SessionFilter
+from session.model import MAX_USER_ID_LENGTH, SessionFilter, State, Stats
 from session.watch import SessionEvent
 
 __all__ = ["ApiConfig", "SessionService"]
@@ -205,7 +205,7 @@ class SessionService:
 
     async def UpdateSession(self, request: pb.UpdateSessionRequest,
                             context: grpc.aio.ServicerContext) -> pb.UpdateSessionResponse:
-        def check() -> tuple[str, Any, Any]:
+        def check() -> tuple[str, State | None, Stats | None]:
             sid = require_uuid(request.session_id, "session_id")
             state = state_from_pb(request.state, "state")
             stats = stats_from_pb(request.stats) if request.HasField("stats") else None

@@ -152,5 +152,8 @@ class ApiServer:
             return
         await self._health_service.enter_graceful_shutdown()
         await server.stop(grace)
+        if not await self.service.wait_watchers_closed():
+            log.warning("watch streams still open after the API stopped",
+                        watchers=self.service.watchers)
         if self._owns_health:
             await self.health.stop()

@@ -150,6 +150,8 @@ class SessionService:
         self.config = config or ApiConfig()
         self._on_store_failure = on_store_failure
         self._watches: set[_Watch] = set()
+        self._no_watches = asyncio.Event()
+        self._no_watches.set()
 
     @property
     def default_timeout(self) -> float:
@@ -159,6 +161,16 @@ class SessionService:
     def watchers(self) -> int:
         """WatchSessions streams open now."""
         return len(self._watches)
+
+    async def wait_watchers_closed(self, timeout: float = 2.0) -> bool:
+        """Once the server stopped: wait until every watch stream has let go of the manager
+        (a cancelled stream unregisters as its task unwinds). False if some did not in time."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._no_watches.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _run(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         """Await one manager call, turning its errors into the RPC's status."""
@@ -281,6 +293,7 @@ class SessionService:
                          f"{self.config.max_watchers} watchers are open already")
         watch = _Watch(request.user_id, self.config.watch_buffer)
         self._watches.add(watch)
+        self._no_watches.clear()
         self.manager.add_watcher(watch)
         try:
             # the response headers say the watch is registered: a client that waits for them
@@ -290,6 +303,8 @@ class SessionService:
         finally:
             self.manager.remove_watcher(watch)
             self._watches.discard(watch)
+            if not self._watches:
+                self._no_watches.set()
 
     async def _stream(self, watch: _Watch, context: grpc.aio.ServicerContext) -> None:
         default = self.default_timeout

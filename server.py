@@ -49,6 +49,7 @@ from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
 from quantum_server.config import ServerConfig
 from quantum_server.system import enlarge_socket_buffers, return_free_memory
+from quantum_server.transport import ConnectionTotals
 from session.errors import (
     SessionError,
     SessionExpired,
@@ -173,6 +174,8 @@ class ServerCounters:
     drops: dict[str, int] = field(default_factory=dict)
     #: handshakes refused after authentication by a limit (code name -> count)
     rejected: dict[str, int] = field(default_factory=dict)
+    #: the counters of connections that have closed (the metrics' totals include them)
+    closed: ConnectionTotals = field(default_factory=ConnectionTotals)
 
 
 # ------------------------------------------------------------------------- the event mapping
@@ -651,6 +654,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             if self.endpoint.remove(conn.connection_id, now) is not None:
                 self.counters.connections_closed += 1
                 self.counters.retransmissions += conn.stats.retransmissions
+                self.counters.closed.add(conn.stats)
             return
         at = conn.get_timer()
         current = peer.timer_at

@@ -36,6 +36,9 @@ COMPILED_MODULES = [
     "session/memory.py",
     "session/heartbeat.py",
     "server.py",
+    # read at every metrics scrape, adding up every live connection's counters (O(n)), and
+    # added to once per closed connection
+    "quantum_server/transport.py",
     # not the product: the heartbeat benchmark's load generator drives its clients through the
     # compiled core, and its own per-datagram glue must not cost more than the server it loads
     "benchmarks/loadgen.py",

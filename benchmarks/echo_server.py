@@ -59,6 +59,20 @@ class CpuWindow:
                 "utilisation": cpu / wall if wall > 0 else 0.0}
 
 
+def window_reply(command: dict[str, Any], window: CpuWindow) -> dict[str, Any]:
+    """The answer of a measured server to the orchestrator's start, stop and quit (anything
+    else is refused); a server with something to release on quit does it before asking."""
+    kind = command["cmd"]
+    if kind == "start":
+        window.start()
+        return {"ok": True}
+    if kind == "stop":
+        return {"ok": True, **window.stop()}
+    if kind == "quit":
+        return {"ok": True}
+    return {"ok": False, "error": f"unknown command {kind!r}"}
+
+
 def enlarge_buffers(transport: asyncio.BaseTransport) -> None:
     """Give the socket room for a closed loop's burst of thousands of datagrams."""
     sock = transport.get_extra_info("socket")
@@ -93,19 +107,8 @@ async def _echo_main(pipe: Pipe) -> None:
     window = CpuWindow(lambda: protocol.echoed)
     pipe.send({"port": transport.get_extra_info("sockname")[1]})
 
-    def handle(command: dict[str, Any]) -> dict[str, Any]:
-        kind = command["cmd"]
-        if kind == "start":
-            window.start()
-            return {"ok": True}
-        if kind == "stop":
-            return {"ok": True, **window.stop()}
-        if kind == "quit":
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {kind!r}"}
-
     try:
-        await serve_commands(pipe, handle)
+        await serve_commands(pipe, lambda command: window_reply(command, window))
     finally:
         transport.close()
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.heartbeat --json [--clients 1000] [--duration 10] [--rounds 5]
                                    [--store memory|etcd] [--idle-connections 50000]
+                                   [--metrics-scrape-interval 1.0]
 
 Every server runs in its own process pinned to one core, the load generator
 (`benchmarks.loadgen`) in another pinned to the other core. The load is a closed loop: each
@@ -16,6 +17,13 @@ is cut into `--rounds` windows that alternate between echo and Quantum: a machin
 drifts during the run (shared hosts do) then slows both sides alike instead of whichever
 happened to run second. The figures are totals over all windows; `ratio_per_round` shows the
 spread.
+
+Metrics: a third server, identical but for its Prometheus endpoint (`quantum_server.services`,
+as `quantum-server` runs it), takes part in the same rounds while the orchestrator scrapes its
+/metrics every `--metrics-scrape-interval` seconds, as a Prometheus would (and faster than the
+usual 15 s), its window before or after the metrics-less server's in turn. `metrics_on_vs_off`
+is its heartbeats per CPU-second over the metrics-less server's: what serving metrics costs the
+per-packet path (the target is within 2 %); `metrics_on_vs_off_median` is the median round.
 
 Memory: a fresh server gets `--idle-connections` established idle connections (each with its
 session); the growth of its resident set size divided by that count is the cost of one, read
@@ -39,8 +47,10 @@ import gc
 import json
 import multiprocessing
 import re
+import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import ExitStack, suppress
@@ -81,7 +91,7 @@ class BenchError(RuntimeError):
 
 
 async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
-                       max_connections: int, profile: str | None) -> None:
+                       max_connections: int, profile: str | None, metrics: bool) -> None:
     from session.logs import configure_logging
 
     configure_logging("console", "warning")
@@ -107,11 +117,13 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
                           handshake_rate=1e9, handshake_burst=1e9, retry_above_rate=1e9)
     server = QuantumServer(manager, key, AnonymousAuthenticator(), config)
     await server.start()
+    services = await _start_metrics(server) if metrics else None
     window = CpuWindow(lambda: server.counters.heartbeats)
     requests = getattr(store, "requests", None)
     store_requests0 = 0
     profiler = cProfile.Profile() if profile else None
-    pipe.send({"port": server.port})
+    pipe.send({"port": server.port,
+               "metrics_port": services.metrics.port if services and services.metrics else 0})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
         nonlocal store_requests0
@@ -138,6 +150,8 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
                     "hibernating": sum(p.conn.hibernating for p in server.peers.values()),
                     "settle_seconds": config.hibernate_after + config.stats_interval + 1.0}
         if kind == "quit":
+            if services is not None:
+                await services.stop()
             if command.get("graceful", True):
                 await asyncio.wait_for(server.stop(), timeout=30.0)
             return {"ok": True}
@@ -146,15 +160,29 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
     await serve_commands(pipe, handle)
 
 
+async def _start_metrics(server: QuantumServer) -> Any:
+    """The metrics endpoint alone (no gRPC API), wired as `quantum-server` wires it."""
+    from quantum_server.cli import build_parser
+    from quantum_server.services import NetworkServices
+
+    args = build_parser().parse_args(["--no-grpc", "--metrics", "127.0.0.1:0"])
+    with tempfile.TemporaryDirectory(prefix="quantum-bench-") as tmp:
+        services = NetworkServices(args, Path(tmp) / "server.key")
+    await services.start(server)
+    return services
+
+
 def run_bench_server(pipe: Pipe, cpu: int | None, store_kind: str, etcd_endpoints: list[str],
-                     max_connections: int, profile: str | None = None) -> None:
+                     max_connections: int, profile: str | None = None,
+                     metrics: bool = False) -> None:
     """Child-process entry point for the Quantum server under test; with `profile`, the
     measured window runs under cProfile (slower: figures are then only for finding hot spots)
     and its stats are written to that path."""
     pin_to_cpu(cpu)
     import uvloop
 
-    uvloop.run(_server_main(pipe, store_kind, etcd_endpoints, max_connections, profile))
+    uvloop.run(_server_main(pipe, store_kind, etcd_endpoints, max_connections, profile,
+                            metrics))
 
 
 # ------------------------------------------------------------------ the orchestrator
@@ -208,10 +236,47 @@ def _spawn(ctx: Any, name: str, target: Any, *args: Any) -> Child:
 
 def _start_server(ctx: Any, stack: ExitStack, name: str, target: Any, *args: Any,
                   graceful: bool = True) -> tuple[Child, int]:
+    server, started = _start_server_info(ctx, stack, name, target, *args, graceful=graceful)
+    return server, int(started["port"])
+
+
+def _start_server_info(ctx: Any, stack: ExitStack, name: str, target: Any, *args: Any,
+                       graceful: bool = True) -> tuple[Child, dict[str, Any]]:
     server = _spawn(ctx, name, target, SERVER_CPU, *args)
     stack.callback(server.stop, graceful=graceful)
-    port = int(server.receive("start-up")["port"])
-    return server, port
+    return server, server.receive("start-up")
+
+
+class Scraper:
+    """Polls a /metrics URL every `interval` seconds from a thread, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self.last_seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5.0) as reply:
+                    reply.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+            self.last_seconds = time.perf_counter() - started
 
 
 def _start_loadgen(ctx: Any, stack: ExitStack, port: int) -> Child:
@@ -252,11 +317,13 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
-                     profile: str | None = None
-                     ) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+                     profile: str | None = None, scrape_interval: float = 0.0
+                     ) -> tuple[dict[str, Any], dict[str, Any], list[float],
+                                dict[str, Any] | None]:
     """The echo baseline and the Quantum server (memory store), measured in alternating
-    windows: `rounds` of each, `duration / rounds` seconds apiece. Returns the combined echo
-    run, the combined Quantum run and each round's ratio."""
+    windows: `rounds` of each, `duration / rounds` seconds apiece. With `scrape_interval`, a
+    third server serving metrics (scraped that often) joins every round. Returns the combined
+    echo run, the combined Quantum run, each round's ratio, and the metrics-on run or None."""
     with ExitStack() as stack:
         echo_server, echo_port = _start_server(ctx, stack, "echo-server", run_echo_server)
         echo_gen = _start_loadgen(ctx, stack, echo_port)
@@ -266,16 +333,44 @@ def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
                                      f"{profile}.memory" if profile else None)
         gen = _start_loadgen(ctx, stack, port)
         handshakes = gen.call("connect", count=clients, user_prefix="hb-memory")
-        echo_windows, quantum_windows, ratios = [], [], []
-        for _ in range(rounds):
+        metered: tuple[Child, Child, Scraper] | None = None
+        if scrape_interval > 0:
+            on_server, started = _start_server_info(
+                ctx, stack, "quantum-server-metrics", run_bench_server, "memory", [],
+                clients + 1000, None, True)
+            on_gen = _start_loadgen(ctx, stack, int(started["port"]))
+            on_gen.call("connect", count=clients, user_prefix="hb-metrics")
+            scraper = stack.enter_context(Scraper(
+                f"http://127.0.0.1:{started['metrics_port']}/metrics", scrape_interval))
+            metered = (on_server, on_gen, scraper)
+        echo_windows, quantum_windows, on_windows, ratios, on_vs_off = [], [], [], [], []
+        for index in range(rounds):
+            # the metrics-on window goes before the metrics-off one every other round, so
+            # neither always follows the other
+            if metered is not None and index % 2:
+                on_windows.append(_measure(metered[0], metered[1], clients, duration / rounds))
             echo_windows.append(_measure(echo_server, echo_gen, clients, duration / rounds))
             quantum_windows.append(_measure(server, gen, clients, duration / rounds))
             echo_rate = _per_cpu(echo_windows[-1])
             ratios.append(round(_per_cpu(quantum_windows[-1]) / echo_rate, 3)
                           if echo_rate else 0.0)
+            if metered is not None:
+                if not index % 2:
+                    on_windows.append(_measure(metered[0], metered[1], clients,
+                                               duration / rounds))
+                off_rate = _per_cpu(quantum_windows[-1])
+                on_vs_off.append(round(_per_cpu(on_windows[-1]) / off_rate, 3)
+                                 if off_rate else 0.0)
         quantum = _combine(quantum_windows)
         quantum["handshakes"] = handshakes
-        return _combine(echo_windows), quantum, ratios
+        metrics_run: dict[str, Any] | None = None
+        if metered is not None:
+            metrics_run = _combine(on_windows)
+            metrics_run["on_vs_off_per_round"] = on_vs_off
+            metrics_run["scrapes"] = metered[2].scrapes
+            metrics_run["scrape_failures"] = metered[2].failures
+            metrics_run["scrape_interval_s"] = scrape_interval
+        return _combine(echo_windows), quantum, ratios, metrics_run
 
 
 def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
@@ -360,7 +455,7 @@ def _per_cpu(run: dict[str, Any]) -> float:
 
 def report(clients: int, duration: float, store: str, echo: dict[str, Any],
            runs: dict[str, dict[str, Any]], idle: dict[str, Any] | None,
-           ratios: list[float]) -> dict[str, Any]:
+           ratios: list[float], metrics_run: dict[str, Any] | None = None) -> dict[str, Any]:
     main_run = runs[store]
     server, client_side = main_run["server"], main_run["clients"]
     heartbeats_per_cpu = _per_cpu(main_run)
@@ -392,6 +487,21 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
         "handshakes_per_s": round(clients / main_run["handshakes"]["seconds"])
         if main_run["handshakes"]["seconds"] else None,
     }
+    if metrics_run is not None:
+        on_per_cpu = _per_cpu(metrics_run)
+        memory_per_cpu = _per_cpu(runs["memory"])
+        out["metrics_on_heartbeats_per_cpu_s"] = round(on_per_cpu)
+        out["ratio_metrics_on"] = round(on_per_cpu / echo_per_cpu, 3) if echo_per_cpu else None
+        out["ratio_metrics_off"] = round(memory_per_cpu / echo_per_cpu, 3) \
+            if echo_per_cpu else None
+        out["metrics_on_vs_off"] = round(on_per_cpu / memory_per_cpu, 3) \
+            if memory_per_cpu else None
+        out["metrics_on_vs_off_per_round"] = metrics_run["on_vs_off_per_round"]
+        # robust to the odd disturbed round on a shared machine
+        out["metrics_on_vs_off_median"] = statistics.median(metrics_run["on_vs_off_per_round"])
+        out["metrics_scrape_interval_s"] = metrics_run["scrape_interval_s"]
+        out["metrics_scrapes"] = metrics_run["scrapes"]
+        out["metrics_scrape_failures"] = metrics_run["scrape_failures"]
     if idle is not None:
         out.update(idle)
     else:
@@ -415,9 +525,11 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
 
 
 def run(clients: int, duration: float, store: str, idle_connections: int,
-        profile: str | None = None, rounds: int = 5) -> dict[str, Any]:
+        profile: str | None = None, rounds: int = 5,
+        scrape_interval: float = 1.0) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
-    echo, memory, ratios = run_against_echo(ctx, clients, duration, rounds, profile)
+    echo, memory, ratios, metrics_run = run_against_echo(ctx, clients, duration, rounds,
+                                                         profile, scrape_interval)
     runs = {"memory": memory}
     if store == "etcd":
         from benchmarks.etcd_util import running_etcd
@@ -426,7 +538,7 @@ def run(clients: int, duration: float, store: str, idle_connections: int,
             runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints,
                                           profile)
     idle = run_idle(ctx, idle_connections) if idle_connections > 0 else None
-    return report(clients, duration, store, echo, runs, idle, ratios)
+    return report(clients, duration, store, echo, runs, idle, ratios, metrics_run)
 
 
 def _positive_int(text: str) -> int:
@@ -439,6 +551,13 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
 
@@ -468,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("python", "c"), default="python",
                         help="load side: the compiled Python client (default), or c to compare "
                              "it with libquantum's C client on one server (benchmarks.c_loadgen)")
+    parser.add_argument("--metrics-scrape-interval", type=_non_negative_float, default=1.0,
+                        metavar="SECONDS",
+                        help="also run a server serving metrics, scraped this often, and "
+                             "report its cost (default 1; 0 skips it)")
     parser.add_argument("--profile", metavar="PATH", default=None,
                         help="cProfile the server's measured window into PATH.<store> "
                              "(slows the server: use the figures only to find hot spots)")
@@ -479,16 +602,21 @@ def main(argv: list[str] | None = None) -> int:
             result = run_client_comparison(args.clients, args.duration, args.rounds)
         else:
             result = run(args.clients, args.duration, args.store, args.idle_connections,
-                         args.profile, args.rounds)
+                         args.profile, args.rounds, args.metrics_scrape_interval)
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    print_report(result, args.json)
+    return 0
+
+
+def print_report(result: dict[str, Any], as_json: bool, width: int = 40) -> None:
+    """One JSON object, or one `name: value` line per figure for people."""
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         for name, value in result.items():
-            print(f"{name:>40}: {value}")
-    return 0
+            print(f"{name:>{width}}: {value}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ _PACKAGE = Path(__file__).resolve().parent
 #: the directory holding `quantum`, `session` and `server.py` (the project, or site-packages)
 _ROOT = _PACKAGE.parent
 #: where compiled modules can live, relative to _ROOT: packages, and top-level module names
-_COMPILED_PACKAGES = ("quantum", "session", "benchmarks")
+_COMPILED_PACKAGES = ("quantum", "session", "benchmarks", "quantum_server")
 _COMPILED_TOP_LEVEL = ("server",)
 _SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 #: written by setup.py into the quantum package (see there)

@@ -20,6 +20,7 @@ from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, 
 from quantum.config import MIN_SEND_BUFFER
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum_server.config import ServerConfig
+from quantum_server.services import NetworkServices, ServiceConfigError, add_arguments
 from server import Application, QuantumServer
 from session.errors import StoreUnavailable
 from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantum-server",
         description="Quantum-protocol UDP server with a built-in session service. "
-                    "Subcommands: 'keygen' and 'issue-ticket' (see 'quantum-server keygen -h').")
+                    "Subcommands: 'keygen', 'issue-ticket', 'api-token' and 'sessions' (see "
+                    "'quantum-server sessions -h').")
     p.add_argument("--host", type=_host, default="0.0.0.0",
                    help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a retry cookie first (default 500)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_arguments(p)  # --grpc, --metrics and their TLS flags
     return p
 
 
@@ -207,6 +210,11 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
         return 2
     if created:
         log.warning("created a new server key file", path=str(path))
+    try:
+        services = NetworkServices(args, path)  # checks the API flags, reads TLS files, token
+    except ServiceConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     authenticator: Authenticator
     if args.allow_anonymous:
         authenticator = AnonymousAuthenticator()
@@ -242,15 +250,22 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     except (OSError, StoreUnavailable) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
+    try:
+        await services.start(server)
+    except OSError as exc:
+        await asyncio.wait_for(server.stop(), timeout=4.5)
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 1
     print(f"{name} ready on {server.address_text} store={args.store} "
-          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
-          flush=True)
+          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text} "
+          f"{services.describe()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await services.stop()
     await asyncio.wait_for(server.stop(), timeout=4.5)
     return 0
 
@@ -275,4 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(argv[1:])
     if argv and argv[0] == "issue-ticket":
         return _issue_ticket(argv[1:])
+    if argv and argv[0] in ("sessions", "api-token"):
+        from quantum_server import admin
+
+        return admin.main(argv)
     return run_app(None, argv)

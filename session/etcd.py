@@ -3,7 +3,8 @@
 Key layout (all under a configurable prefix, default ``/quantum``)::
 
     <prefix>/s/<session_id>            the session record: compact JSON, {"v": 1, ...}
-    <prefix>/c/<connection_id>         the owning session id (connection index)
+    <prefix>/c/<connection_id>         the owning session id (connection index; absent while
+                                       no connection holds the session yet)
     <prefix>/u/<quoted user_id>/<sid>  empty value (user index; user id percent-encoded)
 
 The three keys of a session share one etcd lease and are only ever written together, in one
@@ -445,11 +446,23 @@ class EtcdStore(Store):
 
     def _put_ops(self, session: Session, value: bytes, lease: int) -> builtins.list[Any]:
         sid = session.session_id
-        return [
+        ops = [
             aetcd.transactions.Put(self._skey(sid), value, lease=lease),
-            aetcd.transactions.Put(self._ckey(session.connection_id), sid.encode(), lease=lease),
             aetcd.transactions.Put(self._ukey(session.user_id, sid), b"", lease=lease),
         ]
+        if session.connection_id:  # empty: no connection holds it yet, nothing to index
+            ops.append(aetcd.transactions.Put(self._ckey(session.connection_id), sid.encode(),
+                                              lease=lease))
+        return ops
+
+    def _connection_unindex(self, connection_id: str) -> builtins.list[Any]:
+        return [aetcd.transactions.Delete(self._ckey(connection_id))] if connection_id else []
+
+    def _connection_free(self, connection_id: str) -> builtins.list[Any]:
+        """The compare that a connection id is not indexed yet (none for the empty id)."""
+        if not connection_id:
+            return []
+        return [aetcd.transactions.Create(self._ckey(connection_id)) == 0]
 
     def _decode_logged(self, key: bytes, value: bytes) -> Session:
         try:
@@ -488,7 +501,7 @@ class EtcdStore(Store):
         sid, cid = stored.session_id, stored.connection_id
         skey, ckey = self._skey(sid), self._ckey(cid)
         for _ in range(_MERGE_ATTEMPTS):
-            compare = [aetcd.transactions.Create(skey) == 0, aetcd.transactions.Create(ckey) == 0]
+            compare = [aetcd.transactions.Create(skey) == 0, *self._connection_free(cid)]
             if max_user_sessions is not None:
                 compare.append(await self._user_slot_free(stored.user_id, max_user_sessions))
             ok, rev, responses, retried = await self._txn(
@@ -543,6 +556,7 @@ class EtcdStore(Store):
             and old.server_addr == new.server_addr
             and old.metadata == new.metadata
             and old.token_hash == new.token_hash
+            and old.timeout == new.timeout
             and old.created_at == new.created_at
             and ttl == entry.lease_ttl
             and entry.seen_rev == entry.mod_rev
@@ -577,8 +591,8 @@ class EtcdStore(Store):
         compare = [aetcd.transactions.Mod(skey) == expect_rev]
         ops = self._put_ops(new, value, lease)
         if old.connection_id != new.connection_id:
-            compare.append(aetcd.transactions.Create(ckey) == 0)
-            ops.append(aetcd.transactions.Delete(self._ckey(old.connection_id)))
+            compare.extend(self._connection_free(new.connection_id))
+            ops.extend(self._connection_unindex(old.connection_id))
         if old.user_id != new.user_id:
             ops.append(aetcd.transactions.Delete(self._ukey(old.user_id, sid)))
         try:
@@ -639,7 +653,8 @@ class EtcdStore(Store):
         entry.dirty = True
         return True
 
-    async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+    async def touch(self, session_id: str, now: datetime,
+                    expires_at: datetime) -> tuple[State, Session] | None:
         # The hot path. In the common case (an owned, ACTIVE session, same timeout, lease not
         # yet due) it only changes the cached copy: no etcd call, no allocation beyond the
         # timedelta of the timeout check.
@@ -657,17 +672,20 @@ class EtcdStore(Store):
             mono = self._mono()
             if mono >= entry.refresh_at:
                 await self._refresh(entry, mono)
-            return
-        if session.state in _WAKE:
+            return None
+        previous = session.state
+        if previous in _WAKE:
             session.state = _ACTIVE
             await self._flush_entry(entry, force=True)  # state changes are not left lazy
-        elif self._lease_ttl(session) != entry.lease_ttl:
+            return previous, entry.session.copy()
+        if self._lease_ttl(session) != entry.lease_ttl:
             await self._flush_entry(entry, force=True)  # the lease must be re-granted
         else:
             entry.span = expires_at - now
             mono = self._mono()
             if mono >= entry.refresh_at:
                 await self._refresh(entry, mono)
+        return None
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         entry = self._cache.get(session_id)
@@ -731,8 +749,8 @@ class EtcdStore(Store):
                     [aetcd.transactions.Mod(skey) == entry.mod_rev],
                     [
                         aetcd.transactions.Delete(skey),
-                        aetcd.transactions.Delete(self._ckey(session.connection_id)),
                         aetcd.transactions.Delete(self._ukey(session.user_id, session_id)),
+                        *self._connection_unindex(session.connection_id),
                     ],
                     [aetcd.transactions.Get(skey)],
                 )
@@ -888,6 +906,12 @@ class EtcdStore(Store):
         """The cluster's session count as the watch last reported it: no request. It lags
         etcd by the watch's delivery delay (milliseconds), this node's own creates included."""
         return self._count
+
+    async def ping(self) -> None:
+        """One linearizable read of a key that never exists: it needs a member that answers
+        and a cluster with quorum, as every write does. Raises `StoreUnavailable`."""
+        key = self._prefix + b"/ping"
+        await self._call(lambda c: c.get(key))
 
     async def count_by_state(self) -> dict[State, int]:
         counts = dict.fromkeys(State, 0)

@@ -7,6 +7,10 @@ synchronous entry point: `MemoryStore.touch_now` always completes the heartbeat;
 `touch_local` does whenever no lease refresh or state write is due. A compiled callable rather
 than a manager method, because at >100,000 calls a second an interpreted frame costs as much as
 the work it does.
+
+Two rare cases cost the common one a check each: a session with a timeout of its own (created
+with one over the API; `set_timeout` registers it) gets ``now + its timeout``, and a touch that
+woke a session up (CONNECTING or IDLE -> ACTIVE) is reported to `on_wake`.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from typing import Any
 
 from session.clock import CoarseClock
 from session.memory import MemoryStore
+from session.model import Session, State
 
-__all__ = ["LocalHeartbeat"]
+__all__ = ["LocalHeartbeat", "Wake"]
+
+#: what a store's touch returns when it woke the session: the state it left, and a copy of it
+Wake = tuple[State, Session]
 
 
 class LocalHeartbeat:
@@ -28,15 +36,17 @@ class LocalHeartbeat:
     Raises what the store's touch raises: `SessionNotFound`, `SessionExpired`.
     `touch_now` (preferred when given) always completes; otherwise `touch_local` says whether
     it did. `log`: a logger to write a debug event per heartbeat to, or None for silence.
+    `on_wake(previous_state, session)`: told of every touch that woke a session up.
     """
 
-    __slots__ = ("_clock", "_coarse", "_expiry", "_log", "_memory", "_now", "_remaining",
-                 "_timeout", "_touch_local", "_touch_now")
+    __slots__ = ("_clock", "_coarse", "_custom", "_expiry", "_log", "_memory", "_now",
+                 "_on_wake", "_remaining", "_timeout", "_touch_local", "_touch_now")
 
     def __init__(self, clock: Callable[[], datetime], timeout: float,
-                 touch_now: Callable[[str, datetime, datetime], None] | None,
+                 touch_now: Callable[[str, datetime, datetime], Wake | None] | None,
                  touch_local: Callable[[str, datetime, datetime], bool] | None,
-                 log: Any | None = None) -> None:
+                 log: Any | None = None,
+                 on_wake: Callable[[State, Session], None] | None = None) -> None:
         self._clock = clock
         # typed `float | None` so that it is kept as a Python float: returning it then hands
         # out this one object, where a plain float attribute is boxed anew on every call
@@ -45,6 +55,9 @@ class LocalHeartbeat:
         self._touch_now = touch_now
         self._touch_local = touch_local
         self._log = log
+        self._on_wake = on_wake
+        # session id -> (its own timeout, the same in seconds): empty in the common case
+        self._custom: dict[str, tuple[timedelta, float]] = {}
         # the default clock and store are compiled with this module: called as such, natively,
         # rather than through Python's call protocol (a MemoryStore subclass's override of
         # touch_now still runs: mypyc dispatches to it)
@@ -60,6 +73,28 @@ class LocalHeartbeat:
         now = self._tick()
         return now, self._expiry
 
+    def timing(self, session_id: str) -> tuple[datetime, datetime, float]:
+        """The clock, the expiry a heartbeat of this session now sets, and the seconds that
+        leaves (for a touch that needs I/O): `now_and_expiry` with the session's own timeout."""
+        now = self._tick()
+        own = self._custom.get(session_id) if self._custom else None
+        if own is not None:
+            return now, now + own[0], own[1]
+        return now, self._expiry, self._timeout.total_seconds()
+
+    def set_timeout(self, session_id: str, timeout: float | None) -> None:
+        """Heartbeats of this session extend it by `timeout` seconds instead of the default;
+        None forgets it (the session ended, or follows the default)."""
+        if timeout is None:
+            self._custom.pop(session_id, None)
+        else:
+            self._custom[session_id] = (timedelta(seconds=timeout), float(timeout))
+
+    def timeout_of(self, session_id: str) -> float | None:
+        """The session's own timeout registered here, or None."""
+        own = self._custom.get(session_id)
+        return None if own is None else own[1]
+
     def _tick(self) -> datetime:
         """Read the clock; on a new tick, compute the expiry `_expiry` for it."""
         coarse = self._coarse
@@ -71,17 +106,29 @@ class LocalHeartbeat:
 
     def __call__(self, session_id: str) -> float | None:
         now = self._tick()
+        expiry = self._expiry
+        remaining = self._remaining
+        if self._custom:
+            own = self._custom.get(session_id)
+            if own is not None:
+                expiry = now + own[0]
+                remaining = own[1]
         memory = self._memory
         touch_now = self._touch_now
+        woke: Wake | None = None
         if memory is not None:
-            memory.touch_now(session_id, now, self._expiry)
+            woke = memory.touch_now(session_id, now, expiry)
         elif touch_now is not None:
-            touch_now(session_id, now, self._expiry)
+            woke = touch_now(session_id, now, expiry)
         else:
             touch_local = self._touch_local
-            if touch_local is None or not touch_local(session_id, now, self._expiry):
+            if touch_local is None or not touch_local(session_id, now, expiry):
                 return None
+        if woke is not None:
+            on_wake = self._on_wake
+            if on_wake is not None:
+                on_wake(woke[0], woke[1])
         log = self._log
         if log is not None:
-            log.debug("session heartbeat", session_id=session_id, remaining=self._remaining)
-        return self._remaining
+            log.debug("session heartbeat", session_id=session_id, remaining=remaining)
+        return remaining

@@ -18,6 +18,9 @@ with reason `EVICTED_REASON`; when every one is live, `create_session` raises
 `heartbeat` is the hot path (every keepalive of every client): one clock read, one store call,
 no lock, no copy, no allocation while the clock stays on one tick, and no logging unless debug
 was enabled when the manager was built.
+
+Watchers (`add_watcher`) hear of every change as a `session.watch.SessionEvent`: created,
+state changed, deleted (with the reason) and expired; the network API streams them.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ from session.model import (
     validate_port,
     validate_server_addr,
     validate_stats,
+    validate_timeout,
     validate_user_id,
 )
 from session.store import Store
+from session.watch import EventKind, SessionEvent, Watcher
 
 __all__ = ["EVICTED_REASON", "Listener", "ManagerConfig", "SessionManager"]
 
@@ -166,13 +171,15 @@ class SessionManager:
             touch_now=getattr(self.store, "touch_now", None),
             touch_local=getattr(self.store, "touch_local", None),
             log=self._log if self._debug else None,
+            on_wake=self._woke,
         )
         self._listeners: list[Listener] = []
+        self._watchers: list[Watcher] = []
         # a shared store (EtcdStore) reports sessions that other nodes deleted or that expired
         # there: they reach this manager's listeners like local deletions do
         store_listen = getattr(self.store, "add_listener", None)
         if callable(store_listen):
-            store_listen(self._notify)
+            store_listen(self._notify_from_store)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -235,7 +242,7 @@ class SessionManager:
         """Stop calling `callback`; raises `ValueError` if it was never added."""
         self._listeners.remove(callback)
 
-    def _notify(self, session: Session, reason: str) -> None:
+    def _notify(self, session: Session, reason: str, remote: bool = False) -> None:
         for callback in tuple(self._listeners):
             try:
                 callback(session, reason)
@@ -244,6 +251,51 @@ class SessionManager:
                 self._log.exception(
                     "session listener failed", session_id=session.session_id, reason=reason
                 )
+        self.heartbeat_nowait.set_timeout(session.session_id, None)
+        kind = EventKind.EXPIRED if reason == "expired" else EventKind.DELETED
+        self._publish(kind, session, reason=reason, remote=remote)
+
+    def _notify_from_store(self, session: Session, reason: str) -> None:
+        """A shared store's listener: a session that another node removed, or that expired."""
+        self._notify(session, reason, remote=True)
+
+    # -- watchers
+
+    def add_watcher(self, callback: Watcher) -> None:
+        """Call `callback(event)` for every change (see `session.watch`), in order. It runs
+        synchronously inside the change: it must only queue the event and return."""
+        self._watchers.append(callback)
+
+    def remove_watcher(self, callback: Watcher) -> None:
+        """Stop calling `callback`; raises `ValueError` if it was never added."""
+        self._watchers.remove(callback)
+
+    def _publish(self, kind: EventKind, session: Session, previous: State | None = None,
+                 reason: str = "", remote: bool = False) -> None:
+        if not self._watchers:
+            return
+        event = SessionEvent(kind, session.copy(), self._clock(), previous, reason, remote)
+        for callback in tuple(self._watchers):
+            try:
+                callback(event)
+            except Exception:
+                self._log.exception("session watcher failed", session_id=session.session_id,
+                                    kind=kind.value)
+
+    def _woke(self, previous: State, session: Session) -> None:
+        """A heartbeat's touch woke `session` (the store's copy) up from `previous`."""
+        self._publish(EventKind.STATE_CHANGED, session, previous)
+
+    def _learn_timeout(self, session: Session) -> None:
+        """Heartbeats of a session with a timeout of its own must extend it by that one: this
+        manager may not have created it (another node did, or an earlier process)."""
+        if session.timeout is not None:
+            self.heartbeat_nowait.set_timeout(session.session_id, session.timeout)
+
+    def _timeout_of(self, session: Session) -> timedelta:
+        if session.timeout is None:
+            return self._timeout
+        return timedelta(seconds=session.timeout)
 
     # -- creating and finding
 
@@ -255,17 +307,23 @@ class SessionManager:
         connection_id: str,
         metadata: Mapping[str, str] | None = None,
         server_addr: str | None = None,
+        *,
+        timeout: float | None = None,
     ) -> tuple[Session, str]:
         """A new CONNECTING session and its resume token (returned once, never stored).
 
         At the user's session limit the user's least recently active unheld sessions are
         evicted first (listeners hear `EVICTED_REASON`); raises `TooManyUserSessions` when
         none can be, `SessionCapacityExceeded` at the total limit. Nothing is created then.
+
+        `connection_id` "": no connection holds it yet; the client claims it by resuming it
+        with the token. `timeout`: seconds each heartbeat extends it by, when not the default.
         """
         user_id = validate_user_id(user_id)
         client_ip = normalize_client_ip(client_ip)
         client_port = validate_port(client_port)
-        connection_id = normalize_connection_id(connection_id)
+        connection_id = normalize_connection_id(connection_id) if connection_id != "" else ""
+        timeout = validate_timeout(timeout)
         clean_metadata = validate_metadata(metadata)
         server_addr = validate_server_addr(server_addr)
         token, token_hash = tokens.new_token()
@@ -279,11 +337,12 @@ class SessionManager:
             state=State.CONNECTING,
             created_at=now,
             last_active_at=now,
-            expires_at=now + self._timeout,
+            expires_at=now + (self._timeout if timeout is None else timedelta(seconds=timeout)),
             server_addr=server_addr,
             metadata=clean_metadata,
             stats=Stats(),
             token_hash=token_hash,
+            timeout=timeout,
         )
         total = await self.store.approximate_count()
         if total >= self.config.max_sessions:
@@ -292,6 +351,7 @@ class SessionManager:
             raise SessionCapacityExceeded(
                 f"the session service holds {total} sessions, at most {self.config.max_sessions}")
         await self._create_within_user_limit(session)
+        self._learn_timeout(session)
         self._log.info(
             "session created",
             session_id=session.session_id,
@@ -299,6 +359,7 @@ class SessionManager:
             connection_id=connection_id,
             client=f"{client_ip}:{client_port}",
         )
+        self._publish(EventKind.CREATED, session)
         return session, token
 
     async def _create_within_user_limit(self, session: Session) -> None:
@@ -415,6 +476,7 @@ class SessionManager:
                 old_state=previous.value,
                 new_state=session.state.value,
             )
+            self._publish(EventKind.STATE_CHANGED, session, previous)
         return session
 
     async def record_stats(self, session_id: str, stats: Stats) -> None:
@@ -452,11 +514,30 @@ class SessionManager:
         remaining = self.heartbeat_nowait(session_id)
         if remaining is not None:
             return remaining
-        now, expires_at = self.heartbeat_nowait.now_and_expiry()
-        await self._touch(session_id, now, expires_at)
+        now, expires_at, remaining = self.heartbeat_nowait.timing(session_id)
+        woke = await self._touch(session_id, now, expires_at)
+        if woke is not None:
+            self._woke(*woke)
         if self._debug:
-            self._log.debug("session heartbeat", session_id=session_id, remaining=self._timeout_s)
-        return self._timeout_s
+            self._log.debug("session heartbeat", session_id=session_id, remaining=remaining)
+        return remaining
+
+    async def keep_alive(self, session_id: str) -> float:
+        """`heartbeat` for a caller other than the session's connection (the network API).
+
+        Reads the session first, so its own timeout is honoured whichever node created it.
+        A session no connection holds yet is extended but stays CONNECTING: only its client
+        connecting makes it ACTIVE. Returns the seconds remaining; raises like `heartbeat`.
+        """
+        session = await self.get_session(session_id)
+        self._learn_timeout(session)
+        if session.connection_id != "":
+            return await self.heartbeat(session_id)
+        now = self._clock()
+        session.last_active_at = now
+        session.expires_at = now + self._timeout_of(session)
+        await self.store.update(session)
+        return session.remaining(now)
 
     async def resume_session(
         self,
@@ -466,6 +547,7 @@ class SessionManager:
         client_ip: str,
         client_port: int,
         server_addr: str | None = None,
+        *,
         user_id: str | None = None,
     ) -> Session:
         """Move a session to a new connection, given its resume token (and, with `user_id`,
@@ -488,10 +570,12 @@ class SessionManager:
         session.client_ip, session.client_port = client_ip, client_port
         if server_addr is not None:
             session.server_addr = server_addr
+        previous = session.state
         session.state = State.ACTIVE
         session.last_active_at = now
-        session.expires_at = now + self._timeout
+        session.expires_at = now + self._timeout_of(session)
         await self.store.update(session)
+        self._learn_timeout(session)
         self._log.info(
             "session resumed",
             session_id=session_id,
@@ -500,6 +584,8 @@ class SessionManager:
             previous_connection_id=previous_connection,
             client=f"{client_ip}:{client_port}",
         )
+        if previous is not State.ACTIVE:
+            self._publish(EventKind.STATE_CHANGED, session, previous)
         return session
 
     async def check_resume(

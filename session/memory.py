@@ -120,7 +120,8 @@ class MemoryStore(Store):
 
     def _index(self, session: Session) -> None:
         sid, user_id = session.session_id, session.user_id
-        self._by_connection[session.connection_id] = sid
+        if session.connection_id:  # empty: no connection holds the session yet
+            self._by_connection[session.connection_id] = sid
         by_user = self._by_user
         mine = by_user.get(user_id)
         if mine is None:
@@ -277,13 +278,16 @@ class MemoryStore(Store):
     async def count_by_state(self) -> dict[State, int]:
         return {state: len(ids) for state, ids in self._by_state.items()}
 
-    async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
-        self.touch_now(session_id, now, expires_at)
+    async def touch(self, session_id: str, now: datetime,
+                    expires_at: datetime) -> tuple[State, Session] | None:
+        return self.touch_now(session_id, now, expires_at)
 
-    def touch_now(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+    def touch_now(self, session_id: str, now: datetime,
+                  expires_at: datetime) -> tuple[State, Session] | None:
         """`touch` as a plain function: the manager calls it directly on the heartbeat path,
         saving a coroutine per keepalive. In place, no copy, no validation (the manager
-        computed both times)."""
+        computed both times). Returns None, or on a wake-up (rare: once per CONNECTING or
+        IDLE spell) the state it woke the session from and a copy of the session."""
         try:
             session = self._sessions[session_id]
         except KeyError:
@@ -293,14 +297,16 @@ class MemoryStore(Store):
             raise SessionExpired(f"session expired: {session_id}")
         session.last_active_at = now
         session.expires_at = expires_at
+        if expires_at < old_expiry:
+            self._schedule(session_id, expires_at)
         state = session.state
         if state is _CONNECTING or state is _IDLE:
             by_state = self._by_state
             by_state[state].pop(session_id, None)
             by_state[_ACTIVE][session_id] = None
             session.state = _ACTIVE
-        if expires_at < old_expiry:
-            self._schedule(session_id, expires_at)
+            return state, session.copy()
+        return None
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         session = self._sessions.get(session_id)

@@ -41,6 +41,7 @@ __all__ = [
     "validate_server_addr",
     "validate_session",
     "validate_stats",
+    "validate_timeout",
     "validate_user_id",
 ]
 
@@ -131,7 +132,12 @@ def validate_stats(stats: Stats) -> None:
 
 @dataclass(slots=True)
 class Session:
-    """One client's session. `token_hash` is the only trace of the resume token ever kept."""
+    """One client's session. `token_hash` is the only trace of the resume token ever kept.
+
+    `connection_id` is empty while no connection holds the session yet (one created over the
+    API for a client that has still to connect and claim it). `timeout` is the session's own
+    timeout in seconds, or None for the manager's default (the usual case).
+    """
 
     session_id: str
     user_id: str
@@ -146,6 +152,7 @@ class Session:
     metadata: dict[str, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     token_hash: bytes = field(default=b"", repr=False)
+    timeout: float | None = None
 
     def copy(self) -> Session:
         """An independent copy: its metadata dict and stats are new objects too."""
@@ -163,6 +170,7 @@ class Session:
             dict(self.metadata),
             self.stats.copy(),
             self.token_hash,
+            self.timeout,
         )
 
     def is_expired(self, now: datetime) -> bool:
@@ -175,8 +183,9 @@ class Session:
         return left if left > 0.0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form (for stores that keep bytes, e.g. etcd)."""
-        return {
+        """A JSON-serialisable form (for stores that keep bytes, e.g. etcd). `timeout` appears
+        only when set, so a session on the default timeout encodes as it always did."""
+        data: dict[str, Any] = {
             "session_id": self.session_id,
             "user_id": self.user_id,
             "connection_id": self.connection_id,
@@ -191,6 +200,9 @@ class Session:
             "stats": self.stats.to_dict(),
             "token_hash": self.token_hash.hex(),
         }
+        if self.timeout is not None:
+            data["timeout"] = self.timeout
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> Session:
@@ -204,7 +216,7 @@ class Session:
         missing = required - set(data)
         if missing:
             raise InvalidSession(f"session is missing fields: {sorted(missing)}")
-        optional = {"server_addr", "metadata", "stats", "token_hash"}
+        optional = {"server_addr", "metadata", "stats", "token_hash", "timeout"}
         unknown = set(data) - required - optional
         if unknown:
             raise InvalidSession(f"unknown session fields: {sorted(map(str, unknown))}")
@@ -235,6 +247,7 @@ class Session:
             metadata=dict(metadata),
             stats=Stats.from_dict(data.get("stats", {})),
             token_hash=token_hash,
+            timeout=validate_timeout(data.get("timeout")),
         )
         validate_session(session)
         return session
@@ -345,6 +358,16 @@ def normalize_client_ip(client_ip: object) -> str:
     return client_ip if text == client_ip else text
 
 
+def validate_timeout(timeout: object) -> float | None:
+    """A session's own timeout: None (the manager's default) or positive finite seconds."""
+    if timeout is None:
+        return None
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not 0.0 < timeout < float("inf")):
+        raise InvalidSession(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
 def validate_server_addr(server_addr: object) -> str | None:
     if server_addr is None:
         return None
@@ -390,7 +413,8 @@ def validate_session(session: Session) -> None:
     if str(parsed) != session.session_id:
         raise InvalidSession(f"session_id is not canonical UUID text: {session.session_id!r}")
     validate_user_id(session.user_id)
-    if normalize_connection_id(session.connection_id) != session.connection_id:
+    if session.connection_id != "" and (
+            normalize_connection_id(session.connection_id) != session.connection_id):
         raise InvalidSession(
             f"connection_id is not canonical UUID text: {session.connection_id!r}"
         )
@@ -406,3 +430,4 @@ def validate_session(session: Session) -> None:
     validate_stats(session.stats)
     if not isinstance(session.token_hash, bytes):
         raise InvalidSession("token_hash must be bytes")
+    validate_timeout(session.timeout)

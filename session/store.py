@@ -5,7 +5,8 @@ policy beyond what each method documents. Every method is a coroutine so a netwo
 implement it; every session passed in or handed out is the caller's own copy.
 
 Ordering: `list` and `get_by_user_id` return sessions sorted by session id (creation order for
-UUIDv7 ids). A connection id maps to at most one session.
+UUIDv7 ids). A connection id maps to at most one session; the empty connection id (a session
+no connection holds yet) is not indexed, so any number of sessions may have it.
 """
 
 from __future__ import annotations
@@ -145,21 +146,26 @@ class Store(abc.ABC):
         counts = Counter(s.state for s in sessions)
         return {state: counts.get(state, 0) for state in State}
 
-    async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+    async def touch(self, session_id: str, now: datetime,
+                    expires_at: datetime) -> tuple[State, Session] | None:
         """A keepalive: `last_active_at = now`, new `expires_at`, CONNECTING/IDLE -> ACTIVE.
 
-        Raises `SessionNotFound`, or `SessionExpired` if the session had expired by `now` (an
-        expired session is never revived). This is the hot path; stores should override the
-        default read-modify-write with something cheaper.
+        Returns None, or when the touch woke the session up, the state it woke it from and a
+        copy of the session as it is now (the manager reports the state change). Raises
+        `SessionNotFound`, or `SessionExpired` if the session had expired by `now` (an expired
+        session is never revived). This is the hot path; stores should override the default
+        read-modify-write with something cheaper.
         """
         session = await self.get(session_id)
         if now >= session.expires_at:
             raise SessionExpired(f"session expired: {session_id}")
         session.last_active_at = now
         session.expires_at = expires_at
-        if session.state in WAKE_ON_TOUCH:
+        previous = session.state
+        if previous in WAKE_ON_TOUCH:
             session.state = State.ACTIVE
         await self.update(session)
+        return (previous, session) if previous in WAKE_ON_TOUCH else None
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         """Replace a session's stats and nothing else. Raises `SessionNotFound`.
@@ -170,6 +176,9 @@ class Store(abc.ABC):
         session = await self.get(session_id)
         session.stats = stats.copy()
         await self.update(session)
+
+    async def ping(self) -> None:  # noqa: B027 - a local store is always reachable
+        """Raise `StoreUnavailable` unless the backing store answers now (health checks)."""
 
     async def start(self) -> None:  # noqa: B027 - a no-op is the right default for local stores
         """Connect and start background work (a shared store's watch); idempotent."""

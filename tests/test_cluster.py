@@ -33,6 +33,7 @@ from session.etcd import EtcdStore
 from session.manager import ManagerConfig, SessionManager
 from session.model import State
 from tests.etcd_cluster import etcd_endpoints, etcd_prefix, etcd_private  # noqa: F401  (fixtures)
+from tests.test_server_cli import EPHEMERAL_SERVICES
 
 pytestmark = pytest.mark.etcd
 
@@ -116,7 +117,7 @@ def _start_node_process(endpoints: list[str], prefix: str, key_path: Path,
          "--store", "etcd", "--etcd-endpoints", ",".join(endpoints), "--etcd-prefix", prefix,
          "--key-file", str(key_path), "--allow-anonymous", "--keepalive-interval", "1",
          "--idle-timeout", "5", "--session-timeout", str(session_timeout),
-         "--log-level", "warning"],
+         "--log-level", "warning", *EPHEMERAL_SERVICES],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None

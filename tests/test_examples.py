@@ -16,7 +16,7 @@ from quantum.client import QuantumClient, connect
 from quantum.errors import CloseCode
 from quantum.frames import Delivery
 from tests.test_server import HOST, client_config
-from tests.test_server_cli import ROOT, cli_env
+from tests.test_server_cli import EPHEMERAL_SERVICES, ROOT, cli_env
 
 READY = re.compile(r"(?P<name>[\w-]+) ready on [\d.]+:(?P<port>\d+) (?:store=\S+ )?fingerprint=\S+ "
                    r"public-key=(?P<public>\S+)")
@@ -27,7 +27,8 @@ async def example(name: str, tmp_path: Path) -> AsyncIterator[tuple[int, str]]:
     """Start examples/<name>.py on an ephemeral port; yields (port, public key); stops it."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, f"examples/{name}.py", "--host", HOST, "--port", "0", "--allow-anonymous",
-        "--key-file", str(tmp_path / "server.key"), cwd=ROOT, env=cli_env(tmp_path),
+        "--key-file", str(tmp_path / "server.key"), *EPHEMERAL_SERVICES, cwd=ROOT,
+        env=cli_env(tmp_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None

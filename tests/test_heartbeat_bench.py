@@ -46,7 +46,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     done = _bench("--json", "--clients", "4", "--duration", "1", "--rounds", "2",
-                  "--idle-connections", "40")
+                  "--idle-connections", "40", "--metrics-scrape-interval", "0.1")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     for name, kind in REQUIRED.items():
@@ -69,6 +69,12 @@ def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
     # every connection went quiet long enough to release its ciphers
     assert result["hibernating_connections"] == result["server_connections"] >= 40
+    # the metrics-serving server ran the same rounds while being scraped
+    assert len(result["metrics_on_vs_off_per_round"]) == 2
+    assert result["metrics_scrapes"] > 0 and result["metrics_scrape_failures"] == 0
+    assert result["metrics_on_vs_off"] > 0 and result["ratio_metrics_on"] > 0
+    assert min(result["metrics_on_vs_off_per_round"]) <= result["metrics_on_vs_off_median"]
+    assert result["ratio_metrics_off"] == result["ratio"]
 
 
 def test_bad_arguments_are_refused_with_a_reason() -> None:

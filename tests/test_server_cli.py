@@ -30,6 +30,9 @@ from server import Application, Peer
 from tests.test_server import HOST, Echo, client_config, eventually, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the API and metrics on ephemeral ports: the defaults (9091, 9100) would collide between
+#: servers running at once (this machine is shared)
+EPHEMERAL_SERVICES = ("--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
 READY = re.compile(r"quantum-server ready on (?P<host>[\d.]+):(?P<port>\d+) store=memory "
                    r"fingerprint=(?P<fingerprint>SHA256:\S+) public-key=(?P<public>\S+)")
 
@@ -181,7 +184,7 @@ async def server_process(tmp_path: Path, *extra: str) -> AsyncIterator[
     key_file = tmp_path / "server.key"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "server.py", "--host", HOST, "--port", "0", "--key-file", str(key_file),
-        "--keepalive-interval", "1", *extra, cwd=ROOT, env=cli_env(tmp_path),
+        "--keepalive-interval", "1", *EPHEMERAL_SERVICES, *extra, cwd=ROOT, env=cli_env(tmp_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None

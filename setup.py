@@ -31,6 +31,7 @@ COMPILED_MODULES = [
     "quantum/channels.py",
     "quantum/connection.py",
     "quantum/timers.py",
+    "quantum/keepalive.py",
     "quantum/endpoint.py",
     "session/clock.py",
     "session/memory.py",

@@ -47,7 +47,7 @@ from quantum.events import (
     PathMigrated,
     SendBufferDrained,
 )
-from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard
+from quantum.fec import FecState, ParityShard
 from quantum.frames import (
     MESSAGE_FRAME_OVERHEAD,
     PATH_DATA_SIZE,
@@ -69,19 +69,18 @@ from quantum.frames import (
     is_retransmittable,
 )
 from quantum.handshake import (
-    ClientHandshake,
     Credentials,
     HandshakeError,
     ServerParams,
     SessionKeys,
 )
+from quantum.keepalive import KeepaliveClock
 from quantum.migration import PathValidation
+from quantum.opening import ClientOpening
 from quantum.packet import (
-    Packet,
     PacketError,
     build_header,
     decode_header,
-    encode_packet,
     encode_sack,
     split_body,
 )
@@ -173,50 +172,35 @@ class Connection:
     """One end of a Quantum connection. Build with `Connection.client` or via `Listener`."""
 
     __slots__ = (
+        "_acks",
         "_cc",
         "_close_at_pn",
         "_close_deadline",
         "_control",
         "_events",
-        "_fec_decoder",
-        "_fec_encoder",
-        "_fec_next_group",
-        "_fec_on",
+        "_fec",
         "_fin_pn",
-        "_handshake",
-        "_handshake_deadline",
-        "_handshake_last",
-        "_handshake_out",
-        "_handshake_resend_at",
-        "_handshake_sent_at",
-        "_handshake_tries",
-        "_keepalive_id",
-        "_keepalives_pending",
+        "_flight",
+        "_inbox",
+        "_keepalives",
         "_largest_pn",
-        "_last_keepalive_sent",
         "_last_received",
         "_migration",
         "_now",
         "_open",
-        "_parity_out",
+        "_opening",
+        "_outbox",
         "_peer",
         "_pending_out",
-        "_probe_out",
-        "_received",
-        "_receiver",
         "_refused_size",
         "_seal",
         "_send_blocked",
-        "_sender",
-        "_sent",
         "_stall_since",
         "_unacked_data",
         "close_code",
         "close_reason",
         "config",
         "connection_id",
-        "credentials",
-        "handshake_reject",
         "is_client",
         "params",
         "session_id",
@@ -248,10 +232,7 @@ class Connection:
         # (a server connection hands these to its owner in events and keeps none of them)
         self.session_id: bytes | None = None
         self.session_token: str | None = None
-        self.credentials: Credentials | None = None
         self.params: ServerParams | None = None
-        # client side: the last plaintext (unauthenticated) REJECT, see _on_plaintext_reject
-        self.handshake_reject: tuple[int, str] | None = None
         self.close_code: int = CloseCode.NORMAL  # a CloseCode, or the peer's unknown code
         self.close_reason = ""
 
@@ -260,41 +241,32 @@ class Connection:
         # objects of the handshake's SessionKeys, held directly: one object less per connection)
         self._seal: PacketProtection | None = None
         self._open: PacketProtection | None = None
-        self._handshake: ClientHandshake | None = None
-        self._handshake_tries = 0
-        self._handshake_deadline = now + configuration.handshake_timeout
+        # the client's handshake while it runs (None on a server connection, and once done)
+        self._opening: ClientOpening | None = None
         # the graceful close before the key's packet limit starts here (see _keys_running_out)
         self._close_at_pn = configuration.packets_per_key - KEY_LIMIT_HEADROOM
-        self._handshake_resend_at: float | None = None
-        # client handshake datagrams waiting to go out (None: none; the server never has any)
-        self._handshake_out: list[bytes] | None = None
-        self._handshake_last = b""
-        self._handshake_sent_at = now
 
-        self._sent = SendTracker(window=configuration.window)
-        self._received = ReceiveTracker(
+        # packets: what we sent and await acks for (loss detection, RTO), and what we received
+        # (the replay window, and the acks we owe)
+        self._flight = SendTracker(window=configuration.window)
+        self._acks = ReceiveTracker(
             window=configuration.window, max_ack_delay=configuration.max_ack_delay
         )
         self._cc = BBR()
+        # messages: queued and cut into fragments, and reassembled and ordered (channels.py);
         # created on first use: a keepalive-only connection never needs them
-        self._sender: ChannelSender | None = None
-        self._receiver: ChannelReceiver | None = None
+        self._outbox: ChannelSender | None = None
+        self._inbox: ChannelReceiver | None = None
         self._control: list[Frame] = []  # control frames waiting for the next packet
-        self._fec_encoder: FecEncoder | None = None
-        self._fec_next_group = 0  # group ids continue across encoders (see _fill)
-        self._fec_decoder: FecDecoder | None = None  # created by the first FEC-group packet
-        self._fec_on = False
-        self._parity_out: list[ParityShard] | None = None  # None: no parity waiting
+        self._fec: FecState | None = None  # while FEC is negotiated on
 
         self._last_received = now
-        self._last_keepalive_sent = now
-        self._keepalive_id = 0
-        self._keepalives_pending: dict[int, float] | None = None  # built by the first keepalive
+        # the keepalives we send (None until the first: a server connection sends none)
+        self._keepalives: KeepaliveClock | None = None
         self._fin_pn: int | None = None
         self._close_deadline: float | None = None
         # a candidate address being validated (exists only while a migration is checked)
         self._migration: PathValidation | None = None
-        self._probe_out: list[bytes] | None = None  # PATH_CHALLENGE datagrams for it
         self._largest_pn = 0
         self._now = now  # the latest time any entry point was given (for pacing deadlines)
         self._pending_out: list[bytes] | None = None  # sealed datagrams not yet collected
@@ -327,11 +299,25 @@ class Connection:
         cid = connection_id if connection_id is not None else os.urandom(16)
         conn = cls(is_client=True, connection_id=cid, peer_addr=server_addr,
                    configuration=config, now=now)
-        conn.credentials = credentials
-        conn._handshake = ClientHandshake(cid, credentials, server_key=server_key,
-                                          ephemeral_private=ephemeral_private)
-        conn._send_handshake_packet(SYN, conn._handshake.client_hello(), now)
+        opening = conn._opening = ClientOpening(cid, credentials, config, now,
+                                                server_key=server_key,
+                                                ephemeral_private=ephemeral_private)
+        conn._count_sent(opening.hello(now))
         return conn
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """Client: what it presents, while the handshake runs (None after: the ticket is a
+        secret it no longer needs)."""
+        opening = self._opening
+        return None if opening is None else opening.credentials
+
+    @property
+    def handshake_reject(self) -> tuple[int, str] | None:
+        """Client, during the handshake: the last plaintext (unauthenticated) REJECT as
+        (code, reason), remembered should the handshake then time out."""
+        opening = self._opening
+        return None if opening is None else opening.reject
 
     @classmethod
     def server(
@@ -366,7 +352,7 @@ class Connection:
     def _apply_params(self, params: ServerParams) -> None:
         self.params = params
         if params.fec is not None:
-            self._fec_on = True  # the encoder is built by the first data packet
+            self._fec = FecState(*params.fec)
 
     # ------------------------------------------------------------------ application calls
 
@@ -383,7 +369,7 @@ class Connection:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
-        if self._sent.next_pn < self.config.packets_per_key:
+        if self._flight.next_pn < self.config.packets_per_key:
             self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
@@ -401,9 +387,9 @@ class Connection:
         if self.state not in (_ESTABLISHED, _AWAIT_ACCEPT,
                               _AUTHENTICATING):
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
-        sender = self._sender
+        sender = self._outbox
         if sender is None:
-            sender = self._sender = ChannelSender(MAX_FRAGMENT)
+            sender = self._outbox = ChannelSender(MAX_FRAGMENT)
         room = self.config.max_send_buffer - sender.pending_bytes - self._unacked_data
         try:
             message_id = sender.queue(message, channel, mode, room=room)
@@ -440,7 +426,7 @@ class Connection:
     def send_buffered(self) -> int:
         """Bytes queued or sent and not yet acknowledged; `send` refuses reliable messages
         that would take it past `QuantumConfiguration.max_send_buffer`."""
-        sender = self._sender
+        sender = self._outbox
         return (0 if sender is None else sender.pending_bytes) + self._unacked_data
 
     def send_keepalive(self) -> int:
@@ -499,6 +485,8 @@ class Connection:
     # ------------------------------------------------------------------ sans-I/O surface
 
     def next_event(self) -> Event | None:
+        """The oldest event not yet handed out, or None. Pull until None after every input
+        (a datagram, a timer, a `send`, `close`...); `ConnectionClosed` is always the last."""
         events = self._events
         if not events:
             return None
@@ -511,7 +499,13 @@ class Connection:
         return events.pop(0)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram from the network. Bad input is dropped and counted."""
+        """Process one datagram that arrived from `addr` at `now`; then pull what it caused
+        with `next_event` and `datagrams_to_send`.
+
+        Nothing unauthenticated changes the connection: a datagram that is malformed, for
+        another connection, a replay, or fails authentication is dropped and counted in
+        `stats.drops`. An authenticated one that breaks a frame rule ends the connection
+        with PROTOCOL_VIOLATION (an RST tells the peer why)."""
         if self.state is _CLOSED:
             return
         self._now = now
@@ -527,7 +521,7 @@ class Connection:
         if open_ is None or (flags & SYN and self.is_client):
             self._receive_handshake_packet(data, flags, addr, now)
             return
-        received = self._received
+        received = self._acks
         pn = received.expand(seq)
         verdict = received.check(pn)
         if verdict:
@@ -536,50 +530,53 @@ class Connection:
         header = data[: wire.HEADER_SIZE]
         try:
             body = open_.open(pn, header, data[wire.HEADER_SIZE:])
-            sack, payload = split_body(body, payload_len)
-            frames = decode_frames(payload)
         except ProtectionError:
             self._drop("auth_failed")
             return
+        # authenticated, so it really came from the peer: whatever breaks a rule from here on
+        # (frames, channels, FEC raise ProtocolError) is a protocol violation, caught once
+        try:
+            self._on_authenticated(pn, flags, ack, body, payload_len, len(data), addr, now)
         except PacketError as exc:
-            # authenticated, so it really came from the peer: a protocol violation
             self._protocol_violation(f"malformed frames: {exc}", now)
-            return
+        except ProtocolError as exc:
+            self._protocol_violation(str(exc), now)
+
+    def _on_authenticated(self, pn: int, flags: int, ack: int, body: bytes, payload_len: int,
+                          size: int, addr: Address, now: float) -> None:
+        sack, payload = split_body(body, payload_len)
+        frames = decode_frames(payload)
+        received = self._acks
         received.on_received(pn, elicits_ack(frames), now)
         stats = self.stats
         stats.packets_received += 1
-        stats.bytes_received += len(data)
+        stats.bytes_received += size
         self._last_received = now
         peer: Address = self._peer  # typed: compared as a native tuple of str and int
         if addr != peer:
-            self._on_other_path(addr, pn, len(data), now)
+            self._on_other_path(addr, pn, size, now)
         if pn > self._largest_pn:
             self._largest_pn = pn
         if self.state is _AWAIT_ACCEPT:
-            self._handshake_resend_at = None  # any protected packet proves our ACK arrived
+            opening = self._opening
+            if opening is not None:
+                opening.proven()  # any protected packet proves our finishing ACK arrived
         if flags & ACK:
             self._on_ack(ack, sack, now)
-        if flags & PSH and self._fec_on:
-            decoder = self._fec_decoder
-            if decoder is None:
-                decoder = self._fec_decoder = FecDecoder()
-            try:
-                recovered = decoder.on_data(pn, payload)
-            except FecError as exc:
-                self._protocol_violation(str(exc), now)
-                return
-            for rpn, rpayload in recovered:
+        fec = self._fec
+        if flags & PSH and fec is not None:
+            for rpn, rpayload in fec.on_data(pn, payload):
                 self._on_recovered(rpn, rpayload, now)
         self._process_frames(frames, flags, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Every datagram to send now, each with its destination (the peer's validated
+        address; a path probe goes to the address being validated). Builds as many packets
+        as the windows and pacing allow; call after every input, then `get_timer`."""
         addr: Any = self._peer
-        handshake_out = self._handshake_out
-        if handshake_out:
-            out = [(d, addr) for d in handshake_out]
-            self._handshake_out = None
-        else:
-            out = []
+        opening = self._opening
+        handshake_out = None if opening is None else opening.take_out()
+        out = [] if handshake_out is None else [(d, addr) for d in handshake_out]
         self._now = now
         if self._seal is not None and self.state is not _CLOSED:
             self._fill(now)
@@ -588,34 +585,40 @@ class Connection:
             for d in pending_out:
                 out.append((d, addr))
             self._pending_out = None
-        probe_out = self._probe_out
-        if probe_out:
-            migration = self._migration
-            assert migration is not None
+        migration = self._migration
+        if migration is not None and migration.out:
             probe_addr: Any = migration.addr
-            for d in probe_out:
+            for d in migration.out:
                 out.append((d, probe_addr))
-            self._probe_out = None
+            migration.out = None
         return out
 
     def get_timer(self) -> float | None:
+        """When `handle_timer` must next be called (same clock as `now`), or None once
+        closed. The earliest of: idle timeout, handshake resend or deadline, keepalive, the
+        ack owed, retransmission, stall, path probe, pacing. Never a moment the connection
+        would not act on: at that time `handle_timer` (and the `datagrams_to_send` after it)
+        makes progress or the timer moves later (tests/test_migration.py checks this)."""
         state = self.state
         if state is _CLOSED:
             return None
         at = self._last_received + self.config.idle_timeout
         if state is not _ESTABLISHED:
-            if state is _SYN_SENT or state is _AWAIT_ACCEPT:
-                at = min(at, self._handshake_deadline)
-                if self._handshake_resend_at is not None:
-                    at = min(at, self._handshake_resend_at)
+            opening = self._opening
+            if opening is not None:  # SYN_SENT or AWAIT_ACCEPT
+                opening_at = opening.timer()
+                if opening_at < at:
+                    at = opening_at
             if self._close_deadline is not None:
                 at = min(at, self._close_deadline)
         elif self.config.keepalive_interval:
-            at = min(at, self._last_keepalive_sent + self.config.keepalive_interval)
-        t = self._received.ack_deadline()
+            keepalives = self._keepalives
+            if keepalives is not None:
+                at = min(at, keepalives.last_sent + self.config.keepalive_interval)
+        t = self._acks.ack_deadline()
         if t is not None and t < at:
             at = t
-        sent = self._sent
+        sent = self._flight
         t = sent.loss_deadline()
         if t is not None and t < at:
             at = t
@@ -638,18 +641,21 @@ class Connection:
         return at
 
     def handle_timer(self, now: float) -> None:
+        """Act on every deadline that has come by `now` (called at, or after, `get_timer`);
+        then pull events and `datagrams_to_send` as after any input."""
         if self.state is _CLOSED:
             return
         self._now = now
         if now >= self._last_received + self.config.idle_timeout:
             self._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False)
             return
-        if self.state in (_SYN_SENT, _AWAIT_ACCEPT):
-            if now >= self._handshake_deadline:
+        opening = self._opening
+        if opening is not None:  # SYN_SENT or AWAIT_ACCEPT
+            timed_out, resent = opening.on_timer(now)
+            if timed_out:
                 self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout", by_peer=False)
                 return
-            if self._handshake_resend_at is not None and now >= self._handshake_resend_at:
-                self._resend_handshake(now)
+            self._count_sent(resent)
         if self._close_deadline is not None and now >= self._close_deadline:
             self._terminate(self.close_code, self.close_reason, by_peer=False)
             return
@@ -659,59 +665,36 @@ class Connection:
             self._abort(CloseCode.STALLED,
                         f"peer acknowledged nothing for {self.config.stall_timeout:g} s", now)
             return
-        loss_at = self._sent.loss_deadline()
+        loss_at = self._flight.loss_deadline()
         if loss_at is not None and now >= loss_at:
-            lost = self._sent.on_loss_timer(now)
+            lost = self._flight.on_loss_timer(now)
             self.stats.timeout_retransmits += self._requeue_lost(lost, now)
         migration = self._migration
         if migration is not None and now >= migration.deadline:
             self._on_migration_timer(now)
+        keepalives = self._keepalives
         if (self.state is _ESTABLISHED and self.config.keepalive_interval
-                and now >= self._last_keepalive_sent + self.config.keepalive_interval):
+                and keepalives is not None
+                and now >= keepalives.last_sent + self.config.keepalive_interval):
             self._queue_keepalive(now)
 
     # ------------------------------------------------------------------ handshake
 
-    def _send_handshake_packet(self, flags: int, payload: bytes, now: float) -> None:
-        self._handshake_tries += 1
-        datagram = encode_packet(Packet(flags, self.connection_id, 0, 0, (), payload))
-        self._queue_handshake(datagram)
-        self._handshake_last = datagram
-        self._handshake_sent_at = now
-        self._handshake_resend_at = now + self._handshake_interval()
-        self.stats.packets_sent += 1
-        self.stats.bytes_sent += len(datagram)
+    def _count_sent(self, size: int) -> None:
+        """A plaintext handshake datagram of `size` bytes went out (0: none)."""
+        if size:
+            self.stats.packets_sent += 1
+            self.stats.bytes_sent += size
 
     def _set_keys(self, keys: SessionKeys | None) -> None:
         if keys is not None:
             self._seal, self._open = keys.send, keys.recv
 
-    def _queue_handshake(self, datagram: bytes) -> None:
-        if self._handshake_out is None:
-            self._handshake_out = [datagram]
-        else:
-            self._handshake_out.append(datagram)
-
-    def _queue_parity(self, shards: list[ParityShard]) -> None:
-        if self._parity_out is None:
-            self._parity_out = shards
-        else:
-            self._parity_out.extend(shards)
-
-    def _handshake_interval(self) -> float:
-        return self.config.handshake_timeout / self.config.handshake_tries
-
-    def _resend_handshake(self, now: float) -> None:
-        if self._handshake_tries >= self.config.handshake_tries:
-            self._handshake_resend_at = None
-            return
-        self._handshake_tries += 1
-        self._queue_handshake(self._handshake_last)
-        self._handshake_resend_at = now + self._handshake_interval()
-
     def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
                                   now: float) -> None:
-        if not self.is_client or self._handshake is None or addr != self.peer_addr:
+        """A plaintext handshake packet: the client's opening is the only taker."""
+        opening = self._opening
+        if opening is None or addr != self.peer_addr:
             self._drop("unexpected_handshake")
             return
         try:
@@ -722,26 +705,23 @@ class Connection:
         self._last_received = now
         try:
             if flags & RST and self.state is _SYN_SENT:
-                frames = decode_frames(packet.payload)
-                reject = next((f for f in frames if isinstance(f, RejectFrame)), None)
-                if reject is None:
-                    raise PacketError("handshake reset without a reason")
-                self._on_plaintext_reject(reject)
+                reject = opening.on_reject(packet.payload)
+                if reject is None:  # unauthenticated, and SYNs are left to send
+                    self._drop("unauthenticated_reject")
+                else:
+                    self._events.append(HandshakeRejected(reject.code, reject.reason))
+                    self._terminate(reject.code, reject.reason, by_peer=True)
             elif flags & SYN and flags & URG and self.state is _SYN_SENT:
-                self._handshake.on_retry(packet.payload)
-                self._handshake_tries = 0
-                self._send_handshake_packet(SYN, self._handshake.client_hello(), now)
+                self._count_sent(opening.on_retry(packet.payload, now))
             elif flags & SYN and flags & ACK and self.state is _SYN_SENT:
-                params = self._handshake.on_server_hello(packet.payload)
-                self._set_keys(self._handshake.keys)
-                if self._handshake_tries == 1:  # unambiguous: the SYN was sent once (Karn)
-                    rtt = now - self._handshake_sent_at
-                    self._sent.rtt.update(rtt)
+                params, keys, rtt = opening.on_server_hello(packet.payload, now)
+                self._count_sent(len(opening.last))
+                self._set_keys(keys)
+                if rtt is not None:
+                    self._flight.rtt.update(rtt)
                     self._cc.on_handshake_rtt(rtt)
                 self._apply_params(params)
                 self.state = _AWAIT_ACCEPT
-                self._handshake_tries = 0
-                self._send_handshake_packet(ACK, self._handshake.client_finish(), now)
             else:
                 self._drop("unexpected_handshake")
         except HandshakeError as exc:
@@ -749,18 +729,6 @@ class Connection:
             self._terminate(exc.code, exc.message, by_peer=False)
         except PacketError:
             self._drop("malformed")
-
-    def _on_plaintext_reject(self, reject: RejectFrame) -> None:
-        """A plaintext REJECT is unauthenticated: anyone who saw our SYN could have sent it.
-        While SYNs are left to send it is only remembered in `handshake_reject` (for the owner
-        to report should the handshake then time out); the one answering the last SYN ends the
-        handshake with its code (docs/PROTOCOL.md 10.2)."""
-        self.handshake_reject = (reject.code, reject.reason)
-        if self._handshake_tries < self.config.handshake_tries:
-            self._drop("unauthenticated_reject")
-            return
-        self._events.append(HandshakeRejected(reject.code, reject.reason))
-        self._terminate(reject.code, reject.reason, by_peer=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -770,27 +738,22 @@ class Connection:
             if isinstance(frame, MessageFrame):
                 if self.state is _CLOSED:
                     return
-                receiver = self._receiver
+                receiver = self._inbox
                 if receiver is None:
-                    receiver = self._receiver = ChannelReceiver()
-                try:
-                    delivered = receiver.on_frame(frame)
-                except ProtocolError as exc:
-                    self._protocol_violation(str(exc), now)
-                    return
-                for channel, mode, data in delivered:
+                    receiver = self._inbox = ChannelReceiver()
+                for channel, mode, data in receiver.on_frame(frame):  # may raise ProtocolError
                     self.stats.messages_received += 1
                     events.append(MessageReceived(data, channel, mode))
             elif isinstance(frame, KeepaliveFrame):
                 events.append(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
-                pending = self._keepalives_pending
-                sent_at = None if pending is None else pending.pop(frame.keepalive_id, None)
+                keepalives = self._keepalives
+                sent_at = None if keepalives is None else keepalives.answered(frame.keepalive_id)
                 remaining = _seconds(frame.remaining_ms)
                 rtt = None if sent_at is None else now - sent_at
                 events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
             elif isinstance(frame, AckFloorFrame):
-                self._received.on_floor(frame.floor)
+                self._acks.on_floor(frame.floor)
             elif isinstance(frame, ParityFrame):
                 self._on_parity(frame, now)
             elif isinstance(frame, PathChallengeFrame):
@@ -801,17 +764,17 @@ class Connection:
                     # the peer receives at the new address: move there
                     old, self._peer = self._peer, migration.addr
                     self._migration = None
-                    self._probe_out = None
                     # what went to the old path while we validated is likely lost and its
                     # timer backed off: retransmit on the new path without waiting for it
-                    self._sent.rtt.reset_backoff()
+                    self._flight.rtt.reset_backoff()
                     events.append(PathMigrated(old, migration.addr))
             elif isinstance(frame, SessionFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
                     self.session_id, self.session_token = frame.session_id, frame.token
                     self.state = _ESTABLISHED
                     self._forget_handshake()
-                    self._last_keepalive_sent = now
+                    if self.config.keepalive_interval:  # the interval runs from here
+                        self._keepalives = KeepaliveClock(now)
                     remaining = _seconds(frame.remaining_ms)
                     events.append(HandshakeCompleted(frame.session_id, frame.token, remaining,
                                                      frame.resumed))
@@ -829,34 +792,28 @@ class Connection:
                 return
 
     def _on_recovered(self, pn: int, payload: bytes, now: float) -> None:
-        if self._received.check(pn):
+        if self._acks.check(pn):
             return
         try:
             frames = decode_frames(payload)
         except PacketError:
             self._drop("malformed")
             return
-        self._received.on_received(pn, True, now)
+        self._acks.on_received(pn, True, now)
         self.stats.fec_recovered += 1
         self._process_frames(frames, 0, now)
 
     def _on_parity(self, frame: ParityFrame, now: float) -> None:
-        if not self._fec_on:
+        fec = self._fec
+        if fec is None:
             return
-        if self._fec_decoder is None:
-            self._fec_decoder = FecDecoder()
-        seqs = tuple(self._received.expand(s) for s in frame.data_seqs)
+        seqs = tuple(self._acks.expand(s) for s in frame.data_seqs)
         shard = ParityShard(frame.group_id, frame.index, frame.m, seqs, frame.shard)
-        try:
-            recovered = self._fec_decoder.on_parity(shard)
-        except FecError as exc:
-            self._protocol_violation(str(exc), now)
-            return
-        for rpn, rpayload in recovered:
+        for rpn, rpayload in fec.on_parity(shard):  # may raise FecError, a ProtocolError
             self._on_recovered(rpn, rpayload, now)
 
     def _on_ack(self, ack: int, sack: tuple[tuple[int, int], ...], now: float) -> None:
-        sent = self._sent
+        sent = self._flight
         result = sent.on_ack(ack, sack, now)
         if result.acked:
             # progress: the stall clock restarts if more is owed, and stops if nothing is
@@ -893,7 +850,8 @@ class Connection:
         if not lost:
             return 0
         self.stats.packets_lost += len(lost)
-        self._cc.on_loss(now, sum(p.size for p in lost if p.in_flight), self._sent.bytes_in_flight)
+        lost_bytes = sum(p.size for p in lost if p.in_flight)
+        self._cc.on_loss(now, lost_bytes, self._flight.bytes_in_flight)
         retransmitted = 0
         for p in lost:
             if not p.frames:
@@ -902,8 +860,8 @@ class Connection:
             for frame in p.frames:
                 if isinstance(frame, MessageFrame):
                     self._unacked_data -= len(frame.data)  # back in the sender's queue
-                    if self._sender is not None:
-                        self._sender.requeue(frame)
+                    if self._outbox is not None:
+                        self._outbox.requeue(frame)
                 elif isinstance(frame, CloseFrame):
                     self._fin_pn = None  # a new FIN goes out with the close frame
                 else:
@@ -924,7 +882,6 @@ class Connection:
             return  # a reordered packet from a path the peer has left, not a migration
         # the newest packet comes from here: probe it (a probe of another address is dropped)
         self._migration = PathValidation(addr, os.urandom(PATH_DATA_SIZE), size)
-        self._probe_out = None
         self._send_challenge(now)
 
     def _send_challenge(self, now: float) -> None:
@@ -932,25 +889,21 @@ class Connection:
         probe's clock starts, so a timer never names a deadline nothing will act on."""
         migration = self._migration
         assert migration is not None
-        interval = self._sent.rtt.base_rto
+        interval = self._flight.rtt.base_rto
         frames: list[Frame] = [PathChallengeFrame(migration.challenge)]
         payload = encode_frames(frames)
         size = wire.HEADER_SIZE + len(payload) + AEAD_TAG
         if migration.allows(size) and self._seal is not None:
             # not tracked, not congestion controlled and without SACK blocks: the probe
             # belongs to another path, and its loss is the validation timer's business
-            pn = self._sent.allocate_pn()
-            ack32 = self._received.cumulative & 0xFFFFFFFF
+            pn = self._flight.allocate_pn()
+            ack32 = self._acks.cumulative & 0xFFFFFFFF
             header = build_header(ACK, self.connection_id, pn & 0xFFFFFFFF, ack32,
                                   len(payload))
             datagram = header + self._seal.seal(pn, header, payload)
-            migration.on_sent(len(datagram))
             self.stats.packets_sent += 1
             self.stats.bytes_sent += len(datagram)
-            if self._probe_out is None:
-                self._probe_out = [datagram]
-            else:
-                self._probe_out.append(datagram)
+            migration.queue(datagram)
         migration.on_probe(now, interval)
 
     def _on_migration_timer(self, now: float) -> None:
@@ -958,7 +911,6 @@ class Connection:
         assert migration is not None
         if migration.exhausted:
             self._migration = None  # never validated: we stayed on the old path all along
-            self._probe_out = None
             self._drop("path_validation_failed")
         else:
             self._send_challenge(now)
@@ -966,52 +918,41 @@ class Connection:
     # ------------------------------------------------------------------ sending
 
     def _has_data(self) -> bool:
-        sender = self._sender
-        return bool(self._control or self._parity_out
+        sender, fec = self._outbox, self._fec
+        return bool(self._control or (fec is not None and fec.parity)
                     or (sender is not None and sender.has_pending()) or self._fin_due())
 
     def _fin_due(self) -> bool:
         """FIN goes out once every reliable byte is acknowledged, so nothing is cut off."""
-        sender = self._sender
+        sender = self._outbox
         return (self.state is _CLOSING and self._fin_pn is None
                 and (sender is None or not sender.has_pending())
-                and self._sent.bytes_in_flight == 0 and not self._control
-                and not self._parity_out)
+                and self._flight.bytes_in_flight == 0 and not self._control
+                and (self._fec is None or not self._fec.parity))
 
     def _fill(self, now: float) -> None:
         """Build as many packets as the window, congestion control and pacing allow."""
-        sent, cc, encoder = self._sent, self._cc, self._fec_encoder
+        sent, cc, fec = self._flight, self._cc, self._fec
         close_at = self._close_at_pn
         while True:
             if sent.next_pn >= close_at and self._keys_running_out():
                 return  # the key's limit: not one more packet
             if not self._has_data():
-                if encoder is not None:
-                    # the sender ran dry: close the FEC group now rather than let a partial
-                    # group wait for packets that may not come; an idle connection keeps no
-                    # encoder (the next data packet builds one)
-                    self._fec_encoder = None
-                    if encoder.pending:
-                        self._queue_parity(encoder.flush())
-                    self._fec_next_group = encoder.next_group_id
-                    encoder = None
-                    continue
+                if fec is not None and fec.sender_idle():
+                    continue  # the open FEC group closed: its parity goes next
                 cc.on_app_limited(sent.bytes_in_flight)
                 break
             if self._send_wait(now) != 0.0:
                 break
-            parity_out = self._parity_out
-            if parity_out:
-                shard = parity_out.pop(0)
-                if not parity_out:
-                    self._parity_out = None
+            shard = None if fec is None else fec.take_parity()
+            if shard is not None:
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
                 self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
                                                   shard.shard)], now, flags=ACK | FEC)
                 continue
             if not self._build_data_packet(now):
                 break
-        ack_at = self._received.ack_deadline()
+        ack_at = self._acks.ack_deadline()
         if ack_at is not None and ack_at <= now:
             self._send_ack_only(now)
 
@@ -1020,7 +961,7 @@ class Connection:
         never name a moment at which `_fill` would still refuse: 0.0 if a packet may leave
         now; the pacer's release time if only pacing holds it back; infinity if the send or
         congestion window is full (an acknowledgement, not a timer, opens those)."""
-        sent, cc = self._sent, self._cc
+        sent, cc = self._flight, self._cc
         in_flight = sent.bytes_in_flight
         if not sent.can_send() or not cc.can_send(in_flight):
             return _INF
@@ -1046,15 +987,15 @@ class Connection:
             taken += 1
             room -= size
             if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
-                pending = self._keepalives_pending
-                if pending is not None:
-                    pending[frame.keepalive_id] = now
+                keepalives = self._keepalives
+                if keepalives is not None:
+                    keepalives.left(frame.keepalive_id, now)
         if taken:
             if taken == len(control):
                 self._control = []  # not emptied in place: see next_event
             else:
                 del control[:taken]
-        sender = self._sender
+        sender = self._outbox
         flags = ACK
         if sender is not None:
             while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
@@ -1063,7 +1004,7 @@ class Connection:
                     break
                 frames.append(fragment)
                 room -= MESSAGE_FRAME_OVERHEAD + len(fragment.data)
-                if self._fec_on:
+                if self._fec is not None:
                     flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():
             frames.append(CloseFrame(self.close_code, self.close_reason))
@@ -1080,9 +1021,9 @@ class Connection:
     def _send_protected(self, frames: list[Frame], now: float, flags: int) -> int:
         seal = self._seal
         assert seal is not None
-        sent = self._sent
+        sent = self._flight
         pn = sent.allocate_pn()
-        received = self._received
+        received = self._acks
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
         if sack:
@@ -1117,22 +1058,16 @@ class Connection:
         else:
             pending_out.append(datagram)
         if flags & PSH:
-            encoder = self._fec_encoder
-            if encoder is None:
-                params = self.params
-                assert params is not None and params.fec is not None
-                k, m = params.fec
-                encoder = self._fec_encoder = FecEncoder(k, m, self._fec_next_group)
-            shards = encoder.add(pn, payload)
-            if shards:
-                self._queue_parity(shards)
+            fec = self._fec
+            assert fec is not None  # PSH is set only with FEC on
+            fec.on_sent(pn, payload)
         return pn
 
     def _keys_running_out(self) -> bool:
         """Near the key's packet limit: close gracefully (the headroom drains the queue and
         carries the FIN); at the limit itself: stop without sealing another packet, and
         return True."""
-        if self._sent.next_pn >= self.config.packets_per_key:
+        if self._flight.next_pn >= self.config.packets_per_key:
             self._terminate(CloseCode.KEYS_EXHAUSTED, "packet protection limit reached",
                             by_peer=False)
             return True
@@ -1140,21 +1075,15 @@ class Connection:
         return False
 
     def _send_ack_only(self, now: float) -> None:
-        if self._seal is None or self._sent.next_pn >= self.config.packets_per_key:
+        if self._seal is None or self._flight.next_pn >= self.config.packets_per_key:
             return
         self._send_protected([], now, flags=ACK)
 
     def _queue_keepalive(self, now: float | None) -> int:
-        self._keepalive_id = (self._keepalive_id + 1) & 0xFFFFFFFF
-        kid = self._keepalive_id
-        if now is not None:
-            self._last_keepalive_sent = now
-        pending = self._keepalives_pending
-        if pending is None:
-            pending = self._keepalives_pending = {}
-        pending[kid] = now if now is not None else self._last_keepalive_sent
-        if len(pending) > 64:  # unanswered ones: forget the oldest
-            del pending[next(iter(pending))]
+        keepalives = self._keepalives
+        if keepalives is None:
+            keepalives = self._keepalives = KeepaliveClock(self._now)
+        kid = keepalives.new(now)
         self._control.append(KeepaliveFrame(kid))
         return kid
 
@@ -1165,33 +1094,30 @@ class Connection:
 
     def _abort(self, code: int, reason: str, now: float) -> None:
         """Abortive close: one RST carrying the reason, then closed (nothing waits for it)."""
-        if self._seal is not None and self._sent.next_pn < self.config.packets_per_key:
+        if self._seal is not None and self._flight.next_pn < self.config.packets_per_key:
             self._send_protected([CloseFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def _forget_handshake(self) -> None:
-        """The handshake is over: drop what only it needed, secrets first (the ephemeral
-        private key and the encoded credentials, wiped by `ClientHandshake.clear`; the ticket
-        in `credentials`)."""
-        handshake = self._handshake
-        if handshake is not None:
-            handshake.clear()
-            self._handshake = None
-        self.credentials = None
-        self._handshake_last = b""
-        self._handshake_out = None
+        """The handshake is over (established or closed): drop the client's opening, its
+        secrets first (`ClientOpening.clear`)."""
+        opening = self._opening
+        if opening is not None:
+            opening.clear()
+            self._opening = None
 
     def _terminate(self, code: int, reason: str, by_peer: bool) -> None:
         if self.state is _CLOSED:
             return
         self.state = _CLOSED
-        self._forget_handshake()
+        opening = self._opening
+        if opening is not None:
+            # its secrets go; what it learned stays for the owner to report (handshake_reject)
+            opening.clear()
         self._migration = None
-        self._probe_out = None
         # a code this version does not know (a newer peer's) is kept as the number it is
         self.close_code = CloseCode(code) if code in _CLOSE_CODES else code
         self.close_reason = reason
-        self._handshake_resend_at = None
         self._close_deadline = None
         self._events.append(ConnectionClosed(int(code), reason, by_peer))
 
@@ -1202,12 +1128,12 @@ class Connection:
     def refresh_stats(self) -> ConnectionStats:
         """Copy the estimators' current values into `stats` and return it."""
         stats = self.stats
-        rtt = self._sent.rtt
+        rtt = self._flight.rtt
         stats.srtt, stats.min_rtt = rtt.srtt, rtt.min_rtt
         stats.cwnd, stats.pacing_rate, stats.bbr_state = (self._cc.cwnd, self._cc.pacing_rate,
                                                           self._cc.state)
-        if self._receiver is not None:
-            stats.drops["stale_sequenced"] = self._receiver.stale_dropped
+        if self._inbox is not None:
+            stats.drops["stale_sequenced"] = self._inbox.stale_dropped
         return stats
 
 

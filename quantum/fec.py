@@ -279,3 +279,75 @@ class FecDecoder:
         self.recovered += len(out)
         self._close(gid, group)
         return out
+
+
+class FecState:
+    """One connection's FEC, while it is negotiated on: the open group of what it sends, the
+    parity waiting to go out, and the groups of what it receives.
+
+    A connection without FEC has none of this (`Connection._fec` is None). The encoder exists
+    only while a group is open: a connection that goes quiet closes its group and keeps no
+    encoder (`sender_idle`), group ids continuing across encoders.
+    """
+
+    __slots__ = ("_decoder", "_encoder", "_next_group", "k", "m", "parity")
+
+    def __init__(self, k: int, m: int) -> None:
+        _check_params(k, m)
+        self.k = k
+        self.m = m
+        self._encoder: FecEncoder | None = None
+        self._next_group = 0
+        self._decoder: FecDecoder | None = None  # built by the first packet of a group
+        #: parity shards waiting for the next packets, in order (None: none)
+        self.parity: list[ParityShard] | None = None
+
+    def on_sent(self, pn: int, payload: bytes) -> None:
+        """A data packet left: it joins the open group (which may close and queue parity)."""
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = FecEncoder(self.k, self.m, self._next_group)
+        shards = encoder.add(pn, payload)
+        if shards:
+            self._queue(shards)
+
+    def sender_idle(self) -> bool:
+        """The sender ran dry: close the open group now rather than let a partial group wait
+        for packets that may not come. Whether there was one (its parity is then queued)."""
+        encoder = self._encoder
+        if encoder is None:
+            return False
+        self._encoder = None
+        if encoder.pending:
+            self._queue(encoder.flush())
+        self._next_group = encoder.next_group_id
+        return True
+
+    def take_parity(self) -> ParityShard | None:
+        parity = self.parity
+        if not parity:
+            return None
+        shard = parity.pop(0)
+        if not parity:
+            self.parity = None
+        return shard
+
+    def _queue(self, shards: list[ParityShard]) -> None:
+        if self.parity is None:
+            self.parity = shards
+        else:
+            self.parity.extend(shards)
+
+    def _receiving(self) -> FecDecoder:
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = FecDecoder()
+        return decoder
+
+    def on_data(self, pn: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """A received data packet of a group; what it lets us recover. Raises FecError."""
+        return self._receiving().on_data(pn, payload)
+
+    def on_parity(self, shard: ParityShard) -> list[tuple[int, bytes]]:
+        """A received parity shard; what it lets us recover. Raises FecError."""
+        return self._receiving().on_parity(shard)

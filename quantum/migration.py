@@ -29,7 +29,7 @@ class PathValidation:
     `allows(n)` before sending n bytes and reports them with `on_sent`.
     """
 
-    __slots__ = ("addr", "challenge", "deadline", "received", "sent", "tries")
+    __slots__ = ("addr", "challenge", "deadline", "out", "received", "sent", "tries")
 
     def __init__(self, addr: Any, challenge: bytes, received: int) -> None:
         self.addr: Any = addr  # kept as the caller's tuple object: it is paired with datagrams
@@ -38,12 +38,21 @@ class PathValidation:
         self.sent = 0
         self.tries = 0  # challenges sent (or skipped for want of budget)
         self.deadline = 0.0  # when the current probe is given up on
+        self.out: list[bytes] | None = None  # probe datagrams not yet collected, for `addr`
 
     def allows(self, size: int) -> bool:
         return self.sent + size <= AMPLIFICATION * self.received
 
     def on_sent(self, size: int) -> None:
         self.sent += size
+
+    def queue(self, datagram: bytes) -> None:
+        """A sealed probe for the candidate address, to be collected with the owner's output."""
+        self.on_sent(len(datagram))
+        if self.out is None:
+            self.out = [datagram]
+        else:
+            self.out.append(datagram)
 
     def on_probe(self, now: float, interval: float) -> None:
         """A probe went out (or was due and could not): wait `interval` for its answer."""

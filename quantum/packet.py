@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from quantum.errors import QuantumError
+from quantum.errors import ProtocolError
 
 MAGIC: Final = b"QUNT"
 VERSION: Final = 2
@@ -59,8 +59,10 @@ class Flags(enum.IntFlag):
     ECE = 0x80
 
 
-class PacketError(QuantumError, ValueError):
-    """Bytes that are not a well-formed Quantum packet or frame (the message says why)."""
+class PacketError(ProtocolError, ValueError):
+    """Bytes that are not a well-formed Quantum packet or frame (the message says why).
+
+    A `ProtocolError`: from an authenticated packet, it can only be the peer's doing."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,8 @@ def test_a_reject_then_silence_times_out_remembering_the_reject() -> None:
 
 def test_a_reject_with_a_code_this_version_does_not_know_is_reported_not_raised() -> None:
     client = Connection.client(SERVER, ALICE, 0.0, configuration=CONFIG)
-    client._handshake_tries = CONFIG.handshake_tries  # as if this answered the last SYN
+    assert client._opening is not None
+    client._opening.tries = CONFIG.handshake_tries  # as if this answered the last SYN
     client.receive_datagram(reject_for(client, 999, "from a newer server"), SERVER, 0.1)
     assert client.state is ConnectionState.CLOSED
     rejected = [e for e in events(client) if isinstance(e, HandshakeRejected)]

@@ -106,9 +106,9 @@ def test_keepalive_is_answered_with_remaining_seconds() -> None:
     assert acks[0].rtt == pytest.approx(0.04, abs=0.03)
     # the answer is not ack-eliciting: the server keeps nothing in flight for it and arms no
     # retransmission timer (its next deadline is the idle timeout), the client owes no ACK
-    assert server._sent.bytes_in_flight == 0
+    assert server._flight.bytes_in_flight == 0
     assert server.get_timer() == pytest.approx(server.last_received_at + server.config.idle_timeout)
-    assert client._received.ack_deadline() is None
+    assert client._acks.ack_deadline() is None
 
 
 def test_automatic_keepalives_when_quiet() -> None:
@@ -267,7 +267,7 @@ def test_fec_keeps_recovering_across_quiet_spells() -> None:
             client.send(sent[-1])
         sim.flush()
         sim.run(until=sim.now + 3.0)
-        assert client._fec_encoder is None  # quiet: no encoder kept
+        assert client._fec is not None and client._fec._encoder is None  # quiet: none kept
         recovered.append(server_conn(sim).stats.fec_recovered)
     assert server_messages(sim) == sent
     assert recovered[-1] > recovered[0] > 0  # later bursts are recovered too
@@ -302,7 +302,7 @@ def test_connection_closes_before_its_keys_seal_too_many_packets() -> None:
     sim.run(until=sim.now + 30.0)
     assert client.state is ConnectionState.CLOSED
     assert client.close_code == CloseCode.KEYS_EXHAUSTED
-    assert client._sent.next_pn <= limit
+    assert client._flight.next_pn <= limit
     assert server_messages(sim) == sent[:len(server_messages(sim))]
     assert len(server_messages(sim)) == len(sent)  # queued before the close: all delivered
     closed = [e for _, e in sim.server.events if isinstance(e, ConnectionClosed)]
@@ -314,11 +314,11 @@ def test_at_the_key_limit_nothing_more_is_sealed() -> None:
     sim = make_sim(config=config)
     client = sim.add_client(ALICE, configuration=config)
     sim.run(until=5.0, condition=lambda: established(sim, client))
-    client._sent.next_pn = 4096  # as if 4096 packets had been sealed under this key
+    client._flight.next_pn = 4096  # as if 4096 packets had been sealed under this key
     client.send(b"too late")
     assert client.datagrams_to_send(sim.now) == []
     assert client.state is ConnectionState.CLOSED
-    assert client.close_code == CloseCode.KEYS_EXHAUSTED and client._sent.next_pn == 4096
+    assert client.close_code == CloseCode.KEYS_EXHAUSTED and client._flight.next_pn == 4096
 
 
 def test_packets_per_key_must_leave_room_for_the_closing_handshake() -> None:
@@ -412,7 +412,7 @@ def test_every_reliable_message_arrives_once_in_order_under_a_hostile_network(
     for channel in range(3):
         assert [d for c, d in got if c == channel] == sent[channel::3]
     server = server_conn(sim)
-    assert client._sent.bytes_in_flight <= client._cc.cwnd + 1472
+    assert client._flight.bytes_in_flight <= client._cc.cwnd + 1472
     client.close()
     sim.flush()
     # a FIN lost every time leaves the server to its idle timeout (600 s here)
@@ -432,7 +432,7 @@ def test_a_parity_packet_drops_sack_blocks_rather_than_exceed_the_datagram_limit
     server = server_conn(sim)
     # eight gaps in what the client has received: every client packet wants 8 SACK blocks
     for pn in range(3, 40, 4):
-        client._received.on_received(server._sent.next_pn + pn, True, sim.now)
+        client._acks.on_received(server._flight.next_pn + pn, True, sim.now)
     for _ in range(32):
         client.send(bytes(5000))
     sizes: list[int] = []

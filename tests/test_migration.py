@@ -102,7 +102,7 @@ def client_messages(sim: Simulation, addr: Address = CLIENT_ADDR) -> list[bytes]
 def frames_for_client(client: Connection, datagram: bytes) -> list[object]:
     """Decrypt a datagram sent to the client with the client's own keys (the test's view)."""
     _, _, _, seq, _, payload_len = decode_header(datagram)
-    pn = client._received.expand(seq)
+    pn = client._acks.expand(seq)
     assert client._open is not None
     body = client._open.open(pn, datagram[:HEADER_SIZE], datagram[HEADER_SIZE:])
     return list(decode_frames(split_body(body, payload_len)[1]))
@@ -299,7 +299,7 @@ def test_a_peer_that_sends_but_never_acknowledges_is_closed_and_its_backlog_boun
     cfg = config(max_send_buffer=1 << 20, stall_timeout=3.0)
     sim, client, wire = make_sim(cfg)
     server = server_conn(sim)
-    frozen = client._received.cumulative & 0xFFFFFFFF
+    frozen = client._acks.cumulative & 0xFFFFFFFF
 
     def never_acknowledge(data: bytes, src: Address, dst: Address, now: float) -> bool:
         # a client that acknowledges nothing past `frozen`: its packets are re-sealed (with
@@ -307,7 +307,7 @@ def test_a_peer_that_sends_but_never_acknowledges_is_closed_and_its_backlog_boun
         if src != CLIENT_ADDR or dst != SERVER_ADDR:
             return False
         _, flags, cid, seq, _, payload_len = decode_header(data)
-        pn = server._received.expand(seq)
+        pn = server._acks.expand(seq)
         assert server._open is not None and client._seal is not None
         body = server._open.open(pn, data[:HEADER_SIZE], data[HEADER_SIZE:])
         payload = split_body(body, payload_len)[1]
@@ -442,7 +442,7 @@ def test_every_timer_either_acts_or_moves_later(actions: list[tuple[object, ...]
     _settle(sim, sim.now + 30.0)
     for conn in [client, server]:
         # the send buffer's count of unacknowledged reliable bytes is exact
-        outstanding = sum(len(f.data) for p in conn._sent._outstanding.values()
+        outstanding = sum(len(f.data) for p in conn._flight._outstanding.values()
                           for f in p.frames if isinstance(f, MessageFrame))
         assert conn._unacked_data == outstanding
         assert conn.send_buffered <= cfg.max_send_buffer

@@ -191,7 +191,7 @@ def never_acknowledge(conn: Connection, frozen_ack: int) -> Callable[[bytes], by
         if seal is None or len(data) < HEADER_SIZE + 16:
             return data
         _, flags, cid, seq, _, payload_len = decode_header(data)
-        pn = expand(seq, conn._sent.next_pn - 1)
+        pn = expand(seq, conn._flight.next_pn - 1)
         body = seal.open(pn, data[:HEADER_SIZE], data[HEADER_SIZE:])
         payload = split_body(body, payload_len)[1]
         header = build_header(flags, cid, seq, frozen_ack, len(payload))
@@ -207,12 +207,12 @@ async def test_an_upload_whose_echoes_are_never_acknowledged(tmp_path: Path) -> 
     async with echo_server(tmp_path, "--max-send-buffer", str(1 << 20),
                            "--stall-timeout", "3") as (port, public_key):
         client = await RawClient.start(port, public_key)
-        client.outgoing = never_acknowledge(client.conn, client.conn._received.cumulative)
+        client.outgoing = never_acknowledge(client.conn, client.conn._acks.cumulative)
         chunk = bytes(4096)
         started = time.monotonic()
         while client.conn.state is not ConnectionState.CLOSED:
             assert time.monotonic() - started < 20, "the server never closed the client"
-            if client.conn._sender is None or client.conn._sender.pending_bytes < 200_000:
+            if client.conn._outbox is None or client.conn._outbox.pending_bytes < 200_000:
                 client.conn.send(chunk)
                 client.flush()
             await asyncio.sleep(0.002)

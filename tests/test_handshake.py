@@ -31,6 +31,7 @@ from quantum.handshake import (
     key_schedule,
 )
 from quantum.keys import fingerprint
+from tests.profiles import scaled
 
 
 def _h(label: str) -> bytes:
@@ -295,7 +296,7 @@ def test_cookie_bound_to_connection_id_and_client_key() -> None:
 
 
 @given(st.data())
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 def test_any_bit_flip_in_the_finish_is_rejected(data: st.DataObject) -> None:
     server, payload = _finish_payload()
     bit = data.draw(st.integers(0, len(payload) * 8 - 1))
@@ -457,7 +458,7 @@ def test_server_params_validation() -> None:
 
 
 @given(st.binary(max_size=1500))
-@settings(max_examples=150)
+@settings(max_examples=scaled(150))
 def test_fuzz_server_inputs(data: bytes) -> None:
     server = ServerHandshake(STATIC, PARAMS)
     for call in (
@@ -471,7 +472,7 @@ def test_fuzz_server_inputs(data: bytes) -> None:
 
 
 @given(st.binary(max_size=400))
-@settings(max_examples=150)
+@settings(max_examples=scaled(150))
 def test_fuzz_client_inputs(data: bytes) -> None:
     client = ClientHandshake(CID, VECTOR_CREDENTIALS)
     for call in (lambda: client.on_server_hello(data), lambda: client.on_retry(data)):
@@ -480,7 +481,7 @@ def test_fuzz_client_inputs(data: bytes) -> None:
 
 
 @given(st.binary(min_size=SERVER_HELLO_SIZE, max_size=SERVER_HELLO_SIZE))
-@settings(max_examples=100)
+@settings(max_examples=scaled(100))
 def test_fuzz_client_full_size_server_hello(data: bytes) -> None:
     client = ClientHandshake(CID, VECTOR_CREDENTIALS)
     with pytest.raises(HandshakeError):
@@ -488,7 +489,7 @@ def test_fuzz_client_full_size_server_hello(data: bytes) -> None:
 
 
 @given(st.binary(min_size=35, max_size=80))
-@settings(max_examples=100)
+@settings(max_examples=scaled(100))
 def test_fuzz_hello_structure(prefix: bytes) -> None:
     """Well-padded hellos with arbitrary fields: a SYN-ACK or a HandshakeError, nothing else."""
     hello = prefix + bytes(HELLO_SIZE - len(prefix))

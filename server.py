@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Generic, Protocol, TypeGuard, TypeVar
 
-import structlog
 from mypy_extensions import mypyc_attr
 
 from quantum.auth import (
@@ -66,11 +65,14 @@ from session.errors import (
     StoreUnavailable,
     TooManyUserSessions,
 )
+from session.logs import LazyLogger
 from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State, Stats
 
-log = structlog.get_logger("quantum.server")
+#: resolved per call: the application's structlog configuration, else INFO and up on stderr
+#: (session/logs.py)
+log = LazyLogger("quantum.server")
 _CLOSED: Final = ConnectionState.CLOSED
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB
 #: each, ~1.2 MB here) hands the freed memory back to the OS

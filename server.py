@@ -1138,16 +1138,22 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     except (OSError, StoreUnavailable) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
-    print(f"{name} ready on {server.address_text} store={args.store} "
-          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
-          flush=True)
+    # the handlers go in before the ready line: whoever reads it may signal at once, and a
+    # signal without a handler kills the process with no graceful shutdown
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await asyncio.wait_for(server.stop(), timeout=4.5)
+    try:
+        print(f"{name} ready on {server.address_text} store={args.store} "
+              f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text}",
+              flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await asyncio.wait_for(server.stop(), timeout=4.5)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return 0
 
 

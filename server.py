@@ -1159,10 +1159,17 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
 
 def run_app(app: Application | None, argv: list[str] | None = None,
             name: str = "quantum-server") -> int:
-    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows)."""
+    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows).
+    Refuses to start (exit 1) while a compiled module is older than its source."""
+    from quantum.build import REBUILD_HINT, stale_modules
+
     parser = build_parser()
     parser.prog = name
     args = parser.parse_args(argv)
+    if stale := stale_modules():  # the old code would run, silently
+        print(f"{name}: refusing to start: compiled modules were built from older sources: "
+              f"{', '.join(stale)}; {REBUILD_HINT}", file=sys.stderr)
+        return 1
     try:
         import uvloop
     except ImportError:

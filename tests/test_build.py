@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,25 @@ def test_importing_quantum_hashes_no_source(tmp_path: Path) -> None:
     root = Path(build.__file__).resolve().parent.parent
     sources = {root / source for source in build.compiled_modules()}
     assert not [path for path in opened if path in sources or path.name == build.STAMP]
+
+
+def test_an_in_place_build_deletes_extensions_it_no_longer_makes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/loadgen.py was compiled by setup.py once: its old extension would shadow the
+    # source for good unless the next build removes it
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
+    monkeypatch.setenv("QUANTUM_PURE_PYTHON", "1")
+    project = Path(build.__file__).resolve().parent.parent
+    setup_py = runpy.run_path(str(project / "setup.py"))
+    monkeypatch.chdir(tmp_path)
+    kept = ["quantum/connection", "server", "session/memory"]
+    for stem in [*kept, "benchmarks/loadgen", "quantum/client"]:
+        (tmp_path / stem).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{stem}.py").write_text("")
+        (tmp_path / f"{stem}{SUFFIX}").write_bytes(b"")
+    (tmp_path / f"quantum/_compiled__mypyc{SUFFIX}").write_bytes(b"")  # the shared library
+    setup_py["_remove_leftover_extensions"]()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(f"*{SUFFIX}")) \
+        == sorted([f"quantum/_compiled__mypyc{SUFFIX}", *(f"{s}{SUFFIX}" for s in kept)])

@@ -15,6 +15,12 @@ Every logger here is a structlog logger. Who decides how it renders and what it 
   own unconfigured default would print everything, DEBUG included, on stdout: a line per
   heartbeat, 40-100x slower.
 
+Why not bind the library's loggers to stdlib `logging` instead: its unconfigured default shows
+WARNING and up only, through a bare last-resort handler, so INFO events of a server would
+vanish unless every application set up logging; and an application that configured structlog
+without stdlib behind it would not see them at all. This way the default is useful as it is,
+and any structlog configuration (stdlib-backed ones included) receives every event.
+
 Loggers are bound when their owner is built (`get_logger`, e.g. in `SessionManager.__init__`),
 so configure logging before building a manager or server. Module-level loggers, made at import
 time before any application code ran, are `LazyLogger`s that resolve at each call instead.

@@ -126,19 +126,33 @@ def debug_enabled(logger: Any) -> bool:
     return True
 
 
-class LazyLogger:
-    """A module-level logger: ``log = LazyLogger("quantum.server")``. Each call resolves
-    `get_logger(name)` anew, so it follows the configuration in force at that moment (the
-    module was imported before the application configured anything). That costs a few
-    microseconds per call: for events off the per-packet path only."""
+def _configuration() -> tuple[Any, ...]:
+    """What a bound logger was made from: equal while nobody reconfigured structlog."""
+    config = structlog.get_config()
+    return (structlog.is_configured(), config["processors"], config["wrapper_class"],
+            config["logger_factory"], config["context_class"])
 
-    __slots__ = ("_name",)
+
+class LazyLogger:
+    """A module-level logger: ``log = LazyLogger("quantum.server")``. It follows the
+    configuration in force at each call (the module was imported before the application
+    configured anything): it keeps the logger `get_logger(name)` made and makes a new one
+    when structlog's configuration changed since. About a microsecond per call; for events
+    off the per-packet path."""
+
+    __slots__ = ("_configuration", "_logger", "_name")
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._configuration: tuple[Any, ...] | None = None
+        self._logger: Any = None
 
     def __getattr__(self, method: str) -> Any:
-        return getattr(get_logger(self._name), method)
+        configuration = _configuration()
+        if configuration != self._configuration:
+            self._logger = get_logger(self._name)
+            self._configuration = configuration
+        return getattr(self._logger, method)
 
     def __repr__(self) -> str:
         return f"LazyLogger({self._name!r})"

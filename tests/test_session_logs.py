@@ -175,3 +175,25 @@ def test_debug_enabled_asks_filtering_and_stdlib_loggers() -> None:
     stdlib.setLevel(logging.DEBUG)
     assert debug_enabled(stdlib)
     assert debug_enabled(object())  # cannot tell: taken at its word
+
+
+def test_a_module_level_logger_is_made_once_per_configuration(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import session.logs
+
+    _unconfigured()
+    made: list[str] = []
+
+    def counting(name: str, **context: object) -> object:
+        made.append(name)
+        return get_logger(name, **context)
+
+    monkeypatch.setattr(session.logs, "get_logger", counting)
+    log = LazyLogger("session.etcd")
+    for _ in range(3):
+        log.debug("skipped")
+    assert made == ["session.etcd"]
+    configure_logging("json", "error", stream=io.StringIO())
+    log.debug("skipped")
+    log.info("skipped")
+    assert made == ["session.etcd"] * 2

@@ -70,8 +70,8 @@ from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State, Stats
 
-#: resolved per call: the application's structlog configuration, else INFO and up on stderr
-#: (session/logs.py)
+#: follows the application's structlog configuration, even one made after this import; without
+#: one, INFO and up on stderr (session/logs.py)
 log = LazyLogger("quantum.server")
 _CLOSED: Final = ConnectionState.CLOSED
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB

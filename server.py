@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-import structlog
 from mypy_extensions import mypyc_attr
 
 from quantum.auth import Authenticator, AuthError
@@ -58,12 +57,15 @@ from session.errors import (
     StoreUnavailable,
     TooManyUserSessions,
 )
+from session.logs import LazyLogger
 from session.manager import SessionManager
 from session.model import Session, State, Stats
 
 __all__ = ["Application", "Peer", "QuantumServer", "ServerConfig", "SessionBridge", "run_app"]
 
-log = structlog.get_logger("quantum.server")
+#: follows the application's structlog configuration, even one made after this import; without
+#: one, INFO and up on stderr (session/logs.py)
+log = LazyLogger("quantum.server")
 _CLOSED: Final = ConnectionState.CLOSED
 _AUTHENTICATING: Final = ConnectionState.AUTHENTICATING
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB

@@ -39,6 +39,7 @@ from benchmarks.heartbeat import (
     run_bench_server,
 )
 from benchmarks.loadgen import pin_to_cpu
+from benchmarks.loadgen_build import load_loadgen
 from quantum.build import is_compiled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,14 +162,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
-def run_client_comparison(clients: int, duration: float, rounds: int) -> dict[str, Any]:
+def run_client_comparison(clients: int, duration: float, rounds: int,
+                          compile_loadgen: bool = True) -> dict[str, Any]:
     """One server, two load sides, `rounds` alternating windows each."""
     build_loadgen()
+    build = load_loadgen(compile_loadgen)
     ctx = multiprocessing.get_context("spawn")
     with ExitStack() as stack:
         server, port = _start_server(ctx, stack, "quantum-server-memory", run_bench_server,
                                      "memory", [], 2 * clients + 1000)
-        python_gen = _start_loadgen(ctx, stack, port)
+        python_gen = _start_loadgen(ctx, stack, port, build)
         c_gen: Child = _spawn(ctx, "c-loadgen", run_c_loadgen, ("127.0.0.1", port), LOADGEN_CPU)
         stack.callback(c_gen.stop)
         python_gen.call("connect", count=clients, user_prefix="hb-python")

@@ -2,10 +2,13 @@
 
     python -m benchmarks.heartbeat --json [--clients 1000] [--duration 10] [--rounds 5]
                                    [--store memory|etcd] [--idle-connections 50000]
-                                   [--metrics-scrape-interval 1.0]
+                                   [--metrics-scrape-interval 1.0] [--interpreted-loadgen]
 
 Every server runs in its own process pinned to one core, the load generator
-(`benchmarks.loadgen`) in another pinned to the other core. The load is a closed loop: each
+(`benchmarks.loadgen`) in another pinned to the other core. The generator is compiled with mypyc
+on first use into a cache directory (`benchmarks.loadgen_build`; about 20 s, once per change of
+the sources): the product's build does not compile it, and interpreted it costs more CPU than
+the server it loads. `loadgen_compiled` in the JSON says which ran. The load is a closed loop: each
 client sends its next protected keepalive when the previous one is acknowledged. The server
 process measures its own CPU time (`time.process_time()`, every thread) and the heartbeats its
 `ServerCounters` saw over the measured window only, so start-up and handshakes are excluded.
@@ -60,7 +63,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.echo_server import CpuWindow, rss_bytes, run_echo_server
-from benchmarks.loadgen import pin_to_cpu, run_loadgen, serve_commands
+from benchmarks.loadgen import pin_to_cpu, serve_commands
+from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.keys import ServerKeyFile
@@ -279,8 +283,8 @@ class Scraper:
             self.last_seconds = time.perf_counter() - started
 
 
-def _start_loadgen(ctx: Any, stack: ExitStack, port: int) -> Child:
-    loadgen = _spawn(ctx, "loadgen", run_loadgen, ("127.0.0.1", port), LOADGEN_CPU)
+def _start_loadgen(ctx: Any, stack: ExitStack, port: int, build: LoadgenBuild) -> Child:
+    loadgen = _spawn(ctx, "loadgen", build.module.run_loadgen, ("127.0.0.1", port), LOADGEN_CPU)
     stack.callback(loadgen.stop)
     return loadgen
 
@@ -316,7 +320,7 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"server": server, "clients": clients}
 
 
-def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
+def run_against_echo(ctx: Any, build: LoadgenBuild, clients: int, duration: float, rounds: int,
                      profile: str | None = None, scrape_interval: float = 0.0
                      ) -> tuple[dict[str, Any], dict[str, Any], list[float],
                                 dict[str, Any] | None]:
@@ -326,19 +330,19 @@ def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
     echo run, the combined Quantum run, each round's ratio, and the metrics-on run or None."""
     with ExitStack() as stack:
         echo_server, echo_port = _start_server(ctx, stack, "echo-server", run_echo_server)
-        echo_gen = _start_loadgen(ctx, stack, echo_port)
+        echo_gen = _start_loadgen(ctx, stack, echo_port, build)
         echo_gen.call("echo_clients", count=clients)
         server, port = _start_server(ctx, stack, "quantum-server-memory", run_bench_server,
                                      "memory", [], clients + 1000,
                                      f"{profile}.memory" if profile else None)
-        gen = _start_loadgen(ctx, stack, port)
+        gen = _start_loadgen(ctx, stack, port, build)
         handshakes = gen.call("connect", count=clients, user_prefix="hb-memory")
         metered: tuple[Child, Child, Scraper] | None = None
         if scrape_interval > 0:
             on_server, started = _start_server_info(
                 ctx, stack, "quantum-server-metrics", run_bench_server, "memory", [],
                 clients + 1000, None, True)
-            on_gen = _start_loadgen(ctx, stack, int(started["port"]))
+            on_gen = _start_loadgen(ctx, stack, int(started["port"]), build)
             on_gen.call("connect", count=clients, user_prefix="hb-metrics")
             scraper = stack.enter_context(Scraper(
                 f"http://127.0.0.1:{started['metrics_port']}/metrics", scrape_interval))
@@ -373,14 +377,14 @@ def run_against_echo(ctx: Any, clients: int, duration: float, rounds: int,
         return _combine(echo_windows), quantum, ratios, metrics_run
 
 
-def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
+def run_heartbeats(ctx: Any, build: LoadgenBuild, clients: int, duration: float, store: str,
                    etcd_endpoints: list[str], profile: str | None = None) -> dict[str, Any]:
     """One window of the Quantum server on `store` (etcd: also counting etcd's writes)."""
     with ExitStack() as stack:
         server, port = _start_server(ctx, stack, f"quantum-server-{store}", run_bench_server,
                                      store, etcd_endpoints, clients + 1000,
                                      f"{profile}.{store}" if profile else None)
-        loadgen = _start_loadgen(ctx, stack, port)
+        loadgen = _start_loadgen(ctx, stack, port, build)
         before_handshakes = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
         handshakes = loadgen.call("connect", count=clients, user_prefix=f"hb-{store}")
         metrics0 = _etcd_writes(etcd_endpoints) if etcd_endpoints else 0.0
@@ -392,11 +396,11 @@ def run_heartbeats(ctx: Any, clients: int, duration: float, store: str,
         return result
 
 
-def run_idle(ctx: Any, count: int) -> dict[str, Any]:
+def run_idle(ctx: Any, build: LoadgenBuild, count: int) -> dict[str, Any]:
     with ExitStack() as stack:
         server, port = _start_server(ctx, stack, "quantum-server-idle", run_bench_server,
                                      "memory", [], count + MEMORY_WARMUP + 1000, graceful=False)
-        loadgen = _start_loadgen(ctx, stack, port)
+        loadgen = _start_loadgen(ctx, stack, port, build)
         loadgen.call("connect", count=MEMORY_WARMUP, user_prefix="warmup")
         time.sleep(1.0)  # the warm-up connections' last ACKs settle
         before = server.call("memory")
@@ -455,7 +459,8 @@ def _per_cpu(run: dict[str, Any]) -> float:
 
 def report(clients: int, duration: float, store: str, echo: dict[str, Any],
            runs: dict[str, dict[str, Any]], idle: dict[str, Any] | None,
-           ratios: list[float], metrics_run: dict[str, Any] | None = None) -> dict[str, Any]:
+           ratios: list[float], loadgen: LoadgenBuild,
+           metrics_run: dict[str, Any] | None = None) -> dict[str, Any]:
     main_run = runs[store]
     server, client_side = main_run["server"], main_run["clients"]
     heartbeats_per_cpu = _per_cpu(main_run)
@@ -476,6 +481,9 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
         "store": store,
         # the protocol core the server ran: mypyc-compiled (setup.py) or plain Python
         "compiled": is_compiled(),
+        # the load generator: compiled by the benchmark (benchmarks/loadgen_build.py), or not
+        "loadgen_compiled": loadgen.compiled,
+        "loadgen_build": loadgen.how,
         "server_cpu_utilisation": round(server["utilisation"], 3),
         "heartbeats_per_s": round(server["count"] / server["wall_s"]),
         "loadgen_cpu_s": client_side["loadgen_cpu_s"],
@@ -526,19 +534,22 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
 
 def run(clients: int, duration: float, store: str, idle_connections: int,
         profile: str | None = None, rounds: int = 5,
-        scrape_interval: float = 1.0) -> dict[str, Any]:
+        scrape_interval: float = 1.0, compile_loadgen: bool = True) -> dict[str, Any]:
+    build = load_loadgen(compile_loadgen)
+    if not build.compiled and compile_loadgen:
+        print(f"heartbeat benchmark: the load generator runs {build.how}", file=sys.stderr)
     ctx = multiprocessing.get_context("spawn")
-    echo, memory, ratios, metrics_run = run_against_echo(ctx, clients, duration, rounds,
+    echo, memory, ratios, metrics_run = run_against_echo(ctx, build, clients, duration, rounds,
                                                          profile, scrape_interval)
     runs = {"memory": memory}
     if store == "etcd":
         from benchmarks.etcd_util import running_etcd
 
         with running_etcd(1) as cluster:
-            runs["etcd"] = run_heartbeats(ctx, clients, duration, "etcd", cluster.endpoints,
+            runs["etcd"] = run_heartbeats(ctx, build, clients, duration, "etcd", cluster.endpoints,
                                           profile)
-    idle = run_idle(ctx, idle_connections) if idle_connections > 0 else None
-    return report(clients, duration, store, echo, runs, idle, ratios, metrics_run)
+    idle = run_idle(ctx, build, idle_connections) if idle_connections > 0 else None
+    return report(clients, duration, store, echo, runs, idle, ratios, build, metrics_run)
 
 
 def _positive_int(text: str) -> int:
@@ -591,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="SECONDS",
                         help="also run a server serving metrics, scraped this often, and "
                              "report its cost (default 1; 0 skips it)")
+    parser.add_argument("--interpreted-loadgen", action="store_true",
+                        help="run the load generator as plain Python instead of compiling it "
+                             "with mypyc on first use (it then costs more CPU than the server)")
     parser.add_argument("--profile", metavar="PATH", default=None,
                         help="cProfile the server's measured window into PATH.<store> "
                              "(slows the server: use the figures only to find hot spots)")
@@ -599,10 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.client == "c":
             from benchmarks.c_loadgen import run_client_comparison
 
-            result = run_client_comparison(args.clients, args.duration, args.rounds)
+            result = run_client_comparison(args.clients, args.duration, args.rounds,
+                                           not args.interpreted_loadgen)
         else:
             result = run(args.clients, args.duration, args.store, args.idle_connections,
-                         args.profile, args.rounds, args.metrics_scrape_interval)
+                         args.profile, args.rounds, args.metrics_scrape_interval,
+                         not args.interpreted_loadgen)
     except BenchError as exc:
         print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
         return 1

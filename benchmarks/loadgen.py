@@ -16,6 +16,9 @@ Two targets speak through the same loop:
 
 `run_loadgen` is the child-process entry point: it obeys commands from the orchestrator in
 `benchmarks.heartbeat` over a `multiprocessing` pipe and answers each with a dict.
+
+The benchmark compiles this module with mypyc on first use (`benchmarks.loadgen_build`), under
+another module name; it runs unchanged as plain Python too.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ CLIENT_CONFIG: Final = QuantumConfiguration(keepalive_interval=None, idle_timeou
                                      handshake_timeout=30.0, handshake_tries=10)
 
 
-@mypyc_attr(native_class=False)  # compiled module (setup.py); exceptions stay Python classes
+@mypyc_attr(native_class=False)  # compiled by benchmarks/loadgen_build.py: stays a Python class
 class LoadGenError(RuntimeError):
     """The load could not be generated (handshakes refused or stalled); the message says why."""
 

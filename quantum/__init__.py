@@ -1,11 +1,12 @@
 """The Quantum protocol: a sans-I/O core (`quantum.connection`) and an asyncio client.
 
     conn = await quantum.connect("127.0.0.1", 9090, user_id="alice", ticket=ticket)
+
+Importing it checks nothing about the build (hashing every compiled source would cost each
+import): the test session and the `quantum-server` command refuse a stale build
+(`quantum.build.stale_modules`).
 """
 
-import warnings
-
-from quantum.build import REBUILD_HINT, stale_modules
 from quantum.client import ConnectError, Message, QuantumClient, connect
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
@@ -26,7 +27,3 @@ __all__ = [
     "QuantumError",
     "connect",
 ]
-
-if _stale := stale_modules():
-    warnings.warn(f"compiled modules built from older sources (the old code runs): "
-                  f"{', '.join(_stale)}; {REBUILD_HINT}", RuntimeWarning, stacklevel=2)

@@ -4,7 +4,10 @@
 sources: the protocol core in `quantum`, the hot half of `session`, `server.py`, and the
 heartbeat benchmark's load generator. Python imports an extension module in preference to the
 source next to it, so a source edited after the build would silently not run; `stale_modules`
-finds such modules, the test suite refuses to start with any, and importing `quantum` warns.
+finds such modules. It reads and hashes every compiled source (a few milliseconds), so it runs
+where a stale build must be refused, not at every import: the test session
+(tests/conftest.py) and the start of a server command (`server.run_app`, behind
+`quantum-server` and the examples) refuse to start with any.
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, TicketAuthenticator
 from quantum.config import MIN_SEND_BUFFER
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
@@ -23,10 +21,13 @@ from quantum_server.config import ServerConfig
 from quantum_server.services import NetworkServices, ServiceConfigError, add_arguments
 from server import Application, QuantumServer
 from session.errors import StoreUnavailable
+from session.logs import LazyLogger
 from session.manager import MAX_TIMEOUT, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 
-log = structlog.get_logger("quantum.server")
+#: follows the application's structlog configuration, even one made after this import; without
+#: one, INFO and up on stderr (session/logs.py)
+log = LazyLogger("quantum.server")
 
 
 #: the longest duration the wire carries (keepalive interval, idle timeout: u32 milliseconds)
@@ -256,26 +257,39 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
         await asyncio.wait_for(server.stop(), timeout=4.5)
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
-    print(f"{name} ready on {server.address_text} store={args.store} "
-          f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text} "
-          f"{services.describe()}", flush=True)
+    # the handlers go in before the ready line: whoever reads it may signal at once, and a
+    # signal without a handler kills the process with no graceful shutdown
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await services.stop()
-    await asyncio.wait_for(server.stop(), timeout=4.5)
+    try:
+        print(f"{name} ready on {server.address_text} store={args.store} "
+              f"fingerprint={fingerprint(key.public_key)} public-key={key.public_key_text} "
+              f"{services.describe()}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await services.stop()
+        await asyncio.wait_for(server.stop(), timeout=4.5)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return 0
 
 
 def run_app(app: Application | None, argv: list[str] | None = None,
             name: str = "quantum-server") -> int:
-    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows)."""
+    """Parse the quantum-server flags and serve `app` on uvloop (plain asyncio on Windows).
+    Refuses to start (exit 1) while a compiled module is older than its source."""
+    from quantum.build import REBUILD_HINT, stale_modules
+
     parser = build_parser()
     parser.prog = name
     args = parser.parse_args(argv)
+    if stale := stale_modules():  # the old code would run, silently
+        print(f"{name}: refusing to start: compiled modules were built from older sources: "
+              f"{', '.join(stale)}; {REBUILD_HINT}", file=sys.stderr)
+        return 1
     try:
         import uvloop
     except ImportError:

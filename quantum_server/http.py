@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-import structlog
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from session.logs import LazyLogger
+
 __all__ = ["MetricsServer"]
 
-log = structlog.get_logger("quantum.metrics")
+log = LazyLogger("quantum.metrics")  # quiet unless the application configured structlog
 MAX_HEAD_BYTES = 8192
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             503: "Service Unavailable"}

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import structlog
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
@@ -33,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from quantum_server.transport import RTT_BUCKETS, TransportTotals
 from session.api.auth import RequestCounts
 from session.errors import SessionError
+from session.logs import LazyLogger
 from session.manager import SessionManager
 from session.watch import EventKind, SessionEvent
 
@@ -44,7 +44,7 @@ __all__ = [
     "build_registry",
 ]
 
-log = structlog.get_logger("quantum.metrics")
+log = LazyLogger("quantum.metrics")  # quiet unless the application configured structlog
 
 #: upper bounds (seconds) of session_duration_seconds: 10 s to a day
 DURATION_BUCKETS: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,

@@ -13,9 +13,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
 from quantum_server.api_token import ApiTokenError, load_or_create_token
+from session.logs import LazyLogger
 
 if TYPE_CHECKING:
     from quantum_server.http import MetricsServer
@@ -33,7 +32,7 @@ DEFAULT_METRICS = "127.0.0.1:9100"
 #: seconds between two readings of the per-state session counts on a shared store (etcd reads
 #: every session for them); the memory store's are read at every scrape
 SHARED_STORE_COUNT_INTERVAL = 15.0
-log = structlog.get_logger("quantum.server")
+log = LazyLogger("quantum.server")  # quiet unless the application configured structlog
 
 
 class ServiceConfigError(Exception):

@@ -59,7 +59,6 @@ import aetcd
 import aetcd.exceptions
 import aetcd.rtypes
 import aetcd.utils
-import structlog
 
 from session.errors import (
     InvalidSession,
@@ -68,6 +67,7 @@ from session.errors import (
     SessionExpired,
     StoreUnavailable,
 )
+from session.logs import LazyLogger
 from session.model import Session, SessionFilter, State, Stats, validate_session
 from session.store import (
     Store,
@@ -88,7 +88,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _T = TypeVar("_T")
-_log = structlog.get_logger("session.etcd")
+_log = LazyLogger("session.etcd")
 
 # Reconnect quickly once etcd is back instead of gRPC's default backoff of up to two minutes;
 # keepalive pings notice a silently dead member.

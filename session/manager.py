@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from session.errors import (
     TooManyUserSessions,
 )
 from session.heartbeat import LocalHeartbeat
-from session.logs import get_logger
+from session.logs import debug_enabled, get_logger
 from session.model import (
     Session,
     SessionFilter,
@@ -102,7 +101,9 @@ MAX_TIMEOUT = 365 * 24 * 3600.0
 
 @dataclass(slots=True)
 class ManagerConfig:
-    """`logger` is any structlog-style logger; `clock` returns aware UTC datetimes.
+    """`logger` is any structlog-style logger (default: `session.logs.get_logger("session")`,
+    which follows the application's structlog configuration, else logs INFO and above to
+    stderr; see session/logs.py); `clock` returns aware UTC datetimes.
 
     `max_sessions_per_user` (default 8, as the original session service advised) and
     `max_sessions` (default 100,000, about 200 MB of sessions in a MemoryStore) bound what
@@ -160,8 +161,7 @@ class SessionManager:
         # a concrete logger, bound once: per-call proxy resolution would cost more than the
         # heartbeat itself
         self._log = (config.logger or get_logger("session")).bind()
-        is_enabled = getattr(self._log, "is_enabled_for", None)
-        self._debug = bool(is_enabled(logging.DEBUG)) if is_enabled is not None else True
+        self._debug = debug_enabled(self._log)
         self._touch = self.store.touch
         # a store may expose its touch as a plain function (MemoryStore.touch_now), or one that
         # does it without I/O when it can (EtcdStore.touch_local, from its cache): then most

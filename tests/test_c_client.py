@@ -188,7 +188,7 @@ async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[int, str, str]]:
     """examples/echo_server.py; yields (port, public key, fingerprint)."""
     from quantum.keys import ServerKeyFile
 
-    async with example("echo_server", tmp_path) as (port, public):
+    async with example("echo_server", tmp_path) as (port, public, _proc):
         key = ServerKeyFile.load(tmp_path / "server.key")
         yield port, public, key.fingerprint
 
@@ -314,7 +314,7 @@ async def test_reconnects_and_resumes_after_an_outage(c_build: Path, tmp_path: P
 
 async def test_a_c_client_and_a_python_client_share_a_chat_room(c_build: Path,
                                                                 tmp_path: Path) -> None:
-    async with example("chat_room", tmp_path) as (port, public):
+    async with example("chat_room", tmp_path) as (port, public, _proc):
         alice = await connect(HOST, port, user_id="alice", server_key=public,
                               metadata={"room": "games"}, configuration=client_config())
         assert await asyncio.wait_for(alice.recv(), 5) == b"* welcome to games; here: nobody yet"

@@ -132,6 +132,31 @@ def _start_node_process(endpoints: list[str], prefix: str, key_path: Path,
     pytest.fail("node process did not print its ready line")
 
 
+async def test_a_node_stopped_by_sigterm_leaves_its_sessions_disconnecting_in_etcd(
+        etcd_endpoints: list[str], etcd_prefix: str, tmp_path: Path) -> None:
+    key_path = tmp_path / "server.key"
+    key = ServerKeyFile.generate(key_path)
+    proc, port = await asyncio.to_thread(_start_node_process, etcd_endpoints, etcd_prefix,
+                                         key_path, 30.0)
+    try:
+        client = await dial(port)
+        sid, token = client.session_id or "", client.session_token or ""
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        await asyncio.wait_for(client.wait_closed(), 3)
+        assert client.close_code == CloseCode.SERVER_SHUTDOWN
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the graceful shutdown wrote the state before the process exited: the session outlives
+    # its node, resumable
+    async with node(etcd_endpoints, etcd_prefix, key) as b:
+        assert (await b.manager.get_session(sid)).state is State.DISCONNECTING
+        again = await dial(b.port, resume=(sid, token), server_key=key.public_key)
+        assert again.session_id == sid and again.resumed
+        await again.close()
+
+
 async def test_client_of_a_killed_node_resumes_on_another_and_orphans_expire(
         etcd_endpoints: list[str], etcd_prefix: str, tmp_path: Path) -> None:
     key_path = tmp_path / "server.key"

@@ -34,6 +34,8 @@ REQUIRED = {
     "hibernating_connections": int,
     "server_cpu_utilisation": float,
     "compiled": bool,
+    "loadgen_compiled": bool,
+    "loadgen_build": str,
     "rounds": int,
     "ratio_per_round": list,
 }
@@ -45,8 +47,11 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
+    # (the compiled generator is tested in test_loadgen_build.py: this run does not wait for
+    # its build)
     done = _bench("--json", "--clients", "4", "--duration", "1", "--rounds", "2",
-                  "--idle-connections", "40", "--metrics-scrape-interval", "0.1")
+                  "--idle-connections", "40", "--metrics-scrape-interval", "0.1",
+                  "--interpreted-loadgen")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     for name, kind in REQUIRED.items():
@@ -54,6 +59,7 @@ def test_tiny_run_reports_every_field_and_answers_every_heartbeat() -> None:
     assert result["unanswered"] == 0
     assert result["keepalives_timed_out"] == 0
     assert result["clients"] == 4 and result["store"] == "memory"
+    assert not result["loadgen_compiled"]
     # echo and Quantum alternated in two windows each; every window measured something
     assert result["rounds"] == 2 and len(result["ratio_per_round"]) == 2
     assert all(r > 0 for r in result["ratio_per_round"])

@@ -220,6 +220,43 @@ async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signal
         assert b"server stopped" in await proc.stderr.read()
 
 
+#: runs the server with a stdout that signals the process itself the moment the ready line is
+#: written: the signal lands in the narrowest window there is, deterministically (a signal sent
+#: to oneself is delivered before os.kill returns), where a test reading the line could only
+#: hit it by luck
+SIGNAL_ON_READY = """
+import os, signal, sys
+import server
+
+class SignalOnReady:
+    def __init__(self, out):
+        self.out = out
+    def write(self, text):
+        written = self.out.write(text)
+        if " ready on " in text:
+            self.out.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+    def __getattr__(self, name):
+        return getattr(self.out, name)
+
+sys.stdout = SignalOnReady(sys.stdout)
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_the_instant_the_ready_line_is_out_shuts_down_gracefully(
+        tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_ON_READY, "--host", HOST, "--port", "0",
+         "--key-file", str(tmp_path / "server.key")],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=30)
+    assert READY.search(done.stdout), done.stdout
+    # not -15 (killed by the default action: the handlers were not installed yet)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "shutting down" in done.stderr and "server stopped" in done.stderr
+
+
 async def test_server_refuses_anonymous_users_unless_allowed(tmp_path: Path) -> None:
     from quantum.client import ConnectError
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import structlog
+
+from session.logs import LazyLogger
 
 __all__ = ["ApiGuard", "RequestCounts", "bearer_metadata"]
 
 _BEARER = "bearer "
-log = structlog.get_logger("session.api")
+log = LazyLogger("session.api")  # quiet unless the application configured structlog
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
@@ -28,12 +27,13 @@ from session.api import session_pb2, session_pb2_grpc
 from session.api.auth import ApiGuard, RequestCounts
 from session.api.health import StoreHealth
 from session.api.service import ApiConfig, SessionService
+from session.logs import LazyLogger
 from session.manager import SessionManager
 
 __all__ = ["SESSION_SERVICE", "ApiServer", "InsecureListenError", "is_loopback"]
 
 SESSION_SERVICE: str = session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
-log = structlog.get_logger("session.api")
+log = LazyLogger("session.api")  # quiet unless the application configured structlog
 
 #: requests are small (the largest is an UpdateSession with 64 metadata entries of 1 KiB)
 MAX_REQUEST_BYTES = 1024 * 1024

@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import structlog
-
 from session.errors import SessionError
+from session.logs import LazyLogger
 from session.store import Store
 
 __all__ = ["StoreHealth"]
 
-log = structlog.get_logger("session.health")
+log = LazyLogger("session.health")  # quiet unless the application configured structlog
 
 
 class StoreHealth:

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-import structlog
 
 from session.api import session_pb2 as pb
 from session.api.convert import (
@@ -50,6 +49,7 @@ from session.errors import (
     SessionNotFound,
     StoreUnavailable,
 )
+from session.logs import LazyLogger
 from session.manager import SessionManager
 from session.model import MAX_USER_ID_LENGTH, SessionFilter, State, Stats
 from session.watch import SessionEvent
@@ -57,7 +57,7 @@ from session.watch import SessionEvent
 __all__ = ["ApiConfig", "SessionService"]
 
 T = TypeVar("T")
-log = structlog.get_logger("session.api")
+log = LazyLogger("session.api")  # quiet unless the application configured structlog
 
 #: what an unknown client address is stored as until the client connects (the unspecified
 #: address: "no address"); its connection then records the real one

@@ -13,7 +13,7 @@ import contextlib
 import os
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -323,6 +323,9 @@ async def connect(
     Raises `ConnectError` when the server refuses (reason code) or does not answer in time.
     """
     config = configuration or QuantumConfiguration()
+    if not fec:
+        # the connection asks for FEC as its configuration says, so `fec=False` must say it there
+        config = replace(config, fec=None)
     resume_bytes: tuple[bytes, str] | None = None
     if resume is not None:
         try:

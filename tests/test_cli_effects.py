@@ -22,8 +22,9 @@ import pytest
 from quantum.client import ConnectError, QuantumClient, connect
 from quantum.config import QuantumConfiguration
 from quantum.errors import CloseCode
+from tests.test_server import HOST
 from tests.test_server_attacks import RawClient
-from tests.test_server_cli import HOST, server_process
+from tests.test_server_cli import server_process
 
 IDLE = 3.0  # the server's --idle-timeout in the test below
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import struct
 
@@ -461,23 +460,39 @@ def test_server_params_validation() -> None:
 @settings(max_examples=scaled(150))
 def test_fuzz_server_inputs(data: bytes) -> None:
     server = ServerHandshake(STATIC, PARAMS)
-    for call in (
-        lambda: server.on_client_hello(CID, data, ADDR, NOW),
-        lambda: server.needs_retry(data, CID, ADDR, NOW),
-        lambda: server.on_client_finish(CID, data, ADDR, NOW),
-        lambda: decode_credentials(data),
-    ):
-        with contextlib.suppress(HandshakeError):
-            call()
+    try:
+        assert len(server.on_client_hello(CID, data, ADDR, NOW)) == SERVER_HELLO_SIZE
+    except HandshakeError as error:
+        assert error.message
+    try:
+        assert isinstance(server.needs_retry(data, CID, ADDR, NOW), bool)
+    except HandshakeError as error:
+        assert error.message
+    # a finish must carry a cookie this server sealed for this address: no random one does
+    with pytest.raises(HandshakeError) as refused:
+        server.on_client_finish(CID, data, ADDR, NOW)
+    assert refused.value.message
+    try:
+        credentials = decode_credentials(data)
+    except HandshakeError as error:
+        assert error.code in (CloseCode.BAD_REQUEST, CloseCode.PROTOCOL_VIOLATION)
+    else:
+        assert decode_credentials(encode_credentials(credentials)) == credentials
 
 
 @given(st.binary(max_size=400))
 @settings(max_examples=scaled(150))
 def test_fuzz_client_inputs(data: bytes) -> None:
     client = ClientHandshake(CID, VECTOR_CREDENTIALS)
-    for call in (lambda: client.on_server_hello(data), lambda: client.on_retry(data)):
-        with contextlib.suppress(HandshakeError):
-            call()
+    # a server hello must prove the server's key: no random one does
+    with pytest.raises(HandshakeError) as refused:
+        client.on_server_hello(data)
+    assert refused.value.message
+    if len(data) == RETRY_COOKIE_SIZE:
+        client.on_retry(data)  # any cookie of the right size is echoed: only the server reads it
+    else:
+        with pytest.raises(HandshakeError, match="retry cookie is"):
+            client.on_retry(data)
 
 
 @given(st.binary(min_size=SERVER_HELLO_SIZE, max_size=SERVER_HELLO_SIZE))
@@ -495,7 +510,10 @@ def test_fuzz_hello_structure(prefix: bytes) -> None:
     hello = prefix + bytes(HELLO_SIZE - len(prefix))
     server = ServerHandshake(STATIC, PARAMS)
     try:
-        assert len(server.on_client_hello(CID, hello, ADDR, NOW)) == SERVER_HELLO_SIZE
-        server.needs_retry(hello, CID, ADDR, NOW)
-    except HandshakeError:
-        pass
+        answered = server.on_client_hello(CID, hello, ADDR, NOW)
+    except HandshakeError as error:
+        assert error.message
+        assert error.code is CloseCode.PROTOCOL_VIOLATION, error  # what a malformed hello is
+    else:
+        assert len(answered) == SERVER_HELLO_SIZE
+        assert server.needs_retry(hello, CID, ADDR, NOW) in (True, False)

@@ -416,6 +416,6 @@ class Listener:
         recent = self._recently_closed
         while recent:
             cid, until = next(iter(recent.items()))
-            if until > now:
+            if until >= now:  # a cookie still opens at issued + lifetime: keep it to then
                 break
             del recent[cid]

@@ -1,0 +1,160 @@
+"""The front door at the edges mutation testing found unchecked (docs/TESTING.md): the replay
+refusal at the exact instant a cookie stops being valid, a sealed refusal exactly as large as
+the finish it answers, what the listener counts and names, the connection it hands over, and
+the per-address quota across two resumes in a row.
+
+Same harness as test_listener.py: real client connections, a listener on a clock the test sets.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantum.config import QuantumConfiguration
+from quantum.connection import Connection, ConnectionState
+from quantum.errors import CloseCode
+from quantum.events import HandshakeRejected
+from quantum.handshake import ServerHandshake
+from quantum.listener import ConnectionQuota, Listener, source_key
+from tests.test_listener import ALICE, PARAMS, SERVER, Door, finish_of, kind, make_listener
+
+# ------------------------------------------------------------------ replays, to the instant
+
+
+def test_a_finish_replayed_at_the_last_instant_its_cookie_is_valid_is_still_refused() -> None:
+    """A cookie opens while now <= issued + lifetime; a connection that closed at the instant
+    its cookie was issued must be remembered up to and including that last instant."""
+    door = Door(make_listener())
+    addr = ("203.0.113.90", 4242)
+    _, finish = finish_of(door, addr)  # the cookie is issued at door.now
+    assert door.send(finish, addr) == []
+    (conn,) = door.connections.values()
+    door.close(conn)  # closed in the same instant
+    door.now += door.listener.handshake.cookie_lifetime  # the cookie's last valid instant
+    assert door.send(finish, addr) == []
+    assert door.connections == {}
+    assert door.listener.stats.drops == {"replayed_handshake": 1}
+    assert door.listener.stats.handshakes_completed == 1
+
+
+def test_each_completed_handshake_and_each_retry_is_counted() -> None:
+    door = Door(make_listener(retry_above_rate=2.0))
+    for i in range(3):
+        door.handshake((f"203.0.113.{100 + i}", 1))
+    stats = door.listener.stats
+    assert stats.handshakes_completed == 3
+    retries = stats.retries_sent  # (the third went beyond the rate: a retry first)
+    # beyond the total rate every new hello gets a retry cookie first
+    for i in range(3):
+        client = Connection.client(SERVER, ALICE, door.now)
+        (reply,) = door.send(client.datagrams_to_send(door.now)[0][0], (f"203.0.113.{110 + i}",
+                                                                        1))
+        assert kind(reply) == "retry"
+    assert stats.retries_sent == retries + 3
+
+
+def test_a_finish_whose_cookie_opens_but_whose_credentials_do_not_is_a_bad_finish() -> None:
+    door = Door(make_listener())
+    addr = ("203.0.113.91", 4243)
+    _, finish = finish_of(door, addr)
+    tampered = bytearray(finish)
+    tampered[-1] ^= 1  # the sealed credentials' tag, after the (intact) cookie
+    assert door.send(bytes(tampered), addr) == []
+    assert door.listener.stats.drops == {"bad_finish": 1}
+    assert door.connections == {}
+
+
+# ------------------------------------------------------------------ the connection handed over
+
+
+def test_the_connection_is_made_with_the_listeners_configuration_and_clock() -> None:
+    config = QuantumConfiguration(keepalive_interval=None, fec=None, idle_timeout=7.0)
+    door = Door(Listener(ServerHandshake(bytes(range(1, 33)), PARAMS), config), now=500.0)
+    door.handshake(("203.0.113.92", 1))
+    (conn,) = door.connections.values()
+    assert conn.config is config
+    assert conn.state is ConnectionState.AUTHENTICATING
+    # its idle clock starts now, at the finish: nothing fires before now + idle_timeout
+    at = conn.get_timer()
+    assert at is not None and door.now < at <= door.now + 7.0
+
+
+def test_connections_with_the_same_negotiated_parameters_share_one_object() -> None:
+    door = Door(make_listener())
+    for i in range(3):
+        door.handshake((f"203.0.113.{120 + i}", 1))
+    first, *others = door.connections.values()
+    assert first.params == PARAMS
+    assert all(other.params is first.params for other in others)
+
+
+# ------------------------------------------------------------------ sealed refusals, by size
+
+
+def refusal_size(reason: str) -> int:
+    """The size of the sealed SERVER_SHUTDOWN refusal carrying `reason` (asked with a finish
+    far larger than it)."""
+    door = Door(make_listener())
+    _, finish = finish_of(door, ("203.0.113.93", 1))
+    door.listener.stop_accepting(reason)
+    (reply,) = door.send(finish, ("203.0.113.93", 1))
+    return len(reply)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_sealed_refusal_is_sent_exactly_when_it_fits_the_finish(extra: int) -> None:
+    door = Door(make_listener())
+    addr = ("203.0.113.94", 1)
+    _, finish = finish_of(door, addr)
+    # a reason long enough that the refusal is as large as the finish (extra=0) or one byte
+    # larger (extra=1): the first is sent, the second would amplify and is not
+    # (the refusal grows by a byte per character of the reason; measured where it fits)
+    reason = "x" * (1 + len(finish) - refusal_size("x") + extra)
+    assert refusal_size(reason[extra:]) == len(finish)
+    door.listener.stop_accepting(reason)
+    replies = door.send(finish, addr)
+    if extra:
+        assert replies == []
+        assert door.listener.stats.drops == {"amplification_limit": 1}
+    else:
+        assert [kind(r) for r in replies] == ["sealed_reject"]
+        assert door.listener.stats.drops == {}
+    assert door.listener.stats.rejected == {"server_shutdown": 1}
+
+
+def test_stop_accepting_says_the_server_is_shutting_down_by_default() -> None:
+    door = Door(make_listener())
+    door.listener.stop_accepting()
+    client, seen = door.handshake(("203.0.113.95", 1), rounds=1)
+    assert seen == ["reject:SERVER_SHUTDOWN"]
+    assert client.handshake_reject == (CloseCode.SERVER_SHUTDOWN, "server shutting down")
+
+
+def test_a_sealed_refusal_ends_the_clients_handshake_with_its_reason() -> None:
+    door = Door(make_listener(max_connections_per_address=1))
+    door.handshake(("203.0.113.96", 1))
+    late, finish = finish_of(door, ("203.0.113.96", 2))
+    (reply,) = door.send(finish, ("203.0.113.96", 2))
+    late.receive_datagram(reply, SERVER, door.now)
+    rejected = [e for e in iter(late.next_event, None) if isinstance(e, HandshakeRejected)]
+    assert [(r.code, r.reason) for r in rejected] == [
+        (CloseCode.ADDRESS_FULL, "too many connections from this address (at most 1)")]
+
+
+# ------------------------------------------------------------------ the building blocks
+
+
+def test_a_quota_spares_one_slot_per_replacement_not_two() -> None:
+    quota = ConnectionQuota(2)
+    assert quota.acquire("a", b"1") and quota.acquire("a", b"2")
+    assert quota.acquire("a", b"3", replacing=b"1")  # a resume: 1 is on its way out
+    assert quota.count("a") == 3
+    # a second resume before 1 has gone: replacing 2 spares one slot, and 3 of 2 are taken
+    assert not quota.acquire("a", b"4", replacing=b"2")
+    quota.release(b"1")
+    assert quota.acquire("a", b"4", replacing=b"2")
+
+
+@pytest.mark.parametrize("scoped", ["fe80::1%", "fe80::1%eth0", "fe80::1%a/b"])
+def test_an_ipv6_scope_never_makes_a_separate_source(scoped: str) -> None:
+    assert source_key(scoped) == "fe80::/64"

@@ -15,8 +15,18 @@ from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
 from quantum.events import HandshakeRejected
 from quantum.handshake import ServerHandshake
-from quantum.listener import ConnectionQuota, Listener, source_key
-from tests.test_listener import ALICE, PARAMS, SERVER, Door, finish_of, kind, make_listener
+from quantum.listener import ConnectionQuota, Listener, TokenBucket, source_key
+from quantum_server.config import ServerConfig
+from tests.test_listener import (
+    ALICE,
+    PARAMS,
+    SERVER,
+    Door,
+    finish_of,
+    kind,
+    make_listener,
+    syn,
+)
 
 # ------------------------------------------------------------------ replays, to the instant
 
@@ -158,3 +168,85 @@ def test_a_quota_spares_one_slot_per_replacement_not_two() -> None:
 @pytest.mark.parametrize("scoped", ["fe80::1%", "fe80::1%eth0", "fe80::1%a/b"])
 def test_an_ipv6_scope_never_makes_a_separate_source(scoped: str) -> None:
     assert source_key(scoped) == "fe80::/64"
+
+
+def test_a_new_token_bucket_is_full_at_any_clock_even_the_simulations_zero() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2.0)
+    assert [bucket.allow(0.0) for _ in range(3)] == [True, True, False]
+    assert bucket.allow(1.0) and not bucket.allow(1.0)  # one a second after that
+
+
+# ------------------------------------------------------------------ construction
+
+
+HANDSHAKE = ServerHandshake(bytes(range(1, 33)), PARAMS)
+CONFIG = QuantumConfiguration(keepalive_interval=None, fec=None)
+
+COUNTS = "max_connections, max_connections_per_address and max_tracked_sources must be at least 1"
+RATES = "rates must be positive and bursts at least 1"
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"max_connections": 0}, COUNTS),
+    ({"max_connections_per_address": 0}, COUNTS),
+    ({"max_tracked_sources": 0}, COUNTS),
+    ({"per_source_rate": 0.0}, RATES),
+    ({"finish_rate": 0.0}, RATES),
+    ({"retry_above_rate": 0.0}, RATES),
+    ({"per_source_burst": 0.5}, RATES),
+    ({"finish_burst": 0.5}, RATES),
+])
+def test_a_limit_it_cannot_run_with_is_refused_naming_it(limits: dict[str, float],
+                                                         message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Listener(HANDSHAKE, CONFIG, **limits)  # type: ignore[arg-type]
+    assert str(refused.value) == message
+
+
+def test_the_smallest_limits_it_can_run_with_are_accepted_and_kept() -> None:
+    listener = Listener(HANDSHAKE, CONFIG, max_connections=1, max_connections_per_address=1,
+                        max_tracked_sources=1, per_source_rate=1e-9, per_source_burst=1,
+                        finish_rate=1e-9, finish_burst=1, retry_above_rate=1e-9)
+    assert listener.config is CONFIG
+    assert (listener.max_connections, listener.per_address.limit) == (1, 1)
+    assert (listener.per_source_rate, listener.per_source_burst) == (1e-9, 1)
+
+
+def test_the_library_defaults_are_the_servers_documented_ones() -> None:
+    """A library user gets the limits the README documents for quantum-server."""
+    listener, documented = Listener(HANDSHAKE, CONFIG), ServerConfig()
+    assert listener.max_connections == documented.max_connections
+    assert listener.per_address.limit == documented.max_connections_per_address
+    assert listener.per_source_rate == documented.handshake_rate
+    assert listener.per_source_burst == documented.handshake_burst
+    door = Door(listener)
+    # the burst, then a retry (the rate refills nothing within one instant)
+    burst = int(documented.handshake_burst)
+    answers = [kind(door.send(syn(), ("203.0.113.130", 1000 + i))[0]) for i in range(burst + 1)]
+    assert answers == ["server_hello"] * burst + ["retry"]
+    # the finish limit defaults to the hello limit
+    assert door.listener._finishes.rate == documented.handshake_rate
+    assert door.listener._finishes.burst == documented.handshake_burst
+    assert door.listener._global.rate == documented.retry_above_rate
+
+
+@pytest.mark.parametrize("proven", [False, True])
+def test_each_hello_limiter_remembers_only_max_tracked_sources(proven: bool) -> None:
+    # proven: the total rate is spent from the start, so every hello is first asked to echo a
+    # retry cookie and only the proven sources' limiter is charged
+    door = Door(make_listener(per_source_rate=1e-9, per_source_burst=1, max_tracked_sources=2,
+                              retry_above_rate=1e-9 if proven else 500.0))
+    first = "203.0.113.140"
+
+    def hello(ip: str, port: int) -> str:
+        if not proven:
+            return kind(door.send(syn(), (ip, port))[0])
+        _, seen = door.handshake((ip, port))
+        assert seen[0] == "retry"
+        return seen[1]
+
+    refused = "reject:RATE_LIMITED" if proven else "retry"
+    assert [hello(first, 1), hello(first, 2)] == ["server_hello", refused]
+    # two newer sources: the first is forgotten, and has a full bucket again
+    assert [hello("203.0.113.141", 1), hello("203.0.113.142", 1)] == ["server_hello"] * 2
+    assert hello(first, 3) == "server_hello"

@@ -8,6 +8,8 @@ Same harness as test_listener.py: real client connections, a listener on a clock
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from quantum.config import QuantumConfiguration
@@ -16,11 +18,13 @@ from quantum.errors import CloseCode
 from quantum.events import HandshakeRejected
 from quantum.handshake import ServerHandshake
 from quantum.listener import ConnectionQuota, Listener, TokenBucket, source_key
+from quantum.packet import Flags, Packet, encode_packet
 from quantum_server.config import ServerConfig
 from tests.test_listener import (
     ALICE,
     PARAMS,
     SERVER,
+    VICTIM,
     Door,
     finish_of,
     kind,
@@ -250,3 +254,28 @@ def test_each_hello_limiter_remembers_only_max_tracked_sources(proven: bool) -> 
     # two newer sources: the first is forgotten, and has a full bucket again
     assert [hello("203.0.113.141", 1), hello("203.0.113.142", 1)] == ["server_hello"] * 2
     assert hello(first, 3) == "server_hello"
+
+
+# ------------------------------------------------------------------ what is not a handshake
+
+
+def packet_of(flags: int, seq: int = 0, payload: bytes = b"") -> bytes:
+    return encode_packet(Packet(flags, os.urandom(16), seq, 0, (), payload))
+
+
+@pytest.mark.parametrize(("datagram", "reason"), [
+    (b"QUNT" + bytes(20), "not_quantum"),  # shorter than a header
+    (b"HTTP" + packet_of(Flags.SYN, payload=bytes(1200))[4:], "not_quantum"),  # not our magic
+    (packet_of(Flags.SYN, payload=bytes(1200))[:-1], "malformed"),  # a byte short
+    (packet_of(0), "unknown_connection"),  # no flag: data for a connection we do not have
+    (packet_of(Flags.FIN), "unknown_connection"),
+    (packet_of(Flags.ACK, seq=5), "unknown_connection"),  # data, not a finish (seq 0)
+    (packet_of(Flags.SYN | Flags.ACK, payload=bytes(1200)), "unknown_connection"),  # reflected
+])
+def test_what_is_not_a_handshake_is_dropped_unanswered_by_reason(datagram: bytes,
+                                                                  reason: str) -> None:
+    door = Door(make_listener())
+    assert door.send(datagram, VICTIM) == []
+    assert door.listener.stats.drops == {reason: 1}
+    stats = door.listener.stats
+    assert (stats.handshakes_started, stats.retries_sent, stats.rejected) == (0, 0, {})

@@ -62,7 +62,7 @@ class ModuleSet:
 SETS: dict[str, ModuleSet] = {
     "listener": ModuleSet(
         ("quantum/listener.py",),
-        ("tests/test_listener.py", "tests/test_listener_proof.py"),
+        ("tests/test_listener.py", "tests/test_listener_proof.py", "tests/test_listener_edges.py"),
         # 2,000 handshakes (11 s interpreted); charging a handshake twice also fails
         # test_retry_mode_charges_each_handshake_exactly_once
         deselect=("tests/test_listener.py::"
@@ -92,7 +92,7 @@ SETS: dict[str, ModuleSet] = {
     "connection": ModuleSet(
         ("quantum/connection.py",),
         ("tests/test_connection.py", "tests/test_migration.py", "tests/test_client_reject.py",
-         "tests/test_connection_proof.py"),
+         "tests/test_protocol_violation.py"),
         why="the connection state machine and packet pipeline"),
     "tokens": ModuleSet(
         ("session/tokens.py",),

@@ -16,7 +16,7 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
 from quantum.events import HandshakeRejected
-from quantum.handshake import ServerHandshake
+from quantum.handshake import ServerHandshake, ServerParams
 from quantum.listener import ConnectionQuota, Listener, TokenBucket, source_key
 from quantum.packet import Flags, Packet, encode_packet
 from quantum_server.config import ServerConfig
@@ -26,11 +26,15 @@ from tests.test_listener import (
     SERVER,
     VICTIM,
     Door,
+    count_finishes,
     finish_of,
     kind,
     make_listener,
     syn,
 )
+
+HANDSHAKE = ServerHandshake(bytes(range(1, 33)), PARAMS)
+CONFIG = QuantumConfiguration(keepalive_interval=None, fec=None)
 
 # ------------------------------------------------------------------ replays, to the instant
 
@@ -73,7 +77,9 @@ def test_a_finish_whose_cookie_opens_but_whose_credentials_do_not_is_a_bad_finis
     _, finish = finish_of(door, addr)
     tampered = bytearray(finish)
     tampered[-1] ^= 1  # the sealed credentials' tag, after the (intact) cookie
+    diffie_hellman = count_finishes(door.listener)
     assert door.send(bytes(tampered), addr) == []
+    assert diffie_hellman == [1]  # the cookie opened: refused by the handshake itself
     assert door.listener.stats.drops == {"bad_finish": 1}
     assert door.connections == {}
 
@@ -94,12 +100,17 @@ def test_the_connection_is_made_with_the_listeners_configuration_and_clock() -> 
 
 
 def test_connections_with_the_same_negotiated_parameters_share_one_object() -> None:
-    door = Door(make_listener())
+    # the server offers FEC, the clients decline it: each negotiation makes new parameters,
+    # which the listener keeps one copy of
+    offered = ServerParams((10, 3), 10.0, 60.0)
+    door = Door(Listener(ServerHandshake(bytes(range(1, 33)), offered), CONFIG))
     for i in range(3):
-        door.handshake((f"203.0.113.{120 + i}", 1))
+        client = Connection.client(SERVER, ALICE, door.now,
+                                   configuration=QuantumConfiguration(fec=None))
+        door.handshake((f"203.0.113.{120 + i}", 1), client)
     first, *others = door.connections.values()
-    assert first.params == PARAMS
-    assert all(other.params is first.params for other in others)
+    assert first.params == ServerParams(None, 10.0, 60.0)
+    assert len(others) == 2 and all(other.params is first.params for other in others)
 
 
 # ------------------------------------------------------------------ sealed refusals, by size
@@ -182,9 +193,6 @@ def test_a_new_token_bucket_is_full_at_any_clock_even_the_simulations_zero() -> 
 
 # ------------------------------------------------------------------ construction
 
-
-HANDSHAKE = ServerHandshake(bytes(range(1, 33)), PARAMS)
-CONFIG = QuantumConfiguration(keepalive_interval=None, fec=None)
 
 COUNTS = "max_connections, max_connections_per_address and max_tracked_sources must be at least 1"
 RATES = "rates must be positive and bursts at least 1"
@@ -279,3 +287,19 @@ def test_what_is_not_a_handshake_is_dropped_unanswered_by_reason(datagram: bytes
     assert door.listener.stats.drops == {reason: 1}
     stats = door.listener.stats
     assert (stats.handshakes_started, stats.retries_sent, stats.rejected) == (0, 0, {})
+
+
+def test_plaintext_refusals_say_why_in_words() -> None:
+    full = Door(make_listener(max_connections=1))
+    full.handshake(("203.0.113.150", 1))
+    client, seen = full.handshake(("203.0.113.151", 1), rounds=1)
+    assert seen == ["reject:SERVER_FULL"]
+    assert client.handshake_reject == (CloseCode.SERVER_FULL, "server full")
+
+    limited = Door(make_listener(per_source_rate=1e-9, per_source_burst=1,
+                                 retry_above_rate=1e-9))
+    limited.handshake(("203.0.113.152", 1))  # the proven bucket's one token
+    client, seen = limited.handshake(("203.0.113.152", 2))
+    assert seen == ["retry", "reject:RATE_LIMITED"]
+    assert client.handshake_reject == (CloseCode.RATE_LIMITED,
+                                       "too many handshakes from this address")

@@ -303,3 +303,13 @@ def test_plaintext_refusals_say_why_in_words() -> None:
     assert seen == ["retry", "reject:RATE_LIMITED"]
     assert client.handshake_reject == (CloseCode.RATE_LIMITED,
                                        "too many handshakes from this address")
+
+
+def test_a_hello_whose_key_yields_no_shared_secret_is_a_bad_hello() -> None:
+    """Well formed, so it passes the free checks, but its ephemeral key is a low-order point:
+    the Diffie-Hellman fails, and the hello is dropped like any malformed one."""
+    door = Door(make_listener())
+    low_order = syn(lambda p: p.__setitem__(slice(0, 32), bytes(32)))
+    assert door.send(low_order, VICTIM) == []
+    stats = door.listener.stats
+    assert stats.drops == {"bad_hello": 1} and stats.handshakes_started == 0

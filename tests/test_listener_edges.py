@@ -18,7 +18,7 @@ from quantum.errors import CloseCode
 from quantum.events import HandshakeRejected
 from quantum.handshake import ServerHandshake, ServerParams
 from quantum.listener import ConnectionQuota, Listener, TokenBucket, source_key
-from quantum.packet import Flags, Packet, encode_packet
+from quantum.packet import Flags, Packet, decode_packet, encode_packet
 from quantum_server.config import ServerConfig
 from tests.test_listener import (
     ALICE,
@@ -313,3 +313,42 @@ def test_a_hello_whose_key_yields_no_shared_secret_is_a_bad_hello() -> None:
     assert door.send(low_order, VICTIM) == []
     stats = door.listener.stats
     assert stats.drops == {"bad_hello": 1} and stats.handshakes_started == 0
+
+
+def test_plaintext_replies_are_handshake_packets_seq_0_ack_0() -> None:
+    """PROTOCOL.md 7: handshake packets carry seq 0, ack 0 and no SACK."""
+    door = Door(make_listener(retry_above_rate=1.0))
+    _, seen = door.handshake(("203.0.113.160", 1), rounds=1)
+    client = Connection.client(SERVER, ALICE, door.now)
+    replies = door.send(client.datagrams_to_send(door.now)[0][0], ("203.0.113.161", 1))
+    door.listener.stop_accepting()
+    replies += door.send(syn(), ("203.0.113.162", 1))
+    assert seen == ["server_hello"] and [kind(r) for r in replies] == [
+        "retry", "reject:SERVER_SHUTDOWN"]
+    for reply in [*replies, *door.send(syn(), ("203.0.113.163", 1))]:
+        packet = decode_packet(reply)
+        assert (packet.seq, packet.ack, packet.sack) == (0, 0, ())
+
+
+def test_the_finish_limiter_remembers_only_max_tracked_sources() -> None:
+    door = Door(make_listener(finish_rate=1e-9, finish_burst=1, max_tracked_sources=2))
+    first = "203.0.113.170"
+
+    def finish(ip: str, port: int) -> bool:
+        """Whether a complete handshake from (ip, port) is admitted."""
+        _, data = finish_of(door, (ip, port))
+        before = len(door.connections)
+        door.send(data, (ip, port))
+        return len(door.connections) == before + 1
+
+    assert [finish(first, 1), finish(first, 2)] == [True, False]
+    assert door.listener.stats.drops == {"finish_rate_limited": 1}
+    assert [finish("203.0.113.171", 1), finish("203.0.113.172", 1)] == [True, True]
+    assert finish(first, 3)  # forgotten by the limiter: a full bucket again
+
+
+def test_a_connection_quota_of_one_is_the_smallest() -> None:
+    quota = ConnectionQuota(1)
+    assert quota.acquire("a", b"1") and not quota.acquire("a", b"2")
+    with pytest.raises(ValueError, match=r"^a connection quota must be at least 1, got 0$"):
+        ConnectionQuota(0)

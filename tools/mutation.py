@@ -87,7 +87,7 @@ SETS: dict[str, ModuleSet] = {
         why="the wire format"),
     "migration": ModuleSet(
         ("quantum/migration.py",),
-        ("tests/test_migration.py",),
+        ("tests/test_migration.py", "tests/test_path_validation.py"),
         why="path validation and the 3x budget"),
     "connection": ModuleSet(
         ("quantum/connection.py",),

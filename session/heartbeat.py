@@ -3,10 +3,10 @@
 `SessionManager.heartbeat_nowait` is a `LocalHeartbeat`. It reads the coarse clock, reuses
 ``now + timeout`` while the clock stands on one tick (the clock hands out one `datetime` per
 tick, so the sum is not allocated again), and touches the session through the store's
-synchronous entry point: `MemoryStore.touch_now` always completes the heartbeat; `EtcdStore`'s
-`touch_local` does whenever no lease refresh or state write is due. A compiled callable rather
-than a manager method, because at >100,000 calls a second an interpreted frame costs as much as
-the work it does.
+synchronous entry point, `Store.touch_nowait`: a `MemoryStore` always completes the heartbeat
+there, an `EtcdStore` whenever no lease refresh or state write is due. A compiled callable
+rather than a manager method, because at >100,000 calls a second an interpreted frame costs as
+much as the work it does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from session.clock import CoarseClock
-from session.memory import MemoryStore
+from session.store import Store
 
 __all__ = ["LocalHeartbeat"]
 
@@ -25,32 +25,25 @@ class LocalHeartbeat:
     """``heartbeat_nowait(session_id) -> float | None``: the seconds remaining once the session
     was touched without I/O, or None (nothing changed) when the store needs I/O for it.
 
-    Raises what the store's touch raises: `SessionNotFound`, `SessionExpired`.
-    `touch_now` (preferred when given) always completes; otherwise `touch_local` says whether
-    it did. `log`: a logger to write a debug event per heartbeat to, or None for silence.
+    Raises what the store's `touch_nowait` raises: `SessionNotFound`, `SessionExpired`.
+    `log`: a logger to write a debug event per heartbeat to, or None for silence.
     """
 
-    __slots__ = ("_clock", "_coarse", "_expiry", "_log", "_memory", "_now", "_remaining",
-                 "_timeout", "_touch_local", "_touch_now")
+    __slots__ = ("_clock", "_coarse", "_expiry", "_log", "_now", "_remaining", "_store",
+                 "_timeout")
 
-    def __init__(self, clock: Callable[[], datetime], timeout: float,
-                 touch_now: Callable[[str, datetime, datetime], None] | None,
-                 touch_local: Callable[[str, datetime, datetime], bool] | None,
+    def __init__(self, clock: Callable[[], datetime], timeout: float, store: Store,
                  log: Any | None = None) -> None:
         self._clock = clock
         # typed `float | None` so that it is kept as a Python float: returning it then hands
         # out this one object, where a plain float attribute is boxed anew on every call
         self._remaining: float | None = float(timeout)
         self._timeout = timedelta(seconds=timeout)
-        self._touch_now = touch_now
-        self._touch_local = touch_local
+        self._store = store
         self._log = log
-        # the default clock and store are compiled with this module: called as such, natively,
-        # rather than through Python's call protocol (a MemoryStore subclass's override of
-        # touch_now still runs: mypyc dispatches to it)
+        # the default clock is compiled with this module: called as such, natively, rather
+        # than through Python's call protocol
         self._coarse = clock if isinstance(clock, CoarseClock) else None
-        owner = getattr(touch_now, "__self__", None)
-        self._memory = owner if isinstance(owner, MemoryStore) else None
         # the tick `_expiry` was computed for (None: none yet)
         self._now: datetime | None = None
         self._expiry = datetime.min.replace(tzinfo=UTC)
@@ -71,16 +64,8 @@ class LocalHeartbeat:
 
     def __call__(self, session_id: str) -> float | None:
         now = self._tick()
-        memory = self._memory
-        touch_now = self._touch_now
-        if memory is not None:
-            memory.touch_now(session_id, now, self._expiry)
-        elif touch_now is not None:
-            touch_now(session_id, now, self._expiry)
-        else:
-            touch_local = self._touch_local
-            if touch_local is None or not touch_local(session_id, now, self._expiry):
-                return None
+        if not self._store.touch_nowait(session_id, now, self._expiry):
+            return None
         log = self._log
         if log is not None:
             log.debug("session heartbeat", session_id=session_id, remaining=self._remaining)

@@ -54,7 +54,7 @@ from quantum.events import (
     SendBufferDrained,
 )
 from quantum.frames import Delivery
-from quantum.handshake import ServerHandshake, ServerParams
+from quantum.handshake import MAX_PARAM_MS, ServerHandshake, ServerParams
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum.listener import ConnectionQuota, Listener
 from quantum.packet import HEADER_SIZE, MAGIC
@@ -922,7 +922,7 @@ async def _await(awaitable: Awaitable[None]) -> None:
 
 
 #: the longest duration the wire carries (keepalive interval, idle timeout: u32 milliseconds)
-MAX_WIRE_SECONDS: Final = 0xFFFFFFFF / 1000
+MAX_WIRE_SECONDS: Final = MAX_PARAM_MS / 1000
 #: the longest ticket `issue-ticket` signs: a year (a longer one is a ticket that never expires)
 
 

@@ -51,14 +51,15 @@ class HandshakeCompleted(Event):
 
     session_id: bytes
     session_token: str
-    remaining: float | None
+    #: the session's remaining lifetime in seconds
+    remaining: float
     resumed: bool
 
     def __init__(
         self,
         session_id: bytes,
         session_token: str,
-        remaining: float | None,
+        remaining: float,
         resumed: bool,
     ) -> None:
         self.session_id = session_id

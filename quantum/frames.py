@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from quantum.limits import MAX_FEC_K, MAX_TOKEN_BYTES, SESSION_ID_SIZE
 from quantum.packet import PacketError
 
 
@@ -44,10 +45,15 @@ REJECT: Final = 0x0A
 #: type, channel, mode, message id, fragment index, fragment count, data length
 MESSAGE_FRAME_OVERHEAD: Final = 13
 MAX_REASON_BYTES: Final = 512
-MAX_TOKEN_BYTES: Final = 64
-MAX_PARITY_SEQS: Final = 32
+#: a PARITY frame names the k data packets of its group: k is FEC's group size
+MAX_PARITY_SEQS: Final = MAX_FEC_K
 PATH_DATA_SIZE: Final = 8
-SESSION_ID_SIZE: Final = 16
+#: "remaining ms" (KEEPALIVE_ACK, SESSION) is the session's remaining lifetime in whole
+#: milliseconds, 0..MAX_REMAINING_MS; a longer one (about 49.7 days and up) is sent as
+#: MAX_REMAINING_MS, "at least that". NO_SESSION_MS, only in a KEEPALIVE_ACK, says that the
+#: connection has no session; a SESSION frame always carries a lifetime.
+MAX_REMAINING_MS: Final = 0xFFFFFFFE
+NO_SESSION_MS: Final = 0xFFFFFFFF
 
 _MESSAGE: Final = struct.Struct("!BBBIHHH")
 _U32_FRAME: Final = struct.Struct("!BI")
@@ -63,6 +69,18 @@ _BODY_PARITY: Final = struct.Struct("!IBBB")
 _SESSION_TAIL: Final = struct.Struct("!IB")
 _U32_SEQS: Final = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_SEQS + 1))
 _DELIVERY: Final = tuple(Delivery)
+
+
+def remaining_ms(seconds: float | None) -> int:
+    """The wire form of a session's remaining lifetime (None: no session, NO_SESSION_MS)."""
+    if seconds is None:
+        return NO_SESSION_MS
+    return max(0, min(MAX_REMAINING_MS, int(seconds * 1000)))
+
+
+def remaining_seconds(ms: int) -> float | None:
+    """The lifetime a "remaining ms" field says, in seconds; None for NO_SESSION_MS."""
+    return None if ms == NO_SESSION_MS else ms / 1000
 
 
 def _pack(fmt: struct.Struct, *values: object) -> bytes:
@@ -139,7 +157,7 @@ class KeepaliveFrame:
 @dataclass(slots=True, init=False, unsafe_hash=True)
 class KeepaliveAckFrame:
     keepalive_id: int
-    #: the session's remaining lifetime in ms; 0xFFFFFFFF means there is no session
+    #: the session's remaining lifetime in ms, or NO_SESSION_MS (see `remaining_ms`)
     remaining_ms: int
 
     def __init__(self, keepalive_id: int, remaining_ms: int) -> None:
@@ -296,7 +314,7 @@ class PathResponseFrame:
 class SessionFrame:
     session_id: bytes
     token: str
-    #: the session's remaining lifetime in ms; 0xFFFFFFFF means it never expires
+    #: the session's remaining lifetime in ms, at most MAX_REMAINING_MS
     remaining_ms: int
     resumed: bool
 
@@ -317,8 +335,11 @@ class SessionFrame:
         if not self.token.isascii():
             raise PacketError("session token must be ASCII")
         raw = self.token.encode("ascii")
-        if len(raw) > MAX_TOKEN_BYTES:
-            raise PacketError(f"session token of {len(raw)} bytes exceeds {MAX_TOKEN_BYTES}")
+        if not 1 <= len(raw) <= MAX_TOKEN_BYTES:
+            raise PacketError(f"session token of {len(raw)} bytes, must be 1..{MAX_TOKEN_BYTES}")
+        if not 0 <= self.remaining_ms <= MAX_REMAINING_MS:
+            raise PacketError(f"session remaining ms {self.remaining_ms} outside "
+                              f"0..{MAX_REMAINING_MS} (a SESSION frame always has a lifetime)")
         return b"".join((bytes((SESSION,)), self.session_id, bytes((len(raw),)), raw,
                          _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
 
@@ -504,8 +525,8 @@ def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     _need(payload, pos + SESSION_ID_SIZE + 1, "SESSION")
     session_id = payload[pos:pos + SESSION_ID_SIZE]
     length = payload[pos + SESSION_ID_SIZE]
-    if length > MAX_TOKEN_BYTES:
-        raise PacketError(f"SESSION token of {length} bytes exceeds {MAX_TOKEN_BYTES}")
+    if not 1 <= length <= MAX_TOKEN_BYTES:
+        raise PacketError(f"SESSION token of {length} bytes, must be 1..{MAX_TOKEN_BYTES}")
     start = pos + SESSION_ID_SIZE + 1
     end = start + length
     _need(payload, end + 5, "SESSION")
@@ -513,6 +534,9 @@ def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     if not raw.isascii():
         raise PacketError("SESSION token is not ASCII")
     remaining, resumed = _SESSION_TAIL.unpack_from(payload, end)
+    if remaining == NO_SESSION_MS:
+        raise PacketError("SESSION remaining ms is FFFFFFFF (no session): a SESSION frame "
+                          "always carries the session's lifetime")
     if resumed > 1:
         raise PacketError(f"SESSION resumed flag must be 0 or 1, got {resumed}")
     frames.append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))

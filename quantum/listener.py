@@ -39,6 +39,7 @@ from quantum.connection import Address, Connection
 from quantum.errors import CloseCode
 from quantum.frames import RejectFrame, encode_frames
 from quantum.handshake import (
+    CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
@@ -314,6 +315,11 @@ class Listener:
         try:
             keys, credentials, params = self.handshake.on_client_finish(cid, packet.payload,
                                                                         addr, now)
+        except CredentialsRefused as exc:
+            # authentic, but what the session service would refuse: say so, sealed
+            refused = Connection.server(cid, addr, exc.keys, None, exc.params, now,
+                                        configuration=self.config)
+            return self._refuse(refused, exc.code, exc.message, budget, now), None
         except HandshakeError:
             self._drop("bad_finish")
             return [], None

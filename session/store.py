@@ -156,7 +156,7 @@ class Store(abc.ABC):
         Stores with a state index should override this; the default reads everything.
         """
         sessions, _ = await self.list(SessionFilter())
-        counts = Counter(s.state for s in sessions)
+        counts = Counter([s.state for s in sessions])
         return {state: counts.get(state, 0) for state in State}
 
     async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:

@@ -9,6 +9,12 @@ test vectors: docs/PROTOCOL.md section 4.
 Frames are validated when decoded (`decode_frames` raises only `PacketError`) and when
 encoded (`encode()` raises `PacketError` for a value that does not fit its field); the
 constructors do not validate, because the hot path builds one `MessageFrame` per fragment.
+
+The frames that come with data and keepalives (MESSAGE, KEEPALIVE, KEEPALIVE_ACK, ACK_FLOOR,
+PARITY) are mutable slots dataclasses with a hand-written `__init__`, which mypyc compiles (the
+generated one runs interpreted: the callgrind counts that justify it are in
+docs/ARCHITECTURE.md, "The compiled core"); they compare by value and are not hashable. The
+others, sent a few times per connection, are plain frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def _field_error(exc: struct.error) -> PacketError:
     return PacketError(f"cannot encode frame field: {exc}")
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class MessageFrame:
     channel: int
     mode: Delivery
@@ -136,7 +142,7 @@ class MessageFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class KeepaliveFrame:
     keepalive_id: int
 
@@ -154,7 +160,7 @@ class KeepaliveFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class KeepaliveAckFrame:
     keepalive_id: int
     #: the session's remaining lifetime in ms, or NO_SESSION_MS (see `remaining_ms`)
@@ -185,7 +191,7 @@ def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
     return _pack(_CODE_LEN, frame_type, code, len(raw)) + raw
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class _CodeReasonFrame:
     """The body CLOSE and REJECT share: u16 code, u16 length, UTF-8 reason. Neither is a kind
     of the other (the connection tells them apart with isinstance), so both derive from this."""
@@ -193,28 +199,24 @@ class _CodeReasonFrame:
     code: int
     reason: str
 
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
     @property
     def size(self) -> int:
         return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class CloseFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(CLOSE, self.code, self.reason)
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class RejectFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(REJECT, self.code, self.reason)
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class ParityFrame:
     group_id: int
     #: parity shards in the group
@@ -257,7 +259,7 @@ class ParityFrame:
         ))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class AckFloorFrame:
     #: the sender will never send or retransmit a packet numbered below this (32-bit wire value)
     floor: int
@@ -278,12 +280,9 @@ def _check_path_data(data: bytes) -> None:
         raise PacketError(f"path challenge data must be {PATH_DATA_SIZE} bytes, got {len(data)}")
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PathChallengeFrame:
     data: bytes
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
     @property
     def size(self) -> int:
@@ -294,12 +293,9 @@ class PathChallengeFrame:
         return bytes((PATH_CHALLENGE,)) + self.data
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PathResponseFrame:
     data: bytes
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
     @property
     def size(self) -> int:
@@ -310,19 +306,13 @@ class PathResponseFrame:
         return bytes((PATH_RESPONSE,)) + self.data
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class SessionFrame:
     session_id: bytes
     token: str
     #: the session's remaining lifetime in ms, at most MAX_REMAINING_MS
     remaining_ms: int
     resumed: bool
-
-    def __init__(self, session_id: bytes, token: str, remaining_ms: int, resumed: bool) -> None:
-        self.session_id = session_id
-        self.token = token
-        self.remaining_ms = remaining_ms
-        self.resumed = resumed
 
     @property
     def size(self) -> int:
@@ -344,14 +334,11 @@ class SessionFrame:
                          _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PaddingFrame:
     """`length` zero bytes; only ever last in a payload. Decoding skips padding silently."""
 
     length: int
-
-    def __init__(self, length: int) -> None:
-        self.length = length
 
     @property
     def size(self) -> int:

@@ -120,7 +120,10 @@ class Credentials:
     resume: tuple[bytes, str] | None = None  # (session_id 16 bytes, token)
     resume_fallback: bool = False  # a new session if the resume is refused
     metadata: Mapping[str, str] = field(default_factory=dict)
-    fec: tuple[int, int] | None = (10, 3)  # requested (k, m), None = off
+    #: None: ask for no FEC. Otherwise ask for it, with these (k, m); `Connection.client` puts
+    #: its configuration's (k, m) here (and None when the configuration has FEC off), and the
+    #: server answers with its own (k, m) or none (5.2.6)
+    fec: tuple[int, int] | None = (10, 3)
 
     def __repr__(self) -> str:
         # the ticket and the resume token are secrets: a repr ends up in logs and tracebacks

@@ -7,7 +7,7 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantum.frames import (
@@ -127,6 +127,9 @@ def frames(draw: st.DrawFn) -> Frame:
                         draw(st.integers(0, MAX_REMAINING_MS)), draw(st.booleans()))
 
 
+# timing is no part of what this checks: on a loaded machine (pure Python, two cores shared)
+# hypothesis's speed checks failed it once (FailedHealthCheck) while every example passed
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(frames(), max_size=6), st.integers(0, 20))
 def test_round_trip(frame_list: list[Frame], padding: int) -> None:
     tail: list[Frame] = [PaddingFrame(padding)] if padding else []

@@ -1217,5 +1217,3 @@ class Connection:
 _CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
-
-

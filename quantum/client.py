@@ -13,7 +13,7 @@ import contextlib
 import os
 import uuid
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -320,12 +320,11 @@ async def connect(
 
     `resume=(session_id, token)` continues an earlier session on this new connection; with
     `resume_fallback=True` a refused resume gets a new session instead of `ConnectError`.
+    `fec=False` asks for no forward error correction, whatever the configuration says (with
+    `fec=True` the configuration's FEC is asked for; the server may still say no).
     Raises `ConnectError` when the server refuses (reason code) or does not answer in time.
     """
     config = configuration or QuantumConfiguration()
-    if not fec:
-        # the connection asks for FEC as its configuration says, so `fec=False` must say it there
-        config = replace(config, fec=None)
     resume_bytes: tuple[bytes, str] | None = None
     if resume is not None:
         try:

@@ -66,12 +66,12 @@ def test_the_token_verdict_is_the_constant_time_comparisons_verdict(spy: Spy) ->
 
 def test_tokens_that_cannot_be_ours_are_refused_before_any_comparison(spy: Spy) -> None:
     _, digest = tokens.new_token()
-    for bad in ("", "x" * (tokens.MAX_TOKEN_LENGTH + 1), None, 42, b"bytes"):
+    for bad in ("", "x" * (tokens.MAX_TOKEN_BYTES + 1), None, 42, b"bytes"):
         assert not tokens.verify(bad, digest)
-    assert not tokens.verify("a" * tokens.MAX_TOKEN_LENGTH, b"")  # no token was stored
+    assert not tokens.verify("a" * tokens.MAX_TOKEN_BYTES, b"")  # no token was stored
     assert spy.calls == []
     # the longest acceptable token is compared
-    assert not tokens.verify("a" * tokens.MAX_TOKEN_LENGTH, digest)
+    assert not tokens.verify("a" * tokens.MAX_TOKEN_BYTES, digest)
     assert len(spy.calls) == 1
 
 

@@ -203,9 +203,11 @@ RATES = "rates must be positive and bursts at least 1"
     ({"max_connections_per_address": 0}, COUNTS),
     ({"max_tracked_sources": 0}, COUNTS),
     ({"per_source_rate": 0.0}, RATES),
+    ({"per_source_rate": 0.0, "finish_rate": 1.0}, RATES),  # not only through the default
     ({"finish_rate": 0.0}, RATES),
     ({"retry_above_rate": 0.0}, RATES),
     ({"per_source_burst": 0.5}, RATES),
+    ({"per_source_burst": 0.5, "finish_burst": 1}, RATES),
     ({"finish_burst": 0.5}, RATES),
 ])
 def test_a_limit_it_cannot_run_with_is_refused_naming_it(limits: dict[str, float],

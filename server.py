@@ -541,7 +541,6 @@ class QuantumServer(asyncio.DatagramProtocol):
             self._on_timer, lambda peer: peer.conn.connection_id in self.peers,
             lambda peer: peer.conn.get_timer())
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._accepting = True
         self._periodic: asyncio.Task[None] | None = None
         # peers sent to outside their own input's processing, flushed once per loop pass
         self._flush_queue: list[Peer] = []
@@ -579,8 +578,9 @@ class QuantumServer(asyncio.DatagramProtocol):
         return int(self.address_text.rsplit(":", 1)[1])
 
     async def stop(self, reason: str = "server shutdown") -> None:
-        """Stop accepting, close every connection with a reason, update sessions, release."""
-        self._accepting = False
+        """Stop accepting (new handshakes are refused with SERVER_SHUTDOWN), close every
+        connection with `reason`, update sessions, release."""
+        self.listener.stop_accepting(f"{reason}: not accepting connections")
         for peer in list(self.peers.values()):
             peer.conn.close(reason, CloseCode.SERVER_SHUTDOWN)
             self.flush(peer)
@@ -611,9 +611,6 @@ class QuantumServer(asyncio.DatagramProtocol):
         if peer is not None:
             peer.conn.receive_datagram(data, addr, now)
             self._process(peer, now)
-            return
-        if not self._accepting:
-            self._drop("shutting_down")
             return
         replies, conn = self.endpoint.handshake(data, addr, now)
         transport = self._transport

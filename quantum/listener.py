@@ -25,6 +25,10 @@ normative text is docs/PROTOCOL.md, section 10.4):
 * The connection cap and the per-address cap (`ConnectionQuota`, counted per source from the
   handshake to `forget`) refuse with an explicit reason; connections that exist are never
   affected.
+* Once the owner stops accepting (`stop_accepting`: the server is shutting down), every
+  well-formed hello is refused with SERVER_SHUTDOWN and its reason, and a finish that
+  authenticates with a sealed SERVER_SHUTDOWN, so a client goes elsewhere at once rather than
+  retrying into a closing socket.
 
 Sources are IPv4 addresses, and IPv6 addresses by their /64 (`source_key`). The datagrams of
 known connections go straight to their `Connection`.
@@ -238,6 +242,8 @@ class Listener:
         self._finishes = SourceLimiter(finish_rate, finish_burst, max_tracked_sources)
         self.per_address = ConnectionQuota(max_connections_per_address)
         self._recently_closed: OrderedDict[bytes, float] = OrderedDict()
+        #: set by `stop_accepting`: the reason every new handshake is refused with
+        self.stopping: str | None = None
         # negotiated parameters take a handful of values: connections share one object each
         self._params: dict[ServerParams, ServerParams] = {}
         self.stats = ListenerStats()
@@ -261,6 +267,10 @@ class Listener:
         self._drop("unknown_connection")
         return [], None
 
+    def stop_accepting(self, reason: str = "server shutting down") -> None:
+        """Refuse every handshake from now on (SERVER_SHUTDOWN, with `reason`)."""
+        self.stopping = reason
+
     def forget(self, connection_id: bytes, now: float) -> None:
         """A connection ended: free its address slot, and refuse replays of its handshake
         while its cookie could be valid."""
@@ -281,6 +291,8 @@ class Listener:
         except HandshakeError:
             self._drop("bad_hello")  # before any limit is charged: garbage costs nothing
             return []
+        if self.stopping is not None:
+            return self._reject(packet, budget, addr, CloseCode.SERVER_SHUTDOWN, self.stopping)
         if connection_count >= self.max_connections:
             return self._reject(packet, budget, addr, CloseCode.SERVER_FULL, "server full")
         source = source_key(addr[0])
@@ -344,6 +356,9 @@ class Listener:
             self._params[params] = params
         conn = Connection.server(cid, addr, keys, credentials, params, now,
                                  configuration=self.config)
+        if self.stopping is not None:
+            return self._refuse(conn, CloseCode.SERVER_SHUTDOWN, self.stopping, budget,
+                                now), None
         if connection_count >= self.max_connections:
             return self._refuse(conn, CloseCode.SERVER_FULL, "server full", budget, now), None
         if not self.per_address.acquire(source, cid):
@@ -409,6 +424,6 @@ class Listener:
         recent = self._recently_closed
         while recent:
             cid, until = next(iter(recent.items()))
-            if until > now:
+            if until >= now:  # a cookie still opens at issued + lifetime: keep it to then
                 break
             del recent[cid]

@@ -1,4 +1,6 @@
-"""Shared fixtures for the session tests: a fake clock and the `store` fixture.
+"""Shared fixtures for the session tests: a fake clock and the `store` fixture; the hypothesis
+profile (`tests/profiles.py` defines them: ``ci`` under CI, ``dev`` elsewhere, ``explore`` by
+hand with ``--hypothesis-profile=explore``).
 
 `store` runs each test once per entry of `STORE_FACTORIES`. A factory is an async callable
 taking the pytest request (so it can pull in other fixtures, e.g. an etcd server) and
@@ -11,16 +13,22 @@ parameter list when the decorator runs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from quantum.build import REBUILD_HINT, is_compiled, stale_modules
 from session.memory import MemoryStore
 from session.store import Store
+from tests import profiles  # noqa: F401  (registers the hypothesis profiles)
 from tests.etcd_cluster import etcd_store_factory, etcd_store_pair_factory
+
+# the default; `--hypothesis-profile=NAME` (hypothesis' pytest plugin) overrides it
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,7 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"quantum core: {'compiled (mypyc)' if is_compiled() else 'pure Python'}"
+    return (f"quantum core: {'compiled (mypyc)' if is_compiled() else 'pure Python'}; "
+            f"hypothesis profile: {settings._current_profile}")
 
 
 StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]

@@ -19,6 +19,7 @@ from quantum.channels import (
 )
 from quantum.errors import MessageError, ProtocolError
 from quantum.frames import MESSAGE_FRAME_OVERHEAD, Delivery, MessageFrame, decode_frames
+from tests.profiles import scaled
 
 RO = Delivery.RELIABLE_ORDERED
 RU = Delivery.RELIABLE_UNORDERED
@@ -227,7 +228,7 @@ message_specs = st.lists(
     st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 60)), max_size=30)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled(150), deadline=None)
 @given(specs=message_specs, data=st.data(), first_id=st.sampled_from([0, 0xFFFFFFFF - 5]))
 def test_every_mode_keeps_its_promise(specs: list[tuple[int, int, int]], data: st.DataObject,
                                       first_id: int) -> None:

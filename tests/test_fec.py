@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from quantum.errors import ProtocolError
 from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard, partial_parity
+from tests.profiles import scaled
 
 
 def _payloads(count: int, seed: int = 1) -> list[bytes]:
@@ -258,7 +259,7 @@ def test_corrupt_parity_length_prefix_is_rejected() -> None:
         dec.on_parity(_shard(shard=b"\xff" * 10))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(
     k=st.integers(1, 12),
     m=st.integers(1, 5),

@@ -23,6 +23,7 @@ from quantum.frames import RejectFrame, decode_frames
 from quantum.handshake import Credentials, ServerHandshake, ServerParams
 from quantum.listener import ConnectionQuota, Listener, SourceLimiter, source_key
 from quantum.packet import VERSION, Flags, Packet, decode_header, decode_packet, encode_packet
+from tests.profiles import scaled
 
 SERVER: Address = ("192.0.2.1", 9090)
 VICTIM: Address = ("198.51.100.7", 40000)
@@ -364,7 +365,7 @@ def test_a_tiny_syn_of_another_version_is_not_answered() -> None:
     assert [kind(r) for r in door.send(padded, VICTIM)] == ["reject:VERSION_NOT_SUPPORTED"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(flags=st.sampled_from([Flags.SYN, Flags.SYN | Flags.URG, Flags.ACK, Flags.SYN | Flags.RST]),
        version=st.sampled_from([VERSION, VERSION + 1, 0]),
        size=st.integers(0, 1400), cut=st.integers(0, 1432), full=st.booleans())

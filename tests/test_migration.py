@@ -34,6 +34,7 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
+from tests.profiles import scaled
 
 ALICE = Credentials(user_id="alice")
 VICTIM = ("192.0.2.66", 4444)
@@ -398,7 +399,7 @@ def _settle(sim: Simulation, until: float) -> None:
     raise AssertionError("no time passed in 100,000 steps")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, fec=st.booleans(), seed=st.integers(0, 1000),
        loss=st.sampled_from([0.0, 0.05, 0.2]))
 def test_every_timer_either_acts_or_moves_later(actions: list[tuple[object, ...]], fec: bool,

@@ -21,6 +21,7 @@ from quantum.reliability import (
     SentPacket,
 )
 from quantum.serial import MASK
+from tests.profiles import scaled
 
 WRAP = 1 << 32
 
@@ -441,7 +442,7 @@ def test_receive_tracker_across_the_wrap() -> None:
 # ------------------------------------------------------------------------------ both ends
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=scaled(40), deadline=None)
 @given(st.integers(0, 2**32), st.sampled_from([1, WRAP - 100, 2**40 - 7]),
        st.floats(0.0, 0.5))
 def test_lossy_exchange_across_the_wrap(seed: int, first_pn: int, loss: float) -> None:

@@ -43,6 +43,7 @@ from session.manager import EVICTED_REASON, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import MAX_METADATA_ENTRIES, Session, SessionFilter, State, new_session_id
 from tests.conftest import FakeClock
+from tests.profiles import scaled
 
 TIMEOUT = 100.0
 USERS = ("alice", "bob", "carol")
@@ -309,6 +310,6 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 SessionMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=40, deadline=None
+    max_examples=scaled(100), stateful_step_count=40, deadline=None
 )
 TestSessionMachine = SessionMachine.TestCase

@@ -1,8 +1,17 @@
-"""quantum.timers.TimerHeap: one heap and one loop.call_at for many connections' deadlines."""
+"""quantum.timers.TimerHeap: one heap and one loop.call_at for many connections' deadlines.
+
+The heap asks its loop only for `time()` and `call_at()`: the tests of what fires when drive it
+with `ManualLoop`, a clock that moves only when told (a loaded machine cannot make a sleep of
+30 ms last 70 and fire what must not have fired yet). The last test needs the real loop: it
+checks that a firing owner gives the loop back.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
 
 from quantum.timers import TimerHeap
 
@@ -17,13 +26,59 @@ class Item:
         return self.name.encode()
 
 
-async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry() -> None:
-    loop = asyncio.get_running_loop()
+class Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualLoop:
+    """`time()` and `call_at()` on a clock that `advance` moves, running what comes due in
+    deadline order, each callback at its own deadline (as the event loop would, on time)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._calls: list[tuple[float, int, Handle, Callable[[], None]]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, at: float, callback: Callable[[], None]) -> Handle:
+        handle = Handle()
+        heapq.heappush(self._calls, (at, next(self._order), handle, callback))
+        return handle
+
+    def armed(self) -> int:
+        return sum(not handle.cancelled for _, _, handle, _ in self._calls)
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self._calls and self._calls[0][0] <= until:
+            at, _, handle, callback = heapq.heappop(self._calls)
+            if handle.cancelled:
+                continue
+            self.now = max(self.now, at)
+            callback()
+        self.now = until
+
+
+def manual_heap(fire: Callable[[Item, float], None], alive: Callable[[Item], bool],
+                deadline: Callable[[Item], float | None] | None = None,
+                ) -> tuple[TimerHeap[Item], ManualLoop]:
+    heap: TimerHeap[Item] = TimerHeap(fire, alive, deadline)
+    loop = ManualLoop()
+    heap.loop = loop  # type: ignore[assignment]
+    return heap, loop
+
+
+def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry() -> None:
     fired: list[tuple[str, float]] = []
     alive = {"a", "b"}
-    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append((item.name, now)),
-                                      lambda item: item.name in alive)
-    heap.loop = loop
+    heap, loop = manual_heap(lambda item, now: fired.append((item.name, now)),
+                             lambda item: item.name in alive)
     a, b = Item("a"), Item("b")
     t0 = loop.time()
     heap.schedule(a, t0 + 0.05)
@@ -35,62 +90,58 @@ async def test_deadlines_fire_in_order_and_later_ones_ride_on_the_earlier_entry(
     # ... but an earlier deadline replaces it at once
     heap.schedule(b, t0 + 0.01)
     assert b.timer_at == t0 + 0.01
-    await asyncio.sleep(0.12)
-    assert [name for name, _ in fired] == ["b", "a"]  # the stale b entry at +0.02 is skipped
-    assert all(now >= t0 for _, now in fired)
+    loop.advance(0.0099)
+    assert fired == []  # nothing before its deadline
+    loop.advance(0.12)
+    # each at its own deadline; the stale b entry at +0.02 is skipped
+    assert fired == [("b", t0 + 0.01), ("a", t0 + 0.05)]
     assert a.timer_at is None and b.timer_at is None  # owners re-schedule from their fire
+    assert loop.armed() == 0  # nothing live is left: the loop is not woken for nothing
     heap.close()
 
 
-async def test_equal_deadlines_fire_every_owner() -> None:
-    loop = asyncio.get_running_loop()
+def test_equal_deadlines_fire_every_owner() -> None:
     fired: list[str] = []
-    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append(item.name),
-                                      lambda item: True)
-    heap.loop = loop
+    heap, loop = manual_heap(lambda item, now: fired.append(item.name), lambda item: True)
     at = loop.time() + 0.01
     for name in ("c", "a", "b"):
         heap.schedule(Item(name), at)
-    await asyncio.sleep(0.05)
+    loop.advance(0.01)
     assert sorted(fired) == ["a", "b", "c"]
 
 
-async def test_entries_of_dead_owners_are_skipped_and_close_disarms() -> None:
-    loop = asyncio.get_running_loop()
+def test_entries_of_dead_owners_are_skipped_and_close_disarms() -> None:
     fired: list[str] = []
     alive = {"a"}
-    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append(item.name),
-                                      lambda item: item.name in alive)
-    heap.loop = loop
+    heap, loop = manual_heap(lambda item, now: fired.append(item.name),
+                             lambda item: item.name in alive)
     a, gone = Item("a"), Item("gone")
     heap.schedule(gone, loop.time() + 0.01)
     heap.schedule(a, loop.time() + 0.02)
     heap.schedule(a, None)  # no deadline: nothing changes
-    await asyncio.sleep(0.06)
+    loop.advance(0.06)
     assert fired == ["a"]
     heap.schedule(a, loop.time() + 0.01)
     heap.close()
-    await asyncio.sleep(0.03)
+    loop.advance(3600)
     assert fired == ["a"]
 
 
-async def test_an_entry_whose_owner_deadline_moved_later_is_refiled_not_fired() -> None:
-    loop = asyncio.get_running_loop()
+def test_an_entry_whose_owner_deadline_moved_later_is_refiled_not_fired() -> None:
     fired: list[tuple[str, float]] = []
     real: dict[str, float] = {}
-    heap: TimerHeap[Item] = TimerHeap(lambda item, now: fired.append((item.name, now)),
-                                      lambda item: True, lambda item: real[item.name])
-    heap.loop = loop
+    heap, loop = manual_heap(lambda item, now: fired.append((item.name, now)),
+                             lambda item: True, lambda item: real[item.name])
     a = Item("a")
     t0 = loop.time()
     real["a"] = t0 + 0.01
     heap.schedule(a, real["a"])
     real["a"] = t0 + 0.06  # e.g. an ACK pushed the retransmission deadline back
     heap.schedule(a, real["a"])  # later: not pushed
-    await asyncio.sleep(0.03)
+    loop.advance(0.0599)
     assert fired == [] and a.timer_at == real["a"]  # woke early, re-filed, did not fire
-    await asyncio.sleep(0.06)
-    assert [name for name, _ in fired] == ["a"] and fired[0][1] >= real["a"]
+    loop.advance(0.0001)
+    assert fired == [("a", real["a"])]
     heap.close()
 
 
@@ -109,7 +160,7 @@ async def test_an_owner_that_keeps_a_past_deadline_cannot_hold_the_loop() -> Non
             raise RuntimeError("the timer heap keeps firing within one pass")
         heap.schedule(item, now)  # the same deadline again: nothing moved
 
-    heap._fire = fire  # type: ignore[assignment]
+    heap._fire = fire
     heap.loop = loop
     heap.schedule(Item("stuck"), loop.time())
     ticks = 0

@@ -1,0 +1,35 @@
+"""The hypothesis profiles (registered by tests/conftest.py) and the example budget of tests that
+set their own.
+
+* ``ci``: deterministic (derandomized, no example database); the default when the CI
+  environment variable is set, as `.ci/run` runs. CI replays the same examples on every run, so
+  a red CI is reproducible and never a draw of luck.
+* ``dev``: the default elsewhere: random examples, remembered in ``.hypothesis/``, so each
+  local run explores new inputs and replays the failures it found before.
+* ``explore``: a long search, by hand (docs/TESTING.md):
+  ``pytest --hypothesis-profile=explore -m "not etcd"``, ten times the examples
+  of every property; pin whatever it finds with ``@example``.
+
+A test that sets `max_examples` itself (a slow property) sets `max_examples=scaled(n)`: n under
+``ci`` and ``dev``, ten times n under ``explore``.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, Phase, settings
+
+#: the examples of a property with no budget of its own, under ci and dev
+BASE_EXAMPLES = 100
+
+settings.register_profile("ci", max_examples=BASE_EXAMPLES, derandomize=True, database=None,
+                          deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=BASE_EXAMPLES, deadline=None)
+settings.register_profile("explore", max_examples=10 * BASE_EXAMPLES, deadline=None,
+                          phases=list(Phase), suppress_health_check=[HealthCheck.too_slow])
+
+
+def scaled(examples: int) -> int:
+    """A property's own example budget, scaled like the loaded profile's (read when the test
+    module is imported, after `--hypothesis-profile` took effect)."""
+    return max(1, examples * settings.default.max_examples // BASE_EXAMPLES)

@@ -1,0 +1,124 @@
+"""The handshake's rotating secrets keep their promises at every instant of an epoch.
+
+A server cookie (the state the stateless server hands the client between SYN-ACK and ACK) is
+valid for `cookie_lifetime` seconds from the moment it was issued, wherever in its key's epoch
+that moment falls; a retry cookie for at least one `retry_rotation` period. Once expired or
+rotated out, neither opens. A secret that rotated faster than its period (say, every second
+period), or forgot its predecessor at a rotation, fails these properties for cookies issued
+just before a rotation.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from quantum.errors import CloseCode
+from quantum.handshake import (
+    ClientHandshake,
+    Credentials,
+    HandshakeError,
+    ServerHandshake,
+    ServerParams,
+)
+
+CID = bytes(range(16))
+ADDR = ("192.0.2.1", 4433)
+STATIC = bytes(range(1, 33))
+PARAMS = ServerParams(None, 10.0, 60.0)
+LIFETIME = 10.0
+ROTATION = 60.0
+
+#: an issue time anywhere in an epoch, including its last instants
+issue_times = st.floats(1000.0, 1000.0 + 5 * ROTATION, allow_nan=False)
+
+
+def finish_issued_at(server: ServerHandshake, issued: float) -> bytes:
+    client = ClientHandshake(CID, Credentials("alice"))
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, issued))
+    return client.client_finish()
+
+
+def retried_hello_at(server: ServerHandshake, issued: float) -> bytes:
+    client = ClientHandshake(CID, Credentials("alice"))
+    client.on_retry(server.make_retry(CID, ADDR, issued))
+    return client.client_hello()
+
+
+@given(issued=issue_times, age=st.floats(0.0, 1.0))
+@example(issued=1009.999, age=1.0)  # issued just before its key's epoch ends, used at the end
+@example(issued=1010.0, age=1.0)  # issued at the first instant of an epoch
+def test_a_server_cookie_opens_for_its_whole_lifetime(issued: float, age: float) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, issued)
+    used = issued + age * LIFETIME
+    assert server.finish_cookie_valid(CID, finish, ADDR, used)
+    _keys, credentials, _ = server.on_client_finish(CID, finish, ADDR, used)
+    assert credentials.user_id == "alice"
+
+
+@given(issued=issue_times, late=st.floats(1e-3, 3 * LIFETIME))
+@example(issued=1009.999, late=1e-3)
+def test_a_server_cookie_never_opens_after_its_lifetime(issued: float, late: float) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, issued)
+    used = issued + LIFETIME + late
+    assert not server.finish_cookie_valid(CID, finish, ADDR, used)
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_finish(CID, finish, ADDR, used)
+    assert info.value.code is CloseCode.HANDSHAKE_TIMEOUT
+
+
+def test_a_server_cookie_from_the_future_is_refused() -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1005.0)
+    assert not server.finish_cookie_valid(CID, finish, ADDR, 1004.9)  # the clock went back
+
+
+@given(issued=issue_times, age=st.floats(0.0, 0.999999))
+@example(issued=1019.999, age=0.999999)  # epochs of 60 s: 1019.999 is just before one ends
+@example(issued=1020.0, age=0.0)
+def test_a_retry_cookie_is_honoured_for_at_least_one_rotation_period(issued: float,
+                                                                     age: float) -> None:
+    server = ServerHandshake(STATIC, PARAMS, retry_rotation=ROTATION)
+    hello = retried_hello_at(server, issued)
+    assert not server.needs_retry(hello, CID, ADDR, issued + age * ROTATION)
+
+
+@given(issued=issue_times, late=st.floats(0.0, 5 * ROTATION))
+def test_a_retry_cookie_is_never_honoured_two_periods_on(issued: float, late: float) -> None:
+    server = ServerHandshake(STATIC, PARAMS, retry_rotation=ROTATION)
+    hello = retried_hello_at(server, issued)
+    assert server.needs_retry(hello, CID, ADDR, issued + 2 * ROTATION + late)
+
+
+def test_a_secret_unused_for_a_whole_epoch_is_forgotten_not_kept_as_previous() -> None:
+    """The previous secret is kept only if it belongs to the epoch just before the current one:
+    a server quiet for longer does not keep honouring a cookie from two epochs ago."""
+    server = ServerHandshake(STATIC, PARAMS, retry_rotation=ROTATION)
+    hello = retried_hello_at(server, 1020.0)  # epoch 17
+    assert server.needs_retry(hello, CID, ADDR, 1020.0 + 2 * ROTATION)  # epoch 19: gone
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    with pytest.raises(HandshakeError, match="rotated out"):
+        server.on_client_finish(CID, finish, ADDR, 1025.0)
+
+
+def test_rotating_secrets_are_fresh_random_bytes_each_epoch() -> None:
+    drawn: list[int] = []
+
+    def random(size: int) -> bytes:
+        drawn.append(size)
+        return bytes([len(drawn)]) * size
+
+    server = ServerHandshake(STATIC, PARAMS, retry_rotation=ROTATION, random=random)
+    first = server.make_retry(CID, ADDR, 1000.0)
+    assert server.make_retry(CID, ADDR, 1010.0) == first  # same epoch: same secret
+    assert drawn == [32]
+    second = server.make_retry(CID, ADDR, 1030.0)  # the next epoch (1020 .. 1080)
+    assert second != first and drawn == [32, 32]
+    with pytest.raises(ValueError, match="positive"):
+        ServerHandshake(STATIC, PARAMS, cookie_lifetime=0.0)
+    with pytest.raises(ValueError, match="positive"):
+        ServerHandshake(STATIC, PARAMS, retry_rotation=-1.0)

@@ -136,6 +136,11 @@ def test_the_data_payload_cap_leaves_room_for_sack_and_parity() -> None:
     assert max_data_payload(1472, 10) == 1360  # min(1360, 1372)
     assert max_data_payload(1472, 16) == 1348  # min(1360, 1348)
     assert max_data_payload(1200, 16) == 1076
+    # the table of docs/protocol-1.0-pmtu.md, "The data payload cap D"
+    table = {1200: (1088, 1088, 1076), 1280: (1168, 1168, 1156), 1452: (1340, 1340, 1328),
+             1472: (1360, 1360, 1348)}
+    for p, row in table.items():
+        assert tuple(max_data_payload(p, k) for k in (0, 10, 16)) == row
     for p in (1200, 1280, 1452, 1472):
         for k in range(0, 17):
             d = max_data_payload(p, k)

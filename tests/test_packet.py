@@ -11,8 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantum.packet import (
+    BASE_DATAGRAM,
     HEADER_SIZE,
     MAX_DATAGRAM,
+    MAX_DATAGRAM_V4,
+    MAX_DATAGRAM_V6,
     MAX_PAYLOAD,
     MAX_SACK_BLOCKS,
     VERSION,
@@ -142,7 +145,7 @@ def test_mutated_truncated_extended_packets_raise_only_packet_error(
 @pytest.mark.parametrize(("data", "message"), [
     (b"QUNT" + bytes(27), "shorter than the 32-byte header"),
     (b"XUNT" + bytes(28), "bad magic"),
-    (b"QUNT" + bytes(26) + struct.pack("!H", 1401) + bytes(1401), "exceeds 1400"),
+    (b"QUNT" + bytes(26) + struct.pack("!H", 1425) + bytes(1425), "exceeds 1424"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 10) + bytes(9), "truncated"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 2) + bytes(5), "not a whole number"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 0) + bytes(72), "9 SACK blocks"),
@@ -161,7 +164,7 @@ def test_sack_block_across_the_wrap_is_valid() -> None:
 
 @pytest.mark.parametrize(("packet", "message"), [
     (Packet(0, CID, 0, 0, ((1, 1),) * 9), "9 SACK blocks"),
-    (Packet(0, CID, 0, 0, (), bytes(1401)), "payload of 1401"),
+    (Packet(0, CID, 0, 0, (), bytes(1425)), "payload of 1425"),
     (Packet(0, CID, 0, 0, ((1, 1),) * 6, bytes(1400)), "datagram of 1480"),
     (Packet(0, bytes(15), 0, 0), "16 bytes"),
     (Packet(0, CID, 1 << 32, 0), "u32"),
@@ -176,6 +179,17 @@ def test_encode_refuses_what_decode_would_reject(packet: Packet, message: str) -
         encode_packet(packet)
 
 
+def test_the_datagram_sizes_of_quantum_1_0() -> None:
+    # docs/protocol-1.0-pmtu.md, "Datagram sizes"
+    assert (BASE_DATAGRAM, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6) == (1200, 1472, 1452)
+    assert MAX_DATAGRAM == MAX_DATAGRAM_V4  # what a receiver accepts, IPv6 too
+    assert MAX_PAYLOAD == MAX_DATAGRAM - HEADER_SIZE - 16 == 1424
+    # the largest payload, alone after the header, is a whole datagram with its tag
+    p = Packet(0, CID, 0, 0, (), bytes(MAX_PAYLOAD + 16))
+    with pytest.raises(PacketError, match="payload of 1440"):
+        encode_packet(p)
+
+
 def test_largest_datagram_is_exactly_the_limit() -> None:
     p = Packet(0, CID, 0, 0, ((1, 1),) * 5, bytes(MAX_DATAGRAM - HEADER_SIZE - 40))
     assert len(encode_packet(p)) == MAX_DATAGRAM
@@ -184,8 +198,8 @@ def test_largest_datagram_is_exactly_the_limit() -> None:
 def test_split_body_after_decryption() -> None:
     body = struct.pack("!IIII", 3, 4, 9, 9) + b"payload"
     assert split_body(body, 7) == (((3, 4), (9, 9)), b"payload")
-    with pytest.raises(PacketError, match="payload length 1401"):
-        split_body(bytes(1401), 1401)
+    with pytest.raises(PacketError, match="payload length 1425"):
+        split_body(bytes(1425), 1425)
 
 
 def test_peek_connection_id() -> None:

@@ -65,6 +65,7 @@ from quantum.frames import (
     PingFrame,
     RejectFrame,
     SessionFrame,
+    cut_reason,
     decode_frames,
     elicits_ack,
     encode_frames,
@@ -401,7 +402,7 @@ class Connection:
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
         if self._can_seal():
-            self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
+            self._send_protected([RejectFrame(code, cut_reason(reason))], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def send(self, message: object, channel: object = 0,
@@ -510,7 +511,7 @@ class Connection:
         """Graceful close: pending data is flushed first, then a FIN goes out."""
         if self.state in (_CLOSING, _CLOSED):
             return
-        self.close_code, self.close_reason = CloseCode(code), reason
+        self.close_code, self.close_reason = CloseCode(code), cut_reason(reason)
         if self._seal is None or self.state is _AUTHENTICATING:
             self._terminate(code, reason, by_peer=False)
             return
@@ -1276,7 +1277,7 @@ class Connection:
     def _abort(self, code: int, reason: str, now: float) -> None:
         """Abortive close: one RST carrying the reason, then closed (nothing waits for it)."""
         if self._seal is not None and self._can_seal():
-            self._send_protected([CloseFrame(code, reason[:512])], now, flags=ACK | RST)
+            self._send_protected([CloseFrame(code, cut_reason(reason))], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def _forget_handshake(self) -> None:

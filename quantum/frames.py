@@ -215,6 +215,14 @@ class KeepaliveAckFrame:
             raise _field_error(exc) from None
 
 
+def cut_reason(reason: str) -> str:
+    """`reason` cut to at most MAX_REASON_BYTES of UTF-8 at a character boundary (4: a sender
+    cuts a longer reason), so every outgoing CLOSE and REJECT encodes. A lone surrogate (not
+    encodable) becomes "?"."""
+    # the cut may split a character: "ignore" drops only that incomplete tail
+    return reason.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
 def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
     try:
         raw = reason.encode("utf-8")

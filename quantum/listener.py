@@ -40,7 +40,7 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
 from quantum.crypto import CIPHERS
 from quantum.errors import CloseCode
-from quantum.frames import RejectFrame, encode_frames
+from quantum.frames import RejectFrame, cut_reason, encode_frames
 from quantum.handshake import (
     CredentialsRefused,
     HandshakeError,
@@ -382,7 +382,7 @@ class Listener:
     def _reject(self, packet: Packet, budget: int, addr: Address, code: CloseCode,
                 reason: str) -> list[tuple[bytes, Address]]:
         self.count_reject(code)
-        payload = encode_frames([RejectFrame(int(code), reason)])
+        payload = encode_frames([RejectFrame(int(code), cut_reason(reason))])
         return self._reply(Flags.RST, packet.connection_id, payload, budget, addr)
 
     def _reply(self, flags: int, cid: bytes, payload: bytes, budget: int,

@@ -1,0 +1,91 @@
+"""Places where the code must do what docs/PROTOCOL.md 1.0 says (reasons, unauthenticated
+handshake replies, datagram sizes, nothing before acceptance)."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantum.config import QuantumConfiguration
+from quantum.connection import Connection, ConnectionState
+from quantum.errors import CloseCode
+from quantum.events import ConnectionClosed, Event
+from quantum.frames import MAX_REASON_BYTES, cut_reason
+from quantum.handshake import Credentials
+from quantum.simulation import (
+    CLIENT_ADDR,
+    LinkProfile,
+    SimulatedNetwork,
+    SimulatedServer,
+    Simulation,
+)
+
+ALICE = Credentials(user_id="alice")
+
+
+def make_sim() -> Simulation:
+    return Simulation(SimulatedNetwork(LinkProfile(), 1),
+                      SimulatedServer.create(QuantumConfiguration(keepalive_interval=None)))
+
+
+def server_conn(sim: Simulation) -> Connection:
+    return next(iter(sim.server.connections.values()))
+
+
+def drain(conn: Connection) -> list[Event]:
+    events = []
+    while (event := conn.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def closed_events(sim: Simulation) -> list[ConnectionClosed]:
+    return [e for _, e in sim.server.events if isinstance(e, ConnectionClosed)]
+
+
+@pytest.mark.parametrize("reason", ["é" * 300, "a" * 511 + "€", "x" * 600, "ok"])
+def test_cut_reason_keeps_at_most_512_utf8_bytes_at_a_character_boundary(reason: str) -> None:
+    cut = cut_reason(reason)
+    raw = cut.encode("utf-8")
+    assert len(raw) <= MAX_REASON_BYTES
+    assert reason.startswith(cut)
+    # nothing more fits: the next character would pass the bound
+    if cut != reason:
+        assert len((cut + reason[len(cut)]).encode("utf-8")) > MAX_REASON_BYTES
+
+
+def test_close_with_a_long_non_ascii_reason_sends_the_cut_reason() -> None:
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=2.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    client.close("é" * 300)
+    sim.flush()  # raised PacketError out of datagrams_to_send before the reason was cut
+    sim.run(until=10.0)
+    assert client.state is ConnectionState.CLOSED
+    closed = closed_events(sim)
+    assert closed and closed[0].by_peer and closed[0].reason == "é" * 256
+
+
+def test_abort_and_reject_cut_a_long_non_ascii_reason_by_bytes() -> None:
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=2.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    now = sim.now
+    client._abort(CloseCode.PROTOCOL_VIOLATION, "é" * 300, now)
+    datagrams = client.datagrams_to_send(now)
+    assert datagrams
+    server = server_conn(sim)
+    server.receive_datagram(datagrams[-1][0], CLIENT_ADDR, now)
+    closed = [e for e in drain(server) if isinstance(e, ConnectionClosed)]
+    assert closed and closed[0].reason == "é" * 256
+
+    sim2 = make_sim()
+
+    def refuse(conn: Connection, _request: object) -> None:
+        conn.reject(CloseCode.BAD_TICKET, "€" * 200, sim2.now)
+
+    sim2.server.authorize = refuse
+    sim2.add_client(ALICE)
+    sim2.run(until=3.0)
+    rejected = [e for e in sim2.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
+    assert rejected and rejected[0].code == CloseCode.BAD_TICKET
+    assert rejected[0].reason == "€" * 170

@@ -747,7 +747,13 @@ class Connection:
         if opening is not None:  # SYN_SENT or AWAIT_ACCEPT
             timed_out, resent = opening.on_timer(now)
             if timed_out:
-                self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout", by_peer=False)
+                bad_key = opening.bad_server_key
+                if bad_key is None:
+                    self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout",
+                                    by_peer=False)
+                else:  # only a wrong server answered: report it as such (10.2)
+                    self._events.append(HandshakeRejected(CloseCode.BAD_SERVER_KEY, bad_key))
+                    self._terminate(CloseCode.BAD_SERVER_KEY, bad_key, by_peer=False)
                 return
             self._count_sent(resent)
         if self._close_deadline is not None and now >= self._close_deadline:
@@ -827,8 +833,13 @@ class Connection:
             else:
                 self._drop("unexpected_handshake")
         except HandshakeError as exc:
-            self._events.append(HandshakeRejected(exc.code, exc.message))
-            self._terminate(exc.code, exc.message, by_peer=False)
+            # unauthenticated, so it cannot end the handshake (10.2): a malformed reply is
+            # dropped; a wrong key or a failed confirmation is remembered for the timeout
+            if exc.code == CloseCode.BAD_SERVER_KEY:
+                opening.bad_server_key = exc.message
+                self._drop("bad_server_key")
+            else:
+                self._drop("malformed_handshake")
         except PacketError:
             self._drop("malformed")
 

@@ -19,8 +19,9 @@ from quantum.packet import ACK, SYN, Packet, PacketError, encode_packet
 class ClientOpening:
     """Tries, resends and the deadline of one client handshake, and its secrets."""
 
-    __slots__ = ("connection_id", "credentials", "crypto", "deadline", "interval", "last",
-                 "max_tries", "out", "reject", "resend_at", "sent_at", "tries")
+    __slots__ = ("bad_server_key", "connection_id", "credentials", "crypto", "deadline",
+                 "interval", "last", "max_tries", "out", "reject", "resend_at", "sent_at",
+                 "tries")
 
     def __init__(self, connection_id: bytes, credentials: Credentials,
                  configuration: QuantumConfiguration, now: float, *,
@@ -42,6 +43,9 @@ class ClientOpening:
         self.resend_at: float | None = None
         #: the last plaintext REJECT, remembered while SYNs are left to send (code, reason)
         self.reject: tuple[int, str] | None = None
+        #: why the last ServerHello with a wrong key (pin mismatch, or a confirmation that
+        #: did not open) was dropped: the handshake ends with BAD_SERVER_KEY if it times out
+        self.bad_server_key: str | None = None
 
     def _crypto(self) -> ClientHandshake:
         crypto = self.crypto

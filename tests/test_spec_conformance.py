@@ -11,8 +11,10 @@ from quantum.errors import CloseCode
 from quantum.events import ConnectionClosed, Event
 from quantum.frames import MAX_REASON_BYTES, cut_reason
 from quantum.handshake import Credentials
+from quantum.packet import SYN, URG, Packet, decode_packet, encode_packet
 from quantum.simulation import (
     CLIENT_ADDR,
+    SERVER_ADDR,
     LinkProfile,
     SimulatedNetwork,
     SimulatedServer,
@@ -29,6 +31,11 @@ def make_sim() -> Simulation:
 
 def server_conn(sim: Simulation) -> Connection:
     return next(iter(sim.server.connections.values()))
+
+
+def state_of(conn: Connection) -> ConnectionState:
+    """The state now (a call, so the type checker does not keep an earlier narrowing)."""
+    return conn.state
 
 
 def drain(conn: Connection) -> list[Event]:
@@ -89,3 +96,55 @@ def test_abort_and_reject_cut_a_long_non_ascii_reason_by_bytes() -> None:
     rejected = [e for e in sim2.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
     assert rejected and rejected[0].code == CloseCode.BAD_TICKET
     assert rejected[0].reason == "€" * 170
+
+
+def _server_reply(sim: Simulation) -> tuple[bytes, Connection]:
+    """Run until the server's reply to the SYN is on its way; take it off the network."""
+    client = sim.add_client(ALICE)
+    sim.run(until=0.03)
+    arrival = sim.network.next_arrival()
+    assert arrival is not None and arrival > sim.now
+    _, reply, src, dst = sim.network.pop()
+    assert (src, dst) == (SERVER_ADDR, CLIENT_ADDR)
+    return reply, client
+
+
+def _with_payload(datagram: bytes, payload: bytes, flags: int | None = None) -> bytes:
+    packet = decode_packet(datagram)
+    return encode_packet(Packet(packet.flags if flags is None else flags,
+                                packet.connection_id, 0, 0, (), payload))
+
+
+def test_forged_handshake_replies_are_dropped_and_the_genuine_hello_completes() -> None:
+    sim = make_sim()
+    hello, client = _server_reply(sim)
+    payload = decode_packet(hello).payload
+    now = sim.now
+    forged = [
+        _with_payload(hello, payload[:-1] + bytes([payload[-1] ^ 1])),  # confirmation fails
+        _with_payload(hello, payload[:-5]),  # malformed
+        _with_payload(hello, bytes(10), flags=SYN | URG),  # a Retry of the wrong size
+    ]
+    for datagram in forged:
+        client.receive_datagram(datagram, SERVER_ADDR, now)
+        assert client.state is ConnectionState.SYN_SENT
+    assert client.stats.drops["bad_server_key"] == 1
+    assert client.stats.drops["malformed_handshake"] == 2
+    client.receive_datagram(hello, SERVER_ADDR, now)
+    assert client.state is ConnectionState.AWAIT_ACCEPT
+    sim.flush()
+    sim.run(until=2.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    assert state_of(client) is ConnectionState.ESTABLISHED
+    assert not any(isinstance(e, ConnectionClosed) for e in sim.client_events[CLIENT_ADDR])
+
+
+def test_a_wrong_server_key_is_reported_only_when_the_handshake_times_out() -> None:
+    sim = make_sim()
+    client = sim.add_client(ALICE, server_key=bytes(32))
+    sim.run(until=4.9)
+    assert client.state is ConnectionState.SYN_SENT  # a genuine hello could still come
+    assert client.stats.drops["bad_server_key"] >= 1
+    sim.run(until=6.0)
+    closed = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
+    assert [(c.code, c.by_peer) for c in closed] == [(CloseCode.BAD_SERVER_KEY, False)]
+    assert "does not match the pinned key" in closed[0].reason

@@ -545,7 +545,7 @@ class Connection:
             return
         self._now = now
         try:
-            _version, flags, cid, seq, ack, payload_len = decode_header(data)
+            version, flags, cid, seq, ack, payload_len = decode_header(data)
         except PacketError:
             self._drop("malformed")
             return
@@ -554,7 +554,7 @@ class Connection:
             return
         open_ = self._open
         if open_ is None or (flags & SYN and self.is_client):
-            self._receive_handshake_packet(data, flags, addr, now)
+            self._receive_handshake_packet(data, version, flags, addr, now)
             return
         received = self._acks
         pn = received.expand(seq)
@@ -798,12 +798,15 @@ class Connection:
         if keys is not None:
             self._seal, self._open = keys.send, keys.recv
 
-    def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
+    def _receive_handshake_packet(self, data: bytes, version: int, flags: int, addr: Address,
                                   now: float) -> None:
         """A plaintext handshake packet: the client's opening is the only taker."""
         opening = self._opening
         if opening is None or addr != self.peer_addr:
             self._drop("unexpected_handshake")
+            return
+        if version != wire.VERSION:  # unauthenticated: not an answer to our SYN (2.3, 10.2)
+            self._drop("wrong_version")
             return
         try:
             packet = wire.decode_packet(data)

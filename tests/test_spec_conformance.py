@@ -9,9 +9,9 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
 from quantum.events import ConnectionClosed, Event
-from quantum.frames import MAX_REASON_BYTES, cut_reason
-from quantum.handshake import Credentials
-from quantum.packet import SYN, URG, Packet, decode_packet, encode_packet
+from quantum.frames import MAX_REASON_BYTES, RejectFrame, cut_reason, encode_frames
+from quantum.handshake import RETRY_COOKIE_SIZE, Credentials
+from quantum.packet import ACK, RST, SYN, URG, VERSION, Packet, decode_packet, encode_packet
 from quantum.simulation import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -148,3 +148,23 @@ def test_a_wrong_server_key_is_reported_only_when_the_handshake_times_out() -> N
     closed = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
     assert [(c.code, c.by_peer) for c in closed] == [(CloseCode.BAD_SERVER_KEY, False)]
     assert "does not match the pinned key" in closed[0].reason
+
+
+@pytest.mark.parametrize("flags", [SYN | ACK, SYN | URG, RST])
+def test_a_handshake_reply_of_another_version_is_dropped(flags: int) -> None:
+    sim = make_sim()
+    hello, client = _server_reply(sim)
+    packet = decode_packet(hello)
+    payloads = {SYN | ACK: packet.payload, SYN | URG: bytes(RETRY_COOKIE_SIZE),
+                RST: encode_frames([RejectFrame(CloseCode.BAD_TICKET, "no")])}
+    other = encode_packet(Packet(flags, packet.connection_id, 0, 0, (), payloads[flags],
+                                 VERSION + 1))
+    sent_before = client.stats.packets_sent
+    for _ in range(6):  # a REJECT answering the last SYN would end the handshake
+        client.receive_datagram(other, SERVER_ADDR, sim.now)
+    assert client.state is ConnectionState.SYN_SENT
+    assert client.stats.drops["wrong_version"] == 6
+    assert client.stats.packets_sent == sent_before  # no new SYN for a foreign Retry
+    assert client.handshake_reject is None
+    client.receive_datagram(hello, SERVER_ADDR, sim.now)
+    assert state_of(client) is ConnectionState.AWAIT_ACCEPT

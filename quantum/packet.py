@@ -149,10 +149,14 @@ def encode_sack(sack: SackBlocks | list[tuple[int, int]]) -> bytes:
 
 
 def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
-    """(version, flags, connection id, seq, ack, payload length); checks length and magic only."""
+    """(version, flags, connection id, seq, ack, payload length); checks length and magic only.
+    A datagram over MAX_DATAGRAM is malformed, a protected one too: dropped before decryption
+    (docs/PROTOCOL.md 2.3)."""
     if len(data) < HEADER_SIZE:
         raise PacketError(f"datagram of {len(data)} bytes is shorter than the "
                           f"{HEADER_SIZE}-byte header")
+    if len(data) > MAX_DATAGRAM:
+        raise PacketError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     try:
         magic, version, flags, cid, seq, ack, payload_len = _HEADER.unpack_from(data)
     except (struct.error, TypeError) as exc:  # a non-byte memoryview format
@@ -196,8 +200,6 @@ def split_body(body: BytesLike, payload_len: int) -> tuple[SackBlocks, bytes]:
 
 def decode_packet(data: BytesLike) -> Packet:
     """Parse a whole unprotected datagram (handshake packets; tests)."""
-    if len(data) > MAX_DATAGRAM:
-        raise PacketError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     version, flags, cid, seq, ack, payload_len = decode_header(data)
     body = data[HEADER_SIZE:] if isinstance(data, memoryview) else memoryview(data)[HEADER_SIZE:]
     sack, payload = split_body(body, payload_len)

@@ -8,10 +8,22 @@ import pytest
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
-from quantum.events import ConnectionClosed, Event
+from quantum.events import ConnectionClosed, Event, MessageReceived
 from quantum.frames import MAX_REASON_BYTES, RejectFrame, cut_reason, encode_frames
 from quantum.handshake import RETRY_COOKIE_SIZE, Credentials
-from quantum.packet import ACK, RST, SYN, URG, VERSION, Packet, decode_packet, encode_packet
+from quantum.packet import (
+    ACK,
+    MAX_DATAGRAM,
+    RST,
+    SYN,
+    URG,
+    VERSION,
+    Packet,
+    PacketError,
+    decode_header,
+    decode_packet,
+    encode_packet,
+)
 from quantum.simulation import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -168,3 +180,25 @@ def test_a_handshake_reply_of_another_version_is_dropped(flags: int) -> None:
     assert client.handshake_reject is None
     client.receive_datagram(hello, SERVER_ADDR, sim.now)
     assert state_of(client) is ConnectionState.AWAIT_ACCEPT
+
+
+def test_a_protected_datagram_over_1472_bytes_is_dropped_before_decryption() -> None:
+    sim = make_sim()
+    client = sim.add_client(ALICE)
+    sim.run(until=2.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    server = server_conn(sim)
+    client.send(b"x" * 100)
+    datagrams = client.datagrams_to_send(sim.now)
+    assert datagrams
+    genuine = datagrams[0][0]
+    # the same authentic packet with trailing bytes past 1472: the tag check would fail
+    # anyway, but the size rule drops it as malformed without spending a decryption
+    oversized = genuine + bytes(MAX_DATAGRAM + 1 - len(genuine))
+    before = dict(server.stats.drops)
+    server.receive_datagram(oversized, CLIENT_ADDR, sim.now)
+    assert server.stats.drops.get("malformed", 0) == before.get("malformed", 0) + 1
+    assert server.stats.drops.get("auth_failed", 0) == before.get("auth_failed", 0)
+    with pytest.raises(PacketError, match="exceeds 1472"):
+        decode_header(oversized)
+    server.receive_datagram(genuine, CLIENT_ADDR, sim.now)  # the real one still counts
+    assert [e.data for e in drain(server) if isinstance(e, MessageReceived)] == [b"x" * 100]

@@ -854,6 +854,9 @@ class Connection:
             if isinstance(frame, MessageFrame):
                 if self.state is _CLOSED:
                     return
+                if self.state is _AUTHENTICATING:  # from a peer not accepted yet (10.1)
+                    self._drop("before_accept")
+                    continue
                 receiver = self._inbox
                 if receiver is None:
                     receiver = self._inbox = ChannelReceiver()
@@ -861,6 +864,9 @@ class Connection:
                     self.stats.messages_received += 1
                     events.append(MessageReceived(data, channel, mode))
             elif isinstance(frame, KeepaliveFrame):
+                if self.state is _AUTHENTICATING:
+                    self._drop("before_accept")
+                    continue
                 events.append(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
                 keepalives = self._keepalives
@@ -1073,8 +1079,18 @@ class Connection:
 
     # ------------------------------------------------------------------ sending
 
+    def _sendable_outbox(self) -> ChannelSender | None:
+        """The queued messages, unless the handshake is still waiting for acceptance: nothing
+        but handshake packets goes out before the SESSION frame (10.1), so `send` in
+        AWAIT_ACCEPT (or AUTHENTICATING) only queues, and the message leaves once
+        established."""
+        state = self.state
+        if state is _AWAIT_ACCEPT or state is _AUTHENTICATING:
+            return None
+        return self._outbox
+
     def _has_data(self) -> bool:
-        sender, fec = self._outbox, self._fec
+        sender, fec = self._sendable_outbox(), self._fec
         return bool(self._control or (fec is not None and fec.parity)
                     or (sender is not None and sender.has_pending()) or self._fin_due())
 
@@ -1168,7 +1184,7 @@ class Connection:
                 self._control = []  # not emptied in place: see next_event
             else:
                 del control[:taken]
-        sender = self._outbox
+        sender = self._sendable_outbox()
         flags = ACK
         if sender is not None:
             while room > MESSAGE_OVERHEAD and sender.has_pending():

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import pytest
 
+from quantum.channels import ChannelSender
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
-from quantum.events import ConnectionClosed, Event, MessageReceived
-from quantum.frames import MAX_REASON_BYTES, RejectFrame, cut_reason, encode_frames
+from quantum.events import ConnectionClosed, Event, KeepaliveReceived, MessageReceived
+from quantum.frames import (
+    MAX_REASON_BYTES,
+    Delivery,
+    KeepaliveFrame,
+    RejectFrame,
+    cut_reason,
+    encode_frames,
+)
 from quantum.handshake import RETRY_COOKIE_SIZE, Credentials
 from quantum.packet import (
     ACK,
@@ -202,3 +210,52 @@ def test_a_protected_datagram_over_1472_bytes_is_dropped_before_decryption() -> 
         decode_header(oversized)
     server.receive_datagram(genuine, CLIENT_ADDR, sim.now)  # the real one still counts
     assert [e.data for e in drain(server) if isinstance(e, MessageReceived)] == [b"x" * 100]
+
+
+def _held_at_authentication(sim: Simulation) -> tuple[Connection, list[Connection]]:
+    """A client whose server connection waits in AUTHENTICATING (the owner has not decided)."""
+    pending: list[Connection] = []
+    sim.server.authorize = lambda conn, _request: pending.append(conn)
+    client = sim.add_client(ALICE)
+    sim.run(until=1.0, condition=lambda: client.state is ConnectionState.AWAIT_ACCEPT
+            and bool(pending))
+    sim.run(until=sim.now + 0.1)  # the finish has arrived; both sides are waiting
+    assert client.state is ConnectionState.AWAIT_ACCEPT
+    assert [c.state for c in pending] == [ConnectionState.AUTHENTICATING]
+    return client, pending
+
+
+def server_messages(sim: Simulation) -> list[bytes]:
+    return [e.data for _, e in sim.server.events if isinstance(e, MessageReceived)]
+
+
+def test_send_before_acceptance_is_queued_and_sent_once_established() -> None:
+    sim = make_sim()
+    client, pending = _held_at_authentication(sim)
+    client.send(b"early")
+    sim.flush()
+    sim.run(until=sim.now + 0.5)
+    assert server_messages(sim) == []
+    assert pending[0].stats.messages_received == 0
+    pending[0].accept(pending[0].connection_id, "token", 1800.0)
+    sim.flush()
+    sim.run(until=sim.now + 1.0, condition=lambda: bool(server_messages(sim)))
+    assert state_of(client) is ConnectionState.ESTABLISHED
+    assert server_messages(sim) == [b"early"]
+
+
+def test_the_server_discards_messages_and_keepalives_while_authenticating() -> None:
+    sim = make_sim()
+    client, pending = _held_at_authentication(sim)
+    outbox = ChannelSender(packet_room=1000)
+    outbox.queue(b"sneaky", 0, Delivery.RELIABLE_ORDERED, room=1 << 20)
+    message = outbox.pop_frame(1000)
+    assert message is not None
+    client._send_protected([message, KeepaliveFrame(7)], sim.now, flags=ACK)
+    sim.flush()
+    sim.run(until=sim.now + 0.5)
+    server = pending[0]
+    assert server.state is ConnectionState.AUTHENTICATING
+    assert server.stats.drops["before_accept"] == 2
+    assert not [e for _, e in sim.server.events
+                if isinstance(e, (MessageReceived, KeepaliveReceived))]

@@ -8,6 +8,7 @@ own lives in its own module; this one only wires them together:
     wire codec ........ packet.py, frames.py      reliability .... reliability.py
     channels .......... channels.py               congestion ..... bbr.py
     FEC ............... fec.py                    keys, AEAD ..... handshake.py, crypto.py
+    path MTU .......... pmtu.py                   migration ...... migration.py
 
 States (client):  SYN_SENT -> AWAIT_ACCEPT -> ESTABLISHED -> CLOSING -> CLOSED
 States (server):                AUTHENTICATING -> ESTABLISHED -> CLOSING -> CLOSED
@@ -49,7 +50,7 @@ from quantum.events import (
 )
 from quantum.fec import FecState, ParityShard
 from quantum.frames import (
-    MESSAGE_FRAME_OVERHEAD,
+    MESSAGE_OVERHEAD,
     PATH_DATA_SIZE,
     AckFloorFrame,
     CloseFrame,
@@ -61,8 +62,10 @@ from quantum.frames import (
     ParityFrame,
     PathChallengeFrame,
     PathResponseFrame,
+    PingFrame,
     RejectFrame,
     SessionFrame,
+    cut_reason,
     decode_frames,
     elicits_ack,
     encode_frames,
@@ -77,13 +80,14 @@ from quantum.handshake import (
     SessionKeys,
 )
 from quantum.keepalive import KeepaliveClock
-from quantum.limits import MAX_FEC_K
+from quantum.keyupdate import PreviousKeys, open_other_phase
 from quantum.migration import PathValidation
 from quantum.opening import ClientOpening
 from quantum.packet import (
     ACK,
     FEC,
     FIN,
+    KEY_PHASE,
     PSH,
     RST,
     SYN,
@@ -94,6 +98,7 @@ from quantum.packet import (
     encode_sack,
     split_body,
 )
+from quantum.pmtu import PathMtu, max_data_payload, max_datagram_for_address
 from quantum.reliability import (
     BEYOND_WINDOW,
     DUPLICATE,
@@ -106,17 +111,8 @@ from quantum.reliability import (
 Address = tuple[str, int]
 
 AEAD_TAG: Final = 16
-MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
-#: payload room left for frames in a protected packet carrying 8 SACK blocks
-MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS
-                             - AEAD_TAG)
-#: data bytes per message fragment: leaves room for the FEC shard framing of a parity packet
-#: (10 + 4k + 2 bytes with k <= 32 would be too much; groups up to k = 10 fit in 1348) and for
-#: a few small control frames riding in the same packet
-MAX_FRAGMENT: Final = 1300
-#: frames per data packet: fits beside 8 SACK blocks, and as an FEC shard (2-byte length
-#: prefix) inside a parity packet with the group's sequence list (10 + 4k + 2 bytes)
-MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * MAX_FEC_K)
+#: header and tag around every protected payload
+_PROTECTED_OVERHEAD: Final = wire.HEADER_SIZE + AEAD_TAG
 #: `_stall_since` when the peer owes us no acknowledgement
 _NOT_STALLED: Final = -1.0
 _INF: Final = float("inf")
@@ -155,6 +151,13 @@ class ConnectionStats:
     timeout_retransmits: int = 0
     packets_lost: int = 0
     fec_recovered: int = 0
+    #: the datagram size in use on the current path (PLPMTU), and path MTU probes sent and
+    #: lost (lost probes are in neither packets_lost nor the retransmission counters), and
+    #: black holes met (the path stopped carrying the size in use: back to 1200 bytes)
+    plpmtu: int = wire.BASE_DATAGRAM
+    pmtu_probes_sent: int = 0
+    pmtu_probes_lost: int = 0
+    pmtu_black_holes: int = 0
     srtt: float | None = None
     min_rtt: float | None = None
     cwnd: int = 0
@@ -176,6 +179,7 @@ class Connection:
         "_close_at_pn",
         "_close_deadline",
         "_control",
+        "_data_room",
         "_events",
         "_fec",
         "_fin_pn",
@@ -191,11 +195,14 @@ class Connection:
         "_outbox",
         "_peer",
         "_pending_out",
+        "_pmtu",
+        "_previous_keys",
         "_refused_size",
         "_seal",
         "_send_blocked",
         "_stall_since",
         "_unacked_data",
+        "_update_at_pn",
         "close_code",
         "close_reason",
         "config",
@@ -244,6 +251,12 @@ class Connection:
         self._opening: ClientOpening | None = None
         # the graceful close before the key's packet limit starts here (see _keys_running_out)
         self._close_at_pn = configuration.packets_per_key - KEY_LIMIT_HEADROOM
+        # the send side's key update: the packet number from which the next packet is sealed
+        # with the next key generation (once the current one is acknowledged)
+        interval = configuration.key_update_interval
+        self._update_at_pn = (1 << 64) if interval is None else interval + 1
+        # the receive side's previous generation, while reordered packets may still need it
+        self._previous_keys: PreviousKeys | None = None
 
         # packets: what we sent and await acks for (loss detection, RTO), and what we received
         # (the replay window, and the acks we owe)
@@ -258,6 +271,11 @@ class Connection:
         self._inbox: ChannelReceiver | None = None
         self._control: list[Frame] = []  # control frames waiting for the next packet
         self._fec: FecState | None = None  # while FEC is negotiated on
+        # the datagram size on the peer's path and the search for a larger one (pmtu.py);
+        # _data_room is what it leaves for frames in a data packet (pmtu.max_data_payload)
+        self._pmtu = PathMtu(max_datagram_for_address(peer_addr), now)
+        self._data_room = 0
+        self._resized()
 
         self._last_received = now
         # the keepalives we send (None until the first: a server connection sends none)
@@ -356,6 +374,16 @@ class Connection:
         self.params = params
         if params.fec is not None:
             self._fec = FecState(*params.fec)
+            self._resized()
+
+    def _resized(self) -> None:
+        """The datagram size (or FEC's k) changed: so does the room for frames in a packet."""
+        fec = self._fec
+        room = max_data_payload(self._pmtu.size, 0 if fec is None else fec.k)
+        self._data_room = room
+        sender = self._outbox
+        if sender is not None:
+            sender.packet_room = room
 
     # ------------------------------------------------------------------ application calls
 
@@ -373,8 +401,8 @@ class Connection:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
-        if self._flight.next_pn < self.config.packets_per_key:
-            self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
+        if self._can_seal():
+            self._send_protected([RejectFrame(code, cut_reason(reason))], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def send(self, message: object, channel: object = 0,
@@ -393,7 +421,7 @@ class Connection:
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
         sender = self._outbox
         if sender is None:
-            sender = self._outbox = ChannelSender(MAX_FRAGMENT)
+            sender = self._outbox = ChannelSender(packet_room=self._data_room)
         room = self.config.max_send_buffer - sender.pending_bytes - self._unacked_data
         try:
             message_id = sender.queue(message, channel, mode, room=room)
@@ -474,13 +502,16 @@ class Connection:
             return False
         seal.release()
         open_.release()
+        previous = self._previous_keys
+        if previous is not None:
+            previous.protection.release()
         return True
 
     def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
         """Graceful close: pending data is flushed first, then a FIN goes out."""
         if self.state in (_CLOSING, _CLOSED):
             return
-        self.close_code, self.close_reason = CloseCode(code), reason
+        self.close_code, self.close_reason = CloseCode(code), cut_reason(reason)
         if self._seal is None or self.state is _AUTHENTICATING:
             self._terminate(code, reason, by_peer=False)
             return
@@ -514,7 +545,7 @@ class Connection:
             return
         self._now = now
         try:
-            _version, flags, cid, seq, ack, payload_len = decode_header(data)
+            version, flags, cid, seq, ack, payload_len = decode_header(data)
         except PacketError:
             self._drop("malformed")
             return
@@ -523,7 +554,7 @@ class Connection:
             return
         open_ = self._open
         if open_ is None or (flags & SYN and self.is_client):
-            self._receive_handshake_packet(data, flags, addr, now)
+            self._receive_handshake_packet(data, version, flags, addr, now)
             return
         received = self._acks
         pn = received.expand(seq)
@@ -533,7 +564,10 @@ class Connection:
             return
         header = data[: wire.HEADER_SIZE]
         try:
-            body = open_.open(pn, header, data[wire.HEADER_SIZE:])
+            if flags & KEY_PHASE == open_.phase_flag:
+                body = open_.open(pn, header, data[wire.HEADER_SIZE:])
+            else:
+                body = self._open_other_phase(pn, header, data[wire.HEADER_SIZE:], now)
         except ProtectionError:
             self._drop("auth_failed")
             return
@@ -545,6 +579,47 @@ class Connection:
             self._protocol_violation(f"malformed frames: {exc}", now)
         except ProtocolError as exc:
             self._protocol_violation(str(exc), now)
+
+    def _open_other_phase(self, pn: int, header: bytes, ciphertext: bytes, now: float) -> bytes:
+        """A packet of the previous or the next key generation (the peer's key update)."""
+        current = self._open
+        assert current is not None
+        following, body = open_other_phase(current, self._previous_keys, pn, header, ciphertext,
+                                           now)
+        if following is not None:  # the peer moved on: so do we, keeping the old keys a while
+            self._open = following
+            self._previous_keys = PreviousKeys(current, now + 3 * self._flight.rtt.base_rto)
+        return body
+
+    def _update_send_keys(self, pn: int) -> PacketProtection:
+        """`pn` reached the key update point: seal from it on with the next generation, if
+        the peer acknowledged a packet of the current one (so it holds the current keys and
+        can derive the next); else ask again at the next packet."""
+        seal = self._seal
+        assert seal is not None
+        interval = self.config.key_update_interval
+        if interval is None:
+            self._update_at_pn = 1 << 64
+            return seal
+        if self._flight.largest_acked < seal.first_pn:
+            self._update_at_pn = pn + 1
+            return seal
+        following = self._seal = seal.next()
+        self._update_at_pn = pn + interval
+        self._close_at_pn = pn + self.config.packets_per_key - KEY_LIMIT_HEADROOM
+        return following
+
+    @property
+    def cipher(self) -> str | None:
+        """The AEAD cipher the handshake chose, once there are keys."""
+        seal = self._seal
+        return None if seal is None else seal.algorithm
+
+    @property
+    def key_generations(self) -> tuple[int, int]:
+        """(send, receive) key generations: how many key updates each direction made."""
+        seal, open_ = self._seal, self._open
+        return (0 if seal is None else seal.generation, 0 if open_ is None else open_.generation)
 
     def _on_authenticated(self, pn: int, flags: int, ack: int, body: bytes, payload_len: int,
                           size: int, addr: Address, now: float) -> None:
@@ -636,6 +711,21 @@ class Connection:
         migration = self._migration
         if migration is not None and migration.deadline < at:
             at = migration.deadline
+        pmtu = self._pmtu
+        if pmtu.probe_pn >= 0:
+            if pmtu.probe_deadline < at:
+                at = pmtu.probe_deadline
+        elif self._may_probe():
+            # a probe is due at the next search (or now, in a search), and goes out then if
+            # `_send_wait` lets it (its gate in `_fill`): never a moment it would not
+            t = pmtu.timer()
+            now = self._now
+            if t < now:
+                t = now
+            if t < at:
+                wait = self._send_wait(now)
+                if wait < at:
+                    at = wait if wait > t else t
         if self._has_data():
             # what `_fill` waits for (`_send_wait` is its gate too): 0.0 means it can send at
             # once, which the owner's next datagrams_to_send does
@@ -657,7 +747,13 @@ class Connection:
         if opening is not None:  # SYN_SENT or AWAIT_ACCEPT
             timed_out, resent = opening.on_timer(now)
             if timed_out:
-                self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout", by_peer=False)
+                bad_key = opening.bad_server_key
+                if bad_key is None:
+                    self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout",
+                                    by_peer=False)
+                else:  # only a wrong server answered: report it as such (10.2)
+                    self._events.append(HandshakeRejected(CloseCode.BAD_SERVER_KEY, bad_key))
+                    self._terminate(CloseCode.BAD_SERVER_KEY, bad_key, by_peer=False)
                 return
             self._count_sent(resent)
         if self._close_deadline is not None and now >= self._close_deadline:
@@ -669,6 +765,14 @@ class Connection:
             self._abort(CloseCode.STALLED,
                         f"peer acknowledged nothing for {self.config.stall_timeout:g} s", now)
             return
+        pmtu = self._pmtu
+        if pmtu.probe_pn >= 0 and now >= pmtu.probe_deadline:
+            # the probe is lost (unless the tracker said so first): it leaves the flight
+            # without a word to congestion control or the retransmission timer
+            self._flight.forget(pmtu.probe_pn)
+            pmtu.on_probe_timeout(now)
+            if not self._flight.bytes_in_flight:
+                self._stall_since = _NOT_STALLED  # the peer owes us nothing now
         loss_at = self._flight.loss_deadline()
         if loss_at is not None and now >= loss_at:
             lost = self._flight.on_loss_timer(now)
@@ -694,12 +798,15 @@ class Connection:
         if keys is not None:
             self._seal, self._open = keys.send, keys.recv
 
-    def _receive_handshake_packet(self, data: bytes, flags: int, addr: Address,
+    def _receive_handshake_packet(self, data: bytes, version: int, flags: int, addr: Address,
                                   now: float) -> None:
         """A plaintext handshake packet: the client's opening is the only taker."""
         opening = self._opening
         if opening is None or addr != self.peer_addr:
             self._drop("unexpected_handshake")
+            return
+        if version != wire.VERSION:  # unauthenticated: not an answer to our SYN (2.3, 10.2)
+            self._drop("wrong_version")
             return
         try:
             packet = wire.decode_packet(data)
@@ -729,8 +836,13 @@ class Connection:
             else:
                 self._drop("unexpected_handshake")
         except HandshakeError as exc:
-            self._events.append(HandshakeRejected(exc.code, exc.message))
-            self._terminate(exc.code, exc.message, by_peer=False)
+            # unauthenticated, so it cannot end the handshake (10.2): a malformed reply is
+            # dropped; a wrong key or a failed confirmation is remembered for the timeout
+            if exc.code == CloseCode.BAD_SERVER_KEY:
+                opening.bad_server_key = exc.message
+                self._drop("bad_server_key")
+            else:
+                self._drop("malformed_handshake")
         except PacketError:
             self._drop("malformed")
 
@@ -742,6 +854,9 @@ class Connection:
             if isinstance(frame, MessageFrame):
                 if self.state is _CLOSED:
                     return
+                if self.state is _AUTHENTICATING:  # from a peer not accepted yet (10.1)
+                    self._drop("before_accept")
+                    continue
                 receiver = self._inbox
                 if receiver is None:
                     receiver = self._inbox = ChannelReceiver()
@@ -749,6 +864,9 @@ class Connection:
                     self.stats.messages_received += 1
                     events.append(MessageReceived(data, channel, mode))
             elif isinstance(frame, KeepaliveFrame):
+                if self.state is _AUTHENTICATING:
+                    self._drop("before_accept")
+                    continue
                 events.append(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
                 keepalives = self._keepalives
@@ -768,6 +886,9 @@ class Connection:
                     # the peer receives at the new address: move there
                     old, self._peer = self._peer, migration.addr
                     self._migration = None
+                    # a new path: its datagram size is found anew, from the base
+                    self._pmtu = PathMtu(max_datagram_for_address(migration.addr), now)
+                    self._resized()
                     # what went to the old path while we validated is likely lost and its
                     # timer backed off: retransmit on the new path without waiting for it
                     self._flight.rtt.reset_backoff()
@@ -829,6 +950,9 @@ class Connection:
                             self._unacked_data -= len(f.data)
             if self._send_blocked:
                 self._check_drained()
+            pmtu = self._pmtu
+            if pmtu.probe_pn >= 0 or pmtu.large_losses:
+                self._pmtu_acked(result.acked)
             acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
             self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
             fin_pn = self._fin_pn
@@ -839,6 +963,20 @@ class Connection:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):
             self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+
+    def _pmtu_acked(self, acked: list[SentPacket]) -> None:
+        """What path MTU discovery learns from acknowledged packets: a probe arrived (the
+        path carries its size), or a large packet did (no black hole)."""
+        pmtu = self._pmtu
+        probe = pmtu.probe_pn
+        largest = 0
+        for p in acked:
+            if p.pn == probe:
+                pmtu.on_probe_acked()
+                self._resized()
+            if p.size > largest:
+                largest = p.size
+        pmtu.on_acked(largest)
 
     def _check_drained(self) -> None:
         """After a refused send: tell the owner once the buffer is down to half and the
@@ -853,15 +991,34 @@ class Connection:
         """Lost packets: give reliable frames a new packet; returns how many packets that took."""
         if not lost:
             return 0
-        self.stats.packets_lost += len(lost)
-        lost_bytes = sum(p.size for p in lost if p.in_flight)
+        pmtu = self._pmtu
+        lost_bytes = 0
+        count = 0
+        black_hole = False
+        for p in lost:
+            frames = p.frames
+            if frames and type(frames[0]) is PingFrame:
+                # a path MTU probe: its loss says the size is too large, not that the path
+                # is congested, and nothing in it is sent again
+                if p.pn == pmtu.probe_pn:
+                    pmtu.on_probe_timeout(now)
+                continue
+            count += 1
+            if p.in_flight:
+                lost_bytes += p.size
+            if pmtu.on_lost(p.size, now):
+                black_hole = True
+        if black_hole:
+            self._resized()  # back to 1200 bytes: what is retransmitted is cut again to fit
+        self.stats.packets_lost += count
         self._cc.on_loss(now, lost_bytes, self._flight.bytes_in_flight)
         retransmitted = 0
         for p in lost:
-            if not p.frames:
+            frames = p.frames
+            if not frames or type(frames[0]) is PingFrame:
                 continue
             retransmitted += 1
-            for frame in p.frames:
+            for frame in frames:
                 if isinstance(frame, MessageFrame):
                     self._unacked_data -= len(frame.data)  # back in the sender's queue
                     if self._outbox is not None:
@@ -901,10 +1058,11 @@ class Connection:
             # not tracked, not congestion controlled and without SACK blocks: the probe
             # belongs to another path, and its loss is the validation timer's business
             pn = self._flight.allocate_pn()
+            seal = self._seal if pn < self._update_at_pn else self._update_send_keys(pn)
             ack32 = self._acks.cumulative & 0xFFFFFFFF
-            header = build_header(ACK, self.connection_id, pn & 0xFFFFFFFF, ack32,
-                                  len(payload))
-            datagram = header + self._seal.seal(pn, header, payload)
+            header = build_header(ACK | seal.phase_flag, self.connection_id, pn & 0xFFFFFFFF,
+                                  ack32, len(payload))
+            datagram = header + seal.seal(pn, header, payload)
             self.stats.packets_sent += 1
             self.stats.bytes_sent += len(datagram)
             migration.queue(datagram)
@@ -921,8 +1079,18 @@ class Connection:
 
     # ------------------------------------------------------------------ sending
 
+    def _sendable_outbox(self) -> ChannelSender | None:
+        """The queued messages, unless the handshake is still waiting for acceptance: nothing
+        but handshake packets goes out before the SESSION frame (10.1), so `send` in
+        AWAIT_ACCEPT (or AUTHENTICATING) only queues, and the message leaves once
+        established."""
+        state = self.state
+        if state is _AWAIT_ACCEPT or state is _AUTHENTICATING:
+            return None
+        return self._outbox
+
     def _has_data(self) -> bool:
-        sender, fec = self._outbox, self._fec
+        sender, fec = self._sendable_outbox(), self._fec
         return bool(self._control or (fec is not None and fec.parity)
                     or (sender is not None and sender.has_pending()) or self._fin_due())
 
@@ -938,6 +1106,12 @@ class Connection:
         """Build as many packets as the window, congestion control and pacing allow."""
         sent, cc, fec = self._flight, self._cc, self._fec
         close_at = self._close_at_pn
+        pmtu = self._pmtu
+        if (pmtu.probe_pn < 0 and pmtu.timer() <= now and self._may_probe()
+                and sent.next_pn < close_at and self._send_wait(now) == 0.0):
+            size = pmtu.probe_due(now)  # 0: the search just ended
+            if size:
+                self._send_protected([PingFrame()], now, flags=ACK, pad_to=size)
         while True:
             if sent.next_pn >= close_at and self._keys_running_out():
                 return  # the key's limit: not one more packet
@@ -951,14 +1125,25 @@ class Connection:
             shard = None if fec is None else fec.take_parity()
             if shard is not None:
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
-                self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
-                                                  shard.shard)], now, flags=ACK | FEC)
+                parity = ParityFrame(shard.group_id, shard.m, shard.index, seqs, shard.shard)
+                if _PROTECTED_OVERHEAD + parity.size <= pmtu.size:
+                    self._send_protected([parity], now, flags=ACK | FEC)
+                else:
+                    # cut for a larger datagram than the path now carries (a black hole
+                    # came in the middle of the group): FEC is best effort, the group's data
+                    # packets are retransmitted as usual if lost
+                    self._drop("parity_skipped")
                 continue
             if not self._build_data_packet(now):
                 break
         ack_at = self._acks.ack_deadline()
         if ack_at is not None and ack_at <= now:
             self._send_ack_only(now)
+
+    def _may_probe(self) -> bool:
+        """Path MTU probes go out only once established, on a validated path (not while a
+        migration is checked: the path may be about to change)."""
+        return self.state is _ESTABLISHED and self._migration is None
 
     def _send_wait(self, now: float) -> float:
         """The one gate on sending data, shared by `_fill` and `get_timer`, so the timer can
@@ -980,7 +1165,7 @@ class Connection:
 
     def _build_data_packet(self, now: float) -> bool:
         frames: list[Frame] = []
-        room = MAX_DATA_PAYLOAD
+        room = self._data_room
         control = self._control
         taken = 0
         for frame in control:
@@ -999,15 +1184,15 @@ class Connection:
                 self._control = []  # not emptied in place: see next_event
             else:
                 del control[:taken]
-        sender = self._outbox
+        sender = self._sendable_outbox()
         flags = ACK
         if sender is not None:
-            while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
+            while room > MESSAGE_OVERHEAD and sender.has_pending():
                 fragment = sender.pop_frame(room)
                 if fragment is None:
                     break
                 frames.append(fragment)
-                room -= MESSAGE_FRAME_OVERHEAD + len(fragment.data)
+                room -= fragment.size
                 if self._fec is not None:
                     flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():
@@ -1022,35 +1207,54 @@ class Connection:
                 self._close_deadline = now + self.config.close_timeout
         return True
 
-    def _send_protected(self, frames: list[Frame], now: float, flags: int) -> int:
+    def _send_protected(self, frames: list[Frame], now: float, flags: int,
+                        pad_to: int = 0) -> int:
+        """Seal and queue one packet of `frames`, with as many SACK blocks as fit the
+        datagram size in use; `pad_to`: a path MTU probe, padded to exactly that size."""
         seal = self._seal
         assert seal is not None
         sent = self._flight
         pn = sent.allocate_pn()
+        if pn >= self._update_at_pn:
+            seal = self._update_send_keys(pn)
         received = self._acks
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
+        limit = pad_to or self._pmtu.size
         if sack:
             # the most recent blocks that fit: a parity packet (12 + 4k bytes of FEC framing
-            # around a full-size payload) has no room for all eight, and SACK information is
-            # repeated by every later packet, so a shortened list loses nothing
-            room = (MAX_DATAGRAM - wire.HEADER_SIZE - AEAD_TAG - len(payload)) >> 3
+            # around a full-size payload) may have no room for all eight, and SACK information
+            # is repeated by every later packet, so a shortened list loses nothing
+            room = (limit - _PROTECTED_OVERHEAD - len(payload)) >> 3
             if len(sack) > room:
                 sack = sack[:room] if room > 0 else []
-        header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
+        if pad_to:
+            payload += bytes(pad_to - _PROTECTED_OVERHEAD - wire.SACK_BLOCK_SIZE * len(sack)
+                             - len(payload))
+        header = build_header(flags | seal.phase_flag, self.connection_id, pn & 0xFFFFFFFF, ack32,
+                              len(payload))
         body = encode_sack(sack) + payload if sack else payload
         datagram = header + seal.seal(pn, header, body)
-        received.on_ack_sent()
+        if not pad_to:
+            # (a probe carries the acknowledgement fields too, but may well be too large for
+            # the path: the acknowledgement it owes is still owed)
+            received.on_ack_sent()
         size = len(datagram)
         if elicits_ack(frames):  # a pure ACK is neither tracked nor congestion controlled
             if self._stall_since < 0.0:
                 self._stall_since = now  # the peer owes us an acknowledgement from now on
             retransmittable: list[object] = []
-            for f in frames:
-                if is_retransmittable(f):
-                    retransmittable.append(f)
-                    if type(f) is MessageFrame:
-                        self._unacked_data += len(f.data)
+            if pad_to:
+                # a probe keeps its PING as the mark that tells its loss from a data packet's
+                # (it is never retransmitted: see _requeue_lost)
+                retransmittable.append(frames[0])
+                self._pmtu.on_probe_sent(pn, now, sent.rtt.rto)
+            else:
+                for f in frames:
+                    if is_retransmittable(f):
+                        retransmittable.append(f)
+                        if type(f) is MessageFrame:
+                            self._unacked_data += len(f.data)
             rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight)
             sent.on_packet_sent(SentPacket(pn, now, size, True, True, retransmittable, rate))
         stats = self.stats
@@ -1071,7 +1275,7 @@ class Connection:
         """Near the key's packet limit: close gracefully (the headroom drains the queue and
         carries the FIN); at the limit itself: stop without sealing another packet, and
         return True."""
-        if self._flight.next_pn >= self.config.packets_per_key:
+        if not self._can_seal():
             self._terminate(CloseCode.KEYS_EXHAUSTED, "packet protection limit reached",
                             by_peer=False)
             return True
@@ -1079,9 +1283,13 @@ class Connection:
         return False
 
     def _send_ack_only(self, now: float) -> None:
-        if self._seal is None or self._flight.next_pn >= self.config.packets_per_key:
+        if self._seal is None or not self._can_seal():
             return
         self._send_protected([], now, flags=ACK)
+
+    def _can_seal(self) -> bool:
+        """Whether the current key generation may seal another packet (its packet limit)."""
+        return self._flight.next_pn < self._close_at_pn + KEY_LIMIT_HEADROOM
 
     def _queue_keepalive(self, now: float | None) -> int:
         keepalives = self._keepalives
@@ -1098,8 +1306,8 @@ class Connection:
 
     def _abort(self, code: int, reason: str, now: float) -> None:
         """Abortive close: one RST carrying the reason, then closed (nothing waits for it)."""
-        if self._seal is not None and self._flight.next_pn < self.config.packets_per_key:
-            self._send_protected([CloseFrame(code, reason[:512])], now, flags=ACK | RST)
+        if self._seal is not None and self._can_seal():
+            self._send_protected([CloseFrame(code, cut_reason(reason))], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
     def _forget_handshake(self) -> None:
@@ -1136,6 +1344,11 @@ class Connection:
         stats.srtt, stats.min_rtt = rtt.srtt, rtt.min_rtt
         stats.cwnd, stats.pacing_rate, stats.bbr_state = (self._cc.cwnd, self._cc.pacing_rate,
                                                           self._cc.state)
+        pmtu = self._pmtu
+        stats.plpmtu = pmtu.size
+        # the counters follow the path: a migration starts them again with its search
+        stats.pmtu_probes_sent, stats.pmtu_probes_lost, stats.pmtu_black_holes = (
+            pmtu.probes_sent, pmtu.probes_lost, pmtu.black_holes)
         if self._inbox is not None:
             stats.drops["stale_sequenced"] = self._inbox.stale_dropped
         return stats

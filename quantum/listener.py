@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
+from quantum.crypto import CIPHERS
 from quantum.errors import CloseCode
-from quantum.frames import RejectFrame, encode_frames
+from quantum.frames import RejectFrame, cut_reason, encode_frames
 from quantum.handshake import (
     CredentialsRefused,
     HandshakeError,
@@ -293,6 +294,10 @@ class Listener:
             return []
         if self.stopping is not None:
             return self._reject(packet, budget, addr, CloseCode.SERVER_SHUTDOWN, self.stopping)
+        if hello.choose(self.handshake.ciphers) is None:
+            names = ", ".join(CIPHERS[c] for c in self.handshake.ciphers)
+            return self._reject(packet, budget, addr, CloseCode.CIPHER_NOT_SUPPORTED,
+                                f"no offered cipher is enabled here; this server has {names}")
         if connection_count >= self.max_connections:
             return self._reject(packet, budget, addr, CloseCode.SERVER_FULL, "server full")
         source = source_key(addr[0])
@@ -392,7 +397,7 @@ class Listener:
     def _reject(self, packet: Packet, budget: int, addr: Address, code: CloseCode,
                 reason: str) -> list[tuple[bytes, Address]]:
         self.count_reject(code)
-        payload = encode_frames([RejectFrame(int(code), reason)])
+        payload = encode_frames([RejectFrame(int(code), cut_reason(reason))])
         return self._reply(Flags.RST, packet.connection_id, payload, budget, addr)
 
     def _reply(self, flags: int, cid: bytes, payload: bytes, budget: int,

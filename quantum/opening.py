@@ -19,8 +19,9 @@ from quantum.packet import ACK, SYN, Packet, PacketError, encode_packet
 class ClientOpening:
     """Tries, resends and the deadline of one client handshake, and its secrets."""
 
-    __slots__ = ("connection_id", "credentials", "crypto", "deadline", "interval", "last",
-                 "max_tries", "out", "reject", "resend_at", "sent_at", "tries")
+    __slots__ = ("bad_server_key", "connection_id", "credentials", "crypto", "deadline",
+                 "interval", "last", "max_tries", "out", "reject", "resend_at", "sent_at",
+                 "tries")
 
     def __init__(self, connection_id: bytes, credentials: Credentials,
                  configuration: QuantumConfiguration, now: float, *,
@@ -31,7 +32,7 @@ class ClientOpening:
         self.credentials: Credentials | None = credentials
         self.crypto: ClientHandshake | None = ClientHandshake(
             connection_id, credentials, server_key=server_key,
-            ephemeral_private=ephemeral_private)
+            ephemeral_private=ephemeral_private, ciphers=configuration.ciphers)
         self.deadline = now + configuration.handshake_timeout  # the whole handshake's
         self.max_tries = configuration.handshake_tries
         self.interval = configuration.handshake_timeout / configuration.handshake_tries
@@ -42,6 +43,9 @@ class ClientOpening:
         self.resend_at: float | None = None
         #: the last plaintext REJECT, remembered while SYNs are left to send (code, reason)
         self.reject: tuple[int, str] | None = None
+        #: why the last ServerHello with a wrong key (pin mismatch, or a confirmation that
+        #: did not open) was dropped: the handshake ends with BAD_SERVER_KEY if it times out
+        self.bad_server_key: str | None = None
 
     def _crypto(self) -> ClientHandshake:
         crypto = self.crypto

@@ -2,12 +2,12 @@
 
     offset  size  field
     0       4     magic "QUNT"
-    4       1     version (2)
+    4       1     version (3: Quantum 1.0)
     5       1     flags (Flags)
     6       16    connection id
     22      4     sequence: low 32 bits of the packet number
     26      4     ack: the sender's cumulative "next packet number expected" (32 bits)
-    30      2     payload length n (at most 1400)
+    30      2     payload length n (at most MAX_PAYLOAD = 1424)
     32      8k    k SACK blocks (start u32, end u32, inclusive), 0 <= k <= 8
     32+8k   n     payload (frames, see frames.py)
 
@@ -31,11 +31,21 @@ from typing import Final
 from quantum.errors import ProtocolError
 
 MAGIC: Final = b"QUNT"
-VERSION: Final = 2
+#: wire version 3 is Quantum 1.0 (docs/PROTOCOL.md)
+VERSION: Final = 3
 HEADER_SIZE: Final = 32
 CONNECTION_ID_SIZE: Final = 16
-MAX_PAYLOAD: Final = 1400
-MAX_DATAGRAM: Final = 1472
+# Datagram sizes (docs/PROTOCOL.md 3.5). Every endpoint may send BASE_DATAGRAM at any time;
+# a sender goes beyond it only up to the path MTU it discovered (quantum/pmtu.py), at most
+# MAX_DATAGRAM_V4 / MAX_DATAGRAM_V6 (1500-byte Ethernet minus the IP and UDP headers). A
+# receiver accepts anything up to MAX_DATAGRAM whatever the address family (simpler).
+BASE_DATAGRAM: Final = 1200
+MAX_DATAGRAM_V4: Final = 1472
+MAX_DATAGRAM_V6: Final = 1452
+MAX_DATAGRAM: Final = MAX_DATAGRAM_V4
+#: the payload length field's bound: a MAX_DATAGRAM datagram without SACK blocks, less the
+#: 16-byte AEAD tag (1472 - 32 - 16)
+MAX_PAYLOAD: Final = 1424
 MAX_SACK_BLOCKS: Final = 8
 SACK_BLOCK_SIZE: Final = 8
 
@@ -59,7 +69,8 @@ RST: Final = 0x08
 FEC: Final = 0x10
 PSH: Final = 0x20
 URG: Final = 0x40
-ECE: Final = 0x80
+#: in a protected packet, the low bit of the sender's key generation (the key update)
+KEY_PHASE: Final = 0x80
 
 
 class Flags(enum.IntFlag):
@@ -70,7 +81,7 @@ class Flags(enum.IntFlag):
     FEC = FEC
     PSH = PSH
     URG = URG
-    ECE = ECE
+    KEY_PHASE = KEY_PHASE
 
 
 class PacketError(ProtocolError, ValueError):
@@ -138,10 +149,14 @@ def encode_sack(sack: SackBlocks | list[tuple[int, int]]) -> bytes:
 
 
 def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
-    """(version, flags, connection id, seq, ack, payload length); checks length and magic only."""
+    """(version, flags, connection id, seq, ack, payload length); checks length and magic only.
+    A datagram over MAX_DATAGRAM is malformed, a protected one too: dropped before decryption
+    (docs/PROTOCOL.md 2.3)."""
     if len(data) < HEADER_SIZE:
         raise PacketError(f"datagram of {len(data)} bytes is shorter than the "
                           f"{HEADER_SIZE}-byte header")
+    if len(data) > MAX_DATAGRAM:
+        raise PacketError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     try:
         magic, version, flags, cid, seq, ack, payload_len = _HEADER.unpack_from(data)
     except (struct.error, TypeError) as exc:  # a non-byte memoryview format
@@ -185,8 +200,6 @@ def split_body(body: BytesLike, payload_len: int) -> tuple[SackBlocks, bytes]:
 
 def decode_packet(data: BytesLike) -> Packet:
     """Parse a whole unprotected datagram (handshake packets; tests)."""
-    if len(data) > MAX_DATAGRAM:
-        raise PacketError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     version, flags, cid, seq, ack, payload_len = decode_header(data)
     body = data[HEADER_SIZE:] if isinstance(data, memoryview) else memoryview(data)[HEADER_SIZE:]
     sack, payload = split_body(body, payload_len)

@@ -10,9 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantum.packet import (
+    BASE_DATAGRAM,
     HEADER_SIZE,
     MAGIC,
     MAX_DATAGRAM,
+    MAX_DATAGRAM_V4,
+    MAX_DATAGRAM_V6,
     MAX_PAYLOAD,
     MAX_SACK_BLOCKS,
     SACK_BLOCK_SIZE,
@@ -59,13 +62,13 @@ def packets(draw: st.DrawFn) -> Packet:
 
 VECTORS = [
     (Packet(Flags.SYN, CID, 0, 0, (), b"hello"),
-     "51554e540201000102030405060708090a0b0c0d0e0f0000000000000000000568656c6c6f"),
+     "51554e540301000102030405060708090a0b0c0d0e0f0000000000000000000568656c6c6f"),
     (Packet(Flags.ACK | Flags.PSH, b"\xab" * 16, 0xFFFFFFFE, 5, ((0xFFFFFFFF, 2), (7, 9)),
             bytes.fromhex("020000002a")),
-     "51554e540222ababababababababababababababababfffffffe000000050005"
+     "51554e540322ababababababababababababababababfffffffe000000050005"
      "ffffffff000000020000000700000009020000002a"),
     (Packet(Flags.ACK, CID, 7, 3, ((5, 6),), b""),
-     "51554e540202000102030405060708090a0b0c0d0e0f000000070000000300000000000500000006"),
+     "51554e540302000102030405060708090a0b0c0d0e0f000000070000000300000000000500000006"),
 ]
 
 
@@ -82,7 +85,7 @@ def test_header_layout() -> None:
     p = Packet(Flags.ACK | Flags.FIN, CID, 0x01020304, 0x0A0B0C0D, ((1, 2),), b"xyz")
     data = encode_packet(p)
     assert data[:4] == b"QUNT"
-    assert data[4] == VERSION == 2
+    assert data[4] == VERSION == 3
     assert data[5] == Flags.ACK | Flags.FIN
     assert data[6:22] == CID
     assert struct.unpack("!IIH", data[22:32]) == (0x01020304, 0x0A0B0C0D, 3)
@@ -155,7 +158,7 @@ def test_mutated_truncated_extended_packets_raise_only_packet_error(
 @pytest.mark.parametrize(("data", "message"), [
     (b"QUNT" + bytes(27), "shorter than the 32-byte header"),
     (b"XUNT" + bytes(28), "bad magic"),
-    (b"QUNT" + bytes(26) + struct.pack("!H", 1401) + bytes(1401), "exceeds 1400"),
+    (b"QUNT" + bytes(26) + struct.pack("!H", 1425) + bytes(1425), "exceeds 1424"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 10) + bytes(9), "truncated"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 2) + bytes(5), "not a whole number"),
     (b"QUNT" + bytes(26) + struct.pack("!H", 0) + bytes(72), "9 SACK blocks"),
@@ -174,7 +177,7 @@ def test_sack_block_across_the_wrap_is_valid() -> None:
 
 @pytest.mark.parametrize(("packet", "message"), [
     (Packet(0, CID, 0, 0, ((1, 1),) * 9), "9 SACK blocks"),
-    (Packet(0, CID, 0, 0, (), bytes(1401)), "payload of 1401"),
+    (Packet(0, CID, 0, 0, (), bytes(1425)), "payload of 1425"),
     (Packet(0, CID, 0, 0, ((1, 1),) * 6, bytes(1400)), "datagram of 1480"),
     (Packet(0, bytes(15), 0, 0), "16 bytes"),
     (Packet(0, CID, 1 << 32, 0), "u32"),
@@ -189,6 +192,17 @@ def test_encode_refuses_what_decode_would_reject(packet: Packet, message: str) -
         encode_packet(packet)
 
 
+def test_the_datagram_sizes_of_quantum_1_0() -> None:
+    # docs/protocol-1.0-pmtu.md, "Datagram sizes"
+    assert (BASE_DATAGRAM, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6) == (1200, 1472, 1452)
+    assert MAX_DATAGRAM == MAX_DATAGRAM_V4  # what a receiver accepts, IPv6 too
+    assert MAX_PAYLOAD == MAX_DATAGRAM - HEADER_SIZE - 16 == 1424
+    # the largest payload, alone after the header, is a whole datagram with its tag
+    p = Packet(0, CID, 0, 0, (), bytes(MAX_PAYLOAD + 16))
+    with pytest.raises(PacketError, match="payload of 1440"):
+        encode_packet(p)
+
+
 def test_largest_datagram_is_exactly_the_limit() -> None:
     p = Packet(0, CID, 0, 0, ((1, 1),) * 5, bytes(MAX_DATAGRAM - HEADER_SIZE - 40))
     assert len(encode_packet(p)) == MAX_DATAGRAM
@@ -197,8 +211,8 @@ def test_largest_datagram_is_exactly_the_limit() -> None:
 def test_split_body_after_decryption() -> None:
     body = struct.pack("!IIII", 3, 4, 9, 9) + b"payload"
     assert split_body(body, 7) == (((3, 4), (9, 9)), b"payload")
-    with pytest.raises(PacketError, match="payload length 1401"):
-        split_body(bytes(1401), 1401)
+    with pytest.raises(PacketError, match="payload length 1425"):
+        split_body(bytes(1425), 1425)
 
 
 def test_peek_connection_id() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from quantum import packet as wire
+from quantum.addresses import Address as Address  # re-exported: the type every owner uses
 from quantum.bbr import BBR
 from quantum.channels import ChannelReceiver, ChannelSender
 from quantum.config import KEY_LIMIT_HEADROOM, QuantumConfiguration
@@ -102,8 +103,6 @@ from quantum.reliability import (
     SendTracker,
     SentPacket,
 )
-
-Address = tuple[str, int]
 
 AEAD_TAG: Final = 16
 MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
@@ -556,8 +555,9 @@ class Connection:
         stats.packets_received += 1
         stats.bytes_received += size
         self._last_received = now
-        peer: Address = self._peer  # typed: compared as a native tuple of str and int
-        if addr != peer:
+        # the socket's tuples compared as the objects they are, (host, port) or (host, port,
+        # flowinfo, scope_id): one generic comparison, no unboxing of either into a C struct
+        if addr != self._peer:
             self._on_other_path(addr, pn, size, now)
         if pn > self._largest_pn:
             self._largest_pn = pn

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from quantum.addresses import packed_ip
 from quantum.crypto import IV_SIZE, KEY_SIZE, TAG_SIZE, PacketProtection
 from quantum.errors import CloseCode, QuantumError
 from quantum.fec import check_shape
@@ -599,8 +600,10 @@ class _RotatingSecret:
 
 
 def _address_bytes(addr: tuple[str, int]) -> bytes:
-    host, port = addr[0], addr[1]
-    return _U16.pack(port & 0xFFFF) + host.encode("utf-8", "surrogateescape")
+    """What retry cookies and server cookies bind to: port (u16) || the packed IP (4 bytes
+    for IPv4 and IPv4-mapped IPv6, 16 for IPv6; docs/protocol-1.0-addresses.md), so one client
+    is one address whichever text form or socket family reports it."""
+    return _U16.pack(addr[1] & 0xFFFF) + packed_ip(addr[0])
 
 
 class ServerHandshake:

@@ -10,7 +10,8 @@ or session change, so that one client is one address whichever socket it came th
 * `ip_text`: the canonical text of an IP (an IPv4-mapped IPv6 address as its IPv4 address,
   IPv6 compressed in lower case as RFC 5952 writes it, a zone kept as `%zone`);
 * `address_text`: `ip:port`, with IPv6 in brackets (`[::1]:9097`);
-* `packed_ip`: the 4 or 16 bytes of the address, what handshake cookies bind to.
+* `packed_ip`: the 4 or 16 bytes of the address, what handshake cookies bind to;
+* `unbracketed`: `[::1]` typed on a command line, as the address `::1`.
 
 The normative text is docs/protocol-1.0-addresses.md.
 """
@@ -53,6 +54,12 @@ def address_text(addr: Address) -> str:
 def host_port_text(host: str, port: int) -> str:
     """`host:port`, with an IPv6 host in brackets (the `host` is used as given)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unbracketed(host: str) -> str:
+    """`[::1]` (an IPv6 address as URLs and `host:port` texts write it) as `::1`; any other
+    text as it is."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def packed_ip(host: str) -> bytes:

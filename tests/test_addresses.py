@@ -229,3 +229,13 @@ def test_the_per_address_limit_counts_an_ipv4_client_the_same_on_either_socket()
     assert second.state is ConnectionState.CLOSED
     assert other.state is not ConnectionState.CLOSED
     assert sim.server.listener.per_address.count("2001:db8:5::/64") == 1
+
+
+def test_the_command_lines_take_ipv6_hosts_with_or_without_brackets() -> None:
+    from quantum.client_cli import build_parser as client_parser
+    from quantum_server.cli import build_parser as server_parser
+
+    for given, host in (("[::1]", "::1"), ("::", "::"), ("2001:db8::1", "2001:db8::1"),
+                        ("0.0.0.0", "0.0.0.0"), ("example.net", "example.net")):
+        assert server_parser().parse_args(["--host", given]).host == host
+        assert client_parser().parse_args([given, "9097", "--user", "ada"]).host == host

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ import pytest
 from quantum.auth import TicketAuthenticator
 from quantum.client import ConnectError, QuantumClient, connect, server_addresses
 from quantum.config import QuantumConfiguration
-from quantum.connection import Connection, ConnectionState
+from quantum.connection import Connection
 from quantum.errors import CloseCode
-from quantum.events import HandshakeCompleted, MessageReceived
 from quantum.handshake import Credentials
 from quantum.keys import ServerKeyFile
 from tests.test_server import Echo, client_config, eventually, running_server
 from tests.test_server_cli import ROOT, cli_env
+from tests.test_server_migration import echoed, established, open_path
 
 
 def _ipv6_loopback() -> bool:
@@ -110,66 +111,23 @@ async def test_a_dual_stack_server_serves_ipv4_and_ipv6_clients_on_one_socket() 
         await asyncio.gather(v4.close(), v6.close())
 
 
-class FixedPathEndpoint(asyncio.DatagramProtocol):
-    """One UDP socket feeding a shared sans-I/O client connection, always to the server's
-    address of this socket's family (as a connected socket would)."""
-
-    def __init__(self, conn: Connection, server: tuple[Any, ...],
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.conn, self.server, self.loop = conn, server, loop
-        self.transport: asyncio.DatagramTransport | None = None
-        self.events: list[object] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.conn.receive_datagram(data, self.conn.peer_addr, self.loop.time())
-        while (event := self.conn.next_event()) is not None:
-            self.events.append(event)
-        self.flush()
-
-    def flush(self) -> None:
-        assert self.transport is not None
-        for data, _ in self.conn.datagrams_to_send(self.loop.time()):
-            self.transport.sendto(data, self.server)
-
-
 async def test_a_client_moving_from_ipv4_to_ipv6_migrates_and_the_session_follows() -> None:
     async with running_server(app=Echo(), host="::") as h:
         loop = asyncio.get_running_loop()
         conn = Connection.client(("127.0.0.1", h.port), Credentials(user_id="mover"),
                                  loop.time(),
                                  configuration=QuantumConfiguration(keepalive_interval=None))
-        first, _ = await loop.create_datagram_endpoint(
-            lambda: FixedPathEndpoint(conn, ("127.0.0.1", h.port), loop),
-            local_addr=("127.0.0.1", 0), family=socket.AF_INET)
-        old: FixedPathEndpoint = first.get_protocol()  # type: ignore[assignment]
-        old.flush()
-
-        async def established() -> bool:
-            return conn.state is ConnectionState.ESTABLISHED
-
-        await eventually(established, 5.0, "the handshake")
-        assert any(isinstance(e, HandshakeCompleted) for e in old.events)
+        first, old = await open_path(conn, ("127.0.0.1", 0), socket.AF_INET,
+                                     server=("127.0.0.1", h.port))
+        session_id = await established(conn, old)
         (s,), _ = await h.manager.list_sessions()
         assert (s.client_ip, s.client_port) == ("127.0.0.1", first.get_extra_info("sockname")[1])
 
         # the client's network changes: from now on it sends over IPv6
-        second, _ = await loop.create_datagram_endpoint(
-            lambda: FixedPathEndpoint(conn, ("::1", h.port), loop),
-            local_addr=("::1", 0), family=socket.AF_INET6)
-        new: FixedPathEndpoint = second.get_protocol()  # type: ignore[assignment]
+        second, new = await open_path(conn, ("::1", 0), socket.AF_INET6, server=("::1", h.port))
         first.close()
         new_port = second.get_extra_info("sockname")[1]
-        conn.send(b"after the move")
-        new.flush()
-
-        async def echoed() -> bool:
-            return any(isinstance(e, MessageReceived) and e.data == b"after the move"
-                       for e in new.events)
-
-        await eventually(echoed, 5.0, "the echo over IPv6")
+        await echoed(conn, new, b"after the move")
 
         async def followed() -> bool:
             (moved,), _ = await h.manager.list_sessions()
@@ -177,7 +135,8 @@ async def test_a_client_moving_from_ipv4_to_ipv6_migrates_and_the_session_follow
 
         await eventually(followed, 5.0, "the session's client address to follow to IPv6")
         (moved,), _ = await h.manager.list_sessions()
-        assert moved.session_id == s.session_id and moved.state.name == "ACTIVE"
+        assert moved.session_id == s.session_id == str(uuid.UUID(bytes=session_id))
+        assert moved.state.name == "ACTIVE"
         second.close()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,6 +28,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from mypy_extensions import mypyc_attr
 
+from quantum.addresses import address_text, ip_text
 from quantum.auth import Authenticator, AuthError
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState
@@ -47,7 +49,7 @@ from quantum.keys import ServerKeyFile, fingerprint
 from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
 from quantum_server.config import ServerConfig
-from quantum_server.system import enlarge_socket_buffers, return_free_memory
+from quantum_server.system import bind_udp, enlarge_socket_buffers, return_free_memory
 from quantum_server.transport import ConnectionTotals
 from session.errors import (
     SessionError,
@@ -301,7 +303,8 @@ class SessionBridge:
 
     async def _authenticate(self, peer: Peer, req: AuthenticationRequested) -> None:
         conn = peer.conn
-        ip, port = conn.peer_addr
+        addr = conn.peer_addr
+        ip, port = ip_text(addr[0]), addr[1]  # an IPv4 client on a dual-stack socket: its IPv4
         cid = str(uuid.UUID(bytes=conn.connection_id))
         try:
             session: Session | None = None
@@ -357,7 +360,7 @@ class SessionBridge:
         self.by_session[session.session_id] = peer
         conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed)
         log.info("connection established", connection_id=cid, session_id=session.session_id,
-                 user_id=session.user_id, resumed=resumed, client=f"{ip}:{port}")
+                 user_id=session.user_id, resumed=resumed, client=address_text(addr))
         self.port.bind(peer)
         self.port.flush(peer)
 
@@ -389,7 +392,8 @@ class SessionBridge:
         assert req.resume is not None
         sid_bytes, token = req.resume
         sid = str(uuid.UUID(bytes=sid_bytes))
-        ip, port = peer.conn.peer_addr
+        addr = peer.conn.peer_addr
+        ip, port = ip_text(addr[0]), addr[1]
         try:
             await self.manager.check_resume(sid, token, req.user_id)
         except (SessionError, ValueError) as exc:
@@ -415,7 +419,7 @@ class SessionBridge:
     async def _migrated(self, peer: Peer, addr: Address) -> None:
         assert peer.session_id is not None
         try:
-            await self.manager.update_client_address(peer.session_id, addr[0], addr[1])
+            await self.manager.update_client_address(peer.session_id, ip_text(addr[0]), addr[1])
         except SessionError as exc:
             log.warning("address update failed", session_id=peer.session_id, error=str(exc))
 
@@ -564,11 +568,14 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.loop = self._timers.loop = asyncio.get_running_loop()
         self.manager.add_listener(self.bridge.on_session_ended)
         await self.manager.start()
+        addresses = await self.loop.getaddrinfo(self.config.host, self.config.port,
+                                                type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
         transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.config.host, self.config.port))
+            lambda: self, sock=bind_udp(addresses))
         enlarge_socket_buffers(transport)
-        host, port = transport.get_extra_info("sockname")[:2]
-        self.address_text = self.bridge.server_addr = f"{host}:{port}"
+        sockname = transport.get_extra_info("sockname")
+        # `[::1]:9097`, `0.0.0.0:9090`: with --port 0, the port the system chose
+        self.address_text = self.bridge.server_addr = address_text(sockname)
         self._periodic = self.loop.create_task(self._periodic_work())
         log.info("server started", address=self.address_text,
                  fingerprint=fingerprint(self.key.public_key),

@@ -60,6 +60,7 @@ async def join(host: str, port: int, public_key: str, user: str, session_id: str
 async def main_async(args: argparse.Namespace) -> int:
     api_token = Path(args.token_file).expanduser().read_text().strip()
     host, _, port = args.server.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 server: --server [::1]:9090
     session_id, session_token = await login(args.api, api_token, args.user, host)
     print(f"session {session_id}: {await state_of(args.api, api_token, session_id)}")
     conn = await join(host, int(port), args.server_key, args.user, session_id, session_token)
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api", default="127.0.0.1:9091", help="the session API (gRPC)")
     parser.add_argument("--token-file", required=True, help="the API token file")
-    parser.add_argument("--server", default="127.0.0.1:9090", help="the realtime server (UDP)")
+    parser.add_argument("--server", default="127.0.0.1:9090",
+                        help="the realtime server (UDP), HOST:PORT ([::1]:9090 for IPv6)")
     parser.add_argument("--server-key", required=True, help="the server's public key to pin")
     parser.add_argument("--user", default="alice")
     return asyncio.run(main_async(parser.parse_args(argv)))

@@ -19,6 +19,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from quantum.addresses import host_port_text
 from session.errors import SessionError
 from session.logs import configure_logging, get_logger
 from session.manager import ManagerConfig, SessionManager
@@ -54,7 +55,7 @@ async def run_demo() -> None:
         heading(2, "look up a session")
         found = await manager.get_session(user1.session_id)
         log.info("session info", user_id=found.user_id, session_id=found.session_id,
-                 state=str(found.state), client=f"{found.client_ip}:{found.client_port}",
+                 state=str(found.state), client=host_port_text(found.client_ip, found.client_port),
                  metadata=found.metadata)
 
         heading(3, "update session state")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -52,9 +53,12 @@ class Message:
 class QuantumClient(asyncio.DatagramProtocol):
     """One client connection. Create it with `quantum.connect()`."""
 
-    def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop,
+                 fail_fast: bool = False) -> None:
         self._conn = connection
         self._loop = loop
+        #: an ICMP error while connecting fails the connect (another address remains to try)
+        self._fail_fast = fail_fast
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -198,12 +202,18 @@ class QuantumClient(asyncio.DatagramProtocol):
         self._flush()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._conn.receive_datagram(data, addr[:2], self._loop.time())
+        # the socket is connected: whatever arrives comes from the server's address, which the
+        # socket may spell differently from getaddrinfo (a link-local zone: `%eth0` in the
+        # host, or only in the scope id), so the connection is told the address it knows
+        self._conn.receive_datagram(data, self._conn.peer_addr, self._loop.time())
         self._process()
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide
-        pass
+        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide. While
+        # `connect` has another of the server's addresses to try, nothing listening here
+        # ends this attempt at once instead of at the handshake timeout.
+        if self._fail_fast and not self._established.done():
+            self._established.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
@@ -272,8 +282,8 @@ class QuantumClient(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is None:
             return
-        for data, addr in self._conn.datagrams_to_send(self._loop.time()):
-            transport.sendto(data, addr)
+        for data, _ in self._conn.datagrams_to_send(self._loop.time()):
+            transport.sendto(data)  # connected to the server: no address (asyncio insists)
         self._arm_timer()
         if self._conn.state is ConnectionState.CLOSED and self._closed.done():
             self._teardown()
@@ -327,7 +337,12 @@ async def connect(
     `resume_fallback=True` a refused resume gets a new session instead of `ConnectError`.
     `fec=False` asks for no forward error correction, whatever the configuration says (with
     `fec=True` the configuration's FEC is asked for; the server may still say no).
-    Raises `ConnectError` when the server refuses (reason code) or does not answer in time.
+    `host` is a name or an IPv4 or IPv6 literal (`"::1"`, no brackets). Every address
+    getaddrinfo gives for it is tried in its order (IPv6 first where the system prefers it)
+    until one answers; the next is tried when one gives no answer within the handshake timeout,
+    or at once when it reports nothing listening (ICMP) or cannot be reached from here.
+    Raises `ConnectError` when the server refuses (reason code) or no address answers in time
+    (`OSError` when the last address could not even be tried).
     """
     config = configuration or QuantumConfiguration()
     resume_bytes: tuple[bytes, str] | None = None
@@ -344,21 +359,75 @@ async def connect(
         metadata=dict(metadata or {}),
         fec=config.fec if fec else None,
     )
+    *others, (family, server_addr) = await server_addresses(host, port)
+    for other_family, other_addr in others:
+        try:
+            return await _attempt(other_family, other_addr, credentials, config, server_key,
+                                  local_addr, fail_fast=True)
+        except ConnectError as exc:
+            if exc.code != CloseCode.HANDSHAKE_TIMEOUT:
+                raise  # the server answered: its answer stands, whatever other addresses
+        except OSError:
+            pass  # nothing listening there (ICMP), no route to this family...: the next one
+    return await _attempt(family, server_addr, credentials, config, server_key, local_addr,
+                          fail_fast=False)
+
+
+async def _attempt(family: int, server_addr: Address, credentials: Credentials,
+                   config: QuantumConfiguration, server_key: bytes | str | None,
+                   local_addr: tuple[str, int] | None, *, fail_fast: bool) -> QuantumClient:
+    """One handshake with the server at one of its addresses; the established client."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
-    if not infos:
-        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}")
-    server_addr: Address = infos[0][4][:2]  # type: ignore[assignment]
-    conn = Connection.client(server_addr, credentials, loop.time(), configuration=config,
-                             server_key=server_key, connection_id=os.urandom(16))
-    client = QuantumClient(conn, loop)
-    kwargs: dict[str, Any] = {"remote_addr": server_addr}
-    if local_addr is not None:
-        kwargs["local_addr"] = local_addr
-    await loop.create_datagram_endpoint(lambda: client, **kwargs)
+    sock = _connected_socket(family, server_addr, local_addr)
+    # the server's address as this socket names it (asyncio's own `remote_addr` takes only
+    # (host, port), which would lose an IPv6 scope id)
+    conn = Connection.client(sock.getpeername(), credentials, loop.time(),
+                             configuration=config, server_key=server_key,
+                             connection_id=os.urandom(16))
+    client = QuantumClient(conn, loop, fail_fast=fail_fast)
+    try:
+        await loop.create_datagram_endpoint(lambda: client, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         await client._established
     except BaseException:
         client._teardown()
         raise
     return client
+
+
+def _connected_socket(family: int, server_addr: Address,
+                      local_addr: tuple[str, int] | None) -> socket.socket:
+    """A non-blocking UDP socket of `family` connected to `server_addr` (bound to
+    `local_addr` first if given); `OSError` when it cannot be (no route, a local address of
+    the other family)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if local_addr is not None:
+            sock.bind(local_addr)
+        sock.connect(server_addr)  # UDP: sets the peer, sends nothing, never blocks
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def server_addresses(host: str, port: int) -> list[tuple[int, Address]]:
+    """Where `connect` tries the server, in order: every (family, socket address) that
+    getaddrinfo gives for `host` (a name, or an IPv4 or IPv6 literal), once each. A name that
+    does not resolve raises `ConnectError`."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}: {exc}") from None
+    seen: list[tuple[int, Address]] = []
+    for family, _, _, _, sockaddr in infos:
+        if (family, sockaddr) not in seen:
+            seen.append((family, sockaddr))
+    if not seen:
+        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}")
+    return seen

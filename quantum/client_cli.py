@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from quantum.addresses import unbracketed
 from quantum.client import QuantumClient, connect
 from quantum.config import QuantumConfiguration
 from quantum.errors import ConnectionClosedError, MessageError, QuantumError
@@ -27,6 +28,12 @@ from quantum.frames import Delivery
 
 HEARTBEAT_COMMAND = "/heartbeat"
 MODES: dict[str, Delivery] = {mode.name.lower().replace("_", "-"): mode for mode in Delivery}
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return unbracketed(text)
 
 
 def _port(text: str) -> int:
@@ -71,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quantum-client",
         description="Connect to a Quantum server, send each stdin line as a message and print "
                     f"what comes back. A '{HEARTBEAT_COMMAND}' line sends a keepalive now.")
-    p.add_argument("host", help="server host name or address")
+    p.add_argument("host", type=_host, help="server host name, IPv4 or IPv6 address (::1)")
     p.add_argument("port", type=_port, help="server UDP port")
     p.add_argument("--user", required=True, help="user id to log in as")
     p.add_argument("--ticket", default=None, help="login ticket (quantum-server issue-ticket)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from quantum.addresses import Address
 from quantum.frames import Delivery
 
 
@@ -108,10 +109,12 @@ class SendBufferDrained(Event):
 
 @dataclass(frozen=True, slots=True)
 class PathMigrated(Event):
-    """An authenticated packet from a new address was validated; the peer now lives there."""
+    """An authenticated packet from a new address was validated; the peer now lives there.
+    Both are the socket's tuples (`quantum.addresses.Address`): an IPv4 client that moves to
+    IPv6, or back, migrates like any other."""
 
-    old_addr: tuple[str, int]
-    new_addr: tuple[str, int]
+    old_addr: Address
+    new_addr: Address
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from quantum.addresses import packed_ip
 from quantum.crypto import (
     CIPHER_IDS,
     CIPHERS,
@@ -667,8 +668,10 @@ class _RotatingSecret:
 
 
 def _address_bytes(addr: tuple[str, int]) -> bytes:
-    host, port = addr[0], addr[1]
-    return _U16.pack(port & 0xFFFF) + host.encode("utf-8", "surrogateescape")
+    """What retry cookies and server cookies bind to: port (u16) || the packed IP (4 bytes
+    for IPv4 and IPv4-mapped IPv6, 16 for IPv6; docs/PROTOCOL.md 2.4), so one client
+    is one address whichever text form or socket family reports it."""
+    return _U16.pack(addr[1] & 0xFFFF) + packed_ip(addr[0])
 
 
 class ServerHandshake:

@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from quantum.addresses import host_port_text
 from quantum.keys import default_key_path
 from quantum_server.api_token import ApiTokenError, load_or_create_token, load_token, token_path
 from quantum_server.services import DEFAULT_GRPC, host_port
@@ -172,7 +173,7 @@ def _describe(session: Any) -> str:
         f"user:          {session.user_id}",
         f"state:         {_state(session.state)}",
         f"connection:    {session.connection_id or '(none yet)'}",
-        f"client:        {session.client_ip}:{session.client_port}",
+        f"client:        {host_port_text(session.client_ip, session.client_port)}",
         f"server:        {session.server_addr or '-'}",
         f"created:       {_time(session.created_at)}",
         f"last active:   {_time(session.last_active_at)}",
@@ -209,7 +210,7 @@ def _connect(args: argparse.Namespace) -> _Client:
     except ApiTokenError as exc:
         raise _UsageError(str(exc)) from None
     host, port = args.api
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port_text(host, port)
     if args.ca_cert is not None:
         try:
             roots = args.ca_cert.read_bytes()
@@ -233,8 +234,9 @@ def _list(client: _Client, args: argparse.Namespace) -> None:
     pages = max(1, -(-reply.total // reply.page_size))
     if reply.sessions:
         rows = [("SESSION ID", "USER", "STATE", "CLIENT", "LAST ACTIVE", "EXPIRES IN")]
-        rows += [(s.session_id, s.user_id, _state(s.state), f"{s.client_ip}:{s.client_port}",
-                  _time(s.last_active_at), _left(s.expires_at)) for s in reply.sessions]
+        rows += [(s.session_id, s.user_id, _state(s.state),
+                  host_port_text(s.client_ip, s.client_port), _time(s.last_active_at),
+                  _left(s.expires_at)) for s in reply.sessions]
         print(_table(rows))
     print(f"page {reply.page} of {pages}: {len(reply.sessions)} of {reply.total} sessions")
 

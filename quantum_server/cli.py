@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from quantum.addresses import unbracketed
 from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, TicketAuthenticator
 from quantum.config import MIN_SEND_BUFFER
 from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
@@ -65,7 +66,7 @@ def _plain(number: float) -> str:
 def _host(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    return text
+    return unbracketed(text)
 
 
 def _ciphers(text: str) -> tuple[str, ...]:
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Subcommands: 'keygen', 'issue-ticket', 'api-token' and 'sessions' (see "
                     "'quantum-server sessions -h').")
     p.add_argument("--host", type=_host, default="0.0.0.0",
-                   help="address to bind (default 0.0.0.0)")
+                   help="address to bind: IPv4, IPv6 (:: serves both: dual stack) or a name "
+                        "(default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=9090, help="UDP port (default 9090; 0 = any)")
     p.add_argument("--store", choices=("memory", "etcd"), default="memory",
                    help="session store (default memory)")

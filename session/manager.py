@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from quantum.addresses import host_port_text
 from session import tokens
 from session.clock import CoarseClock
 from session.errors import (
@@ -348,7 +349,7 @@ class SessionManager:
             session_id=session.session_id,
             user_id=user_id,
             connection_id=connection_id,
-            client=f"{client_ip}:{client_port}",
+            client=host_port_text(client_ip, client_port),
         )
         self._publish(EventKind.CREATED, session)
         return session, token
@@ -492,7 +493,7 @@ class SessionManager:
             "session address changed",
             session_id=session_id,
             user_id=session.user_id,
-            client=f"{client_ip}:{client_port}",
+            client=host_port_text(client_ip, client_port),
         )
         return session
 
@@ -580,7 +581,7 @@ class SessionManager:
             user_id=session.user_id,
             connection_id=connection_id,
             previous_connection_id=previous_connection,
-            client=f"{client_ip}:{client_port}",
+            client=host_port_text(client_ip, client_port),
         )
         if previous is not State.ACTIVE:
             self._publish(EventKind.STATE_CHANGED, session, previous)

@@ -15,7 +15,6 @@ counted in bytes of UTF-8: the handshake refuses exactly what `validate_user_id`
 from __future__ import annotations
 
 import enum
-import ipaddress
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import uuid6
 
+from quantum.addresses import ip_text
 from quantum.limits import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_BYTES,
@@ -368,12 +368,11 @@ def normalize_client_ip(client_ip: object) -> str:
     if not isinstance(client_ip, str):
         raise InvalidSession(f"client_ip must be a string, got {type(client_ip).__name__}")
     try:
-        text = str(ipaddress.ip_address(client_ip))
+        # canonical text, an IPv4-mapped IPv6 address as its IPv4 address; already canonical
+        # (the usual case), the caller's string itself, not a second copy per session
+        return ip_text(client_ip)
     except ValueError:
         raise InvalidSession(f"client_ip is not an IP address: {client_ip[:80]!r}") from None
-    # already canonical (the usual case): keep the caller's string, which the server's peer
-    # address also holds, instead of a second copy per session
-    return client_ip if text == client_ip else text
 
 
 def validate_timeout(timeout: object) -> float | None:

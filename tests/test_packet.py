@@ -193,7 +193,7 @@ def test_encode_refuses_what_decode_would_reject(packet: Packet, message: str) -
 
 
 def test_the_datagram_sizes_of_quantum_1_0() -> None:
-    # docs/protocol-1.0-pmtu.md, "Datagram sizes"
+    # docs/PROTOCOL.md 2.3, datagram sizes
     assert (BASE_DATAGRAM, MAX_DATAGRAM_V4, MAX_DATAGRAM_V6) == (1200, 1472, 1452)
     assert MAX_DATAGRAM == MAX_DATAGRAM_V4  # what a receiver accepts, IPv6 too
     assert MAX_PAYLOAD == MAX_DATAGRAM - HEADER_SIZE - 16 == 1424

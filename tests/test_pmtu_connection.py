@@ -1,6 +1,6 @@
 """Path MTU discovery in the connection, on the simulated network: a path smaller than the
 largest datagram is found, a path that shrinks mid-transfer is a black hole survived without
-losing or repeating a message, and a lost probe is never congestion (docs/protocol-1.0-pmtu.md)."""
+losing or repeating a message, and a lost probe is never congestion (docs/PROTOCOL.md 2.3, 10.6)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_the_data_payload_cap_leaves_room_for_sack_and_parity() -> None:
     assert max_data_payload(1472, 10) == 1360  # min(1360, 1372)
     assert max_data_payload(1472, 16) == 1348  # min(1360, 1348)
     assert max_data_payload(1200, 16) == 1076
-    # the table of docs/protocol-1.0-pmtu.md, "The data payload cap D"
+    # the table of docs/PROTOCOL.md 2.3, the data payload cap D
     table = {1200: (1088, 1088, 1076), 1280: (1168, 1168, 1156), 1452: (1340, 1340, 1328),
              1472: (1360, 1360, 1348)}
     for p, row in table.items():
@@ -162,7 +162,7 @@ def test_the_ceiling_follows_the_peer_address_family() -> None:
 
 
 def test_probe_vector_the_plaintext_of_a_1280_byte_probe() -> None:
-    """docs/protocol-1.0-pmtu.md, "Test vectors": a probe of 1280 bytes with no SACK blocks
+    """docs/PROTOCOL.md 11, the PMTU probe vector: a probe of 1280 bytes with no SACK blocks
     has the plaintext payload PING (0b) then 1231 zero bytes (PADDING): 1232 = 1280 - 32 - 16."""
     sim, client, _server = connect(mtu=1280)
     probes: list[bytes] = []

@@ -79,15 +79,16 @@ async def running_server(
     max_connections: int = 10_000,
     manager_limits: dict[str, Any] | None = None,
     setup: Callable[[QuantumServer], None] | None = None,
+    host: str = HOST,
     **config: object,
 ) -> AsyncIterator[Harness]:
     """`manager_limits`: more ManagerConfig fields; `setup(server)` runs before it starts;
-    `config`: more ServerConfig fields."""
+    `host`: where it listens; `config`: more ServerConfig fields."""
     key = key or ServerKeyFile.new()
     manager = SessionManager(ManagerConfig(store=MemoryStore(), default_timeout=session_timeout,
                                            cleanup_interval=cleanup_interval,
                                            **(manager_limits or {})))
-    config = ServerConfig(host=HOST, port=0, keepalive_interval=KEEPALIVE,
+    config = ServerConfig(host=host, port=0, keepalive_interval=KEEPALIVE,
                           idle_timeout=idle_timeout, stats_interval=0.1,
                           hibernate_after=hibernate_after, max_connections=max_connections,
                           **config)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from quantum.errors import CloseCode
 from quantum.packet import HEADER_SIZE, KEY_PHASE, VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTOR_TESTS = ("test_packet.py", "test_frames.py", "test_handshake.py")
+VECTOR_TESTS = ("test_packet.py", "test_frames.py", "test_handshake.py", "test_addresses.py")
 HEX = re.compile(r"[\"']([0-9a-f]{32,})[\"']")
 SPEC = ROOT / "docs" / "PROTOCOL.md"
 

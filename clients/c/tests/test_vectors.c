@@ -46,7 +46,8 @@ static int expect(const char *label, const uint8_t *data, size_t len) {
 
 /* The vector inputs of 5.7. */
 static const uint8_t CID[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-static const char ADDR_IP[] = "192.0.2.1";
+/* the client address 192.0.2.1, packed as cookies bind it (docs/protocol-1.0-addresses.md) */
+static const uint8_t ADDR_IP[4] = {192, 0, 2, 1};
 static const uint16_t ADDR_PORT = 4433;
 
 /* The server's side of the vector handshake, built from the listed inputs. */
@@ -77,9 +78,9 @@ static int vector_server_hello(const uint8_t e_c[32], uint8_t out[Q_SERVER_HELLO
     memcpy(&bits, &issued, 8);
     q_put64(plain + 32, bits);
     q_put16(addr, ADDR_PORT);
-    memcpy(addr + 2, ADDR_IP, strlen(ADDR_IP));
+    memcpy(addr + 2, ADDR_IP, sizeof ADDR_IP);
     uint8_t tag[32];
-    crypto_hash_sha256(tag, addr, 2 + strlen(ADDR_IP));
+    crypto_hash_sha256(tag, addr, 2 + sizeof ADDR_IP);
     memcpy(plain + 40, tag, 16);
     size_t adn = strlen(Q_COOKIE_LABEL);
     memcpy(ad, Q_COOKIE_LABEL, adn);
@@ -172,8 +173,8 @@ static void test_handshake_vectors(void) {
     n += 4;
     q_put16(msg + n, ADDR_PORT);
     n += 2;
-    memcpy(msg + n, ADDR_IP, strlen(ADDR_IP));
-    n += strlen(ADDR_IP);
+    memcpy(msg + n, ADDR_IP, sizeof ADDR_IP);
+    n += sizeof ADDR_IP;
     q_put32(retry, 16);
     crypto_auth_hmacsha256_state st;
     crypto_auth_hmacsha256_init(&st, secret, 32);

@@ -111,6 +111,11 @@ namespace Quantum
         public double ReconnectInitialDelay, ReconnectMaxDelay;
         public int ReconnectMaxAttempts;
         public int ResumeFallback;
+        // Quantum 1.0
+        public ulong KeyUpdatePackets;
+        /// <summary>quantum_cipher_preference: 0 auto (AES-256-GCM first where the CPU has
+        /// it), 1 ChaCha20-Poly1305 first, 2 ChaCha20-Poly1305 only, 3 AES-256-GCM only.</summary>
+        public int CipherPreference;
 
         public static Config Default()
         {
@@ -134,6 +139,9 @@ namespace Quantum
         public double PacingRate;
         public uint Reconnects;
         public uint MaxDatagram;
+        public uint Cipher;
+        public ulong KeyUpdates;
+        public ulong SendGeneration, ReceiveGeneration;
     }
 
     /// <summary>A connection to a Quantum server (the library's socket layer).</summary>

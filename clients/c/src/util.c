@@ -43,6 +43,7 @@ const char *quantum_close_code_name(int code) {
     case QUANTUM_CLOSE_BAD_SERVER_KEY: return "BAD_SERVER_KEY";
     case QUANTUM_CLOSE_BAD_REQUEST: return "BAD_REQUEST";
     case QUANTUM_CLOSE_STORE_UNAVAILABLE: return "STORE_UNAVAILABLE";
+    case QUANTUM_CLOSE_CIPHER_NOT_SUPPORTED: return "CIPHER_NOT_SUPPORTED";
     default: return "UNKNOWN";
     }
 }

@@ -2,8 +2,8 @@
 
 fuzz-connection records: flags u8, seq u32, ack u32, time step u8 (ms), control u8 (bits 0..3:
 SACK blocks mod 9; bit 6: the server updates its keys first; bit 7: use seq as the packet
-number), body length u16, body (see fuzz_connection.c). Each seed is one realistic exchange, so the fuzzer
-starts deep inside the frame handling."""
+number), body length u16, body (see fuzz_connection.c). Each seed is one realistic exchange,
+so the fuzzer starts deep inside the frame handling."""
 
 from __future__ import annotations
 

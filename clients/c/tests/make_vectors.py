@@ -11,6 +11,7 @@ there again (SPEC in the Makefile) and this file goes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import struct
@@ -83,7 +84,7 @@ def credentials() -> bytes:
 def block(name: str, data: bytes) -> list[str]:
     lines = [f"{name} ({len(data)} bytes)"]
     lines += ["  " + data[i:i + 32].hex() for i in range(0, len(data), 32)]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def handshake() -> list[str]:
@@ -91,8 +92,7 @@ def handshake() -> list[str]:
     e_c_priv = label_key("quantum test vector client ephemeral")
     e_s_priv = label_key("quantum test vector server ephemeral")
     s_pub, e_c, e_s = public(s_priv), public(e_c_priv), public(e_s_priv)
-    fingerprint = "SHA256:" + __import__("base64").b64encode(
-        hashlib.sha256(s_pub).digest()).decode().rstrip("=")
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(s_pub).digest()).decode().rstrip("=")
     offer = bytes((2, AES, CHACHA))
     hello = e_c + offer + b"\x00"
     hello += bytes(1168 - len(hello))
@@ -202,7 +202,7 @@ def frames() -> list[str]:
            "   " + (header(0x82, b"\xab" * 16, 7, 3, 0) + struct.pack(">II", 5, 6)).hex(),
            "", "| frame | bytes |", "|---|---|"]
     out += [f"| {desc} | `{data.hex()}` |" for desc, data in rows]
-    return out + [""]
+    return [*out, ""]
 
 
 def main() -> None:

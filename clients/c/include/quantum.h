@@ -1,5 +1,6 @@
 /*
- * libquantum: a client library for the Quantum protocol (Quantum 1.0 = wire version 3, docs/PROTOCOL.md).
+ * libquantum: a client library for the Quantum protocol (Quantum 1.0, wire version 3,
+ * docs/PROTOCOL.md).
  *
  * Two layers, use either:
  *
@@ -464,7 +465,7 @@ QUANTUM_API int quantum_connection_close(quantum_connection *conn, const char *r
 
 QUANTUM_API quantum_state quantum_connection_state(const quantum_connection *conn);
 
-/** The largest unreliable / sequenced message that fits in one fragment. */
+/** The largest unreliable / sequenced message: QUANTUM_MAX_UNRELIABLE (1024 bytes). */
 QUANTUM_API size_t quantum_connection_max_unreliable(const quantum_connection *conn);
 
 QUANTUM_API int quantum_connection_stats(const quantum_connection *conn, quantum_stats *stats);

@@ -127,11 +127,26 @@ int q_sender_pop(q_sender *s, size_t room, size_t full_room, q_frag_ref *ref) {
         return 1;
     }
     /* new data: round-robin across channels, one frame per turn */
-    for (uint32_t turn = 0, n = s->active_count; turn < n; turn++) {
+    for (uint32_t turn = 0; turn < s->active_count;) {
         uint8_t ch = s->active[s->active_start];
         q_out_msg *m = s->head[ch];
+        if (m->mode >= QUANTUM_UNRELIABLE && Q_MESSAGE_OVERHEAD + (size_t)m->size > full_room) {
+            /* never fits (FEC with k > 16 leaves less than 1024 + 9 bytes): lost, as an
+             * unreliable message may be, rather than blocking its channel */
+            s->head[ch] = m->next;
+            s->pending_bytes -= m->size;
+            s->unsendable++;
+            q_sender_release(s, m);
+            if (!s->head[ch]) {
+                s->tail[ch] = NULL;
+                s->active_start = (s->active_start + 1) % 256;
+                s->active_count--;
+            }
+            continue;
+        }
         if (!cut(m, room, full_room, ref)) {
             rotate(s);
+            turn++;
             continue;
         }
         m->refs++; /* the caller's */

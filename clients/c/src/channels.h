@@ -45,6 +45,7 @@ typedef struct q_sender {
     uint32_t retx_head, retx_len, retx_cap;
     q_out_msg *all;
     uint64_t pending_bytes;
+    uint64_t unsendable; /* unreliable messages larger than any packet could carry */
 } q_sender;
 
 q_sender *q_sender_new(void);

@@ -112,6 +112,13 @@ static void test_sender_cuts_to_the_room(void) {
     CHECK(!q_sender_pop(s, 1000, 1088, &r));
     CHECK(q_sender_pop(s, 1009, 1088, &r) && r.whole);
     q_sender_release(s, r.msg);
+    /* with FEC k = 32 a packet carries 1012 bytes: a 1024-byte unreliable message can never
+     * go; it is dropped instead of blocking the channel */
+    CHECK(q_sender_queue(s, 4, QUANTUM_UNRELIABLE, data, 1024, &id) == 0);
+    CHECK(q_sender_queue(s, 4, QUANTUM_UNRELIABLE, data, 10, &id) == 0);
+    CHECK(q_sender_pop(s, 1012, 1012, &r) && r.whole && r.len == 10 && s->unsendable == 1);
+    q_sender_release(s, r.msg);
+    CHECK(!q_sender_has_pending(s) && s->pending_bytes == 0);
     q_sender_free(s);
 }
 

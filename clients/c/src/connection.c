@@ -1125,7 +1125,7 @@ int quantum_connection_receive(quantum_connection *c, const uint8_t *d, size_t n
     memcpy(c->rx, d + Q_HEADER_SIZE, sealed);
     /* the previous generation is kept 3 x RTO after a switch for reordered packets */
     long body = q_keys_open(&c->open, (h.flags & Q_KEY_PHASE) ? 1 : 0, pn, now,
-                            3 * q_rtt_rto(&c->sent.rtt), d, Q_HEADER_SIZE, c->rx, sealed);
+                            3 * q_rtt_base_rto(&c->sent.rtt), d, Q_HEADER_SIZE, c->rx, sealed);
     if (body < 0) {
         drop(c);
         return 0;

@@ -16,6 +16,13 @@
 static void terminate(quantum_connection *c, uint16_t code, const uint8_t *reason, size_t len,
                       int by_peer);
 
+/* The build's default cipher offer: make CFLAGS=-DQUANTUM_DEFAULT_CIPHER_PREFERENCE=1 (or
+ * CIPHERS=chacha-first, see the Makefile) builds a library that offers ChaCha20-Poly1305
+ * first unless the configuration says otherwise. */
+#ifndef QUANTUM_DEFAULT_CIPHER_PREFERENCE
+#define QUANTUM_DEFAULT_CIPHER_PREFERENCE QUANTUM_CIPHERS_AUTO
+#endif
+
 /* ------------------------------------------------------------------------------ events */
 
 static q_ev *push_event(quantum_connection *c, int32_t type) {
@@ -147,7 +154,7 @@ void quantum_config_default(quantum_config *c) {
     c->max_receive_buffer = (size_t)4 << 20;
     c->max_datagram = Q_BASE_DATAGRAM;
     c->key_update_packets = (uint64_t)1 << 22;
-    c->cipher_preference = QUANTUM_CIPHERS_AUTO;
+    c->cipher_preference = QUANTUM_DEFAULT_CIPHER_PREFERENCE;
     c->auto_reconnect = 1;
     c->reconnect_initial_delay = 0.5;
     c->reconnect_max_delay = 30.0;

@@ -518,11 +518,12 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.quantum_config = QuantumConfiguration(
             keepalive_interval=None, idle_timeout=cfg.idle_timeout,
             fec=(10, 3) if cfg.fec else None, max_send_buffer=cfg.max_send_buffer,
-            stall_timeout=cfg.stall_timeout)
+            stall_timeout=cfg.stall_timeout, ciphers=cfg.ciphers)
         params = ServerParams(fec=self.quantum_config.fec,
                               keepalive_interval=cfg.keepalive_interval,
                               idle_timeout=cfg.idle_timeout)
-        self.listener = Listener(ServerHandshake(key.private_key, params), self.quantum_config,
+        handshake = ServerHandshake(key.private_key, params, ciphers=cfg.ciphers)
+        self.listener = Listener(handshake, self.quantum_config,
                                  max_connections=cfg.max_connections,
                                  max_connections_per_address=cfg.max_connections_per_address,
                                  per_source_rate=cfg.handshake_rate,

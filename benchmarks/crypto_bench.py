@@ -45,8 +45,8 @@ def _best_ns(run: Callable[[], None], iterations: int, repeats: int = 5) -> floa
 
 
 def _protection_ns(algorithm: Algorithm, size: int, iterations: int) -> float:
-    key, iv, body = os.urandom(32), os.urandom(12), os.urandom(size)
-    sender, receiver = PacketProtection(key, iv, algorithm), PacketProtection(key, iv, algorithm)
+    secret, body = os.urandom(32), os.urandom(size)
+    sender, receiver = PacketProtection(secret, algorithm), PacketProtection(secret, algorithm)
     seal, open_ = sender.seal, receiver.open
     counter = [0]
 

@@ -42,8 +42,8 @@ from session.memory import MemoryStore
 def _connection(params: ServerParams, now: float) -> Any:
     from quantum.connection import Connection
 
-    keys = SessionKeys(PacketProtection(os.urandom(32), os.urandom(12)),
-                       PacketProtection(os.urandom(32), os.urandom(12)))
+    keys = SessionKeys(PacketProtection(os.urandom(32)),
+                       PacketProtection(os.urandom(32)))
     conn = Connection.server(os.urandom(16), ("127.0.0.1", random.randrange(1024, 65536)),
                              keys, Credentials("bench"), params, now)
     stats = conn.stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
 from quantum.fec import check_shape
 
 #: packets left under the key limit when the graceful close starts: room to drain what is
@@ -35,10 +36,19 @@ class QuantumConfiguration:
     max_ack_delay: float = 0.025
     #: how long a closing endpoint waits for its FIN to be acknowledged
     close_timeout: float = 3.0
-    #: packets one key may seal (the AES-GCM confidentiality bound RFC 9001 section 6.6 uses);
-    #: an endpoint closes gracefully, code KEYS_EXHAUSTED, KEY_LIMIT_HEADROOM packets before it
-    #: and never seals past it. v2 has no key update: the client resumes on a new connection.
+    #: packets one key generation may seal (the AES-GCM confidentiality bound RFC 9001
+    #: section 6.6 uses); an endpoint that cannot update its key in time closes gracefully,
+    #: code KEYS_EXHAUSTED, KEY_LIMIT_HEADROOM packets before it and never seals past it
     packets_per_key: int = 1 << 23
+    #: whether a sender moves to the next key generation before the limit (the key update,
+    #: docs/PROTOCOL.md 5.6); off, a connection ends at packets_per_key (KEYS_EXHAUSTED)
+    key_update: bool = True
+    #: packets sealed under one key generation before the update; None: half of what the key
+    #: may seal before the graceful close, (packets_per_key - KEY_LIMIT_HEADROOM) // 2
+    key_update_packets: int | None = None
+    #: AEAD ciphers in order of preference: a client offers them in this order, a server
+    #: picks the first of the client's offer that it has here
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     #: bytes of application messages one connection may hold queued or sent and not yet
     #: acknowledged; past it `send` raises `SendBufferFull` for reliable messages and drops
     #: unreliable ones (counted as drops["send_buffer_full"])
@@ -61,6 +71,18 @@ class QuantumConfiguration:
         if not 2 * KEY_LIMIT_HEADROOM <= self.packets_per_key <= 1 << 62:
             raise ValueError(f"packets_per_key must be between {2 * KEY_LIMIT_HEADROOM} and "
                              f"2**62, got {self.packets_per_key}")
+        update = self.key_update_packets
+        most = self.packets_per_key - KEY_LIMIT_HEADROOM - 1
+        if update is not None and not (type(update) is int and 1 <= update <= most):
+            raise ValueError(f"key_update_packets must be None or an int between 1 and "
+                             f"packets_per_key - {KEY_LIMIT_HEADROOM + 1} ({most}), "
+                             f"got {update!r}")
+        ciphers = self.ciphers
+        if (not isinstance(ciphers, tuple) or not 1 <= len(ciphers) <= 8
+                or len(set(ciphers)) != len(ciphers)
+                or any(c not in CIPHER_IDS for c in ciphers)):
+            raise ValueError(f"ciphers must be 1-8 distinct names among "
+                             f"{', '.join(CIPHER_IDS)}, got {ciphers!r}")
         if not (type(self.max_send_buffer) is int
                 and MIN_SEND_BUFFER <= self.max_send_buffer <= 1 << 40):
             raise ValueError(f"max_send_buffer must be an int between {MIN_SEND_BUFFER} and "
@@ -70,3 +92,13 @@ class QuantumConfiguration:
                              f"got {self.stall_timeout}")
         if not 0 < self.max_ack_delay <= 0.5:
             raise ValueError(f"max_ack_delay must be in (0, 0.5], got {self.max_ack_delay}")
+
+    @property
+    def key_update_interval(self) -> int | None:
+        """Packets per key generation before the key update, or None without updates."""
+        if not self.key_update:
+            return None
+        update = self.key_update_packets
+        if update is None:  # halfway to where the graceful close would start
+            return (self.packets_per_key - KEY_LIMIT_HEADROOM) // 2
+        return update

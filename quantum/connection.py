@@ -77,6 +77,7 @@ from quantum.handshake import (
     SessionKeys,
 )
 from quantum.keepalive import KeepaliveClock
+from quantum.keyupdate import PreviousKeys, open_other_phase
 from quantum.limits import MAX_FEC_K
 from quantum.migration import PathValidation
 from quantum.opening import ClientOpening
@@ -84,6 +85,7 @@ from quantum.packet import (
     ACK,
     FEC,
     FIN,
+    KEY_PHASE,
     PSH,
     RST,
     SYN,
@@ -191,11 +193,13 @@ class Connection:
         "_outbox",
         "_peer",
         "_pending_out",
+        "_previous_keys",
         "_refused_size",
         "_seal",
         "_send_blocked",
         "_stall_since",
         "_unacked_data",
+        "_update_at_pn",
         "close_code",
         "close_reason",
         "config",
@@ -244,6 +248,12 @@ class Connection:
         self._opening: ClientOpening | None = None
         # the graceful close before the key's packet limit starts here (see _keys_running_out)
         self._close_at_pn = configuration.packets_per_key - KEY_LIMIT_HEADROOM
+        # the send side's key update: the packet number from which the next packet is sealed
+        # with the next key generation (once the current one is acknowledged)
+        interval = configuration.key_update_interval
+        self._update_at_pn = (1 << 64) if interval is None else interval + 1
+        # the receive side's previous generation, while reordered packets may still need it
+        self._previous_keys: PreviousKeys | None = None
 
         # packets: what we sent and await acks for (loss detection, RTO), and what we received
         # (the replay window, and the acks we owe)
@@ -373,7 +383,7 @@ class Connection:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot reject a connection in state {self.state.value}")
-        if self._flight.next_pn < self.config.packets_per_key:
+        if self._can_seal():
             self._send_protected([RejectFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 
@@ -474,6 +484,9 @@ class Connection:
             return False
         seal.release()
         open_.release()
+        previous = self._previous_keys
+        if previous is not None:
+            previous.protection.release()
         return True
 
     def close(self, reason: str = "", code: int = CloseCode.NORMAL) -> None:
@@ -533,7 +546,10 @@ class Connection:
             return
         header = data[: wire.HEADER_SIZE]
         try:
-            body = open_.open(pn, header, data[wire.HEADER_SIZE:])
+            if flags & KEY_PHASE == open_.phase_flag:
+                body = open_.open(pn, header, data[wire.HEADER_SIZE:])
+            else:
+                body = self._open_other_phase(pn, header, data[wire.HEADER_SIZE:], now)
         except ProtectionError:
             self._drop("auth_failed")
             return
@@ -545,6 +561,41 @@ class Connection:
             self._protocol_violation(f"malformed frames: {exc}", now)
         except ProtocolError as exc:
             self._protocol_violation(str(exc), now)
+
+    def _open_other_phase(self, pn: int, header: bytes, ciphertext: bytes, now: float) -> bytes:
+        """A packet of the previous or the next key generation (the peer's key update)."""
+        current = self._open
+        assert current is not None
+        following, body = open_other_phase(current, self._previous_keys, pn, header, ciphertext,
+                                           now)
+        if following is not None:  # the peer moved on: so do we, keeping the old keys a while
+            self._open = following
+            self._previous_keys = PreviousKeys(current, now + 3 * self._flight.rtt.base_rto)
+        return body
+
+    def _update_send_keys(self, pn: int) -> PacketProtection:
+        """`pn` reached the key update point: seal from it on with the next generation, if
+        the peer acknowledged a packet of the current one (so it holds the current keys and
+        can derive the next); else ask again at the next packet."""
+        seal = self._seal
+        assert seal is not None
+        interval = self.config.key_update_interval
+        if interval is None:
+            self._update_at_pn = 1 << 64
+            return seal
+        if self._flight.largest_acked < seal.first_pn:
+            self._update_at_pn = pn + 1
+            return seal
+        following = self._seal = seal.next()
+        self._update_at_pn = pn + interval
+        self._close_at_pn = pn + self.config.packets_per_key - KEY_LIMIT_HEADROOM
+        return following
+
+    @property
+    def key_generations(self) -> tuple[int, int]:
+        """(send, receive) key generations: how many key updates each direction made."""
+        seal, open_ = self._seal, self._open
+        return (0 if seal is None else seal.generation, 0 if open_ is None else open_.generation)
 
     def _on_authenticated(self, pn: int, flags: int, ack: int, body: bytes, payload_len: int,
                           size: int, addr: Address, now: float) -> None:
@@ -901,10 +952,11 @@ class Connection:
             # not tracked, not congestion controlled and without SACK blocks: the probe
             # belongs to another path, and its loss is the validation timer's business
             pn = self._flight.allocate_pn()
+            seal = self._seal if pn < self._update_at_pn else self._update_send_keys(pn)
             ack32 = self._acks.cumulative & 0xFFFFFFFF
-            header = build_header(ACK, self.connection_id, pn & 0xFFFFFFFF, ack32,
-                                  len(payload))
-            datagram = header + self._seal.seal(pn, header, payload)
+            header = build_header(ACK | seal.phase_flag, self.connection_id, pn & 0xFFFFFFFF,
+                                  ack32, len(payload))
+            datagram = header + seal.seal(pn, header, payload)
             self.stats.packets_sent += 1
             self.stats.bytes_sent += len(datagram)
             migration.queue(datagram)
@@ -1027,6 +1079,8 @@ class Connection:
         assert seal is not None
         sent = self._flight
         pn = sent.allocate_pn()
+        if pn >= self._update_at_pn:
+            seal = self._update_send_keys(pn)
         received = self._acks
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
@@ -1037,7 +1091,8 @@ class Connection:
             room = (MAX_DATAGRAM - wire.HEADER_SIZE - AEAD_TAG - len(payload)) >> 3
             if len(sack) > room:
                 sack = sack[:room] if room > 0 else []
-        header = build_header(flags, self.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
+        header = build_header(flags | seal.phase_flag, self.connection_id, pn & 0xFFFFFFFF, ack32,
+                              len(payload))
         body = encode_sack(sack) + payload if sack else payload
         datagram = header + seal.seal(pn, header, body)
         received.on_ack_sent()
@@ -1071,7 +1126,7 @@ class Connection:
         """Near the key's packet limit: close gracefully (the headroom drains the queue and
         carries the FIN); at the limit itself: stop without sealing another packet, and
         return True."""
-        if self._flight.next_pn >= self.config.packets_per_key:
+        if not self._can_seal():
             self._terminate(CloseCode.KEYS_EXHAUSTED, "packet protection limit reached",
                             by_peer=False)
             return True
@@ -1079,9 +1134,13 @@ class Connection:
         return False
 
     def _send_ack_only(self, now: float) -> None:
-        if self._seal is None or self._flight.next_pn >= self.config.packets_per_key:
+        if self._seal is None or not self._can_seal():
             return
         self._send_protected([], now, flags=ACK)
+
+    def _can_seal(self) -> bool:
+        """Whether the current key generation may seal another packet (its packet limit)."""
+        return self._flight.next_pn < self._close_at_pn + KEY_LIMIT_HEADROOM
 
     def _queue_keepalive(self, now: float | None) -> int:
         keepalives = self._keepalives
@@ -1098,7 +1157,7 @@ class Connection:
 
     def _abort(self, code: int, reason: str, now: float) -> None:
         """Abortive close: one RST carrying the reason, then closed (nothing waits for it)."""
-        if self._seal is not None and self._flight.next_pn < self.config.packets_per_key:
+        if self._seal is not None and self._can_seal():
             self._send_protected([CloseFrame(code, reason[:512])], now, flags=ACK | RST)
         self._terminate(code, reason, by_peer=False)
 

@@ -74,3 +74,5 @@ class CloseCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 28
     #: the source address already has `max_connections_per_address` connections to this server
     ADDRESS_FULL = 29
+    #: the ClientHello offered no cipher the server has (plaintext REJECT)
+    CIPHER_NOT_SUPPORTED = 30

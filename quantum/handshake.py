@@ -3,19 +3,22 @@
 The exact byte layouts and the construction are specified in docs/PROTOCOL.md section 5; the
 short version:
 
-* SYN (ClientHello): the client's ephemeral key e_c, padded to a >= 1200-byte datagram so the
-  server never answers with more bytes than it received.
+* SYN (ClientHello): the client's ephemeral key e_c and the ciphers it offers, padded to a
+  1200-byte datagram so the server never answers with more bytes than it received.
 * RETRY (flags SYN|URG): under load the server answers a SYN without a valid retry cookie with
   a stateless HMAC cookie binding the client address, the connection id and a time slot, and
   does no Diffie-Hellman until the client echoes it.
-* SYN-ACK (ServerHello): e_s, the static key S, a server cookie (AEAD-sealed under a rotating
-  server-only key: e_s's private key, the time, the client address; bound to the connection id
-  and e_c) and a confirmation sealed with keys only the holder of S's private key can derive.
-  The server keeps no per-connection state until the client echoes the cookie.
-* ACK (ClientFinish): e_c, the echoed cookie and the client's sealed credentials.
+* SYN-ACK (ServerHello): e_s, the static key S, the chosen cipher, a server cookie (AEAD-sealed
+  under a rotating server-only key: the handshake's pseudorandom key and transcript hash, the
+  time, the client address; bound to the connection id) and a confirmation sealed with keys only
+  the holder of S's private key can derive. The server keeps no per-connection state until the
+  client echoes the cookie, and does no Diffie-Hellman when it does.
+* ACK (ClientFinish): the echoed cookie and the client's sealed credentials.
 
-Keys: ee = X25519(e_c, e_s), es = X25519(e_c, S); h = SHA-256(label || cid || e_c || e_s || S);
-HKDF-SHA256(salt=h, ikm=ee || es) -> confirmation key, finish key, and a key + iv per direction.
+Keys: ee = X25519(e_c, e_s), es = X25519(e_c, S); h = SHA-256(label || cid || e_c || offer ||
+e_s || S || cipher) binds the offer and the choice (a downgrade fails the confirmation);
+prk = HKDF-Extract(h, ee || es) -> confirmation key, finish key, and a traffic secret per
+direction (crypto.py derives each key generation's key and iv from it).
 
 Every parser rejects malformed input with HandshakeError carrying a CloseCode.
 """
@@ -34,13 +37,22 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from quantum.crypto import IV_SIZE, KEY_SIZE, TAG_SIZE, PacketProtection
+from quantum.crypto import (
+    CIPHER_IDS,
+    CIPHERS,
+    DEFAULT_CIPHERS,
+    SECRET_SIZE,
+    TAG_SIZE,
+    Algorithm,
+    PacketProtection,
+    aead,
+    hkdf_expand,
+    hkdf_extract,
+)
 from quantum.errors import CloseCode, QuantumError
 from quantum.fec import check_shape
 from quantum.keys import fingerprint
@@ -55,26 +67,38 @@ from quantum.limits import (
 )
 from quantum.packet import CONNECTION_ID_SIZE, HEADER_SIZE, MAX_PAYLOAD
 
-PROTOCOL_LABEL: Final = b"Quantum v2 handshake: X25519, HKDF-SHA256, AES-256-GCM"
-RETRY_LABEL: Final = b"Quantum v2 retry cookie"
-COOKIE_LABEL: Final = b"Quantum v2 server cookie"
-KDF_INFO: Final = b"Quantum v2 key schedule"
+PROTOCOL_LABEL: Final = b"Quantum 1.0 handshake: X25519, HKDF-SHA256"
+RETRY_LABEL: Final = b"Quantum 1.0 retry cookie"
+COOKIE_LABEL: Final = b"Quantum 1.0 server cookie"
 
 PUBLIC_KEY_SIZE: Final = 32
 MIN_INITIAL_DATAGRAM: Final = 1200
 #: a ClientHello payload is padded to this, making the SYN datagram MIN_INITIAL_DATAGRAM bytes
 HELLO_SIZE: Final = MIN_INITIAL_DATAGRAM - HEADER_SIZE
-#: every handshake message fits in one packet
+#: a hello longer than this is malformed (what one packet can carry)
 MAX_HANDSHAKE_PAYLOAD: Final = MAX_PAYLOAD
+#: the ClientFinish goes out before any path MTU is known. With the usual credentials it is far
+#: below the 1200 bytes every path carries (168 bytes for a user id, a ticket and one metadata
+#: entry); metadata near its bounds can make it larger, up to one full packet, which a path
+#: with a smaller MTU may not carry (docs/PROTOCOL.md 5.2.5: keep handshake metadata small)
+MAX_FINISH_PAYLOAD: Final = MAX_HANDSHAKE_PAYLOAD
+#: at most this many cipher ids in a ClientHello's offer
+MAX_OFFER: Final = 8
 
 RETRY_COOKIE_SIZE: Final = 4 + 32  # slot u32 || HMAC-SHA256
-_COOKIE_PLAIN_SIZE: Final = 32 + 8 + 16  # e_s private || issued-at f64 || address tag
+_TRANSCRIPT_SIZE: Final = 32
+# prk || h || cipher u8 || issued-at f64 || address tag
+_COOKIE_PLAIN_SIZE: Final = SECRET_SIZE + _TRANSCRIPT_SIZE + 1 + 8 + 16
 SERVER_COOKIE_SIZE: Final = 1 + 12 + _COOKIE_PLAIN_SIZE + TAG_SIZE  # key id || nonce || sealed
 PARAMS_SIZE: Final = 10
 #: the server's keepalive interval and idle timeout travel as u32 milliseconds, each >= 1
 MAX_PARAM_MS: Final = 0xFFFFFFFF
-SERVER_HELLO_SIZE: Final = 2 * PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE + PARAMS_SIZE + TAG_SIZE
-_FINISH_PREFIX: Final = PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE
+# e_s || S || cipher u8 || cookie length u16 || cookie || confirmation
+SERVER_HELLO_SIZE: Final = (2 * PUBLIC_KEY_SIZE + 1 + 2 + SERVER_COOKIE_SIZE + PARAMS_SIZE
+                            + TAG_SIZE)
+_FINISH_PREFIX: Final = 2 + SERVER_COOKIE_SIZE  # cookie length u16 || cookie
+#: the largest encoded credentials a ClientFinish can carry
+MAX_CREDENTIALS: Final = MAX_FINISH_PAYLOAD - _FINISH_PREFIX - TAG_SIZE
 
 _F_TICKET: Final = 0x01
 _F_RESUME: Final = 0x02
@@ -87,7 +111,6 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
 _PARAMS = struct.Struct(">BBII")
-_KDF_LENGTH: Final = 2 * KEY_SIZE + 2 * (KEY_SIZE + IV_SIZE)
 
 
 class HandshakeError(QuantumError):
@@ -261,7 +284,7 @@ def encode_credentials(credentials: Credentials) -> bytes:
         value_bytes = _utf8(value, f"metadata value of {key!r}", 0, MAX_METADATA_VALUE_BYTES)
         parts += [bytes((len(key_bytes),)), key_bytes, _U16.pack(len(value_bytes)), value_bytes]
     body = bytes((flags,)) + b"".join(parts)
-    limit = MAX_HANDSHAKE_PAYLOAD - _FINISH_PREFIX - TAG_SIZE
+    limit = MAX_CREDENTIALS
     if len(body) > limit:
         raise HandshakeError(CloseCode.BAD_REQUEST,
                              f"credentials encode to {len(body)} bytes; at most {limit} fit "
@@ -336,13 +359,33 @@ def decode_params(data: bytes) -> ServerParams:
 @dataclass(frozen=True, slots=True)
 class _Hello:
     client_public: bytes
-    options: int
+    #: the cipher ids offered, in the client's order, as sent (count u8 || ids)
+    offer: bytes
     retry_cookie: bytes | None
 
+    def choose(self, enabled: tuple[int, ...]) -> int | None:
+        """The first id of the offer that is in `enabled`, or None."""
+        for cipher in self.offer[1:]:
+            if cipher in enabled:
+                return cipher
+        return None
 
-def encode_hello(client_public: bytes, retry_cookie: bytes | None, options: int = 0) -> bytes:
+
+def encode_offer(ciphers: tuple[str, ...]) -> bytes:
+    """A ClientHello's cipher offer: count u8, then the ids in order of preference."""
+    if not 1 <= len(ciphers) <= MAX_OFFER:
+        raise ValueError(f"offer 1..{MAX_OFFER} ciphers, got {len(ciphers)}")
+    try:
+        ids = bytes(CIPHER_IDS[c] for c in ciphers)  # type: ignore[index]
+    except KeyError as exc:
+        raise ValueError(f"unknown cipher {exc.args[0]!r}") from None
+    return bytes((len(ids),)) + ids
+
+
+def encode_hello(client_public: bytes, retry_cookie: bytes | None,
+                 offer: bytes = b"\x02\x01\x02") -> bytes:
     cookie = retry_cookie or b""
-    body = client_public + _U16.pack(options) + bytes((len(cookie),)) + cookie
+    body = client_public + offer + bytes((len(cookie),)) + cookie
     return body + bytes(HELLO_SIZE - len(body))
 
 
@@ -354,15 +397,18 @@ def decode_hello(payload: bytes) -> _Hello:
     if len(payload) > MAX_HANDSHAKE_PAYLOAD:
         raise r.fail(f"{len(payload)} bytes, above {MAX_HANDSHAKE_PAYLOAD}")
     client_public = r.take(PUBLIC_KEY_SIZE, "client ephemeral key")
-    options = r.u16("options")
+    count = r.u8("cipher count")
+    if not 1 <= count <= MAX_OFFER:
+        raise r.fail(f"{count} ciphers offered, expected 1..{MAX_OFFER}")
+    offer = bytes((count,)) + r.take(count, "cipher ids")
     n = r.u8("retry cookie length")
     if n not in (0, RETRY_COOKIE_SIZE):
         raise r.fail(f"retry cookie length {n}, expected 0 or {RETRY_COOKIE_SIZE}")
     cookie = r.take(n, "retry cookie") if n else None
-    padding = payload[PUBLIC_KEY_SIZE + 3 + n:]
+    padding = payload[PUBLIC_KEY_SIZE + 1 + count + 1 + n:]
     if padding.count(0) != len(padding):
         raise r.fail("padding is not all zero")
-    return _Hello(client_public, options, cookie)
+    return _Hello(client_public, offer, cookie)
 
 
 # ---------------------------------------------------------------------- key schedule
@@ -387,35 +433,46 @@ def _dh(private: X25519PrivateKey, public: bytes, code: CloseCode, what: str) ->
         raise HandshakeError(code, f"{what} is a low-order point") from None
 
 
+def transcript_hash(connection_id: bytes, client_public: bytes, offer: bytes,
+                    server_ephemeral: bytes, server_static: bytes, cipher: int) -> bytes:
+    """h: binds the connection id, the three public keys, the offer and the choice."""
+    return hashlib.sha256(PROTOCOL_LABEL + connection_id + client_public + offer
+                          + server_ephemeral + server_static + bytes((cipher,))).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class _Schedule:
     transcript: bytes
-    confirm_key: bytes
-    finish_key: bytes
-    client_key: bytes  # client -> server
-    client_iv: bytes
-    server_key: bytes  # server -> client
-    server_iv: bytes
+    algorithm: Algorithm
+    prk: bytes
+
+    @property
+    def confirm_key(self) -> bytes:
+        return hkdf_expand(self.prk, b"confirm", 32)
+
+    @property
+    def finish_key(self) -> bytes:
+        return hkdf_expand(self.prk, b"finish", 32)
+
+    def _traffic(self) -> tuple[PacketProtection, PacketProtection]:
+        client = PacketProtection(hkdf_expand(self.prk, b"client traffic", SECRET_SIZE),
+                                  self.algorithm)
+        server = PacketProtection(hkdf_expand(self.prk, b"server traffic", SECRET_SIZE),
+                                  self.algorithm)
+        return client, server
 
     def client_keys(self) -> SessionKeys:
-        return SessionKeys(PacketProtection(self.client_key, self.client_iv),
-                           PacketProtection(self.server_key, self.server_iv))
+        client, server = self._traffic()
+        return SessionKeys(client, server)
 
     def server_keys(self) -> SessionKeys:
-        return SessionKeys(PacketProtection(self.server_key, self.server_iv),
-                           PacketProtection(self.client_key, self.client_iv))
+        client, server = self._traffic()
+        return SessionKeys(server, client)
 
 
-def key_schedule(connection_id: bytes, client_public: bytes, server_ephemeral: bytes,
-                 server_static: bytes, ee: bytes, es: bytes) -> _Schedule:
-    """The transcript hash and every key derived from the two Diffie-Hellman results."""
-    transcript = hashlib.sha256(PROTOCOL_LABEL + connection_id + client_public
-                                + server_ephemeral + server_static).digest()
-    okm = HKDF(hashes.SHA256(), _KDF_LENGTH, transcript, KDF_INFO).derive(ee + es)
-    k = KEY_SIZE
-    return _Schedule(transcript, okm[0:k], okm[k:2 * k], okm[2 * k:3 * k],
-                     okm[3 * k:3 * k + IV_SIZE], okm[3 * k + IV_SIZE:4 * k + IV_SIZE],
-                     okm[4 * k + IV_SIZE:])
+def key_schedule(transcript: bytes, cipher: int, ee: bytes, es: bytes) -> _Schedule:
+    """Every key the handshake derives from the two Diffie-Hellman results."""
+    return _Schedule(transcript, CIPHERS[cipher], hkdf_extract(transcript, ee + es))
 
 
 def _check_cid(connection_id: bytes) -> None:
@@ -464,9 +521,16 @@ class ClientHandshake:
 
     def __init__(self, connection_id: bytes, credentials: Credentials,
                  server_key: bytes | str | None = None,
-                 ephemeral_private: bytes | None = None) -> None:
+                 ephemeral_private: bytes | None = None,
+                 ciphers: tuple[str, ...] = DEFAULT_CIPHERS) -> None:
         _check_cid(connection_id)
         self.connection_id = connection_id
+        try:
+            self._offer = encode_offer(ciphers)
+        except ValueError as exc:
+            raise HandshakeError(CloseCode.BAD_REQUEST, f"ciphers: {exc}") from None
+        #: the cipher the server chose (an `Algorithm` name), once its hello was accepted
+        self.cipher: Algorithm | None = None
         self._fec = credentials.fec
         # encoded now, to fail early at connect(); a bytearray, so that it can be wiped
         self._credentials_plain: bytearray | None = bytearray(encode_credentials(credentials))
@@ -481,7 +545,7 @@ class ClientHandshake:
 
     def client_hello(self) -> bytes:
         """The SYN payload (with the retry cookie once the server asked for one)."""
-        return encode_hello(self.client_public, self._retry_cookie)
+        return encode_hello(self.client_public, self._retry_cookie, self._offer)
 
     def on_retry(self, payload: bytes) -> None:
         """The server wants its retry cookie echoed: remember it for the next hello."""
@@ -495,15 +559,16 @@ class ClientHandshake:
         """Check the server's key and proof, derive the keys; the negotiated parameters."""
         if self.keys is not None or self._ephemeral is None or self._credentials_plain is None:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION, "second server hello")
-        if len(payload) != SERVER_HELLO_SIZE:
+        r = _Reader(payload, CloseCode.PROTOCOL_VIOLATION, "server hello")
+        server_ephemeral = r.take(PUBLIC_KEY_SIZE, "server ephemeral key")
+        server_static = r.take(PUBLIC_KEY_SIZE, "server static key")
+        cipher = r.u8("cipher")
+        cookie = r.take(r.u16("cookie length"), "cookie")
+        confirmation = r.take(PARAMS_SIZE + TAG_SIZE, "confirmation")
+        r.end()
+        if cipher not in self._offer[1:] or cipher not in CIPHERS:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
-                                 f"server hello is {len(payload)} bytes, "
-                                 f"expected {SERVER_HELLO_SIZE}")
-        server_ephemeral = payload[:PUBLIC_KEY_SIZE]
-        server_static = payload[PUBLIC_KEY_SIZE:2 * PUBLIC_KEY_SIZE]
-        cookie_end = 2 * PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE
-        cookie = payload[2 * PUBLIC_KEY_SIZE:cookie_end]
-        confirmation = payload[cookie_end:]
+                                 f"server chose cipher 0x{cipher:02x}, which was not offered")
         seen = fingerprint(server_static)
         if self._pin_key is not None and not hmac.compare_digest(server_static, self._pin_key):
             raise HandshakeError(CloseCode.BAD_SERVER_KEY,
@@ -516,19 +581,22 @@ class ClientHandshake:
         ee = _dh(self._ephemeral, server_ephemeral, CloseCode.PROTOCOL_VIOLATION,
                  "server ephemeral key")
         es = _dh(self._ephemeral, server_static, CloseCode.BAD_SERVER_KEY, "server static key")
-        schedule = key_schedule(self.connection_id, self.client_public, server_ephemeral,
-                                server_static, ee, es)
+        h = transcript_hash(self.connection_id, self.client_public, self._offer,
+                            server_ephemeral, server_static, cipher)
+        schedule = key_schedule(h, cipher, ee, es)
         try:
-            params_bytes = AESGCM(schedule.confirm_key).decrypt(_ZERO_NONCE, confirmation,
-                                                                 schedule.transcript)
+            params_bytes = aead(schedule.algorithm, schedule.confirm_key).decrypt(
+                _ZERO_NONCE, confirmation, h)
         except InvalidTag:
+            # a wrong key, or a hello whose offer or choice was changed on the way (h differs)
             raise HandshakeError(CloseCode.BAD_SERVER_KEY,
-                                 f"server did not prove it holds the private key of {seen}"
-                                 ) from None
+                                 f"server did not prove it holds the private key of {seen} "
+                                 "(or the cipher negotiation was tampered with)") from None
         params = decode_params(params_bytes)
-        sealed = AESGCM(schedule.finish_key).encrypt(_ZERO_NONCE, self._credentials_plain,
-                                                     schedule.transcript)
-        self._finish = self.client_public + cookie + sealed
+        sealed = aead(schedule.algorithm, schedule.finish_key).encrypt(
+            _ZERO_NONCE, bytes(self._credentials_plain), h)
+        self._finish = _U16.pack(len(cookie)) + cookie + sealed
+        self.cipher = schedule.algorithm
         self.server_public_key = server_static
         self.keys = schedule.client_keys()
         # the ephemeral key and the plaintext credentials have done their work
@@ -608,9 +676,12 @@ class ServerHandshake:
 
     def __init__(self, static_private: bytes, params: ServerParams, cookie_lifetime: float = 10.0,
                  retry_rotation: float = 60.0,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+                 random: Callable[[int], bytes] = os.urandom,
+                 ciphers: tuple[str, ...] = DEFAULT_CIPHERS) -> None:
         if not (cookie_lifetime > 0 and retry_rotation > 0):
             raise ValueError("cookie_lifetime and retry_rotation must be positive")
+        #: the cipher ids this server accepts (its choice follows the client's order)
+        self.ciphers: tuple[int, ...] = tuple(encode_offer(ciphers)[1:])
         self._static = _private_key(static_private, "server static private key")
         self.static_public = _public_bytes(self._static)
         self.fingerprint = fingerprint(self.static_public)
@@ -656,9 +727,16 @@ class ServerHandshake:
 
     def on_client_hello(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
                         now: float, ephemeral_private: bytes | None = None) -> bytes:
-        """The SYN-ACK payload. Nothing is remembered: it all goes into the cookie."""
+        """The SYN-ACK payload. Nothing is remembered: it all goes into the cookie.
+
+        Raises `HandshakeError(CIPHER_NOT_SUPPORTED)` when the offer holds no cipher of ours
+        (the listener answers with a plaintext REJECT)."""
         _check_cid(connection_id)
         hello = decode_hello(payload)
+        cipher = hello.choose(self.ciphers)
+        if cipher is None:
+            raise HandshakeError(CloseCode.CIPHER_NOT_SUPPORTED,
+                                 "none of the offered ciphers is enabled on this server")
         ephemeral_bytes = ephemeral_private if ephemeral_private is not None else self._random(32)
         ephemeral = _private_key(ephemeral_bytes, "server ephemeral private key")
         server_ephemeral = _public_bytes(ephemeral)
@@ -666,46 +744,35 @@ class ServerHandshake:
         ee = _dh(ephemeral, client_public, CloseCode.PROTOCOL_VIOLATION, "client ephemeral key")
         es = _dh(self._static, client_public, CloseCode.PROTOCOL_VIOLATION,
                  "client ephemeral key")
-        schedule = key_schedule(connection_id, client_public, server_ephemeral,
-                                self.static_public, ee, es)
-        confirmation = AESGCM(schedule.confirm_key).encrypt(
-            _ZERO_NONCE, encode_params(self.params), schedule.transcript)
+        h = transcript_hash(connection_id, client_public, hello.offer, server_ephemeral,
+                            self.static_public, cipher)
+        schedule = key_schedule(h, cipher, ee, es)
+        confirmation = aead(schedule.algorithm, schedule.confirm_key).encrypt(
+            _ZERO_NONCE, encode_params(self.params), h)
         epoch, key = self._cookie_keys.current(now)
         key_id = epoch & 0xFF
         nonce = self._random(12)
-        plain = (ephemeral.private_bytes_raw() + _F64.pack(now) + _address_tag(addr))
-        sealed = AESGCM(key).encrypt(nonce, plain, _cookie_ad(key_id, connection_id,
-                                                               client_public))
+        plain = (schedule.prk + h + bytes((cipher,)) + _F64.pack(now) + _address_tag(addr))
+        sealed = AESGCM(key).encrypt(nonce, plain, _cookie_ad(key_id, connection_id))
         cookie = bytes((key_id,)) + nonce + sealed
-        return server_ephemeral + self.static_public + cookie + confirmation
+        return (server_ephemeral + self.static_public + bytes((cipher,))
+                + _U16.pack(len(cookie)) + cookie + confirmation)
 
     # -- finish
 
     def on_client_finish(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
                          now: float) -> tuple[SessionKeys, Credentials, ServerParams]:
         """Verify the echoed cookie and the sealed credentials; keys, credentials, params.
+        No Diffie-Hellman: the cookie carries the handshake's pseudorandom key.
 
         Raises `CredentialsRefused` (with the keys) for authentic credentials out of bounds,
         `HandshakeError` for anything else."""
         _check_cid(connection_id)
-        if not _FINISH_PREFIX + TAG_SIZE <= len(payload) <= MAX_HANDSHAKE_PAYLOAD:
-            raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
-                                 f"client finish is {len(payload)} bytes, expected "
-                                 f"{_FINISH_PREFIX + TAG_SIZE}..{MAX_HANDSHAKE_PAYLOAD}")
-        client_public = payload[:PUBLIC_KEY_SIZE]
-        cookie = payload[PUBLIC_KEY_SIZE:_FINISH_PREFIX]
-        sealed_credentials = payload[_FINISH_PREFIX:]
-        ephemeral_bytes = self._open_cookie(connection_id, client_public, cookie, addr, now)
-        ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_bytes)
-        server_ephemeral = _public_bytes(ephemeral)
-        ee = _dh(ephemeral, client_public, CloseCode.PROTOCOL_VIOLATION, "client ephemeral key")
-        es = _dh(self._static, client_public, CloseCode.PROTOCOL_VIOLATION,
-                 "client ephemeral key")
-        schedule = key_schedule(connection_id, client_public, server_ephemeral,
-                                self.static_public, ee, es)
+        cookie, sealed_credentials = _split_finish(payload)
+        schedule = self._open_cookie(connection_id, cookie, addr, now)
         try:
-            plain = AESGCM(schedule.finish_key).decrypt(_ZERO_NONCE, sealed_credentials,
-                                                        schedule.transcript)
+            plain = aead(schedule.algorithm, schedule.finish_key).decrypt(
+                _ZERO_NONCE, sealed_credentials, schedule.transcript)
         except InvalidTag:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "client credentials do not authenticate") from None
@@ -721,17 +788,15 @@ class ServerHandshake:
         """Whether a ClientFinish payload's server cookie opens, fresh, for this address and
         connection id: one AES-GCM open and no Diffie-Hellman, so a front door can check it
         before it spends anything else on the finish. `on_client_finish` checks it again."""
-        if len(payload) < _FINISH_PREFIX:
-            return False
         try:
-            self._open_cookie(connection_id, payload[:PUBLIC_KEY_SIZE],
-                              payload[PUBLIC_KEY_SIZE:_FINISH_PREFIX], addr, now)
+            cookie, _ = _split_finish(payload)
+            self._open_cookie(connection_id, cookie, addr, now)
         except HandshakeError:
             return False
         return True
 
-    def _open_cookie(self, connection_id: bytes, client_public: bytes, cookie: bytes,
-                     addr: tuple[str, int], now: float) -> bytes:
+    def _open_cookie(self, connection_id: bytes, cookie: bytes, addr: tuple[str, int],
+                     now: float) -> _Schedule:
         key_id = cookie[0]
         key = self._cookie_keys.lookup(key_id, 0xFF, now)
         if key is None:
@@ -739,25 +804,42 @@ class ServerHandshake:
                                  "server cookie expired (its key has rotated out)")
         try:
             plain = AESGCM(key).decrypt(cookie[1:13], cookie[13:],
-                                        _cookie_ad(key_id, connection_id, client_public))
+                                        _cookie_ad(key_id, connection_id))
         except InvalidTag:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "server cookie does not authenticate (tampered, or issued "
-                                 "for another connection id or client key)") from None
-        issued = _F64.unpack_from(plain, 32)[0]
+                                 "for another connection id)") from None
+        prk, h = plain[:SECRET_SIZE], plain[SECRET_SIZE:SECRET_SIZE + _TRANSCRIPT_SIZE]
+        at = SECRET_SIZE + _TRANSCRIPT_SIZE
+        cipher = plain[at]
+        issued = _F64.unpack_from(plain, at + 1)[0]
         if not issued <= now <= issued + self.cookie_lifetime:
             raise HandshakeError(CloseCode.HANDSHAKE_TIMEOUT,
                                  f"server cookie expired ({now - issued:.1f} s old, "
                                  f"lifetime {self.cookie_lifetime} s)")
-        if not hmac.compare_digest(plain[40:], _address_tag(addr)):
+        if not hmac.compare_digest(plain[at + 9:], _address_tag(addr)):
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "server cookie was issued to another address")
-        return plain[:32]
+        return _Schedule(h, CIPHERS[cipher], prk)
+
+
+def _split_finish(payload: bytes) -> tuple[bytes, bytes]:
+    """A ClientFinish's (cookie, sealed credentials); HandshakeError if it cannot be one."""
+    if not _FINISH_PREFIX + TAG_SIZE <= len(payload) <= MAX_FINISH_PAYLOAD:
+        raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                             f"client finish is {len(payload)} bytes, expected "
+                             f"{_FINISH_PREFIX + TAG_SIZE}..{MAX_FINISH_PAYLOAD}")
+    n = _U16.unpack_from(payload)[0]
+    if n != SERVER_COOKIE_SIZE:
+        raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
+                             f"client finish echoes a {n}-byte cookie, expected "
+                             f"{SERVER_COOKIE_SIZE}")
+    return payload[2:_FINISH_PREFIX], payload[_FINISH_PREFIX:]
 
 
 def _address_tag(addr: tuple[str, int]) -> bytes:
     return hashlib.sha256(_address_bytes(addr)).digest()[:16]
 
 
-def _cookie_ad(key_id: int, connection_id: bytes, client_public: bytes) -> bytes:
-    return COOKIE_LABEL + bytes((key_id,)) + connection_id + client_public
+def _cookie_ad(key_id: int, connection_id: bytes) -> bytes:
+    return COOKIE_LABEL + bytes((key_id,)) + connection_id

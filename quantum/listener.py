@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
+from quantum.crypto import CIPHERS
 from quantum.errors import CloseCode
 from quantum.frames import RejectFrame, encode_frames
 from quantum.handshake import (
@@ -281,6 +282,10 @@ class Listener:
         except HandshakeError:
             self._drop("bad_hello")  # before any limit is charged: garbage costs nothing
             return []
+        if hello.choose(self.handshake.ciphers) is None:
+            names = ", ".join(CIPHERS[c] for c in self.handshake.ciphers)
+            return self._reject(packet, budget, addr, CloseCode.CIPHER_NOT_SUPPORTED,
+                                f"no offered cipher is enabled here; this server has {names}")
         if connection_count >= self.max_connections:
             return self._reject(packet, budget, addr, CloseCode.SERVER_FULL, "server full")
         source = source_key(addr[0])

@@ -31,7 +31,7 @@ class ClientOpening:
         self.credentials: Credentials | None = credentials
         self.crypto: ClientHandshake | None = ClientHandshake(
             connection_id, credentials, server_key=server_key,
-            ephemeral_private=ephemeral_private)
+            ephemeral_private=ephemeral_private, ciphers=configuration.ciphers)
         self.deadline = now + configuration.handshake_timeout  # the whole handshake's
         self.max_tries = configuration.handshake_tries
         self.interval = configuration.handshake_timeout / configuration.handshake_tries

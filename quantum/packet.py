@@ -2,7 +2,7 @@
 
     offset  size  field
     0       4     magic "QUNT"
-    4       1     version (2)
+    4       1     version (3: Quantum 1.0)
     5       1     flags (Flags)
     6       16    connection id
     22      4     sequence: low 32 bits of the packet number
@@ -31,7 +31,8 @@ from typing import Final
 from quantum.errors import ProtocolError
 
 MAGIC: Final = b"QUNT"
-VERSION: Final = 2
+#: wire version 3 is Quantum 1.0 (docs/PROTOCOL.md)
+VERSION: Final = 3
 HEADER_SIZE: Final = 32
 CONNECTION_ID_SIZE: Final = 16
 MAX_PAYLOAD: Final = 1400
@@ -59,7 +60,8 @@ RST: Final = 0x08
 FEC: Final = 0x10
 PSH: Final = 0x20
 URG: Final = 0x40
-ECE: Final = 0x80
+#: in a protected packet, the low bit of the sender's key generation (the key update)
+KEY_PHASE: Final = 0x80
 
 
 class Flags(enum.IntFlag):
@@ -70,7 +72,7 @@ class Flags(enum.IntFlag):
     FEC = FEC
     PSH = PSH
     URG = URG
-    ECE = ECE
+    KEY_PHASE = KEY_PHASE
 
 
 class PacketError(ProtocolError, ValueError):

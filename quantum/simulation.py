@@ -116,7 +116,7 @@ class SimulatedServer:
         params = ServerParams(fec=config.fec, keepalive_interval=10.0,
                               idle_timeout=config.idle_timeout)
         key = static_private if static_private is not None else bytes(range(1, 33))
-        handshake = ServerHandshake(key, params)
+        handshake = ServerHandshake(key, params, ciphers=config.ciphers)
         return cls(Listener(handshake, config, **listener_args))  # type: ignore[arg-type]
 
 

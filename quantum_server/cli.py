@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, TicketAuthenticator
 from quantum.config import MIN_SEND_BUFFER
+from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
 from quantum.handshake import MAX_PARAM_MS
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum_server.config import ServerConfig
@@ -67,6 +68,17 @@ def _host(text: str) -> str:
     return text
 
 
+def _ciphers(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in text.split(","))
+    unknown = [n for n in names if n not in CIPHER_IDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown cipher {unknown[0]!r}; choose among {', '.join(CIPHER_IDS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("a cipher is named twice")
+    return names
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -114,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=_positive(float), default=30.0,
                    help="seconds a client may go on sending without acknowledging anything "
                         "before it is closed (default 30)")
+    p.add_argument("--ciphers", type=_ciphers, default=DEFAULT_CIPHERS,
+                   help="comma-separated AEAD ciphers to accept, e.g. chacha20-poly1305 "
+                        f"(default {','.join(DEFAULT_CIPHERS)}; a client's order decides "
+                        "among them)")
     p.add_argument("--max-connections-per-user", type=_positive(int), default=8,
                    help="connections one user may hold at once (default 8)")
     p.add_argument("--max-connections-per-address", type=_positive(int), default=64,
@@ -235,7 +251,7 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
                               handshake_burst=args.handshake_burst,
                               retry_above_rate=args.retry_above_rate,
                               max_send_buffer=args.max_send_buffer,
-                              stall_timeout=args.stall_timeout)
+                              stall_timeout=args.stall_timeout, ciphers=args.ciphers)
         # checked before any store is built (its own store comes next: an etcd client must not
         # be created for a configuration that is refused anyway)
         manager_config = ManagerConfig(store=MemoryStore(), default_timeout=args.session_timeout,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from quantum.config import MIN_SEND_BUFFER
+from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
 
 
 @dataclass
@@ -47,11 +48,18 @@ class ServerConfig:
     max_send_buffer: int = 4 << 20
     #: a client that acknowledges nothing for this long while data is outstanding is closed
     stall_timeout: float = 30.0
+    #: AEAD ciphers the server accepts; it picks the first of a client's offer found here
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
         # the fields as plain objects: they may hold anything the caller passed
         given: dict[str, object] = vars(self)
+        ciphers = given["ciphers"]
+        if (not isinstance(ciphers, tuple) or not ciphers or len(set(ciphers)) != len(ciphers)
+                or any(c not in CIPHER_IDS for c in ciphers)):
+            raise ValueError(f"ciphers must be distinct names among {', '.join(CIPHER_IDS)}, "
+                             f"got {ciphers!r}")
         host, port = given["host"], given["port"]
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")

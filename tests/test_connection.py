@@ -288,7 +288,8 @@ def test_connection_closes_before_its_keys_seal_too_many_packets() -> None:
     # gracefully (code KEYS_EXHAUSTED, so the server keeps the session for a resume), delivers
     # everything it had queued, and never seals a packet number at or past the limit.
     limit = 2100
-    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=limit, fec=None)
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=limit, fec=None,
+                                  key_update=False)
     sim = make_sim(LinkProfile(delay=0.01, loss=0.02), seed=11, config=config)
     client = sim.add_client(ALICE, configuration=config)
     sim.run(until=5.0, condition=lambda: established(sim, client))
@@ -310,7 +311,8 @@ def test_connection_closes_before_its_keys_seal_too_many_packets() -> None:
 
 
 def test_at_the_key_limit_nothing_more_is_sealed() -> None:
-    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=4096)
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=4096,
+                                  key_update=False)
     sim = make_sim(config=config)
     client = sim.add_client(ALICE, configuration=config)
     sim.run(until=5.0, condition=lambda: established(sim, client))

@@ -1,4 +1,5 @@
-"""Packet protection: round trips, tamper detection, nonce construction, bad input."""
+"""Packet protection: round trips, tamper detection, nonce construction, key derivation and
+key generations, bad input."""
 
 from __future__ import annotations
 
@@ -12,18 +13,21 @@ from quantum.crypto import (
     TAG_SIZE,
     PacketProtection,
     ProtectionError,
+    hkdf_expand,
+    next_secret,
 )
 from quantum.errors import QuantumError
 
-KEY = bytes(range(32))
-IV = bytes(range(100, 112))
+SECRET = bytes(range(32))
+KEY = hkdf_expand(SECRET, b"key", 32)
+IV = hkdf_expand(SECRET, b"iv", 12)
 HEADER = b"QUNT" + bytes(range(28))
 
 
 @pytest.mark.parametrize("algorithm", ["aes-256-gcm", "chacha20-poly1305"])
 def test_round_trip_and_length(algorithm: str) -> None:
-    sender = PacketProtection(KEY, IV, algorithm)  # type: ignore[arg-type]
-    receiver = PacketProtection(KEY, IV, algorithm)  # type: ignore[arg-type]
+    sender = PacketProtection(SECRET, algorithm)  # type: ignore[arg-type]
+    receiver = PacketProtection(SECRET, algorithm)  # type: ignore[arg-type]
     body = b"sack blocks and payload" * 10
     sealed = sender.seal(7, HEADER, body)
     assert len(sealed) == len(body) + TAG_SIZE
@@ -35,29 +39,29 @@ def test_nonce_is_iv_xor_packet_number() -> None:
     pn = 0x0102030405060708
     nonce = (int.from_bytes(IV, "big") ^ pn).to_bytes(12, "big")
     expected = AESGCM(KEY).encrypt(nonce, b"body", HEADER)
-    assert PacketProtection(KEY, IV).seal(pn, HEADER, b"body") == expected
+    assert PacketProtection(SECRET).seal(pn, HEADER, b"body") == expected
     chacha = ChaCha20Poly1305(KEY).encrypt(nonce, b"body", HEADER)
-    assert PacketProtection(KEY, IV, "chacha20-poly1305").seal(pn, HEADER, b"body") == chacha
+    assert PacketProtection(SECRET, "chacha20-poly1305").seal(pn, HEADER, b"body") == chacha
 
 
 def test_distinct_packet_numbers_give_distinct_ciphertexts() -> None:
-    p = PacketProtection(KEY, IV)
+    p = PacketProtection(SECRET)
     assert p.seal(1, HEADER, b"same") != p.seal(2, HEADER, b"same")
 
 
 def test_wrong_packet_number_header_or_key_fails() -> None:
-    p = PacketProtection(KEY, IV)
+    p = PacketProtection(SECRET)
     sealed = p.seal(5, HEADER, b"payload")
     with pytest.raises(ProtectionError, match="packet 6 failed authentication"):
         p.open(6, HEADER, sealed)
     with pytest.raises(ProtectionError):
         p.open(5, HEADER[:-1] + b"\x00", sealed)
     with pytest.raises(ProtectionError):
-        PacketProtection(bytes(32), IV).open(5, HEADER, sealed)
+        PacketProtection(bytes(32)).open(5, HEADER, sealed)
 
 
 def test_empty_body_is_authenticated() -> None:
-    p = PacketProtection(KEY, IV)
+    p = PacketProtection(SECRET)
     sealed = p.seal(1, HEADER, b"")
     assert len(sealed) == TAG_SIZE
     assert p.open(1, HEADER, sealed) == b""
@@ -65,7 +69,7 @@ def test_empty_body_is_authenticated() -> None:
 
 @pytest.mark.parametrize("pn", [-1, MAX_PACKET_NUMBER + 1])
 def test_packet_number_out_of_range(pn: int) -> None:
-    p = PacketProtection(KEY, IV)
+    p = PacketProtection(SECRET)
     with pytest.raises(ProtectionError, match="outside"):
         p.seal(pn, HEADER, b"x")
     with pytest.raises(ProtectionError, match="outside"):
@@ -74,21 +78,19 @@ def test_packet_number_out_of_range(pn: int) -> None:
 
 def test_short_ciphertext() -> None:
     with pytest.raises(ProtectionError, match="shorter than the 16-byte tag"):
-        PacketProtection(KEY, IV).open(1, HEADER, bytes(15))
+        PacketProtection(SECRET).open(1, HEADER, bytes(15))
 
 
 def test_bad_construction() -> None:
-    with pytest.raises(ProtectionError, match="key must be 32 bytes"):
-        PacketProtection(bytes(16), IV)
-    with pytest.raises(ProtectionError, match="iv must be 12 bytes"):
-        PacketProtection(KEY, bytes(8))
+    with pytest.raises(ProtectionError, match="secret must be 32 bytes"):
+        PacketProtection(bytes(16))
     with pytest.raises(ProtectionError, match="unknown AEAD"):
-        PacketProtection(KEY, IV, "rot13")  # type: ignore[arg-type]
+        PacketProtection(SECRET, "rot13")  # type: ignore[arg-type]
 
 
 def test_repr_hides_key() -> None:
-    text = repr(PacketProtection(KEY, IV))
-    assert KEY.hex() not in text and "aes-256-gcm" in text
+    text = repr(PacketProtection(SECRET))
+    assert KEY.hex() not in text and SECRET.hex() not in text and "aes-256-gcm" in text
 
 
 @given(
@@ -97,7 +99,7 @@ def test_repr_hides_key() -> None:
     data=st.data(),
 )
 def test_any_single_bit_flip_is_rejected(body: bytes, pn: int, data: st.DataObject) -> None:
-    p = PacketProtection(KEY, IV)
+    p = PacketProtection(SECRET)
     datagram = HEADER + p.seal(pn, HEADER, body)
     bit = data.draw(st.integers(0, len(datagram) * 8 - 1))
     flipped = bytearray(datagram)
@@ -109,7 +111,7 @@ def test_any_single_bit_flip_is_rejected(body: bytes, pn: int, data: st.DataObje
 @given(pn=st.integers(0, MAX_PACKET_NUMBER), junk=st.binary(max_size=200))
 def test_arbitrary_ciphertext_only_raises_protection_error(pn: int, junk: bytes) -> None:
     with pytest.raises(ProtectionError):
-        PacketProtection(KEY, IV).open(pn, HEADER, junk)
+        PacketProtection(SECRET).open(pn, HEADER, junk)
     assert issubclass(ProtectionError, QuantumError)
 
 
@@ -128,7 +130,7 @@ def test_benchmark_reports_every_figure() -> None:
 
 
 def test_released_cipher_is_rebuilt_and_seals_the_same() -> None:
-    sender, receiver = PacketProtection(KEY, IV), PacketProtection(KEY, IV)
+    sender, receiver = PacketProtection(SECRET), PacketProtection(SECRET)
     assert not sender.loaded  # built on first use
     first = sender.seal(3, HEADER, b"body")
     assert sender.loaded
@@ -140,3 +142,43 @@ def test_released_cipher_is_rebuilt_and_seals_the_same() -> None:
     receiver.release()
     with pytest.raises(ProtectionError, match="failed authentication"):
         receiver.open(4, HEADER, first)
+
+
+def test_the_key_and_iv_are_derived_from_the_secret_by_labelled_hkdf_expand() -> None:
+    """RFC 5869 HKDF-Expand with info = "quantum 1.0 " || label, one block."""
+    import hashlib
+    import hmac
+
+    assert hmac.new(SECRET, b"quantum 1.0 key\x01", hashlib.sha256).digest() == KEY
+    assert hmac.new(SECRET, b"quantum 1.0 iv\x01", hashlib.sha256).digest()[:12] == IV
+    with pytest.raises(ValueError):
+        hkdf_expand(SECRET, b"key", 33)
+
+
+def test_the_next_generation_has_a_new_secret_key_and_phase() -> None:
+    gen0 = PacketProtection(SECRET)
+    gen1 = gen0.next()
+    gen2 = gen1.next()
+    assert (gen0.generation, gen1.generation, gen2.generation) == (0, 1, 2)
+    assert (gen0.phase, gen1.phase, gen2.phase) == (0, 1, 0)
+    assert gen1.algorithm == gen0.algorithm
+    # generation 1 is generation 0's "key update" secret, and not openable with the old key
+    assert PacketProtection(next_secret(SECRET), generation=1).seal(9, HEADER, b"x") \
+        == gen1.seal(9, HEADER, b"x")
+    sealed = gen1.seal(10, HEADER, b"moved on")
+    with pytest.raises(ProtectionError):
+        gen0.open(10, HEADER, sealed)
+    with pytest.raises(ProtectionError):
+        gen2.open(10, HEADER, sealed)
+    assert PacketProtection(next_secret(SECRET), generation=1).open(10, HEADER, sealed) \
+        == b"moved on"
+
+
+def test_a_generation_remembers_its_first_packet_number() -> None:
+    sender, receiver = PacketProtection(SECRET), PacketProtection(SECRET)
+    assert sender.first_pn == -1
+    for pn in (5, 6, 9):
+        receiver.open(pn, HEADER, sender.seal(pn, HEADER, b"."))
+    assert sender.first_pn == 5 and receiver.first_pn == 5
+    receiver.open(3, HEADER, sender.seal(3, HEADER, b"."))  # a reordered earlier one
+    assert receiver.first_pn == 3

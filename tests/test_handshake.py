@@ -6,17 +6,21 @@ import base64
 import contextlib
 import hashlib
 import struct
+from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantum.config import QuantumConfiguration
+from quantum.crypto import CIPHER_IDS, hkdf_expand, next_secret
 from quantum.errors import CloseCode
 from quantum.handshake import (
     HELLO_SIZE,
     MAX_METADATA_ENTRIES,
     RETRY_COOKIE_SIZE,
+    SERVER_COOKIE_SIZE,
     SERVER_HELLO_SIZE,
     ClientHandshake,
     Credentials,
@@ -28,6 +32,7 @@ from quantum.handshake import (
     encode_credentials,
     encode_hello,
     key_schedule,
+    transcript_hash,
 )
 from quantum.keys import fingerprint
 from quantum.limits import MAX_FEC_K, MAX_FEC_M
@@ -65,53 +70,132 @@ VECTOR_CREDENTIALS = Credentials("alice", "v1.test", metadata={"room": "lobby"})
 V_STATIC_PUBLIC = "f5891566af36149b269a72b62f3cb780dc2c54039950d39da73200b4bdaf0962"
 V_FINGERPRINT = "SHA256:ntQ1m6ivgZZoWZ8G5ldXLKUY0bTIpMuNDNNGzIVimj8"
 V_CLIENT_PUBLIC = "9510d6fb656e12ecb7fe02c013e546115ab650bcbb291e41da4b91cd4d6fe172"
-V_HELLO_SHA256 = "62a7cd12ce9b6a11614ef487a8de45323c915671b7ab845c9b1d838569b84c8c"
-V_SYN_ACK = (
-    "dfa012388158f9a2c85fa8804125eb0b874c9667e1c62b4fdde54188ecac2c4d"
-    "f5891566af36149b269a72b62f3cb780dc2c54039950d39da73200b4bdaf0962"
-    "643c57d6621d05c2483a3e53475a21b63b670b0b5d01e712fef22934092363da"
-    "63d8c17117f62d54023cb385b5b1b5e932199f5c143de91265383bce61a52796"
-    "16d3c78d52f290beca86980331c28f94333bea208262f01aa5a3a0b875fc5848"
-    "737970e28930b5c868da78e22457bb"
+@dataclass(frozen=True)
+class Vector:
+    """One handshake's outputs for the inputs above and a client offering `ciphers`."""
+
+    ciphers: tuple[str, ...]
+    hello_sha256: str
+    syn_ack: str
+    ack: str
+    transcript: str
+    prk: str
+    confirm_key: str
+    finish_key: str
+    client_secret: str
+    server_secret: str
+    client_key: str
+    client_iv: str
+    server_key: str
+    server_iv: str
+    client_secret_1: str  # after one key update
+    client_key_1: str
+    client_iv_1: str
+    sealed_hello: str  # b"hello", pn 1, generation 0, client -> server, under V_HEADER
+    sealed_hello_1: str  # b"hello", pn 2, generation 1, under V_HEADER_1
+
+
+V_AES = Vector(
+    ciphers=('aes-256-gcm', 'chacha20-poly1305'),
+    hello_sha256="22d59a1aaf9085cddf1d973c457553319a9748d87e043580c14547889d5c0b7f",
+    syn_ack=(
+        "dfa012388158f9a2c85fa8804125eb0b874c9667e1c62b4fdde54188ecac2c4d"
+        "f5891566af36149b269a72b62f3cb780dc2c54039950d39da73200b4bdaf0962"
+        "010076643c57d6621d05c2483a3e53475665ec32d549a5760e8c77412aca1939"
+        "37e130bb3e710a4f7c08cc7b2903130661297515319c62d14aef15dee8071883"
+        "b1716bfe34a10757d47fa3dbf4f2cbeb88fb7cd594318e79c8d3f45f695a314d"
+        "400475f25239fdbcb5f03654c71fce110e70f072149da02c424bd2498aa2d3bf"
+        "7846134fa1eeb9f833473ab40a2bde431aafd0"
+    ),
+    ack=(
+        "0076643c57d6621d05c2483a3e53475665ec32d549a5760e8c77412aca193937"
+        "e130bb3e710a4f7c08cc7b2903130661297515319c62d14aef15dee8071883b1"
+        "716bfe34a10757d47fa3dbf4f2cbeb88fb7cd594318e79c8d3f45f695a314d40"
+        "0475f25239fdbcb5f03654c71fce110e70f072149da02c42967353aff7f780fb"
+        "7609d31e3836130d934595ece966a95f97cef73669d644853ef6611837f90e71"
+        "d6d8e0e47e887cc2"
+    ),
+    transcript="9013dc2728033ec5f48090bb6c39a2bd76da0590dc7731373d3459bd194330d3",
+    prk="8241c90e8b94c84c4f878d84bd67fc26c685a3a073b774ef6239e16bb28506b7",
+    confirm_key="0aebd92cb0355d7e4fad50a384fa40bd4eabdff5bac8e1337f62d1ae6dffe2cf",
+    finish_key="61f55e25d2cea8e5309b7259333e3ed42ac23d03902b7fde31be81bae4790223",
+    client_secret="49ce3a98e828822c6f6c987daf96ff77759b0089a86c06284cca321a88c41661",
+    server_secret="8fb594061ca414558ee1f599ed71b72f3168fb17a12d3369b1c3602fcdc5bc8d",
+    client_key="32401014d98f6ca1516836064879455e40cdfe9d1a9058dbb4d27e704cd0aa75",
+    client_iv="60f4d72d7158966f2da5e769",
+    server_key="2e2f92e40237bf256f235085c6cf796c8dcbaf74f0dc27a18751462ec0f7191e",
+    server_iv="a721cd2d2e5108c5769a89b5",
+    client_secret_1="85ba620fb34ab7edb9d5aadd28a515a17fa7a567929bf11d3f8aff5b643b0f37",
+    client_key_1="be5def1a7f95c9f321020daf0e674219932b3cfcf101d8ff14ae5cea9ec64eba",
+    client_iv_1="74604284c16707a89033dc5c",
+    sealed_hello="6ff20b37186f024d6a480014a91b876854bad39c44",
+    sealed_hello_1="0a07df8644225eb44c954e3ef1a6b69c1ec6c0295f",
 )
-V_ACK = (
-    "9510d6fb656e12ecb7fe02c013e546115ab650bcbb291e41da4b91cd4d6fe172"
-    "643c57d6621d05c2483a3e53475a21b63b670b0b5d01e712fef22934092363da"
-    "63d8c17117f62d54023cb385b5b1b5e932199f5c143de91265383bce61a52796"
-    "16d3c78d52f290beca86980331c28f94333bea2082345e22a4a66a747bfcaea3"
-    "234bc8edb23ad8398f9865d9e26c0fbf4f37512684cea2800c2a51e167d8dbff"
-    "7af6673965"
+
+V_CHACHA = Vector(
+    ciphers=('chacha20-poly1305', 'aes-256-gcm'),
+    hello_sha256="5379e205c444202e64244e83a11a43555daf9c44c7174bd4e8a381e72f36d394",
+    syn_ack=(
+        "dfa012388158f9a2c85fa8804125eb0b874c9667e1c62b4fdde54188ecac2c4d"
+        "f5891566af36149b269a72b62f3cb780dc2c54039950d39da73200b4bdaf0962"
+        "020076643c57d6621d05c2483a3e53470d3adc72de0e9e4d4cd8b324e0fcf423"
+        "2b76c49e3018a97f215e708d828982e18b2220a31785e1a25bfc9a47b2e3c57a"
+        "629c11d2051dc313d9e88087b5ddfa9c8bfb7cd594318e79c8d3f45f695a314d"
+        "400475f25239fdbcb51b85a0db1cc62b42142a4763e38909d523390a9e41d54b"
+        "8650beca165153de1cb0cc5818d7db3b11120a"
+    ),
+    ack=(
+        "0076643c57d6621d05c2483a3e53470d3adc72de0e9e4d4cd8b324e0fcf4232b"
+        "76c49e3018a97f215e708d828982e18b2220a31785e1a25bfc9a47b2e3c57a62"
+        "9c11d2051dc313d9e88087b5ddfa9c8bfb7cd594318e79c8d3f45f695a314d40"
+        "0475f25239fdbcb51b85a0db1cc62b42142a4763e38909d57f1665cf7899b0ae"
+        "15aeb131eb3d6985a781ac1c8a3f6d01619fee5723b5a796f62a7fa531b3dc55"
+        "988b74830e20a622"
+    ),
+    transcript="7a1889910e1abdb6e5931f2236dd7f44a5377fbcedcbf57330a37ae1586c01a4",
+    prk="d91ef94e80d3f3770dd349e17751113cda1257857dded7df3f6f5d9d190f9750",
+    confirm_key="5b99dd87f8ab2adc98a9dff9574cb6a042cb4db938736b7248c92b0919307880",
+    finish_key="3e07af850361bb4ce3bb63f5c7a75c20029ac3a9b2ded36723a2e6514db9110d",
+    client_secret="41479bf37a175b0765140d878493731781d9e9ce2ea40cf70952b8b56554553a",
+    server_secret="31b974c90e751c102a2972b302adaa5b17675b54af8e8338c47c944aef2b825b",
+    client_key="8104ddbd5974b84fca589515378e169dafc0914ebc236fa74c4a036934bae166",
+    client_iv="2612e31c55a2d52076957291",
+    server_key="edab914f21a7ce0ddb07192d20c6b8ecb20ef8a6cd50a25eeb1be77def3789e7",
+    server_iv="ad5c8d457167ec9247ec4d81",
+    client_secret_1="8add572497da1e301ef772f9929fa63504df3c4fdbb0c80fab136ec2474ccea5",
+    client_key_1="f7bdec93b7659424520fa4a58a41a05e24e629428e364119b739cdec14284530",
+    client_iv_1="b6d9c0e31e0edf2d27e3398c",
+    sealed_hello="33eadb6029925bfda3622b6356df4e91c392ffef2e",
+    sealed_hello_1="f12d66c23388a825330617e99cb6a946e6dd2942e4",
 )
-V_TRANSCRIPT = "98992bebe7fe9d176b1548cf4068f1e68a8ac14051a1b6565b1dc9e1d3c3fd11"
-V_CONFIRM_KEY = "e5d1057d854d581fa37898a5a3967a830f3eeafd41a1df77bbb562a8113e3d17"
-V_FINISH_KEY = "b5899b5bca6c608abb8ea2a5b19b7047ca706100d806f8137990d9252750c146"
-V_CLIENT_KEY = "9de24ccfc7b6da36b3e2a1cfd7e15a7d85f71fc263b701ee74e907105a9568ed"
-V_CLIENT_IV = "3ea75af903fcd7fa57b879cf"
-V_SERVER_KEY = "55c1f44c33fede84d159a541b7090c96fc2a6da96883a2d50700a49e6ebf1c15"
-V_SERVER_IV = "62211deb2cb2bef228d34afa"
-V_HEADER = "51554e540202000102030405060708090a0b0c0d0e0f00000001000000000005"
-V_SEALED_HELLO = "638e95ae680c5e4415a1e954046587f73c2be8dcb6"  # b"hello", pn 1, client -> server
-V_RETRY = "000000106b9878a5a78a70d5f8b03e1781bac42aad7ed65ae367d11f2da8f12b3aa9c781"
+V_HEADER = "51554e540302000102030405060708090a0b0c0d0e0f00000001000000000005"
+V_HEADER_1 = "51554e540382000102030405060708090a0b0c0d0e0f00000002000000000005"  # KEY_PHASE set
+V_RETRY = "000000103507680d3b0899ad783d0835581aced906969f8b82c486703c6928a8016800fe"
 
 
 def _vector_server() -> ServerHandshake:
     return ServerHandshake(STATIC, PARAMS, random=_Random())
 
 
-def test_vectors() -> None:
+@pytest.mark.parametrize("v", [V_AES, V_CHACHA], ids=["aes-first", "chacha-first"])
+def test_vectors(v: Vector) -> None:
     server = _vector_server()
     assert server.static_public.hex() == V_STATIC_PUBLIC
     assert server.fingerprint == V_FINGERPRINT == fingerprint(server.static_public)
     client = ClientHandshake(CID, VECTOR_CREDENTIALS, server_key=V_FINGERPRINT,
-                             ephemeral_private=CLIENT_EPHEMERAL)
+                             ephemeral_private=CLIENT_EPHEMERAL, ciphers=v.ciphers)
     hello = client.client_hello()
+    offer = bytes((len(v.ciphers),)) + bytes(CIPHER_IDS[c] for c in v.ciphers)  # type: ignore[index]
     assert len(hello) == HELLO_SIZE == 1168
-    assert hello[:32].hex() == V_CLIENT_PUBLIC and hello[32:] == bytes(HELLO_SIZE - 32)
-    assert hashlib.sha256(hello).hexdigest() == V_HELLO_SHA256
+    assert hello[:32].hex() == V_CLIENT_PUBLIC
+    assert hello[32:] == offer + bytes(HELLO_SIZE - 32 - len(offer))
+    assert hashlib.sha256(hello).hexdigest() == v.hello_sha256
     syn_ack = server.on_client_hello(CID, hello, ADDR, NOW, ephemeral_private=SERVER_EPHEMERAL)
-    assert syn_ack.hex() == V_SYN_ACK
+    assert syn_ack.hex() == v.syn_ack and len(syn_ack) == SERVER_HELLO_SIZE
+    assert syn_ack[64] == CIPHER_IDS[v.ciphers[0]]  # type: ignore[index]
     assert client.on_server_hello(syn_ack) == PARAMS
-    assert client.client_finish().hex() == V_ACK
+    assert client.cipher == v.ciphers[0]
+    assert client.client_finish().hex() == v.ack
     keys, credentials, params = server.on_client_finish(CID, client.client_finish(), ADDR,
                                                          NOW + 0.5)
     assert credentials == VECTOR_CREDENTIALS and params == PARAMS
@@ -119,19 +203,30 @@ def test_vectors() -> None:
     ephemeral = X25519PrivateKey.from_private_bytes(CLIENT_EPHEMERAL)
     ee = ephemeral.exchange(X25519PublicKey.from_public_bytes(syn_ack[:32]))
     es = ephemeral.exchange(X25519PublicKey.from_public_bytes(server.static_public))
-    schedule = key_schedule(CID, client.client_public, syn_ack[:32], server.static_public,
-                            ee, es)
-    assert schedule.transcript.hex() == V_TRANSCRIPT
-    assert schedule.confirm_key.hex() == V_CONFIRM_KEY
-    assert schedule.finish_key.hex() == V_FINISH_KEY
-    assert (schedule.client_key.hex(), schedule.client_iv.hex()) == (V_CLIENT_KEY, V_CLIENT_IV)
-    assert (schedule.server_key.hex(), schedule.server_iv.hex()) == (V_SERVER_KEY, V_SERVER_IV)
+    h = transcript_hash(CID, client.client_public, offer, syn_ack[:32], server.static_public,
+                        syn_ack[64])
+    schedule = key_schedule(h, syn_ack[64], ee, es)
+    assert h.hex() == v.transcript and schedule.prk.hex() == v.prk
+    assert schedule.confirm_key.hex() == v.confirm_key
+    assert schedule.finish_key.hex() == v.finish_key
+    client_secret = hkdf_expand(schedule.prk, b"client traffic", 32)
+    server_secret = hkdf_expand(schedule.prk, b"server traffic", 32)
+    assert (client_secret.hex(), server_secret.hex()) == (v.client_secret, v.server_secret)
+    for secret, key, iv in ((client_secret, v.client_key, v.client_iv),
+                            (server_secret, v.server_key, v.server_iv),
+                            (next_secret(client_secret), v.client_key_1, v.client_iv_1)):
+        assert (hkdf_expand(secret, b"key", 32).hex(), hkdf_expand(secret, b"iv", 12).hex()) \
+            == (key, iv)
+    assert next_secret(client_secret).hex() == v.client_secret_1
 
-    header = bytes.fromhex(V_HEADER)
+    header, header_1 = bytes.fromhex(V_HEADER), bytes.fromhex(V_HEADER_1)
     assert client.keys is not None
     sealed = client.keys.send.seal(1, header, b"hello")
-    assert sealed.hex() == V_SEALED_HELLO
+    assert sealed.hex() == v.sealed_hello
     assert keys.recv.open(1, header, sealed) == b"hello"
+    sealed_1 = client.keys.send.next().seal(2, header_1, b"hello")
+    assert sealed_1.hex() == v.sealed_hello_1
+    assert keys.recv.next().open(2, header_1, sealed_1) == b"hello"
     assert server.make_retry(CID, ADDR, NOW).hex() == V_RETRY
 
 
@@ -285,13 +380,19 @@ def test_expired_cookie() -> None:
     assert error.code is CloseCode.HANDSHAKE_TIMEOUT and "rotated out" in error.message
 
 
-def test_cookie_bound_to_connection_id_and_client_key() -> None:
+def test_cookie_bound_to_connection_id_and_handshake() -> None:
     server, payload = _finish_payload()
-    other_key = ClientHandshake(CID, VECTOR_CREDENTIALS).client_public
-    for error in (_finish_error(server, payload, cid=bytes(16)),
-                  _finish_error(server, other_key + payload[32:])):
-        assert error.code is CloseCode.PROTOCOL_VIOLATION
-        assert "does not authenticate" in error.message
+    error = _finish_error(server, payload, cid=bytes(16))
+    assert error.code is CloseCode.PROTOCOL_VIOLATION and "does not authenticate" in error.message
+    # a cookie of another client's handshake (same server, same connection id): it carries
+    # that handshake's keys and transcript, so our sealed credentials do not open under them
+    other = ClientHandshake(CID, VECTOR_CREDENTIALS)
+    other.on_server_hello(server.on_client_hello(CID, other.client_hello(), ADDR, NOW))
+    cookie_end = 2 + SERVER_COOKIE_SIZE
+    spliced = other.client_finish()[:cookie_end] + payload[cookie_end:]
+    error = _finish_error(server, spliced)
+    assert error.code is CloseCode.PROTOCOL_VIOLATION
+    assert error.message == "client credentials do not authenticate"
 
 
 @given(st.data())
@@ -370,9 +471,13 @@ def test_hello_must_be_padded_with_zeros() -> None:
         server.on_client_hello(CID, hello[:-1], ADDR, NOW)
     with pytest.raises(HandshakeError, match="padding is not all zero"):
         server.on_client_hello(CID, hello[:-1] + b"\x01", ADDR, NOW)
-    bad_length = hello[:34] + b"\x05" + hello[35:]
+    # e_c (32) || count 2 || two ids || the retry cookie length at offset 35
+    bad_length = hello[:35] + b"\x05" + hello[36:]
     with pytest.raises(HandshakeError, match="retry cookie length 5"):
         server.needs_retry(bad_length, CID, ADDR, NOW)
+    for count in (0, 9):
+        with pytest.raises(HandshakeError, match=f"{count} ciphers offered"):
+            server.on_client_hello(CID, hello[:32] + bytes((count,)) + hello[33:], ADDR, NOW)
 
 
 def test_low_order_client_key_is_refused() -> None:
@@ -500,3 +605,79 @@ def test_fuzz_hello_structure(prefix: bytes) -> None:
         server.needs_retry(hello, CID, ADDR, NOW)
     except HandshakeError:
         pass
+
+
+# --- cipher negotiation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("offer", "enabled", "chosen"), [
+    (("aes-256-gcm", "chacha20-poly1305"), ("aes-256-gcm", "chacha20-poly1305"), "aes-256-gcm"),
+    (("chacha20-poly1305", "aes-256-gcm"), ("aes-256-gcm", "chacha20-poly1305"),
+     "chacha20-poly1305"),  # the client's order decides
+    (("aes-256-gcm", "chacha20-poly1305"), ("chacha20-poly1305",), "chacha20-poly1305"),
+    (("chacha20-poly1305",), ("chacha20-poly1305", "aes-256-gcm"), "chacha20-poly1305"),
+])
+def test_the_server_picks_the_first_offered_cipher_it_has(
+        offer: tuple[str, ...], enabled: tuple[str, ...], chosen: str) -> None:
+    server = ServerHandshake(STATIC, PARAMS, ciphers=enabled)
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS, ciphers=offer)
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, NOW))
+    keys, _, _ = server.on_client_finish(CID, client.client_finish(), ADDR, NOW + 1)
+    assert client.cipher == chosen and client.keys is not None
+    assert client.keys.send.algorithm == keys.recv.algorithm == chosen
+    header = bytes(32)
+    assert keys.recv.open(3, header, client.keys.send.seal(3, header, b"up")) == b"up"
+
+
+def test_unknown_cipher_ids_are_ignored() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS)
+    hello = client.client_hello()
+    # an offer of a future cipher 0x7f, then ChaCha20: the server passes over 0x7f
+    future = hello[:32] + b"\x02\x7f\x02" + hello[35:]
+    syn_ack = server.on_client_hello(CID, future, ADDR, NOW)
+    assert syn_ack[64] == CIPHER_IDS["chacha20-poly1305"]
+
+
+def test_no_common_cipher_is_cipher_not_supported() -> None:
+    server = ServerHandshake(STATIC, PARAMS, ciphers=("aes-256-gcm",))
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS, ciphers=("chacha20-poly1305",))
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_hello(CID, client.client_hello(), ADDR, NOW)
+    assert info.value.code is CloseCode.CIPHER_NOT_SUPPORTED == 30
+
+
+def test_a_downgraded_offer_is_detected_by_the_client() -> None:
+    # an active attacker strips AES-256-GCM from the offer so the server picks ChaCha20: the
+    # server's transcript then holds the altered offer, the client's the original, and the
+    # confirmation (sealed under keys derived with the transcript) does not open
+    server = ServerHandshake(STATIC, PARAMS)
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS)
+    hello = client.client_hello()
+    stripped = hello[:32] + b"\x01\x02" + hello[35:] + b"\x00"
+    syn_ack = server.on_client_hello(CID, stripped, ADDR, NOW)
+    assert syn_ack[64] == CIPHER_IDS["chacha20-poly1305"]
+    with pytest.raises(HandshakeError) as info:
+        client.on_server_hello(syn_ack)
+    assert info.value.code is CloseCode.BAD_SERVER_KEY
+    assert "tampered" in info.value.message
+
+
+def test_a_choice_outside_the_offer_is_refused() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS, ciphers=("aes-256-gcm",))
+    syn_ack = bytearray(server.on_client_hello(CID, client.client_hello(), ADDR, NOW))
+    syn_ack[64] = CIPHER_IDS["chacha20-poly1305"]
+    with pytest.raises(HandshakeError, match="not offered") as info:
+        client.on_server_hello(bytes(syn_ack))
+    assert info.value.code is CloseCode.PROTOCOL_VIOLATION
+
+
+@pytest.mark.parametrize("ciphers", [(), ("rot13",), ("aes-256-gcm", "aes-256-gcm")])
+def test_a_bad_cipher_list_is_refused_up_front(ciphers: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        QuantumConfiguration(ciphers=ciphers)
+    if ciphers != ("aes-256-gcm", "aes-256-gcm"):
+        with pytest.raises(HandshakeError) as info:
+            ClientHandshake(CID, VECTOR_CREDENTIALS, ciphers=ciphers)
+        assert info.value.code is CloseCode.BAD_REQUEST

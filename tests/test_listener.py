@@ -115,7 +115,8 @@ MALFORMED: dict[str, bytes] = {
     "tiny": encode_packet(Packet(Flags.SYN, os.urandom(16), 0, 0, (), b"\x00" * 8)),
     "short": syn(lambda p: p.__delitem__(slice(600, None))),
     "nonzero_padding": syn(lambda p: p.__setitem__(len(p) - 1, 1)),
-    "bad_cookie_length": syn(lambda p: p.__setitem__(34, 5)),
+    # e_c (32) || offer (count 2, two ids) || the retry cookie length at offset 35
+    "bad_cookie_length": syn(lambda p: p.__setitem__(35, 5)),
 }
 
 
@@ -204,7 +205,7 @@ def test_a_proven_source_over_its_rate_is_told_rate_limited() -> None:
 def test_an_invalid_retry_cookie_is_no_proof() -> None:
     door = Door(make_listener(per_source_rate=1e-6, per_source_burst=1))
     spoofed_hellos(door, VICTIM[0], 1)
-    forged = syn(lambda p: p.__setitem__(slice(34, 71), bytes([36]) + bytes(range(36))))
+    forged = syn(lambda p: p.__setitem__(slice(35, 72), bytes([36]) + bytes(range(36))))
     assert [kind(r) for r in door.send(forged, VICTIM)] == ["retry"]
     # a cookie issued to another port of the same host proves nothing either
     client = Connection.client(SERVER, ALICE, door.now)

@@ -58,13 +58,13 @@ def packets(draw: st.DrawFn) -> Packet:
 
 VECTORS = [
     (Packet(Flags.SYN, CID, 0, 0, (), b"hello"),
-     "51554e540201000102030405060708090a0b0c0d0e0f0000000000000000000568656c6c6f"),
+     "51554e540301000102030405060708090a0b0c0d0e0f0000000000000000000568656c6c6f"),
     (Packet(Flags.ACK | Flags.PSH, b"\xab" * 16, 0xFFFFFFFE, 5, ((0xFFFFFFFF, 2), (7, 9)),
             bytes.fromhex("020000002a")),
-     "51554e540222ababababababababababababababababfffffffe000000050005"
+     "51554e540322ababababababababababababababababfffffffe000000050005"
      "ffffffff000000020000000700000009020000002a"),
     (Packet(Flags.ACK, CID, 7, 3, ((5, 6),), b""),
-     "51554e540202000102030405060708090a0b0c0d0e0f000000070000000300000000000500000006"),
+     "51554e540302000102030405060708090a0b0c0d0e0f000000070000000300000000000500000006"),
 ]
 
 
@@ -81,7 +81,7 @@ def test_header_layout() -> None:
     p = Packet(Flags.ACK | Flags.FIN, CID, 0x01020304, 0x0A0B0C0D, ((1, 2),), b"xyz")
     data = encode_packet(p)
     assert data[:4] == b"QUNT"
-    assert data[4] == VERSION == 2
+    assert data[4] == VERSION == 3
     assert data[5] == Flags.ACK | Flags.FIN
     assert data[6:22] == CID
     assert struct.unpack("!IIH", data[22:32]) == (0x01020304, 0x0A0B0C0D, 3)

@@ -106,10 +106,11 @@ def handshake() -> list[str]:
     server0 = expand(prk, b"server traffic", 32)
     rnd = Random()
     cookie_key, cookie_nonce = rnd.take(32), rnd.take(12)
-    addr_tag = hashlib.sha256(ADDR[0].encode() + struct.pack(">H", ADDR[1])).digest()[:16]
+    addr_tag = hashlib.sha256(struct.pack(">H", ADDR[1]) + ADDR[0].encode()).digest()[:16]
     plain = prk + h + bytes((cipher,)) + struct.pack(">d", 1000.0) + addr_tag
-    cookie = bytes((0,)) + cookie_nonce + AESGCM(cookie_key).encrypt(
-        cookie_nonce, plain, COOKIE_LABEL + bytes((0,)) + CID)
+    key_id = 100  # the cookie key's epoch, floor(1000.0 / 10 s), low byte
+    cookie = bytes((key_id,)) + cookie_nonce + AESGCM(cookie_key).encrypt(
+        cookie_nonce, plain, COOKIE_LABEL + bytes((key_id,)) + CID)
     params = struct.pack(">BBII", 10, 3, 10000, 60000)
     confirmation = aead(cipher, confirm_key).encrypt(bytes(12), params, h)
     server_hello = (e_s + s_pub + bytes((cipher,)) + struct.pack(">H", len(cookie)) + cookie
@@ -119,8 +120,8 @@ def handshake() -> list[str]:
     client1 = expand(client0, b"key update", 32)
     key0, iv0 = expand(client0, b"key", 32), expand(client0, b"iv", 12)
     key1, iv1 = expand(client1, b"key", 32), expand(client1, b"iv", 12)
-    hdr0 = header(0x02, CID, 1, 1, 5)
-    hdr1 = header(0x82, CID, 2, 1, 5)
+    hdr0 = header(0x02, CID, 1, 0, 5)
+    hdr1 = header(0x82, CID, 2, 0, 5)
     sealed0 = aead(cipher, key0).encrypt(nonce(iv0, 1), b"hello", hdr0)
     sealed1 = aead(cipher, key1).encrypt(nonce(iv1, 2), b"hello", hdr1)
     sealed_chacha = ChaCha20Poly1305(key0).encrypt(nonce(iv0, 1), b"hello", hdr0)
@@ -134,7 +135,8 @@ def handshake() -> list[str]:
         "",
         "Inputs as docs/PROTOCOL.md 5.7 (wire version 2) lists them; the offer is AES-256-GCM",
         "then ChaCha20-Poly1305 (02 01 02), the server chooses AES-256-GCM (01). The server",
-        "cookie's address tag is SHA-256(ip text || port u16)[:16] (opaque to a client).",
+        "cookie (opaque to a client): key id 100 (epoch of 10 s), address tag SHA-256(port u16",
+        "|| ip text)[:16]. The same values as tests/test_handshake.py's V_AES.",
         "",
         "```",
         f"S (server static public)  {s_pub.hex()}",

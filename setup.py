@@ -33,6 +33,7 @@ COMPILED_MODULES = [
     "quantum/timers.py",
     "quantum/keepalive.py",
     "quantum/endpoint.py",
+    "quantum/pmtu.py",
     "session/clock.py",
     # the Store contract: compiled so that the heartbeat's `store.touch_nowait(...)` is a native
     # call into MemoryStore (through the contract, not a check for the concrete class)

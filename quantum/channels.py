@@ -5,6 +5,11 @@ sized to the room left in the packet it is building; frames of lost packets come
 `requeue`. Incoming `MessageFrame`s go to a `ChannelReceiver`, which answers with the whole
 messages that became deliverable.
 
+Fragments are byte ranges (offset, total) of their message, not numbered pieces, so a sender
+cuts them to whatever the packet has room for when it sends (a larger path MTU gives larger
+fragments) and can split a lost one again when the path MTU shrank; the receiver keeps the
+union of the ranges it got and tolerates overlaps (a late original after its split copy).
+
 A *stream* is one (channel, mode) pair; message ids are u32 per stream and wrap. The receiver
 unwraps each id to a 64-bit counter, `position + serial.diff(wire_id, position)` relative to
 the stream's own position (RFC 1982: less than 2**31 ahead is newer, anything else older), so
@@ -22,33 +27,38 @@ from collections import deque
 from typing import Final, NoReturn
 
 from quantum.errors import MessageError, ProtocolError, SendBufferFull
-from quantum.frames import MESSAGE_FRAME_OVERHEAD, Delivery, MessageFrame
+from quantum.frames import FRAGMENT_OVERHEAD, MESSAGE_OVERHEAD, Delivery, MessageFrame
+from quantum.limits import MAX_MESSAGE_SIZE, MAX_UNRELIABLE
 from quantum.serial import MASK, diff
 
 __all__ = [
     "MAX_CHANNEL",
     "MAX_MESSAGE_SIZE",
+    "MAX_UNRELIABLE",
     "UNRELIABLE_WINDOW",
     "ChannelReceiver",
     "ChannelSender",
 ]
 
-MAX_MESSAGE_SIZE: Final = 1 << 20
 MAX_CHANNEL: Final = 255
 #: how far back (in message ids) an unreliable stream still tells a late message from a
 #: duplicate; older arrivals cannot be told apart and are dropped to keep "at most once"
 UNRELIABLE_WINDOW: Final = 1024
 
-_MAX_FRAG_COUNT: Final = 0xFFFF
+#: the smallest fragment cut while more of the message remains: a packet with less room left
+#: than this (beyond the 17 bytes of fragment fields) goes without, and the next one carries it
+MIN_FRAGMENT: Final = 64
+#: the packet room a sender assumes until told (`ChannelSender.packet_room`): the data payload
+#: of a base-size (1200-byte) datagram without FEC
+DEFAULT_PACKET_ROOM: Final = 1088
 #: retransmissions examined per pop when the oldest does not fit: bounds the cost per packet
 _RETRANSMIT_SCAN: Final = 16
 
 # Receive-side memory is charged against one budget (`max_buffered_bytes`) as data bytes plus
 # these approximate bookkeeping costs, so a peer cannot exhaust memory with many tiny or empty
-# pieces that carry no data (e.g. one 1-byte fragment of a message announcing 65535 fragments).
+# pieces that carry no data (e.g. 1-byte fragments at every other offset of a 1 MiB message).
 _PARTIAL_COST: Final = 128  # one message under reassembly
-_SLOT_COST: Final = 8  # one fragment slot in it (a list entry)
-_FRAGMENT_COST: Final = 48  # one buffered fragment (a bytes object's header)
+_PIECE_COST: Final = 64  # one received range in it (a bytes object's header, three list entries)
 _READY_COST: Final = 96  # one complete message waiting for an earlier one (ordered)
 _RANGE_COST: Final = 64  # one gap in the ids delivered by an unordered stream
 
@@ -66,16 +76,14 @@ Delivered = tuple[int, Delivery, bytes]
 class _Outgoing:
     """A queued message; fragments are cut from `data` only when popped, never up front."""
 
-    __slots__ = ("channel", "count", "data", "message_id", "mode", "next_index")
+    __slots__ = ("channel", "data", "message_id", "mode", "offset")
 
-    def __init__(self, channel: int, mode: Delivery, message_id: int, data: bytes,
-                 count: int) -> None:
+    def __init__(self, channel: int, mode: Delivery, message_id: int, data: bytes) -> None:
         self.channel = channel
         self.mode = mode
         self.message_id = message_id
         self.data = data
-        self.count = count
-        self.next_index = 0
+        self.offset = 0  # the bytes before it are out (in fragments)
 
 
 class ChannelSender:
@@ -84,25 +92,32 @@ class ChannelSender:
     New data is served round-robin across channels, one frame per turn, so a 1 MiB transfer on
     one channel does not delay small messages on another by more than a frame per packet.
     Within a channel, messages go out in the order they were queued.
+
+    Cutting: a message that fits the room left in the packet goes whole (9 + n bytes); one that
+    would fit a packet of its own (`packet_room`) waits for the next packet rather than be cut
+    (no reassembly for messages a packet can hold); a longer one is cut into fragments as large
+    as each packet's room allows (17 + n bytes, at least MIN_FRAGMENT of data unless less is
+    left). A retransmitted frame larger than a whole packet (`packet_room` shrank with the path
+    MTU) is split to fit.
     """
 
-    __slots__ = ("_active", "_first_id", "_max_fragment", "_next_ids", "_pending_bytes",
-                 "_queues", "_retransmit")
+    __slots__ = ("_active", "_first_id", "_min_fragment", "_next_ids", "_pending_bytes",
+                 "_queues", "_retransmit", "packet_room")
 
-    def __init__(self, max_fragment: int, *, first_message_id: int = 0) -> None:
-        """`max_fragment` is the data bytes per fragment; `first_message_id` starts every stream.
-
-        The connection passes what fits in one packet minus the frame overhead. The fragment
-        count travels as a u16: with fragments under 17 bytes the largest messages cannot be
-        sent, and `queue` says so.
-        """
-        if isinstance(max_fragment, bool) or not isinstance(max_fragment, int):
-            raise ValueError(f"max_fragment must be an int, got {type(max_fragment).__name__}")
-        if max_fragment < 1:
-            raise ValueError(f"max_fragment must be at least 1, got {max_fragment}")
+    def __init__(self, *, first_message_id: int = 0, packet_room: int = DEFAULT_PACKET_ROOM,
+                 min_fragment: int = MIN_FRAGMENT) -> None:
+        """`first_message_id` starts every stream; `packet_room` is the payload room of an
+        empty data packet (the connection keeps it at `pmtu.max_data_payload`, at least
+        1076, as the path MTU changes); `min_fragment` see MIN_FRAGMENT."""
         if not 0 <= first_message_id <= MASK:
             raise ValueError(f"first_message_id {first_message_id} is not a u32")
-        self._max_fragment = max_fragment
+        if min_fragment < 1:
+            raise ValueError(f"min_fragment must be at least 1, got {min_fragment}")
+        if packet_room < FRAGMENT_OVERHEAD + min_fragment:
+            raise ValueError(f"packet_room {packet_room} leaves no room for a fragment of "
+                             f"{min_fragment} bytes")
+        self.packet_room = packet_room
+        self._min_fragment = min_fragment
         self._next_ids: dict[int, int] = {}  # stream key (channel << 2 | mode) -> next id
         self._queues: dict[int, deque[_Outgoing]] = {}  # channel -> messages not fully popped
         self._active: deque[int] = deque()  # channels with queued messages, round-robin order
@@ -124,9 +139,11 @@ class ChannelSender:
         that raises `SendBufferFull` (nothing is queued), an unreliable one is dropped and -1
         returned (those modes may lose a message anyway; queueing it would only grow memory).
 
-        Raises `MessageError` if the message cannot be sent as asked. The parameters are typed
-        `object` on purpose: this is where application input is checked, and the compiled
-        build would otherwise answer a wrong type with a bare TypeError before the check runs.
+        Raises `MessageError` if the message cannot be sent as asked: larger than
+        MAX_MESSAGE_SIZE, or unreliable and larger than MAX_UNRELIABLE (never fragmented, it
+        must fit one packet on any path). The parameters are typed `object` on purpose: this
+        is where application input is checked, and the compiled build would otherwise answer
+        a wrong type with a bare TypeError before the check runs.
         """
         if type(data) is bytes:
             size = len(data)
@@ -153,14 +170,13 @@ class ChannelSender:
         if size > MAX_MESSAGE_SIZE:
             raise MessageError(f"message of {size} bytes exceeds the maximum of "
                                f"{MAX_MESSAGE_SIZE} bytes")
-        max_fragment = self._max_fragment
-        if size > max_fragment and mode >= _UNRELIABLE:
-            raise MessageError(f"{mode.name.lower()} message of {size} bytes does not fit in "
-                               f"one fragment of {max_fragment} bytes")
-        count = -(-size // max_fragment) if size else 1
-        if count > _MAX_FRAG_COUNT:
-            raise MessageError(f"message of {size} bytes needs {count} fragments of "
-                               f"{max_fragment} bytes, more than {_MAX_FRAG_COUNT}")
+        if mode >= _UNRELIABLE and (size > MAX_UNRELIABLE
+                                    or size + MESSAGE_OVERHEAD > self.packet_room):
+            # (the connection's packet room always holds MAX_UNRELIABLE: only a sender used on
+            # its own with a smaller room refuses for the second reason)
+            raise MessageError(f"{mode.name.lower()} message of {size} bytes exceeds the "
+                               f"maximum of {min(MAX_UNRELIABLE, self.packet_room - 9)} bytes "
+                               "for unreliable messages (they are never fragmented)")
         if size > room:
             if mode >= _UNRELIABLE:
                 return -1
@@ -168,7 +184,7 @@ class ChannelSender:
         key = channel << 2 | mode
         message_id = self._next_ids.get(key, self._first_id)
         self._next_ids[key] = (message_id + 1) & MASK
-        outgoing = _Outgoing(channel, mode, message_id, data, count)
+        outgoing = _Outgoing(channel, mode, message_id, data)
         queue = self._queues.get(channel)
         if queue is None:
             self._queues[channel] = deque((outgoing,))
@@ -183,55 +199,86 @@ class ChannelSender:
         return bool(self._retransmit or self._active)
 
     def pop_frame(self, max_size: int) -> MessageFrame | None:
-        """The next frame whose encoded size fits `max_size`, or None if none fits."""
-        room = max_size - MESSAGE_FRAME_OVERHEAD
-        if room < 0:
+        """The next frame whose encoded size fits `max_size`, or None if none fits (or
+        none should be cut that small: see the class's "Cutting")."""
+        if max_size < MESSAGE_OVERHEAD:
             return None
         retransmit = self._retransmit
         if retransmit:
-            frame = retransmit[0]
-            if len(frame.data) <= room:
-                retransmit.popleft()
-                self._pending_bytes -= len(frame.data)
+            frame = self._pop_retransmission(retransmit, max_size)
+            if frame is not None:
                 return frame
-            for i in range(1, min(len(retransmit), _RETRANSMIT_SCAN)):
-                frame = retransmit[i]
-                if len(frame.data) <= room:
-                    del retransmit[i]
-                    self._pending_bytes -= len(frame.data)
-                    return frame
         active = self._active
         queues = self._queues
-        max_fragment = self._max_fragment
+        packet_room = self.packet_room
         for _ in range(len(active)):
             channel = active[0]
             queue = queues[channel]
             outgoing = queue[0]
-            index = outgoing.next_index
-            start = index * max_fragment
-            # slicing the immutable bytes object copies just this fragment; a memoryview slice
-            # would cost the same copy (frames hold bytes) plus a view object per fragment
-            data = (outgoing.data if outgoing.count == 1
-                    else outgoing.data[start:start + max_fragment])
-            if len(data) > room:
-                active.rotate(-1)
+            data = outgoing.data
+            offset = outgoing.offset
+            left = len(data) - offset
+            if offset == 0 and left + MESSAGE_OVERHEAD <= max_size:
+                frame = MessageFrame(channel, outgoing.mode, outgoing.message_id, data)
+                left = 0
+            elif offset == 0 and (left + MESSAGE_OVERHEAD <= packet_room
+                                  or outgoing.mode >= _UNRELIABLE):
+                active.rotate(-1)  # it goes whole in the next packet
                 continue
-            frame = MessageFrame(channel, outgoing.mode, outgoing.message_id, index,
-                                 outgoing.count, data)
-            index += 1
-            if index == outgoing.count:
+            else:
+                cut = max_size - FRAGMENT_OVERHEAD
+                if cut >= left:
+                    cut = left
+                elif cut < self._min_fragment:
+                    active.rotate(-1)
+                    continue
+                # slicing the immutable bytes object copies just this fragment; a memoryview
+                # slice would cost the same copy (frames hold bytes) plus a view object
+                frame = MessageFrame(channel, outgoing.mode, outgoing.message_id,
+                                     data[offset:offset + cut], offset, len(data))
+                left -= cut
+                outgoing.offset = offset + cut
+                self._pending_bytes -= cut
+            if not left:
+                if offset == 0:
+                    self._pending_bytes -= len(data)
                 queue.popleft()
                 if not queue:
                     del queues[channel]
                     active.popleft()
-                else:
-                    active.rotate(-1)
-            else:
-                outgoing.next_index = index
-                active.rotate(-1)
-            self._pending_bytes -= len(data)
+                    return frame
+            active.rotate(-1)
             return frame
         return None
+
+    def _pop_retransmission(self, retransmit: deque[MessageFrame],
+                            max_size: int) -> MessageFrame | None:
+        """The first of the oldest retransmissions that fits; else the oldest one split, if
+        it is too large for any packet now (the path MTU shrank since it was cut)."""
+        frame = retransmit[0]
+        if frame.size <= max_size:
+            retransmit.popleft()
+            self._pending_bytes -= len(frame.data)
+            return frame
+        for i in range(1, min(len(retransmit), _RETRANSMIT_SCAN)):
+            frame = retransmit[i]
+            if frame.size <= max_size:
+                del retransmit[i]
+                self._pending_bytes -= len(frame.data)
+                return frame
+        frame = retransmit[0]
+        cut = max_size - FRAGMENT_OVERHEAD
+        if frame.size <= self.packet_room or cut < self._min_fragment:
+            return None  # it fits the next packet whole
+        # a whole message becomes fragments of itself; a fragment, two smaller ones
+        data = frame.data
+        total = len(data) if frame.total < 0 else frame.total
+        head = MessageFrame(frame.channel, frame.mode, frame.message_id, data[:cut],
+                            frame.offset, total)
+        retransmit[0] = MessageFrame(frame.channel, frame.mode, frame.message_id, data[cut:],
+                                     frame.offset + cut, total)
+        self._pending_bytes -= cut
+        return head
 
     def requeue(self, frame: MessageFrame) -> None:
         """A frame whose packet was lost: reliable frames go out again before new data.
@@ -249,15 +296,17 @@ class ChannelSender:
 
 
 class _Partial:
-    """A message under reassembly: fragments land in their slot and are joined once."""
+    """A message under reassembly: the disjoint byte ranges received so far, sorted, with
+    their data (joined once the message is whole)."""
 
-    __slots__ = ("cost", "count", "missing", "parts", "size")
+    __slots__ = ("cost", "datas", "ends", "received", "starts", "total")
 
-    def __init__(self, count: int, cost: int) -> None:
-        self.count = count
-        self.parts = [b""] * count  # b"" marks a missing slot: multi-fragment parts are non-empty
-        self.missing = count
-        self.size = 0
+    def __init__(self, total: int, cost: int, offset: int, data: bytes) -> None:
+        self.total = total
+        self.starts = [offset]
+        self.ends = [offset + len(data)]
+        self.datas = [data]
+        self.received = len(data)  # bytes of [0, total) covered
         self.cost = cost  # budget charged for this message so far, released when it completes
 
 
@@ -347,11 +396,6 @@ class ChannelReceiver:
         Raises `ProtocolError` for frames no correct sender produces and for a peer that makes
         this receiver buffer more than its bound.
         """
-        count = frame.frag_count
-        if frame.frag_index >= count:
-            raise ProtocolError(f"fragment index {frame.frag_index} is not below the "
-                                f"fragment count {count} (channel {frame.channel}, "
-                                f"message {frame.message_id})")
         mode = frame.mode
         key = frame.channel << 2 | mode
         stream = self._streams.get(key)
@@ -363,9 +407,10 @@ class ChannelReceiver:
         if mode == _RELIABLE_UNORDERED:
             assert isinstance(stream, _UnorderedStream)
             return self._on_unordered(stream, frame)
-        if count != 1:
+        if frame.total >= 0:
             raise ProtocolError(f"{Delivery(mode).name.lower()} message {frame.message_id} on "
-                                f"channel {frame.channel} has {count} fragments; only 1 allowed")
+                                f"channel {frame.channel} is a fragment; unreliable messages "
+                                "are always whole")
         if mode == _UNRELIABLE:
             assert isinstance(stream, _UnreliableStream)
             return self._on_unreliable(stream, frame)
@@ -520,44 +565,58 @@ class ChannelReceiver:
     def _complete(self, partials: dict[int, _Partial], message_id: int,
                   frame: MessageFrame) -> bytes | None:
         """The whole message if `frame` completes it (or is all of it), else None."""
-        count = frame.frag_count
+        total = frame.total
         data = frame.data
-        if count == 1:
-            self._check_size(frame)
-            return data
-        size = len(data)
-        if not size:
-            raise ProtocolError(f"empty fragment {frame.frag_index} of {count} in message "
-                                f"{frame.message_id} on channel {frame.channel}")
         partial = partials.get(message_id)
+        if total < 0:  # the whole message
+            self._check_size(frame)
+            if partial is not None:  # a late original of a message whose split copy came first
+                self._check_total(partial, len(data), frame)
+                del partials[message_id]
+                self._buffered -= partial.cost
+            return data
+        offset = frame.offset
+        end = offset + len(data)
+        if not data or end > total or total > MAX_MESSAGE_SIZE:
+            raise ProtocolError(f"fragment [{offset}, {end}) of a {total}-byte message "
+                                f"{frame.message_id} on channel {frame.channel}: empty, past "
+                                f"its end or beyond the maximum of {MAX_MESSAGE_SIZE}")
         if partial is None:
-            cost = _PARTIAL_COST + _SLOT_COST * count + _FRAGMENT_COST + size
-            if size > MAX_MESSAGE_SIZE:
-                self._too_large(frame, size)
+            if offset == 0 and end == total:
+                return data  # a fragment that is the whole message
+            cost = _PARTIAL_COST + _PIECE_COST + len(data)
             self._charge(cost, frame)
-            partial = _Partial(count, cost)
-            partials[message_id] = partial
-        else:
-            if partial.count != count:
-                raise ProtocolError(f"message {frame.message_id} on channel {frame.channel} "
-                                    f"announced {partial.count} fragments, now {count}")
-            if partial.parts[frame.frag_index]:
-                self.duplicates += 1
-                return None
-            total = partial.size + size
-            if total > MAX_MESSAGE_SIZE:
-                self._too_large(frame, total)
-            cost = _FRAGMENT_COST + size
-            self._charge(cost, frame)
-            partial.cost += cost
-        partial.parts[frame.frag_index] = data
-        partial.size += size
-        partial.missing -= 1
-        if partial.missing:
+            partials[message_id] = _Partial(total, cost, offset, data)
+            return None
+        self._check_total(partial, total, frame)
+        gaps = _gaps(partial.starts, partial.ends, offset, end)
+        if not gaps:
+            self.duplicates += 1  # every byte of it was here already
+            return None
+        cost = 0
+        for start, stop in gaps:
+            cost += _PIECE_COST + stop - start
+        self._charge(cost, frame)
+        partial.cost += cost
+        starts, ends, datas = partial.starts, partial.ends, partial.datas
+        for start, stop in gaps:
+            i = bisect_right(starts, start)
+            starts.insert(i, start)
+            ends.insert(i, stop)
+            datas.insert(i, data if start == offset and stop == end
+                         else data[start - offset:stop - offset])
+            partial.received += stop - start
+        if partial.received < total:
             return None
         del partials[message_id]
         self._buffered -= partial.cost
-        return b"".join(partial.parts)
+        return b"".join(datas)
+
+    @staticmethod
+    def _check_total(partial: _Partial, total: int, frame: MessageFrame) -> None:
+        if partial.total != total:
+            raise ProtocolError(f"message {frame.message_id} on channel {frame.channel} was "
+                                f"{partial.total} bytes long, now {total}")
 
     def _charge(self, cost: int, frame: MessageFrame) -> None:
         buffered = self._buffered + cost
@@ -574,3 +633,24 @@ class ChannelReceiver:
     def _too_large(frame: MessageFrame, size: int) -> NoReturn:
         raise ProtocolError(f"message {frame.message_id} on channel {frame.channel} is "
                             f"{size} bytes or more, beyond the maximum of {MAX_MESSAGE_SIZE}")
+
+
+def _gaps(starts: list[int], ends: list[int], offset: int, end: int) -> list[tuple[int, int]]:
+    """The parts of [offset, end) that the sorted disjoint ranges [starts[i], ends[i]) do not
+    cover, in order."""
+    i = bisect_right(starts, offset)
+    pos = offset
+    if i and ends[i - 1] > pos:
+        pos = ends[i - 1]
+    gaps: list[tuple[int, int]] = []
+    n = len(starts)
+    while pos < end:
+        if i < n and starts[i] <= pos:
+            if ends[i] > pos:
+                pos = ends[i]
+            i += 1
+            continue
+        stop = starts[i] if i < n and starts[i] < end else end
+        gaps.append((pos, stop))
+        pos = stop
+    return gaps

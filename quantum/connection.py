@@ -8,6 +8,7 @@ own lives in its own module; this one only wires them together:
     wire codec ........ packet.py, frames.py      reliability .... reliability.py
     channels .......... channels.py               congestion ..... bbr.py
     FEC ............... fec.py                    keys, AEAD ..... handshake.py, crypto.py
+    path MTU .......... pmtu.py                   migration ...... migration.py
 
 States (client):  SYN_SENT -> AWAIT_ACCEPT -> ESTABLISHED -> CLOSING -> CLOSED
 States (server):                AUTHENTICATING -> ESTABLISHED -> CLOSING -> CLOSED
@@ -49,7 +50,7 @@ from quantum.events import (
 )
 from quantum.fec import FecState, ParityShard
 from quantum.frames import (
-    MESSAGE_FRAME_OVERHEAD,
+    MESSAGE_OVERHEAD,
     PATH_DATA_SIZE,
     AckFloorFrame,
     CloseFrame,
@@ -61,6 +62,7 @@ from quantum.frames import (
     ParityFrame,
     PathChallengeFrame,
     PathResponseFrame,
+    PingFrame,
     RejectFrame,
     SessionFrame,
     decode_frames,
@@ -78,7 +80,6 @@ from quantum.handshake import (
 )
 from quantum.keepalive import KeepaliveClock
 from quantum.keyupdate import PreviousKeys, open_other_phase
-from quantum.limits import MAX_FEC_K
 from quantum.migration import PathValidation
 from quantum.opening import ClientOpening
 from quantum.packet import (
@@ -96,6 +97,7 @@ from quantum.packet import (
     encode_sack,
     split_body,
 )
+from quantum.pmtu import PathMtu, max_data_payload, max_datagram_for_address
 from quantum.reliability import (
     BEYOND_WINDOW,
     DUPLICATE,
@@ -108,17 +110,8 @@ from quantum.reliability import (
 Address = tuple[str, int]
 
 AEAD_TAG: Final = 16
-MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
-#: payload room left for frames in a protected packet carrying 8 SACK blocks
-MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_SACK_BLOCKS
-                             - AEAD_TAG)
-#: data bytes per message fragment: leaves room for the FEC shard framing of a parity packet
-#: (10 + 4k + 2 bytes with k <= 32 would be too much; groups up to k = 10 fit in 1348) and for
-#: a few small control frames riding in the same packet
-MAX_FRAGMENT: Final = 1300
-#: frames per data packet: fits beside 8 SACK blocks, and as an FEC shard (2-byte length
-#: prefix) inside a parity packet with the group's sequence list (10 + 4k + 2 bytes)
-MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * MAX_FEC_K)
+#: header and tag around every protected payload
+_PROTECTED_OVERHEAD: Final = wire.HEADER_SIZE + AEAD_TAG
 #: `_stall_since` when the peer owes us no acknowledgement
 _NOT_STALLED: Final = -1.0
 _INF: Final = float("inf")
@@ -157,6 +150,13 @@ class ConnectionStats:
     timeout_retransmits: int = 0
     packets_lost: int = 0
     fec_recovered: int = 0
+    #: the datagram size in use on the current path (PLPMTU), and path MTU probes sent and
+    #: lost (lost probes are in neither packets_lost nor the retransmission counters), and
+    #: black holes met (the path stopped carrying the size in use: back to 1200 bytes)
+    plpmtu: int = wire.BASE_DATAGRAM
+    pmtu_probes_sent: int = 0
+    pmtu_probes_lost: int = 0
+    pmtu_black_holes: int = 0
     srtt: float | None = None
     min_rtt: float | None = None
     cwnd: int = 0
@@ -178,6 +178,7 @@ class Connection:
         "_close_at_pn",
         "_close_deadline",
         "_control",
+        "_data_room",
         "_events",
         "_fec",
         "_fin_pn",
@@ -193,6 +194,7 @@ class Connection:
         "_outbox",
         "_peer",
         "_pending_out",
+        "_pmtu",
         "_previous_keys",
         "_refused_size",
         "_seal",
@@ -268,6 +270,11 @@ class Connection:
         self._inbox: ChannelReceiver | None = None
         self._control: list[Frame] = []  # control frames waiting for the next packet
         self._fec: FecState | None = None  # while FEC is negotiated on
+        # the datagram size on the peer's path and the search for a larger one (pmtu.py);
+        # _data_room is what it leaves for frames in a data packet (pmtu.max_data_payload)
+        self._pmtu = PathMtu(max_datagram_for_address(peer_addr), now)
+        self._data_room = 0
+        self._resized()
 
         self._last_received = now
         # the keepalives we send (None until the first: a server connection sends none)
@@ -366,6 +373,16 @@ class Connection:
         self.params = params
         if params.fec is not None:
             self._fec = FecState(*params.fec)
+            self._resized()
+
+    def _resized(self) -> None:
+        """The datagram size (or FEC's k) changed: so does the room for frames in a packet."""
+        fec = self._fec
+        room = max_data_payload(self._pmtu.size, 0 if fec is None else fec.k)
+        self._data_room = room
+        sender = self._outbox
+        if sender is not None:
+            sender.packet_room = room
 
     # ------------------------------------------------------------------ application calls
 
@@ -403,7 +420,7 @@ class Connection:
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
         sender = self._outbox
         if sender is None:
-            sender = self._outbox = ChannelSender(MAX_FRAGMENT)
+            sender = self._outbox = ChannelSender(packet_room=self._data_room)
         room = self.config.max_send_buffer - sender.pending_bytes - self._unacked_data
         try:
             message_id = sender.queue(message, channel, mode, room=room)
@@ -687,6 +704,21 @@ class Connection:
         migration = self._migration
         if migration is not None and migration.deadline < at:
             at = migration.deadline
+        pmtu = self._pmtu
+        if pmtu.probe_pn >= 0:
+            if pmtu.probe_deadline < at:
+                at = pmtu.probe_deadline
+        elif self._may_probe():
+            # a probe is due at the next search (or now, in a search), and goes out then if
+            # `_send_wait` lets it (its gate in `_fill`): never a moment it would not
+            t = pmtu.timer()
+            now = self._now
+            if t < now:
+                t = now
+            if t < at:
+                wait = self._send_wait(now)
+                if wait < at:
+                    at = wait if wait > t else t
         if self._has_data():
             # what `_fill` waits for (`_send_wait` is its gate too): 0.0 means it can send at
             # once, which the owner's next datagrams_to_send does
@@ -720,6 +752,14 @@ class Connection:
             self._abort(CloseCode.STALLED,
                         f"peer acknowledged nothing for {self.config.stall_timeout:g} s", now)
             return
+        pmtu = self._pmtu
+        if pmtu.probe_pn >= 0 and now >= pmtu.probe_deadline:
+            # the probe is lost (unless the tracker said so first): it leaves the flight
+            # without a word to congestion control or the retransmission timer
+            self._flight.forget(pmtu.probe_pn)
+            pmtu.on_probe_timeout(now)
+            if not self._flight.bytes_in_flight:
+                self._stall_since = _NOT_STALLED  # the peer owes us nothing now
         loss_at = self._flight.loss_deadline()
         if loss_at is not None and now >= loss_at:
             lost = self._flight.on_loss_timer(now)
@@ -819,6 +859,9 @@ class Connection:
                     # the peer receives at the new address: move there
                     old, self._peer = self._peer, migration.addr
                     self._migration = None
+                    # a new path: its datagram size is found anew, from the base
+                    self._pmtu = PathMtu(max_datagram_for_address(migration.addr), now)
+                    self._resized()
                     # what went to the old path while we validated is likely lost and its
                     # timer backed off: retransmit on the new path without waiting for it
                     self._flight.rtt.reset_backoff()
@@ -880,6 +923,9 @@ class Connection:
                             self._unacked_data -= len(f.data)
             if self._send_blocked:
                 self._check_drained()
+            pmtu = self._pmtu
+            if pmtu.probe_pn >= 0 or pmtu.large_losses:
+                self._pmtu_acked(result.acked)
             acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
             self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
             fin_pn = self._fin_pn
@@ -890,6 +936,20 @@ class Connection:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):
             self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+
+    def _pmtu_acked(self, acked: list[SentPacket]) -> None:
+        """What path MTU discovery learns from acknowledged packets: a probe arrived (the
+        path carries its size), or a large packet did (no black hole)."""
+        pmtu = self._pmtu
+        probe = pmtu.probe_pn
+        largest = 0
+        for p in acked:
+            if p.pn == probe:
+                pmtu.on_probe_acked()
+                self._resized()
+            if p.size > largest:
+                largest = p.size
+        pmtu.on_acked(largest)
 
     def _check_drained(self) -> None:
         """After a refused send: tell the owner once the buffer is down to half and the
@@ -904,15 +964,34 @@ class Connection:
         """Lost packets: give reliable frames a new packet; returns how many packets that took."""
         if not lost:
             return 0
-        self.stats.packets_lost += len(lost)
-        lost_bytes = sum(p.size for p in lost if p.in_flight)
+        pmtu = self._pmtu
+        lost_bytes = 0
+        count = 0
+        black_hole = False
+        for p in lost:
+            frames = p.frames
+            if frames and type(frames[0]) is PingFrame:
+                # a path MTU probe: its loss says the size is too large, not that the path
+                # is congested, and nothing in it is sent again
+                if p.pn == pmtu.probe_pn:
+                    pmtu.on_probe_timeout(now)
+                continue
+            count += 1
+            if p.in_flight:
+                lost_bytes += p.size
+            if pmtu.on_lost(p.size, now):
+                black_hole = True
+        if black_hole:
+            self._resized()  # back to 1200 bytes: what is retransmitted is cut again to fit
+        self.stats.packets_lost += count
         self._cc.on_loss(now, lost_bytes, self._flight.bytes_in_flight)
         retransmitted = 0
         for p in lost:
-            if not p.frames:
+            frames = p.frames
+            if not frames or type(frames[0]) is PingFrame:
                 continue
             retransmitted += 1
-            for frame in p.frames:
+            for frame in frames:
                 if isinstance(frame, MessageFrame):
                     self._unacked_data -= len(frame.data)  # back in the sender's queue
                     if self._outbox is not None:
@@ -990,6 +1069,12 @@ class Connection:
         """Build as many packets as the window, congestion control and pacing allow."""
         sent, cc, fec = self._flight, self._cc, self._fec
         close_at = self._close_at_pn
+        pmtu = self._pmtu
+        if (pmtu.probe_pn < 0 and pmtu.timer() <= now and self._may_probe()
+                and sent.next_pn < close_at and self._send_wait(now) == 0.0):
+            size = pmtu.probe_due(now)  # 0: the search just ended
+            if size:
+                self._send_protected([PingFrame()], now, flags=ACK, pad_to=size)
         while True:
             if sent.next_pn >= close_at and self._keys_running_out():
                 return  # the key's limit: not one more packet
@@ -1003,14 +1088,25 @@ class Connection:
             shard = None if fec is None else fec.take_parity()
             if shard is not None:
                 seqs = tuple(s & 0xFFFFFFFF for s in shard.data_seqs)
-                self._send_protected([ParityFrame(shard.group_id, shard.m, shard.index, seqs,
-                                                  shard.shard)], now, flags=ACK | FEC)
+                parity = ParityFrame(shard.group_id, shard.m, shard.index, seqs, shard.shard)
+                if _PROTECTED_OVERHEAD + parity.size <= pmtu.size:
+                    self._send_protected([parity], now, flags=ACK | FEC)
+                else:
+                    # cut for a larger datagram than the path now carries (a black hole
+                    # came in the middle of the group): FEC is best effort, the group's data
+                    # packets are retransmitted as usual if lost
+                    self._drop("parity_skipped")
                 continue
             if not self._build_data_packet(now):
                 break
         ack_at = self._acks.ack_deadline()
         if ack_at is not None and ack_at <= now:
             self._send_ack_only(now)
+
+    def _may_probe(self) -> bool:
+        """Path MTU probes go out only once established, on a validated path (not while a
+        migration is checked: the path may be about to change)."""
+        return self.state is _ESTABLISHED and self._migration is None
 
     def _send_wait(self, now: float) -> float:
         """The one gate on sending data, shared by `_fill` and `get_timer`, so the timer can
@@ -1032,7 +1128,7 @@ class Connection:
 
     def _build_data_packet(self, now: float) -> bool:
         frames: list[Frame] = []
-        room = MAX_DATA_PAYLOAD
+        room = self._data_room
         control = self._control
         taken = 0
         for frame in control:
@@ -1054,12 +1150,12 @@ class Connection:
         sender = self._outbox
         flags = ACK
         if sender is not None:
-            while room > MESSAGE_FRAME_OVERHEAD and sender.has_pending():
+            while room > MESSAGE_OVERHEAD and sender.has_pending():
                 fragment = sender.pop_frame(room)
                 if fragment is None:
                     break
                 frames.append(fragment)
-                room -= MESSAGE_FRAME_OVERHEAD + len(fragment.data)
+                room -= fragment.size
                 if self._fec is not None:
                     flags = ACK | PSH  # this packet joins the open FEC group
         if not frames and self._fin_due():
@@ -1074,7 +1170,10 @@ class Connection:
                 self._close_deadline = now + self.config.close_timeout
         return True
 
-    def _send_protected(self, frames: list[Frame], now: float, flags: int) -> int:
+    def _send_protected(self, frames: list[Frame], now: float, flags: int,
+                        pad_to: int = 0) -> int:
+        """Seal and queue one packet of `frames`, with as many SACK blocks as fit the
+        datagram size in use; `pad_to`: a path MTU probe, padded to exactly that size."""
         seal = self._seal
         assert seal is not None
         sent = self._flight
@@ -1084,13 +1183,17 @@ class Connection:
         received = self._acks
         ack32, sack = received.ack_fields()
         payload = encode_frames(frames) if frames else b""
+        limit = pad_to or self._pmtu.size
         if sack:
             # the most recent blocks that fit: a parity packet (12 + 4k bytes of FEC framing
-            # around a full-size payload) has no room for all eight, and SACK information is
-            # repeated by every later packet, so a shortened list loses nothing
-            room = (MAX_DATAGRAM - wire.HEADER_SIZE - AEAD_TAG - len(payload)) >> 3
+            # around a full-size payload) may have no room for all eight, and SACK information
+            # is repeated by every later packet, so a shortened list loses nothing
+            room = (limit - _PROTECTED_OVERHEAD - len(payload)) >> 3
             if len(sack) > room:
                 sack = sack[:room] if room > 0 else []
+        if pad_to:
+            payload += bytes(pad_to - _PROTECTED_OVERHEAD - wire.SACK_BLOCK_SIZE * len(sack)
+                             - len(payload))
         header = build_header(flags | seal.phase_flag, self.connection_id, pn & 0xFFFFFFFF, ack32,
                               len(payload))
         body = encode_sack(sack) + payload if sack else payload
@@ -1101,11 +1204,17 @@ class Connection:
             if self._stall_since < 0.0:
                 self._stall_since = now  # the peer owes us an acknowledgement from now on
             retransmittable: list[object] = []
-            for f in frames:
-                if is_retransmittable(f):
-                    retransmittable.append(f)
-                    if type(f) is MessageFrame:
-                        self._unacked_data += len(f.data)
+            if pad_to:
+                # a probe keeps its PING as the mark that tells its loss from a data packet's
+                # (it is never retransmitted: see _requeue_lost)
+                retransmittable.append(frames[0])
+                self._pmtu.on_probe_sent(pn, now, sent.rtt.rto)
+            else:
+                for f in frames:
+                    if is_retransmittable(f):
+                        retransmittable.append(f)
+                        if type(f) is MessageFrame:
+                            self._unacked_data += len(f.data)
             rate = self._cc.on_packet_sent(now, size, sent.bytes_in_flight)
             sent.on_packet_sent(SentPacket(pn, now, size, True, True, retransmittable, rate))
         stats = self.stats
@@ -1195,6 +1304,11 @@ class Connection:
         stats.srtt, stats.min_rtt = rtt.srtt, rtt.min_rtt
         stats.cwnd, stats.pacing_rate, stats.bbr_state = (self._cc.cwnd, self._cc.pacing_rate,
                                                           self._cc.state)
+        pmtu = self._pmtu
+        stats.plpmtu = pmtu.size
+        # the counters follow the path: a migration starts them again with its search
+        stats.pmtu_probes_sent, stats.pmtu_probes_lost, stats.pmtu_black_holes = (
+            pmtu.probes_sent, pmtu.probes_lost, pmtu.black_holes)
         if self._inbox is not None:
             stats.drops["stale_sequenced"] = self._inbox.stale_dropped
         return stats

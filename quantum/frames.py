@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from quantum.limits import MAX_FEC_K, MAX_TOKEN_BYTES, SESSION_ID_SIZE
+from quantum.limits import MAX_FEC_K, MAX_MESSAGE_SIZE, MAX_TOKEN_BYTES, SESSION_ID_SIZE
 from quantum.packet import PacketError
 
 
@@ -47,9 +47,18 @@ PATH_CHALLENGE: Final = 0x07
 PATH_RESPONSE: Final = 0x08
 SESSION: Final = 0x09
 REJECT: Final = 0x0A
+PING: Final = 0x0B
 
-#: type, channel, mode, message id, fragment index, fragment count, data length
-MESSAGE_FRAME_OVERHEAD: Final = 13
+#: a whole message: type, channel, mode, message id, data length
+MESSAGE_OVERHEAD: Final = 9
+#: a fragment: the same plus offset and total (u32 each)
+FRAGMENT_OVERHEAD: Final = 17
+#: the MESSAGE frame's mode byte: bit 7 says the offset and total fields follow; bits 2..6 are
+#: reserved (zero); bits 0..1 are the delivery mode
+FRAGMENT_BIT: Final = 0x80
+_MODE_RESERVED: Final = 0x7C
+#: `MessageFrame.total` of a frame that holds its whole message (no fragment fields)
+WHOLE: Final = -1
 MAX_REASON_BYTES: Final = 512
 #: a PARITY frame names the k data packets of its group: k is FEC's group size
 MAX_PARITY_SEQS: Final = MAX_FEC_K
@@ -61,7 +70,8 @@ PATH_DATA_SIZE: Final = 8
 MAX_REMAINING_MS: Final = 0xFFFFFFFE
 NO_SESSION_MS: Final = 0xFFFFFFFF
 
-_MESSAGE: Final = struct.Struct("!BBBIHHH")
+_MESSAGE: Final = struct.Struct("!BBBIH")
+_FRAGMENT: Final = struct.Struct("!BBBIIIH")
 _U32_FRAME: Final = struct.Struct("!BI")
 _U32_U32_FRAME: Final = struct.Struct("!BII")
 _CODE_LEN: Final = struct.Struct("!BHH")
@@ -69,7 +79,8 @@ _PARITY_HEAD: Final = struct.Struct("!BIBBB")
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 _U32_PAIR: Final = struct.Struct("!II")
-_BODY_MESSAGE: Final = struct.Struct("!BBIHHH")
+_BODY_MESSAGE: Final = struct.Struct("!BBIH")
+_BODY_FRAGMENT: Final = struct.Struct("!IIH")
 _BODY_CODE_LEN: Final = struct.Struct("!HH")
 _BODY_PARITY: Final = struct.Struct("!IBBB")
 _SESSION_TAIL: Final = struct.Struct("!IB")
@@ -102,44 +113,67 @@ def _field_error(exc: struct.error) -> PacketError:
 
 @dataclass(slots=True, init=False)
 class MessageFrame:
+    """A whole message (`total` is WHOLE), or the bytes [offset, offset + len(data)) of a
+    message of `total` bytes (a fragment, docs/PROTOCOL.md 4.1)."""
+
     channel: int
     mode: Delivery
     message_id: int
-    frag_index: int
-    frag_count: int
     data: bytes
+    offset: int
+    total: int
 
     def __init__(
         self,
         channel: int,
         mode: Delivery,
         message_id: int,
-        frag_index: int,
-        frag_count: int,
         data: bytes,
+        offset: int = 0,
+        total: int = WHOLE,
     ) -> None:
         self.channel = channel
         self.mode = mode
         self.message_id = message_id
-        self.frag_index = frag_index
-        self.frag_count = frag_count
         self.data = data
+        self.offset = offset
+        self.total = total
 
     @property
     def size(self) -> int:
-        return MESSAGE_FRAME_OVERHEAD + len(self.data)
+        return (MESSAGE_OVERHEAD if self.total < 0 else FRAGMENT_OVERHEAD) + len(self.data)
 
     def encode(self) -> bytes:
-        if not 0 <= self.mode <= 3:
-            raise PacketError(f"unknown delivery mode {self.mode}")
-        if not 0 <= self.frag_index < self.frag_count:
-            raise PacketError(f"fragment index {self.frag_index} not below count {self.frag_count}")
+        mode = self.mode
+        if not 0 <= mode <= 3:
+            raise PacketError(f"unknown delivery mode {mode}")
+        total = self.total
         # struct called directly, not through _pack: one frame per fragment on the hot path
         try:
-            return _MESSAGE.pack(MESSAGE, self.channel, self.mode, self.message_id,
-                                 self.frag_index, self.frag_count, len(self.data)) + self.data
+            if total < 0:
+                return _MESSAGE.pack(MESSAGE, self.channel, mode, self.message_id,
+                                     len(self.data)) + self.data
+            _check_fragment(mode, self.offset, len(self.data), total)
+            return _FRAGMENT.pack(MESSAGE, self.channel, mode | FRAGMENT_BIT, self.message_id,
+                                  self.offset, total, len(self.data)) + self.data
         except struct.error as exc:
             raise _field_error(exc) from None
+
+
+def _check_fragment(mode: int, offset: int, length: int, total: int) -> None:
+    """The fragment rules (PacketError): reliable modes only, 1 byte or more, inside a
+    message of at most MAX_MESSAGE_SIZE bytes."""
+    if mode > 1:
+        raise PacketError(f"MESSAGE fragment in unreliable mode {mode} (only reliable "
+                          "messages are fragmented)")
+    if length < 1:
+        raise PacketError("empty MESSAGE fragment")
+    if total > MAX_MESSAGE_SIZE:
+        raise PacketError(f"MESSAGE fragment of a {total}-byte message, beyond the maximum "
+                          f"of {MAX_MESSAGE_SIZE}")
+    if offset < 0 or offset + length > total:
+        raise PacketError(f"MESSAGE fragment [{offset}, {offset + length}) outside the "
+                          f"{total}-byte message")
 
 
 @dataclass(slots=True, init=False)
@@ -350,13 +384,27 @@ class PaddingFrame:
         return bytes(self.length)
 
 
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    """No body: elicits an acknowledgement and nothing else (a path MTU probe's frame)."""
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def encode(self) -> bytes:
+        return _PING_BYTES
+
+
+_PING_BYTES: Final = bytes((PING,))
+
 Frame = (MessageFrame | KeepaliveFrame | KeepaliveAckFrame | CloseFrame | ParityFrame
          | AckFloorFrame | PathChallengeFrame | PathResponseFrame | SessionFrame | RejectFrame
-         | PaddingFrame)
+         | PaddingFrame | PingFrame)
 
 _FRAME_TYPES: Final = (MessageFrame, KeepaliveFrame, KeepaliveAckFrame, CloseFrame, ParityFrame,
                        AckFloorFrame, PathChallengeFrame, PathResponseFrame, SessionFrame,
-                       RejectFrame, PaddingFrame)
+                       RejectFrame, PaddingFrame, PingFrame)
 
 
 def encode_frames(frames: Iterable[object]) -> bytes:
@@ -385,7 +433,8 @@ def is_retransmittable(frame: object) -> bool:
     Unreliable messages never are (their delivery mode says so), keepalives are re-sent by the
     keepalive timer, keepalive answers by the keepalive's sender re-sending the keepalive,
     parity only helps while the group is fresh, path probes are re-issued by the migration
-    logic, and an ack floor is recomputed from the next ACK when still needed.
+    logic, an ack floor is recomputed from the next ACK when still needed, and a PING (a path
+    MTU probe) is judged by its acknowledgement alone.
     """
     if isinstance(frame, MessageFrame):
         return frame.mode <= Delivery.RELIABLE_UNORDERED
@@ -435,20 +484,18 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
         pos += 1
         # the hot frame types check their length inline instead of calling _need
         if frame_type == MESSAGE:
-            if pos + 12 > n:
-                _need(payload, pos + 12, "MESSAGE")
-            channel, mode, message_id, index, count, length = _BODY_MESSAGE.unpack_from(
-                payload, pos)
-            if mode > 3:
-                raise PacketError(f"MESSAGE frame with unknown delivery mode {mode}")
-            if index >= count:
-                raise PacketError(f"MESSAGE fragment index {index} not below count {count}")
-            start = pos + 12
-            pos = start + length
-            if pos > n:
-                _need(payload, pos, "MESSAGE")
-            frames.append(MessageFrame(channel, _DELIVERY[mode], message_id, index, count,
-                                payload[start:pos]))
+            if pos + 8 > n:
+                _need(payload, pos + 8, "MESSAGE")
+            channel, mode, message_id, length = _BODY_MESSAGE.unpack_from(payload, pos)
+            if mode <= 3:  # a whole message
+                start = pos + 8
+                pos = start + length
+                if pos > n:
+                    _need(payload, pos, "MESSAGE")
+                frames.append(MessageFrame(channel, _DELIVERY[mode], message_id,
+                                           payload[start:pos]))
+            else:
+                pos = _decode_fragment(payload, pos, channel, mode, message_id, frames)
         elif frame_type == PADDING:
             zeros = payload.count(0, pos)
             if zeros != n - pos:
@@ -484,9 +531,28 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                    else PathResponseFrame(data))
         elif frame_type == SESSION:
             pos = _decode_session(payload, pos, frames)
+        elif frame_type == PING:
+            frames.append(PingFrame())
         else:
             raise PacketError(f"unknown frame type 0x{frame_type:02x} at offset {pos - 1}")
     return frames
+
+
+def _decode_fragment(payload: bytes, pos: int, channel: int, mode: int, message_id: int,
+                     frames: list[Frame]) -> int:
+    """A MESSAGE frame whose mode byte is not a bare delivery mode: a fragment, or malformed."""
+    if mode & _MODE_RESERVED or not mode & FRAGMENT_BIT:
+        raise PacketError(f"MESSAGE frame with reserved mode bits set (0x{mode:02x})")
+    mode &= 3
+    _need(payload, pos + 16, "MESSAGE")
+    offset, total, length = _BODY_FRAGMENT.unpack_from(payload, pos + 6)
+    _check_fragment(mode, offset, length, total)
+    start = pos + 16
+    end: int = start + length
+    _need(payload, end, "MESSAGE")
+    frames.append(MessageFrame(channel, _DELIVERY[mode], message_id, payload[start:end],
+                               offset, total))
+    return end
 
 
 def _decode_parity(payload: bytes, pos: int, frames: list[Frame]) -> int:

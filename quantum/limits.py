@@ -9,7 +9,9 @@ Two kinds:
   refuses (BAD_REQUEST, naming the field) exactly what the session service would refuse, and
   never lets through a value that would fail later;
 * FEC's group shape (k, m): the configuration, the handshake's parameters, the PARITY frame
-  and the coder (`quantum/fec.py`).
+  and the coder (`quantum/fec.py`);
+* message sizes: the MESSAGE frame's decoder (`quantum/frames.py`) and the channels that
+  queue and reassemble messages (`quantum/channels.py`).
 
 Every length here is in bytes of UTF-8 (a user id of 128 two-byte characters is at the limit).
 The packet format's own sizes (header, payload, datagram, connection id) are in
@@ -38,6 +40,13 @@ MAX_METADATA_VALUE_BYTES: Final = 1024
 #: FEC: k data packets per group, 1..16, and m parity packets, 1..16. k is bounded by the
 #: datagram: a parity packet carries the group's k sequence numbers (4k bytes) beside a shard
 #: as large as the largest data payload, and with k = 16 that just fits (see
-#: `quantum.connection.MAX_DATA_PAYLOAD`)
+#: `quantum.pmtu.max_data_payload`)
 MAX_FEC_K: Final = 16
 MAX_FEC_M: Final = 16
+
+#: a message: at most 1 MiB (a fragment's `total` field too)
+MAX_MESSAGE_SIZE: Final = 1 << 20
+#: an unreliable (modes 2 and 3) message is never fragmented, so it must fit one packet at the
+#: base datagram size with FEC k = 16: 1200 - 60 - 4 * 16 - 9 = 1067 bytes; 1024 whatever the
+#: path's current size, so what an application may send does not depend on the path
+MAX_UNRELIABLE: Final = 1024

@@ -7,7 +7,7 @@
     6       16    connection id
     22      4     sequence: low 32 bits of the packet number
     26      4     ack: the sender's cumulative "next packet number expected" (32 bits)
-    30      2     payload length n (at most 1400)
+    30      2     payload length n (at most MAX_PAYLOAD = 1424)
     32      8k    k SACK blocks (start u32, end u32, inclusive), 0 <= k <= 8
     32+8k   n     payload (frames, see frames.py)
 
@@ -35,8 +35,17 @@ MAGIC: Final = b"QUNT"
 VERSION: Final = 3
 HEADER_SIZE: Final = 32
 CONNECTION_ID_SIZE: Final = 16
-MAX_PAYLOAD: Final = 1400
-MAX_DATAGRAM: Final = 1472
+# Datagram sizes (docs/PROTOCOL.md 3.5). Every endpoint may send BASE_DATAGRAM at any time;
+# a sender goes beyond it only up to the path MTU it discovered (quantum/pmtu.py), at most
+# MAX_DATAGRAM_V4 / MAX_DATAGRAM_V6 (1500-byte Ethernet minus the IP and UDP headers). A
+# receiver accepts anything up to MAX_DATAGRAM whatever the address family (simpler).
+BASE_DATAGRAM: Final = 1200
+MAX_DATAGRAM_V4: Final = 1472
+MAX_DATAGRAM_V6: Final = 1452
+MAX_DATAGRAM: Final = MAX_DATAGRAM_V4
+#: the payload length field's bound: a MAX_DATAGRAM datagram without SACK blocks, less the
+#: 16-byte AEAD tag (1472 - 32 - 16)
+MAX_PAYLOAD: Final = 1424
 MAX_SACK_BLOCKS: Final = 8
 SACK_BLOCK_SIZE: Final = 8
 

@@ -386,6 +386,16 @@ class SendTracker:
         self.rtt.on_timeout()
         return lost
 
+    def forget(self, pn: int) -> bool:
+        """Stop waiting for packet `pn` without calling it lost (a path MTU probe whose time
+        ran out: its loss is not the retransmission timer's business); whether it was here."""
+        pkt = self._outstanding.pop(pn, None)
+        if pkt is None:
+            return False
+        if pkt.in_flight:
+            self.bytes_in_flight -= pkt.size
+        return True
+
     def peer_needs_floor(self, peer_ack32: int) -> bool:
         """Whether to send ACK_FLOOR(floor): the peer's cumulative ack is stuck below our floor.
 

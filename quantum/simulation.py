@@ -2,8 +2,10 @@
 
 Used by the protocol tests and by `benchmarks.protocol_bench`: two (or more) endpoints exchange
 datagrams through `SimulatedNetwork`, which applies seeded loss, reordering (delay jitter),
-duplication and a fixed one-way delay. Time only moves when `run` jumps to the next datagram
-arrival or connection timer, so minutes of protocol time take milliseconds.
+duplication, a fixed one-way delay and a path MTU (larger datagrams vanish, as on a path
+that does not fragment; per direction, changeable mid-run). Time only moves when `run` jumps
+to the next datagram arrival or connection timer, so minutes of protocol time take
+milliseconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from quantum.endpoint import ServerEndpoint
 from quantum.events import AuthenticationRequested, Event
 from quantum.handshake import Credentials, ServerHandshake, ServerParams
 from quantum.listener import Listener
-from quantum.packet import MAX_DATAGRAM
+from quantum.packet import BASE_DATAGRAM, MAX_DATAGRAM
 
 SERVER_ADDR: Address = ("10.0.0.1", 9090)
 CLIENT_ADDR: Address = ("10.0.0.2", 40000)
@@ -34,12 +36,20 @@ class LinkProfile:
     jitter: float = 0.0  # extra uniform delay in [0, jitter): reorders datagrams
     loss: float = 0.0
     duplicate: float = 0.0
+    #: the largest datagram the path carries (UDP payload bytes); larger ones are dropped
+    mtu: int = MAX_DATAGRAM
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.loss < 1.0 and 0.0 <= self.duplicate < 1.0):
             raise ValueError("loss and duplicate must be probabilities in [0, 1)")
         if self.delay < 0 or self.jitter < 0:
             raise ValueError("delay and jitter must not be negative")
+        _check_mtu(self.mtu)
+
+
+def _check_mtu(mtu: int) -> None:
+    if not BASE_DATAGRAM <= mtu <= MAX_DATAGRAM:
+        raise ValueError(f"path MTU {mtu} outside {BASE_DATAGRAM}..{MAX_DATAGRAM}")
 
 
 @dataclass(slots=True)
@@ -48,6 +58,8 @@ class NetworkStats:
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
+    #: dropped for exceeding the path MTU
+    too_big: int = 0
 
 
 class SimulatedNetwork:
@@ -59,12 +71,29 @@ class SimulatedNetwork:
         self.stats = NetworkStats()
         self._queue: list[tuple[float, int, bytes, Address, Address]] = []
         self._counter = itertools.count()
+        #: path MTU toward one address (overrides `profile.mtu` in that direction)
+        self._mtu_to: dict[Address, int] = {}
+
+    def set_mtu(self, mtu: int, toward: Address | None = None) -> None:
+        """The path MTU from now on: toward one address only (one direction), or (None) in
+        every direction without an override of its own."""
+        _check_mtu(mtu)
+        if toward is None:
+            self.profile.mtu = mtu
+        else:
+            self._mtu_to[toward] = mtu
+
+    def mtu_toward(self, dst: Address) -> int:
+        return self._mtu_to.get(dst, self.profile.mtu)
 
     def send(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         if len(data) > MAX_DATAGRAM:  # every simulated run checks the no-fragmentation promise
             raise ValueError(f"a {len(data)}-byte datagram exceeds {MAX_DATAGRAM} bytes")
         p, rnd = self.profile, self.random
         self.stats.sent += 1
+        if len(data) > self._mtu_to.get(dst, p.mtu):
+            self.stats.too_big += 1
+            return
         copies = 2 if p.duplicate and rnd.random() < p.duplicate else 1
         self.stats.duplicated += copies - 1
         for _ in range(copies):

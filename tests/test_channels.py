@@ -1,7 +1,10 @@
-"""Channels and delivery modes: each mode's promise under reordering, duplication and loss."""
+"""Channels and delivery modes: each mode's promise under reordering, duplication and loss;
+byte-range fragments cut to the packet room, split again when it shrinks, and reassembled
+from overlapping ranges."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import struct
@@ -13,12 +16,21 @@ from hypothesis import strategies as st
 
 from quantum.channels import (
     MAX_MESSAGE_SIZE,
+    MAX_UNRELIABLE,
+    MIN_FRAGMENT,
     UNRELIABLE_WINDOW,
     ChannelReceiver,
     ChannelSender,
 )
 from quantum.errors import MessageError, ProtocolError
-from quantum.frames import MESSAGE_FRAME_OVERHEAD, Delivery, MessageFrame, decode_frames
+from quantum.frames import (
+    FRAGMENT_OVERHEAD,
+    MESSAGE_OVERHEAD,
+    WHOLE,
+    Delivery,
+    MessageFrame,
+    decode_frames,
+)
 
 RO = Delivery.RELIABLE_ORDERED
 RU = Delivery.RELIABLE_UNORDERED
@@ -28,7 +40,17 @@ BIG = 1 << 16  # a max_size that fits any frame in these tests
 TAG = struct.Struct(">BBI")  # channel, mode, message id: makes every test message unique
 
 
-def drain(sender: ChannelSender, max_size: int = BIG) -> list[MessageFrame]:
+def sender_cutting(fragment: int, **options: int) -> ChannelSender:
+    """A sender whose packets hold `fragment` data bytes in a fragment (and a whole message of
+    up to fragment + 8 bytes), cutting fragments as small as 1 byte."""
+    return ChannelSender(packet_room=FRAGMENT_OVERHEAD + fragment, min_fragment=1, **options)
+
+
+def drain(sender: ChannelSender, max_size: int | None = None) -> list[MessageFrame]:
+    """Everything the sender has, popped into packets of `max_size` (default: empty packets
+    of the sender's packet room)."""
+    if max_size is None:
+        max_size = sender.packet_room
     frames = []
     while (frame := sender.pop_frame(max_size)) is not None:
         wire = frame.encode()
@@ -48,16 +70,23 @@ def feed(receiver: ChannelReceiver,
     return out
 
 
-def frame(message_id: int, index: int = 0, count: int = 1, data: bytes = b"x", channel: int = 0,
+def frame(message_id: int, data: bytes = b"x", channel: int = 0,
           mode: Delivery = RO) -> MessageFrame:
-    return MessageFrame(channel, mode, message_id, index, count, data)
+    """A whole message."""
+    return MessageFrame(channel, mode, message_id, data)
+
+
+def frag(message_id: int, offset: int, total: int, data: bytes = b"x", channel: int = 0,
+         mode: Delivery = RO) -> MessageFrame:
+    """Bytes [offset, offset + len(data)) of a `total`-byte message."""
+    return MessageFrame(channel, mode, message_id, data, offset, total)
 
 
 # ---------------------------------------------------------------------------------- sender
 
 
 def test_ids_count_per_channel_and_mode_stream() -> None:
-    sender = ChannelSender(100)
+    sender = sender_cutting(100)
     assert [sender.queue(b"a") for _ in range(3)] == [0, 1, 2]
     assert sender.queue(b"a", 1) == 0
     assert sender.queue(b"a", 0, RU) == 0
@@ -65,59 +94,60 @@ def test_ids_count_per_channel_and_mode_stream() -> None:
     assert sender.queue(b"a") == 3
 
 
-def test_fragments_cover_the_message_and_fit_max_fragment() -> None:
-    sender = ChannelSender(10)
+def test_fragments_cover_the_message_and_fit_the_packet_room() -> None:
+    sender = sender_cutting(10)
     data = bytes(range(95))
     sender.queue(data, 7, RU)
     assert sender.pending_bytes == 95
     frames = drain(sender)
     assert [len(f.data) for f in frames] == [10] * 9 + [5]
-    assert {(f.channel, f.mode, f.message_id, f.frag_count) for f in frames} == {(7, RU, 0, 10)}
-    assert [f.frag_index for f in frames] == list(range(10))
+    assert {(f.channel, f.mode, f.message_id, f.total) for f in frames} == {(7, RU, 0, 95)}
+    assert [f.offset for f in frames] == list(range(0, 95, 10))
     assert b"".join(f.data for f in frames) == data
 
 
 def test_exact_multiple_and_empty_message() -> None:
-    sender = ChannelSender(10)
+    sender = sender_cutting(10)
     sender.queue(b"z" * 20)
     sender.queue(b"")
     frames = drain(sender)
-    assert [(f.message_id, f.frag_index, f.frag_count, f.data) for f in frames] == [
-        (0, 0, 2, b"z" * 10), (0, 1, 2, b"z" * 10), (1, 0, 1, b"")]
+    assert [(f.message_id, f.offset, f.total, f.data) for f in frames] == [
+        (0, 0, 20, b"z" * 10), (0, 10, 20, b"z" * 10), (1, 0, WHOLE, b"")]
 
 
 def test_pop_respects_max_size() -> None:
-    sender = ChannelSender(50)
+    sender = sender_cutting(50)
     sender.queue(b"a" * 50)
-    assert sender.pop_frame(MESSAGE_FRAME_OVERHEAD + 49) is None
+    assert sender.pop_frame(MESSAGE_OVERHEAD + 49) is None
     assert sender.pop_frame(-1) is None
     assert sender.has_pending()
-    popped = sender.pop_frame(MESSAGE_FRAME_OVERHEAD + 50)
+    popped = sender.pop_frame(MESSAGE_OVERHEAD + 50)
     assert popped is not None and popped.data == b"a" * 50
     assert not sender.has_pending()
 
 
 def test_smaller_frame_of_another_channel_fills_leftover_room() -> None:
-    sender = ChannelSender(50)
+    sender = sender_cutting(50)
     sender.queue(b"a" * 50, 0)
     sender.queue(b"b" * 5, 1)
-    popped = sender.pop_frame(MESSAGE_FRAME_OVERHEAD + 10)
+    popped = sender.pop_frame(MESSAGE_OVERHEAD + 10)
     assert popped is not None and (popped.channel, popped.data) == (1, b"b" * 5)
     assert sender.pending_bytes == 50
 
 
 def test_round_robin_across_channels_and_fifo_within() -> None:
-    sender = ChannelSender(4)
-    sender.queue(b"AAAAAAAA", 0)
+    sender = sender_cutting(4)
+    sender.queue(b"A" * 13, 0)  # too long for one packet (13 + 9 > 17 + 4): cut
     sender.queue(b"C", 0)
     sender.queue(b"B", 1)
     sender.queue(b"D", 2)
     order = [(f.channel, f.data) for f in drain(sender)]
-    assert order == [(0, b"AAAA"), (1, b"B"), (2, b"D"), (0, b"AAAA"), (0, b"C")]
+    assert order == [(0, b"AAAA"), (1, b"B"), (2, b"D"), (0, b"AAAA"), (0, b"AAAA"), (0, b"A"),
+                     (0, b"C")]
 
 
 def test_retransmissions_go_first_and_count_as_pending() -> None:
-    sender = ChannelSender(100)
+    sender = sender_cutting(100)
     sender.queue(b"one")
     sender.queue(b"two")
     first = sender.pop_frame(BIG)
@@ -128,17 +158,17 @@ def test_retransmissions_go_first_and_count_as_pending() -> None:
 
 
 def test_retransmission_that_does_not_fit_lets_a_smaller_one_pass() -> None:
-    sender = ChannelSender(100)
+    sender = sender_cutting(100)
     big = frame(0, data=b"x" * 100)
     small = frame(1, data=b"y")
     sender.requeue(big)
     sender.requeue(small)
-    assert sender.pop_frame(MESSAGE_FRAME_OVERHEAD + 10) is small
+    assert sender.pop_frame(MESSAGE_OVERHEAD + 10) is small
     assert sender.pop_frame(BIG) is big
 
 
 def test_unreliable_frames_are_never_retransmitted() -> None:
-    sender = ChannelSender(100)
+    sender = sender_cutting(100)
     sender.requeue(frame(0, mode=UN))
     sender.requeue(frame(0, mode=SEQ))
     assert not sender.has_pending()
@@ -146,7 +176,7 @@ def test_unreliable_frames_are_never_retransmitted() -> None:
 
 
 def test_mutable_buffers_are_copied_at_queue_time() -> None:
-    sender = ChannelSender(100)
+    sender = sender_cutting(100)
     buffer = bytearray(b"before")
     sender.queue(buffer)
     sender.queue(memoryview(b"view"))
@@ -155,7 +185,7 @@ def test_mutable_buffers_are_copied_at_queue_time() -> None:
 
 
 def test_a_large_message_is_not_copied_up_front() -> None:
-    sender = ChannelSender(1000)
+    sender = sender_cutting(1000)
     data = os.urandom(MAX_MESSAGE_SIZE)
     sender.queue(data)
     queued = sender._queues[0][0]  # the sender holds the caller's object until popped
@@ -171,38 +201,42 @@ def test_a_large_message_is_not_copied_up_front() -> None:
     ((b"x", 256), "outside 0..255"),
     ((b"x", "1"), "channel must be an int"),
     ((b"x", True), "channel must be an int"),
-    ((b"x" * 101, 0, UN), "does not fit in one fragment"),
-    ((b"x" * 101, 0, SEQ), "does not fit in one fragment"),
+    ((b"x" * (MAX_UNRELIABLE + 1), 0, UN), "maximum of 1024 bytes for unreliable"),
+    ((b"x" * (MAX_UNRELIABLE + 1), 0, SEQ), "maximum of 1024 bytes for unreliable"),
     ((b"x", 0, 4), "unknown delivery mode"),
     ((b"x", 0, "reliable"), "unknown delivery mode"),
 ])
 def test_queue_rejects_bad_messages(args: tuple[object, ...], reason: str) -> None:
-    sender = ChannelSender(100)
+    sender = ChannelSender()
     with pytest.raises(MessageError, match=reason):
         sender.queue(*args)  # type: ignore[arg-type]
     assert not sender.has_pending()
 
 
 def test_largest_allowed_messages_are_accepted() -> None:
-    sender = ChannelSender(100)
+    sender = ChannelSender()
     sender.queue(b"x" * MAX_MESSAGE_SIZE)
-    sender.queue(b"x" * 100, 3, UN)
-    sender.queue(b"x" * 100, 3, SEQ)
+    sender.queue(b"x" * MAX_UNRELIABLE, 3, UN)
+    sender.queue(b"x" * MAX_UNRELIABLE, 3, SEQ)
     sender.queue(b"x", 0, 1)  # type: ignore[arg-type]  # a plain int naming a mode is accepted
-    assert sender.pending_bytes == MAX_MESSAGE_SIZE + 201
+    assert sender.pending_bytes == MAX_MESSAGE_SIZE + 2 * MAX_UNRELIABLE + 1
 
 
-@pytest.mark.parametrize("max_fragment", [0, -5])
-def test_fragment_size_must_be_positive(max_fragment: int) -> None:
-    with pytest.raises(ValueError, match="max_fragment"):
-        ChannelSender(max_fragment)
+def test_an_unreliable_message_must_fit_the_packet_room_of_a_sender_used_alone() -> None:
+    sender = sender_cutting(100)  # 117 bytes of room: an unreliable message of 108 at most
+    sender.queue(b"x" * 108, 0, UN)
+    with pytest.raises(MessageError, match="maximum of 108 bytes for unreliable"):
+        sender.queue(b"x" * 109, 0, SEQ)
 
 
-def test_fragment_count_must_fit_u16() -> None:
-    sender = ChannelSender(16)
-    sender.queue(b"x" * (16 * 0xFFFF))
-    with pytest.raises(MessageError, match="needs 65536 fragments of 16 bytes"):
-        sender.queue(b"x" * (16 * 0xFFFF + 1))
+@pytest.mark.parametrize(("options", "reason"), [
+    ({"min_fragment": 0}, "min_fragment"),
+    ({"packet_room": FRAGMENT_OVERHEAD + MIN_FRAGMENT - 1}, "no room for a fragment of 64"),
+    ({"packet_room": FRAGMENT_OVERHEAD, "min_fragment": 1}, "no room for a fragment of 1"),
+])
+def test_the_packet_room_must_hold_a_fragment(options: dict[str, int], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        ChannelSender(**options)
 
 
 # -------------------------------------------------------------- every mode's promise, fuzzed
@@ -231,7 +265,7 @@ message_specs = st.lists(
 @given(specs=message_specs, data=st.data(), first_id=st.sampled_from([0, 0xFFFFFFFF - 5]))
 def test_every_mode_keeps_its_promise(specs: list[tuple[int, int, int]], data: st.DataObject,
                                       first_id: int) -> None:
-    sender = ChannelSender(16, first_message_id=first_id)
+    sender = sender_cutting(16, first_message_id=first_id)
     sent = sent_messages(specs, sender)
     frames = drain(sender)
     # the network duplicates some frames, drops some unreliable ones and reorders everything
@@ -279,8 +313,7 @@ def test_every_mode_keeps_its_promise(specs: list[tuple[int, int, int]], data: s
     assert receiver.stale_dropped == stale
     assert receiver.delivered == sum(len(m) for m in delivered.values())
     # frames are mutable, so not hashable: count the distinct ones by their fields
-    distinct = {(f.channel, f.mode, f.message_id, f.frag_index, f.frag_count, f.data)
-                for f in arrivals}
+    distinct = {(f.channel, f.mode, f.message_id, f.offset, f.total, f.data) for f in arrivals}
     assert receiver.duplicates >= len(arrivals) - len(distinct) - stale
     assert receiver.buffered_bytes == 0  # nothing left behind once every message is complete
 
@@ -289,13 +322,13 @@ def test_every_mode_keeps_its_promise(specs: list[tuple[int, int, int]], data: s
 
 
 def test_a_missing_fragment_on_one_channel_holds_back_no_other_channel() -> None:
-    sender = ChannelSender(10)
+    sender = sender_cutting(10)
     sender.queue(b"1" * 30, 1)
     sender.queue(b"after", 1)
     sender.queue(b"2" * 25, 2)
     sender.queue(b"two", 2)
     frames = drain(sender)
-    lost = next(f for f in frames if f.channel == 1 and f.frag_index == 1)
+    lost = next(f for f in frames if f.channel == 1 and f.offset == 10)
     receiver = ChannelReceiver()
     early = feed(receiver, [f for f in frames if f is not lost])
     assert early == [(2, RO, b"2" * 25), (2, RO, b"two")]
@@ -311,10 +344,10 @@ def test_a_mode_is_its_own_stream_within_a_channel() -> None:
 
 @pytest.mark.parametrize("mode", [RO, RU])
 def test_one_mebibyte_round_trip_shuffled(mode: Delivery) -> None:
-    sender = ChannelSender(1300)
+    sender = sender_cutting(1300)
     data = os.urandom(MAX_MESSAGE_SIZE)
     sender.queue(data, 9, mode)
-    frames = drain(sender, 1300 + MESSAGE_FRAME_OVERHEAD)
+    frames = drain(sender)
     assert len(frames) == -(-MAX_MESSAGE_SIZE // 1300)
     random.Random(7).shuffle(frames)
     receiver = ChannelReceiver()
@@ -326,7 +359,7 @@ def test_one_mebibyte_round_trip_shuffled(mode: Delivery) -> None:
 
 def test_message_ids_wrap_at_u32() -> None:
     first = 0xFFFFFFFE
-    sender = ChannelSender(100, first_message_id=first)
+    sender = sender_cutting(100, first_message_id=first)
     ids = [sender.queue(bytes([i])) for i in range(4)]
     assert ids == [0xFFFFFFFE, 0xFFFFFFFF, 0, 1]
     frames = drain(sender)
@@ -387,18 +420,18 @@ def test_unreliable_ids_before_the_first_are_not_new() -> None:
 
 def test_duplicate_fragment_of_a_partial_message_is_counted() -> None:
     receiver = ChannelReceiver()
-    first = frame(0, 0, 2, b"ab")
+    first = frag(0, 0, 3, b"ab")
     assert receiver.on_frame(first) == []
     assert receiver.on_frame(first) == []
-    assert receiver.on_frame(frame(0, 1, 2, b"c")) == [(0, RO, b"abc")]
+    assert receiver.on_frame(frag(0, 2, 3, b"c")) == [(0, RO, b"abc")]
     assert receiver.duplicates == 1
 
 
 def test_complete_message_waiting_in_order_is_a_duplicate_too() -> None:
     receiver = ChannelReceiver()
-    assert receiver.on_frame(frame(1, 0, 2, b"ab")) == []
-    assert receiver.on_frame(frame(1, 1, 2, b"c")) == []
-    assert receiver.on_frame(frame(1, 1, 2, b"c")) == []
+    assert receiver.on_frame(frag(1, 0, 3, b"ab")) == []
+    assert receiver.on_frame(frag(1, 2, 3, b"c")) == []
+    assert receiver.on_frame(frag(1, 2, 3, b"c")) == []
     assert receiver.duplicates == 1
     assert feed(receiver, [frame(0, data=b"z")]) == [(0, RO, b"z"), (0, RO, b"abc")]
     assert receiver.buffered_bytes == 0
@@ -407,26 +440,28 @@ def test_complete_message_waiting_in_order_is_a_duplicate_too() -> None:
 # ------------------------------------------------------------------- peer violations
 
 
-def test_fragment_count_must_not_change() -> None:
+def test_the_message_length_must_not_change() -> None:
     receiver = ChannelReceiver()
-    receiver.on_frame(frame(0, 0, 3, b"a"))
-    with pytest.raises(ProtocolError, match="announced 3 fragments, now 4"):
-        receiver.on_frame(frame(0, 1, 4, b"b"))
+    receiver.on_frame(frag(0, 0, 3, b"a"))
+    with pytest.raises(ProtocolError, match="was 3 bytes long, now 4"):
+        receiver.on_frame(frag(0, 1, 4, b"b"))
+    receiver = ChannelReceiver()
+    receiver.on_frame(frag(0, 0, 3, b"a"))
+    with pytest.raises(ProtocolError, match="was 3 bytes long, now 2"):
+        receiver.on_frame(frame(0, b"ab"))  # a whole copy must have the same length
 
 
-@pytest.mark.parametrize(("index", "count"), [(2, 2), (0, 0), (5, 1)])
-def test_fragment_index_must_be_below_count(index: int, count: int) -> None:
-    with pytest.raises(ProtocolError, match="not below the fragment count"):
-        ChannelReceiver().on_frame(frame(0, index, count))
+@pytest.mark.parametrize(("offset", "total", "data"), [(2, 2, b"x"), (0, 0, b"x"), (5, 1, b"x"),
+                                                      (1, 2, b"xy"), (0, 2, b"")])
+def test_a_fragment_lies_inside_its_message_and_is_not_empty(offset: int, total: int,
+                                                              data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="empty, past its end"):
+        ChannelReceiver().on_frame(frag(0, offset, total, data))
 
 
-def test_reassembled_message_must_not_exceed_the_maximum() -> None:
-    receiver = ChannelReceiver(max_buffered_bytes=8 * MAX_MESSAGE_SIZE)
-    half = b"x" * (MAX_MESSAGE_SIZE // 2)
-    receiver.on_frame(frame(0, 0, 3, half))
-    receiver.on_frame(frame(0, 1, 3, half))
+def test_a_message_announced_beyond_the_maximum_is_refused() -> None:
     with pytest.raises(ProtocolError, match="beyond the maximum"):
-        receiver.on_frame(frame(0, 2, 3, b"y"))
+        ChannelReceiver(8 * MAX_MESSAGE_SIZE).on_frame(frag(0, 0, MAX_MESSAGE_SIZE + 1))
 
 
 @pytest.mark.parametrize("mode", [RO, RU, UN, SEQ])
@@ -435,21 +470,10 @@ def test_single_fragment_must_not_exceed_the_maximum(mode: Delivery) -> None:
         ChannelReceiver().on_frame(frame(0, data=b"x" * (MAX_MESSAGE_SIZE + 1), mode=mode))
 
 
-def test_first_fragment_over_the_maximum_is_rejected() -> None:
-    with pytest.raises(ProtocolError, match="beyond the maximum"):
-        ChannelReceiver(8 * MAX_MESSAGE_SIZE).on_frame(
-            frame(0, 0, 2, b"x" * (MAX_MESSAGE_SIZE + 1)))
-
-
 @pytest.mark.parametrize("mode", [UN, SEQ])
-def test_unreliable_modes_have_one_fragment(mode: Delivery) -> None:
-    with pytest.raises(ProtocolError, match="has 2 fragments; only 1 allowed"):
-        ChannelReceiver().on_frame(frame(0, 0, 2, mode=mode))
-
-
-def test_fragments_of_a_split_message_are_not_empty() -> None:
-    with pytest.raises(ProtocolError, match="empty fragment 0 of 2"):
-        ChannelReceiver().on_frame(frame(0, 0, 2, b""))
+def test_unreliable_modes_are_never_fragments(mode: Delivery) -> None:
+    with pytest.raises(ProtocolError, match="is a fragment; unreliable messages are always"):
+        ChannelReceiver().on_frame(frag(0, 0, 2, mode=mode))
 
 
 def test_out_of_order_data_beyond_the_bound_is_a_violation() -> None:
@@ -460,11 +484,14 @@ def test_out_of_order_data_beyond_the_bound_is_a_violation() -> None:
     assert receiver.buffered_bytes <= 10_000
 
 
-def test_announced_fragment_slots_are_charged() -> None:
+def test_received_ranges_are_charged_not_just_their_bytes() -> None:
+    """1-byte fragments at every other offset of 1 MiB messages: 2,000 bytes of data, but each
+    range costs its bookkeeping too."""
     receiver = ChannelReceiver(max_buffered_bytes=100_000)
     with pytest.raises(ProtocolError, match="receive buffer bound"):
-        for message_id in range(10):  # one byte each, but 65535 slots announced
-            receiver.on_frame(frame(message_id, 0, 0xFFFF, b"x"))
+        for offset in range(0, 4000, 2):
+            receiver.on_frame(frag(0, offset, MAX_MESSAGE_SIZE))
+    assert receiver.buffered_bytes <= 100_000
 
 
 def test_unknown_channel_or_mode_in_a_frame_is_a_violation() -> None:
@@ -479,3 +506,74 @@ def test_unknown_channel_or_mode_in_a_frame_is_a_violation() -> None:
 def test_receiver_rejects_a_useless_bound() -> None:
     with pytest.raises(ValueError, match="max_buffered_bytes"):
         ChannelReceiver(0)
+
+
+# ------------------------------------------------------------ byte ranges: split and overlap
+
+
+def test_a_retransmission_too_large_for_the_shrunken_packet_is_split_to_fit() -> None:
+    sender = ChannelSender(packet_room=1360)  # a 1472-byte path
+    data = os.urandom(3000)
+    sender.queue(data)
+    first = sender.pop_frame(1360)
+    assert first is not None and (first.offset, first.total, len(first.data)) == (0, 3000, 1343)
+    sender.packet_room = 1088  # black hole: back to 1200-byte datagrams
+    sender.requeue(first)
+    frames = drain(sender)
+    assert all(f.size <= 1088 for f in frames)
+    assert (frames[0].offset, len(frames[0].data)) == (0, 1071)  # the lost frame, split
+    assert (frames[1].offset, len(frames[1].data)) == (1071, 272)
+    receiver = ChannelReceiver()
+    assert feed(receiver, frames) == [(0, RO, data)]
+
+
+def test_a_whole_message_split_on_retransmission_becomes_fragments() -> None:
+    sender = ChannelSender(packet_room=1360)
+    sender.queue(b"w" * 1300)
+    (whole,) = drain(sender)
+    assert whole.total == WHOLE
+    sender.packet_room = 1088
+    sender.requeue(whole)
+    pieces = drain(sender)
+    assert [(f.offset, f.total, len(f.data)) for f in pieces] == [(0, 1300, 1071),
+                                                                  (1071, 1300, 229)]
+    # the original arrives late, after the first piece: it completes the message at once,
+    # and the second piece is then a duplicate of a delivered message
+    receiver = ChannelReceiver()
+    assert receiver.on_frame(pieces[0]) == []
+    assert receiver.on_frame(whole) == [(0, RO, b"w" * 1300)]
+    assert receiver.on_frame(pieces[1]) == []
+    assert receiver.buffered_bytes == 0 and receiver.duplicates == 1
+
+
+def test_a_late_original_overlapping_its_split_copy_adds_only_what_is_missing() -> None:
+    data = bytes(range(100))
+    receiver = ChannelReceiver()
+    assert receiver.on_frame(frag(0, 10, 100, data[10:30])) == []
+    assert receiver.on_frame(frag(0, 50, 100, data[50:60])) == []
+    # an original covering both pieces and the gaps around them
+    assert receiver.on_frame(frag(0, 0, 100, data[0:70])) == []
+    assert receiver.on_frame(frag(0, 20, 100, data[20:60])) == []  # nothing new: a duplicate
+    assert receiver.duplicates == 1
+    assert receiver.on_frame(frag(0, 65, 100, data[65:])) == [(0, RO, data)]
+    assert receiver.buffered_bytes == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data(), st.integers(1, 400), st.sampled_from([RO, RU]))
+def test_any_overlapping_ranges_that_cover_a_message_reassemble_it(
+        data: st.DataObject, size: int, mode: Delivery) -> None:
+    message = bytes((i * 7 + 3) % 256 for i in range(size))
+    cuts = sorted(data.draw(st.sets(st.integers(1, size - 1), max_size=10)) if size > 1 else [])
+    bounds = [0, *cuts, size]
+    pieces = [(a, b) for a, b in itertools.pairwise(bounds)]
+    extra = data.draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, size)),
+                               max_size=8))
+    pieces += [(a, min(size, a + n)) for a, n in extra]
+    order = data.draw(st.permutations(pieces))
+    receiver = ChannelReceiver()
+    out: list[tuple[int, Delivery, bytes]] = []
+    for a, b in order:
+        out.extend(receiver.on_frame(frag(0, a, size, message[a:b], mode=mode)))
+    assert out == [(0, mode, message)]
+    assert receiver.buffered_bytes == 0

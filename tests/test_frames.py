@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantum.frames import (
+    FRAGMENT_OVERHEAD,
     MAX_PARITY_SEQS,
     MAX_REMAINING_MS,
-    MESSAGE_FRAME_OVERHEAD,
+    MESSAGE_OVERHEAD,
     NO_SESSION_MS,
     AckFloorFrame,
     CloseFrame,
@@ -26,6 +27,7 @@ from quantum.frames import (
     ParityFrame,
     PathChallengeFrame,
     PathResponseFrame,
+    PingFrame,
     RejectFrame,
     SessionFrame,
     decode_frames,
@@ -43,8 +45,11 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 
 VECTORS: list[tuple[Frame, str]] = [
-    (MessageFrame(3, Delivery.RELIABLE_UNORDERED, 258, 1, 2, b"hi"),
-     "010301000001020001000200026869"),
+    (MessageFrame(3, Delivery.RELIABLE_UNORDERED, 258, b"hi"), "0103010000010200026869"),
+    # bytes 1000..1001 of a 1002-byte message: mode byte 0x81 (fragment bit + mode 1)
+    (MessageFrame(3, Delivery.RELIABLE_UNORDERED, 258, b"hi", 1000, 1002),
+     "01038100000102000003e8000003ea00026869"),
+    (PingFrame(), "0b"),
     (KeepaliveFrame(42), "020000002a"),
     (KeepaliveAckFrame(42, 1800000), "030000002a001b7740"),
     (KeepaliveAckFrame(7, 0xFFFFFFFF), "0300000007ffffffff"),
@@ -80,13 +85,16 @@ def test_padding_vector_and_rules() -> None:
 
 
 def test_message_frame_overhead() -> None:
-    frame = MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b"12345")
-    assert len(frame.encode()) == MESSAGE_FRAME_OVERHEAD + 5 == frame.size
-    assert MESSAGE_FRAME_OVERHEAD == 13
+    frame = MessageFrame(0, Delivery.UNRELIABLE, 1, b"12345")
+    assert len(frame.encode()) == MESSAGE_OVERHEAD + 5 == frame.size
+    assert MESSAGE_OVERHEAD == 9
+    fragment = MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, b"12345", 5, 10)
+    assert len(fragment.encode()) == FRAGMENT_OVERHEAD + 5 == fragment.size
+    assert FRAGMENT_OVERHEAD == 17
 
 
 def test_decoded_mode_is_a_delivery() -> None:
-    (frame,) = decode_frames(MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, 0, 1, b"").encode())
+    (frame,) = decode_frames(MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, b"").encode())
     assert isinstance(frame, MessageFrame)
     assert frame.mode is Delivery.UNRELIABLE_SEQUENCED
 
@@ -100,9 +108,13 @@ def test_several_frames_in_one_payload() -> None:
 def frames(draw: st.DrawFn) -> Frame:
     kind = draw(st.integers(0, 9))
     if kind == 0:
-        count = draw(st.integers(1, 0xFFFF))
-        return MessageFrame(draw(u8), draw(st.sampled_from(Delivery)), draw(u32),
-                            draw(st.integers(0, count - 1)), count, draw(st.binary(max_size=300)))
+        mode = draw(st.sampled_from(Delivery))
+        data = draw(st.binary(max_size=300))
+        if mode >= Delivery.UNRELIABLE or not data or draw(st.booleans()):
+            return MessageFrame(draw(u8), mode, draw(u32), data)
+        total = draw(st.integers(len(data), 1 << 20))
+        offset = draw(st.integers(0, total - len(data)))
+        return MessageFrame(draw(u8), mode, draw(u32), data, offset, total)
     if kind == 1:
         return KeepaliveFrame(draw(u32))
     if kind == 2:
@@ -117,7 +129,7 @@ def frames(draw: st.DrawFn) -> Frame:
                            tuple(draw(st.lists(u32, min_size=1, max_size=MAX_PARITY_SEQS))),
                            draw(st.binary(max_size=300)))
     if kind == 6:
-        return AckFloorFrame(draw(u32))
+        return AckFloorFrame(draw(u32)) if draw(st.booleans()) else PingFrame()
     if kind == 7:
         data = draw(st.binary(min_size=8, max_size=8))
         return PathChallengeFrame(data) if draw(st.booleans()) else PathResponseFrame(data)
@@ -164,12 +176,21 @@ def test_mutated_payloads_raise_only_packet_error(frame_list: list[Frame],
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    (b"\x0b", "unknown frame type 0x0b"),
-    (b"\x01" + bytes(11), "truncated MESSAGE"),
-    (b"\x01\x00\x04" + bytes(10), "unknown delivery mode 4"),
-    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 2, 2, 0), "index 2 not below count 2"),
-    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 0, 0, 0), "index 0 not below count 0"),
-    (b"\x01\x00\x00" + struct.pack("!IHHH", 1, 0, 1, 5) + b"abc", "truncated MESSAGE"),
+    (b"\x0c", "unknown frame type 0x0c"),
+    (b"\x01" + bytes(7), "truncated MESSAGE"),
+    (b"\x01\x00\x00" + struct.pack("!IH", 1, 5) + b"abc", "truncated MESSAGE"),
+    # the mode byte: bits 2..6 reserved, bit 7 only with a reliable mode
+    (b"\x01\x00\x04" + bytes(6), "reserved mode bits set \\(0x04\\)"),
+    (b"\x01\x00\x40" + bytes(6), "reserved mode bits set \\(0x40\\)"),
+    (b"\x01\x00\x84" + bytes(14), "reserved mode bits set \\(0x84\\)"),
+    (b"\x01\x00\x82" + struct.pack("!IIIH", 1, 0, 9, 1) + b"x", "unreliable mode 2"),
+    (b"\x01\x00\x83" + struct.pack("!IIIH", 1, 0, 9, 1) + b"x", "unreliable mode 3"),
+    (b"\x01\x00\x80" + bytes(7), "truncated MESSAGE"),
+    (b"\x01\x00\x80" + struct.pack("!IIIH", 1, 0, 9, 0), "empty MESSAGE fragment"),
+    (b"\x01\x00\x80" + struct.pack("!IIIH", 1, 8, 9, 2) + b"xy", r"\[8, 10\) outside the 9"),
+    (b"\x01\x00\x81" + struct.pack("!IIIH", 1, 0, (1 << 20) + 1, 1) + b"x",
+     "1048577-byte message, beyond the maximum"),
+    (b"\x01\x00\x80" + struct.pack("!IIIH", 1, 0, 9, 5) + b"abc", "truncated MESSAGE"),
     (b"\x02\x00\x00", "truncated KEEPALIVE"),
     (b"\x03" + bytes(7), "truncated KEEPALIVE_ACK"),
     (b"\x04\x00\x00\x00\x02\xff\xfe", "not valid UTF-8"),
@@ -194,9 +215,11 @@ def test_malformed_frames_say_what_is_wrong(payload: bytes, message: str) -> Non
 
 
 @pytest.mark.parametrize(("frame", "message"), [
-    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 1, 1, b""), "index 1 not below count 1"),
-    (MessageFrame(256, Delivery.RELIABLE_ORDERED, 1, 0, 1, b""), "cannot encode"),
-    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, bytes(65536)), "cannot encode"),
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, b"", 0, 5), "empty MESSAGE fragment"),
+    (MessageFrame(0, Delivery.UNRELIABLE, 1, b"ab", 0, 5), "unreliable mode 2"),
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, b"ab", 4, 5), "outside the 5-byte"),
+    (MessageFrame(256, Delivery.RELIABLE_ORDERED, 1, b""), "cannot encode"),
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, bytes(65536)), "cannot encode"),
     (KeepaliveFrame(-1), "cannot encode"),
     (CloseFrame(0, "x" * 513), "513 bytes exceeds 512"),
     (CloseFrame(0, "\ud800"), "surrogate"),
@@ -228,13 +251,14 @@ def test_non_bytes_payload_is_malformed() -> None:
 
 
 def test_retransmittable_frames() -> None:
-    yes = [MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, b""),
-           MessageFrame(0, Delivery.RELIABLE_UNORDERED, 1, 0, 1, b""),
+    yes = [MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, b""),
+           MessageFrame(0, Delivery.RELIABLE_UNORDERED, 1, b""),
            CloseFrame(0, ""), SessionFrame(bytes(16), "t", 0, False), RejectFrame(16, "")]
-    no = [MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""), KeepaliveAckFrame(1, 2),
-          MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, 0, 1, b""),
+    no = [MessageFrame(0, Delivery.UNRELIABLE, 1, b""), KeepaliveAckFrame(1, 2),
+          MessageFrame(0, Delivery.UNRELIABLE_SEQUENCED, 1, b""),
           ParityFrame(1, 1, 0, (1,), b""), PaddingFrame(1), PathChallengeFrame(bytes(8)),
-          PathResponseFrame(bytes(8)), KeepaliveFrame(1), AckFloorFrame(3), object()]
+          PathResponseFrame(bytes(8)), KeepaliveFrame(1), AckFloorFrame(3), PingFrame(),
+          object()]
     assert all(is_retransmittable(f) for f in yes)
     assert not any(is_retransmittable(f) for f in no)
 
@@ -244,8 +268,8 @@ def test_every_frame_but_the_keepalive_answer_elicits_an_ack() -> None:
     assert not elicits_ack([])
     assert not elicits_ack([answer])
     assert not elicits_ack([answer, KeepaliveAckFrame(2, 2)])
-    for other in (KeepaliveFrame(1), AckFloorFrame(3), PathChallengeFrame(bytes(8)),
-                  MessageFrame(0, Delivery.UNRELIABLE, 1, 0, 1, b""), CloseFrame(0, "")):
+    for other in (KeepaliveFrame(1), AckFloorFrame(3), PathChallengeFrame(bytes(8)), PingFrame(),
+                  MessageFrame(0, Delivery.UNRELIABLE, 1, b""), CloseFrame(0, "")):
         assert elicits_ack([other])
         assert elicits_ack([answer, other])
 

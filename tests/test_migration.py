@@ -24,6 +24,7 @@ from quantum.errors import CloseCode, SendBufferFull
 from quantum.events import ConnectionClosed, MessageReceived, PathMigrated, SendBufferDrained
 from quantum.frames import Delivery, MessageFrame, PathChallengeFrame, decode_frames
 from quantum.handshake import Credentials
+from quantum.limits import MAX_UNRELIABLE
 from quantum.migration import AMPLIFICATION, MAX_CHALLENGES
 from quantum.packet import HEADER_SIZE, build_header, decode_header, split_body
 from quantum.simulation import (
@@ -352,6 +353,7 @@ def test_a_silent_peer_is_left_to_the_idle_timeout_not_the_stall_timer() -> None
 
 # ----------------------------------------------------------------------- the timer property
 
+PATH_MTUS = [1200, 1250, 1280, 1400, 1472]
 ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("send"), st.booleans(), st.integers(0, 3), st.integers(0, 5000),
               st.sampled_from(list(Delivery))),
@@ -359,6 +361,8 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("rebind"), st.integers(1, 3)),
     st.tuples(st.just("replay"), st.integers(1, 3)),
     st.tuples(st.just("blackout"), st.floats(0.0, 1.5)),
+    # the path MTU changes: probes are lost, black holes met, searches restart
+    st.tuples(st.just("mtu"), st.sampled_from(PATH_MTUS)),
 ), min_size=1, max_size=25)
 
 
@@ -400,12 +404,15 @@ def _settle(sim: Simulation, until: float) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, fec=st.booleans(), seed=st.integers(0, 1000),
-       loss=st.sampled_from([0.0, 0.05, 0.2]))
+       loss=st.sampled_from([0.0, 0.05, 0.2]), mtu=st.sampled_from(PATH_MTUS))
 def test_every_timer_either_acts_or_moves_later(actions: list[tuple[object, ...]], fec: bool,
-                                                seed: int, loss: float) -> None:
+                                                seed: int, loss: float, mtu: int) -> None:
+    """Also with path MTU probes pending, lost, timed out and black holes (a path MTU below
+    the size in use, or below the first probe's)."""
     cfg = config(fec, max_send_buffer=1 << 20, stall_timeout=5.0, idle_timeout=20.0)
-    sim, client, wire = make_sim(cfg, LinkProfile(delay=0.01), seed)
-    sim.network.profile = LinkProfile(delay=0.01, jitter=0.01, loss=loss)  # once established
+    sim, client, wire = make_sim(cfg, LinkProfile(delay=0.01, mtu=mtu), seed)
+    # once established
+    sim.network.profile = LinkProfile(delay=0.01, jitter=0.01, loss=loss, mtu=mtu)
     server = server_conn(sim)
     where = [CLIENT_ADDR]
     dark_until = [0.0]
@@ -421,7 +428,7 @@ def test_every_timer_either_acts_or_moves_later(actions: list[tuple[object, ...]
             conn = server if from_server else client
             if conn.state is ConnectionState.ESTABLISHED:
                 if mode >= Delivery.UNRELIABLE:  # type: ignore[operator]
-                    size = min(int(size), 1200)  # type: ignore[call-overload]
+                    size = min(int(size), MAX_UNRELIABLE)  # type: ignore[call-overload]
                 with contextlib.suppress(SendBufferFull):  # backpressure is fine here
                     conn.send(bytes(size), channel, mode)  # type: ignore[arg-type]
         elif kind == "wait":
@@ -438,6 +445,8 @@ def test_every_timer_either_acts_or_moves_later(actions: list[tuple[object, ...]
             race_next_from(wire, (f"192.0.2.{action[1]}", 666))
         elif kind == "blackout":
             dark_until[0] = sim.now + float(action[1])  # type: ignore[arg-type]
+        elif kind == "mtu":
+            sim.network.set_mtu(int(action[1]))  # type: ignore[call-overload]
         sim.flush()
     _settle(sim, sim.now + 30.0)
     for conn in [client, server]:

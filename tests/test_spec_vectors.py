@@ -11,8 +11,12 @@ VECTOR_TESTS = ("test_packet.py", "test_frames.py", "test_handshake.py")
 HEX = re.compile(r"[\"']([0-9a-f]{32,})[\"']")
 
 
+#: the specification, and the sections written for Quantum 1.0 that it is to take in
+SPEC_FILES = ("PROTOCOL.md", "protocol-1.0-pmtu.md")
+
+
 def _spec_hex() -> str:
-    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    text = "".join((ROOT / "docs" / name).read_text() for name in SPEC_FILES)
     return re.sub(r"\s+", "", text)
 
 

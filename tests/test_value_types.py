@@ -44,7 +44,7 @@ MUTABLE: list[tuple[Any, str, object]] = [  # (value, a field, another value for
     (MessageReceived(b"hi", 3, Delivery.UNRELIABLE), "channel", 4),
     (KeepaliveReceived(7), "keepalive_id", 8),
     (KeepaliveAcknowledged(7, 12.5, 0.02), "remaining", None),
-    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, 0, 1, b"x"), "data", b"y"),
+    (MessageFrame(0, Delivery.RELIABLE_ORDERED, 1, b"x"), "data", b"y"),
     (KeepaliveFrame(1), "keepalive_id", 2),
     (KeepaliveAckFrame(1, 2), "remaining_ms", 3),
     (AckFloorFrame(5), "floor", 6),

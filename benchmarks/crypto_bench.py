@@ -7,7 +7,10 @@ Measures, in one run on this machine:
   (the wrapper's overhead; target <= 2.0);
 * AES-256-GCM against ChaCha20-Poly1305 for 100- and 1200-byte bodies (why AES-GCM is the
   default);
-* full handshakes (client and server, all three messages) per CPU second.
+* full handshakes (client and server, all three messages) per CPU second, and the server's
+  share alone (its hello and finish: since 1.0 the finish does no Diffie-Hellman);
+* the cost of a key update: deriving the next generation and sealing its first packet (which
+  builds the cipher), against sealing one more packet with the current one.
 
 `python -m benchmarks.crypto_bench --json` prints one JSON object; `measure(iterations)` returns
 the same dict for the protocol benchmark.
@@ -82,6 +85,55 @@ def _handshakes_per_second(count: int) -> float:
     return count / (time.process_time() - start)
 
 
+def _server_handshake_us(count: int) -> float:
+    """CPU microseconds the server spends per handshake (hello and finish), clients excluded."""
+    server = ServerHandshake(os.urandom(32), ServerParams((10, 3), 10.0, 60.0))
+    credentials = Credentials("alice", "v1.ticket", metadata={"room": "lobby"})
+    addr = ("192.0.2.1", 4433)
+    spent = 0
+    for _ in range(count):
+        cid = os.urandom(16)
+        client = ClientHandshake(cid, credentials, server_key=server.static_public)
+        hello = client.client_hello()
+        start = time.process_time_ns()
+        syn_ack = server.on_client_hello(cid, hello, addr, 1.0)
+        spent += time.process_time_ns() - start
+        client.on_server_hello(syn_ack)
+        finish = client.client_finish()
+        start = time.process_time_ns()
+        server.on_client_finish(cid, finish, addr, 1.5)
+        spent += time.process_time_ns() - start
+    return spent / count / 1000
+
+
+def _key_update_ns(iterations: int) -> tuple[float, float]:
+    """(ns for next() + the first seal of the new generation, ns for one steady seal)."""
+    body = os.urandom(100)
+    protection = PacketProtection(os.urandom(32))
+    protection.seal(0, HEADER, body)
+    state = [protection, 0]
+
+    def update() -> None:
+        current = state[0]
+        assert isinstance(current, PacketProtection)
+        following = current.next()
+        n = state[1]
+        assert isinstance(n, int)
+        state[1] = n + 1
+        following.seal(n + 1, HEADER, body)
+        state[0] = following
+
+    def steady() -> None:
+        n = state[1]
+        assert isinstance(n, int)
+        state[1] = n + 1
+        current = state[0]
+        assert isinstance(current, PacketProtection)
+        current.seal(n + 1, HEADER, body)
+
+    return _best_ns(update, iterations), _best_ns(steady, iterations)
+
+
 def measure(iterations: int) -> dict[str, Any]:
     """All figures as one dict (ns are CPU nanoseconds per seal+open)."""
     if iterations < 1:
@@ -103,6 +155,11 @@ def measure(iterations: int) -> dict[str, Any]:
     figures["aes_gcm_speedup_1200"] = round(figures["chacha20_ns_1200"]
                                             / figures["aes_gcm_ns_1200"], 2)
     figures["handshakes_per_cpu_s"] = round(_handshakes_per_second(max(20, iterations // 100)))
+    figures["server_handshake_us"] = round(_server_handshake_us(max(20, iterations // 100)), 1)
+    update, steady = _key_update_ns(max(100, iterations // 10))
+    figures["key_update_ns"] = round(update)
+    figures["seal_ns_100"] = round(steady)
+    figures["key_update_extra_ns"] = round(update - steady)
     return figures
 
 

@@ -82,6 +82,11 @@ class QuantumClient(asyncio.DatagramProtocol):
         return self._conn.connection_id
 
     @property
+    def cipher(self) -> str | None:
+        """The AEAD cipher the handshake chose ("aes-256-gcm", "chacha20-poly1305")."""
+        return self._conn.cipher
+
+    @property
     def is_closed(self) -> bool:
         return self._closed.done()
 

@@ -609,6 +609,12 @@ class Connection:
         return following
 
     @property
+    def cipher(self) -> str | None:
+        """The AEAD cipher the handshake chose, once there are keys."""
+        seal = self._seal
+        return None if seal is None else seal.algorithm
+
+    @property
     def key_generations(self) -> tuple[int, int]:
         """(send, receive) key generations: how many key updates each direction made."""
         seal, open_ = self._seal, self._open

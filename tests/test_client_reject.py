@@ -130,3 +130,25 @@ async def test_connect_keeps_trying_after_a_reject_and_still_reports_it(answered
     assert "too many" in info.value.reason
     if answered == "the first SYN":
         assert "timed out" in info.value.reason
+
+
+def test_a_client_offering_no_cipher_of_the_server_ends_with_cipher_not_supported() -> None:
+    listener = Listener(ServerHandshake(bytes(range(1, 33)), ServerParams(None, 10.0, 60.0),
+                                        ciphers=("aes-256-gcm",)), CONFIG)
+    config = QuantumConfiguration(keepalive_interval=None, fec=None,
+                                  ciphers=("chacha20-poly1305",))
+    client = Connection.client(SERVER, ALICE, 0.0, configuration=config)
+    for second in range(config.handshake_tries):
+        (syn, _), = client.datagrams_to_send(float(second))
+        (reply, _), = listener.receive_datagram(syn, ("198.51.100.1", 5000), second + 0.01, 0)[0]
+        assert len(reply) < len(syn)  # a plaintext REJECT, smaller than the hello
+        client.receive_datagram(reply, SERVER, second + 0.02)
+        if client.state is ConnectionState.CLOSED:
+            break
+        client.handle_timer(second + 1.0)
+    assert second == config.handshake_tries - 1  # unauthenticated: believed at the last SYN
+    assert client.state is ConnectionState.CLOSED
+    closed = [e for e in events(client) if isinstance(e, ConnectionClosed)]
+    assert [c.code for c in closed] == [CloseCode.CIPHER_NOT_SUPPORTED]
+    assert listener.stats.rejected == {"cipher_not_supported": config.handshake_tries}
+    assert listener.stats.handshakes_started == 0  # no Diffie-Hellman was spent

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from quantum.auth import AuthError, TicketAuthenticator, issue_ticket
-from quantum.client import connect
+from quantum.client import ConnectError, connect
+from quantum.config import QuantumConfiguration
 from quantum.errors import CloseCode
 from quantum.frames import Delivery
 from quantum.keys import ServerKeyFile
@@ -58,6 +59,9 @@ def run_cli(args: Sequence[str], tmp_path: Path) -> subprocess.CompletedProcess[
     (["--session-timeout", "-5"], "must be positive, got -5"),
     (["--idle-timeout", "soon"], "not a number: 'soon'"),
     (["--store", "redis"], "invalid choice: 'redis'"),
+    (["--ciphers", "aes-128-cbc"], "unknown cipher 'aes-128-cbc'; choose among aes-256-gcm, "
+                                   "chacha20-poly1305"),
+    (["--ciphers", "aes-256-gcm,aes-256-gcm"], "a cipher is named twice"),
     (["issue-ticket"], "the following arguments are required: --user"),
     (["issue-ticket", "--user", "alice", "--ttl", "0"], "must be positive, got 0"),
 ])
@@ -218,6 +222,24 @@ async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signal
         assert client.close_code == CloseCode.SERVER_SHUTDOWN
         assert proc.stderr is not None
         assert b"server stopped" in await proc.stderr.read()
+
+
+async def test_ciphers_flag_restricts_what_the_server_accepts(tmp_path: Path) -> None:
+    async with server_process(tmp_path, "--ciphers", "chacha20-poly1305") as (_proc, ready):
+        key = ServerKeyFile.load(tmp_path / "server.key")
+        ticket = issue_ticket(key.ticket_secret, "alice", 60, time.time())
+        # the default offer puts AES-256-GCM first: this server has only ChaCha20-Poly1305
+        client = await connect(HOST, int(ready["port"]), user_id="alice", ticket=ticket,
+                               server_key=ready["public"], configuration=client_config())
+        assert client.cipher == "chacha20-poly1305"
+        assert await client.heartbeat() == pytest.approx(1800.0)
+        await client.close()
+        only_aes = QuantumConfiguration(keepalive_interval=None, handshake_timeout=1.0,
+                                        ciphers=("aes-256-gcm",))
+        with pytest.raises(ConnectError) as refused:
+            await connect(HOST, int(ready["port"]), user_id="alice", ticket=ticket,
+                          server_key=ready["public"], configuration=only_aes)
+        assert refused.value.code == CloseCode.CIPHER_NOT_SUPPORTED
 
 
 #: runs the server with a stdout that signals the process itself the moment the ready line is

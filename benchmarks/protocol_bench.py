@@ -6,8 +6,9 @@ For each case (random loss 0/1/5/10 %, 20 ms one-way delay, FEC on and off) a cl
 reliable-ordered 1 KiB messages at a steady rate; the benchmark checks every message arrives once
 and in order, and reports goodput, delivery latency p50/p99 in virtual time, retransmissions,
 FEC recoveries and CPU time per delivered packet. A bulk case at 0 % loss measures messages per
-CPU-second, and a protection case compares sealing+opening a 100-byte packet with the bare AEAD.
-Prints one JSON array, one object per case.
+CPU-second, a path MTU case measures what a probe costs (CPU and bytes, both endpoints) in a
+whole search of a 1280-byte path, and a protection case compares sealing+opening a 100-byte
+packet with the bare AEAD. Prints one JSON array, one object per case.
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def _connect(loss: float, fec: bool, seed: int,
-             send_buffer: int = 4 << 20) -> tuple[Simulation, Any]:
+def _connect(loss: float, fec: bool, seed: int, send_buffer: int = 4 << 20, mtu: int = 1472,
+             tap: Any = None) -> tuple[Simulation, Any]:
+    """An established client over a new simulated network; `tap(data, src, dst, now, send)`
+    sees every datagram from the first on, and forwards it with `send`."""
     config = QuantumConfiguration(keepalive_interval=None, fec=(10, 3) if fec else None,
                                   idle_timeout=600.0, handshake_tries=20,
                                   handshake_timeout=20.0, max_send_buffer=send_buffer)
-    sim = Simulation(SimulatedNetwork(LinkProfile(delay=ONE_WAY_DELAY, loss=loss), seed),
+    sim = Simulation(SimulatedNetwork(LinkProfile(delay=ONE_WAY_DELAY, loss=loss, mtu=mtu),
+                                      seed),
                      SimulatedServer.create(config))
+    if tap is not None:
+        send = sim.network.send
+        sim.network.send = (  # type: ignore[method-assign]
+            lambda data, src, dst, now: tap(data, src, dst, now, send))
     client = sim.add_client(Credentials(user_id="bench"), configuration=config)
     sim.run(until=30.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
     if client.state is not ConnectionState.ESTABLISHED:
@@ -195,6 +203,63 @@ def run_bulk(messages: int, seed: int = 7) -> dict[str, Any]:
     }
 
 
+def _search_run(seed: int, mtu: int, sizes: list[int]) -> tuple[float, int, int, set[int]]:
+    """One quiet connection (no data) for 60 s of virtual time on a `mtu`-byte path, from its
+    first datagram: CPU of both endpoints, probes sent and lost, PLPMTUs found; the sizes of
+    the probes (every datagram above 1200 bytes: nothing else is) land in `sizes`."""
+
+    def tap(data: bytes, src: Any, dst: Any, now: float, send: Any) -> None:
+        if len(data) > 1200:
+            sizes.append(len(data))
+        send(data, src, dst, now)
+
+    t = time.process_time()
+    sim, client = _connect(0.0, False, seed, mtu=mtu, tap=tap)
+    sim.run(until=sim.now + 60.0)
+    cpu = time.process_time() - t
+    probes = lost = 0
+    found: set[int] = set()
+    for conn in (client, next(iter(sim.server.connections.values()))):
+        stats = conn.refresh_stats()
+        probes += stats.pmtu_probes_sent
+        lost += stats.pmtu_probes_lost
+        found.add(stats.plpmtu)
+    return cpu, probes, lost, found
+
+
+def run_pmtu_probe(searches: int, mtu: int = 1280) -> dict[str, Any]:
+    """What a path MTU probe costs: quiet connections searching a `mtu`-byte path (about 15
+    probes per endpoint, most of them lost) against the same runs on a 1472-byte path (one
+    probe each, acknowledged). CPU per probe is the difference of the two runs' CPU (both
+    endpoints: the probe, its acknowledgement or timeout, the next probe's scheduling) over
+    the difference in probes, so the handshake and idle timers cancel out."""
+    cpu = base_cpu = 0.0
+    probes = base_probes = lost = 0
+    found: set[int] = set()
+    sizes: list[int] = []
+    for seed in range(searches):
+        run_cpu, run_probes, run_lost, run_found = _search_run(seed, mtu, sizes)
+        cpu += run_cpu
+        probes += run_probes
+        lost += run_lost
+        found |= run_found
+        run_cpu, run_probes, _, _ = _search_run(seed, 1472, [])
+        base_cpu += run_cpu
+        base_probes += run_probes
+    extra = probes - base_probes
+    return {
+        "case": f"pmtu search mtu={mtu}",
+        "searches": 2 * searches,
+        "probes_per_search": round(probes / (2 * searches), 1),
+        "probes_lost_per_search": round(lost / (2 * searches), 1),
+        "plpmtu_found": sorted(found),
+        "bytes_per_probe": round(sum(sizes) / probes) if probes else None,
+        "bytes_per_search": round(sum(sizes) / (2 * searches)),
+        "cpu_us_per_probe": round((cpu - base_cpu) / extra * 1e6, 2) if extra > 0 else None,
+        "note": "CPU of both endpoints per extra probe, against the same runs on a 1472 path",
+    }
+
+
 def run_protection(iterations: int) -> dict[str, Any]:
     from benchmarks.crypto_bench import measure
 
@@ -224,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_case(loss, fec, args.messages, args.rate))
             print(f"# {results[-1]['case']}: done", file=sys.stderr, flush=True)
     results.append(run_bulk(args.bulk))
+    results.append(run_pmtu_probe(20 if args.quick else 200))
     results.append(run_protection(20_000 if args.quick else 200_000))
     compiled = is_compiled()  # the protocol core that ran: mypyc-compiled or plain Python
     for result in results:

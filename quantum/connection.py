@@ -1204,7 +1204,10 @@ class Connection:
                               len(payload))
         body = encode_sack(sack) + payload if sack else payload
         datagram = header + seal.seal(pn, header, body)
-        received.on_ack_sent()
+        if not pad_to:
+            # (a probe carries the acknowledgement fields too, but may well be too large for
+            # the path: the acknowledgement it owes is still owed)
+            received.on_ack_sent()
         size = len(datagram)
         if elicits_ack(frames):  # a pure ACK is neither tracked nor congestion controlled
             if self._stall_since < 0.0:

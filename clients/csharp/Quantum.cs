@@ -27,9 +27,9 @@ namespace Quantum
         ReliableOrdered = 0,
         /// <summary>Exactly once, as soon as complete. Up to 1 MiB.</summary>
         ReliableUnordered = 1,
-        /// <summary>At most once; must fit in one fragment (MaxUnreliableSize).</summary>
+        /// <summary>At most once; at most QuantumClient.MaxUnreliableSize (1024) bytes.</summary>
         Unreliable = 2,
-        /// <summary>At most once, never older after newer in its channel.</summary>
+        /// <summary>At most once, never older after newer in its channel; at most 1024 bytes.</summary>
         UnreliableSequenced = 3,
     }
 
@@ -57,7 +57,7 @@ namespace Quantum
         HandshakeTimeout = 5, InternalError = 6, KeysExhausted = 7, BadTicket = 16,
         ExpiredTicket = 17, UnknownUser = 18, ServerFull = 19, RateLimited = 20,
         VersionNotSupported = 21, BadResume = 22, BadServerKey = 23, BadRequest = 24,
-        StoreUnavailable = 25,
+        StoreUnavailable = 25, CipherNotSupported = 30,
     }
 
     /// <summary>A failed call; Code is the library's quantum_error (negative).</summary>
@@ -111,6 +111,11 @@ namespace Quantum
         public double ReconnectInitialDelay, ReconnectMaxDelay;
         public int ReconnectMaxAttempts;
         public int ResumeFallback;
+        // Quantum 1.0
+        public ulong KeyUpdatePackets;
+        /// <summary>quantum_cipher_preference: 0 auto (AES-256-GCM first where the CPU has
+        /// it), 1 ChaCha20-Poly1305 first, 2 ChaCha20-Poly1305 only, 3 AES-256-GCM only.</summary>
+        public int CipherPreference;
 
         public static Config Default()
         {
@@ -134,11 +139,17 @@ namespace Quantum
         public double PacingRate;
         public uint Reconnects;
         public uint MaxDatagram;
+        public uint Cipher;
+        public ulong KeyUpdates;
+        public ulong SendGeneration, ReceiveGeneration;
     }
 
     /// <summary>A connection to a Quantum server (the library's socket layer).</summary>
     public sealed class QuantumClient : IDisposable
     {
+        /// <summary>Largest unreliable message (QUANTUM_MAX_UNRELIABLE).</summary>
+        public const int MaxUnreliableSize = 1024;
+
         private IntPtr handle;
 
         public QuantumClient() : this(Config.Default()) { }

@@ -1,5 +1,6 @@
 /*
- * libquantum: a client library for the Quantum protocol (wire version 2, docs/PROTOCOL.md).
+ * libquantum: a client library for the Quantum protocol (Quantum 1.0, wire version 3,
+ * docs/PROTOCOL.md).
  *
  * Two layers, use either:
  *
@@ -47,9 +48,12 @@ extern "C" {
 
 #define QUANTUM_LIBRARY_VERSION "0.1.0"
 /** The protocol version this library speaks on the wire (docs/PROTOCOL.md). */
-#define QUANTUM_WIRE_VERSION 2
+#define QUANTUM_WIRE_VERSION 3
 /** Largest application message, in bytes (1 MiB). */
 #define QUANTUM_MAX_MESSAGE_SIZE (1u << 20)
+/** Largest unreliable (UNRELIABLE, UNRELIABLE_SEQUENCED) message, in bytes: such messages
+ *  are never fragmented and always fit one packet at the 1200-byte base datagram. */
+#define QUANTUM_MAX_UNRELIABLE 1024u
 /** Channels are 0..QUANTUM_MAX_CHANNEL. */
 #define QUANTUM_MAX_CHANNEL 255
 /** Session tokens are at most this many ASCII characters. */
@@ -69,7 +73,7 @@ typedef enum quantum_error {
      *  established, or connect() on a client that is already connected). */
     QUANTUM_E_STATE = -3,
     /** The message exceeds QUANTUM_MAX_MESSAGE_SIZE, or an unreliable / sequenced message
-     *  does not fit in one fragment (quantum_connection_max_unreliable()). */
+     *  exceeds QUANTUM_MAX_UNRELIABLE (1024 bytes). */
     QUANTUM_E_TOO_LARGE = -4,
     /** The pinned server key is neither the base64 of 32 bytes (standard or URL-safe,
      *  canonical, padding optional) nor "SHA256:" followed by 43 base64 characters. */
@@ -83,12 +87,12 @@ typedef enum quantum_error {
     /** The client is reconnecting after losing its connection; try again after the
      *  QUANTUM_EVENT_RECONNECTED event. Messages are not queued meanwhile. */
     QUANTUM_E_RECONNECTING = -9,
-    /** libsodium could not be initialised, or AES-256-GCM (required by wire version 2) is
-     *  not available on this CPU (crypto_aead_aes256gcm_is_available() is false). */
+    /** libsodium could not be initialised, or the configured cipher preference leaves no
+     *  cipher this CPU can run (QUANTUM_CIPHERS_AES_ONLY without AES-NI). */
     QUANTUM_E_CRYPTO = -10,
-    /** The credentials do not fit the handshake (user id 1..1024 bytes, ticket <= 1200,
+    /** The credentials do not fit the handshake (user id 1..1024 bytes, ticket <= 512,
      *  resume token <= 255, metadata <= 64 entries with keys 1..64 and values <= 1024 bytes,
-     *  no duplicate keys, all of it <= 1267 bytes encoded). */
+     *  no duplicate keys, all of it <= 1032 bytes encoded). */
     QUANTUM_E_CREDENTIALS = -11,
     /** A caller-provided buffer is too small. */
     QUANTUM_E_BUFFER = -12,
@@ -121,7 +125,9 @@ typedef enum quantum_close_code {
     QUANTUM_CLOSE_BAD_RESUME = 22,
     QUANTUM_CLOSE_BAD_SERVER_KEY = 23,
     QUANTUM_CLOSE_BAD_REQUEST = 24,
-    QUANTUM_CLOSE_STORE_UNAVAILABLE = 25
+    QUANTUM_CLOSE_STORE_UNAVAILABLE = 25,
+    /** The ClientHello offered no cipher the server has enabled (plaintext REJECT). */
+    QUANTUM_CLOSE_CIPHER_NOT_SUPPORTED = 30
 } quantum_close_code;
 
 /** The upper-case name of a close code ("IDLE_TIMEOUT"), or "UNKNOWN". */
@@ -165,12 +171,17 @@ typedef struct quantum_config {
     double max_ack_delay;
     /** How long close() waits for the FIN to be acknowledged. Default 3 s. */
     double close_timeout;
-    /** Packets one key may seal before the connection closes with KEYS_EXHAUSTED
-     *  (2048 .. 2^62). Default 2^23 (the AES-GCM bound of RFC 9001 section 6.6). */
+    /** Packets one key generation may seal at most (2048 .. 2^62). Default 2^23 (the AES-GCM
+     *  bound of RFC 9001 section 6.6). If no key update was possible in time (the peer
+     *  acknowledged nothing of the generation) the connection closes with KEYS_EXHAUSTED
+     *  1024 packets before the limit. */
     uint64_t packets_per_key;
     /** Receive budget for undelivered messages, bytes (>= 64 KiB). Default 4 MiB. */
     size_t max_receive_buffer;
-    /** Largest datagram this connection builds, bytes (1200..1472). Default 1472. */
+    /** Largest datagram this connection sends, bytes. Quantum 1.0 lets an endpoint send
+     *  more than the 1200-byte base datagram only after path MTU probing confirmed the size;
+     *  libquantum does not probe, so the only valid value is 1200 (the default). It still
+     *  receives datagrams up to 1472 bytes and answers the server's probes. */
     int max_datagram;
 
     /* The socket layer only (quantum_client_*). */
@@ -186,7 +197,34 @@ typedef struct quantum_config {
     /** On reconnect, take a new session when the server refuses the resume (the event then
      *  says resumed = 0). Default 0: a refused resume ends with DISCONNECTED/BAD_RESUME. */
     int resume_fallback;
+
+    /* Quantum 1.0 (appended, so that bindings built for the fields above keep their layout). */
+
+    /** Packets sealed with one key generation before the client moves to the next (key
+     *  update, once the server acknowledged a packet of the current one); 16 .. less than
+     *  packets_per_key - 1024. Default 2^22. */
+    uint64_t key_update_packets;
+    /** The cipher offer of the ClientHello (quantum_cipher_preference). Default
+     *  QUANTUM_CIPHERS_AUTO. */
+    int cipher_preference;
 } quantum_config;
+
+/** The ciphers the ClientHello offers, in order (the server takes the first it has). */
+typedef enum quantum_cipher_preference {
+    /** AES-256-GCM then ChaCha20-Poly1305 where the CPU has AES-NI
+     *  (crypto_aead_aes256gcm_is_available()), else ChaCha20-Poly1305 only. */
+    QUANTUM_CIPHERS_AUTO = 0,
+    /** ChaCha20-Poly1305 first, then AES-256-GCM where the CPU has it. */
+    QUANTUM_CIPHERS_CHACHA_FIRST = 1,
+    /** ChaCha20-Poly1305 only. */
+    QUANTUM_CIPHERS_CHACHA_ONLY = 2,
+    /** AES-256-GCM only (QUANTUM_E_CRYPTO at connect without AES-NI). */
+    QUANTUM_CIPHERS_AES_ONLY = 3
+} quantum_cipher_preference;
+
+/** Cipher ids on the wire (docs/PROTOCOL.md 5). */
+#define QUANTUM_CIPHER_AES256GCM 1
+#define QUANTUM_CIPHER_CHACHA20POLY1305 2
 
 /** Fill *config with the defaults listed above. */
 QUANTUM_API void quantum_config_default(quantum_config *config);
@@ -244,6 +282,9 @@ typedef struct quantum_stats {
     double pacing_rate;          /**< bytes per second */
     uint32_t reconnects;         /**< socket layer: successful reconnections */
     uint32_t max_datagram;       /**< the datagram size this connection builds */
+    uint32_t cipher;             /**< QUANTUM_CIPHER_*: negotiated (0 before the handshake) */
+    uint64_t key_updates;        /**< sending key generations moved to (key update) */
+    uint64_t send_generation, receive_generation; /**< current key generations */
 } quantum_stats;
 
 /* ======================================================================= socket layer */
@@ -424,7 +465,7 @@ QUANTUM_API int quantum_connection_close(quantum_connection *conn, const char *r
 
 QUANTUM_API quantum_state quantum_connection_state(const quantum_connection *conn);
 
-/** The largest unreliable / sequenced message that fits in one fragment. */
+/** The largest unreliable / sequenced message: QUANTUM_MAX_UNRELIABLE (1024 bytes). */
 QUANTUM_API size_t quantum_connection_max_unreliable(const quantum_connection *conn);
 
 QUANTUM_API int quantum_connection_stats(const quantum_connection *conn, quantum_stats *stats);

@@ -1,6 +1,8 @@
 /* Packet protection with libsodium: AES-256-GCM (where the CPU has it) and ChaCha20-Poly1305. */
 #include "aead.h"
 
+#include "handshake.h"
+
 int q_cipher_available(q_cipher cipher) {
     if (cipher == Q_CIPHER_AES256GCM)
         return crypto_aead_aes256gcm_is_available();
@@ -83,44 +85,96 @@ int q_aead_once_open(q_cipher cipher, const uint8_t key[32], const uint8_t nonce
                                                      nonce, key);
 }
 
-int q_keys_install(q_dir_keys *d, q_cipher cipher, const uint8_t key[32], const uint8_t iv[12]) {
-    /* the new generation takes the slot of the one before the current (which is dropped) */
-    int slot = d->installed == 0 ? 0 : 1 - d->current;
-    int r = q_aead_init(&d->gen[slot], cipher, key, iv);
-    if (r != 0)
-        return r;
-    if (d->installed > 0)
+/* A generation's AEAD from its secret: key = Expand(secret, "key"), iv = Expand(secret, "iv"). */
+static int derive(q_aead *a, q_cipher cipher, const uint8_t secret[32]) {
+    uint8_t key[Q_KEY_SIZE], iv[Q_IV_SIZE];
+    q_expand_label(secret, "key", key, sizeof key);
+    q_expand_label(secret, "iv", iv, sizeof iv);
+    int r = q_aead_init(a, cipher, key, iv);
+    sodium_memzero(key, sizeof key);
+    sodium_memzero(iv, sizeof iv);
+    return r;
+}
+
+static void next_secret(const uint8_t secret[32], uint8_t out[32]) {
+    q_expand_label(secret, "key update", out, 32);
+}
+
+int q_keys_init(q_dir_keys *d, q_cipher cipher, const uint8_t secret[32]) {
+    memset(d, 0, sizeof *d);
+    d->cipher = cipher;
+    memcpy(d->secret, secret, 32);
+    d->first_pn = UINT64_MAX;
+    return derive(&d->cur, cipher, secret);
+}
+
+void q_keys_update(q_dir_keys *d) {
+    uint8_t next[32];
+    next_secret(d->secret, next);
+    memcpy(d->secret, next, 32);
+    sodium_memzero(next, sizeof next);
+    q_aead_wipe(&d->cur);
+    derive(&d->cur, d->cipher, d->secret); /* the cipher was available for generation 0 */
+    d->generation++;
+    d->first_pn = UINT64_MAX;
+    d->sealed = 0;
+}
+
+void q_keys_seal(q_dir_keys *d, uint64_t pn, const uint8_t *ad, size_t ad_len, uint8_t *body,
+                 size_t len) {
+    if (d->first_pn == UINT64_MAX)
+        d->first_pn = pn;
+    d->sealed++;
+    q_aead_seal(&d->cur, pn, ad, ad_len, body, len);
+}
+
+long q_keys_open(q_dir_keys *d, int phase, uint64_t pn, double now, double keep_for,
+                 const uint8_t *ad, size_t ad_len, uint8_t *body, size_t len) {
+    long n;
+    if (phase == (int)(d->generation & 1u)) {
+        n = q_aead_open(&d->cur, pn, ad, ad_len, body, len);
+        if (n >= 0 && (d->first_pn == UINT64_MAX || pn < d->first_pn))
+            d->first_pn = pn;
+        return n;
+    }
+    if (d->first_pn == UINT64_MAX || pn > d->first_pn) {
+        /* newer than anything of the current generation: the peer's next one */
+        uint8_t secret[32];
+        q_aead next;
+        next_secret(d->secret, secret);
+        if (derive(&next, d->cipher, secret) != 0) {
+            sodium_memzero(secret, sizeof secret);
+            return -1;
+        }
+        n = q_aead_open(&next, pn, ad, ad_len, body, len);
+        if (n < 0) {
+            q_aead_wipe(&next);
+            sodium_memzero(secret, sizeof secret);
+            return -1;
+        }
+        q_aead_wipe(&d->prev);
+        d->prev = d->cur;
+        d->has_prev = 1;
+        d->prev_expires = now + keep_for;
+        d->cur = next;
+        memcpy(d->secret, secret, 32);
         d->generation++;
-    d->current = slot;
-    if (d->installed < Q_GENERATIONS)
-        d->installed++;
-    return 0;
+        d->first_pn = pn;
+        q_aead_wipe(&next);
+        sodium_memzero(secret, sizeof secret);
+        return n;
+    }
+    q_keys_expire(d, now);
+    if (!d->has_prev)
+        return -1; /* older than the previous generation's time: dropped */
+    return q_aead_open(&d->prev, pn, ad, ad_len, body, len);
+}
+
+void q_keys_expire(q_dir_keys *d, double now) {
+    if (d->has_prev && now >= d->prev_expires) {
+        q_aead_wipe(&d->prev);
+        d->has_prev = 0;
+    }
 }
 
 void q_keys_wipe(q_dir_keys *d) { sodium_memzero(d, sizeof *d); }
-
-void q_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
-                   const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len) {
-    uint8_t prk[crypto_auth_hmacsha256_BYTES], block[crypto_auth_hmacsha256_BYTES];
-    crypto_auth_hmacsha256_state st;
-    /* extract: PRK = HMAC(salt, IKM) */
-    crypto_auth_hmacsha256_init(&st, salt, salt_len);
-    crypto_auth_hmacsha256_update(&st, ikm, ikm_len);
-    crypto_auth_hmacsha256_final(&st, prk);
-    /* expand: T(i) = HMAC(PRK, T(i-1) || info || i) */
-    size_t done = 0, prev = 0;
-    for (uint8_t counter = 1; done < out_len; counter++) {
-        crypto_auth_hmacsha256_init(&st, prk, sizeof prk);
-        crypto_auth_hmacsha256_update(&st, block, prev);
-        crypto_auth_hmacsha256_update(&st, info, info_len);
-        crypto_auth_hmacsha256_update(&st, &counter, 1);
-        crypto_auth_hmacsha256_final(&st, block);
-        prev = sizeof block;
-        size_t take = q_min_z(sizeof block, out_len - done);
-        memcpy(out + done, block, take);
-        done += take;
-    }
-    sodium_memzero(prk, sizeof prk);
-    sodium_memzero(block, sizeof block);
-    sodium_memzero(&st, sizeof st);
-}

@@ -1,10 +1,7 @@
-/* Packet protection (5.4): an AEAD abstraction with two ciphers, and keys per generation.
- *
- * Wire version 2 knows one cipher (AES-256-GCM) and one key per direction for the whole
- * connection. Quantum 1.0 adds a negotiated cipher (AES-256-GCM or ChaCha20-Poly1305) and
- * key updates: generations of keys derived from a per-direction traffic secret, selected by
- * a key-phase bit, the previous generation kept briefly for reordered packets. So keys live
- * in q_dir_keys as generations from the start; v2 only ever installs generation 0. */
+/* Packet protection (5.4, 6): an AEAD abstraction with the two negotiable ciphers
+ * (AES-256-GCM, ChaCha20-Poly1305), and the keys of one direction by generation (key update):
+ * each generation's key and iv come from its traffic secret, the next secret from the
+ * current one; the header's KEY_PHASE bit is the low bit of the generation. */
 #ifndef Q_AEAD_H
 #define Q_AEAD_H
 
@@ -52,21 +49,39 @@ int q_aead_once_open(q_cipher cipher, const uint8_t key[32], const uint8_t nonce
                      const uint8_t *ad, size_t ad_len, const uint8_t *sealed, size_t len,
                      uint8_t *out);
 
-/* The keys of one direction, by generation. */
-#define Q_GENERATIONS 2
+/* The keys of one direction (Quantum 1.0 section 6). Sending uses `cur` only; receiving
+ * also keeps `prev` (the generation before, for reordered packets, until prev_expires) and
+ * derives the next generation on demand when a packet shows the other phase. */
 typedef struct q_dir_keys {
-    q_aead gen[Q_GENERATIONS]; /* current and previous (key update, Quantum 1.0) */
-    uint32_t generation;       /* of gen[current] */
-    int current;
-    int installed;             /* generations installed so far (0, 1 or 2) */
+    q_cipher cipher;
+    uint8_t secret[32];     /* the current generation's traffic secret */
+    q_aead cur, prev;
+    uint64_t generation;    /* of cur */
+    uint64_t first_pn;      /* the first pn sealed / opened with cur; UINT64_MAX: none yet */
+    uint64_t sealed;        /* packets sealed with cur */
+    int has_prev;
+    double prev_expires;
 } q_dir_keys;
 
-int q_keys_install(q_dir_keys *d, q_cipher cipher, const uint8_t key[32], const uint8_t iv[12]);
-static inline const q_aead *q_keys_current(const q_dir_keys *d) { return &d->gen[d->current]; }
+/* Generation 0 from a direction's traffic secret; 0 or QUANTUM_E_CRYPTO. */
+int q_keys_init(q_dir_keys *d, q_cipher cipher, const uint8_t secret[32]);
+/* The generation's header flag: KEY_PHASE (0x80) for odd generations, else 0. */
+static inline uint8_t q_keys_phase_flag(const q_dir_keys *d) {
+    return (uint8_t)((d->generation & 1u) ? 0x80 : 0);
+}
+/* Sending: move to the next generation (the previous one is not kept for sealing). */
+void q_keys_update(q_dir_keys *d);
+/* Seal with the current generation (counts the packet). */
+void q_keys_seal(q_dir_keys *d, uint64_t pn, const uint8_t *ad, size_t ad_len, uint8_t *body,
+                 size_t len);
+/* Receiving: open a packet whose header says `phase` (0 or 1) with the generation it
+ * selects (current, next derived on demand, or previous while kept); on success with the
+ * next generation the keys rotate (previous = current, kept until now + keep_for). A failed
+ * open changes nothing. Returns the plaintext length or -1. */
+long q_keys_open(q_dir_keys *d, int phase, uint64_t pn, double now, double keep_for,
+                 const uint8_t *ad, size_t ad_len, uint8_t *body, size_t len);
+/* Drop the previous generation once its time is over. */
+void q_keys_expire(q_dir_keys *d, double now);
 void q_keys_wipe(q_dir_keys *d);
-
-/* HKDF-SHA256 (RFC 5869) with HMAC-SHA256 from libsodium; out_len <= 255 * 32. */
-void q_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
-                   const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len);
 
 #endif

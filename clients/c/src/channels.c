@@ -6,7 +6,7 @@
 #include "wire.h"
 
 #define RETRANSMIT_SCAN 16
-#define MAX_FRAG_COUNT 0xFFFFu
+#define MIN_FRAGMENT 64
 
 /* ================================================================================ send */
 
@@ -36,16 +36,13 @@ void q_sender_release(q_sender *s, q_out_msg *m) {
 }
 
 int q_sender_queue(q_sender *s, uint8_t channel, uint8_t mode, const void *data, size_t len,
-                   uint16_t frag_size, uint32_t *id) {
-    if (mode > QUANTUM_UNRELIABLE_SEQUENCED || (len && !data) || frag_size < 1)
+                   uint32_t *id) {
+    if (mode > QUANTUM_UNRELIABLE_SEQUENCED || (len && !data))
         return QUANTUM_E_INVALID;
     if (len > QUANTUM_MAX_MESSAGE_SIZE)
         return QUANTUM_E_TOO_LARGE;
-    if (len > frag_size && mode >= QUANTUM_UNRELIABLE)
-        return QUANTUM_E_TOO_LARGE;
-    size_t count = len ? (len + frag_size - 1) / frag_size : 1;
-    if (count > MAX_FRAG_COUNT)
-        return QUANTUM_E_TOO_LARGE;
+    if (len > QUANTUM_MAX_UNRELIABLE && mode >= QUANTUM_UNRELIABLE)
+        return QUANTUM_E_TOO_LARGE; /* never fragmented: one packet at the base datagram */
     q_out_msg *m = malloc(sizeof *m + len);
     if (!m)
         return QUANTUM_E_NOMEM;
@@ -54,9 +51,7 @@ int q_sender_queue(q_sender *s, uint8_t channel, uint8_t mode, const void *data,
     m->refs = 1; /* the queue's */
     m->id = s->next_id[key]++;
     m->size = (uint32_t)len;
-    m->count = (uint16_t)count;
-    m->next_index = 0;
-    m->frag_size = frag_size;
+    m->next_offset = 0;
     m->channel = channel;
     m->mode = mode;
     if (len)
@@ -79,31 +74,47 @@ int q_sender_queue(q_sender *s, uint8_t channel, uint8_t mode, const void *data,
     return 0;
 }
 
-static uint16_t frag_len(const q_out_msg *m, uint16_t index) {
-    if (m->count == 1)
-        return (uint16_t)m->size;
-    size_t start = (size_t)index * m->frag_size;
-    size_t n = m->size - start;
-    return (uint16_t)(n < m->frag_size ? n : m->frag_size);
-}
-
 static void rotate(q_sender *s) {
     uint8_t ch = s->active[s->active_start];
     s->active_start = (s->active_start + 1) % 256;
     s->active[(s->active_start + s->active_count - 1) % 256] = ch;
 }
 
-int q_sender_pop(q_sender *s, size_t room, q_frag_ref *ref) {
+/* The frame of new data m can give in `room` bytes: 1 with *ref filled, 0 if none now. */
+static int cut(const q_out_msg *m, size_t room, size_t full_room, q_frag_ref *ref) {
+    size_t left = m->size - m->next_offset;
+    if (m->next_offset == 0 && Q_MESSAGE_OVERHEAD + left <= room) {
+        ref->offset = 0;
+        ref->len = (uint16_t)left;
+        ref->whole = 1;
+        return 1;
+    }
+    if (m->mode >= QUANTUM_UNRELIABLE ||
+        (m->next_offset == 0 && Q_MESSAGE_OVERHEAD + left <= full_room) ||
+        room <= Q_FRAGMENT_OVERHEAD)
+        return 0; /* wait for a packet with room for it */
+    size_t take = q_min_z(left, room - Q_FRAGMENT_OVERHEAD);
+    if (take > 0xFFFF)
+        take = 0xFFFF;
+    if (take < left && take < MIN_FRAGMENT)
+        return 0; /* a sliver at the end of a packet costs more than it carries */
+    ref->offset = m->next_offset;
+    ref->len = (uint16_t)take;
+    ref->whole = 0;
+    return 1;
+}
+
+int q_sender_pop(q_sender *s, size_t room, size_t full_room, q_frag_ref *ref) {
     if (room < Q_MESSAGE_OVERHEAD)
         return 0;
-    size_t data_room = room - Q_MESSAGE_OVERHEAD;
-    /* retransmissions first: the oldest that fits, looking at a bounded number */
+    /* retransmissions first (the same frame again): the oldest that fits, looking at a
+     * bounded number. The datagram size never changes here (no PMTU probing), so every
+     * frame fits an empty packet again. */
     uint32_t scan = s->retx_len < RETRANSMIT_SCAN ? s->retx_len : RETRANSMIT_SCAN;
     for (uint32_t i = 0; i < scan; i++) {
         uint32_t at = (s->retx_head + i) % s->retx_cap;
         q_frag_ref r = s->retx[at];
-        uint16_t len = frag_len(r.msg, r.index);
-        if (len > data_room)
+        if (q_frag_frame_size(&r) > room)
             continue;
         /* close the gap: shift the entries before it one place towards the tail */
         for (uint32_t j = i; j > 0; j--)
@@ -111,25 +122,38 @@ int q_sender_pop(q_sender *s, size_t room, q_frag_ref *ref) {
                 s->retx[(s->retx_head + j - 1) % s->retx_cap];
         s->retx_head = (s->retx_head + 1) % s->retx_cap;
         s->retx_len--;
-        s->pending_bytes -= len;
+        s->pending_bytes -= r.len;
         *ref = r; /* the reference moves from the queue to the caller */
         return 1;
     }
-    /* new data: round-robin across channels, one fragment per turn */
-    for (uint32_t turn = 0, n = s->active_count; turn < n; turn++) {
+    /* new data: round-robin across channels, one frame per turn */
+    for (uint32_t turn = 0; turn < s->active_count;) {
         uint8_t ch = s->active[s->active_start];
         q_out_msg *m = s->head[ch];
-        uint16_t index = m->next_index;
-        uint16_t len = frag_len(m, index);
-        if (len > data_room) {
+        if (m->mode >= QUANTUM_UNRELIABLE && Q_MESSAGE_OVERHEAD + (size_t)m->size > full_room) {
+            /* never fits (FEC with k > 16 leaves less than 1024 + 9 bytes): lost, as an
+             * unreliable message may be, rather than blocking its channel */
+            s->head[ch] = m->next;
+            s->pending_bytes -= m->size;
+            s->unsendable++;
+            q_sender_release(s, m);
+            if (!s->head[ch]) {
+                s->tail[ch] = NULL;
+                s->active_start = (s->active_start + 1) % 256;
+                s->active_count--;
+            }
+            continue;
+        }
+        if (!cut(m, room, full_room, ref)) {
             rotate(s);
+            turn++;
             continue;
         }
         m->refs++; /* the caller's */
         ref->msg = m;
-        ref->index = index;
-        s->pending_bytes -= len;
-        if (++m->next_index == m->count) {
+        s->pending_bytes -= ref->len;
+        m->next_offset += ref->len;
+        if (m->next_offset == m->size) {
             s->head[ch] = m->next;
             q_sender_release(s, m); /* the queue's reference; the caller's keeps it alive */
             if (!s->head[ch]) {
@@ -168,26 +192,33 @@ int q_sender_requeue(q_sender *s, q_frag_ref ref) {
     }
     s->retx[(s->retx_head + s->retx_len) % s->retx_cap] = ref;
     s->retx_len++;
-    s->pending_bytes += frag_len(ref.msg, ref.index);
+    s->pending_bytes += ref.len;
     return 0;
 }
 
 /* ============================================================================= receive */
 
 /* Receive-side memory is charged against one budget: data bytes plus these approximate
- * bookkeeping costs, so a peer cannot exhaust memory with many tiny or empty pieces. */
+ * bookkeeping costs (a message under reassembly, a received byte range, a complete message
+ * waiting for its turn, a delivered-id range), so a peer cannot exhaust memory with many
+ * tiny or empty pieces. */
 #define PARTIAL_COST 128
-#define SLOT_COST 8
-#define FRAGMENT_COST 48
-#define READY_COST 96
 #define RANGE_COST 64
+#define READY_COST 96
 
+/* A received byte range of a message under reassembly, with its bytes. */
+typedef struct chunk {
+    uint32_t start, end, cap;
+    uint8_t *data;
+} chunk;
+
+/* A message under reassembly: the union of received ranges, sorted, disjoint, never
+ * adjacent (adjacent ones are merged), so one in-order message is one growing chunk. */
 typedef struct partial {
     int64_t id;
-    uint32_t count, missing, size, cost;
-    uint32_t *offsets;
-    uint16_t *lens; /* 0: missing (fragments of a multi-fragment message are never empty) */
-    q_buf data;
+    uint32_t total, cost;
+    uint32_t n, cap;
+    chunk *chunks;
 } partial;
 
 typedef struct ready_msg {
@@ -269,9 +300,9 @@ static void *idmap_take(idmap *m, int64_t id) {
 static void partial_free(partial *p) {
     if (!p)
         return;
-    free(p->offsets);
-    free(p->lens);
-    q_buf_free(&p->data);
+    for (uint32_t i = 0; i < p->n; i++)
+        free(p->chunks[i].data);
+    free(p->chunks);
     free(p);
 }
 
@@ -328,84 +359,160 @@ static int64_t position(int64_t pos, uint32_t id) {
 }
 
 typedef struct frame_in {
-    uint8_t channel, mode;
-    uint32_t id;
-    uint16_t index, count, len;
+    uint8_t channel, mode, fragment;
+    uint32_t id, offset, total;
+    uint16_t len;
     const uint8_t *data;
 } frame_in;
 
-/* The whole message if this fragment completes it: 1 with *out (malloc'd, or NULL with
- * *borrowed set for a single-fragment message), 0 not complete yet (or a duplicate), -1 a
+/* Append bytes to the end of a chunk, growing its buffer by doubling; 0 or E_NOMEM. */
+static int chunk_append(chunk *c, const uint8_t *data, uint32_t len) {
+    uint32_t have = c->end - c->start;
+    if (c->cap - have < len) {
+        uint64_t cap = c->cap ? c->cap : 1024;
+        while (cap < (uint64_t)have + len)
+            cap *= 2;
+        if (cap > QUANTUM_MAX_MESSAGE_SIZE)
+            cap = QUANTUM_MAX_MESSAGE_SIZE; /* a message is never longer */
+        uint8_t *grown = realloc(c->data, (size_t)cap);
+        if (!grown)
+            return QUANTUM_E_NOMEM;
+        c->data = grown;
+        c->cap = (uint32_t)cap;
+    }
+    memcpy(c->data + have, data, len);
+    c->end += len;
+    return 0;
+}
+
+/* Put a piece (a gap's new bytes, or an old chunk whose buffer it takes over) after the
+ * chunks in out[0..*n): appended to the last one if adjacent (one range less to pay for),
+ * else a chunk of its own. 0 or E_NOMEM. */
+static int emit(q_receiver *r, partial *p, chunk *out, uint32_t *n, uint32_t start,
+                const uint8_t *bytes, uint32_t len, uint8_t *owned, uint32_t owned_cap) {
+    if (*n && out[*n - 1].end == start) {
+        int err = chunk_append(&out[*n - 1], bytes, len);
+        free(owned);
+        if (err)
+            return err;
+        p->cost -= RANGE_COST;
+        r->buffered -= RANGE_COST;
+        return 0;
+    }
+    chunk c = {start, start, 0, NULL};
+    if (owned) {
+        c.data = owned;
+        c.cap = owned_cap;
+        c.end = start + len;
+    } else if (chunk_append(&c, bytes, len) != 0) {
+        return QUANTUM_E_NOMEM;
+    }
+    out[(*n)++] = c;
+    return 0;
+}
+
+/* Add the bytes of f to p: only what is not covered yet (the bytes of an offset are always
+ * the same, so an overlap keeps what arrived first). 1 if something was new, 0 a duplicate,
+ * -1 over budget, E_NOMEM (the message then cannot complete: the caller fails the
+ * connection). One pass builds the new range list, merging adjacent ranges. */
+static int partial_add(q_receiver *r, partial *p, const frame_in *f, const char **why) {
+    uint32_t lo = f->offset, hi = f->offset + f->len;
+    /* first the gaps of [lo, hi) between the existing ranges, and what they cost */
+    uint32_t gaps = 0, fresh = 0, pos = lo;
+    for (uint32_t i = 0; i <= p->n && pos < hi; i++) {
+        uint32_t next = i < p->n ? p->chunks[i].start : UINT32_MAX;
+        uint32_t end = next < hi ? next : hi;
+        if (pos < end) {
+            gaps++;
+            fresh += end - pos;
+        }
+        if (i < p->n && p->chunks[i].end > pos)
+            pos = p->chunks[i].end;
+    }
+    if (!gaps) {
+        r->duplicates++;
+        return 0;
+    }
+    size_t cost = fresh + (size_t)gaps * RANGE_COST;
+    if (charge(r, cost, why) != 0)
+        return -1;
+    p->cost += (uint32_t)cost;
+    chunk *out = malloc(((size_t)p->n + gaps) * sizeof *out);
+    if (!out)
+        return QUANTUM_E_NOMEM;
+    uint32_t n = 0, i = 0;
+    int err = 0;
+    pos = lo;
+    for (; i <= p->n && !err; i++) {
+        uint32_t next = i < p->n ? p->chunks[i].start : UINT32_MAX;
+        uint32_t end = next < hi ? next : hi;
+        if (pos < end) {
+            err = emit(r, p, out, &n, pos, f->data + (pos - lo), end - pos, NULL, 0);
+            if (err)
+                break;
+        }
+        if (i == p->n)
+            break;
+        chunk *c = &p->chunks[i];
+        if (c->end > pos)
+            pos = c->end;
+        uint8_t *owned = c->data;
+        c->data = NULL; /* owned by out now (or freed by emit) */
+        err = emit(r, p, out, &n, c->start, owned, c->end - c->start, owned, c->cap);
+    }
+    for (; err && i < p->n; i++) /* out of memory midway: keep the rest for partial_free */
+        if (p->chunks[i].data)
+            out[n++] = p->chunks[i];
+    free(p->chunks);
+    p->chunks = out;
+    p->n = n;
+    p->cap = n;
+    return err ? QUANTUM_E_NOMEM : 1;
+}
+
+/* The whole message if this frame completes it: 1 with *out (malloc'd, or NULL with the
+ * frame's own bytes for a whole message), 0 not complete yet (or a duplicate), -1 a
  * violation, E_NOMEM. */
 static int complete(q_receiver *r, stream *s, int64_t id, const frame_in *f, uint8_t **out,
                     size_t *out_len, const char **why) {
-    if (f->count == 1) {
+    partial *p = idmap_get(&s->partials, id);
+    if (!f->fragment) {
+        /* whole: a late original after its split retransmission makes any partial moot */
+        if (p) {
+            idmap_take(&s->partials, id);
+            r->buffered -= p->cost;
+            partial_free(p);
+        }
         *out = NULL;
         *out_len = f->len;
         return 1;
     }
-    if (f->len == 0) {
-        *why = "empty fragment of a multi-fragment message";
-        return -1;
-    }
-    partial *p = idmap_get(&s->partials, id);
     if (!p) {
-        size_t cost = PARTIAL_COST + (size_t)SLOT_COST * f->count + FRAGMENT_COST + f->len;
-        if (charge(r, cost, why) != 0)
+        if (charge(r, PARTIAL_COST, why) != 0)
             return -1;
         p = calloc(1, sizeof *p);
-        if (p) {
-            p->offsets = malloc(f->count * sizeof *p->offsets);
-            p->lens = calloc(f->count, sizeof *p->lens);
-        }
-        if (!p || !p->offsets || !p->lens || idmap_put(&s->partials, id, p) != 0) {
-            partial_free(p);
-            r->buffered -= cost;
+        if (!p || idmap_put(&s->partials, id, p) != 0) {
+            free(p);
+            r->buffered -= PARTIAL_COST;
             return QUANTUM_E_NOMEM;
         }
         p->id = id;
-        p->count = f->count;
-        p->missing = f->count;
-        p->cost = (uint32_t)cost;
-    } else {
-        if (p->count != f->count) {
-            *why = "fragment count changed between fragments of one message";
-            return -1;
-        }
-        if (p->lens[f->index]) {
-            r->duplicates++;
-            return 0;
-        }
-        if ((size_t)p->size + f->len > QUANTUM_MAX_MESSAGE_SIZE) {
-            *why = "message beyond the 1 MiB maximum";
-            return -1;
-        }
-        size_t cost = FRAGMENT_COST + (size_t)f->len;
-        if (charge(r, cost, why) != 0)
-            return -1;
-        p->cost += (uint32_t)cost;
+        p->total = f->total;
+        p->cost = PARTIAL_COST;
+    } else if (p->total != f->total) {
+        *why = "message total changed between fragments of one message";
+        return -1;
     }
-    size_t at = q_buf_append(&p->data, f->data, f->len);
-    if (at == (size_t)-1)
-        return QUANTUM_E_NOMEM;
-    p->offsets[f->index] = (uint32_t)at;
-    p->lens[f->index] = f->len;
-    p->size += f->len;
-    if (--p->missing)
+    int added = partial_add(r, p, f, why);
+    if (added != 1)
+        return added;
+    if (p->n != 1 || p->chunks[0].start != 0 || p->chunks[0].end != p->total)
         return 0;
-    /* joined once, in index order */
-    uint8_t *msg = malloc(p->size);
-    if (!msg)
-        return QUANTUM_E_NOMEM;
-    size_t pos = 0;
-    for (uint32_t i = 0; i < p->count; i++) {
-        memcpy(msg + pos, p->data.data + p->offsets[i], p->lens[i]);
-        pos += p->lens[i];
-    }
     idmap_take(&s->partials, id);
     r->buffered -= p->cost;
-    *out = msg;
-    *out_len = p->size;
+    *out = p->chunks[0].data; /* the one chunk is the message */
+    *out_len = p->total;
+    p->chunks[0].data = NULL;
     partial_free(p);
     return 1;
 }
@@ -614,14 +721,15 @@ static int on_sequenced(q_receiver *r, stream *s, const frame_in *f, q_deliver_f
 }
 
 int q_receiver_on_frame(q_receiver *r, uint8_t channel, uint8_t mode, uint32_t id,
-                        uint16_t index, uint16_t count, const uint8_t *data, uint16_t len,
-                        q_deliver_fn deliver, void *ctx, const char **why) {
-    if (index >= count) {
-        *why = "fragment index not below the fragment count";
-        return -1;
-    }
+                        int fragment, uint32_t offset, uint32_t total, const uint8_t *data,
+                        uint16_t len, q_deliver_fn deliver, void *ctx, const char **why) {
     if (mode > QUANTUM_UNRELIABLE_SEQUENCED) {
         *why = "unknown delivery mode";
+        return -1;
+    }
+    if (fragment && (mode >= QUANTUM_UNRELIABLE || len < 1 || total > QUANTUM_MAX_MESSAGE_SIZE ||
+                     offset > total || total - offset < len)) {
+        *why = "malformed message fragment";
         return -1;
     }
     uint32_t key = (uint32_t)channel << 2 | mode;
@@ -638,17 +746,14 @@ int q_receiver_on_frame(q_receiver *r, uint8_t channel, uint8_t mode, uint32_t i
             memset(s->seen, 0xFF, sizeof s->seen);
         r->streams[key] = s;
     }
-    frame_in f = {channel, mode, id, index, count, len, data};
+    frame_in f = {channel, mode, (uint8_t)(fragment != 0), id, fragment ? offset : 0,
+                  fragment ? total : len, len, data};
     switch (mode) {
     case QUANTUM_RELIABLE_ORDERED:
         return on_ordered(r, s, &f, deliver, ctx, why);
     case QUANTUM_RELIABLE_UNORDERED:
         return on_unordered(r, s, &f, deliver, ctx, why);
     default:
-        if (count != 1) {
-            *why = "unreliable or sequenced message with more than one fragment";
-            return -1;
-        }
         return mode == QUANTUM_UNRELIABLE ? on_unreliable(r, s, &f, deliver, ctx)
                                           : on_sequenced(r, s, &f, deliver, ctx);
     }

@@ -59,9 +59,9 @@ int q_utf8_valid(const uint8_t *s, size_t len);
 /* Constants of the protocol (docs/PROTOCOL.md). */
 #define Q_HEADER_SIZE 32
 #define Q_TAG_SIZE 16
-#define Q_MAX_PAYLOAD 1400
-#define Q_MAX_DATAGRAM 1472   /* the IPv4 ceiling; a connection's own size is a variable */
-#define Q_MIN_DATAGRAM 1200
+#define Q_MAX_PAYLOAD 1424    /* header payload length bound: 1472 - 32 - 16 (2) */
+#define Q_MAX_DATAGRAM 1472   /* MAX_DATAGRAM: the largest datagram a receiver accepts (2) */
+#define Q_BASE_DATAGRAM 1200  /* BASE_DATAGRAM: what we send (no PMTU probing) */
 #define Q_MAX_SACK 8
 #define Q_CID_SIZE 16
 

@@ -20,7 +20,6 @@
 #define Q_PATH_RESPONSES 4
 #define Q_PENDING_OUT 4
 #define Q_KEY_LIMIT_HEADROOM 1024
-#define Q_MAX_FRAGMENT 1300
 #define Q_MIGRATION_AMPLIFICATION 3
 
 typedef struct q_ev {
@@ -68,6 +67,7 @@ struct quantum_connection {
     /* packet protection */
     q_dir_keys seal, open;
     int have_keys;
+    int seal_acked;          /* a packet sealed with the current generation was acknowledged */
     q_params params;
     int fec_on;
     double keepalive_interval, idle_timeout; /* effective: ours, capped by the server's */
@@ -77,10 +77,8 @@ struct quantum_connection {
     q_recv_tracker recv;
     q_bbr cc;
     q_frag_ref *refs;  /* window x Q_REFS_PER_PACKET, by packet slot; built by the first send */
-    uint64_t close_at_pn;
-    uint32_t max_datagram;
-    size_t data_room;
-    uint16_t frag_size;
+    uint32_t max_datagram;   /* what we send: BASE_DATAGRAM (no PMTU probing) */
+    size_t data_room;        /* D: payload bytes of a packet carrying MESSAGE frames */
 
     /* channels */
     q_sender *sender;

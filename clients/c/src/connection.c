@@ -16,6 +16,13 @@
 static void terminate(quantum_connection *c, uint16_t code, const uint8_t *reason, size_t len,
                       int by_peer);
 
+/* The build's default cipher offer: make CFLAGS=-DQUANTUM_DEFAULT_CIPHER_PREFERENCE=1 (or
+ * CIPHERS=chacha-first, see the Makefile) builds a library that offers ChaCha20-Poly1305
+ * first unless the configuration says otherwise. */
+#ifndef QUANTUM_DEFAULT_CIPHER_PREFERENCE
+#define QUANTUM_DEFAULT_CIPHER_PREFERENCE QUANTUM_CIPHERS_AUTO
+#endif
+
 /* ------------------------------------------------------------------------------ events */
 
 static q_ev *push_event(quantum_connection *c, int32_t type) {
@@ -145,7 +152,9 @@ void quantum_config_default(quantum_config *c) {
     c->close_timeout = 3.0;
     c->packets_per_key = (uint64_t)1 << 23;
     c->max_receive_buffer = (size_t)4 << 20;
-    c->max_datagram = Q_MAX_DATAGRAM;
+    c->max_datagram = Q_BASE_DATAGRAM;
+    c->key_update_packets = (uint64_t)1 << 22;
+    c->cipher_preference = QUANTUM_DEFAULT_CIPHER_PREFERENCE;
     c->auto_reconnect = 1;
     c->reconnect_initial_delay = 0.5;
     c->reconnect_max_delay = 30.0;
@@ -161,22 +170,23 @@ static int config_valid(const quantum_config *c) {
            c->window <= 4096 && c->max_ack_delay > 0 && c->max_ack_delay <= 0.5 &&
            c->close_timeout > 0 && c->packets_per_key >= 2 * Q_KEY_LIMIT_HEADROOM &&
            c->packets_per_key <= (uint64_t)1 << 62 && c->max_receive_buffer >= 65536 &&
-           c->max_datagram >= Q_MIN_DATAGRAM && c->max_datagram <= Q_MAX_DATAGRAM &&
+           c->max_datagram == Q_BASE_DATAGRAM && c->key_update_packets >= 16 &&
+           c->key_update_packets < c->packets_per_key - Q_KEY_LIMIT_HEADROOM &&
+           c->cipher_preference >= QUANTUM_CIPHERS_AUTO &&
+           c->cipher_preference <= QUANTUM_CIPHERS_AES_ONLY &&
            c->reconnect_initial_delay > 0 && c->reconnect_max_delay >= c->reconnect_initial_delay &&
            c->reconnect_max_attempts >= 0;
 }
 
-/* Sizes follow the datagram size, a per-connection variable (PMTU probing will move it):
- * the payload room of a data packet leaves space for eight SACK blocks and the tag, and for
- * the 12 + 4k bytes of FEC framing of its parity packet. */
+/* The data payload cap D follows the datagram size P (section 2): room for eight SACK blocks
+ * always (P - 112), and with FEC (k data packets a group) for the parity packet, whose payload
+ * is 12 + 4k + the longest data payload: P - 60 - 4k. */
 static void compute_sizes(quantum_connection *c) {
-    int k = c->fec_on && c->params.fec_k > 16 ? c->params.fec_k : 16;
-    size_t room = c->max_datagram - Q_HEADER_SIZE - 8 * Q_MAX_SACK - Q_TAG_SIZE;
-    room = q_min_z(room, (size_t)(Q_MAX_PAYLOAD - 12 - 4 * k));
-    room = q_min_z(room, (size_t)(c->max_datagram - Q_HEADER_SIZE - Q_TAG_SIZE - 12 - 4 * k));
+    size_t p = c->max_datagram;
+    size_t room = p - Q_HEADER_SIZE - 8 * Q_MAX_SACK - Q_TAG_SIZE;
+    if (c->fec_on)
+        room = q_min_z(room, p - 60 - 4 * (size_t)c->params.fec_k);
     c->data_room = room;
-    /* what is left beside a fragment is for a few small control frames in the same packet */
-    c->frag_size = (uint16_t)q_min_z(Q_MAX_FRAGMENT, room - Q_MESSAGE_OVERHEAD - 11);
 }
 
 static void send_handshake_packet(quantum_connection *c, uint8_t flags, const uint8_t *payload,
@@ -201,8 +211,8 @@ int quantum_connection_create(quantum_connection **out, const quantum_config *co
         server_len < sizeof(sa_family_t))
         return QUANTUM_E_INVALID;
     *out = NULL;
-    if (sodium_init() < 0 || !q_cipher_available(Q_CIPHER_AES256GCM))
-        return QUANTUM_E_CRYPTO; /* wire version 2 protects everything with AES-256-GCM */
+    if (sodium_init() < 0)
+        return QUANTUM_E_CRYPTO;
     quantum_config cfg;
     if (config)
         cfg = *config;
@@ -210,6 +220,9 @@ int quantum_connection_create(quantum_connection **out, const quantum_config *co
         quantum_config_default(&cfg);
     if (!config_valid(&cfg))
         return QUANTUM_E_INVALID;
+    uint8_t offer[1 + Q_MAX_OFFER];
+    if (q_cipher_offer(cfg.cipher_preference, offer) == 0)
+        return QUANTUM_E_CRYPTO; /* AES-256-GCM only, on a CPU without it */
     quantum_connection *c = calloc(1, sizeof *c);
     if (!c)
         return QUANTUM_E_NOMEM;
@@ -225,7 +238,6 @@ int quantum_connection_create(quantum_connection **out, const quantum_config *co
     c->keepalive_interval = cfg.keepalive_interval;
     c->idle_timeout = cfg.idle_timeout;
     c->hs_deadline = now + cfg.handshake_timeout;
-    c->close_at_pn = cfg.packets_per_key - Q_KEY_LIMIT_HEADROOM;
     c->last_received = c->last_keepalive_sent = c->now = now;
     c->path_validated = 1;
     c->stats.srtt = c->stats.min_rtt = -1.0;
@@ -239,7 +251,7 @@ int quantum_connection_create(quantum_connection **out, const quantum_config *co
     if (r == 0) {
         c->hs = malloc(sizeof *c->hs);
         r = c->hs ? q_client_hs_init(c->hs, c->cid, credentials, cfg.fec_k, cfg.fec_m,
-                                     server_key, NULL)
+                                     server_key, offer, NULL)
                   : QUANTUM_E_NOMEM;
     }
     if (r != 0) {
@@ -294,9 +306,9 @@ static void apply_params(quantum_connection *c, const q_params *p) {
 }
 
 static int install_keys(quantum_connection *c, const q_schedule *s) {
-    int r = q_keys_install(&c->seal, Q_CIPHER_AES256GCM, s->client_key, s->client_iv);
+    int r = q_keys_init(&c->seal, s->cipher, s->client_secret);
     if (r == 0)
-        r = q_keys_install(&c->open, Q_CIPHER_AES256GCM, s->server_key, s->server_iv);
+        r = q_keys_init(&c->open, s->cipher, s->server_secret);
     if (r == 0)
         c->have_keys = 1;
     return r;
@@ -340,13 +352,31 @@ static int has_data(const quantum_connection *c) {
            (c->sender && q_sender_has_pending(c->sender)) || fin_due(c);
 }
 
+/* Key update (section 6): a new sending generation once key_update_packets were sealed in
+ * this one and the server acknowledged one of them (so it has these keys and can derive the
+ * next). */
+static void maybe_update_keys(quantum_connection *c) {
+    if (c->seal.sealed >= c->cfg.key_update_packets && c->seal_acked) {
+        q_keys_update(&c->seal);
+        c->seal_acked = 0;
+        c->stats.key_updates++;
+    }
+}
+
+/* The current generation may seal no more packets. */
+static int seal_exhausted(const quantum_connection *c) {
+    return c->seal.sealed >= c->cfg.packets_per_key;
+}
+
 /* Seal and account the packet whose payload (payload_len bytes) sits at buf + 32 + 8 nsack,
  * after the SACK blocks already written there. Returns the pn and the datagram size. */
 static uint64_t send_protected(quantum_connection *c, uint8_t *buf, uint8_t flags, uint32_t ack32,
                                int nsack, size_t payload_len, int eliciting, uint16_t nrefs,
                                int has_close, double now, size_t *size_out) {
+    maybe_update_keys(c);
     uint64_t pn = q_send_allocate(&c->sent);
     uint8_t *payload = buf + Q_HEADER_SIZE + 8 * (size_t)nsack;
+    flags |= q_keys_phase_flag(&c->seal);
     if (flags & Q_PSH) {
         if (!c->encoder)
             c->encoder = q_fec_encoder_new(c->params.fec_k, c->params.fec_m);
@@ -357,7 +387,7 @@ static uint64_t send_protected(quantum_connection *c, uint8_t *buf, uint8_t flag
     }
     q_header_encode(buf, flags, c->cid, (uint32_t)pn, ack32, (uint16_t)payload_len);
     size_t body = 8 * (size_t)nsack + payload_len;
-    q_aead_seal(q_keys_current(&c->seal), pn, buf, Q_HEADER_SIZE, buf + Q_HEADER_SIZE, body);
+    q_keys_seal(&c->seal, pn, buf, Q_HEADER_SIZE, buf + Q_HEADER_SIZE, body);
     q_recv_on_ack_sent(&c->recv);
     size_t size = Q_HEADER_SIZE + body + Q_TAG_SIZE;
     if (eliciting) { /* a pure ACK (or only KEEPALIVE_ACKs) is neither tracked nor controlled */
@@ -390,7 +420,7 @@ static int write_ack_fields(quantum_connection *c, uint8_t *buf, size_t payload_
 }
 
 static size_t send_ack_only(quantum_connection *c, uint8_t *buf, double now) {
-    if (!c->have_keys || c->sent.next_pn >= c->cfg.packets_per_key)
+    if (!c->have_keys || seal_exhausted(c))
         return 0;
     uint32_t ack32;
     int nsack = write_ack_fields(c, buf, 0, &ack32);
@@ -402,7 +432,7 @@ static size_t send_ack_only(quantum_connection *c, uint8_t *buf, double now) {
 /* A control packet built while receiving, kept until next_datagram() collects it. */
 static void send_control_now(quantum_connection *c, uint8_t flags, const uint8_t *frames,
                              size_t len, double now) {
-    if (!c->have_keys || c->sent.next_pn >= c->cfg.packets_per_key)
+    if (!c->have_keys || seal_exhausted(c))
         return;
     if (c->pending_out_n == Q_PENDING_OUT)
         return;
@@ -452,11 +482,12 @@ static void close_with(quantum_connection *c, uint16_t code, const char *reason)
     c->state = QUANTUM_STATE_CLOSING;
 }
 
-/* Near the key's packet limit: close gracefully (the headroom drains the queue and carries
- * the FIN); at the limit itself stop without sealing another packet and return 1. */
+/* Near a generation's packet limit without a key update (the server acknowledged nothing
+ * sealed with it): close gracefully (the headroom drains the queue and carries the FIN); at
+ * the limit itself stop without sealing another packet and return 1. */
 static int keys_running_out(quantum_connection *c) {
     static const char why[] = "packet protection limit reached";
-    if (c->sent.next_pn >= c->cfg.packets_per_key) {
+    if (seal_exhausted(c)) {
         terminate(c, QUANTUM_CLOSE_KEYS_EXHAUSTED, (const uint8_t *)why, sizeof why - 1, 0);
         return 1;
     }
@@ -524,16 +555,16 @@ static size_t build_data_packet(quantum_connection *c, uint8_t *buf, double now)
     q_frag_ref *refs = c->refs ? c->refs + (size_t)q_send_slot(&c->sent, c->sent.next_pn) *
                                                  Q_REFS_PER_PACKET
                                : NULL;
-    while (c->sender && refs && room > Q_MESSAGE_OVERHEAD && q_sender_has_pending(c->sender) &&
+    while (c->sender && refs && room >= Q_MESSAGE_OVERHEAD && q_sender_has_pending(c->sender) &&
            nrefs < Q_REFS_PER_PACKET) {
         q_frag_ref ref;
-        if (!q_sender_pop(c->sender, room, &ref))
+        if (!q_sender_pop(c->sender, room, c->data_room, &ref))
             break;
-        uint16_t flen;
-        const uint8_t *data = q_frag_data(&ref, &flen);
         const q_out_msg *m = ref.msg;
-        size_t n = q_enc_message(payload + len, m->channel, m->mode, m->id, ref.index, m->count,
-                                 data, flen);
+        size_t n = ref.whole ? q_enc_message(payload + len, m->channel, m->mode, m->id,
+                                             q_frag_data(&ref), ref.len)
+                             : q_enc_fragment(payload + len, m->channel, m->mode, m->id,
+                                              ref.offset, m->size, q_frag_data(&ref), ref.len);
         len += n;
         room -= n;
         eliciting = 1;
@@ -584,7 +615,9 @@ static size_t build_parity_packet(quantum_connection *c, uint8_t *buf, double no
 /* One datagram of what the window, congestion control and pacing allow, else 0. */
 static size_t fill_one(quantum_connection *c, uint8_t *buf, double now) {
     for (;;) {
-        if (c->sent.next_pn >= c->close_at_pn && keys_running_out(c))
+        maybe_update_keys(c);
+        if (c->seal.sealed >= c->cfg.packets_per_key - Q_KEY_LIMIT_HEADROOM &&
+            keys_running_out(c))
             return 0; /* the key's limit: not one more packet */
         if (!has_data(c)) {
             if (c->encoder && c->encoder->pending) {
@@ -707,7 +740,7 @@ int quantum_connection_send(quantum_connection *c, uint8_t channel, quantum_deli
             return QUANTUM_E_NOMEM;
     }
     uint32_t id;
-    int r = q_sender_queue(c->sender, channel, (uint8_t)mode, data, length, c->frag_size, &id);
+    int r = q_sender_queue(c->sender, channel, (uint8_t)mode, data, length, &id);
     if (r == 0)
         c->stats.messages_sent++;
     return r;
@@ -774,6 +807,8 @@ int quantum_connection_heartbeat(quantum_connection *c, double timeout, double n
 
 static void on_acked(void *ctx, const q_sent *p, uint32_t slot) {
     quantum_connection *c = ctx;
+    if (c->seal.first_pn != UINT64_MAX && p->pn >= c->seal.first_pn)
+        c->seal_acked = 1; /* the server has the current generation's keys */
     for (uint16_t i = 0; i < p->nrefs; i++)
         q_sender_release(c->sender, c->refs[(size_t)slot * Q_REFS_PER_PACKET + i].msg);
     if (p->has_close && c->fin_sent && p->pn == c->fin_pn)
@@ -894,8 +929,8 @@ static void process_frames(quantum_connection *c, const uint8_t *payload, size_t
             }
             const char *why = NULL;
             int r = q_receiver_on_frame(c->receiver, f.u.msg.channel, f.u.msg.mode, f.u.msg.id,
-                                        f.u.msg.index, f.u.msg.count, f.u.msg.data,
-                                        f.u.msg.length, deliver, c, &why);
+                                        f.u.msg.fragment, f.u.msg.offset, f.u.msg.total,
+                                        f.u.msg.data, f.u.msg.length, deliver, c, &why);
             if (r == -1) {
                 protocol_violation(c, why, now);
                 return;
@@ -1080,7 +1115,7 @@ int quantum_connection_receive(quantum_connection *c, const uint8_t *d, size_t n
     c->now = now;
     q_header h;
     if (n > Q_MAX_DATAGRAM || q_header_decode(d, n, &h) != 0 ||
-        memcmp(h.cid, c->cid, Q_CID_SIZE) != 0) {
+        h.version != QUANTUM_WIRE_VERSION || memcmp(h.cid, c->cid, Q_CID_SIZE) != 0) {
         drop(c);
         return 0;
     }
@@ -1095,7 +1130,9 @@ int quantum_connection_receive(quantum_connection *c, const uint8_t *d, size_t n
     }
     size_t sealed = n - Q_HEADER_SIZE;
     memcpy(c->rx, d + Q_HEADER_SIZE, sealed);
-    long body = q_aead_open(q_keys_current(&c->open), pn, d, Q_HEADER_SIZE, c->rx, sealed);
+    /* the previous generation is kept 3 x RTO after a switch for reordered packets */
+    long body = q_keys_open(&c->open, (h.flags & Q_KEY_PHASE) ? 1 : 0, pn, now,
+                            3 * q_rtt_base_rto(&c->sent.rtt), d, Q_HEADER_SIZE, c->rx, sealed);
     if (body < 0) {
         drop(c);
         return 0;
@@ -1232,6 +1269,8 @@ void quantum_connection_handle_timer(quantum_connection *c, double now) {
         terminate(c, c->close_code, c->close_reason, c->close_reason_len, 0);
         return;
     }
+    if (c->have_keys)
+        q_keys_expire(&c->open, now);
     double loss_at = q_send_loss_deadline(&c->sent);
     if (loss_at >= 0 && now >= loss_at) {
         uint64_t lost_bytes;
@@ -1254,7 +1293,7 @@ quantum_state quantum_connection_state(const quantum_connection *c) {
 }
 
 size_t quantum_connection_max_unreliable(const quantum_connection *c) {
-    return c ? c->frag_size : 0;
+    return c ? QUANTUM_MAX_UNRELIABLE : 0;
 }
 
 const void *quantum_connection_peer(const quantum_connection *c, size_t *length) {
@@ -1280,5 +1319,8 @@ int quantum_connection_stats(const quantum_connection *c, quantum_stats *s) {
     s->cwnd = c->cc.cwnd;
     s->pacing_rate = c->cc.pacing_rate;
     s->max_datagram = c->max_datagram;
+    s->cipher = c->have_keys ? (uint32_t)c->seal.cipher : 0;
+    s->send_generation = c->seal.generation;
+    s->receive_generation = c->open.generation;
     return 0;
 }

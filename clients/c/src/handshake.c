@@ -3,10 +3,8 @@
 
 #include <sodium.h>
 
-const char Q_PROTOCOL_LABEL[] = "Quantum v2 handshake: X25519, HKDF-SHA256, AES-256-GCM";
-const char Q_KDF_INFO[] = "Quantum v2 key schedule";
-const char Q_COOKIE_LABEL[] = "Quantum v2 server cookie";
-const char Q_RETRY_LABEL[] = "Quantum v2 retry cookie";
+const char Q_PROTOCOL_LABEL[] = "Quantum 1.0 handshake: X25519, HKDF-SHA256";
+const char Q_LABEL_PREFIX[] = "quantum 1.0 ";
 
 static const uint8_t ZERO_NONCE[12] = {0};
 
@@ -74,7 +72,7 @@ int q_credentials_encode(const quantum_credentials *c, int fec_k, int fec_m, uin
     w_u16(&w, (uint32_t)user);
     w_bytes(&w, c->user_id, (size_t)user);
     if (c->ticket) {
-        long n = text_len(c->ticket, 0, 1200);
+        long n = text_len(c->ticket, 0, Q_MAX_TICKET);
         if (n < 0)
             return QUANTUM_E_CREDENTIALS;
         w_u16(&w, (uint32_t)n);
@@ -172,39 +170,89 @@ int q_parse_pin(const char *text, uint8_t key[32], int *has_key, char fingerprin
 
 /* --------------------------------------------------------------------------- key schedule */
 
-void q_key_schedule(const uint8_t cid[16], const uint8_t e_c[32], const uint8_t e_s[32],
-                    const uint8_t s[32], const uint8_t ee[32], const uint8_t es[32],
+size_t q_cipher_offer(int preference, uint8_t offer[1 + Q_MAX_OFFER]) {
+    int aes = q_cipher_available(Q_CIPHER_AES256GCM);
+    size_t n = 0;
+    switch (preference) {
+    case QUANTUM_CIPHERS_AUTO:
+        if (aes)
+            offer[1 + n++] = Q_CIPHER_AES256GCM;
+        offer[1 + n++] = Q_CIPHER_CHACHA20POLY1305;
+        break;
+    case QUANTUM_CIPHERS_CHACHA_FIRST:
+        offer[1 + n++] = Q_CIPHER_CHACHA20POLY1305;
+        if (aes)
+            offer[1 + n++] = Q_CIPHER_AES256GCM;
+        break;
+    case QUANTUM_CIPHERS_CHACHA_ONLY:
+        offer[1 + n++] = Q_CIPHER_CHACHA20POLY1305;
+        break;
+    case QUANTUM_CIPHERS_AES_ONLY:
+        if (aes)
+            offer[1 + n++] = Q_CIPHER_AES256GCM;
+        break;
+    default:
+        break;
+    }
+    offer[0] = (uint8_t)n;
+    return n ? 1 + n : 0;
+}
+
+void q_expand_label(const uint8_t secret[32], const char *label, uint8_t *out, size_t len) {
+    uint8_t block[crypto_auth_hmacsha256_BYTES];
+    const uint8_t one = 1;
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, secret, 32);
+    crypto_auth_hmacsha256_update(&st, (const uint8_t *)Q_LABEL_PREFIX, strlen(Q_LABEL_PREFIX));
+    crypto_auth_hmacsha256_update(&st, (const uint8_t *)label, strlen(label));
+    crypto_auth_hmacsha256_update(&st, &one, 1);
+    crypto_auth_hmacsha256_final(&st, block);
+    memcpy(out, block, q_min_z(len, sizeof block));
+    sodium_memzero(block, sizeof block);
+    sodium_memzero(&st, sizeof st);
+}
+
+void q_key_schedule(const uint8_t cid[16], const uint8_t e_c[32], const uint8_t *offer,
+                    size_t offer_len, const uint8_t e_s[32], const uint8_t s[32],
+                    q_cipher cipher, const uint8_t ee[32], const uint8_t es[32],
                     q_schedule *out) {
+    const uint8_t chosen = (uint8_t)cipher;
     crypto_hash_sha256_state st;
     crypto_hash_sha256_init(&st);
     crypto_hash_sha256_update(&st, (const uint8_t *)Q_PROTOCOL_LABEL, strlen(Q_PROTOCOL_LABEL));
     crypto_hash_sha256_update(&st, cid, 16);
     crypto_hash_sha256_update(&st, e_c, 32);
+    crypto_hash_sha256_update(&st, offer, offer_len);
     crypto_hash_sha256_update(&st, e_s, 32);
     crypto_hash_sha256_update(&st, s, 32);
+    crypto_hash_sha256_update(&st, &chosen, 1);
     crypto_hash_sha256_final(&st, out->transcript);
-    uint8_t ikm[64], okm[Q_KDF_LENGTH];
-    memcpy(ikm, ee, 32);
-    memcpy(ikm + 32, es, 32);
-    q_hkdf_sha256(out->transcript, 32, ikm, sizeof ikm, (const uint8_t *)Q_KDF_INFO,
-                  strlen(Q_KDF_INFO), okm, sizeof okm);
-    memcpy(out->confirm_key, okm, 32);
-    memcpy(out->finish_key, okm + 32, 32);
-    memcpy(out->client_key, okm + 64, 32);
-    memcpy(out->client_iv, okm + 96, 12);
-    memcpy(out->server_key, okm + 108, 32);
-    memcpy(out->server_iv, okm + 140, 12);
-    sodium_memzero(ikm, sizeof ikm);
-    sodium_memzero(okm, sizeof okm);
+    /* prk = HKDF-Extract(salt = h, ikm = ee || es) = HMAC-SHA256(h, ee || es) */
+    uint8_t prk[32];
+    crypto_auth_hmacsha256_state hs;
+    crypto_auth_hmacsha256_init(&hs, out->transcript, 32);
+    crypto_auth_hmacsha256_update(&hs, ee, 32);
+    crypto_auth_hmacsha256_update(&hs, es, 32);
+    crypto_auth_hmacsha256_final(&hs, prk);
+    q_expand_label(prk, "confirm", out->confirm_key, 32);
+    q_expand_label(prk, "finish", out->finish_key, 32);
+    q_expand_label(prk, "client traffic", out->client_secret, 32);
+    q_expand_label(prk, "server traffic", out->server_secret, 32);
+    out->cipher = cipher;
+    sodium_memzero(prk, sizeof prk);
+    sodium_memzero(&hs, sizeof hs);
 }
 
 /* ---------------------------------------------------------------------------- messages */
 
 int q_client_hs_init(q_client_hs *hs, const uint8_t cid[16], const quantum_credentials *creds,
-                     int fec_k, int fec_m, const char *server_key,
+                     int fec_k, int fec_m, const char *server_key, const uint8_t *offer,
                      const uint8_t *ephemeral_private) {
     memset(hs, 0, sizeof *hs);
     memcpy(hs->cid, cid, 16);
+    if (!offer || offer[0] < 1 || offer[0] > Q_MAX_OFFER)
+        return QUANTUM_E_CRYPTO;
+    memcpy(hs->offer, offer, 1 + (size_t)offer[0]);
     int r = q_credentials_encode(creds, fec_k, fec_m, hs->credentials, sizeof hs->credentials,
                                  &hs->credentials_len);
     if (r != 0)
@@ -225,11 +273,20 @@ int q_client_hs_init(q_client_hs *hs, const uint8_t cid[16], const quantum_crede
 void q_client_hello(const q_client_hs *hs, uint8_t out[Q_HELLO_SIZE]) {
     memset(out, 0, Q_HELLO_SIZE);
     memcpy(out, hs->eph_public, 32);
-    /* options (2 bytes) stay 0: reserved for extensions (Quantum 1.0 offers ciphers here) */
+    size_t at = 32, offer_len = 1 + (size_t)hs->offer[0];
+    memcpy(out + at, hs->offer, offer_len);
+    at += offer_len;
     if (hs->has_retry) {
-        out[34] = Q_RETRY_COOKIE_SIZE;
-        memcpy(out + 35, hs->retry_cookie, Q_RETRY_COOKIE_SIZE);
-    }
+        out[at] = Q_RETRY_COOKIE_SIZE;
+        memcpy(out + at + 1, hs->retry_cookie, Q_RETRY_COOKIE_SIZE);
+    } /* else the cookie length byte stays 0; the rest is zero padding */
+}
+
+static int offered(const q_client_hs *hs, uint8_t cipher) {
+    for (uint8_t i = 0; i < hs->offer[0]; i++)
+        if (hs->offer[1 + i] == cipher)
+            return 1;
+    return 0;
 }
 
 int q_client_on_retry(q_client_hs *hs, const uint8_t *payload, size_t len) {
@@ -258,12 +315,28 @@ int q_client_on_server_hello(q_client_hs *hs, const uint8_t *payload, size_t len
         *why = "second server hello";
         return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
     }
-    if (len != Q_SERVER_HELLO_SIZE) {
-        *why = "server hello has the wrong size";
+    if (len < Q_SERVER_HELLO_FIXED) {
+        *why = "server hello too short";
         return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
     }
-    const uint8_t *e_s = payload, *s = payload + 32, *cookie = payload + 64;
-    const uint8_t *confirmation = payload + 64 + Q_SERVER_COOKIE_SIZE;
+    const uint8_t *e_s = payload, *s = payload + 32;
+    uint8_t cipher = payload[64];
+    size_t cookie_len = q_get16(payload + 65);
+    const uint8_t *cookie = payload + 67;
+    if (len != Q_SERVER_HELLO_FIXED + cookie_len || cookie_len < 1) {
+        *why = "server hello has the wrong size for its cookie";
+        return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
+    }
+    /* the ClientFinish (cookie length, cookie, sealed credentials) must fit 1200 bytes */
+    if (2 + cookie_len + hs->credentials_len + Q_TAG_SIZE > Q_MAX_FINISH) {
+        *why = "server cookie too long for the client finish";
+        return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
+    }
+    if (!offered(hs, cipher)) {
+        *why = "server chose a cipher the client did not offer";
+        return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
+    }
+    const uint8_t *confirmation = cookie + cookie_len;
     if (hs->has_pin_key && sodium_memcmp(s, hs->pin_key, 32) != 0) {
         *why = "server key does not match the pinned key";
         return QUANTUM_CLOSE_BAD_SERVER_KEY;
@@ -287,14 +360,18 @@ int q_client_on_server_hello(q_client_hs *hs, const uint8_t *payload, size_t len
         return QUANTUM_CLOSE_BAD_SERVER_KEY;
     }
     q_schedule sch;
-    q_key_schedule(hs->cid, hs->eph_public, e_s, s, ee, es, &sch);
+    q_key_schedule(hs->cid, hs->eph_public, hs->offer, 1 + (size_t)hs->offer[0], e_s, s,
+                   (q_cipher)cipher, ee, es, &sch);
     sodium_memzero(ee, sizeof ee);
     sodium_memzero(es, sizeof es);
     uint8_t plain[Q_PARAMS_SIZE];
-    if (q_aead_once_open(Q_CIPHER_AES256GCM, sch.confirm_key, ZERO_NONCE, sch.transcript, 32,
-                         confirmation, Q_PARAMS_SIZE + Q_TAG_SIZE, plain) != 0) {
+    /* h binds our offer and the server's choice: a changed offer (a downgrade) or the wrong
+     * key both fail here */
+    if (q_aead_once_open(sch.cipher, sch.confirm_key, ZERO_NONCE, sch.transcript, 32,
+                         confirmation, Q_CONFIRMATION_SIZE, plain) != 0) {
         sodium_memzero(&sch, sizeof sch);
-        *why = "server did not prove it holds the private key of its static key";
+        *why = "server did not prove its key over this handshake's offer (wrong key or a "
+               "downgrade)";
         return QUANTUM_CLOSE_BAD_SERVER_KEY;
     }
     if (decode_params(plain, params) != 0) {
@@ -302,11 +379,11 @@ int q_client_on_server_hello(q_client_hs *hs, const uint8_t *payload, size_t len
         *why = "server parameters out of range";
         return QUANTUM_CLOSE_PROTOCOL_VIOLATION;
     }
-    memcpy(hs->finish, hs->eph_public, 32);
-    memcpy(hs->finish + 32, cookie, Q_SERVER_COOKIE_SIZE);
-    q_aead_once_seal(Q_CIPHER_AES256GCM, sch.finish_key, ZERO_NONCE, sch.transcript, 32,
-                     hs->credentials, hs->credentials_len, hs->finish + Q_FINISH_PREFIX);
-    hs->finish_len = Q_FINISH_PREFIX + hs->credentials_len + Q_TAG_SIZE;
+    q_put16(hs->finish, (uint32_t)cookie_len);
+    memcpy(hs->finish + 2, cookie, cookie_len);
+    q_aead_once_seal(sch.cipher, sch.finish_key, ZERO_NONCE, sch.transcript, 32,
+                     hs->credentials, hs->credentials_len, hs->finish + 2 + cookie_len);
+    hs->finish_len = 2 + cookie_len + hs->credentials_len + Q_TAG_SIZE;
     sodium_memzero(hs->credentials, sizeof hs->credentials); /* sealed now; not kept in clear */
     memcpy(hs->server_static, s, 32);
     hs->schedule = sch;

@@ -14,7 +14,7 @@ const char *quantum_error_string(int error) {
     case QUANTUM_E_SOCKET: return "socket error";
     case QUANTUM_E_CLOSED: return "connection closed";
     case QUANTUM_E_RECONNECTING: return "reconnecting";
-    case QUANTUM_E_CRYPTO: return "cryptography unavailable (libsodium, AES-256-GCM)";
+    case QUANTUM_E_CRYPTO: return "cryptography unavailable (libsodium, or the forced cipher)";
     case QUANTUM_E_CREDENTIALS: return "credentials do not fit the handshake";
     case QUANTUM_E_BUFFER: return "buffer too small";
     case QUANTUM_E_TIMEOUT: return "timed out";
@@ -43,6 +43,7 @@ const char *quantum_close_code_name(int code) {
     case QUANTUM_CLOSE_BAD_SERVER_KEY: return "BAD_SERVER_KEY";
     case QUANTUM_CLOSE_BAD_REQUEST: return "BAD_REQUEST";
     case QUANTUM_CLOSE_STORE_UNAVAILABLE: return "STORE_UNAVAILABLE";
+    case QUANTUM_CLOSE_CIPHER_NOT_SUPPORTED: return "CIPHER_NOT_SUPPORTED";
     default: return "UNKNOWN";
     }
 }

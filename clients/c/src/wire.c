@@ -84,23 +84,45 @@ int q_frame_next(const uint8_t *p, size_t n, size_t *pos, q_frame *f) {
         *pos = n;
         return 0;
     case Q_FRAME_MESSAGE: {
-        if (n - i < 12)
+        if (n - i < 8)
             return -1;
         uint8_t mode = p[i + 1];
-        uint16_t index = q_get16(p + i + 6), count = q_get16(p + i + 8);
-        uint16_t length = q_get16(p + i + 10);
-        if (mode > 3 || index >= count || n - i - 12 < length)
+        /* bits 2..6 reserved; fragments only for the reliable modes (0, 1) */
+        if ((mode & 0x7C) || ((mode & Q_MODE_FRAGMENT) && (mode & 0x03) >= 2))
             return -1;
         f->u.msg.channel = p[i];
-        f->u.msg.mode = mode;
+        f->u.msg.mode = mode & 0x03;
         f->u.msg.id = q_get32(p + i + 2);
-        f->u.msg.index = index;
-        f->u.msg.count = count;
+        size_t head = 8;
+        if (mode & Q_MODE_FRAGMENT) {
+            if (n - i < 16)
+                return -1;
+            f->u.msg.fragment = 1;
+            f->u.msg.offset = q_get32(p + i + 6);
+            f->u.msg.total = q_get32(p + i + 10);
+            head = 16;
+        } else {
+            f->u.msg.fragment = 0;
+            f->u.msg.offset = 0;
+        }
+        uint16_t length = q_get16(p + i + head - 2);
+        if (n - i - head < length)
+            return -1;
+        if (f->u.msg.fragment) {
+            uint32_t off = f->u.msg.offset, total = f->u.msg.total;
+            if (total > QUANTUM_MAX_MESSAGE_SIZE || length < 1 || off > total ||
+                total - off < length)
+                return -1;
+        } else {
+            f->u.msg.total = length;
+        }
         f->u.msg.length = length;
-        f->u.msg.data = p + i + 12;
-        i += 12 + (size_t)length;
+        f->u.msg.data = p + i + head;
+        i += head + (size_t)length;
         break;
     }
+    case Q_FRAME_PING:
+        break; /* no body */
     case Q_FRAME_KEEPALIVE:
     case Q_FRAME_ACK_FLOOR:
         if (n - i < 4)
@@ -197,18 +219,29 @@ int q_frames_check(const uint8_t *payload, size_t len, int *ack_eliciting) {
     return r < 0 ? -1 : 0;
 }
 
-size_t q_enc_message(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id, uint16_t index,
-                     uint16_t count, const uint8_t *data, uint16_t length) {
+size_t q_enc_message(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id,
+                     const uint8_t *data, uint16_t length) {
     out[0] = Q_FRAME_MESSAGE;
     out[1] = channel;
     out[2] = mode;
     q_put32(out + 3, id);
-    q_put16(out + 7, index);
-    q_put16(out + 9, count);
-    q_put16(out + 11, length);
+    q_put16(out + 7, length);
     if (length)
-        memcpy(out + 13, data, length);
+        memcpy(out + 9, data, length);
     return Q_MESSAGE_OVERHEAD + (size_t)length;
+}
+
+size_t q_enc_fragment(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id, uint32_t offset,
+                      uint32_t total, const uint8_t *data, uint16_t length) {
+    out[0] = Q_FRAME_MESSAGE;
+    out[1] = channel;
+    out[2] = (uint8_t)(mode | Q_MODE_FRAGMENT);
+    q_put32(out + 3, id);
+    q_put32(out + 7, offset);
+    q_put32(out + 11, total);
+    q_put16(out + 15, length);
+    memcpy(out + 17, data, length);
+    return Q_FRAGMENT_OVERHEAD + (size_t)length;
 }
 
 size_t q_enc_u32_frame(uint8_t *out, uint8_t type, uint32_t value) {

@@ -9,7 +9,8 @@
 /* Flags (2.1). */
 enum {
     Q_SYN = 0x01, Q_ACK = 0x02, Q_FIN = 0x04, Q_RST = 0x08,
-    Q_FEC = 0x10, Q_PSH = 0x20, Q_URG = 0x40, Q_ECE = 0x80
+    Q_FEC = 0x10, Q_PSH = 0x20, Q_URG = 0x40,
+    Q_KEY_PHASE = 0x80 /* protected packets: the low bit of the sender's key generation */
 };
 
 /* Frame types (4). */
@@ -17,10 +18,13 @@ enum {
     Q_FRAME_PADDING = 0x00, Q_FRAME_MESSAGE = 0x01, Q_FRAME_KEEPALIVE = 0x02,
     Q_FRAME_KEEPALIVE_ACK = 0x03, Q_FRAME_CLOSE = 0x04, Q_FRAME_PARITY = 0x05,
     Q_FRAME_ACK_FLOOR = 0x06, Q_FRAME_PATH_CHALLENGE = 0x07, Q_FRAME_PATH_RESPONSE = 0x08,
-    Q_FRAME_SESSION = 0x09, Q_FRAME_REJECT = 0x0A
+    Q_FRAME_SESSION = 0x09, Q_FRAME_REJECT = 0x0A, Q_FRAME_PING = 0x0B
 };
 
-#define Q_MESSAGE_OVERHEAD 13
+/* MESSAGE (4): type, channel, mode, id u32, [offset u32, total u32], length u16, data */
+#define Q_MESSAGE_OVERHEAD 9       /* a whole message */
+#define Q_FRAGMENT_OVERHEAD 17     /* a fragment: mode bit 7 and offset / total */
+#define Q_MODE_FRAGMENT 0x80
 #define Q_MAX_REASON 512
 #define Q_MAX_PARITY_SEQS 32
 #define Q_PATH_DATA 8
@@ -66,7 +70,9 @@ typedef struct q_frame {
         struct {
             uint8_t channel, mode;
             uint32_t id;
-            uint16_t index, count, length;
+            uint8_t fragment;        /* mode bit 7: offset and total are on the wire */
+            uint32_t offset, total;  /* a whole message: 0 and length */
+            uint16_t length;
             const uint8_t *data;
         } msg;
         struct { uint32_t id; } keepalive;
@@ -95,13 +101,17 @@ typedef struct q_frame {
  * (padding included), -1 malformed (the whole payload is then malformed). */
 int q_frame_next(const uint8_t *payload, size_t len, size_t *pos, q_frame *f);
 /* Validate a whole payload: 0 well formed, -1 malformed; *ack_eliciting says whether any
- * frame elicits an acknowledgement (every frame but padding and KEEPALIVE_ACK). */
+ * frame elicits an acknowledgement (every frame but padding and KEEPALIVE_ACK; PING does). */
 int q_frames_check(const uint8_t *payload, size_t len, int *ack_eliciting);
 
 /* Encoders write at out (the caller checked the room: the size is known in advance) and
  * return the bytes written. */
-size_t q_enc_message(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id, uint16_t index,
-                     uint16_t count, const uint8_t *data, uint16_t length);
+/* A whole message (9 + length bytes). */
+size_t q_enc_message(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id,
+                     const uint8_t *data, uint16_t length);
+/* A fragment: bytes [offset, offset + length) of a message of `total` bytes (17 + length). */
+size_t q_enc_fragment(uint8_t *out, uint8_t channel, uint8_t mode, uint32_t id, uint32_t offset,
+                      uint32_t total, const uint8_t *data, uint16_t length);
 size_t q_enc_u32_frame(uint8_t *out, uint8_t type, uint32_t value); /* KEEPALIVE, ACK_FLOOR */
 size_t q_enc_keepalive_ack(uint8_t *out, uint32_t id, uint32_t remaining_ms);
 size_t q_enc_code_reason(uint8_t *out, uint8_t type, uint16_t code, const uint8_t *reason,

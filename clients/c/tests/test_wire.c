@@ -26,7 +26,7 @@ static void test_split_body_bounds(void) {
     CHECK(q_split_body(body, 9, 10, sack, &k, &payload) == -1);  /* truncated */
     CHECK(q_split_body(body, 13, 10, sack, &k, &payload) == -1); /* not whole blocks */
     CHECK(q_split_body(body, 72 + 8, 8, sack, &k, &payload) == -1); /* nine blocks */
-    CHECK(q_split_body(body, 1401, 1401, sack, &k, &payload) == -1); /* payload > 1400 */
+    CHECK(q_split_body(body, 1425, 1425, sack, &k, &payload) == -1); /* payload > 1424 */
     q_put32(body, 10);
     q_put32(body + 4, 9); /* ends before it starts */
     CHECK(q_split_body(body, 8, 0, sack, &k, &payload) == -1);
@@ -56,18 +56,20 @@ static int malformed(const uint8_t *p, size_t n) {
 
 static void test_frame_refusals(void) {
     uint8_t b[64];
-    size_t n = q_enc_message(b, 1, 0, 7, 0, 1, (const uint8_t *)"abc", 3);
+    size_t n = q_enc_message(b, 1, 0, 7, (const uint8_t *)"abc", 3);
     for (size_t cut = 1; cut < n; cut++)
         CHECK(malformed(b, cut)); /* every truncation */
-    b[2] = 4; /* mode 4 */
+    b[2] = 4; /* a reserved mode bit */
     CHECK(malformed(b, n));
-    n = q_enc_message(b, 1, 0, 7, 2, 2, (const uint8_t *)"abc", 3); /* index == count */
-    CHECK(malformed(b, n));
+    n = q_enc_fragment(b, 1, 0, 7, 0, 3, (const uint8_t *)"abc", 3);
+    for (size_t cut = 1; cut < n; cut++)
+        CHECK(malformed(b, cut)); /* every truncation of a fragment too */
+    CHECK(!malformed(b, n));
     uint8_t pad[4] = {Q_FRAME_KEEPALIVE_ACK};
     CHECK(malformed(pad, 4));
     uint8_t padding[5] = {0, 0, 0, 1, 0}; /* a non-zero byte in the padding */
     CHECK(malformed(padding, 5));
-    uint8_t unknown[1] = {0x0B};
+    uint8_t unknown[1] = {0x0C};
     CHECK(malformed(unknown, 1));
     n = q_enc_code_reason(b, Q_FRAME_CLOSE, 1, (const uint8_t *)"\xc3\x28", 2); /* bad UTF-8 */
     CHECK(malformed(b, n));

@@ -4,7 +4,7 @@
  *   quantum-echo HOST PORT --server-key KEY --user USER [--ticket TICKET]
  *                [--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume]
  *                [-4 | -6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]]
- *                [--max-datagram 1200..1472]
+ *                [--cipher auto|chacha|chacha-only|aes] [--key-update-packets N]
  *
  * Steps, each printed as "<step> ok ..." on stdout: connect; echo on every delivery mode on
  * every channel listed (reliable messages of several sizes, multi-fragment included;
@@ -30,7 +30,8 @@ typedef struct opts {
     int channels[MAX_CHANNELS], nchannels;
     size_t big;
     int migrate, resume, family, reconnect;
-    int timeout_ms, max_datagram;
+    int timeout_ms, cipher;
+    unsigned long key_update_packets;
     double idle_timeout;
 } opts;
 
@@ -45,7 +46,7 @@ static int usage(const char *why) {
     fprintf(stderr, "usage: quantum-echo HOST PORT --server-key KEY --user USER [--ticket T] "
                     "[--channels 0,1,7,255] [--big BYTES] [--no-migrate] [--no-resume] "
                     "[-4|-6] [--timeout SECONDS] [--reconnect [--idle-timeout SECONDS]] "
-                    "[--max-datagram BYTES]\n");
+                    "[--cipher auto|chacha|chacha-only|aes] [--key-update-packets N]\n");
     return 2;
 }
 
@@ -112,12 +113,24 @@ static int parse(int argc, char **argv, opts *o) {
             if (*end || !(v > 0) || v > 3600)
                 return usage("--idle-timeout: seconds, positive");
             o->idle_timeout = v;
-        } else if (strcmp(a, "--max-datagram") == 0 && next) {
+        } else if (strcmp(a, "--cipher") == 0 && next) {
+            const char *v = argv[++i];
+            if (strcmp(v, "auto") == 0)
+                o->cipher = QUANTUM_CIPHERS_AUTO;
+            else if (strcmp(v, "chacha") == 0)
+                o->cipher = QUANTUM_CIPHERS_CHACHA_FIRST;
+            else if (strcmp(v, "chacha-only") == 0)
+                o->cipher = QUANTUM_CIPHERS_CHACHA_ONLY;
+            else if (strcmp(v, "aes") == 0)
+                o->cipher = QUANTUM_CIPHERS_AES_ONLY;
+            else
+                return usage("--cipher: auto, chacha, chacha-only or aes");
+        } else if (strcmp(a, "--key-update-packets") == 0 && next) {
             char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1200 || v > 1472)
-                return usage("--max-datagram: bytes, 1200..1472");
-            o->max_datagram = (int)v;
+            unsigned long v = strtoul(argv[++i], &end, 10);
+            if (*end || v < 16 || v > 4000000)
+                return usage("--key-update-packets: packets, 16..4000000");
+            o->key_update_packets = v;
         } else if (strcmp(a, "--reconnect") == 0) {
             o->reconnect = 1;
         } else if (strcmp(a, "--no-migrate") == 0) {
@@ -176,8 +189,9 @@ static int connect_client(const opts *o, quantum_client **out, const uint8_t *re
     quantum_config_default(&cfg);
     cfg.handshake_timeout = 8.0;
     cfg.handshake_tries = 16;
-    if (o->max_datagram)
-        cfg.max_datagram = o->max_datagram;
+    cfg.cipher_preference = o->cipher;
+    if (o->key_update_packets)
+        cfg.key_update_packets = o->key_update_packets;
     if (o->reconnect) { /* notice a dead network quickly, and keep it busy enough to notice */
         cfg.idle_timeout = o->idle_timeout;
         cfg.keepalive_interval = o->idle_timeout / 3;
@@ -239,7 +253,7 @@ static int echo_one(quantum_client *c, uint8_t channel, quantum_delivery mode,
 }
 
 static int step_echo(quantum_client *c, const opts *o) {
-    static const size_t reliable_sizes[] = {0, 1, 100, 1300, 1301, 5000};
+    static const size_t reliable_sizes[] = {0, 1, 100, 1079, 1080, 1300, 5000};
     static const size_t unreliable_sizes[] = {0, 1, 200, 1000};
     uint8_t buf[8192];
     int count = 0;
@@ -420,6 +434,11 @@ static int step_reconnect(quantum_client *c) {
 }
 
 static int step_close(quantum_client *c) {
+    quantum_stats s;
+    quantum_client_stats(c, &s);
+    printf("keys: send generation %llu, receive generation %llu, %llu key updates\n",
+           (unsigned long long)s.send_generation, (unsigned long long)s.receive_generation,
+           (unsigned long long)s.key_updates);
     int r = quantum_client_close(c, "client closed");
     if (r != 0)
         return fail("close", quantum_error_string(r));
@@ -453,7 +472,10 @@ int main(int argc, char **argv) {
     }
     char text[37];
     uuid_text(ev.session_id, text);
-    printf("connect ok: session %s remaining_ms=%u\n", text, ev.remaining_ms);
+    quantum_stats st;
+    quantum_client_stats(c, &st);
+    printf("connect ok: session %s remaining_ms=%u cipher=%s\n", text, ev.remaining_ms,
+           st.cipher == QUANTUM_CIPHER_AES256GCM ? "aes-256-gcm" : "chacha20-poly1305");
     int failed = step_echo(c, &o) || step_big(c, &o) || step_heartbeat(c) ||
                  (o.migrate && step_migrate(c)) || (o.resume && step_resume(&c, &o)) ||
                  (o.reconnect && step_reconnect(c)) || step_close(c);

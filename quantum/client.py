@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from quantum.events import (
 )
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
+from quantum.timers import arm_at
 
 
 class ConnectError(QuantumError):
@@ -193,7 +195,7 @@ class QuantumClient(asyncio.DatagramProtocol):
         self._flush()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._conn.receive_datagram(data, addr[:2], self._loop.time())
+        self._conn.receive_datagram(data, addr[:2], time.monotonic())
         self._process()
 
     def error_received(self, exc: Exception) -> None:
@@ -214,7 +216,7 @@ class QuantumClient(asyncio.DatagramProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._conn.handle_timer(self._loop.time())
+        self._conn.handle_timer(time.monotonic())
         self._process()
 
     def _process(self) -> None:
@@ -267,7 +269,7 @@ class QuantumClient(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is None:
             return
-        for data, addr in self._conn.datagrams_to_send(self._loop.time()):
+        for data, addr in self._conn.datagrams_to_send(time.monotonic()):
             transport.sendto(data, addr)
         self._arm_timer()
         if self._conn.state is ConnectionState.CLOSED and self._closed.done():
@@ -282,7 +284,7 @@ class QuantumClient(asyncio.DatagramProtocol):
             self._timer = None
         self._timer_at = at
         if at is not None:
-            self._timer = self._loop.call_at(at, self._on_timer)
+            self._timer = arm_at(self._loop, at, self._on_timer)
 
     def _wake_all(self) -> None:
         for waiter in (self._message_waiter, self._drained):
@@ -342,7 +344,7 @@ async def connect(
     if not infos:
         raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}")
     server_addr: Address = infos[0][4][:2]  # type: ignore[assignment]
-    conn = Connection.client(server_addr, credentials, loop.time(), configuration=config,
+    conn = Connection.client(server_addr, credentials, time.monotonic(), configuration=config,
                              server_key=server_key, connection_id=os.urandom(16))
     client = QuantumClient(conn, loop)
     kwargs: dict[str, Any] = {"remote_addr": server_addr}

@@ -47,6 +47,10 @@ class ServerConfig:
     max_send_buffer: int = 4 << 20
     #: a client that acknowledges nothing for this long while data is outstanding is closed
     stall_timeout: float = 30.0
+    #: how often the event-loop stall probe runs (seconds; 0 turns it off): the longest lag
+    #: of its `call_later` chain is `snapshot()["loop_stall_max_s"]` and the metric
+    #: quantum_event_loop_stall_seconds_max. One timer callback per interval (~1 us)
+    stall_probe_interval: float = 0.001
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
@@ -78,6 +82,10 @@ class ServerConfig:
             value = given[name]
             if not (_is_number(value) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        probe = given["stall_probe_interval"]
+        if not (_is_number(probe) and 0 <= probe < float("inf")):
+            raise ValueError(f"stall_probe_interval must be 0 (off) or a positive number of "
+                             f"seconds, got {probe!r}")
 
 
 def _is_number(value: object) -> TypeGuard[float]:

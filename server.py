@@ -310,7 +310,7 @@ class SessionBridge:
 
     async def _heartbeat_async(self, peer: Peer, keepalive_id: int, session_id: str) -> None:
         try:
-            remaining = await self.manager.heartbeat(session_id)
+            remaining = await self.manager.heartbeat_with_io(session_id)
         except SessionError as exc:
             self._session_gone(peer, exc)
             return

@@ -34,6 +34,9 @@ COMPILED_MODULES = [
     "quantum/keepalive.py",
     "quantum/endpoint.py",
     "session/clock.py",
+    # the Store contract: compiled so that the heartbeat's `store.touch_nowait(...)` is a native
+    # call into MemoryStore (through the contract, not a check for the concrete class)
+    "session/store.py",
     "session/memory.py",
     "session/heartbeat.py",
     "server.py",

@@ -22,11 +22,9 @@ import math
 from typing import Final, Protocol
 
 from quantum.errors import CloseCode, QuantumError
+from quantum.limits import MAX_TICKET_BYTES, MAX_USER_ID_BYTES
 
 TICKET_VERSION: Final = "v1"
-MAX_USER_ID_LENGTH: Final = 256
-#: longest ticket accepted: a 256-character user id of 4-byte characters, base64url, plus the rest
-MAX_TICKET_LENGTH: Final = 1500
 _SIG_SIZE: Final = 32
 
 
@@ -48,12 +46,17 @@ class Authenticator(Protocol):
 
 
 def validate_user_id(user_id: str) -> str:
-    """A user id is 1..256 printable characters; AuthError(BAD_REQUEST) otherwise."""
+    """A user id is 1..MAX_USER_ID_BYTES bytes of UTF-8, all printable; AuthError(BAD_REQUEST)
+    otherwise."""
     if not isinstance(user_id, str) or not user_id:
         raise AuthError(CloseCode.BAD_REQUEST, "user id must be a non-empty string")
-    if len(user_id) > MAX_USER_ID_LENGTH:
+    try:
+        size = len(user_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise AuthError(CloseCode.BAD_REQUEST, "user id is not valid UTF-8 text") from None
+    if size > MAX_USER_ID_BYTES:
         raise AuthError(CloseCode.BAD_REQUEST,
-                        f"user id is {len(user_id)} characters, at most {MAX_USER_ID_LENGTH}")
+                        f"user id is {size} bytes of UTF-8, at most {MAX_USER_ID_BYTES}")
     if not user_id.isprintable():
         raise AuthError(CloseCode.BAD_REQUEST, "user id contains control characters")
     return user_id
@@ -111,7 +114,7 @@ class TicketAuthenticator:
         validate_user_id(user_id)
         if ticket is None or not ticket:
             raise AuthError(CloseCode.BAD_TICKET, "a ticket is required")
-        if len(ticket) > MAX_TICKET_LENGTH or not ticket.isascii():
+        if not ticket.isascii() or len(ticket) > MAX_TICKET_BYTES:
             raise AuthError(CloseCode.BAD_TICKET, "malformed ticket")
         parts = ticket.split(".")
         if len(parts) != 4:

@@ -322,6 +322,8 @@ async def connect(
 
     `resume=(session_id, token)` continues an earlier session on this new connection; with
     `resume_fallback=True` a refused resume gets a new session instead of `ConnectError`.
+    `fec=False` asks for no forward error correction, whatever the configuration says (with
+    `fec=True` the configuration's FEC is asked for; the server may still say no).
     Raises `ConnectError` when the server refuses (reason code) or does not answer in time.
     """
     config = configuration or QuantumConfiguration()

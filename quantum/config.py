@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from quantum.fec import check_shape
+
 #: packets left under the key limit when the graceful close starts: room to drain what is
 #: queued, send the FIN and retransmit it
 KEY_LIMIT_HEADROOM: Final = 1024
@@ -24,7 +26,8 @@ class QuantumConfiguration:
     handshake_timeout: float = 5.0
     #: SYN (and handshake ACK) transmissions before giving up
     handshake_tries: int = 5
-    #: Reed-Solomon (k data, m parity) packets per group; None turns FEC off
+    #: Reed-Solomon (k data, m parity) packets per group (`quantum.limits`: each 1..16); None
+    #: turns FEC off
     fec: tuple[int, int] | None = (10, 3)
     #: send and receive windows, in packets
     window: int = 256
@@ -52,10 +55,7 @@ class QuantumConfiguration:
         if self.handshake_timeout <= 0 or self.handshake_tries < 1:
             raise ValueError("handshake_timeout must be positive and handshake_tries at least 1")
         if self.fec is not None:
-            k, m = self.fec
-            if not (1 <= k <= 16 and 1 <= m <= 16):
-                raise ValueError(
-                    f"fec must be (k, m) with 1 <= k <= 16, 1 <= m <= 16, got {self.fec}")
+            check_shape(*self.fec)
         if not 16 <= self.window <= 4096:
             raise ValueError(f"window must be between 16 and 4096 packets, got {self.window}")
         if not 2 * KEY_LIMIT_HEADROOM <= self.packets_per_key <= 1 << 62:

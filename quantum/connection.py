@@ -67,6 +67,8 @@ from quantum.frames import (
     elicits_ack,
     encode_frames,
     is_retransmittable,
+    remaining_ms,
+    remaining_seconds,
 )
 from quantum.handshake import (
     Credentials,
@@ -75,9 +77,17 @@ from quantum.handshake import (
     SessionKeys,
 )
 from quantum.keepalive import KeepaliveClock
+from quantum.limits import MAX_FEC_K
 from quantum.migration import PathValidation
 from quantum.opening import ClientOpening
 from quantum.packet import (
+    ACK,
+    FEC,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
     PacketError,
     build_header,
     decode_header,
@@ -95,16 +105,6 @@ from quantum.reliability import (
 
 Address = tuple[str, int]
 
-# plain ints equal to packet.Flags (tests/test_packet.py checks): IntFlag arithmetic goes
-# through the enum machinery on every packet, Final ints compile to constants
-SYN: Final = 0x01
-ACK: Final = 0x02
-FIN: Final = 0x04
-RST: Final = 0x08
-FEC: Final = 0x10
-PSH: Final = 0x20
-URG: Final = 0x40
-
 AEAD_TAG: Final = 16
 MAX_DATAGRAM: Final = wire.MAX_DATAGRAM
 #: payload room left for frames in a protected packet carrying 8 SACK blocks
@@ -115,9 +115,8 @@ MAX_FRAME_PAYLOAD: Final = (wire.MAX_DATAGRAM - wire.HEADER_SIZE - 8 * wire.MAX_
 #: a few small control frames riding in the same packet
 MAX_FRAGMENT: Final = 1300
 #: frames per data packet: fits beside 8 SACK blocks, and as an FEC shard (2-byte length
-#: prefix) inside a parity packet with the group's sequence list (k <= 16: 10 + 4k + 2 bytes)
-MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * 16)
-NO_SESSION_MS: Final = 0xFFFFFFFF
+#: prefix) inside a parity packet with the group's sequence list (10 + 4k + 2 bytes)
+MAX_DATA_PAYLOAD: Final = min(MAX_FRAME_PAYLOAD, wire.MAX_PAYLOAD - 12 - 4 * MAX_FEC_K)
 #: `_stall_since` when the peer owes us no acknowledgement
 _NOT_STALLED: Final = -1.0
 _INF: Final = float("inf")
@@ -294,8 +293,10 @@ class Connection:
     ) -> Connection:
         """A client connection; its SYN is ready in `datagrams_to_send` at once."""
         config = configuration or QuantumConfiguration()
-        # the configuration decides whether we ask for FEC; the server may still say no
-        credentials = dataclasses.replace(credentials, fec=config.fec)
+        # FEC is asked for only if both the credentials and the configuration want it (with
+        # the configuration's (k, m)); the server may still say no
+        fec = config.fec if credentials.fec is not None else None
+        credentials = dataclasses.replace(credentials, fec=fec)
         cid = connection_id if connection_id is not None else os.urandom(16)
         conn = cls(is_client=True, connection_id=cid, peer_addr=server_addr,
                    configuration=config, now=now)
@@ -325,28 +326,30 @@ class Connection:
         connection_id: bytes,
         peer_addr: Address,
         keys: SessionKeys,
-        credentials: Credentials,
+        credentials: Credentials | None,
         params: ServerParams,
         now: float,
         *,
         configuration: QuantumConfiguration | None = None,
     ) -> Connection:
-        """The server side of a connection whose handshake the listener has verified."""
+        """The server side of a connection whose handshake the listener has verified.
+        `credentials` None: they were refused already, and the listener only rejects it."""
         conn = cls(is_client=False, connection_id=connection_id, peer_addr=peer_addr,
                    configuration=configuration or QuantumConfiguration(), now=now)
         conn._set_keys(keys)
         # the credentials and (in `accept`) the session token only pass through the server
         # side: handed to the owner in events, not kept for the connection's lifetime
         conn._apply_params(params)
-        conn._events.append(
-            AuthenticationRequested(
-                user_id=credentials.user_id,
-                ticket=credentials.ticket,
-                resume=credentials.resume,
-                resume_fallback=credentials.resume_fallback,
-                metadata=dict(credentials.metadata),
+        if credentials is not None:
+            conn._events.append(
+                AuthenticationRequested(
+                    user_id=credentials.user_id,
+                    ticket=credentials.ticket,
+                    resume=credentials.resume,
+                    resume_fallback=credentials.resume_fallback,
+                    metadata=dict(credentials.metadata),
+                )
             )
-        )
         return conn
 
     def _apply_params(self, params: ServerParams) -> None:
@@ -356,12 +359,13 @@ class Connection:
 
     # ------------------------------------------------------------------ application calls
 
-    def accept(self, session_id: bytes, session_token: str, remaining: float | None,
+    def accept(self, session_id: bytes, session_token: str, remaining: float,
                resumed: bool = False) -> None:
         """Server: the credentials are good; hand the client its session and go ESTABLISHED."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
-        self._control.append(SessionFrame(session_id, session_token, _ms(remaining), resumed))
+        self._control.append(SessionFrame(session_id, session_token, remaining_ms(remaining),
+                                          resumed))
         self.state = _ESTABLISHED
         self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed))
 
@@ -439,7 +443,7 @@ class Connection:
         """Server: answer a `KeepaliveReceived` with the session's remaining seconds."""
         if self.state is _CLOSED:
             return
-        self._control.append(KeepaliveAckFrame(keepalive_id, _ms(remaining)))
+        self._control.append(KeepaliveAckFrame(keepalive_id, remaining_ms(remaining)))
 
     @property
     def peer_addr(self) -> Address:
@@ -749,7 +753,7 @@ class Connection:
             elif isinstance(frame, KeepaliveAckFrame):
                 keepalives = self._keepalives
                 sent_at = None if keepalives is None else keepalives.answered(frame.keepalive_id)
-                remaining = _seconds(frame.remaining_ms)
+                remaining = remaining_seconds(frame.remaining_ms)
                 rtt = None if sent_at is None else now - sent_at
                 events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
             elif isinstance(frame, AckFloorFrame):
@@ -775,9 +779,9 @@ class Connection:
                     self._forget_handshake()
                     if self.config.keepalive_interval:  # the interval runs from here
                         self._keepalives = KeepaliveClock(now)
-                    remaining = _seconds(frame.remaining_ms)
-                    events.append(HandshakeCompleted(frame.session_id, frame.token, remaining,
-                                                     frame.resumed))
+                    # never NO_SESSION_MS: the frame decoder refuses it in a SESSION frame
+                    events.append(HandshakeCompleted(frame.session_id, frame.token,
+                                                     frame.remaining_ms / 1000, frame.resumed))
             elif isinstance(frame, RejectFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
                     events.append(HandshakeRejected(frame.code, frame.reason))
@@ -1140,13 +1144,3 @@ class Connection:
 _CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}
-
-
-def _seconds(ms: int) -> float | None:
-    return None if ms == NO_SESSION_MS else ms / 1000
-
-
-def _ms(seconds: float | None) -> int:
-    if seconds is None:
-        return NO_SESSION_MS
-    return max(0, min(NO_SESSION_MS - 1, int(seconds * 1000)))

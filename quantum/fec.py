@@ -20,9 +20,8 @@ from typing import Final
 import zfec
 
 from quantum.errors import ProtocolError
+from quantum.limits import MAX_FEC_K, MAX_FEC_M
 
-MAX_K: Final = 32
-MAX_M: Final = 16
 _LEN_PREFIX: Final = 2
 _MAX_PAYLOAD: Final = 0xFFFF
 
@@ -59,11 +58,12 @@ def _pad(payload: bytes, size: int) -> bytes:
     return n.to_bytes(2, "big") + payload + bytes(size - _LEN_PREFIX - n)
 
 
-def _check_params(k: int, m: int) -> None:
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"FEC k must be between 1 and {MAX_K} data packets, got {k}")
-    if not 1 <= m <= MAX_M:
-        raise ValueError(f"FEC m must be between 1 and {MAX_M} parity packets, got {m}")
+def check_shape(k: int, m: int) -> None:
+    """ValueError unless (k, m) is a group shape the protocol allows (`quantum.limits`)."""
+    if not 1 <= k <= MAX_FEC_K:
+        raise ValueError(f"FEC k must be between 1 and {MAX_FEC_K} data packets, got {k}")
+    if not 1 <= m <= MAX_FEC_M:
+        raise ValueError(f"FEC m must be between 1 and {MAX_FEC_M} parity packets, got {m}")
 
 
 class FecEncoder:
@@ -72,7 +72,7 @@ class FecEncoder:
     __slots__ = ("_group_id", "_payloads", "_seqs", "k", "m")
 
     def __init__(self, k: int = 10, m: int = 3, first_group_id: int = 0) -> None:
-        _check_params(k, m)
+        check_shape(k, m)
         self.k = k
         self.m = m
         self._group_id = first_group_id
@@ -193,7 +193,7 @@ class FecDecoder:
         """A received parity shard; returns the group's missing packets once k shards are known."""
         gid, seqs = shard.group_id, shard.data_seqs
         k, m = len(seqs), shard.m
-        if not 1 <= k <= MAX_K or not 1 <= m <= MAX_M or not 0 <= shard.index < m:
+        if not 1 <= k <= MAX_FEC_K or not 1 <= m <= MAX_FEC_M or not 0 <= shard.index < m:
             raise FecError(f"parity shard {shard.index} of group {gid} has k={k}, m={m}")
         if len(set(seqs)) != k:
             raise FecError(f"parity shard of group {gid} names a packet twice")
@@ -293,7 +293,7 @@ class FecState:
     __slots__ = ("_decoder", "_encoder", "_next_group", "k", "m", "parity")
 
     def __init__(self, k: int, m: int) -> None:
-        _check_params(k, m)
+        check_shape(k, m)
         self.k = k
         self.m = m
         self._encoder: FecEncoder | None = None

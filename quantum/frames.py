@@ -9,6 +9,12 @@ test vectors: docs/PROTOCOL.md section 4.
 Frames are validated when decoded (`decode_frames` raises only `PacketError`) and when
 encoded (`encode()` raises `PacketError` for a value that does not fit its field); the
 constructors do not validate, because the hot path builds one `MessageFrame` per fragment.
+
+The frames that come with data and keepalives (MESSAGE, KEEPALIVE, KEEPALIVE_ACK, ACK_FLOOR,
+PARITY) are mutable slots dataclasses with a hand-written `__init__`, which mypyc compiles (the
+generated one runs interpreted: the callgrind counts that justify it are in
+docs/ARCHITECTURE.md, "The compiled core"); they compare by value and are not hashable. The
+others, sent a few times per connection, are plain frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from quantum.limits import MAX_FEC_K, MAX_TOKEN_BYTES, SESSION_ID_SIZE
 from quantum.packet import PacketError
 
 
@@ -44,10 +51,15 @@ REJECT: Final = 0x0A
 #: type, channel, mode, message id, fragment index, fragment count, data length
 MESSAGE_FRAME_OVERHEAD: Final = 13
 MAX_REASON_BYTES: Final = 512
-MAX_TOKEN_BYTES: Final = 64
-MAX_PARITY_SEQS: Final = 32
+#: a PARITY frame names the k data packets of its group: k is FEC's group size
+MAX_PARITY_SEQS: Final = MAX_FEC_K
 PATH_DATA_SIZE: Final = 8
-SESSION_ID_SIZE: Final = 16
+#: "remaining ms" (KEEPALIVE_ACK, SESSION) is the session's remaining lifetime in whole
+#: milliseconds, 0..MAX_REMAINING_MS; a longer one (about 49.7 days and up) is sent as
+#: MAX_REMAINING_MS, "at least that". NO_SESSION_MS, only in a KEEPALIVE_ACK, says that the
+#: connection has no session; a SESSION frame always carries a lifetime.
+MAX_REMAINING_MS: Final = 0xFFFFFFFE
+NO_SESSION_MS: Final = 0xFFFFFFFF
 
 _MESSAGE: Final = struct.Struct("!BBBIHHH")
 _U32_FRAME: Final = struct.Struct("!BI")
@@ -65,6 +77,18 @@ _U32_SEQS: Final = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_
 _DELIVERY: Final = tuple(Delivery)
 
 
+def remaining_ms(seconds: float | None) -> int:
+    """The wire form of a session's remaining lifetime (None: no session, NO_SESSION_MS)."""
+    if seconds is None:
+        return NO_SESSION_MS
+    return max(0, min(MAX_REMAINING_MS, int(seconds * 1000)))
+
+
+def remaining_seconds(ms: int) -> float | None:
+    """The lifetime a "remaining ms" field says, in seconds; None for NO_SESSION_MS."""
+    return None if ms == NO_SESSION_MS else ms / 1000
+
+
 def _pack(fmt: struct.Struct, *values: object) -> bytes:
     try:
         return fmt.pack(*values)
@@ -76,7 +100,7 @@ def _field_error(exc: struct.error) -> PacketError:
     return PacketError(f"cannot encode frame field: {exc}")
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class MessageFrame:
     channel: int
     mode: Delivery
@@ -118,7 +142,7 @@ class MessageFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class KeepaliveFrame:
     keepalive_id: int
 
@@ -136,10 +160,10 @@ class KeepaliveFrame:
             raise _field_error(exc) from None
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class KeepaliveAckFrame:
     keepalive_id: int
-    #: the session's remaining lifetime in ms; 0xFFFFFFFF means there is no session
+    #: the session's remaining lifetime in ms, or NO_SESSION_MS (see `remaining_ms`)
     remaining_ms: int
 
     def __init__(self, keepalive_id: int, remaining_ms: int) -> None:
@@ -167,7 +191,7 @@ def _encode_code_reason(frame_type: int, code: int, reason: str) -> bytes:
     return _pack(_CODE_LEN, frame_type, code, len(raw)) + raw
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class _CodeReasonFrame:
     """The body CLOSE and REJECT share: u16 code, u16 length, UTF-8 reason. Neither is a kind
     of the other (the connection tells them apart with isinstance), so both derive from this."""
@@ -175,28 +199,24 @@ class _CodeReasonFrame:
     code: int
     reason: str
 
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
     @property
     def size(self) -> int:
         return 5 + len(self.reason.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class CloseFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(CLOSE, self.code, self.reason)
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class RejectFrame(_CodeReasonFrame):
     def encode(self) -> bytes:
         return _encode_code_reason(REJECT, self.code, self.reason)
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class ParityFrame:
     group_id: int
     #: parity shards in the group
@@ -239,7 +259,7 @@ class ParityFrame:
         ))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False)
 class AckFloorFrame:
     #: the sender will never send or retransmit a packet numbered below this (32-bit wire value)
     floor: int
@@ -260,12 +280,9 @@ def _check_path_data(data: bytes) -> None:
         raise PacketError(f"path challenge data must be {PATH_DATA_SIZE} bytes, got {len(data)}")
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PathChallengeFrame:
     data: bytes
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
     @property
     def size(self) -> int:
@@ -276,12 +293,9 @@ class PathChallengeFrame:
         return bytes((PATH_CHALLENGE,)) + self.data
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PathResponseFrame:
     data: bytes
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
     @property
     def size(self) -> int:
@@ -292,19 +306,13 @@ class PathResponseFrame:
         return bytes((PATH_RESPONSE,)) + self.data
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class SessionFrame:
     session_id: bytes
     token: str
-    #: the session's remaining lifetime in ms; 0xFFFFFFFF means it never expires
+    #: the session's remaining lifetime in ms, at most MAX_REMAINING_MS
     remaining_ms: int
     resumed: bool
-
-    def __init__(self, session_id: bytes, token: str, remaining_ms: int, resumed: bool) -> None:
-        self.session_id = session_id
-        self.token = token
-        self.remaining_ms = remaining_ms
-        self.resumed = resumed
 
     @property
     def size(self) -> int:
@@ -317,20 +325,20 @@ class SessionFrame:
         if not self.token.isascii():
             raise PacketError("session token must be ASCII")
         raw = self.token.encode("ascii")
-        if len(raw) > MAX_TOKEN_BYTES:
-            raise PacketError(f"session token of {len(raw)} bytes exceeds {MAX_TOKEN_BYTES}")
+        if not 1 <= len(raw) <= MAX_TOKEN_BYTES:
+            raise PacketError(f"session token of {len(raw)} bytes, must be 1..{MAX_TOKEN_BYTES}")
+        if not 0 <= self.remaining_ms <= MAX_REMAINING_MS:
+            raise PacketError(f"session remaining ms {self.remaining_ms} outside "
+                              f"0..{MAX_REMAINING_MS} (a SESSION frame always has a lifetime)")
         return b"".join((bytes((SESSION,)), self.session_id, bytes((len(raw),)), raw,
                          _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(frozen=True, slots=True)
 class PaddingFrame:
     """`length` zero bytes; only ever last in a payload. Decoding skips padding silently."""
 
     length: int
-
-    def __init__(self, length: int) -> None:
-        self.length = length
 
     @property
     def size(self) -> int:
@@ -504,8 +512,8 @@ def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     _need(payload, pos + SESSION_ID_SIZE + 1, "SESSION")
     session_id = payload[pos:pos + SESSION_ID_SIZE]
     length = payload[pos + SESSION_ID_SIZE]
-    if length > MAX_TOKEN_BYTES:
-        raise PacketError(f"SESSION token of {length} bytes exceeds {MAX_TOKEN_BYTES}")
+    if not 1 <= length <= MAX_TOKEN_BYTES:
+        raise PacketError(f"SESSION token of {length} bytes, must be 1..{MAX_TOKEN_BYTES}")
     start = pos + SESSION_ID_SIZE + 1
     end = start + length
     _need(payload, end + 5, "SESSION")
@@ -513,6 +521,9 @@ def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     if not raw.isascii():
         raise PacketError("SESSION token is not ASCII")
     remaining, resumed = _SESSION_TAIL.unpack_from(payload, end)
+    if remaining == NO_SESSION_MS:
+        raise PacketError("SESSION remaining ms is FFFFFFFF (no session): a SESSION frame "
+                          "always carries the session's lifetime")
     if resumed > 1:
         raise PacketError(f"SESSION resumed flag must be 0 or 1, got {resumed}")
     frames.append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))

@@ -42,38 +42,39 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from quantum.crypto import IV_SIZE, KEY_SIZE, TAG_SIZE, PacketProtection
 from quantum.errors import CloseCode, QuantumError
-from quantum.fec import MAX_K, MAX_M
+from quantum.fec import check_shape
 from quantum.keys import fingerprint
+from quantum.limits import (
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+    MAX_TICKET_BYTES,
+    MAX_TOKEN_BYTES,
+    MAX_USER_ID_BYTES,
+    SESSION_ID_SIZE,
+)
+from quantum.packet import CONNECTION_ID_SIZE, HEADER_SIZE, MAX_PAYLOAD
 
 PROTOCOL_LABEL: Final = b"Quantum v2 handshake: X25519, HKDF-SHA256, AES-256-GCM"
 RETRY_LABEL: Final = b"Quantum v2 retry cookie"
 COOKIE_LABEL: Final = b"Quantum v2 server cookie"
 KDF_INFO: Final = b"Quantum v2 key schedule"
 
-CONNECTION_ID_SIZE: Final = 16
 PUBLIC_KEY_SIZE: Final = 32
-HEADER_SIZE: Final = 32  # the packet header, as in packet.py
 MIN_INITIAL_DATAGRAM: Final = 1200
 #: a ClientHello payload is padded to this, making the SYN datagram MIN_INITIAL_DATAGRAM bytes
 HELLO_SIZE: Final = MIN_INITIAL_DATAGRAM - HEADER_SIZE
-#: equals packet.MAX_PAYLOAD: every handshake message fits in one packet
-MAX_HANDSHAKE_PAYLOAD: Final = 1400
+#: every handshake message fits in one packet
+MAX_HANDSHAKE_PAYLOAD: Final = MAX_PAYLOAD
 
 RETRY_COOKIE_SIZE: Final = 4 + 32  # slot u32 || HMAC-SHA256
 _COOKIE_PLAIN_SIZE: Final = 32 + 8 + 16  # e_s private || issued-at f64 || address tag
 SERVER_COOKIE_SIZE: Final = 1 + 12 + _COOKIE_PLAIN_SIZE + TAG_SIZE  # key id || nonce || sealed
 PARAMS_SIZE: Final = 10
+#: the server's keepalive interval and idle timeout travel as u32 milliseconds, each >= 1
+MAX_PARAM_MS: Final = 0xFFFFFFFF
 SERVER_HELLO_SIZE: Final = 2 * PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE + PARAMS_SIZE + TAG_SIZE
 _FINISH_PREFIX: Final = PUBLIC_KEY_SIZE + SERVER_COOKIE_SIZE
-
-# credentials bounds (sizes in UTF-8 bytes)
-MAX_USER_ID_BYTES: Final = 1024
-MAX_TICKET_BYTES: Final = 1200
-MAX_TOKEN_BYTES: Final = 255
-SESSION_ID_SIZE: Final = 16
-MAX_METADATA_ENTRIES: Final = 64
-MAX_METADATA_KEY_BYTES: Final = 64
-MAX_METADATA_VALUE_BYTES: Final = 1024
 
 _F_TICKET: Final = 0x01
 _F_RESUME: Final = 0x02
@@ -98,6 +99,18 @@ class HandshakeError(QuantumError):
         self.message = message
 
 
+class CredentialsRefused(HandshakeError):
+    """A ClientFinish that authenticated, but whose credentials are malformed or out of bounds
+    (`quantum.limits`): code BAD_REQUEST, the message names the field. It carries the keys, so
+    that the server can tell the client so in a sealed REJECT instead of dropping the finish
+    (the client proved its address and its keys: it is not an attacker's spoofed packet)."""
+
+    def __init__(self, message: str, keys: SessionKeys, params: ServerParams) -> None:
+        super().__init__(CloseCode.BAD_REQUEST, message)
+        self.keys = keys
+        self.params = params
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """What the client proves and asks for, sealed in its ACK."""
@@ -107,7 +120,10 @@ class Credentials:
     resume: tuple[bytes, str] | None = None  # (session_id 16 bytes, token)
     resume_fallback: bool = False  # a new session if the resume is refused
     metadata: Mapping[str, str] = field(default_factory=dict)
-    fec: tuple[int, int] | None = (10, 3)  # requested (k, m), None = off
+    #: None: ask for no FEC. Otherwise ask for it, with these (k, m); `Connection.client` puts
+    #: its configuration's (k, m) here (and None when the configuration has FEC off), and the
+    #: server answers with its own (k, m) or none (5.2.6)
+    fec: tuple[int, int] | None = (10, 3)
 
     def __repr__(self) -> str:
         # the ticket and the resume token are secrets: a repr ends up in logs and tracebacks
@@ -128,14 +144,12 @@ class ServerParams:
 
     def __post_init__(self) -> None:
         if self.fec is not None:
-            k, m = self.fec
-            if not (1 <= k <= MAX_K and 1 <= m <= MAX_M):
-                raise ValueError(f"fec must be (k, m) with 1 <= k <= {MAX_K}, "
-                                 f"1 <= m <= {MAX_M}, got {self.fec}")
+            check_shape(*self.fec)
         for name in ("keepalive_interval", "idle_timeout"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and 1 <= round(value * 1000) <= 0xFFFFFFFF):
-                raise ValueError(f"{name} must be between 1 ms and 2**32-1 ms, got {value}")
+            if not (math.isfinite(value) and 1 <= round(value * 1000) <= MAX_PARAM_MS):
+                raise ValueError(f"{name} must be between 1 ms and {MAX_PARAM_MS} ms, "
+                                 f"got {value}")
 
     def negotiate(self, requested: tuple[int, int] | None) -> ServerParams:
         """FEC is on only if both sides want it, and then with the server's (k, m)."""
@@ -195,7 +209,11 @@ class _Reader:
 def _utf8(value: object, field_name: str, low: int, high: int) -> bytes:
     if not isinstance(value, str):
         raise HandshakeError(CloseCode.BAD_REQUEST, f"{field_name} must be a string")
-    data = value.encode("utf-8")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HandshakeError(CloseCode.BAD_REQUEST,
+                             f"{field_name} is not valid UTF-8 text (a lone surrogate)") from None
     if not low <= len(data) <= high:
         raise HandshakeError(CloseCode.BAD_REQUEST,
                              f"{field_name} is {len(data)} bytes of UTF-8, allowed {low}..{high}")
@@ -203,10 +221,10 @@ def _utf8(value: object, field_name: str, low: int, high: int) -> bytes:
 
 
 def _check_fec(fec: tuple[int, int], code: CloseCode, what: str) -> None:
-    k, m = fec
-    if not (1 <= k <= MAX_K and 1 <= m <= MAX_M):
-        raise HandshakeError(code, f"{what}: fec (k, m) must be within 1..{MAX_K} and "
-                                   f"1..{MAX_M}, got ({k}, {m})")
+    try:
+        check_shape(*fec)
+    except ValueError as exc:
+        raise HandshakeError(code, f"{what}: {exc}") from None
 
 
 def encode_credentials(credentials: Credentials) -> bytes:
@@ -226,7 +244,7 @@ def encode_credentials(credentials: Credentials) -> bytes:
         if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE:
             raise HandshakeError(CloseCode.BAD_REQUEST,
                                  f"resume session id must be {SESSION_ID_SIZE} bytes")
-        token_bytes = _utf8(token, "resume token", 0, MAX_TOKEN_BYTES)
+        token_bytes = _utf8(token, "resume token", 1, MAX_TOKEN_BYTES)
         parts += [session_id, bytes((len(token_bytes),)), token_bytes]
     if c.resume_fallback:
         flags |= _F_FALLBACK
@@ -270,7 +288,10 @@ def decode_credentials(data: bytes) -> Credentials:
     resume = None
     if flags & _F_RESUME:
         session_id = r.take(SESSION_ID_SIZE, "resume session id")
-        resume = (session_id, r.text(r.u8("resume token length"), "resume token"))
+        n = r.u8("resume token length")
+        if not 1 <= n <= MAX_TOKEN_BYTES:
+            raise r.fail(f"resume token length {n} outside 1..{MAX_TOKEN_BYTES}")
+        resume = (session_id, r.text(n, "resume token"))
     fec = None
     if flags & _F_FEC:
         fec = (r.u8("fec k"), r.u8("fec m"))
@@ -662,7 +683,10 @@ class ServerHandshake:
 
     def on_client_finish(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
                          now: float) -> tuple[SessionKeys, Credentials, ServerParams]:
-        """Verify the echoed cookie and the sealed credentials; keys, credentials, params."""
+        """Verify the echoed cookie and the sealed credentials; keys, credentials, params.
+
+        Raises `CredentialsRefused` (with the keys) for authentic credentials out of bounds,
+        `HandshakeError` for anything else."""
         _check_cid(connection_id)
         if not _FINISH_PREFIX + TAG_SIZE <= len(payload) <= MAX_HANDSHAKE_PAYLOAD:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
@@ -685,8 +709,12 @@ class ServerHandshake:
         except InvalidTag:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "client credentials do not authenticate") from None
-        credentials = decode_credentials(plain)
-        return schedule.server_keys(), credentials, self.params.negotiate(credentials.fec)
+        keys = schedule.server_keys()
+        try:
+            credentials = decode_credentials(plain)
+        except HandshakeError as exc:
+            raise CredentialsRefused(exc.message, keys, self.params) from None
+        return keys, credentials, self.params.negotiate(credentials.fec)
 
     def finish_cookie_valid(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
                             now: float) -> bool:

@@ -18,8 +18,10 @@ normative text is docs/PROTOCOL.md, section 10.4):
   address costs the victim one round trip, not its connection.
 * A ClientFinish is charged to the source's finish bucket once its server cookie authenticates
   (which binds the client's address), before the two Diffie-Hellman operations; beyond the rate
-  it is dropped (the client resends it). Refused finishes (server full, address full) are
-  remembered for a cookie lifetime, so replaying one costs a dictionary lookup.
+  it is dropped (the client resends it). Authentic credentials that are malformed or past a
+  bound of `quantum.limits` are refused with a sealed REJECT (BAD_REQUEST, the field named).
+  Refused finishes (bad request, server full, address full) are remembered for a cookie
+  lifetime, so replaying one costs a dictionary lookup.
 * The connection cap and the per-address cap (`ConnectionQuota`, counted per source from the
   handshake to `forget`) refuse with an explicit reason; connections that exist are never
   affected.
@@ -39,6 +41,7 @@ from quantum.connection import Address, Connection
 from quantum.errors import CloseCode
 from quantum.frames import RejectFrame, encode_frames
 from quantum.handshake import (
+    CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
@@ -326,6 +329,11 @@ class Listener:
         try:
             keys, credentials, params = self.handshake.on_client_finish(cid, packet.payload,
                                                                         addr, now)
+        except CredentialsRefused as exc:
+            # authentic, but what the session service would refuse: say so, sealed
+            refused = Connection.server(cid, addr, exc.keys, None, exc.params, now,
+                                        configuration=self.config)
+            return self._refuse(refused, exc.code, exc.message, budget, now), None
         except HandshakeError:
             self._drop("bad_finish")
             return [], None

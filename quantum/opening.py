@@ -10,16 +10,10 @@ A server connection never has one. Sans-I/O like everything in `quantum/`.
 
 from __future__ import annotations
 
-from typing import Final
-
 from quantum.config import QuantumConfiguration
 from quantum.frames import RejectFrame, decode_frames
 from quantum.handshake import ClientHandshake, Credentials, ServerParams, SessionKeys
-from quantum.packet import Packet, PacketError, encode_packet
-
-#: plaintext handshake flags (plain ints equal to packet.Flags, as in connection.py)
-SYN: Final = 0x01
-ACK: Final = 0x02
+from quantum.packet import ACK, SYN, Packet, PacketError, encode_packet
 
 
 class ClientOpening:

@@ -33,6 +33,7 @@ from quantum.errors import ProtocolError
 MAGIC: Final = b"QUNT"
 VERSION: Final = 2
 HEADER_SIZE: Final = 32
+CONNECTION_ID_SIZE: Final = 16
 MAX_PAYLOAD: Final = 1400
 MAX_DATAGRAM: Final = 1472
 MAX_SACK_BLOCKS: Final = 8
@@ -48,15 +49,28 @@ BytesLike = bytes | bytearray | memoryview
 SackBlocks = tuple[tuple[int, int], ...]
 
 
+# The header's flag bits, defined once. The hot path uses these plain ints (IntFlag arithmetic
+# goes through the enum machinery on every packet, a Final int compiles to a constant); `Flags`
+# names the same numbers for everything else.
+SYN: Final = 0x01
+ACK: Final = 0x02
+FIN: Final = 0x04
+RST: Final = 0x08
+FEC: Final = 0x10
+PSH: Final = 0x20
+URG: Final = 0x40
+ECE: Final = 0x80
+
+
 class Flags(enum.IntFlag):
-    SYN = 0x01
-    ACK = 0x02
-    FIN = 0x04
-    RST = 0x08
-    FEC = 0x10
-    PSH = 0x20
-    URG = 0x40
-    ECE = 0x80
+    SYN = SYN
+    ACK = ACK
+    FIN = FIN
+    RST = RST
+    FEC = FEC
+    PSH = PSH
+    URG = URG
+    ECE = ECE
 
 
 class PacketError(ProtocolError, ValueError):
@@ -89,8 +103,9 @@ def encode_packet(p: Packet) -> bytes:
     size = HEADER_SIZE + SACK_BLOCK_SIZE * k + n
     if size > MAX_DATAGRAM:
         raise PacketError(f"datagram of {size} bytes exceeds {MAX_DATAGRAM}")
-    if len(p.connection_id) != 16:
-        raise PacketError(f"connection id must be 16 bytes, got {len(p.connection_id)}")
+    if len(p.connection_id) != CONNECTION_ID_SIZE:
+        raise PacketError(f"connection id must be {CONNECTION_ID_SIZE} bytes, "
+                          f"got {len(p.connection_id)}")
     if not (0 <= p.seq <= _U32_MAX and 0 <= p.ack <= _U32_MAX):
         raise PacketError(f"seq and ack must be u32, got {p.seq} and {p.ack}")
     if not (0 <= p.flags <= 0xFF and 0 <= p.version <= 0xFF):

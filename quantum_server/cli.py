@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from quantum.auth import MAX_TICKET_TTL, AnonymousAuthenticator, Authenticator, TicketAuthenticator
 from quantum.config import MIN_SEND_BUFFER
+from quantum.handshake import MAX_PARAM_MS
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum_server.config import ServerConfig
 from quantum_server.services import NetworkServices, ServiceConfigError, add_arguments
@@ -31,7 +32,7 @@ log = LazyLogger("quantum.server")
 
 
 #: the longest duration the wire carries (keepalive interval, idle timeout: u32 milliseconds)
-MAX_WIRE_SECONDS: Final = 0xFFFFFFFF / 1000
+MAX_WIRE_SECONDS: Final = MAX_PARAM_MS / 1000
 
 
 def _positive(kind: type[float] | type[int], minimum: float = 0.0,

@@ -70,7 +70,9 @@ from session.errors import (
 from session.logs import LazyLogger
 from session.model import Session, SessionFilter, State, Stats, validate_session
 from session.store import (
+    Listener,
     Store,
+    Wake,
     changed,
     not_found,
     not_found_for_connection,
@@ -260,7 +262,6 @@ class _Entry:
     dirty: bool = False  # timestamps or stats changed since the last write
 
 
-_Listener = Callable[[Session, str], None]
 
 
 class EtcdStore(Store):
@@ -297,7 +298,7 @@ class EtcdStore(Store):
         self._mono = monotonic
         self._cache: dict[str, _Entry] = {}
         self._own_deletes: set[str] = set()
-        self._listeners: builtins.list[_Listener] = []
+        self._listeners: builtins.list[Listener] = []
         self._watch_rev = 0
         # sessions stored cluster-wide, kept by the watch (creations +1, deletions -1) so that
         # `approximate_count` costs no request; set from a full count at start and resync
@@ -374,12 +375,13 @@ class EtcdStore(Store):
     ) -> None:
         await self.close()
 
-    def add_listener(self, callback: _Listener) -> None:
+    def add_listener(self, callback: Listener) -> None:
         """Be told of sessions removed elsewhere: ``callback(last_known_session, reason)``."""
         self._listeners.append(callback)
 
-    def remove_listener(self, callback: _Listener) -> None:
-        self._listeners.remove(callback)
+    def remove_listener(self, callback: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
 
     # -- keys and low-level calls
 
@@ -636,9 +638,12 @@ class EtcdStore(Store):
         entry.mod_rev = entry.seen_rev = rev
         entry.dirty = new.last_active_at != sent_active or new.stats is not sent_stats
 
-    def touch_local(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
+    def touch_nowait(self, session_id: str, now: datetime,
+                     expires_at: datetime) -> bool | Wake:
         """The common heartbeat without any I/O: an owned ACTIVE session, same timeout, lease
-        refresh not yet due. Returns False, changing nothing, when `touch` must do it."""
+        refresh not yet due. Returns False, changing nothing, when `touch` must do it (the
+        session is not cached here, or it needs a state write (a wake-up is one) or a lease
+        refresh); never a `Wake`."""
         entry = self._cache.get(session_id)
         if entry is None or not entry.owned:
             return False
@@ -654,7 +659,7 @@ class EtcdStore(Store):
         return True
 
     async def touch(self, session_id: str, now: datetime,
-                    expires_at: datetime) -> tuple[State, Session] | None:
+                    expires_at: datetime) -> Wake | None:
         # The hot path. In the common case (an owned, ACTIVE session, same timeout, lease not
         # yet due) it only changes the cached copy: no etcd call, no allocation beyond the
         # timedelta of the timeout check.

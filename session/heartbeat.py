@@ -3,10 +3,10 @@
 `SessionManager.heartbeat_nowait` is a `LocalHeartbeat`. It reads the coarse clock, reuses
 ``now + timeout`` while the clock stands on one tick (the clock hands out one `datetime` per
 tick, so the sum is not allocated again), and touches the session through the store's
-synchronous entry point: `MemoryStore.touch_now` always completes the heartbeat; `EtcdStore`'s
-`touch_local` does whenever no lease refresh or state write is due. A compiled callable rather
-than a manager method, because at >100,000 calls a second an interpreted frame costs as much as
-the work it does.
+synchronous entry point, `Store.touch_nowait`: a `MemoryStore` always completes the heartbeat
+there, an `EtcdStore` whenever no lease refresh or state write is due. A compiled callable
+rather than a manager method, because at >100,000 calls a second an interpreted frame costs as
+much as the work it does.
 
 Two rare cases cost the common one a check each: a session with a timeout of its own (created
 with one over the API; `set_timeout` registers it) gets ``now + its timeout``, and a touch that
@@ -20,31 +20,26 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from session.clock import CoarseClock
-from session.memory import MemoryStore
 from session.model import Session, State
+from session.store import Store, Wake
 
 __all__ = ["LocalHeartbeat", "Wake"]
 
-#: what a store's touch returns when it woke the session: the state it left, and a copy of it
-Wake = tuple[State, Session]
 
 
 class LocalHeartbeat:
     """``heartbeat_nowait(session_id) -> float | None``: the seconds remaining once the session
     was touched without I/O, or None (nothing changed) when the store needs I/O for it.
 
-    Raises what the store's touch raises: `SessionNotFound`, `SessionExpired`.
-    `touch_now` (preferred when given) always completes; otherwise `touch_local` says whether
-    it did. `log`: a logger to write a debug event per heartbeat to, or None for silence.
+    Raises what the store's `touch_nowait` raises: `SessionNotFound`, `SessionExpired`.
+    `log`: a logger to write a debug event per heartbeat to, or None for silence.
     `on_wake(previous_state, session)`: told of every touch that woke a session up.
     """
 
-    __slots__ = ("_clock", "_coarse", "_custom", "_expiry", "_log", "_memory", "_now",
-                 "_on_wake", "_remaining", "_timeout", "_touch_local", "_touch_now")
+    __slots__ = ("_clock", "_coarse", "_custom", "_expiry", "_log", "_now", "_on_wake",
+                 "_remaining", "_store", "_timeout")
 
-    def __init__(self, clock: Callable[[], datetime], timeout: float,
-                 touch_now: Callable[[str, datetime, datetime], Wake | None] | None,
-                 touch_local: Callable[[str, datetime, datetime], bool] | None,
+    def __init__(self, clock: Callable[[], datetime], timeout: float, store: Store,
                  log: Any | None = None,
                  on_wake: Callable[[State, Session], None] | None = None) -> None:
         self._clock = clock
@@ -52,18 +47,14 @@ class LocalHeartbeat:
         # out this one object, where a plain float attribute is boxed anew on every call
         self._remaining: float | None = float(timeout)
         self._timeout = timedelta(seconds=timeout)
-        self._touch_now = touch_now
-        self._touch_local = touch_local
+        self._store = store
         self._log = log
         self._on_wake = on_wake
         # session id -> (its own timeout, the same in seconds): empty in the common case
         self._custom: dict[str, tuple[timedelta, float]] = {}
-        # the default clock and store are compiled with this module: called as such, natively,
-        # rather than through Python's call protocol (a MemoryStore subclass's override of
-        # touch_now still runs: mypyc dispatches to it)
+        # the default clock is compiled with this module: called as such, natively, rather
+        # than through Python's call protocol
         self._coarse = clock if isinstance(clock, CoarseClock) else None
-        owner = getattr(touch_now, "__self__", None)
-        self._memory = owner if isinstance(owner, MemoryStore) else None
         # the tick `_expiry` was computed for (None: none yet)
         self._now: datetime | None = None
         self._expiry = datetime.min.replace(tzinfo=UTC)
@@ -113,21 +104,13 @@ class LocalHeartbeat:
             if own is not None:
                 expiry = now + own[0]
                 remaining = own[1]
-        memory = self._memory
-        touch_now = self._touch_now
-        woke: Wake | None = None
-        if memory is not None:
-            woke = memory.touch_now(session_id, now, expiry)
-        elif touch_now is not None:
-            woke = touch_now(session_id, now, expiry)
-        else:
-            touch_local = self._touch_local
-            if touch_local is None or not touch_local(session_id, now, expiry):
-                return None
-        if woke is not None:
+        done = self._store.touch_nowait(session_id, now, expiry)
+        if done is False:
+            return None
+        if done is not True:
             on_wake = self._on_wake
             if on_wake is not None:
-                on_wake(woke[0], woke[1])
+                on_wake(done[0], done[1])
         log = self._log
         if log is not None:
             log.debug("session heartbeat", session_id=session_id, remaining=remaining)

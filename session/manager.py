@@ -64,13 +64,11 @@ from session.model import (
     validate_timeout,
     validate_user_id,
 )
-from session.store import Store
+from session.store import Listener, Store
 from session.watch import EventKind, SessionEvent, Watcher
 
 __all__ = ["EVICTED_REASON", "Listener", "ManagerConfig", "SessionManager"]
 
-#: Called synchronously with the session that ended and why ("expired" for the sweep).
-Listener = Callable[[Session, str], None]
 Clock = Callable[[], datetime]
 
 #: the reason listeners hear for a session removed to make room under `max_sessions_per_user`
@@ -163,23 +161,16 @@ class SessionManager:
         self._log = (config.logger or get_logger("session")).bind()
         self._debug = debug_enabled(self._log)
         self._touch = self.store.touch
-        # a store may expose its touch as a plain function (MemoryStore.touch_now), or one that
-        # does it without I/O when it can (EtcdStore.touch_local, from its cache): then most
-        # heartbeats need no coroutine at all
-        self.heartbeat_nowait = LocalHeartbeat(
-            self._clock, config.default_timeout,
-            touch_now=getattr(self.store, "touch_now", None),
-            touch_local=getattr(self.store, "touch_local", None),
-            log=self._log if self._debug else None,
-            on_wake=self._woke,
-        )
+        # most heartbeats need no coroutine at all: the store does them without I/O
+        # (`Store.touch_nowait`: always on a MemoryStore, from its cache on an EtcdStore)
+        self.heartbeat_nowait = LocalHeartbeat(self._clock, config.default_timeout, self.store,
+                                               log=self._log if self._debug else None,
+                                               on_wake=self._woke)
         self._listeners: list[Listener] = []
         self._watchers: list[Watcher] = []
         # a shared store (EtcdStore) reports sessions that other nodes deleted or that expired
         # there: they reach this manager's listeners like local deletions do
-        store_listen = getattr(self.store, "add_listener", None)
-        if callable(store_listen):
-            store_listen(self._notify_from_store)
+        self.store.add_listener(self._notify_from_store)
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -509,11 +500,18 @@ class SessionManager:
         """Keep a session alive: expiry moves to now + timeout, CONNECTING/IDLE become ACTIVE.
 
         Returns the seconds remaining. Raises `SessionNotFound` or `SessionExpired` (an expired
-        session is never revived). Never suspends on a `MemoryStore`.
+        session is never revived). Never suspends on a `MemoryStore`. Tries the store's path
+        without I/O once (`heartbeat_nowait`), then its `touch`.
         """
         remaining = self.heartbeat_nowait(session_id)
         if remaining is not None:
             return remaining
+        return await self.heartbeat_with_io(session_id)
+
+    async def heartbeat_with_io(self, session_id: str) -> float:
+        """The heartbeat `heartbeat_nowait` could not do (it returned None): the store's
+        `touch`, which may do I/O, without trying the path without I/O again. Returns and
+        raises as `heartbeat`."""
         now, expires_at, remaining = self.heartbeat_nowait.timing(session_id)
         woke = await self._touch(session_id, now, expires_at)
         if woke is not None:

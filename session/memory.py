@@ -1,7 +1,10 @@
 """`MemoryStore`: the in-process session store.
 
 No method ever suspends (there is no real ``await`` inside), so under asyncio each call is
-atomic without a lock, and the server may drive `touch` synchronously with ``coro.send(None)``.
+atomic without a lock (a caller may drive one synchronously with ``coro.send(None)``), and
+`touch_nowait` always does the heartbeat. Sessions leave only through this store's own methods,
+so there is never anything to tell listeners of (`add_listener` is the `Store` default, which
+keeps nothing).
 
 Indexes: by id and by connection id (dicts, O(1)); by user, a dict to the user's one session id
 (the common case) or to a set of ids once the user has several; by state, a dict per state with
@@ -29,6 +32,7 @@ from session.errors import SessionExists, SessionExpired
 from session.model import Session, SessionFilter, State, Stats, validate_session
 from session.store import (
     Store,
+    Wake,
     changed,
     not_found,
     not_found_for_connection,
@@ -278,16 +282,18 @@ class MemoryStore(Store):
     async def count_by_state(self) -> dict[State, int]:
         return {state: len(ids) for state, ids in self._by_state.items()}
 
-    async def touch(self, session_id: str, now: datetime,
-                    expires_at: datetime) -> tuple[State, Session] | None:
-        return self.touch_now(session_id, now, expires_at)
+    async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> Wake | None:
+        # this class's own, not a subclass's override: one that declines (returns False) must
+        # not turn `touch`, the fallback, into a no-op
+        done = MemoryStore.touch_nowait(self, session_id, now, expires_at)
+        return None if done is True or done is False else done
 
-    def touch_now(self, session_id: str, now: datetime,
-                  expires_at: datetime) -> tuple[State, Session] | None:
-        """`touch` as a plain function: the manager calls it directly on the heartbeat path,
-        saving a coroutine per keepalive. In place, no copy, no validation (the manager
-        computed both times). Returns None, or on a wake-up (rare: once per CONNECTING or
-        IDLE spell) the state it woke the session from and a copy of the session."""
+    def touch_nowait(self, session_id: str, now: datetime,
+                     expires_at: datetime) -> bool | Wake:
+        """Always done here (True, or on a wake-up, rare: once per CONNECTING or IDLE spell,
+        the state it woke the session from and a copy of the session): nothing in this store
+        needs I/O. The manager's heartbeat calls it directly, saving a coroutine per
+        keepalive. In place, no copy, no validation (the manager computed both times)."""
         try:
             session = self._sessions[session_id]
         except KeyError:
@@ -306,7 +312,7 @@ class MemoryStore(Store):
             by_state[_ACTIVE][session_id] = None
             session.state = _ACTIVE
             return state, session.copy()
-        return None
+        return True
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         session = self._sessions.get(session_id)

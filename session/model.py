@@ -6,6 +6,10 @@ Stores protect themselves instead, by copying on the way in and on the way out
 (`Session.copy`), so nothing a caller holds aliases stored state.
 
 All timestamps are timezone-aware UTC `datetime`s; all durations are float seconds.
+
+The bounds on what a client sends (user id, metadata) are the protocol's, `quantum.limits`,
+counted in bytes of UTF-8: the handshake refuses exactly what `validate_user_id` and
+`validate_metadata` refuse here, before any session work is done.
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ from typing import Any
 
 import uuid6
 
+from quantum.limits import (
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+    MAX_USER_ID_BYTES,
+)
 from session.errors import InvalidSession
 
 __all__ = [
     "MAX_METADATA_ENTRIES",
-    "MAX_METADATA_KEY_LENGTH",
-    "MAX_METADATA_VALUE_LENGTH",
+    "MAX_METADATA_KEY_BYTES",
+    "MAX_METADATA_VALUE_BYTES",
     "MAX_SERVER_ADDR_LENGTH",
-    "MAX_USER_ID_LENGTH",
+    "MAX_USER_ID_BYTES",
     "Session",
     "SessionFilter",
     "State",
@@ -45,10 +55,7 @@ __all__ = [
     "validate_user_id",
 ]
 
-MAX_USER_ID_LENGTH = 256
-MAX_METADATA_ENTRIES = 64
-MAX_METADATA_KEY_LENGTH = 128
-MAX_METADATA_VALUE_LENGTH = 1024
+#: the server's own address text (set by the server, not by clients)
 MAX_SERVER_ADDR_LENGTH = 300
 _ZERO = timedelta(0)
 
@@ -314,14 +321,25 @@ def require_utc(value: object, name: str) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
+def _utf8_size(text: str, name: str) -> int:
+    """Bytes of UTF-8 in `text`; InvalidSession for text that has none (a lone surrogate)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidSession(f"{name} is not valid UTF-8 text (a lone surrogate)") from None
+
+
 def validate_user_id(user_id: object) -> str:
     if not isinstance(user_id, str):
         raise InvalidSession(f"user_id must be a string, got {type(user_id).__name__}")
     if not user_id:
         raise InvalidSession("user_id must not be empty")
-    if len(user_id) > MAX_USER_ID_LENGTH:
+    size = _utf8_size(user_id, "user_id")
+    if size > MAX_USER_ID_BYTES:
         raise InvalidSession(
-            f"user_id is {len(user_id)} characters, at most {MAX_USER_ID_LENGTH} allowed"
+            f"user_id is {size} bytes of UTF-8, at most {MAX_USER_ID_BYTES} allowed"
         )
     return user_id
 
@@ -389,15 +407,17 @@ def validate_metadata(metadata: object) -> dict[str, str]:
             f"metadata has {len(metadata)} entries, at most {MAX_METADATA_ENTRIES} allowed"
         )
     for key, value in metadata.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_METADATA_KEY_LENGTH:
+        if not (isinstance(key, str) and key
+                and _utf8_size(key, "metadata key") <= MAX_METADATA_KEY_BYTES):
             raise InvalidSession(
                 f"metadata key {str(key)[:40]!r} must be a string of 1-"
-                f"{MAX_METADATA_KEY_LENGTH} characters"
+                f"{MAX_METADATA_KEY_BYTES} bytes of UTF-8"
             )
-        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LENGTH:
+        if not (isinstance(value, str)
+                and _utf8_size(value, f"metadata value for {key!r}") <= MAX_METADATA_VALUE_BYTES):
             raise InvalidSession(
                 f"metadata value for {key!r} must be a string of at most "
-                f"{MAX_METADATA_VALUE_LENGTH} characters"
+                f"{MAX_METADATA_VALUE_BYTES} bytes of UTF-8"
             )
     return dict(metadata)
 

@@ -7,6 +7,12 @@ implement it; every session passed in or handed out is the caller's own copy.
 Ordering: `list` and `get_by_user_id` return sessions sorted by session id (creation order for
 UUIDv7 ids). A connection id maps to at most one session; the empty connection id (a session
 no connection holds yet) is not indexed, so any number of sessions may have it.
+
+Two calls are synchronous on purpose. `touch_nowait` is the heartbeat without I/O, for the
+server's per-keepalive path (`session/heartbeat.py` calls it for every keepalive; `touch` is the
+fallback when it cannot). `add_listener` registers for removals made by someone other than this
+store object's callers (another node of a shared store); the manager passes them on to its own
+listeners.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import builtins
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+
+from mypy_extensions import mypyc_attr
 
 from session.errors import (
     InvalidSession,
@@ -33,6 +41,7 @@ from session.model import Session, SessionFilter, State, Stats
 __all__ = [
     "InvalidSession",
     "InvalidToken",
+    "Listener",
     "SessionChanged",
     "SessionError",
     "SessionExists",
@@ -46,6 +55,13 @@ __all__ = [
     "not_found_for_connection",
     "too_many_user_sessions",
 ]
+
+#: ``callback(session, reason)``: told that a session ended, with why ("expired", "deleted"...).
+#: The same signature serves the store's listeners and the manager's.
+Listener = Callable[[Session, str], None]
+
+#: what a touch that woke the session up reports: the state it left, and a copy of the session
+Wake = tuple[State, Session]
 
 #: States a keepalive wakes up: the client is demonstrably there.
 WAKE_ON_TOUCH = frozenset({State.CONNECTING, State.IDLE})
@@ -68,6 +84,7 @@ def changed(session_id: str) -> SessionChanged:
     return SessionChanged(f"session changed, condition no longer holds: {session_id}")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (setup.py); EtcdStore is interpreted
 class Store(abc.ABC):
     """Async session storage. Implementations raise only `SessionError` subclasses."""
 
@@ -143,11 +160,11 @@ class Store(abc.ABC):
         Stores with a state index should override this; the default reads everything.
         """
         sessions, _ = await self.list(SessionFilter())
-        counts = Counter(s.state for s in sessions)
+        counts = Counter([s.state for s in sessions])
         return {state: counts.get(state, 0) for state in State}
 
     async def touch(self, session_id: str, now: datetime,
-                    expires_at: datetime) -> tuple[State, Session] | None:
+                    expires_at: datetime) -> Wake | None:
         """A keepalive: `last_active_at = now`, new `expires_at`, CONNECTING/IDLE -> ACTIVE.
 
         Returns None, or when the touch woke the session up, the state it woke it from and a
@@ -166,6 +183,33 @@ class Store(abc.ABC):
             session.state = State.ACTIVE
         await self.update(session)
         return (previous, session) if previous in WAKE_ON_TOUCH else None
+
+    def touch_nowait(self, session_id: str, now: datetime,
+                     expires_at: datetime) -> bool | Wake:
+        """`touch` without I/O, if this store can do it so. Once it is done, exactly as `touch`
+        would have done it (raising what `touch` raises, when that too is known without I/O):
+        True, or when the touch woke the session up, what `touch` returns then (a `Wake`,
+        which is truthy). False, having changed nothing, when only `touch` can do it.
+
+        Synchronous and allocation-free in the common case: the server calls it for every
+        keepalive and awaits `touch` only when it returns False. The default cannot do anything
+        without I/O and always returns False; `MemoryStore` always does it, `EtcdStore` does
+        it from its cache while no etcd write (lease refresh, state change) is due.
+        """
+        return False
+
+    def add_listener(self, callback: Listener) -> None:  # noqa: B027 - see below
+        """Call ``callback(last_known_session, reason)`` for each session removed by someone
+        other than this store object's callers: another node's delete or expiry, a lease
+        running out (reason ``"expired"`` when the session had expired, else ``"deleted"``).
+        Removals made through this object are never reported (its caller knows of them).
+
+        The default keeps nothing: a store whose sessions change only through its own methods
+        (`MemoryStore`) has nothing to report. A shared store must override it.
+        """
+
+    def remove_listener(self, callback: Listener) -> None:  # noqa: B027 - see add_listener
+        """Stop calling `callback` (added with `add_listener`); nothing if it was not."""
 
     async def set_stats(self, session_id: str, stats: Stats) -> None:
         """Replace a session's stats and nothing else. Raises `SessionNotFound`.

@@ -12,11 +12,13 @@ import hashlib
 import hmac
 import secrets
 
-__all__ = ["MAX_TOKEN_LENGTH", "TOKEN_BYTES", "hash_token", "new_token", "preview", "verify"]
+from quantum.limits import MAX_TOKEN_BYTES
 
+__all__ = ["MAX_TOKEN_BYTES", "TOKEN_BYTES", "hash_token", "new_token", "preview", "verify"]
+
+#: random bytes per token (43 characters of base64url, within `MAX_TOKEN_BYTES`, the longest
+#: token the protocol carries; anything longer cannot be one of ours)
 TOKEN_BYTES = 32
-#: Anything longer cannot be one of ours; refusing it early bounds the hashing work.
-MAX_TOKEN_LENGTH = 128
 
 
 def hash_token(token: str) -> bytes:
@@ -31,11 +33,16 @@ def new_token() -> tuple[str, bytes]:
 
 def verify(token: object, token_hash: bytes) -> bool:
     """Whether `token` hashes to `token_hash`, in time independent of where they differ."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+    # refused before hashing (a bound on the work a guess costs): not a string, or outside
+    # 1..MAX_TOKEN_BYTES bytes of UTF-8 (the characters are counted first: never fewer)
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+        return False
+    raw = token.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_TOKEN_BYTES:
         return False
     if not token_hash:
         return False  # a session stored without a token can never be resumed
-    return hmac.compare_digest(hash_token(token), token_hash)
+    return hmac.compare_digest(hashlib.sha256(raw).digest(), token_hash)
 
 
 def preview(token: str) -> str:

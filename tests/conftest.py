@@ -3,6 +3,8 @@
 `store` runs each test once per entry of `STORE_FACTORIES`. A factory is an async callable
 taking the pytest request (so it can pull in other fixtures, e.g. an etcd server) and
 returning a fresh, empty store; wrap it in `pytest.param(factory, id=..., marks=...)`.
+`store_pair` does the same for `STORE_PAIR_FACTORIES`: two stores over the same data (two
+nodes of a shared store), for the parts of the contract only a shared store has.
 Add factories to the list *before* the `store` fixture below is defined: pytest reads the
 parameter list when the decorator runs.
 """
@@ -18,7 +20,7 @@ import pytest
 from quantum.build import REBUILD_HINT, is_compiled, stale_modules
 from session.memory import MemoryStore
 from session.store import Store
-from tests.etcd_cluster import etcd_store_factory
+from tests.etcd_cluster import etcd_store_factory, etcd_store_pair_factory
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +47,11 @@ STORE_FACTORIES: list[Any] = [
 ]
 
 
+STORE_PAIR_FACTORIES: list[Any] = [
+    pytest.param(etcd_store_pair_factory, id="etcd", marks=pytest.mark.etcd),
+]
+
+
 @pytest.fixture(params=STORE_FACTORIES)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     factory: StoreFactory = request.param
@@ -53,6 +60,17 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield instance
     finally:
         await instance.close()
+
+
+@pytest.fixture(params=STORE_PAIR_FACTORIES)
+async def store_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Store]]:
+    factory: Callable[[pytest.FixtureRequest], Awaitable[tuple[Store, Store]]] = request.param
+    pair = await factory(request)
+    try:
+        yield pair
+    finally:
+        for instance in pair:
+            await instance.close()
 
 
 class FakeClock:

@@ -33,6 +33,7 @@ __all__ = [
     "etcd_prefix",
     "etcd_private",
     "etcd_store_factory",
+    "etcd_store_pair_factory",
     "shared_etcd",
     "unique_prefix",
 ]
@@ -101,3 +102,14 @@ async def etcd_store_factory(request: pytest.FixtureRequest) -> Store:
     store = EtcdStore(shared_etcd().endpoints, prefix=unique_prefix("contract"), timeout=5.0)
     await store.start()
     return store
+
+
+async def etcd_store_pair_factory(request: pytest.FixtureRequest) -> tuple[Store, Store]:
+    """`STORE_PAIR_FACTORIES` entry: two started `EtcdStore`s sharing one fresh prefix (two
+    nodes of one cluster)."""
+    prefix = unique_prefix("pair")
+    pair = (EtcdStore(shared_etcd().endpoints, prefix=prefix, timeout=5.0),
+            EtcdStore(shared_etcd().endpoints, prefix=prefix, timeout=5.0))
+    for store in pair:
+        await store.start()
+    return pair

@@ -99,6 +99,11 @@ class FakeManager(SessionManager):
         self._check("heartbeat")
         return 1800.0
 
+    async def heartbeat_with_io(self, session_id: str) -> float:
+        self.calls.append(("heartbeat_with_io", session_id))
+        self._check("heartbeat_with_io")
+        return 1800.0
+
     async def check_resume(self, session_id: str, token: str, user_id: str | None = None) -> Any:
         self.calls.append(("check_resume", session_id, token, user_id))
         self._check("check_resume")
@@ -354,7 +359,9 @@ async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awa
     await rig.settle()
     assert [e.remaining for e in events_of(rig, CLIENT_ADDR, KeepaliveAcknowledged)] == [
         pytest.approx(1800.0)]
-    assert rig.manager.named("heartbeat")[-1] == ("heartbeat", peer.session_id)
+    # awaited without trying the path without I/O a second time
+    assert rig.manager.named("heartbeat_with_io") == [("heartbeat_with_io", peer.session_id)]
+    assert rig.manager.named("heartbeat_nowait")[-1] == ("heartbeat_nowait", peer.session_id)
     assert peer in rig.port.flushed  # the late answer is flushed by the task
 
 

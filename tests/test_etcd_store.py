@@ -412,7 +412,7 @@ async def test_heartbeat_during_a_write_stays_dirty(
 
     async def heartbeat_meanwhile(*args: Any) -> Any:
         pending = txn(*args)
-        landed.append(a.touch_local(sid, later, later + timedelta(seconds=30)))
+        landed.append(a.touch_nowait(sid, later, later + timedelta(seconds=30)))
         return await pending
 
     monkeypatch.setattr(a, "_txn", heartbeat_meanwhile)
@@ -430,7 +430,7 @@ async def test_heartbeat_during_a_write_stays_dirty(
     assert not a._cache[sid].dirty
 
 
-async def test_touch_local_does_only_the_heartbeats_that_need_no_io(
+async def test_touch_nowait_does_only_the_heartbeats_that_need_no_io(
     etcd_endpoints: list[str], etcd_prefix: str,
 ) -> None:
     clock = Clock()
@@ -448,7 +448,7 @@ async def test_touch_local_does_only_the_heartbeats_that_need_no_io(
 
         def beat(store: EtcdStore, sid: str, seconds: float, timeout: float = 60.0) -> bool:
             at = t + timedelta(seconds=seconds)
-            return store.touch_local(sid, at, at + timedelta(seconds=timeout))
+            return store.touch_nowait(sid, at, at + timedelta(seconds=timeout))
 
         def cached(store: EtcdStore, sid: str) -> tuple[datetime, datetime, bool]:
             entry = store._cache[sid]
@@ -503,7 +503,7 @@ async def test_update_that_keeps_expiry_keeps_the_lease(
         record = await raw.get(f"{etcd_prefix}/s/{sid}".encode())
         assert record is not None and record.lease == lease
         beat = changed.last_active_at + timedelta(seconds=1)
-        assert a.touch_local(sid, beat, beat + timedelta(seconds=60))
+        assert a.touch_nowait(sid, beat, beat + timedelta(seconds=60))
         assert a.requests == before + 1
     finally:
         await a.close()

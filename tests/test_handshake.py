@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum.errors import CloseCode
-from quantum.fec import MAX_K, MAX_M
 from quantum.handshake import (
     HELLO_SIZE,
     MAX_METADATA_ENTRIES,
@@ -31,6 +30,7 @@ from quantum.handshake import (
     key_schedule,
 )
 from quantum.keys import fingerprint
+from quantum.limits import MAX_FEC_K, MAX_FEC_M
 
 
 def _h(label: str) -> bytes:
@@ -395,10 +395,11 @@ credentials_strategy = st.builds(
     Credentials,
     user_id=st.text(min_size=1, max_size=30),
     ticket=st.none() | _text,
-    resume=st.none() | st.tuples(st.binary(min_size=16, max_size=16), _text),
+    resume=st.none() | st.tuples(st.binary(min_size=16, max_size=16),
+                                 st.text(min_size=1, max_size=16)),
     resume_fallback=st.booleans(),
     metadata=st.dictionaries(st.text(min_size=1, max_size=10), _text, max_size=8),
-    fec=st.none() | st.tuples(st.integers(1, MAX_K), st.integers(1, MAX_M)),
+    fec=st.none() | st.tuples(st.integers(1, MAX_FEC_K), st.integers(1, MAX_FEC_M)),
 )
 
 
@@ -412,8 +413,9 @@ def test_credentials_round_trip(credentials: Credentials) -> None:
     [
         (Credentials(""), "user id is 0 bytes"),
         (Credentials("a", resume=(b"short", "t")), "session id must be 16 bytes"),
-        (Credentials("a", fec=(0, 3)), "fec"),
-        (Credentials("a", fec=(33, 3)), "fec"),
+        (Credentials("a", fec=(0, 3)), "FEC k must be between 1 and 16"),
+        (Credentials("a", fec=(17, 3)), "FEC k must be between 1 and 16"),
+        (Credentials("a", fec=(3, 17)), "FEC m must be between 1 and 16"),
         (Credentials("a", metadata={str(i): "" for i in range(MAX_METADATA_ENTRIES + 1)}),
          "at most 64"),
         (Credentials("a", metadata={"": "x"}), "metadata key is 0 bytes"),

@@ -365,10 +365,10 @@ async def test_heartbeat_logs_nothing_above_debug(
 
 async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock) -> None:
     class PlainStore(MemoryStore):
-        """No synchronous fast path and the base class's read-modify-write touch, like a
-        networked store."""
+        """The Store defaults, like a networked store: no heartbeat without I/O
+        (`touch_nowait` always False) and the read-modify-write `touch`."""
 
-        touch_now = None  # type: ignore[assignment]
+        touch_nowait = Store.touch_nowait
         touched = 0
 
         async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
@@ -380,6 +380,9 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
                                            logger=make_logger(LogCapture())))
     session, _ = await create(manager)
     clock.advance(5)
+    assert manager.heartbeat_nowait(session.session_id) is None
+    got = await manager.get_session(session.session_id)
+    assert (got.state, got.last_active_at) == (State.CONNECTING, session.created_at)
     assert await manager.heartbeat(session.session_id) == 1800.0
     got = await manager.get_session(session.session_id)
     assert (got.state, got.last_active_at) == (State.ACTIVE, clock.now)
@@ -389,17 +392,47 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
         await manager.heartbeat(session.session_id)
 
 
-async def test_heartbeat_nowait_runs_a_store_subclass_override_of_touch_now(
+async def test_heartbeat_tries_the_path_without_io_once(clock: FakeClock) -> None:
+    class SlowStore(MemoryStore):
+        """Never does a heartbeat without I/O, and counts how often it was asked."""
+
+        asked = 0
+        touched = 0
+
+        def touch_nowait(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
+            self.asked += 1
+            return False
+
+        async def touch(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+            self.touched += 1
+            await super().touch(session_id, now, expires_at)
+
+    store = SlowStore()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock))
+    session, _ = await create(manager)
+    assert await manager.heartbeat(session.session_id) == 1800.0
+    assert (store.asked, store.touched) == (1, 1)
+    # the server's way: heartbeat_nowait first, then (it returned None) the rest with I/O
+    assert manager.heartbeat_nowait(session.session_id) is None
+    clock.advance(3)
+    assert await manager.heartbeat_with_io(session.session_id) == 1800.0
+    assert (store.asked, store.touched) == (2, 2)
+    got = await manager.get_session(session.session_id)
+    assert (got.state, got.last_active_at, got.expires_at) == (
+        State.ACTIVE, clock.now, clock.now + timedelta(seconds=1800))
+
+
+async def test_heartbeat_nowait_runs_a_store_subclass_override_of_touch_nowait(
     clock: FakeClock,
 ) -> None:
-    # MemoryStore is compiled and the manager's heartbeat calls its touch_now natively: an
-    # interpreted subclass's override must still be the one that runs
+    # Store and MemoryStore are compiled and the manager's heartbeat calls touch_nowait
+    # natively: an interpreted subclass's override must still be the one that runs
     class CountingStore(MemoryStore):
         touched = 0
 
-        def touch_now(self, session_id: str, now: datetime, expires_at: datetime) -> None:
+        def touch_nowait(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
             self.touched += 1
-            super().touch_now(session_id, now, expires_at)
+            return super().touch_nowait(session_id, now, expires_at)
 
     store = CountingStore()
     manager = SessionManager(ManagerConfig(store=store, clock=clock))

@@ -57,7 +57,7 @@ def test_heartbeats_never_grow_the_heap() -> None:
         run_now(store.create(s))
     for step in range(1, 50):
         for s in sessions:
-            store.touch_now(s.session_id, at(step), at(step + 60))
+            store.touch_nowait(s.session_id, at(step), at(step + 60))
     assert store.heap_size() == 10
 
 
@@ -79,7 +79,7 @@ def test_extended_sessions_are_refiled_once_then_left_alone() -> None:
     store = MemoryStore()
     s = make(expires=10)
     run_now(store.create(s))
-    store.touch_now(s.session_id, at(5), at(100))
+    store.touch_nowait(s.session_id, at(5), at(100))
     assert run_now(store.delete_expired(at(10))) == 0  # re-filed at 100
     assert store.heap_size() == 1
     assert run_now(store.delete_expired(at(99))) == 0
@@ -121,7 +121,7 @@ def test_shortened_expiry_is_found_in_time(shorten_with: str) -> None:
         s.expires_at = at(5)
         run_now(store.update(s))
     else:
-        store.touch_now(s.session_id, at(1), at(5))
+        store.touch_nowait(s.session_id, at(1), at(5))
     assert run_now(store.delete_expired(at(4))) == 0
     assert run_now(store.delete_expired(at(5))) == 1
 
@@ -187,7 +187,7 @@ def test_equal_dues_expire_each_session_exactly_once() -> None:
     for s in sessions:
         run_now(store.create(s))
     for s in sessions[::2]:  # half were extended: re-filed at the same later due
-        store.touch_now(s.session_id, at(1), at(20))
+        store.touch_nowait(s.session_id, at(1), at(20))
     expired = run_now(store.expire(at(10)))
     assert sorted(_ids(expired)) == sorted(s.session_id for s in sessions[1::2])
     assert store.heap_size() == 10
@@ -201,10 +201,10 @@ def test_shortening_to_the_live_due_or_later_pushes_nothing() -> None:
     store = MemoryStore()
     s = make(expires=10)
     run_now(store.create(s))
-    store.touch_now(s.session_id, at(1), at(200))  # extended: the entry stays at 10
-    store.touch_now(s.session_id, at(2), at(10))  # shortened to exactly the live due
+    store.touch_nowait(s.session_id, at(1), at(200))  # extended: the entry stays at 10
+    store.touch_nowait(s.session_id, at(2), at(10))  # shortened to exactly the live due
     assert store.heap_size() == 1
-    store.touch_now(s.session_id, at(3), at(100))  # extended again
+    store.touch_nowait(s.session_id, at(3), at(100))  # extended again
     s.expires_at = at(50)
     s.last_active_at = at(3)
     run_now(store.update(s))  # shortened, but still later than the live due
@@ -228,7 +228,7 @@ def test_stale_entry_alike_the_live_one_neither_doubles_nor_loses_expiry(extende
     run_now(store.create(again))
     assert store.heap_size() == 2
     if extended:
-        store.touch_now(again.session_id, at(5), at(30))
+        store.touch_nowait(again.session_id, at(5), at(30))
         assert run_now(store.expire(at(10))) == []  # re-filed once, the twin skipped
         assert store.heap_size() == 1
         expired = run_now(store.expire(at(30)))

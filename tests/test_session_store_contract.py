@@ -447,3 +447,114 @@ async def test_approximate_count_follows_creates_and_deletes(store: Store) -> No
         while await store.approximate_count() != 4:
             await asyncio.sleep(0.01)
     assert await store.count() == 4
+
+
+# -- the heartbeat without I/O, and listeners
+
+
+async def test_touch_nowait_does_what_touch_would_or_changes_nothing(store: Store) -> None:
+    sessions = [make_session(state=state, expires_at=at(60)) for state in State]
+    for s in sessions:
+        await store.create(s)
+    for s in sessions:
+        done = store.touch_nowait(s.session_id, at(30), at(90))
+        wakes = s.state in (State.CONNECTING, State.IDLE)
+        got = await store.get(s.session_id)
+        if done:
+            woken = State.ACTIVE if wakes else s.state
+            assert (got.state, got.last_active_at, got.expires_at) == (woken, at(30), at(90))
+            # a wake-up is reported as `touch` reports it: the state left and the session now
+            assert done == ((s.state, got) if wakes else True)
+        else:
+            assert done is False and got == s
+        if not done:
+            await store.touch(s.session_id, at(30), at(90))  # what the manager does then
+    assert await store.delete_expired(at(60)) == 0
+    assert await store.delete_expired(at(90)) == len(sessions)
+
+
+async def test_touch_nowait_does_the_common_heartbeat(store: Store) -> None:
+    # what both our stores promise: a session that this store touched last, is ACTIVE and
+    # keeps its timeout is kept alive without I/O (it is every keepalive after the first)
+    session = make_session(state=State.ACTIVE, expires_at=at(60))
+    await store.create(session)
+    await store.touch(session.session_id, at(1), at(61))
+    for beat in (2, 3, 4):
+        assert store.touch_nowait(session.session_id, at(beat), at(beat + 60)) is True
+    got = await store.get(session.session_id)
+    assert (got.state, got.last_active_at, got.expires_at) == (State.ACTIVE, at(4), at(64))
+    assert await store.delete_expired(at(63)) == 0
+    assert await store.delete_expired(at(64)) == 1
+
+
+async def test_touch_nowait_never_revives_an_expired_session(store: Store) -> None:
+    session = make_session(state=State.ACTIVE, expires_at=at(60))
+    await store.create(session)
+    await store.touch(session.session_id, at(1), at(61))
+    try:
+        done = store.touch_nowait(session.session_id, at(61), at(121))
+    except SessionExpired as exc:
+        assert session.session_id in str(exc)
+    else:
+        assert done is False  # left to `touch`, which refuses
+        with pytest.raises(SessionExpired):
+            await store.touch(session.session_id, at(61), at(121))
+    assert (await store.get(session.session_id)).expires_at == at(61)
+
+
+async def test_touch_nowait_on_a_missing_session_raises_or_declines(store: Store) -> None:
+    sid = new_session_id()
+    try:
+        assert store.touch_nowait(sid, at(0), at(10)) is False
+    except SessionNotFound as exc:
+        assert sid in str(exc)
+    with pytest.raises(SessionNotFound):
+        await store.get(sid)
+
+
+async def test_listeners_never_hear_of_removals_made_through_the_store(store: Store) -> None:
+    heard: list[tuple[str, str]] = []
+    store.add_listener(lambda s, reason: heard.append((s.session_id, reason)))
+    deleted, expired, kept = (make_session(expires_at=at(10)) for _ in range(3))
+    for s in (deleted, expired, kept):
+        await store.create(s)
+    await store.delete(deleted.session_id)
+    kept.expires_at = at(100)
+    await store.update(kept)
+    assert [s.session_id for s in await store.expire(at(10))] == [expired.session_id]
+    await store.delete(kept.session_id)
+    async with asyncio.timeout(5):  # a shared store hears its own removals on its watch too
+        while await store.approximate_count() != 0:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert heard == []
+
+
+async def test_listeners_hear_of_removals_made_elsewhere(
+    store_pair: tuple[Store, Store],
+) -> None:
+    here, elsewhere = store_pair
+    heard: list[tuple[str, str]] = []
+
+    def listener(s: Session, reason: str) -> None:
+        heard.append((s.session_id, reason))
+
+    here.add_listener(listener)
+    live = make_session(expires_at=datetime.now(UTC) + timedelta(hours=1))
+    dead = make_session(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    later = make_session(user_id="user2", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    for s in (live, dead, later):
+        await here.create(s)
+    await elsewhere.delete(live.session_id)
+    await elsewhere.delete(dead.session_id)
+    async with asyncio.timeout(5):
+        while len(heard) < 2:
+            await asyncio.sleep(0.01)
+    assert sorted(heard) == sorted([(live.session_id, "deleted"), (dead.session_id, "expired")])
+    here.remove_listener(listener)
+    here.remove_listener(listener)  # a second time: harmless
+    await elsewhere.delete(later.session_id)
+    async with asyncio.timeout(5):  # once `here` knows of the delete, it has not told us
+        while await here.approximate_count() != 0:
+            await asyncio.sleep(0.01)
+    assert len(heard) == 2

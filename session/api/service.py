@@ -30,6 +30,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from quantum.limits import MAX_USER_ID_BYTES
 from session.api import session_pb2 as pb
 from session.api.convert import (
     InvalidArgument,
@@ -51,7 +52,7 @@ from session.errors import (
 )
 from session.logs import LazyLogger
 from session.manager import SessionManager
-from session.model import MAX_USER_ID_LENGTH, SessionFilter, State, Stats
+from session.model import SessionFilter, State, Stats
 from session.watch import SessionEvent
 
 __all__ = ["ApiConfig", "SessionService"]
@@ -248,8 +249,8 @@ class SessionService:
     async def ListSessions(self, request: pb.ListSessionsRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListSessionsResponse:
         def check() -> tuple[SessionFilter, int, int]:
-            if len(request.user_id) > MAX_USER_ID_LENGTH:
-                raise InvalidArgument(f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
+            if _too_long(request.user_id):
+                raise InvalidArgument(f"user_id is longer than {MAX_USER_ID_BYTES} bytes of UTF-8")
             state = state_from_pb(request.state, "state")
             page = request.page or 1
             size = min(request.page_size or self.config.default_page_size,
@@ -288,9 +289,9 @@ class SessionService:
 
     async def WatchSessions(self, request: pb.WatchSessionsRequest,
                             context: grpc.aio.ServicerContext) -> None:
-        if len(request.user_id) > MAX_USER_ID_LENGTH:
+        if _too_long(request.user_id):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
+                         f"user_id is longer than {MAX_USER_ID_BYTES} bytes of UTF-8")
         if len(self._watches) >= self.config.max_watchers:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{self.config.max_watchers} watchers are open already")
@@ -332,3 +333,10 @@ class SessionService:
                              "were waiting to be sent; list the sessions and watch again")
             watch.ready.clear()
             await watch.ready.wait()
+
+
+def _too_long(user_id: str) -> bool:
+    """A user id filter longer than any user id can be (`quantum.limits`)."""
+    if len(user_id) > MAX_USER_ID_BYTES:
+        return True
+    return len(user_id.encode("utf-8", "replace")) > MAX_USER_ID_BYTES

@@ -48,7 +48,9 @@ class DeadlineWheel(Generic[FiledT]):
             raise ValueError(f"resolution must be a positive number of seconds, "
                              f"got {resolution!r}")
         self.resolution = resolution
-        self._slots: dict[int, list[tuple[float, FiledT]]] = {}
+        # slot -> its owners, as they are (no tuple per entry: an entry is live when its
+        # owner's `check_at` still falls in its slot)
+        self._slots: dict[int, list[FiledT]] = {}
         self._taken: int | None = None  # the last slot handed out
         self._filed = 0
 
@@ -58,16 +60,19 @@ class DeadlineWheel(Generic[FiledT]):
 
     def file(self, item: FiledT, at: float) -> None:
         """File `item` to be handed out once `at` has passed (in the first slot ending at or
-        after it). An entry it had for another deadline is left to be skipped."""
+        after it; a time whose slot was handed out already is moved into the next one). An
+        entry it had for another deadline is left to be skipped."""
         slot = math.ceil(at / self.resolution)
         if self._taken is not None and slot <= self._taken:
-            slot = self._taken + 1  # its slot was handed out already: the next one
+            # its slot was handed out already: the middle of the next one
+            at = (self._taken + 0.5) * self.resolution
+            slot = math.ceil(at / self.resolution)
         item.check_at = at
         entries = self._slots.get(slot)
         if entries is None:
-            self._slots[slot] = [(at, item)]
+            self._slots[slot] = [item]
         else:
-            entries.append((at, item))
+            entries.append(item)
         self._filed += 1
 
     def take_due(self, now: float) -> list[FiledT]:
@@ -87,8 +92,11 @@ class DeadlineWheel(Generic[FiledT]):
         for slot in due_slots:
             entries = slots.pop(slot)
             self._filed -= len(entries)
-            for at, item in entries:
-                if item.check_at == at:  # its live deadline, not one it was filed past
+            for item in entries:
+                at = item.check_at
+                # its live deadline is in this slot (the same arithmetic as `file`), not a
+                # later one it was filed for since, nor none (handed out from another slot)
+                if at is not None and math.ceil(at / self.resolution) == slot:
                     item.check_at = None
                     out.append(item)
         return out

@@ -102,7 +102,7 @@ async def _stats_caught_up(h: object, sid: str, received: int) -> bool:
     return session is not None and session.stats.packets_received >= received - 2
 
 
-def test_survivors_of_a_burst_of_accepts_are_frozen_out_of_the_collector() -> None:
+async def test_survivors_of_a_burst_of_accepts_are_frozen_out_of_the_collector() -> None:
     from quantum.auth import AnonymousAuthenticator
     from quantum.keys import ServerKeyFile
     from server import QuantumServer

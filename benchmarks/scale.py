@@ -14,7 +14,8 @@ fresh load generator (`benchmarks.loadgen`, pinned to the other) run, in this or
    (`periodic_cpu_share`, its CPU seconds per second) while it holds N + active connections;
 4. the same closed loop again, now beside the N idle ones: `heartbeat_cost_ratio` is its CPU per
    heartbeat over step 1's (the target is within 1.15);
-5. the churn: another N/10 connections (at most 10,000) accepted while the loop runs.
+5. the churn: another N/10 connections (at most 10,000) accepted while the loop runs, by a
+   second generator process (on the generator's core).
 
 The longest event-loop stall (the server's `StallProbe`: the lag of a 1 ms `call_later` chain)
 is read after every step: `stall_max_ms` per phase, and over the whole run (the target: none
@@ -164,10 +165,12 @@ def run_one(ctx: Any, build: LoadgenBuild, idle: int, active: int,
         stalls["quiet"] = _stall_ms(server)
         loaded = _loop_window(server, loadgen, active, duration)
         stalls["loop_with_idle"] = _stall_ms(server)
-        # churn: more accepts while the closed loop runs
+        # churn: more accepts while the closed loop runs, from a second generator (a
+        # generator answers its commands one at a time)
+        churner = _start_loadgen(ctx, stack, port, build)
         server.call("start")
         loadgen.send("run", clients=active, duration=duration)
-        churned = loadgen.call("connect", count=churn, user_prefix="churn")
+        churned = churner.call("connect", count=churn, user_prefix="churn")
         run_reply = loadgen.receive("run")
         churn_window = server.call("stop")
         stalls["churn"] = _stall_ms(server)

@@ -101,7 +101,9 @@ async def _server_main(pipe: Pipe, max_connections: int) -> None:
         if kind == "memory":
             return {"ok": True, "rss": rss_bytes(), "connections": len(server.peers),
                     "sessions": await store.count(), "hibernating": server.hibernating,
-                    "gc_tracked": len(gc.get_objects()),
+                    # what a full collection still traverses (gc.freeze()d objects are not)
+                    "gc_collectable": len(gc.get_objects()),
+                    "gc_frozen": gc.get_freeze_count(),
                     "settle_seconds": config.hibernate_after + config.stats_interval + 1.0}
         if kind == "quit":
             return {"ok": True}
@@ -183,8 +185,12 @@ def run_one(ctx: Any, build: LoadgenBuild, idle: int, active: int,
         "idle_connections": idle,
         "active_connections": active,
         "rss_per_idle_connection_bytes": round((after["rss"] - before["rss"]) / idle),
-        "gc_tracked_objects_per_idle_connection":
-            round((after["gc_tracked"] - before["gc_tracked"]) / idle, 2),
+        # objects a full collection traverses per idle connection, and how many of them the
+        # server's gc.freeze() moved out of its way
+        "gc_collectable_objects_per_idle_connection":
+            round((after["gc_collectable"] - before["gc_collectable"]) / idle, 2),
+        "gc_frozen_objects_per_idle_connection":
+            round((after["gc_frozen"] - before["gc_frozen"]) / idle, 2),
         "hibernating": after["hibernating"],
         "accepts_per_s": round(idle / opened["seconds"]) if opened["seconds"] else None,
         "periodic_cpu_share": round(quiet["cpu_s"] / quiet["wall_s"], 4),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import time
 import uuid
@@ -49,6 +50,7 @@ from quantum.keys import ServerKeyFile, fingerprint
 from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
 from quantum_server.config import ServerConfig
+from quantum_server.housekeeping import DeadlineWheel, StallProbe
 from quantum_server.system import bind_udp, enlarge_socket_buffers, return_free_memory
 from quantum_server.transport import ConnectionTotals
 from session.errors import (
@@ -73,6 +75,19 @@ _AUTHENTICATING: Final = ConnectionState.AUTHENTICATING
 #: a hibernation sweep that released at least this many connections' cipher objects (2.4 KB
 #: each, ~1.2 MB here) hands the freed memory back to the OS
 TRIM_AFTER_RELEASES: Final = 256
+#: the upkeep deadlines' granularity (seconds): an idle session is marked, a quiet connection
+#: hibernated, up to this much after its deadline
+HOUSEKEEPING_RESOLUTION: Final = 0.25
+#: connections looked at per event-loop pass of the upkeep before it yields to the socket
+#: (about 1 us each, less for most): a burst of deadlines cannot stall the loop
+HOUSEKEEPING_BATCH: Final = 4096
+#: session updates (state changes, statistics) applied per event-loop pass before yielding
+UPDATE_BATCH: Final = 512
+#: after this many connections were opened since the last freeze, the objects that survived
+#: (the connections, their sessions) move to the collector's permanent generation
+#: (`gc.freeze`): a full collection then stops the world only for what is new, not for every
+#: connection ever accepted (1.6 s at 200,000 connections otherwise)
+GC_FREEZE_AFTER: Final = 1000
 
 T = TypeVar("T")
 
@@ -94,6 +109,10 @@ class Peer:
     superseded: bool = False  # a resume moved the session to another connection
     stats_pushed_at: int = 0  # packets_received when the stats last went to the manager
     timer_at: float | None = None
+    check_at: float | None = None  # when its upkeep is due (filed on the server's wheel)
+    hibernated: bool = False  # counted in the server's hibernating connections
+    retransmissions_counted: int = 0  # its retransmissions already in the server's counters
+    drops_counted: dict[str, int] | None = None  # its drops already in the server's counters
     drained: asyncio.Future[None] | None = None  # what `drain()` waits for, while it does
     flush_pending: bool = False  # sent to since the connection was last flushed
 
@@ -176,6 +195,9 @@ class ServerCounters:
     retransmissions: int = 0
     auth_failures: int = 0
     drops: dict[str, int] = field(default_factory=dict)
+    #: the connections' own drops (reason -> count): live ones' as of their last upkeep look,
+    #: closed ones' in full
+    connection_drops: dict[str, int] = field(default_factory=dict)
     #: handshakes refused after authentication by a limit (code name -> count)
     rejected: dict[str, int] = field(default_factory=dict)
     #: the counters of connections that have closed (the metrics' totals include them)
@@ -234,24 +256,30 @@ class SessionBridge:
         self.port = port
         self.counters = counters
         self.keepalive_interval = keepalive_interval
-        self.clock = clock  # the loop's clock: the time base of the connections
+        self.clock = clock  # the connections' clock (time.monotonic on the server)
         #: the server's address as sessions record it (set when it has one)
         self.server_addr: str | None = None
         #: session id -> the peer holding it
         self.by_session: dict[str, Peer] = {}
         self.user_connections = ConnectionQuota(max_connections_per_user)
+        #: session id -> the state it is to be given: applied by one task, in batches
+        self._states: dict[str, State] = {}
+        #: statistics to record, collected by the upkeep and applied by one task
+        self._stats: list[tuple[str, Stats]] = []
+        self._applying = False
 
     def handle(self, peer: Peer, event: Event) -> None:
         if isinstance(event, KeepaliveReceived):
             self.counters.heartbeats += 1
-            peer.last_keepalive = peer.conn.last_received_at  # when it arrived (loop time)
+            peer.last_keepalive = peer.conn.last_received_at  # when it arrived
             peer.idle = False
             self._heartbeat(peer, event.keepalive_id)
         elif isinstance(event, MessageReceived):
             self.counters.messages_received += 1
             if peer.idle:
                 peer.idle = False
-                self._set_state(peer, State.ACTIVE)
+                if peer.session_id is not None:
+                    self._set_state(peer.session_id, State.ACTIVE)
         elif isinstance(event, AuthenticationRequested):
             self.port.spawn(self._authenticate(peer, event))
         elif isinstance(event, PathMigrated):
@@ -401,6 +429,7 @@ class SessionBridge:
             return None
         holder = self.by_session.get(sid)
         self._admit(peer, req.user_id, replacing=holder if holder is not peer else None)
+        self._states.pop(sid, None)  # a pending IDLE or DISCONNECTING: the resume supersedes
         try:
             session = await self.manager.resume_session(
                 sid, token, cid, ip, port, server_addr=self.server_addr, user_id=req.user_id)
@@ -425,46 +454,68 @@ class SessionBridge:
 
     # -- periodic work and the end of a connection
 
-    def _set_state(self, peer: Peer, state: State) -> None:
-        if peer.session_id is not None:
-            self.port.spawn(self._update(peer.session_id, state=state))
+    def _set_state(self, sid: str, state: State) -> None:
+        """Queue a session state change: the latest one per session is applied, by the one
+        task that applies them all (never a task per session)."""
+        self._states[sid] = state
+        self._apply_soon()
 
-    async def _update(self, session_id: str, state: State | None = None,
-                      stats: Stats | None = None) -> None:
+    def _apply_soon(self) -> None:
+        if not self._applying:
+            self._applying = True
+            self.port.spawn(self._apply_updates())
+
+    async def _apply_updates(self) -> None:
+        """Apply the queued state changes and statistics, `UPDATE_BATCH` at a time with a
+        yield to the event loop between batches: a store that answers at once (MemoryStore)
+        would otherwise run thousands of them in one loop pass."""
+        update, record = self.manager.update_session, self.manager.record_stats
         try:
-            await self.manager.update_session(session_id, state=state, stats=stats)
-        except SessionError as exc:
-            log.debug("session update skipped", session_id=session_id, error=str(exc))
+            done = 0
+            while self._states or self._stats:
+                if self._states:
+                    sid = next(iter(self._states))
+                    state = self._states.pop(sid)
+                    try:
+                        await update(sid, state=state)
+                    except SessionError as exc:
+                        log.debug("session update skipped", session_id=sid, error=str(exc))
+                else:
+                    sid, stats = self._stats.pop()
+                    with contextlib.suppress(SessionError):
+                        await record(sid, stats)
+                done += 1
+                if done % UPDATE_BATCH == 0:
+                    await asyncio.sleep(0)
+        finally:
+            self._applying = False
 
-    def sweep(self, peers: list[Peer], now: float) -> None:
-        """Every few seconds: idle detection and coalesced statistics."""
-        interval = self.keepalive_interval
-        changed: list[tuple[str, Stats]] = []
-        for peer in peers:
-            sid = peer.session_id
-            if sid is None:
-                continue
-            if not peer.idle and now - peer.last_keepalive > 3 * interval:
-                peer.idle = True
-                self._set_state(peer, State.IDLE)
-            received = peer.conn.stats.packets_received
-            if received != peer.stats_pushed_at:
-                peer.stats_pushed_at = received
-                changed.append((sid, _session_stats(peer.conn)))
-        if changed:
-            # one task for the whole sweep, not one per session: recording is local on both
-            # stores (MemoryStore; EtcdStore writes it with the next lease refresh)
-            self.port.spawn(self._record(changed))
+    def check(self, peer: Peer, now: float) -> float | None:
+        """A connection's session upkeep, when its deadline comes (`QuantumServer`'s wheel):
+        ACTIVE -> IDLE after three keepalive intervals without one, and its statistics
+        when they changed (coalesced: at most once per look, never per packet). Returns when
+        it next needs a look for the session's sake: None while there is nothing to wait for
+        (no session, or idle already), in which case the next packet files it again."""
+        sid = peer.session_id
+        if sid is None:
+            return None
+        idle_at = peer.last_keepalive + 3 * self.keepalive_interval
+        if not peer.idle and now > idle_at:
+            peer.idle = True
+            self._set_state(sid, State.IDLE)
+        received = peer.conn.stats.packets_received
+        if received != peer.stats_pushed_at:
+            peer.stats_pushed_at = received
+            # recording is local on both stores (MemoryStore; EtcdStore writes it with the
+            # next lease refresh): queued for the update task with the state changes
+            self._stats.append((sid, _session_stats(peer.conn)))
+            self._apply_soon()
+        return None if peer.idle else idle_at
 
     def _push_stats(self, peer: Peer) -> None:
         assert peer.session_id is not None
-        self.port.spawn(self._record([(peer.session_id, _session_stats(peer.conn))]))
-
-    async def _record(self, changed: list[tuple[str, Stats]]) -> None:
-        record = self.manager.record_stats
-        for session_id, stats in changed:
-            with contextlib.suppress(SessionError):
-                await record(session_id, stats)
+        self._stats.append((peer.session_id, _session_stats(peer.conn)))
+        self._apply_soon()
 
     def _closed(self, peer: Peer, event: ConnectionClosed) -> None:
         self.user_connections.release(peer.conn.connection_id)
@@ -475,11 +526,12 @@ class SessionBridge:
             del self.by_session[sid]
         self._push_stats(peer)
         if event.by_peer and event.code == CloseCode.NORMAL:
+            self._states.pop(sid, None)  # nothing left to update
             self.port.spawn(self._delete(sid, "client closed"))
         elif event.code == CloseCode.SESSION_ENDED:
             pass  # the session service ended it; nothing left to update
         else:
-            self.port.spawn(self._update(sid, state=State.DISCONNECTING))
+            self._set_state(sid, State.DISCONNECTING)
         log.info("connection closed", connection_id=peer.connection_id, session_id=sid,
                  reason=event.reason, by_peer=event.by_peer)
 
@@ -489,6 +541,7 @@ class SessionBridge:
 
     def on_session_ended(self, session: Session, reason: str) -> None:
         """Manager listener: a session deleted or expired closes its connection."""
+        self._states.pop(session.session_id, None)
         peer = self.by_session.pop(session.session_id, None)
         if peer is None or peer.conn.state is _CLOSED:
             return
@@ -547,6 +600,17 @@ class QuantumServer(asyncio.DatagramProtocol):
             lambda peer: peer.conn.get_timer())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._periodic: asyncio.Task[None] | None = None
+        #: every connection's next upkeep (idle detection, statistics, hibernation)
+        #: how soon after it is first heard from a connection gets its upkeep look
+        self._first_look = min(cfg.stats_interval, cfg.hibernate_after)
+        self._upkeep: DeadlineWheel[Peer] = DeadlineWheel(
+            min(HOUSEKEEPING_RESOLUTION, self._first_look))
+        #: connections whose cipher objects are released (running count, for `snapshot`)
+        self.hibernating = 0
+        #: the longest event-loop stall (None: not measured, `stall_probe_interval` 0)
+        self.stall_probe: StallProbe | None = (
+            StallProbe(cfg.stall_probe_interval) if cfg.stall_probe_interval > 0 else None)
+        self._frozen_at_opened = 0  # connections_opened at the last gc.freeze()
         # peers sent to outside their own input's processing, flushed once per loop pass
         self._flush_queue: list[Peer] = []
 
@@ -560,7 +624,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         return self.bridge.user_connections
 
     def _now(self) -> float:
-        return self.loop.time()
+        # the connections' clock: high resolution, unlike uvloop's loop.time() (quantum.timers)
+        return time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -577,6 +642,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         # `[::1]:9097`, `0.0.0.0:9090`: with --port 0, the port the system chose
         self.address_text = self.bridge.server_addr = address_text(sockname)
         self._periodic = self.loop.create_task(self._periodic_work())
+        if self.stall_probe is not None:
+            self.stall_probe.start(self.loop)
         log.info("server started", address=self.address_text,
                  fingerprint=fingerprint(self.key.public_key),
                  max_connections=self.config.max_connections, fec=self.config.fec)
@@ -592,14 +659,16 @@ class QuantumServer(asyncio.DatagramProtocol):
         for peer in list(self.peers.values()):
             peer.conn.close(reason, CloseCode.SERVER_SHUTDOWN)
             self.flush(peer)
-        deadline = self.loop.time() + 2.0
-        while self.peers and self.loop.time() < deadline:
+        deadline = time.monotonic() + 2.0
+        while self.peers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for peer in list(self.peers.values()):  # unresponsive clients: give up on them
             peer.conn.handle_timer(float("inf"))
-            self._process(peer, self.loop.time())
+            self._process(peer, time.monotonic())
         if self._periodic is not None:
             self._periodic.cancel()
+        if self.stall_probe is not None:
+            self.stall_probe.stop()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         if self._transport is not None:
@@ -614,7 +683,7 @@ class QuantumServer(asyncio.DatagramProtocol):
         self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        now = self.loop.time()
+        now = time.monotonic()
         peer = self.endpoint.route(data)
         if peer is not None:
             peer.conn.receive_datagram(data, addr, now)
@@ -659,10 +728,13 @@ class QuantumServer(asyncio.DatagramProtocol):
         peer.flush_pending = False
         if conn.state is _CLOSED:
             if self.endpoint.remove(conn.connection_id, now) is not None:
-                self.counters.connections_closed += 1
-                self.counters.retransmissions += conn.stats.retransmissions
-                self.counters.closed.add(conn.stats)
+                self._forget(peer)
             return
+        check_at = peer.check_at
+        if check_at is None or check_at > now + self._first_look:
+            # heard from after a quiet spell: its upkeep (statistics, hibernating again) is
+            # due soon, not at the far deadline it was filed for (idle detection), if any
+            self._upkeep.file(peer, now + self._first_look)
         at = conn.get_timer()
         current = peer.timer_at
         # schedule() would return at once for a deadline no earlier than the live one, the
@@ -691,7 +763,7 @@ class QuantumServer(asyncio.DatagramProtocol):
 
     def flush(self, peer: Peer) -> None:
         """Send what the peer's connection has queued, now (`BridgePort.flush`)."""
-        self._process(peer, self.loop.time())
+        self._process(peer, time.monotonic())
 
     def flush_soon(self, peer: Peer) -> None:
         """Flush `peer` once, at the end of this event-loop pass: what is sent to it meanwhile
@@ -703,7 +775,7 @@ class QuantumServer(asyncio.DatagramProtocol):
 
     def _flush_queued(self) -> None:
         queue, self._flush_queue = self._flush_queue, []
-        now = self.loop.time()
+        now = time.monotonic()
         for peer in queue:
             if peer.flush_pending:  # not flushed by its own input's processing meanwhile
                 self._process(peer, now)
@@ -719,53 +791,128 @@ class QuantumServer(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ background work
 
     async def _periodic_work(self) -> None:
-        next_report = self.loop.time() + self.config.report_interval
+        """The connections' upkeep as it comes due, the counters' report, the collector's
+        freeze: each pass costs what is due, never a walk over every connection."""
+        next_report = time.monotonic() + self.config.report_interval
         while True:
-            await asyncio.sleep(self.config.stats_interval)
-            now = self.loop.time()
-            peers = list(self.peers.values())
-            self.bridge.sweep(peers, now)
-            self._hibernate_quiet(peers, now)
+            await asyncio.sleep(self._upkeep.resolution)
+            now = time.monotonic()
+            due = self._upkeep.take_due(now)
+            released = 0
+            for start in range(0, len(due), HOUSEKEEPING_BATCH):
+                if start:
+                    await asyncio.sleep(0)  # let the socket in between batches
+                    now = time.monotonic()
+                released += self._look_at(due[start:start + HOUSEKEEPING_BATCH], now)
+            if released >= TRIM_AFTER_RELEASES:
+                return_free_memory()
+            self._freeze_survivors()
             if now >= next_report:
                 next_report = now + self.config.report_interval
                 log.info("server counters", **self.snapshot())
 
-    def _hibernate_quiet(self, peers: list[Peer], now: float) -> None:
-        """Connections that heard nothing for `hibernate_after` seconds drop their cipher
-        objects, most of an idle connection's memory (see `Connection.hibernate`)."""
-        quiet_since = now - self.config.hibernate_after
+    def _look_at(self, due: list[Peer], now: float) -> int:
+        """The upkeep of connections whose deadline came: the session's (idle detection,
+        statistics), hibernation of the quiet ones, their counters folded into the server's.
+        Each is filed again for when it next needs a look, or left until its next packet.
+        Returns how many released their cipher objects."""
+        peers, bridge = self.peers, self.bridge
+        quiet_for = self.config.hibernate_after
+        stats_every = self.config.stats_interval
         released = 0
-        for peer in peers:
+        for peer in due:
             conn = peer.conn
-            if conn.last_received_at <= quiet_since and conn.hibernate():
-                released += 1
-        if released >= TRIM_AFTER_RELEASES:
-            return_free_memory()
+            if peers.get(conn.connection_id) is not peer or peer.check_at is not None:
+                continue  # closed meanwhile, or filed again since it was taken
+            heard = conn.stats.packets_received != peer.stats_pushed_at
+            self._fold_counters(peer)
+            at = bridge.check(peer, now)
+            if peer.hibernated and not conn.hibernating:  # woke on a packet since
+                peer.hibernated = False
+                self.hibernating -= 1
+            if not peer.hibernated:
+                quiet_at = conn.last_received_at + quiet_for
+                if quiet_at <= now:
+                    if conn.hibernate():
+                        released += 1
+                    if conn.hibernating:
+                        peer.hibernated = True
+                        self.hibernating += 1
+                elif at is None or quiet_at < at:
+                    at = quiet_at
+            if heard:
+                # busy: its statistics are pushed again in `stats_interval`
+                busy_at = now + stats_every
+                if at is None or busy_at < at:
+                    at = busy_at
+            if at is not None:
+                self._upkeep.file(peer, at)
+        return released
+
+    def _fold_counters(self, peer: Peer) -> None:
+        """Add what a connection counted since its last look to the server's counters, so
+        that `snapshot` reads running totals instead of every connection."""
+        stats = peer.conn.stats
+        retx = stats.fast_retransmits + stats.timeout_retransmits
+        self.counters.retransmissions += retx - peer.retransmissions_counted
+        peer.retransmissions_counted = retx
+        if stats.drops:  # rare: a dict only for the connections that dropped something
+            counted = peer.drops_counted
+            if counted is None:
+                counted = peer.drops_counted = {}
+            drops = self.counters.connection_drops
+            for reason, n in stats.drops.items():
+                new = n - counted.get(reason, 0)
+                if new:
+                    drops[reason] = drops.get(reason, 0) + new
+                    counted[reason] = n
+
+    def _forget(self, peer: Peer) -> None:
+        """A closed connection leaves: its counters join the closed connections' totals."""
+        conn = peer.conn
+        self.counters.connections_closed += 1
+        self._fold_counters(peer)
+        self.counters.closed.add(conn.stats)
+        if peer.hibernated:
+            peer.hibernated = False
+            self.hibernating -= 1
+
+    def _freeze_survivors(self) -> None:
+        """After a burst of accepts, move what survived into the collector's permanent
+        generation (`GC_FREEZE_AFTER`). Closed connections leave no reference cycles (the
+        tests check), so what is frozen is freed by reference counting when it ends."""
+        opened = self.counters.connections_opened
+        if opened - self._frozen_at_opened >= GC_FREEZE_AFTER:
+            self._frozen_at_opened = opened
+            gc.collect(1)  # the young garbage first: it would otherwise be frozen with them
+            gc.freeze()
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters for people and dashboards: connections, heartbeats, drops by reason..."""
+        """Counters for people and dashboards: connections, heartbeats, drops by reason...
+        Running totals: a live connection's retransmissions and drops are counted at its
+        upkeep looks (every `stats_interval` while it is busy) and when it closes."""
         c = self.counters
         drops = dict(c.drops)
+        for reason, n in c.connection_drops.items():
+            drops[reason] = drops.get(reason, 0) + n
         for reason, n in self.listener.stats.drops.items():
             drops[f"handshake_{reason}"] = n
-        for peer in self.peers.values():
-            for reason, n in peer.conn.stats.drops.items():
-                drops[reason] = drops.get(reason, 0) + n
         rejected = dict(self.listener.stats.rejected)
         for code, n in c.rejected.items():
             rejected[code] = rejected.get(code, 0) + n
-        live_retx = sum(p.conn.stats.retransmissions for p in self.peers.values())
+        probe = self.stall_probe
         return {
             "connections": len(self.peers),
-            "connections_hibernating": sum(p.conn.hibernating for p in self.peers.values()),
+            "connections_hibernating": self.hibernating,
             "connections_opened": c.connections_opened,
             "connections_closed": c.connections_closed,
             "heartbeats": c.heartbeats,
             "messages_received": c.messages_received,
-            "retransmissions": c.retransmissions + live_retx,
+            "retransmissions": c.retransmissions,
             "auth_failures": c.auth_failures,
             "handshakes_rejected": rejected,
             "drops": drops,
+            "loop_stall_max_s": round(probe.max_lag_ever, 4) if probe is not None else None,
         }
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> None:

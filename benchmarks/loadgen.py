@@ -130,7 +130,7 @@ class LoadGenerator:
         self.clients: dict[bytes, Client] = {}
         self._timers: TimerHeap[Client] = TimerHeap(
             self._on_timer, lambda client: client.conn.connection_id in self.clients,
-            lambda client: client.conn.get_timer())
+            lambda client: client.conn.get_timer(), clock=self.loop.time)
         self._timers.loop = self.loop
         self._running = False
         self._result = RunResult()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from quantum.events import (
 )
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
+from quantum.timers import arm_at
 
 
 class ConnectError(QuantumError):
@@ -205,7 +207,7 @@ class QuantumClient(asyncio.DatagramProtocol):
         # the socket is connected: whatever arrives comes from the server's address, which the
         # socket may spell differently from getaddrinfo (a link-local zone: `%eth0` in the
         # host, or only in the scope id), so the connection is told the address it knows
-        self._conn.receive_datagram(data, self._conn.peer_addr, self._loop.time())
+        self._conn.receive_datagram(data, self._conn.peer_addr, time.monotonic())
         self._process()
 
     def error_received(self, exc: Exception) -> None:
@@ -229,7 +231,7 @@ class QuantumClient(asyncio.DatagramProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._conn.handle_timer(self._loop.time())
+        self._conn.handle_timer(time.monotonic())
         self._process()
 
     def _process(self) -> None:
@@ -282,7 +284,7 @@ class QuantumClient(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is None:
             return
-        for data, _ in self._conn.datagrams_to_send(self._loop.time()):
+        for data, _ in self._conn.datagrams_to_send(time.monotonic()):
             transport.sendto(data)  # connected to the server: no address (asyncio insists)
         self._arm_timer()
         if self._conn.state is ConnectionState.CLOSED and self._closed.done():
@@ -297,7 +299,7 @@ class QuantumClient(asyncio.DatagramProtocol):
             self._timer = None
         self._timer_at = at
         if at is not None:
-            self._timer = self._loop.call_at(at, self._on_timer)
+            self._timer = arm_at(self._loop, at, self._on_timer)
 
     def _wake_all(self) -> None:
         for waiter in (self._message_waiter, self._drained):
@@ -381,7 +383,7 @@ async def _attempt(family: int, server_addr: Address, credentials: Credentials,
     sock = _connected_socket(family, server_addr, local_addr)
     # the server's address as this socket names it (asyncio's own `remote_addr` takes only
     # (host, port), which would lose an IPv6 scope id)
-    conn = Connection.client(sock.getpeername(), credentials, loop.time(),
+    conn = Connection.client(sock.getpeername(), credentials, time.monotonic(),
                              configuration=config, server_key=server_key,
                              connection_id=os.urandom(16))
     client = QuantumClient(conn, loop, fail_fast=fail_fast)

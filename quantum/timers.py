@@ -4,14 +4,33 @@ A sans-I/O connection names its next deadline (`Connection.get_timer`) and acts 
 told (`handle_timer`); its owner arms the clock. An owner of thousands of connections (the
 server, the benchmark's load generator) keeps them all in one `TimerHeap` armed with a single
 `loop.call_at`, instead of one timer handle per connection.
+
+Connections run on the high-resolution monotonic clock (`time.monotonic`), not on the event
+loop's: uvloop's `loop.time()` advances in whole milliseconds (and may lag the fine clock by a
+kernel tick), too coarse for the round-trip and bandwidth samples of a fast path. Both count
+from the same origin (CLOCK_MONOTONIC), so a deadline on the fine clock can be armed with
+`loop.call_at`; `arm_at` adds `TIMER_SLACK` so that the loop's rounding never wakes an owner
+before its deadline (an early wake would find nothing due and re-arm at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+#: added to a deadline armed on the event loop: uvloop rounds a delay to whole milliseconds
+#: against a clock that may be behind the fine one; a millisecond late is what it does anyway
+TIMER_SLACK: Final = 0.001
+
+
+def arm_at(loop: asyncio.AbstractEventLoop, at: float,
+           callback: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+    """`loop.call_at` for a deadline on the connections' clock: never fires before `at`
+    (a deadline already passed fires at the loop's next pass)."""
+    return loop.call_at(at if at <= time.monotonic() else at + TIMER_SLACK, callback, *args)
 
 
 class Timed(Protocol):
@@ -41,11 +60,13 @@ class TimerHeap(Generic[TimedT]):
 
     def __init__(self, fire: Callable[[TimedT, float], None],
                  alive: Callable[[TimedT], bool],
-                 deadline: Callable[[TimedT], float | None] | None = None) -> None:
+                 deadline: Callable[[TimedT], float | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the owner starts
         self._fire = fire
         self._alive = alive
         self._deadline = deadline  # the owner's current deadline (None: take entries as due)
+        self._clock = clock  # the time base of every deadline (the connections' clock)
         # (deadline, owner's tie-break key, owner): no new object per entry but the tuple
         self._heap: list[tuple[float, bytes, TimedT]] = []
         self._handle: asyncio.TimerHandle | None = None
@@ -72,7 +93,7 @@ class TimerHeap(Generic[TimedT]):
         if self._handle is not None:
             self._handle.cancel()
         self._handle_at = at
-        self._handle = self.loop.call_at(at, self._run)
+        self._handle = arm_at(self.loop, at, self._run)
 
     def _run(self) -> None:
         """Fire every live deadline that is due, each at most once, then arm for the earliest
@@ -84,7 +105,7 @@ class TimerHeap(Generic[TimedT]):
         assert self.loop is not None
         self._handle = None
         self._handle_at = None
-        now = self.loop.time()
+        now = self._clock()
         heap, alive, deadline = self._heap, self._alive, self._deadline
         due: list[TimedT] = []
         while heap and heap[0][0] <= now:

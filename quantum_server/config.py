@@ -50,6 +50,11 @@ class ServerConfig:
     stall_timeout: float = 30.0
     #: AEAD ciphers the server accepts; it picks the first of a client's offer found here
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    #: how often the event-loop stall probe runs (seconds; 0 turns it off): the longest lag
+    #: of its `call_later` chain is `snapshot()["loop_stall_max_s"]` and the metric
+    #: quantum_event_loop_stall_seconds_max, which can miss up to one interval of a stall.
+    #: One timer callback per interval: benchmarks/scale.py runs it every 1 ms
+    stall_probe_interval: float = 0.01
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
@@ -86,6 +91,10 @@ class ServerConfig:
             value = given[name]
             if not (_is_number(value) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        probe = given["stall_probe_interval"]
+        if not (_is_number(probe) and 0 <= probe < float("inf")):
+            raise ValueError(f"stall_probe_interval must be 0 (off) or a positive number of "
+                             f"seconds, got {probe!r}")
 
 
 def _is_number(value: object) -> TypeGuard[float]:

@@ -116,6 +116,12 @@ class TransportCollector(Collector):
         yield GaugeHistogramMetricFamily(
             "quantum_rtt_seconds", "Smoothed RTT of the live connections (as of their last "
             "stats sweep).", buckets=_buckets(RTT_BUCKETS, t.rtt_counts), gsum_value=t.rtt_sum)
+        if t.loop_stall_max_seconds is not None:
+            yield GaugeMetricFamily(
+                "quantum_event_loop_stall_seconds_max",
+                "Longest the event loop went without running a callback, since start (the "
+                "lag of a call_later chain every stall_probe_interval).",
+                value=t.loop_stall_max_seconds)
         yield GaugeMetricFamily("quantum_metrics_collect_seconds",
                                 "Seconds the last scrape spent reading the transport counters.",
                                 value=self.last_collect_seconds)

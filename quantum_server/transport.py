@@ -81,6 +81,8 @@ class TransportTotals:
     #: sum of their RTTs: connections without an RTT sample yet are left out
     rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
     rtt_sum: float = 0.0
+    #: the longest event-loop stall since start (seconds; None: the probe is off)
+    loop_stall_max_seconds: float | None = None
 
 
 def transport_totals(server: QuantumServer) -> TransportTotals:
@@ -131,4 +133,6 @@ def transport_totals(server: QuantumServer) -> TransportTotals:
     out.connections_hibernating = hibernating
     out.drops = drops
     out.rtt_sum = rtt_sum
+    probe = server.stall_probe
+    out.loop_stall_max_seconds = probe.max_lag_ever if probe is not None else None
     return out

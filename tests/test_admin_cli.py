@@ -61,7 +61,9 @@ async def server(tmp_path: Path, *flags: str, store: str = "memory") -> AsyncIte
         env=cli_env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        # a generous wait: at a load average of 14 on 2 cores the process (imports, the
+        # shared etcd's first lease) once took over 20 s to say it was ready
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         ready = READY.search(line)
         assert ready is not None, f"no ready line, got {line!r}"
         yield Running(proc, int(ready["udp"]), ready["public"], ready["api"], ready["metrics"])

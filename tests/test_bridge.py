@@ -380,18 +380,20 @@ async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection() -> N
 # ----------------------------------------------------------------- messages, migration, sweep
 
 
-async def test_a_message_wakes_an_idle_session_and_the_sweep_puts_it_to_sleep() -> None:
+async def test_a_message_wakes_an_idle_session_and_the_upkeep_puts_it_to_sleep() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
     sid = peer.session_id
-    rig.bridge.sweep([peer], rig.now + 3 * KEEPALIVE - 1)  # not yet
+    idle_at = peer.last_keepalive + 3 * KEEPALIVE
+    # not yet idle: the next look is due when it would be
+    assert rig.bridge.check(peer, rig.now + 3 * KEEPALIVE - 1) == idle_at
     await rig.settle(0.1)
     assert not peer.idle
-    rig.bridge.sweep([peer], peer.last_keepalive + 3 * KEEPALIVE + 1)
+    assert rig.bridge.check(peer, idle_at + 1) is None  # idle: nothing left to wait for
     await rig.settle(0.1)
     assert peer.idle
     assert ("update_session", sid, State.IDLE) in rig.manager.calls
-    # the sweep also recorded the connection's statistics, once
+    # the looks also recorded the connection's statistics, once
     assert [c[1] for c in rig.manager.named("record_stats")] == [sid]
     client.send(b"back")
     await rig.settle()
@@ -399,13 +401,43 @@ async def test_a_message_wakes_an_idle_session_and_the_sweep_puts_it_to_sleep() 
     assert rig.counters.messages_received == 1
 
 
-async def test_the_sweep_records_statistics_only_when_something_arrived() -> None:
+async def test_the_upkeep_records_statistics_only_when_something_arrived() -> None:
     rig = Rig()
     _client, peer = await connect(rig, Credentials(user_id="alice"))
-    rig.bridge.sweep([peer], rig.now)
-    rig.bridge.sweep([peer], rig.now)
+    rig.bridge.check(peer, rig.now)
+    rig.bridge.check(peer, rig.now)
     await rig.settle(0.1)
     assert len(rig.manager.named("record_stats")) == 1
+
+
+async def test_many_sessions_turning_idle_share_one_task_that_yields_between_batches() -> None:
+    rig = Rig()
+    peers = []
+    for i in range(3):
+        _client, peer = await connect(rig, Credentials(user_id=f"user{i}"),
+                                      addr=("10.0.0.2", 40000 + i))
+        peers.append(peer)
+    tasks_before = len(rig.port.tasks)
+    # stand-ins for many: the same three sessions, looked at as if thousands were due
+    late = max(p.last_keepalive for p in peers) + 3 * KEEPALIVE + 1
+    for peer in peers:
+        rig.bridge.check(peer, late)
+    assert len(rig.port.tasks) == tasks_before + 1  # one task for all of them
+    await rig.settle(0.1)
+    idle = {c[1] for c in rig.manager.named("update_session") if c[2] is State.IDLE}
+    assert idle == {p.session_id for p in peers}
+
+
+async def test_a_state_change_queued_for_a_session_is_dropped_when_the_session_ends() -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    assert sid is not None
+    rig.bridge._set_state(sid, State.DISCONNECTING)
+    rig.bridge._set_state(sid, State.IDLE)  # the latest one per session wins
+    assert rig.bridge._states == {sid: State.IDLE}
+    rig.bridge.on_session_ended(rig.manager.sessions[sid], "deleted")
+    assert rig.bridge._states == {}
 
 
 async def test_a_validated_migration_moves_the_sessions_client_address() -> None:

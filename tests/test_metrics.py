@@ -63,6 +63,9 @@ async def test_metrics_match_what_n_clients_did_on_the_wire(api_store: Store,
                 await stack.stub.GetSession(pb.GetSessionRequest(session_id=unknown),
                                             metadata=stack.auth)
         await stack.stub.GetStats(pb.GetStatsRequest(), metadata=stack.auth)
+        # a connection's RTT sample is read at its upkeep look, up to two stats_intervals
+        # (0.1 s here) after its last packet
+        await asyncio.sleep(0.3)
 
         m = await settled(stack)
         sent = sum(c.stats.packets_sent for c in clients)

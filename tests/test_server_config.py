@@ -22,6 +22,9 @@ def test_defaults_are_valid() -> None:
     ("stats_interval", float("nan"), "stats_interval must be a positive number"),
     ("report_interval", float("inf"), "report_interval must be a positive number"),
     ("hibernate_after", "2", "hibernate_after must be a positive number"),
+    ("stall_probe_interval", -0.001, "stall_probe_interval must be 0 \\(off\\) or a positive"),
+    ("stall_probe_interval", float("inf"), "stall_probe_interval must be 0"),
+    ("stall_probe_interval", True, "stall_probe_interval must be 0"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field: str, value: object,
                                                       message: str) -> None:

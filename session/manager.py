@@ -34,7 +34,6 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from quantum.addresses import host_port_text
 from session import tokens
 from session.clock import CoarseClock
 from session.errors import (
@@ -54,6 +53,7 @@ from session.model import (
     SessionFilter,
     State,
     Stats,
+    client_address_text,
     new_session_id,
     normalize_client_ip,
     normalize_connection_id,
@@ -349,7 +349,7 @@ class SessionManager:
             session_id=session.session_id,
             user_id=user_id,
             connection_id=connection_id,
-            client=host_port_text(client_ip, client_port),
+            client=client_address_text(client_ip, client_port),
         )
         self._publish(EventKind.CREATED, session)
         return session, token
@@ -493,7 +493,7 @@ class SessionManager:
             "session address changed",
             session_id=session_id,
             user_id=session.user_id,
-            client=host_port_text(client_ip, client_port),
+            client=client_address_text(client_ip, client_port),
         )
         return session
 
@@ -581,7 +581,7 @@ class SessionManager:
             user_id=session.user_id,
             connection_id=connection_id,
             previous_connection_id=previous_connection,
-            client=host_port_text(client_ip, client_port),
+            client=client_address_text(client_ip, client_port),
         )
         if previous is not State.ACTIVE:
             self._publish(EventKind.STATE_CHANGED, session, previous)

@@ -15,6 +15,7 @@ counted in bytes of UTF-8: the handshake refuses exactly what `validate_user_id`
 from __future__ import annotations
 
 import enum
+import ipaddress
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ from typing import Any
 
 import uuid6
 
-from quantum.addresses import ip_text
 from quantum.limits import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_BYTES,
@@ -42,6 +42,7 @@ __all__ = [
     "SessionFilter",
     "State",
     "Stats",
+    "client_address_text",
     "new_session_id",
     "normalize_client_ip",
     "normalize_connection_id",
@@ -368,11 +369,21 @@ def normalize_client_ip(client_ip: object) -> str:
     if not isinstance(client_ip, str):
         raise InvalidSession(f"client_ip must be a string, got {type(client_ip).__name__}")
     try:
-        # canonical text, an IPv4-mapped IPv6 address as its IPv4 address; already canonical
-        # (the usual case), the caller's string itself, not a second copy per session
-        return ip_text(client_ip)
+        address = ipaddress.ip_address(client_ip)
     except ValueError:
         raise InvalidSession(f"client_ip is not an IP address: {client_ip[:80]!r}") from None
+    # canonical text, an IPv4-mapped IPv6 address (a dual-stack socket's IPv4 client) as its
+    # IPv4 address, as quantum.addresses.ip_text writes it (session/ imports only
+    # quantum.limits); already canonical (the usual case), the caller's string itself
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    text = str(address)
+    return client_ip if text == client_ip else text
+
+
+def client_address_text(client_ip: str, client_port: int) -> str:
+    """`ip:port` as logs show it, an IPv6 address in brackets: `[2001:db8::1]:4433`."""
+    return f"[{client_ip}]:{client_port}" if ":" in client_ip else f"{client_ip}:{client_port}"
 
 
 def validate_timeout(timeout: object) -> float | None:

@@ -37,11 +37,14 @@ def sealed_by_client(client: Connection, payload: bytes) -> bytes:
     return header + seal.seal(pn, header, payload)
 
 
+# frames as Quantum 1.0 lays them out (docs/PROTOCOL.md 4): 0x0B is PING, 0x0C is unassigned;
+# a whole MESSAGE is channel, mode, id u32, length u16, data; a fragment (mode bit 7) adds
+# offset u32 and total u32 before the length
 VIOLATIONS = {
-    "unknown frame type": b"\x0b",
-    "truncated MESSAGE": b"\x01" + bytes(11),
-    "unknown delivery mode": b"\x01\x00\x04" + struct.pack("!IHHH", 1, 0, 1, 1) + b"x",
-    "fragment index not below count": b"\x01\x00\x00" + struct.pack("!IHHH", 1, 2, 2, 1) + b"x",
+    "unknown frame type": b"\x0c",
+    "truncated MESSAGE": b"\x01" + bytes(5),
+    "unknown delivery mode": b"\x01\x00\x04" + struct.pack("!IH", 1, 1) + b"x",
+    "fragment beyond its total": b"\x01\x00\x80" + struct.pack("!IIIH", 1, 2, 2, 1) + b"x",
     "non-zero padding": b"\x00\x01",
 }
 

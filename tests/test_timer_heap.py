@@ -68,8 +68,9 @@ class ManualLoop:
 def manual_heap(fire: Callable[[Item, float], None], alive: Callable[[Item], bool],
                 deadline: Callable[[Item], float | None] | None = None,
                 ) -> tuple[TimerHeap[Item], ManualLoop]:
-    heap: TimerHeap[Item] = TimerHeap(fire, alive, deadline)
     loop = ManualLoop()
+    # the heap reads "now" from its clock (the connections' clock): the manual one here
+    heap: TimerHeap[Item] = TimerHeap(fire, alive, deadline, clock=loop.time)
     heap.loop = loop  # type: ignore[assignment]
     return heap, loop
 

@@ -103,7 +103,8 @@ class PacketProtection:
     connection releases them; its next packet rebuilds one (about 2 us with the derivation).
     """
 
-    __slots__ = ("_aead", "_factory", "_iv", "_secret", "algorithm", "first_pn", "generation",
+    __slots__ = ("_aead", "_factory", "_following", "_iv", "_secret", "algorithm", "first_pn",
+                 "generation",
                  "phase_flag")
 
     def __init__(self, secret: bytes, algorithm: Algorithm = DEFAULT_ALGORITHM,
@@ -129,6 +130,9 @@ class PacketProtection:
         # built on first use; its methods are called directly (compiled, that is a method call
         # in C: a cached bound method would be one more object to fetch from memory per packet)
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        # the next generation, derived once: a receiver tries it for every packet whose phase
+        # bit differs, so a forged one must not cost a key derivation each time
+        self._following: PacketProtection | None = None
         self._iv = int.from_bytes(hkdf_expand(secret, b"iv", IV_SIZE), "big")
 
     @property
@@ -142,12 +146,20 @@ class PacketProtection:
         return self._aead is not None
 
     def release(self) -> None:
-        """Drop the cipher object and its OpenSSL context; the next seal/open rebuilds it."""
+        """Drop the cipher objects (this generation's and a derived next one's) and their
+        OpenSSL context; the next seal/open rebuilds them."""
         self._aead = None
+        following = self._following
+        if following is not None:
+            following._aead = None
 
     def next(self) -> PacketProtection:
-        """The next key generation's protection (the key update's)."""
-        return PacketProtection(next_secret(self._secret), self.algorithm, self.generation + 1)
+        """The next key generation's protection (the key update's), derived once."""
+        following = self._following
+        if following is None:
+            following = self._following = PacketProtection(
+                next_secret(self._secret), self.algorithm, self.generation + 1)
+        return following
 
     def _load(self) -> AESGCM | ChaCha20Poly1305:
         aead = self._aead = self._factory(hkdf_expand(self._secret, b"key", KEY_SIZE))

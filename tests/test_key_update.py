@@ -123,6 +123,14 @@ def test_a_forged_phase_flip_changes_nothing() -> None:
     with pytest.raises(ProtectionError):
         open_other_phase(receiver, None, 5, HEADER, bytes(40), now=1.0)
     assert receiver.generation == 0
+    # forged flips cost one key derivation in all, not one each: the next generation is kept
+    candidate = receiver.next()
+    for pn in range(6, 50):
+        with pytest.raises(ProtectionError):
+            open_other_phase(receiver, None, pn, HEADER, bytes(40), now=1.0)
+    assert receiver.next() is candidate and candidate.first_pn == -1
+    receiver.release()  # a hibernating connection drops the candidate's cipher too
+    assert not candidate.loaded
     # the real generation-0 traffic goes on
     assert receiver.open(6, HEADER, sender.seal(6, HEADER, b"y")) == b"y"
 

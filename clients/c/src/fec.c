@@ -139,7 +139,14 @@ q_fec_encoder *q_fec_encoder_new(int k, int m) {
     q_fec_encoder *e = malloc(sizeof *e);
     if (!e)
         return NULL;
-    memset(e, 0, offsetof(q_fec_encoder, payloads)); /* the buffers need no clearing */
+    /* the buffers need no clearing, but every counter does, including those laid out after
+     * them (the parity queue, the cached matrix's shape): malloc may hand back a freed
+     * encoder's memory, and a stale out_next < out_count sent a garbage parity packet */
+    memset(e, 0, offsetof(q_fec_encoder, payloads));
+    e->out_count = e->out_next = e->out_k = 0;
+    e->out_group = 0;
+    e->out_size = 0;
+    e->rows_k = e->rows_m = 0;
     q_gf_init(&e->gf);
     e->k = k;
     e->m = m;

@@ -51,6 +51,7 @@ from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
 from quantum_server.config import ServerConfig
 from quantum_server.housekeeping import DeadlineWheel, StallProbe
+from quantum_server.retained import RetainedStore
 from quantum_server.system import bind_udp, enlarge_socket_buffers, return_free_memory
 from quantum_server.transport import ConnectionTotals
 from session.errors import (
@@ -572,6 +573,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.counters = ServerCounters()
         self.address_text = ""
         cfg = self.config
+        #: what lost connections left for their sessions' resumes, written to the snapshot
+        self.retained = RetainedStore(cfg.retain_session_bytes, cfg.retain_total_bytes)
         self.quantum_config = QuantumConfiguration(
             keepalive_interval=None, idle_timeout=cfg.idle_timeout,
             fec=(10, 3) if cfg.fec else None, max_send_buffer=cfg.max_send_buffer,

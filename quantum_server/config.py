@@ -55,6 +55,11 @@ class ServerConfig:
     #: quantum_event_loop_stall_seconds_max, which can miss up to one interval of a stall.
     #: One timer callback per interval: benchmarks/scale.py runs it every 1 ms
     stall_probe_interval: float = 0.01
+    #: what a lost connection leaves for its session's resume (`quantum_server.retained`):
+    #: unacknowledged reliable data and delivery state, at most this many bytes per session
+    #: and in all (over either, the data is declared lost when the session resumes)
+    retain_session_bytes: int = 1 << 20
+    retain_total_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         """Refuse a configuration the server could not run with, naming the field."""
@@ -91,6 +96,10 @@ class ServerConfig:
             value = given[name]
             if not (_is_number(value) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("retain_session_bytes", "retain_total_bytes"):
+            value = given[name]
+            if type(value) is not int or not 0 <= value <= 1 << 40:
+                raise ValueError(f"{name} must be an integer of 0 to 2**40 bytes, got {value!r}")
         probe = given["stall_probe_interval"]
         if not (_is_number(probe) and 0 <= probe < float("inf")):
             raise ValueError(f"stall_probe_interval must be 0 (off) or a positive number of "

@@ -43,6 +43,7 @@ from quantum.keys import ServerKeyFile
 from quantum_server.restart import RestartSnapshot
 from server import QuantumServer, ServerConfig
 from session.manager import ManagerConfig, SessionManager
+from session.logs import configure_logging
 from session.memory import MemoryStore
 from session.model import Session, State
 from session.tokens import new_token
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1 or not 0 <= args.retained_fraction <= 1 or args.blob_bytes < 0:
         parser.error("--sessions must be at least 1, --retained-fraction within 0..1 and "
                      "--blob-bytes at least 0")
+    # the server's logs on stderr (stdout carries the figures), at INFO, which carries the
+    # snapshot's own timings: configured, so that `capture_logs` hands back this
+    # configuration afterwards, not structlog's print-to-stdout default
+    configure_logging("console", "info")
     results = asyncio.run(measure(args.sessions, args.retained_fraction, args.blob_bytes))
     if args.json:
         print(json.dumps(results))

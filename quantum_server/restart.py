@@ -27,10 +27,11 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from quantum.keys import ServerKeyFile
-from session.errors import SessionError
+from session.errors import SessionExists
+from session.memory import MemoryStore
 from session.logs import LazyLogger
 from session.model import SessionFilter
 from session.snapshot import (
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["RestartSnapshot", "default_snapshot_path", "snapshot_key"]
 
 log = LazyLogger("quantum.server")
-#: sessions inserted between two yields to the event loop while loading
-_BATCH: Final = 5000
 
 
 def default_snapshot_path(key_path: Path) -> Path:
@@ -100,24 +99,14 @@ class RestartSnapshot:
         live, expired, blobs_expired = for_restart(
             snapshot, datetime.fromtimestamp(now_ts, UTC), now_ts)
         store = server.manager.store
-        if await store.count():
-            log.warning("session snapshot not loaded: the store already holds sessions",
-                        path=path)
+        if not isinstance(store, MemoryStore):
+            log.warning("session snapshot not loaded: the store is not a MemoryStore", path=path)
             return 0
-        inserted: list[str] = []
         try:
-            for session in live.sessions:
-                await store.create(session)
-                inserted.append(session.session_id)
-                if len(inserted) % _BATCH == 0:
-                    log.info("loading the session snapshot", path=path,
-                             sessions=len(inserted), of=len(live.sessions))
-        except SessionError as exc:  # not reachable for a decoded snapshot and an empty store
-            for sid in inserted:
-                with contextlib.suppress(SessionError):
-                    await store.delete(sid)
-            log.warning("session snapshot not loaded: starting with no sessions", path=path,
-                        reason=f"the store refused a session: {exc}")
+            store.restore(list(live.sessions))  # checked whole by decode: all or nothing
+        except SessionExists as exc:
+            log.warning("session snapshot not loaded: the store already holds sessions",
+                        path=path, reason=str(exc))
             return 0
         refused = sum(not server.retained.put(r.session_id, r.blob, r.expires_at)
                       for r in live.retained)
@@ -139,7 +128,12 @@ class RestartSnapshot:
         """Write every session of the server's store and their retained data; whether it was
         written (a failure is logged, never raised: the server is stopping either way)."""
         started = time.monotonic()
-        sessions, _ = await server.manager.store.list(SessionFilter())
+        store = server.manager.store
+        if not isinstance(store, MemoryStore):  # a shared store outlives the server itself
+            log.warning("session snapshot not written: the store is not a MemoryStore",
+                        path=str(self.path))
+            return False
+        sessions, _ = await store.list(SessionFilter())
         ids = {s.session_id for s in sessions}
         now_ts = time.time()
         retained = tuple(Retained(sid, blob, expires_at)

@@ -26,6 +26,7 @@ from quantum_server import restart
 from quantum_server.restart import RestartSnapshot, default_snapshot_path, snapshot_key
 from server import QuantumServer, ServerConfig
 from session.manager import ManagerConfig, SessionManager
+from session.errors import SessionExists
 from session.memory import MemoryStore
 from session.model import Session, State
 from session.snapshot import Retained, Snapshot, encode
@@ -224,3 +225,26 @@ def test_the_default_snapshot_is_beside_the_key_file() -> None:
     assert default_snapshot_path(Path("/etc/q/server.key")) == Path("/etc/q/server.snapshot")
     assert default_snapshot_path(Path("/etc/q/key")) == Path("/etc/q/key.snapshot")
     assert default_snapshot_path(Path("/etc/q/a.snapshot")) == Path("/etc/q/a.snapshot.snapshot")
+
+
+async def test_the_memory_store_takes_a_snapshot_whole_or_not_at_all() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    first, second = a_session(1, later), a_session(2, later, State.ACTIVE)
+    store = MemoryStore()
+    twin = a_session(3, later)
+    twin.connection_id = first.connection_id
+    for bad in ([first, first], [first, twin]):
+        with pytest.raises(SessionExists, match="share an id or a connection id"):
+            store.restore(bad)
+        assert await store.count() == 0
+    store.restore([first, second])
+    # indexed as `create` would: by connection, user and state, and filed for expiry
+    assert (await store.get_by_connection_id(second.connection_id)).session_id == (
+        second.session_id)
+    assert [s.session_id for s in await store.get_by_user_id("user-1")] == [first.session_id]
+    assert (await store.count_by_state())[State.ACTIVE] == 1
+    assert [s.session_id for s in await store.expire(later)] == [first.session_id,
+                                                                  second.session_id]
+    store.restore([a_session(4, later)])  # empty again
+    with pytest.raises(SessionExists, match="already holds 1 sessions"):
+        store.restore([a_session(5, later)])

@@ -17,6 +17,9 @@ checks it whole, inserts every session and deletes the file). Reported, in secon
 * ``fill_baseline_s``: inserting the same N sessions into an empty `MemoryStore` directly, which
   any load has to do; ``load_vs_fill`` is ``load_s`` over it (the cost of reading, checking and
   decoding, as a ratio);
+* ``stop_cpu_s``, ``start_cpu_s``, ``fill_baseline_cpu_s``: the same in CPU time of this
+  process, which a machine loaded by other work inflates far less than wall time;
+  ``start_cpu_vs_fill_cpu`` is the ratio of the first and the last;
 * ``snapshot_bytes``, ``sessions_restored``, ``retained_restored``.
 
 `measure` is the function `benchmarks.reconnect` reports under its ``"restart"`` key.
@@ -42,8 +45,8 @@ from quantum.auth import AnonymousAuthenticator
 from quantum.keys import ServerKeyFile
 from quantum_server.restart import RestartSnapshot
 from server import QuantumServer, ServerConfig
-from session.manager import ManagerConfig, SessionManager
 from session.logs import configure_logging
+from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State
 from session.tokens import new_token
@@ -89,22 +92,23 @@ async def _stop_start(key: ServerKeyFile, path: Path, sessions: list[Session],
     for sid, blob in blobs.items():
         first.retained.put(sid, blob, deadline)
     with capture_logs() as logs:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await first.stop()
-        stop_s = time.perf_counter() - started
+        stop_s, stop_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     size = path.stat().st_size
     write_s = _logged_seconds(logs, "session snapshot written")
     second = _server(key, path)
     with capture_logs() as logs:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await second.start()
-        start_s = time.perf_counter() - started
+        start_s, start_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     load_s = _logged_seconds(logs, "session snapshot loaded") if sessions else 0.0
     restored = await second.manager.store.count()
     retained = len(second.retained)
     second.restart_snapshot = None
     await second.stop()
-    return {"stop_s": stop_s, "start_s": start_s, "write_s": write_s, "load_s": load_s,
+    return {"stop_s": stop_s, "start_s": start_s, "stop_cpu_s": stop_cpu_s,
+            "start_cpu_s": start_cpu_s, "write_s": write_s, "load_s": load_s,
             "snapshot_bytes": size, "sessions_restored": restored,
             "retained_restored": retained}
 
@@ -122,10 +126,10 @@ async def measure(sessions: int = DEFAULT_SESSIONS, retained_fraction: float = 0
         path.unlink(missing_ok=True)
         full = await _stop_start(key, path, made, blobs)
     fill = MemoryStore()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for session in made:
         await fill.create(session)
-    fill_s = time.perf_counter() - started
+    fill_s, fill_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     return {
         "sessions": sessions, "retained": len(blobs), "blob_bytes": blob_bytes,
         "snapshot_bytes": full["snapshot_bytes"],
@@ -133,7 +137,10 @@ async def measure(sessions: int = DEFAULT_SESSIONS, retained_fraction: float = 0
         "restart_s": round(full["stop_s"] + full["start_s"], 4),
         "write_s": full["write_s"], "load_s": full["load_s"],
         "stop_empty_s": round(empty["stop_s"], 4), "start_empty_s": round(empty["start_s"], 4),
-        "fill_baseline_s": round(fill_s, 4),
+        "stop_cpu_s": round(full["stop_cpu_s"], 4), "start_cpu_s": round(full["start_cpu_s"], 4),
+        "fill_baseline_s": round(fill_s, 4), "fill_baseline_cpu_s": round(fill_cpu_s, 4),
+        "start_cpu_vs_fill_cpu": (round(full["start_cpu_s"] / fill_cpu_s, 2) if fill_cpu_s > 0
+                                  else None),
         "load_vs_fill": round(full["load_s"] / fill_s, 2) if fill_s > 0 else None,
         "sessions_restored": full["sessions_restored"],
         "retained_restored": full["retained_restored"],

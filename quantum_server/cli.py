@@ -233,12 +233,13 @@ def _snapshot_flag_problem(args: argparse.Namespace, key_path: Path) -> str | No
 
 async def _stop_budget(server: QuantumServer) -> float:
     """Seconds `stop` may take: 4.5 to close the connections, and with a snapshot to write,
-    a second per 10,000 sessions and per 100 MB of retained data on top (writing 50,000
-    sessions takes about a second on a 2-core machine: benchmarks/restart.py)."""
+    a second per 5,000 sessions and per 100 MB of retained data on top: several times what
+    writing takes (50,000 sessions: about 2 s of CPU, benchmarks/restart.py), so that a loaded
+    machine does not lose the sessions, yet bounded."""
     if server.restart_snapshot is None:
         return 4.5
     sessions = await server.manager.store.count()
-    return 4.5 + sessions / 10_000 + server.retained.total_bytes / 100e6
+    return 4.5 + sessions / 5_000 + server.retained.total_bytes / 100e6
 
 
 async def _build_store(args: argparse.Namespace) -> Any:

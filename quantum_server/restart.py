@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from quantum.keys import ServerKeyFile
 from session.errors import SessionExists
-from session.memory import MemoryStore
 from session.logs import LazyLogger
+from session.memory import MemoryStore
 from session.model import SessionFilter
 from session.snapshot import (
     Retained,

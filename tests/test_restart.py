@@ -25,8 +25,8 @@ from quantum.keys import ServerKeyFile
 from quantum_server import restart
 from quantum_server.restart import RestartSnapshot, default_snapshot_path, snapshot_key
 from server import QuantumServer, ServerConfig
-from session.manager import ManagerConfig, SessionManager
 from session.errors import SessionExists
+from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State
 from session.snapshot import Retained, Snapshot, encode

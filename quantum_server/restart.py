@@ -35,6 +35,7 @@ from session.logs import LazyLogger
 from session.memory import MemoryStore
 from session.model import SessionFilter
 from session.snapshot import (
+    Progress,
     Retained,
     Snapshot,
     SnapshotError,
@@ -89,7 +90,7 @@ class RestartSnapshot:
             return 0
         log.info("loading the session snapshot", path=path, bytes=len(data))
         try:
-            snapshot = decode(data, self.key)
+            snapshot = decode(data, self.key, _progress("loading the session snapshot", path))
         except SnapshotError as exc:
             log.warning("session snapshot not loaded: starting with no sessions", path=path,
                         reason=str(exc), kind=exc.kind)
@@ -144,7 +145,8 @@ class RestartSnapshot:
                  retained=len(retained))
         try:
             size = _write_atomically(self.path, encode_parts(
-                Snapshot(tuple(sessions), retained, now_ts), self.key))
+                Snapshot(tuple(sessions), retained, now_ts), self.key,
+                _progress("writing the session snapshot", path)))
         except (OSError, ValueError) as exc:
             log.error("session snapshot not written: the sessions are lost with this stop",
                       path=path, error=str(exc))
@@ -153,6 +155,13 @@ class RestartSnapshot:
                  retained=len(retained), bytes=size,
                  seconds=round(time.monotonic() - started, 3))
         return True
+
+
+def _progress(event: str, path: str) -> Progress:
+    """A big snapshot's progress, logged (every `PROGRESS_EVERY` sessions)."""
+    def report(done: int, total: int) -> None:
+        log.info(event, path=path, sessions_done=done, of=total)
+    return report
 
 
 def _read(path: Path) -> bytes:

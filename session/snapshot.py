@@ -33,10 +33,10 @@ import hmac
 import json
 import math
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -49,6 +49,8 @@ __all__ = [
     "HEADER",
     "MAC_SIZE",
     "MAGIC",
+    "PROGRESS_EVERY",
+    "Progress",
     "Retained",
     "Snapshot",
     "SnapshotError",
@@ -70,6 +72,14 @@ MAC_SIZE: Final = 32
 KEY_ID_SIZE: Final = 8
 #: the states a session may be written in (CLOSED sessions are never stored)
 _STORED_STATES: Final = frozenset(State) - {State.CLOSED}
+
+
+#: sessions between two calls of a `Progress` callback (big snapshots say how far they got)
+PROGRESS_EVERY: Final = 10_000
+#: ``progress(sessions done, sessions in all)``
+Progress = Callable[[int, int], None]
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 class SnapshotError(Exception):
@@ -116,13 +126,15 @@ class Snapshot:
     written_at: float = 0.0
 
 
-def encode_parts(snapshot: Snapshot, key: SnapshotKey) -> Iterator[bytes]:
+def encode_parts(snapshot: Snapshot, key: SnapshotKey,
+                 progress: Progress | None = None) -> Iterator[bytes]:
     """The snapshot's bytes in pieces (header, JSON, each blob, MAC), so a writer need not
     hold a second copy of every blob in memory. Raises `ValueError` for a snapshot that
-    `decode` would refuse (a blob for a session not in it, two sessions with one id, ...)."""
+    `decode` would refuse (a blob for a session not in it, two sessions with one id, ...).
+    `progress(done, total)` is called every `PROGRESS_EVERY` sessions encoded."""
     _check(snapshot.sessions, snapshot.retained)
     document = {
-        "sessions": [s.to_dict() for s in snapshot.sessions],
+        "sessions": _each(snapshot.sessions, Session.to_dict, progress),
         "retained": [[r.session_id, r.expires_at, len(r.blob)] for r in snapshot.retained],
     }
     text = json.dumps(document, ensure_ascii=False, allow_nan=False,
@@ -144,8 +156,9 @@ def encode(snapshot: Snapshot, key: SnapshotKey) -> bytes:
     return b"".join(encode_parts(snapshot, key))
 
 
-def decode(data: bytes, key: SnapshotKey) -> Snapshot:
-    """The snapshot in `data`, checked whole; `SnapshotError` (with its kind) otherwise."""
+def decode(data: bytes, key: SnapshotKey, progress: Progress | None = None) -> Snapshot:
+    """The snapshot in `data`, checked whole; `SnapshotError` (with its kind) otherwise.
+    `progress(done, total)` is called every `PROGRESS_EVERY` sessions decoded."""
     view = memoryview(data)
     if bytes(view[:len(MAGIC)]) != MAGIC[:len(view)]:
         raise SnapshotError("not-a-snapshot", "not a session snapshot (no snapshot magic)")
@@ -177,7 +190,7 @@ def decode(data: bytes, key: SnapshotKey) -> Snapshot:
     if not math.isfinite(written_at):
         raise SnapshotError("malformed", "the write time is not a finite number")
     try:
-        sessions, retained = _parse_body(signed[HEADER.size:])
+        sessions, retained = _parse_body(signed[HEADER.size:], progress)
         _check(sessions, retained)
     except (InvalidSession, ValueError, TypeError, KeyError, RecursionError) as exc:
         # only reachable with the key: a bug in a writer, never a damaged file (the MAC)
@@ -185,7 +198,8 @@ def decode(data: bytes, key: SnapshotKey) -> Snapshot:
     return Snapshot(sessions, retained, written_at)
 
 
-def _parse_body(body: memoryview) -> tuple[tuple[Session, ...], tuple[Retained, ...]]:
+def _parse_body(body: memoryview, progress: Progress | None
+                ) -> tuple[tuple[Session, ...], tuple[Retained, ...]]:
     if len(body) < _JSON_LENGTH.size:
         raise ValueError("the body has no JSON length")
     (json_length,) = _JSON_LENGTH.unpack_from(body)
@@ -198,7 +212,7 @@ def _parse_body(body: memoryview) -> tuple[tuple[Session, ...], tuple[Retained, 
     entries, index = document["sessions"], document["retained"]
     if not isinstance(entries, list) or not isinstance(index, list):
         raise ValueError("'sessions' and 'retained' must be lists")
-    sessions = tuple(Session.from_dict(entry) for entry in entries)
+    sessions = tuple(_each(entries, Session.from_dict, progress))
     retained: list[Retained] = []
     offset = end
     for item in index:
@@ -215,6 +229,18 @@ def _parse_body(body: memoryview) -> tuple[tuple[Session, ...], tuple[Retained, 
     if offset != len(body):
         raise ValueError(f"{len(body) - offset} body bytes belong to no retained blob")
     return sessions, tuple(retained)
+
+
+def _each(items: Sequence[_In], convert: Callable[[_In], _Out],
+          progress: Progress | None) -> list[_Out]:
+    """`convert` applied to each item, telling `progress` every `PROGRESS_EVERY` items."""
+    if progress is None or len(items) < PROGRESS_EVERY:
+        return [convert(item) for item in items]
+    done: list[_Out] = []
+    for start in range(0, len(items), PROGRESS_EVERY):
+        done.extend(convert(item) for item in items[start:start + PROGRESS_EVERY])
+        progress(len(done), len(items))
+    return done
 
 
 def _check(sessions: Iterable[Session], retained: Iterable[Retained]) -> None:

@@ -25,6 +25,7 @@ from quantum.keys import ServerKeyFile
 from quantum_server import restart
 from quantum_server.restart import RestartSnapshot, default_snapshot_path, snapshot_key
 from server import QuantumServer, ServerConfig
+from session import snapshot as snapshot_module
 from session.errors import SessionExists
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
@@ -205,7 +206,7 @@ async def test_a_failed_write_keeps_the_old_snapshot_and_leaves_no_temporary_fil
     key, path = ServerKeyFile.new(), tmp_path / "server.snapshot"
     path.write_bytes(b"the previous snapshot")
 
-    def failing(snapshot: Snapshot, key: object) -> Iterator[bytes]:
+    def failing(snapshot: Snapshot, key: object, progress: object = None) -> Iterator[bytes]:
         yield b"the first part"
         raise OSError(28, "No space left on device")
 
@@ -248,3 +249,26 @@ async def test_the_memory_store_takes_a_snapshot_whole_or_not_at_all() -> None:
     store.restore([a_session(4, later)])  # empty again
     with pytest.raises(SessionExists, match="already holds 1 sessions"):
         store.restore([a_session(5, later)])
+
+
+async def test_a_big_snapshot_logs_its_progress_both_ways(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_module, "PROGRESS_EVERY", 4)  # every 10,000 in earnest
+    key, path = ServerKeyFile.new(), tmp_path / "server.snapshot"
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    server = make_server(key, path)
+    await server.start()
+    server.manager.store.restore([a_session(n, later) for n in range(10)])
+    with capture_logs() as logs:
+        await server.stop()
+    again = make_server(key, path)
+    with capture_logs() as more:
+        await again.start()
+    again.restart_snapshot = None
+    await again.stop()
+    for events, event in ((logs, "writing the session snapshot"),
+                          (more, "loading the session snapshot")):
+        steps = [(e["sessions_done"], e["of"]) for e in events
+                 if e["event"] == event and "sessions_done" in e]
+        assert steps == [(4, 10), (8, 10), (10, 10)]
+    assert await again.manager.store.count() == 10

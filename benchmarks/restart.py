@@ -42,6 +42,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from quantum.auth import AnonymousAuthenticator
+from quantum.build import is_compiled
 from quantum.keys import ServerKeyFile
 from quantum_server.restart import RestartSnapshot
 from server import QuantumServer, ServerConfig
@@ -131,6 +132,7 @@ async def measure(sessions: int = DEFAULT_SESSIONS, retained_fraction: float = 0
         await fill.create(session)
     fill_s, fill_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     return {
+        "benchmark": "restart", "compiled": is_compiled(),
         "sessions": sessions, "retained": len(blobs), "blob_bytes": blob_bytes,
         "snapshot_bytes": full["snapshot_bytes"],
         "stop_s": round(full["stop_s"], 4), "start_s": round(full["start_s"], 4),

@@ -79,6 +79,10 @@ class RestartSnapshot:
         data into `server.retained`; how many sessions. Never raises for a bad snapshot."""
         started = time.monotonic()
         path = str(self.path)
+        store = server.manager.store
+        if not isinstance(store, MemoryStore):  # a shared store outlives the server itself
+            log.warning("session snapshot not loaded: the store is not a MemoryStore", path=path)
+            return 0
         try:
             data = _read(self.path)
         except FileNotFoundError:
@@ -99,10 +103,6 @@ class RestartSnapshot:
         now_ts = time.time()
         live, expired, blobs_expired = for_restart(
             snapshot, datetime.fromtimestamp(now_ts, UTC), now_ts)
-        store = server.manager.store
-        if not isinstance(store, MemoryStore):
-            log.warning("session snapshot not loaded: the store is not a MemoryStore", path=path)
-            return 0
         try:
             store.restore(list(live.sessions))  # checked whole by decode: all or nothing
         except SessionExists as exc:

@@ -1,7 +1,7 @@
 /* quantum-loadgen: the heartbeat benchmark's load side on libquantum's sans-I/O connections
  * (python -m benchmarks.heartbeat --client c drives it; benchmarks/c_loadgen.py).
  *
- *   quantum-loadgen HOST PORT [--sockets N] [--no-gso] [--coalesce-us N]
+ *   quantum-loadgen HOST PORT [--sockets N] [--no-gso] [--coalesce-us N] [--coalesce-above N]
  *
  * Many client connections share a few UDP sockets: replies are routed to their connection by
  * the connection id (header bytes 6..22), every timer sits in one heap, and datagrams are
@@ -45,7 +45,7 @@
 #ifndef DEFAULT_COALESCE_US
 #define DEFAULT_COALESCE_US 4000
 #endif
-#define COALESCE_MIN_IN_FLIGHT 256 /* keepalives in flight below which no pass waits */
+#define DEFAULT_COALESCE_ABOVE 256 /* keepalives in flight below which no pass waits */
 
 typedef struct client {
     quantum_connection *conn;
@@ -82,6 +82,8 @@ typedef struct gen {
     int out_n[MAX_SOCKETS];
     int gso; /* the kernel takes UDP_SEGMENT */
     double coalesce; /* seconds a pass that found a trickle lets replies pool (0: never) */
+    size_t coalesce_above; /* keepalives in flight from which passes may wait */
+    uint64_t coalesced;    /* passes of this run that waited */
     int last_got;    /* datagrams the last pass read */
     /* handshakes */
     size_t target, launched, done, failed;
@@ -411,7 +413,7 @@ static void run_timers(gen *g) {
  * returns at once if something already is); otherwise a non-blocking read, and poll only if
  * that found nothing.
  *
- * Coalescing: with many keepalives in flight (COALESCE_MIN_IN_FLIGHT or more), a pass whose
+ * Coalescing: with many keepalives in flight (coalesce_above or more), a pass whose
  * read found only a trickle (fewer than BATCH / 2) first lets the replies pool for coalesce
  * seconds (bounded by the next timer), so that one wake-up reads, answers and sends many in
  * one recvmmsg and one sendmmsg (the kernel's per-call and per-wake-up costs are most of a
@@ -428,9 +430,10 @@ static void pass(gen *g, double max_wait) {
     }
     if (wait < 0)
         wait = 0;
-    if (g->coalesce > 0 && g->outstanding >= COALESCE_MIN_IN_FLIGHT && g->last_got > 0 &&
+    if (g->coalesce > 0 && g->outstanding >= g->coalesce_above && g->last_got > 0 &&
         g->last_got < BATCH / 2 && wait > 0) {
         double d = g->coalesce < wait ? g->coalesce : wait;
+        g->coalesced++;
         struct timespec ts = {0, (long)(d * 1e9)};
         nanosleep(&ts, NULL);
         wait -= d;
@@ -571,7 +574,7 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
         printf("{\"error\": \"only %zu of %zu clients are established\"}\n", chosen, clients);
         return;
     }
-    g->sent = g->acknowledged = g->timed_out = g->late = 0;
+    g->sent = g->acknowledged = g->timed_out = g->late = g->coalesced = 0;
     g->rtts.n = 0;
     double user0, sys0;
     cpu_split(&user0, &sys0);
@@ -622,8 +625,9 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
     print_ms("rtt_p50_ms", p50);
     print_ms("rtt_p99_ms", p99);
     printf(", \"loadgen_cpu_s\": %.3f, \"loadgen_user_cpu_s\": %.3f, "
-           "\"loadgen_system_cpu_s\": %.3f, \"gso\": %s",
-           user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0, g->gso ? "true" : "false");
+           "\"loadgen_system_cpu_s\": %.3f, \"gso\": %s, \"coalesced_passes\": %llu",
+           user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0, g->gso ? "true" : "false",
+           (unsigned long long)g->coalesced);
     if (pool) {
         percentiles(&g->pooled, &p50, &p99);
         print_ms("pooled_rtt_p50_ms", p50);
@@ -634,7 +638,7 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
 
 static int usage(const char *why) {
     fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N] [--no-gso] "
-            "[--coalesce-us N]\n", why);
+            "[--coalesce-us N] [--coalesce-above N]\n", why);
     return 2;
 }
 
@@ -643,7 +647,7 @@ int main(int argc, char **argv) {
         return usage("HOST and PORT are required");
     int nsocks = 1; /* one socket batches best; the server sees one source either way */
     int no_gso = 0;
-    long coalesce_us = DEFAULT_COALESCE_US;
+    long coalesce_us = DEFAULT_COALESCE_US, coalesce_above = DEFAULT_COALESCE_ABOVE;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--sockets") == 0 && i + 1 < argc) {
             nsocks = atoi(argv[++i]);
@@ -656,6 +660,11 @@ int main(int argc, char **argv) {
             coalesce_us = strtol(argv[++i], &end, 10);
             if (*end || coalesce_us < 0 || coalesce_us > 100000)
                 return usage("--coalesce-us: 0..100000");
+        } else if (strcmp(argv[i], "--coalesce-above") == 0 && i + 1 < argc) {
+            char *end;
+            coalesce_above = strtol(argv[++i], &end, 10);
+            if (*end || coalesce_above < 1 || coalesce_above > 1000000)
+                return usage("--coalesce-above: 1..1000000");
         } else {
             return usage("unknown option");
         }
@@ -672,6 +681,7 @@ int main(int argc, char **argv) {
     g.nsocks = nsocks;
     g.gso = !no_gso;
     g.coalesce = (double)coalesce_us / 1e6;
+    g.coalesce_above = (size_t)coalesce_above;
     for (int s = 0; s < nsocks; s++) {
         g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0); /* blocking: see pass() */
         /* connected to the server: the kernel resolves the route once, not per datagram sent,

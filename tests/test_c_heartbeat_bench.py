@@ -60,7 +60,7 @@ def test_an_unknown_client_is_refused() -> None:
 
 
 async def _loadgen_run(loadgen: Path, port: int, *options: str) -> dict[str, object]:
-    """`connect 6`, then one 1-second closed loop; its JSON answer."""
+    """`connect 6`, then one half-second closed loop; its JSON answer."""
     proc = await asyncio.create_subprocess_exec(
         str(loadgen), HOST, str(port), *options, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -64,7 +64,7 @@ async def _loadgen_run(loadgen: Path, port: int, *options: str) -> dict[str, obj
     proc = await asyncio.create_subprocess_exec(
         str(loadgen), HOST, str(port), *options, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(b"connect 6 coalesce\nrun 6 1\nquit\n"),
+    out, err = await asyncio.wait_for(proc.communicate(b"connect 6 coalesce\nrun 6 0.5\nquit\n"),
                                       60)
     assert proc.returncode == 0, err.decode()
     answers = [json.loads(line) for line in out.decode().splitlines()]

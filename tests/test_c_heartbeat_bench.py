@@ -8,12 +8,17 @@ load sides, and the derived figures are what their names say.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_c_client import ROOT, c_build
+import pytest
+
+from tests.test_c_client import ROOT, c_build, run_tool
+from tests.test_examples import example
+from tests.test_server import HOST
 
 __all__ = ["c_build"]  # the session fixture: the C build must exist (or skip / fail in CI)
 
@@ -52,3 +57,38 @@ def test_an_unknown_client_is_refused() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.heartbeat", "--client", "rust"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "invalid choice: 'rust'" in done.stderr
+
+
+async def _loadgen_run(loadgen: Path, port: int, *options: str) -> dict[str, object]:
+    """`connect 6`, then one half-second closed loop; its JSON answer."""
+    proc = await asyncio.create_subprocess_exec(
+        str(loadgen), HOST, str(port), *options, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"connect 6 coalesce\nrun 6 0.5\nquit\n"),
+                                      60)
+    assert proc.returncode == 0, err.decode()
+    answers = [json.loads(line) for line in out.decode().splitlines()]
+    assert answers[0]["established"] == 6, answers
+    run: dict[str, object] = answers[1]
+    assert run["unanswered"] == 0 and run["timed_out"] == 0, run
+    assert isinstance(run["acknowledged"], int) and run["acknowledged"] > 0
+    return run
+
+
+async def test_loadgen_coalesces_only_a_large_closed_loop(c_build: Path, tmp_path: Path) -> None:
+    """quantum-loadgen lets a trickle of replies pool only with many keepalives in flight (256
+    by default): a 6-client loop never waits; told to from 1 in flight, it does, and every
+    keepalive is still answered."""
+    loadgen = c_build / "quantum-loadgen"
+    async with example("echo_server", tmp_path) as (port, _public, _proc):
+        small = await _loadgen_run(loadgen, port)
+        assert small["coalesced_passes"] == 0
+        forced = await _loadgen_run(loadgen, port, "--coalesce-above", "1", "--coalesce-us", "2000")
+        assert isinstance(forced["coalesced_passes"], int) and forced["coalesced_passes"] > 0
+
+
+@pytest.mark.parametrize("option", [["--coalesce-us", "-1"], ["--coalesce-above", "0"],
+                                    ["--coalesce-us", "4ms"]])
+async def test_loadgen_refuses_bad_coalescing_options(c_build: Path, option: list[str]) -> None:
+    code, _out, err = await run_tool([c_build / "quantum-loadgen", HOST, "9", *option])
+    assert code == 2 and f"{option[0]}:" in err

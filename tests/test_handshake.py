@@ -13,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum.config import QuantumConfiguration
+from quantum.connection import Connection
 from quantum.crypto import CIPHER_IDS, hkdf_expand, next_secret
 from quantum.errors import CloseCode
+from quantum.frames import PingFrame, decode_frames
 from quantum.handshake import (
     HELLO_SIZE,
     MAX_METADATA_ENTRIES,
@@ -35,6 +37,7 @@ from quantum.handshake import (
 )
 from quantum.keys import fingerprint
 from quantum.limits import MAX_FEC_K, MAX_FEC_M
+from quantum.packet import ACK, HEADER_SIZE
 from tests.profiles import scaled
 
 
@@ -93,6 +96,11 @@ class Vector:
     client_iv_1: str
     sealed_hello: str  # b"hello", pn 1, generation 0, client -> server, under V_HEADER
     sealed_hello_1: str  # b"hello", pn 2, generation 1, under V_HEADER_1
+    # a 1280-byte PMTU probe, server -> client, generation 0, pn 1, under V_PROBE_HEADER:
+    # its first 32 sealed bytes, its tag and the SHA-256 of the whole datagram
+    probe_body: str
+    probe_tag: str
+    probe_sha256: str
 
 
 V_AES = Vector(
@@ -130,6 +138,9 @@ V_AES = Vector(
     client_iv_1="74604284c16707a89033dc5c",
     sealed_hello="6ff20b37186f024d6a480014a91b876854bad39c44",
     sealed_hello_1="0a07df8644225eb44c954e3ef1a6b69c1ec6c0295f",
+    probe_body="0c2777dfec7a2b8629f147061a5abc1de1f2bbddd2941ef816a1c3c6fcea781a",
+    probe_tag="9ec07bc5be44263ae4565f8d0f2176fa",
+    probe_sha256="8fdc4ef914c5872b7fb87ccfcc362645f20d11d0597ba39cdc3ef459f92ede00",
 )
 
 V_CHACHA = Vector(
@@ -167,9 +178,14 @@ V_CHACHA = Vector(
     client_iv_1="b6d9c0e31e0edf2d27e3398c",
     sealed_hello="33eadb6029925bfda3622b6356df4e91c392ffef2e",
     sealed_hello_1="f12d66c23388a825330617e99cb6a946e6dd2942e4",
+    probe_body="6108b9aef850bcb366d940bcfd4890eb3a049f31c9a53417a6b57c120b73ba87",
+    probe_tag="9df2dc8ad5f1dbdd0b39c67f1465eacd",
+    probe_sha256="f52d1b3f1eada0e7bceabe471a4385188de6b9d81bb7a29baab3573e5015f12f",
 )
 V_HEADER = "51554e540302000102030405060708090a0b0c0d0e0f00000001000000000005"
 V_HEADER_1 = "51554e540382000102030405060708090a0b0c0d0e0f00000002000000000005"  # KEY_PHASE set
+# flags ACK, sequence 1, ack 1 (the ClientFinish, sequence 0, was received), payload 1232
+V_PROBE_HEADER = "51554e540302000102030405060708090a0b0c0d0e0f000000010000000104d0"
 V_RETRY = "00000010d47afb1fbd6cabb21b7ffdcc1ae9d90b042a3d6415336d8aad38ce4aa87159e0"
 
 
@@ -228,6 +244,33 @@ def test_vectors(v: Vector) -> None:
     assert sealed_1.hex() == v.sealed_hello_1
     assert keys.recv.next().open(2, header_1, sealed_1) == b"hello"
     assert server.make_retry(CID, ADDR, NOW).hex() == V_RETRY
+
+
+@pytest.mark.parametrize("v", [V_AES, V_CHACHA], ids=["aes-first", "chacha-first"])
+def test_pmtu_probe_vector(v: Vector) -> None:
+    """docs/PROTOCOL.md 5.7's PMTU probe: a server connection made from the vector handshake
+    pads a PING to 1280 bytes with its own probe code (the one path MTU discovery uses) and
+    seals it with server_key_0; the client's keys open it to PING and 1231 zero bytes."""
+    server = _vector_server()
+    client = ClientHandshake(CID, VECTOR_CREDENTIALS, server_key=V_FINGERPRINT,
+                             ephemeral_private=CLIENT_EPHEMERAL, ciphers=v.ciphers)
+    syn_ack = server.on_client_hello(CID, client.client_hello(), ADDR, NOW,
+                                     ephemeral_private=SERVER_EPHEMERAL)
+    client.on_server_hello(syn_ack)
+    keys, credentials, params = server.on_client_finish(CID, client.client_finish(), ADDR,
+                                                         NOW + 0.5)
+    conn = Connection.server(CID, ADDR, keys, credentials, params, NOW + 0.5)
+    conn._send_protected([PingFrame()], NOW + 0.5, flags=ACK, pad_to=1280)
+    (probe, to), = conn.datagrams_to_send(NOW + 0.5)
+    assert to == ADDR and len(probe) == 1280
+    assert probe[:HEADER_SIZE].hex() == V_PROBE_HEADER
+    assert probe[HEADER_SIZE:HEADER_SIZE + 32].hex() == v.probe_body
+    assert probe[-16:].hex() == v.probe_tag
+    assert hashlib.sha256(probe).hexdigest() == v.probe_sha256
+    assert client.keys is not None
+    plaintext = client.keys.recv.open(1, probe[:HEADER_SIZE], probe[HEADER_SIZE:])
+    assert plaintext == bytes.fromhex("0b") + bytes(1231)
+    assert decode_frames(plaintext) == [PingFrame()]
 
 
 # --- a working handshake ----------------------------------------------------------------------

@@ -60,7 +60,8 @@ int main(int argc, char **argv) {
     }
     q_spec_text = spec;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    run_vector_tests();
+    run_handshake_vector_tests();
+    run_wire_vector_tests();
     run_wire_tests();
     run_reliability_tests();
     run_channel_tests();

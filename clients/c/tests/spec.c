@@ -180,3 +180,71 @@ int spec_table(const char *section, void (*fn)(const char *desc, const char *hex
     }
     return rows;
 }
+
+/* The end of the top-level section `from` is in: the next "## " heading, or the end. */
+static const char *section_end(const char *from) {
+    const char *end = strstr(from, "\n## ");
+    return end ? end : from + strlen(from);
+}
+
+const char *spec_find(const char *from, const char *text) {
+    if (!from)
+        return NULL;
+    const char *hit = strstr(from, text);
+    return hit && hit < section_end(from) ? hit : NULL;
+}
+
+const char *spec_line(const char *from, const char *prefix) {
+    if (!from)
+        return NULL;
+    const char *end = section_end(from);
+    size_t n = strlen(prefix);
+    for (const char *p = from; p && p < end;) {
+        const char *s = p;
+        while (*s == ' ')
+            s++;
+        if (strncmp(s, prefix, n) == 0)
+            return s;
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return NULL;
+}
+
+int spec_block(const char *from, char *out, size_t cap) {
+    const char *open = spec_find(from, "```");
+    if (!open)
+        return -1;
+    const char *start = strchr(open, '\n');
+    const char *close = start ? strstr(start + 1, "\n```") : NULL;
+    if (!close || (size_t)(close - start) >= cap)
+        return -1;
+    memcpy(out, start + 1, (size_t)(close - start));
+    out[close - start] = 0; /* ends with the block's last newline */
+    return 0;
+}
+
+size_t spec_copy_line(const char *line, char *out, size_t cap) {
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    out[0] = 0;
+    if (!line)
+        return 0;
+    while (line[n] && line[n] != '\n' && n + 1 < cap) {
+        out[n] = line[n];
+        n++;
+    }
+    out[n] = 0;
+    return n;
+}
+
+size_t hex_run(const char *s, char *out, size_t cap) {
+    size_t n = 0;
+    while (s && *s && hexval((unsigned char)*s) >= 0 && n + 1 < cap)
+        out[n++] = *s++;
+    if (cap)
+        out[n] = 0;
+    return n;
+}

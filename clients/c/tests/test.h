@@ -37,8 +37,22 @@ int spec_value(const char *section, const char *label, char *out, size_t cap);
 int spec_table(const char *section, void (*fn)(const char *desc, const char *hex, void *ctx),
                void *ctx);
 
+/* Where `text` first occurs at or after `from` within its top-level section; NULL if not. */
+const char *spec_find(const char *from, const char *text);
+/* The first line at or after `from` (within its top-level section) that starts, after its
+ * indentation, with `prefix`: a pointer to that prefix, or NULL. */
+const char *spec_line(const char *from, const char *prefix);
+/* The text of the first fenced code block (```) at or after `from` in its section, copied
+ * into out (NUL-terminated, so spec_value and spec_line read it as a section); 0 or -1. */
+int spec_block(const char *from, char *out, size_t cap);
+/* The line at `line` up to its end, copied into out; its length. */
+size_t spec_copy_line(const char *line, char *out, size_t cap);
+/* The run of hex digits at s, copied into out; its length (0: s is not at a hex digit). */
+size_t hex_run(const char *s, char *out, size_t cap);
+
 void run_wire_tests(void);
-void run_vector_tests(void);
+void run_handshake_vector_tests(void);
+void run_wire_vector_tests(void);
 void run_reliability_tests(void);
 void run_channel_tests(void);
 void run_fec_tests(void);

@@ -69,6 +69,21 @@ static void test_frame_refusals(void) {
     CHECK(malformed(pad, 4));
     uint8_t padding[5] = {0, 0, 0, 1, 0}; /* a non-zero byte in the padding */
     CHECK(malformed(padding, 5));
+    /* a probe's long padding (read eight bytes at a time, then the tail): a non-zero byte
+     * anywhere in it is malformed, none is PING alone */
+    static uint8_t probe[1232];
+    probe[0] = Q_FRAME_PING;
+    for (size_t at = 1; at < sizeof probe; at++) {
+        probe[at] = 0x20;
+        CHECK(malformed(probe, sizeof probe));
+        CHECK(malformed(probe, at + 1)); /* at the very end of a shorter payload */
+        probe[at] = 0;
+    }
+    size_t pos = 0;
+    q_frame f;
+    CHECK(!malformed(probe, sizeof probe) && q_frame_next(probe, sizeof probe, &pos, &f) == 1);
+    CHECK(f.type == Q_FRAME_PING && q_frame_next(probe, sizeof probe, &pos, &f) == 0);
+    CHECK(pos == sizeof probe);
     uint8_t unknown[1] = {0x0C};
     CHECK(malformed(unknown, 1));
     n = q_enc_code_reason(b, Q_FRAME_CLOSE, 1, (const uint8_t *)"\xc3\x28", 2); /* bad UTF-8 */

@@ -1,7 +1,7 @@
 /* quantum-loadgen: the heartbeat benchmark's load side on libquantum's sans-I/O connections
  * (python -m benchmarks.heartbeat --client c drives it; benchmarks/c_loadgen.py).
  *
- *   quantum-loadgen HOST PORT [--sockets N] [--no-gso]
+ *   quantum-loadgen HOST PORT [--sockets N] [--no-gso] [--coalesce-us N] [--coalesce-above N]
  *
  * Many client connections share a few UDP sockets: replies are routed to their connection by
  * the connection id (header bytes 6..22), every timer sits in one heap, and datagrams are
@@ -41,6 +41,11 @@
 #define RECV_TIMEOUT_MS 5   /* the longest a blocking receive waits: the timers' granularity */
 #define ACK_TIMEOUT 2.0
 #define SOCKET_BUFFER (4 * 1024 * 1024)
+/* how long a pass that found only a trickle of replies lets them pool (see pass()) */
+#ifndef DEFAULT_COALESCE_US
+#define DEFAULT_COALESCE_US 4000
+#endif
+#define DEFAULT_COALESCE_ABOVE 256 /* keepalives in flight below which no pass waits */
 
 typedef struct client {
     quantum_connection *conn;
@@ -76,6 +81,10 @@ typedef struct gen {
     size_t out_len[MAX_SOCKETS][BATCH], out_bytes[MAX_SOCKETS];
     int out_n[MAX_SOCKETS];
     int gso; /* the kernel takes UDP_SEGMENT */
+    double coalesce; /* seconds a pass that found a trickle lets replies pool (0: never) */
+    size_t coalesce_above; /* keepalives in flight from which passes may wait */
+    uint64_t coalesced;    /* passes of this run that waited */
+    int last_got;    /* datagrams the last pass read */
     /* handshakes */
     size_t target, launched, done, failed;
     const char *prefix;
@@ -233,8 +242,7 @@ static void send_outbox(gen *g, int s) {
         struct msghdr *h = &msgs[nmsg].msg_hdr;
         h->msg_iov = &iov[nmsg];
         h->msg_iovlen = 1;
-        h->msg_name = &g->server;
-        h->msg_namelen = g->server_len;
+        /* no msg_name: the socket is connected to the server (see main) */
         if (j - i > 1) {
             h->msg_control = control[nmsg].buf;
             h->msg_controllen = sizeof control[nmsg].buf;
@@ -266,11 +274,12 @@ static void send_outbox(gen *g, int s) {
     g->out_bytes[s] = 0;
 }
 
-static void flush_client(gen *g, uint32_t index) {
+/* Build and queue what client `index` has to send at `now` (the time its input was read:
+ * one clock read per batch of datagrams, not one per client). */
+static void flush_client(gen *g, uint32_t index, double now) {
     client *cl = &g->clients[index];
     int s = cl->sock;
     size_t len;
-    double now = now_s();
     for (;;) {
         if (g->out_n[s] == BATCH)
             send_outbox(g, s);
@@ -283,14 +292,14 @@ static void flush_client(gen *g, uint32_t index) {
     schedule(g, index);
 }
 
-static void send_keepalive(gen *g, client *cl) {
+static void send_keepalive(gen *g, client *cl, double now) {
     uint32_t id;
     if (quantum_connection_keepalive(cl->conn, &id) != 0) {
         cl->keepalive_id = -1;
         return;
     }
     cl->keepalive_id = id;
-    cl->sent_at = now_s();
+    cl->sent_at = now;
     g->sent++;
 }
 
@@ -307,7 +316,7 @@ static void handshake_finished(gen *g, int ok) {
         launch(g); /* one finished, one more in flight: the pipeline stays full */
 }
 
-static void drain_events(gen *g, uint32_t index) {
+static void drain_events(gen *g, uint32_t index, double now) {
     client *cl = &g->clients[index];
     quantum_event ev;
     while (quantum_connection_next_event(cl->conn, &ev) == 1) {
@@ -317,9 +326,9 @@ static void drain_events(gen *g, uint32_t index) {
                 continue;
             }
             g->acknowledged++;
-            push_double(&g->rtts, now_s() - cl->sent_at);
+            push_double(&g->rtts, now - cl->sent_at);
             if (g->running) {
-                send_keepalive(g, cl);
+                send_keepalive(g, cl, now);
             } else {
                 cl->keepalive_id = -1;
                 g->outstanding--;
@@ -374,8 +383,8 @@ static int receive_socket(gen *g, int s, int block) {
             if (!cl || cl->closed)
                 continue;
             quantum_connection_receive(cl->conn, bufs[i], len, NULL, 0, now);
-            drain_events(g, index);
-            flush_client(g, index);
+            drain_events(g, index, now);
+            flush_client(g, index, now);
         }
         if (n < BATCH)
             break;
@@ -392,40 +401,64 @@ static void run_timers(gen *g) {
             continue; /* superseded */
         cl->timer_at = -1.0;
         quantum_connection_handle_timer(cl->conn, now);
-        drain_events(g, it.index);
-        flush_client(g, it.index);
+        drain_events(g, it.index, now);
+        flush_client(g, it.index, now);
     }
 }
 
-/* One pass: wait for datagrams or the next timer (at most max_wait), handle, send. */
-/* One pass: handle what has arrived (waiting, at most until the next timer or max_wait,
- * only when nothing had), run due timers, send everything built meanwhile. */
+/* One pass: read what has arrived, run due timers, send everything built meanwhile.
+ *
+ * Reading takes one system call: with one socket and no timer due within the receive
+ * timeout, recvmmsg blocks until the first datagram and takes whatever else is there (it
+ * returns at once if something already is); otherwise a non-blocking read, and poll only if
+ * that found nothing.
+ *
+ * Coalescing: with many keepalives in flight (coalesce_above or more), a pass whose
+ * read found only a trickle (fewer than BATCH / 2) first lets the replies pool for coalesce
+ * seconds (bounded by the next timer), so that one wake-up reads, answers and sends many in
+ * one recvmmsg and one sendmmsg (the kernel's per-call and per-wake-up costs are most of a
+ * round trip's). While the server is the bottleneck its queue holds the other keepalives
+ * meanwhile, so the round trips are not slowed (Little's law: their time is in flight / the
+ * server's rate); as soon as a read brings BATCH / 2 or more, no pass waits. A small closed
+ * loop (the tests' few clients) never waits. */
 static void pass(gen *g, double max_wait) {
-    int got = 0;
-    for (int s = 0; s < g->nsocks; s++)
-        got += receive_socket(g, s, 0);
-    int wait_ms = (int)ceil(max_wait * 1000);
+    double wait = max_wait;
     if (g->heap_len) {
         double t = g->heap[0].at - now_s();
-        int ms = t <= 0 ? 0 : (int)ceil(t * 1000);
-        if (ms < wait_ms)
-            wait_ms = ms;
+        if (t < wait)
+            wait = t;
     }
-    if (!got && g->nsocks == 1 && wait_ms >= RECV_TIMEOUT_MS) {
+    if (wait < 0)
+        wait = 0;
+    if (g->coalesce > 0 && g->outstanding >= g->coalesce_above && g->last_got > 0 &&
+        g->last_got < BATCH / 2 && wait > 0) {
+        double d = g->coalesce < wait ? g->coalesce : wait;
+        g->coalesced++;
+        struct timespec ts = {0, (long)(d * 1e9)};
+        nanosleep(&ts, NULL);
+        wait -= d;
+    }
+    int got = 0, wait_ms = (int)ceil(wait * 1000);
+    if (g->nsocks == 1 && wait_ms >= RECV_TIMEOUT_MS) {
         /* one socket: block in recvmmsg itself (its SO_RCVTIMEO bounds the wait) */
-        receive_socket(g, 0, 1);
-    } else if (!got) {
-        struct pollfd pfd[MAX_SOCKETS];
-        for (int s = 0; s < g->nsocks; s++) {
-            pfd[s].fd = g->socks[s];
-            pfd[s].events = POLLIN;
-            pfd[s].revents = 0;
+        got = receive_socket(g, 0, 1);
+    } else {
+        for (int s = 0; s < g->nsocks; s++)
+            got += receive_socket(g, s, 0);
+        if (!got && wait_ms > 0) {
+            struct pollfd pfd[MAX_SOCKETS];
+            for (int s = 0; s < g->nsocks; s++) {
+                pfd[s].fd = g->socks[s];
+                pfd[s].events = POLLIN;
+                pfd[s].revents = 0;
+            }
+            if (poll(pfd, (nfds_t)g->nsocks, wait_ms) > 0)
+                for (int s = 0; s < g->nsocks; s++)
+                    if (pfd[s].revents & POLLIN)
+                        got += receive_socket(g, s, 0);
         }
-        if (poll(pfd, (nfds_t)g->nsocks, wait_ms) > 0)
-            for (int s = 0; s < g->nsocks; s++)
-                if (pfd[s].revents & POLLIN)
-                    receive_socket(g, s, 0);
     }
+    g->last_got = got;
     run_timers(g);
     for (int s = 0; s < g->nsocks; s++)
         if (g->out_n[s])
@@ -468,7 +501,7 @@ static void launch(gen *g) {
         h = (h + 1) & (g->table_cap - 1);
     g->table[h] = index + 1;
     g->launched++;
-    flush_client(g, index);
+    flush_client(g, index, now_s());
 }
 
 static void cmd_connect(gen *g, size_t count, const char *prefix, size_t in_flight) {
@@ -522,8 +555,9 @@ static void expire(gen *g) {
             continue;
         g->timed_out++;
         if (g->running) {
-            send_keepalive(g, cl);
-            flush_client(g, (uint32_t)i);
+            double now = now_s();
+            send_keepalive(g, cl, now);
+            flush_client(g, (uint32_t)i, now);
         } else {
             cl->keepalive_id = -1;
             g->outstanding--;
@@ -540,7 +574,7 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
         printf("{\"error\": \"only %zu of %zu clients are established\"}\n", chosen, clients);
         return;
     }
-    g->sent = g->acknowledged = g->timed_out = g->late = 0;
+    g->sent = g->acknowledged = g->timed_out = g->late = g->coalesced = 0;
     g->rtts.n = 0;
     double user0, sys0;
     cpu_split(&user0, &sys0);
@@ -553,9 +587,10 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
             continue;
         n++;
         cl->active = 1;
-        send_keepalive(g, cl);
+        double now = now_s();
+        send_keepalive(g, cl, now);
         g->outstanding++;
-        flush_client(g, (uint32_t)i);
+        flush_client(g, (uint32_t)i, now);
     }
     double end = t0 + duration, last_expire = t0;
     while (now_s() < end) {
@@ -590,8 +625,9 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
     print_ms("rtt_p50_ms", p50);
     print_ms("rtt_p99_ms", p99);
     printf(", \"loadgen_cpu_s\": %.3f, \"loadgen_user_cpu_s\": %.3f, "
-           "\"loadgen_system_cpu_s\": %.3f, \"gso\": %s",
-           user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0, g->gso ? "true" : "false");
+           "\"loadgen_system_cpu_s\": %.3f, \"gso\": %s, \"coalesced_passes\": %llu",
+           user1 - user0 + sys1 - sys0, user1 - user0, sys1 - sys0, g->gso ? "true" : "false",
+           (unsigned long long)g->coalesced);
     if (pool) {
         percentiles(&g->pooled, &p50, &p99);
         print_ms("pooled_rtt_p50_ms", p50);
@@ -601,7 +637,8 @@ static void cmd_run(gen *g, size_t clients, double duration, int pool) {
 }
 
 static int usage(const char *why) {
-    fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N] [--no-gso]\n", why);
+    fprintf(stderr, "quantum-loadgen: %s\nusage: quantum-loadgen HOST PORT [--sockets N] [--no-gso] "
+            "[--coalesce-us N] [--coalesce-above N]\n", why);
     return 2;
 }
 
@@ -610,6 +647,7 @@ int main(int argc, char **argv) {
         return usage("HOST and PORT are required");
     int nsocks = 1; /* one socket batches best; the server sees one source either way */
     int no_gso = 0;
+    long coalesce_us = DEFAULT_COALESCE_US, coalesce_above = DEFAULT_COALESCE_ABOVE;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--sockets") == 0 && i + 1 < argc) {
             nsocks = atoi(argv[++i]);
@@ -617,6 +655,16 @@ int main(int argc, char **argv) {
                 return usage("--sockets: 1..16");
         } else if (strcmp(argv[i], "--no-gso") == 0) {
             no_gso = 1;
+        } else if (strcmp(argv[i], "--coalesce-us") == 0 && i + 1 < argc) {
+            char *end;
+            coalesce_us = strtol(argv[++i], &end, 10);
+            if (*end || coalesce_us < 0 || coalesce_us > 100000)
+                return usage("--coalesce-us: 0..100000");
+        } else if (strcmp(argv[i], "--coalesce-above") == 0 && i + 1 < argc) {
+            char *end;
+            coalesce_above = strtol(argv[++i], &end, 10);
+            if (*end || coalesce_above < 1 || coalesce_above > 1000000)
+                return usage("--coalesce-above: 1..1000000");
         } else {
             return usage("unknown option");
         }
@@ -632,10 +680,14 @@ int main(int argc, char **argv) {
     freeaddrinfo(res);
     g.nsocks = nsocks;
     g.gso = !no_gso;
+    g.coalesce = (double)coalesce_us / 1e6;
+    g.coalesce_above = (size_t)coalesce_above;
     for (int s = 0; s < nsocks; s++) {
         g.socks[s] = socket(g.server.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0); /* blocking: see pass() */
-        if (g.socks[s] < 0)
-            return usage("cannot open a UDP socket");
+        /* connected to the server: the kernel resolves the route once, not per datagram sent,
+         * and only the server's datagrams are delivered to it */
+        if (g.socks[s] < 0 || connect(g.socks[s], (struct sockaddr *)&g.server, g.server_len) != 0)
+            return usage("cannot open a UDP socket to HOST PORT");
         int size = SOCKET_BUFFER;
         setsockopt(g.socks[s], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         setsockopt(g.socks[s], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);

@@ -332,7 +332,18 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
         await stop.wait()
         log.info("shutting down")
         await services.stop()
-        await asyncio.wait_for(server.stop(), timeout=await _stop_budget(server))
+        budget = await _stop_budget(server)
+        try:
+            await asyncio.wait_for(server.stop(), timeout=budget)
+        except TimeoutError:
+            # the peers that never answered our FIN and the session updates took longer than
+            # the budget (a very loaded machine): say so plainly, no traceback
+            log.warning("shutdown took too long: stopped without finishing", seconds=budget,
+                        connections_left=len(server.peers))
+            print(f"{name}: shutdown did not finish within {budget:.1f} s "
+                  f"({len(server.peers)} connections still open); stopped anyway",
+                  file=sys.stderr, flush=True)
+            return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

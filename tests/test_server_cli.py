@@ -396,3 +396,30 @@ def test_client_cli_bad_flags_exit_2() -> None:
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 2, args
         assert message in result.stderr, args
+
+
+async def test_a_shutdown_over_its_budget_says_so_and_exits_1_without_a_traceback(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import quantum_server.cli as cli
+
+    async def no_time(server: object) -> float:
+        return 0.0  # asyncio.wait_for gives a zero budget no time at all: it always runs out
+
+    monkeypatch.setattr(cli, "_stop_budget", no_time)
+    args = build_parser().parse_args(["--host", HOST, "--port", "0", "--no-grpc",
+                                      "--no-metrics", "--no-snapshot",
+                                      "--key-file", str(tmp_path / "server.key")])
+    serving = asyncio.ensure_future(cli.serve(args))
+    out = ""
+    for _ in range(200):  # the ready line: the signal handlers are in
+        await asyncio.sleep(0.05)
+        out += capfd.readouterr().out
+        if "ready on" in out:
+            break
+    assert "ready on" in out
+    os.kill(os.getpid(), signal.SIGTERM)  # handled by serve's loop handler, not the default
+    assert await asyncio.wait_for(serving, 30) == 1
+    err = capfd.readouterr().err
+    assert "shutdown did not finish within" in err and "stopped anyway" in err
+    assert "Traceback" not in err

@@ -407,6 +407,9 @@ async def test_a_shutdown_over_its_budget_says_so_and_exits_1_without_a_tracebac
         return 0.0  # asyncio.wait_for gives a zero budget no time at all: it always runs out
 
     monkeypatch.setattr(cli, "_stop_budget", no_time)
+    # serve() configures structlog process-wide, onto this test's captured stderr: later tests
+    # in this process would log to a closed file. The library's default output is kept.
+    monkeypatch.setattr("session.logs.configure_logging", lambda *args, **kwargs: None)
     args = build_parser().parse_args(["--host", HOST, "--port", "0", "--no-grpc",
                                       "--no-metrics", "--no-snapshot",
                                       "--key-file", str(tmp_path / "server.key")])

@@ -168,6 +168,8 @@ class ConnectionStats:
     timeout_retransmits: int = 0
     packets_lost: int = 0
     fec_recovered: int = 0
+    #: parity packets sent: how much FEC's adaptive policy spent (PROTOCOL.md 9)
+    fec_parity_sent: int = 0
     #: the datagram size in use on the current path (PLPMTU), and path MTU probes sent and
     #: lost (lost probes are in neither packets_lost nor the retransmission counters), and
     #: black holes met (the path stopped carrying the size in use: back to 1200 bytes)
@@ -643,8 +645,7 @@ class Connection:
         sack, payload = split_body(body, payload_len)
         frames = decode_frames(payload)
         received = self._acks
-        # a parity packet is acknowledged but never makes the ACK due at once (6.6)
-        received.on_received(pn, elicits_ack(frames), now, not flags & FEC)
+        received.on_received(pn, elicits_ack(frames), now)
         stats = self.stats
         stats.packets_received += 1
         stats.bytes_received += size
@@ -1153,6 +1154,7 @@ class Connection:
                 parity = ParityFrame(shard.group_id, shard.m, shard.index, seqs, shard.shard)
                 if _PROTECTED_OVERHEAD + parity.size <= pmtu.size:
                     self._send_protected([parity], now, flags=ACK | FEC)
+                    self.stats.fec_parity_sent += 1
                 else:
                     # cut for a larger datagram than the path now carries (a black hole
                     # came in the middle of the group): FEC is best effort, the group's data

@@ -37,9 +37,13 @@ _MAX_PAYLOAD: Final = 0xFFFF
 #: packet FEC cannot rebuild that the sender's parity aims to stay under (0.1 %: below the 1 %
 #: a p99 looks at, so at most the rare packet waits a retransmission round trip)
 DEFAULT_TARGET_LOSS: Final = 1e-3
-#: the loss meter's weight of one packet's fate: an exponential average over about 64
-#: packets, which follows a change of loss within a couple of seconds of 30 Hz traffic
-LOSS_WEIGHT: Final = 1.0 / 64
+#: the loss meter's two exponential averages of packet fates, over about 32 and 512 packets:
+#: the fast one follows the onset of loss within a few dozen packets, the slow one remembers
+#: sparse losses long enough that a 1 % path does not read as loss-free between two of them
+#: (with only a 64-packet memory, protocol_bench's 1 % case lost a quarter of its unprotected
+#: packets while the meter had decayed below what buys a lone packet its parity)
+FAST_WEIGHT: Final = 1.0 / 32
+SLOW_WEIGHT: Final = 1.0 / 512
 #: protected groups the loss meter remembers; a group is forgotten once all its packets are
 #: settled (below the send tracker's floor), and with the 256-packet send window and at least
 #: two packets per protected group no more than 128 can be unsettled at once
@@ -185,8 +189,9 @@ def parity_count(n: int, m: int, loss: float, target: float) -> int:
 
 
 class LossMeter:
-    """The loss rate a sender measures, as FEC's parity policy needs it: an exponential average
-    of packet fates (lost 1, acknowledged 0) over the packets whose loss FEC cannot hide.
+    """The loss rate a sender measures, as FEC's parity policy needs it: the larger of two
+    exponential averages (FAST_WEIGHT, SLOW_WEIGHT) of packet fates (lost 1, acknowledged 0)
+    over the packets whose loss FEC cannot hide.
 
     A data packet of a group that carried parity is left out: if FEC rebuilt it the receiver
     acknowledges it like any packet, so counting it would measure the loss FEC repaired as no
@@ -194,10 +199,12 @@ class LossMeter:
     unprotected data and control packets are each a fair sample of the path.
     """
 
-    __slots__ = ("_ends", "_starts", "loss")
+    __slots__ = ("_ends", "_fast", "_slow", "_starts", "loss")
 
     def __init__(self) -> None:
         self.loss = 0.0
+        self._fast = 0.0
+        self._slow = 0.0
         # the packet numbers [start, end] of groups sent with parity, oldest first
         self._starts: list[int] = []
         self._ends: list[int] = []
@@ -220,9 +227,9 @@ class LossMeter:
             while ends and ends[0] < floor:
                 del starts[0]
                 del ends[0]
-        loss = self.loss
-        if not lost and loss == 0.0:
+        if not lost and self.loss == 0.0:
             return  # nothing to decay: the common case at 0 % loss
+        fast, slow = self._fast, self._slow
         ends = self._ends
         x = 1.0 if lost else 0.0
         for p in packets:
@@ -231,8 +238,10 @@ class LossMeter:
                 i = bisect_right(starts, pn) - 1
                 if i >= 0 and pn <= ends[i]:
                     continue  # FEC could have hidden this one's loss
-            loss += (x - loss) * LOSS_WEIGHT
-        self.loss = loss
+            fast += (x - fast) * FAST_WEIGHT
+            slow += (x - slow) * SLOW_WEIGHT
+        self._fast, self._slow = fast, slow
+        self.loss = fast if fast > slow else slow
 
 
 @dataclass(slots=True)

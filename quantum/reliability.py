@@ -513,10 +513,8 @@ class ReceiveTracker:
                 return DUPLICATE
         return NEW
 
-    def on_received(self, pn: int, ack_eliciting: bool, now: float, counts: bool = True) -> None:
-        """Record an authenticated packet (check() must have said NEW). `counts`: whether it
-        counts toward the ACK_ELICITING_THRESHOLD packets that make an ACK due at once (a
-        parity packet does not: it needs acknowledging, not promptly)."""
+    def on_received(self, pn: int, ack_eliciting: bool, now: float) -> None:
+        """Record an authenticated packet (check() must have said NEW)."""
         cumulative = self._cumulative
         if pn < cumulative:
             return
@@ -540,7 +538,7 @@ class ReceiveTracker:
         if pn > largest:
             self._largest = pn
         if ack_eliciting:
-            unacked = self._unacked_eliciting + 1 if counts else self._unacked_eliciting
+            unacked = self._unacked_eliciting + 1
             self._unacked_eliciting = unacked
             if unacked >= ACK_ELICITING_THRESHOLD or pn != largest + 1:
                 due = self._ack_due

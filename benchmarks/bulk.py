@@ -1,6 +1,6 @@
 """Bulk transfer over one connection on loopback: Mbit/s and bytes per server CPU-second.
 
-    python -m benchmarks.bulk --json [--bytes 67108864] [--rounds 1] [--no-aioquic]
+    python -m benchmarks.bulk --json [--bytes 33554432] [--rounds 1] [--no-aioquic]
                                      [--profile PATH]
 
 The server (pinned to one core, as in `benchmarks.heartbeat`) sends `--bytes` bytes to one
@@ -13,7 +13,10 @@ aioquic writes them to one stream and ends it.
 
 Per case and round: `mbit_per_s` (the client's view: from the request to the last byte) and
 `bytes_per_server_cpu_s` (the server process's CPU time over the same window); the report keeps
-each round and the best. `ratio_vs_aioquic` divides Quantum's best Mbit/s by aioquic's. With
+each round and the best. `ratio_vs_aioquic` divides Quantum's best Mbit/s by aioquic's,
+`cpu_ratio_vs_aioquic` its bytes per server CPU-second by aioquic's. A default run takes a few
+seconds on a quiet machine (32 MiB a case); on a busy one, where the servers get a fraction of
+their core, it can take a minute or more (see `load_average` and the CPU shares). With
 `--profile PATH` the Quantum servers run the transfer under cProfile (slower: for finding hot
 spots only) and write PATH.fec-off and PATH.fec-on.
 
@@ -413,6 +416,13 @@ def run(count: int, rounds: int, with_aioquic: bool, profile: str | None) -> dic
         result["ratio_vs_aioquic"] = {
             "fec_off": round(off["best_mbit_per_s"] / reference["best_mbit_per_s"], 2),
             "fec_on": round(on["best_mbit_per_s"] / reference["best_mbit_per_s"], 2)}
+        # bytes per server CPU-second: what a busy machine, which starves both servers of
+        # wall-clock time, distorts least
+        result["cpu_ratio_vs_aioquic"] = {
+            "fec_off": round(off["best_bytes_per_server_cpu_s"]
+                             / reference["best_bytes_per_server_cpu_s"], 2),
+            "fec_on": round(on["best_bytes_per_server_cpu_s"]
+                            / reference["best_bytes_per_server_cpu_s"], 2)}
     return result
 
 
@@ -420,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bulk",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--bytes", type=_positive_int, default=64 << 20,
-                        help="bytes per transfer (default 67108864, 64 MiB)")
+    parser.add_argument("--bytes", type=_positive_int, default=32 << 20,
+                        help="bytes per transfer (default 33554432, 32 MiB)")
     parser.add_argument("--rounds", type=_positive_int, default=1,
                         help="transfers per case; the best is reported too (default 1)")
     parser.add_argument("--no-aioquic", action="store_true",

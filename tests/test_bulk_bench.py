@@ -40,6 +40,10 @@ def test_a_tiny_bulk_run_reports_every_figure() -> None:
     aioquic = result["cases"][2]["best_mbit_per_s"]
     assert ratios["fec_off"] == pytest.approx(result["cases"][0]["best_mbit_per_s"] / aioquic,
                                               abs=0.01)
+    cpu = result["cpu_ratio_vs_aioquic"]
+    assert cpu["fec_on"] == pytest.approx(result["cases"][1]["best_bytes_per_server_cpu_s"]
+                                          / result["cases"][2]["best_bytes_per_server_cpu_s"],
+                                          abs=0.01)
 
 
 def test_a_bad_flag_is_refused_with_exit_2() -> None:

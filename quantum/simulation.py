@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from quantum import bbr
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection
 from quantum.endpoint import ServerEndpoint
@@ -67,6 +68,7 @@ class SimulatedNetwork:
 
     def __init__(self, profile: LinkProfile, seed: int = 0) -> None:
         self.profile = profile
+        self.seed = seed
         self.random = random.Random(seed)
         self.stats = NetworkStats()
         self._queue: list[tuple[float, int, bytes, Address, Address]] = []
@@ -156,6 +158,10 @@ class Simulation:
     """Drives one server and any number of client connections over a simulated network."""
 
     def __init__(self, network: SimulatedNetwork, server: SimulatedServer) -> None:
+        # BBR draws its PROBE_BW starting phase from one module-wide RNG: seeded here from
+        # the network's seed, so that a simulation, and a benchmark run on one, is
+        # deterministic for its seed (unseeded, two runs of one case differed by 5x in p50)
+        bbr._SHARED_RNG.seed(network.seed)
         self.network = network
         self.server = server
         self.now = 0.0

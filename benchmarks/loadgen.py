@@ -13,6 +13,10 @@ Two targets speak through the same loop:
   acknowledged, and the round trip is recorded.
 * `echo`: the bare baseline. Each client sends a datagram of a keepalive's size whose bytes
   6..22 carry its id, and sends the next when the echo comes back.
+* `ticks` (`benchmarks.gametick`): an open loop of game updates: every client sends one
+  unreliable-sequenced message of `size` bytes `rate` times a second (the clients' phases
+  spread over the interval), each stamped with its send time; the server echoes the latest
+  per client per tick, and the round trip from an update to its echo is recorded.
 
 `run_loadgen` is the child-process entry point: it obeys commands from the orchestrator in
 `benchmarks.heartbeat` over a `multiprocessing` pipe and answers each with a dict.
@@ -31,7 +35,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
-from time import perf_counter
+from time import perf_counter, perf_counter_ns
 from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
@@ -43,7 +47,9 @@ from quantum.events import (
     HandshakeCompleted,
     HandshakeRejected,
     KeepaliveAcknowledged,
+    MessageReceived,
 )
+from quantum.frames import Delivery
 from quantum.handshake import Credentials
 from quantum.timers import TimerHeap
 
@@ -54,6 +60,11 @@ ECHO_DATAGRAM_SIZE: Final = 64
 #: a keepalive whose answer takes longer than this is counted unanswered and replaced, because
 #: keepalives are not retransmitted by the protocol (a lost one would stall its client forever)
 ACK_TIMEOUT: Final = 2.0
+#: the tick mode sends each slot of clients this often: the clients' phases are spread over the
+#: update interval in steps of this (uvloop's timers have millisecond resolution)
+TICK_SLOT: Final = 0.001
+#: an update's first 8 bytes: its send time, perf_counter_ns(), little-endian
+STAMP_SIZE: Final = 8
 #: clients leave their timers to the heap; their own keepalive timer stays off (closed loop)
 CLIENT_CONFIG: Final = QuantumConfiguration(keepalive_interval=None, idle_timeout=3600.0,
                                      handshake_timeout=30.0, handshake_tries=10)
@@ -146,7 +157,9 @@ class LoadGenerator:
         self._target = 0
         self._launched = 0
         self._user_prefix = "bench"
+        self._fec = True
         self.echo = False
+        self._update_padding = b""
         # datagrams wait here until the loop has handled everything it read in this pass: see
         # `_post`
         self._outbox: list[tuple[asyncio.DatagramTransport, bytes, Address]] = []
@@ -181,7 +194,9 @@ class LoadGenerator:
     def _drain(self, client: Client) -> None:
         conn = client.conn
         while (event := conn.next_event()) is not None:
-            if isinstance(event, KeepaliveAcknowledged):
+            if isinstance(event, MessageReceived):
+                self._on_update_echo(event.data)
+            elif isinstance(event, KeepaliveAcknowledged):
                 self._on_ack(client, event.keepalive_id)
             elif isinstance(event, HandshakeCompleted):
                 client.settled = True
@@ -233,7 +248,7 @@ class LoadGenerator:
     # ------------------------------------------------------------------ handshakes
 
     async def establish(self, count: int, in_flight: int = 256, user_prefix: str = "bench",
-                        timeout: float = 600.0) -> dict[str, Any]:
+                        timeout: float = 600.0, fec: bool = True) -> dict[str, Any]:
         """Open `count` connections, `in_flight` handshakes at a time; returns counts and time.
 
         Raises `LoadGenError` when more than 1 % of them are refused or the whole batch does not
@@ -246,6 +261,7 @@ class LoadGenerator:
         self._handshake_reasons = {}
         self._target = count
         self._user_prefix = user_prefix
+        self._fec = fec
         self._launched = 0
         self._pending_handshakes = 0
         self._handshake_waiter = self.loop.create_future()
@@ -271,9 +287,10 @@ class LoadGenerator:
         index = len(self.clients)
         self._launched += 1
         self._pending_handshakes += 1
-        conn = Connection.client(
-            self.server_addr, Credentials(user_id=f"{self._user_prefix}-{index}"),
-            self.loop.time(), configuration=CLIENT_CONFIG)
+        user = f"{self._user_prefix}-{index}"
+        credentials = Credentials(user_id=user) if self._fec else Credentials(user, fec=None)
+        conn = Connection.client(self.server_addr, credentials, self.loop.time(),
+                                 configuration=CLIENT_CONFIG)
         client = Client(conn, index % self._socket_count)
         self.clients[conn.connection_id] = client
         self._flush(client)
@@ -375,6 +392,60 @@ class LoadGenerator:
             client.active = False
             client.keepalive_id = -1
         return self._result
+
+    # ------------------------------------------------------------------ game ticks
+
+    async def run_ticks(self, clients: int, duration: float, rate: float, size: int,
+                        drain: float = 0.5) -> RunResult:
+        """The first `clients` established clients each send `rate` updates a second of `size`
+        bytes for `duration` seconds; echoes are timed until `drain` seconds after the last.
+
+        The schedule is fixed in advance (slot i at start + i x TICK_SLOT): a generator that
+        falls behind sends late, in a burst, and `RunResult.sent` still counts every update,
+        so falling behind shows as load-side CPU, not as fewer updates."""
+        if size < STAMP_SIZE:
+            raise LoadGenError(f"an update needs at least {STAMP_SIZE} bytes, got {size}")
+        chosen = [c for c in self.clients.values()
+                  if c.conn.state is ConnectionState.ESTABLISHED][:clients]
+        if len(chosen) < clients:
+            raise LoadGenError(f"only {len(chosen)} of {clients} clients are established")
+        self._result = RunResult()
+        self._update_padding = bytes(size - STAMP_SIZE)
+        interval = 1.0 / rate
+        slots = max(1, min(len(chosen), int(interval / TICK_SLOT)))
+        groups = [chosen[i::slots] for i in range(slots)]
+        step = interval / slots
+        loop = self.loop
+        started = loop.time()
+        end = started + duration
+        i = 0
+        while True:
+            at = started + i * step
+            if at >= end:
+                break
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for client in groups[i % slots]:
+                self._send_update(client)
+            i += 1
+        self._result.duration = loop.time() - started
+        await asyncio.sleep(drain)
+        return self._result
+
+    def _send_update(self, client: Client) -> None:
+        stamp = perf_counter_ns().to_bytes(STAMP_SIZE, "little")
+        client.conn.send(stamp + self._update_padding, 0, Delivery.UNRELIABLE_SEQUENCED)
+        self._result.sent += 1
+        self._flush(client)
+
+    def _on_update_echo(self, data: bytes) -> None:
+        if len(data) < STAMP_SIZE:
+            return
+        result = self._result
+        result.acknowledged += 1
+        sent = int.from_bytes(data[:STAMP_SIZE], "little")
+        result.rtts.append((perf_counter_ns() - sent) / 1e9)
 
     # ------------------------------------------------------------------ echo baseline
 
@@ -489,7 +560,8 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
         try:
             if kind == "connect":
                 reply = await gen.establish(command["count"], command.get("in_flight", 256),
-                                            command.get("user_prefix", "bench"))
+                                            command.get("user_prefix", "bench"),
+                                            fec=command.get("fec", True))
             elif kind == "echo_clients":
                 gen.add_echo_clients(command["count"])
                 reply = {"clients": command["count"]}
@@ -504,6 +576,12 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
                     pooled.extend(result.rtts)
                     reply["pooled_rtt_p50_ms"], reply["pooled_rtt_p99_ms"] = \
                         rtt_percentiles_ms(pooled)
+            elif kind == "ticks":
+                cpu0 = time.process_time()
+                result = await gen.run_ticks(command["clients"], command["duration"],
+                                             command["rate"], command["size"])
+                reply = summarise(result)
+                reply["loadgen_cpu_s"] = round(time.process_time() - cpu0, 3)
             elif kind == "quit":
                 reply = {}
             else:

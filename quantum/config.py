@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
-from quantum.fec import check_shape
+from quantum.fec import DEFAULT_TARGET_LOSS, check_shape
 
 #: packets left under the key limit when the graceful close starts: room to drain what is
 #: queued, send the FIN and retransmit it
@@ -30,6 +30,9 @@ class QuantumConfiguration:
     #: Reed-Solomon (k data, m parity) packets per group (`quantum.limits`: each 1..16); None
     #: turns FEC off
     fec: tuple[int, int] | None = (10, 3)
+    #: the chance of an FEC group losing a data packet for good that the sender's parity aims
+    #: to stay under, at the loss it measures (docs/PROTOCOL.md 9): the lower, the more parity
+    fec_target_loss: float = DEFAULT_TARGET_LOSS
     #: send and receive windows, in packets
     window: int = 256
     #: longest an acknowledgement may be delayed
@@ -66,6 +69,9 @@ class QuantumConfiguration:
             raise ValueError("handshake_timeout must be positive and handshake_tries at least 1")
         if self.fec is not None:
             check_shape(*self.fec)
+        if not 1e-9 <= self.fec_target_loss <= 0.5:
+            raise ValueError(f"fec_target_loss must be between 1e-9 and 0.5, "
+                             f"got {self.fec_target_loss}")
         if not 16 <= self.window <= 4096:
             raise ValueError(f"window must be between 16 and 4096 packets, got {self.window}")
         if not 2 * KEY_LIMIT_HEADROOM <= self.packets_per_key <= 1 << 62:

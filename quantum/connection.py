@@ -168,6 +168,8 @@ class ConnectionStats:
     timeout_retransmits: int = 0
     packets_lost: int = 0
     fec_recovered: int = 0
+    #: parity packets sent: how much FEC's adaptive policy spent (PROTOCOL.md 9)
+    fec_parity_sent: int = 0
     #: the datagram size in use on the current path (PLPMTU), and path MTU probes sent and
     #: lost (lost probes are in neither packets_lost nor the retransmission counters), and
     #: black holes met (the path stopped carrying the size in use: back to 1200 bytes)
@@ -402,7 +404,7 @@ class Connection:
                 self.config = dataclasses.replace(cfg, keepalive_interval=keepalive,
                                                   idle_timeout=idle)
         if params.fec is not None:
-            self._fec = FecState(*params.fec)
+            self._fec = FecState(*params.fec, target=self.config.fec_target_loss)
             self._resized()
 
     def _resized(self) -> None:
@@ -983,6 +985,9 @@ class Connection:
                 self._pmtu_acked(result.acked)
             acked = [(p.size, p.sent_time, p.rate) for p in result.acked if p.in_flight]
             self._cc.on_ack(now, acked, sent.bytes_in_flight, result.rtt_sample)  # type: ignore[arg-type]
+            fec = self._fec
+            if fec is not None:
+                fec.on_fates(result.acked, False, sent.floor)
             fin_pn = self._fin_pn
             if fin_pn is not None and any(p.pn == fin_pn for p in result.acked):
                 self._terminate(self.close_code, self.close_reason, by_peer=False)
@@ -1039,6 +1044,11 @@ class Connection:
         if black_hole:
             self._resized()  # back to 1200 bytes: what is retransmitted is cut again to fit
         self.stats.packets_lost += count
+        fec = self._fec
+        if fec is not None and count:
+            # what FEC's parity policy measures (9): every loss but a probe's
+            fec.on_fates([p for p in lost if not p.frames or type(p.frames[0]) is not PingFrame],
+                         True, self._flight.floor)
         self._cc.on_loss(now, lost_bytes, self._flight.bytes_in_flight)
         retransmitted = 0
         for p in lost:
@@ -1156,6 +1166,7 @@ class Connection:
                 parity = ParityFrame(shard.group_id, shard.m, shard.index, seqs, shard.shard)
                 if _PROTECTED_OVERHEAD + parity.size <= pmtu.size:
                     self._send_protected([parity], now, flags=ACK | FEC)
+                    self.stats.fec_parity_sent += 1
                 else:
                     # cut for a larger datagram than the path now carries (a black hole
                     # came in the middle of the group): FEC is best effort, the group's data
@@ -1215,14 +1226,17 @@ class Connection:
         sender = self._sendable_outbox()
         flags = ACK
         if sender is not None:
+            data = False
             while room > MESSAGE_OVERHEAD and sender.has_pending():
                 fragment = sender.pop_frame(room)
                 if fragment is None:
                     break
                 frames.append(fragment)
                 room -= fragment.size
-                if self._fec is not None:
-                    flags = ACK | PSH  # this packet joins the open FEC group
+                data = True
+            fec = self._fec
+            if data and fec is not None and fec.grouping():
+                flags = ACK | PSH  # this packet joins the open FEC group (9)
         if not frames and self._fin_due():
             frames.append(CloseFrame(self.close_code, self.close_reason))
             flags |= FIN
@@ -1269,6 +1283,7 @@ class Connection:
             received.on_ack_sent()
         size = len(datagram)
         if elicits_ack(frames):  # a pure ACK is neither tracked nor congestion controlled
+            received.on_eliciting_sent(now)  # what holding an owed ACK follows (6.6)
             if self._stall_since < 0.0:
                 self._stall_since = now  # the peer owes us an acknowledgement from now on
             retransmittable: list[object] = []

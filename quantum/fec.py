@@ -9,11 +9,18 @@ Payloads differ in length, but zfec codes equal-length blocks, so each data shar
 `u16 length || payload`, zero-padded to the longest shard of its group; parity shards have that
 padded length, which is how the receiver learns it. Both classes are sans-I/O and bounded in
 memory: the decoder forgets old groups and old payloads instead of growing with the connection.
+
+How much parity a group gets is the sender's policy (`FecState`, PROTOCOL.md 9): as little as
+keeps the chance of the group losing a packet it cannot rebuild under a target, given the
+loss the connection measures (`LossMeter`) and what the group holds (`parity_count`). At 0 %
+loss that is none, and no group is even opened.
 """
 
 from __future__ import annotations
 
 import functools
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -21,9 +28,26 @@ import zfec
 
 from quantum.errors import ProtocolError
 from quantum.limits import MAX_FEC_K, MAX_FEC_M
+from quantum.reliability import SentPacket
 
 _LEN_PREFIX: Final = 2
 _MAX_PAYLOAD: Final = 0xFFFF
+
+#: the default of `QuantumConfiguration.fec_target_loss`: the chance of a group losing a data
+#: packet FEC cannot rebuild that the sender's parity aims to stay under (0.1 %: below the 1 %
+#: a p99 looks at, so at most the rare packet waits a retransmission round trip)
+DEFAULT_TARGET_LOSS: Final = 1e-3
+#: the loss meter's two exponential averages of packet fates, over about 32 and 512 packets:
+#: the fast one follows the onset of loss within a few dozen packets, the slow one remembers
+#: sparse losses long enough that a 1 % path does not read as loss-free between two of them
+#: (with only a 64-packet memory, protocol_bench's 1 % case lost a quarter of its unprotected
+#: packets while the meter had decayed below what buys a lone packet its parity)
+FAST_WEIGHT: Final = 1.0 / 32
+SLOW_WEIGHT: Final = 1.0 / 512
+#: protected groups the loss meter remembers; a group is forgotten once all its packets are
+#: settled (below the send tracker's floor), and with the 256-packet send window and at least
+#: two packets per protected group no more than 128 can be unsettled at once
+_MAX_PROTECTED: Final = 256
 
 
 class FecError(ProtocolError, ValueError):
@@ -67,7 +91,8 @@ def check_shape(k: int, m: int) -> None:
 
 
 class FecEncoder:
-    """Collects outgoing data payloads into groups of k and emits m parity shards per group."""
+    """Collects outgoing data payloads into groups of at most k and codes up to m parity shards
+    for each; how many a group gets is the caller's choice (`close`, `FecState`)."""
 
     __slots__ = ("_group_id", "_payloads", "_seqs", "k", "m")
 
@@ -89,48 +114,134 @@ class FecEncoder:
         """Packets in the open group (parity not yet produced)."""
         return len(self._seqs)
 
-    def add(self, pn: int, payload: bytes) -> list[ParityShard]:
-        """Add an outgoing data packet; returns the group's m parity shards once it holds k."""
+    def add(self, pn: int, payload: bytes) -> bool:
+        """Add an outgoing data packet to the open group; whether the group now holds k
+        (then `close` it)."""
         if len(payload) > _MAX_PAYLOAD:
             raise ValueError(f"FEC payload of {len(payload)} bytes exceeds {_MAX_PAYLOAD}")
         seqs = self._seqs
         if seqs and pn <= seqs[-1]:
             raise ValueError(f"FEC packet numbers must increase: {pn} after {seqs[-1]}")
+        if len(seqs) == self.k:
+            raise ValueError(f"the FEC group already holds k={self.k} packets: close it first")
         seqs.append(pn)
         self._payloads.append(payload)
-        if len(seqs) < self.k:
-            return []
-        return self._close(self.m)
+        return len(seqs) == self.k
 
-    def flush(self) -> list[ParityShard]:
-        """Close a partial group early (the sender ran out of data); see `partial_parity`."""
-        count = len(self._seqs)
-        if not count:
-            return []
-        return self._close(partial_parity(self.k, self.m, count))
+    def close(self, m: int) -> list[ParityShard]:
+        """Close the open group (full or not) with m parity shards, 0 <= m <= the encoder's m.
 
-    def _close(self, m: int) -> list[ParityShard]:
+        A group closed with no parity leaves no trace on the wire: it takes no group id, and
+        its packets are only ever retransmitted."""
+        if not 0 <= m <= self.m:
+            raise ValueError(f"a group of this encoder has 0..{self.m} parity shards, got {m}")
         seqs, payloads = tuple(self._seqs), self._payloads
+        self._seqs = []
+        self._payloads = []
+        if not seqs or not m:
+            return []
         k = len(seqs)
         size = _LEN_PREFIX + max(map(len, payloads))
         blocks = tuple(_pad(p, size) for p in payloads)
         parity = _encoder(k, k + m).encode(blocks, tuple(range(k, k + m)))
         gid = self._group_id
         self._group_id = gid + 1
-        self._seqs = []
-        self._payloads = []
         return [ParityShard(gid, i, m, seqs, bytes(parity[i])) for i in range(m)]
 
+    @property
+    def first_pn(self) -> int:
+        """The packet number of the open group's first packet (-1: the group is empty)."""
+        seqs = self._seqs
+        return seqs[0] if seqs else -1
 
-def partial_parity(k: int, m: int, count: int) -> int:
-    """Parity shards for a partial group of `count` < k packets.
+    @property
+    def last_pn(self) -> int:
+        """The packet number of the open group's last packet (-1: the group is empty)."""
+        seqs = self._seqs
+        return seqs[-1] if seqs else -1
 
-    Proportional parity plus one, capped at m. The extra shard matters for real-time traffic,
-    which flushes tiny groups: with one packet and one parity shard a 5 % loss rate leaves
-    0.25 % of packets unrecoverable, each stalling its ordered channel for a retransmission
-    round trip; with two parity shards it is 0.0125 %.
+
+def parity_count(n: int, m: int, loss: float, target: float) -> int:
+    """Parity shards for a group of n data packets: the fewest, at most m, that keep the chance
+    of losing more shards than there is parity (so possibly a data packet for good) at or below
+    `target` when each of the n + j shards is lost independently with probability `loss`.
+
+    0 at 0 % loss. At the default target of 0.1 %: a lone packet gets 1 from 0.1 % loss, 2 from
+    3.2 % and 3 from 10 %; a full group of 10 (m = 3) 1 from 0.01 %, 2 from 0.43 %, 3 from 1.7 %.
     """
-    return min(m, -(-m * count // k) + 1)
+    if loss <= 0.0:
+        return 0
+    if loss >= 1.0:
+        return m
+    keep = 1.0 - loss
+    ratio = loss / keep
+    for j in range(m + 1):
+        # P(at most j of the n + j shards lost) for Binomial(n + j, loss), term by term
+        total = n + j
+        term = keep ** total
+        kept = term
+        for i in range(1, j + 1):
+            term *= ratio * (total - i + 1) / i
+            kept += term
+        if 1.0 - kept <= target:
+            return j
+    return m
+
+
+class LossMeter:
+    """The loss rate a sender measures, as FEC's parity policy needs it: the larger of two
+    exponential averages (FAST_WEIGHT, SLOW_WEIGHT) of packet fates (lost 1, acknowledged 0)
+    over the packets whose loss FEC cannot hide.
+
+    A data packet of a group that carried parity is left out: if FEC rebuilt it the receiver
+    acknowledges it like any packet, so counting it would measure the loss FEC repaired as no
+    loss at all, and the parity would then be withdrawn just when it worked. Parity packets,
+    unprotected data and control packets are each a fair sample of the path.
+    """
+
+    __slots__ = ("_ends", "_fast", "_slow", "_starts", "loss")
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self._fast = 0.0
+        self._slow = 0.0
+        # the packet numbers [start, end] of groups sent with parity, oldest first
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def protect(self, first: int, last: int) -> None:
+        """The data packets first..last (a group) went out with parity."""
+        starts, ends = self._starts, self._ends
+        starts.append(first)
+        ends.append(last)
+        if len(starts) > _MAX_PROTECTED:
+            del starts[0]
+            del ends[0]
+
+    def on_fates(self, packets: Sequence[SentPacket], lost: bool, floor: int) -> None:
+        """Packets just acknowledged (or declared lost); `floor`: the send tracker's floor, below
+        which every packet is settled (so their groups can be forgotten)."""
+        starts = self._starts
+        if starts:
+            ends = self._ends
+            while ends and ends[0] < floor:
+                del starts[0]
+                del ends[0]
+        if not lost and self.loss == 0.0:
+            return  # nothing to decay: the common case at 0 % loss
+        fast, slow = self._fast, self._slow
+        ends = self._ends
+        x = 1.0 if lost else 0.0
+        for p in packets:
+            pn = p.pn
+            if starts and pn >= starts[0]:
+                i = bisect_right(starts, pn) - 1
+                if i >= 0 and pn <= ends[i]:
+                    continue  # FEC could have hidden this one's loss
+            fast += (x - fast) * FAST_WEIGHT
+            slow += (x - slow) * SLOW_WEIGHT
+        self._fast, self._slow = fast, slow
+        self.loss = fast if fast > slow else slow
 
 
 @dataclass(slots=True)
@@ -283,45 +394,77 @@ class FecDecoder:
 
 class FecState:
     """One connection's FEC, while it is negotiated on: the open group of what it sends, the
-    parity waiting to go out, and the groups of what it receives.
+    parity waiting to go out, the loss it measures, and the groups of what it receives.
 
-    A connection without FEC has none of this (`Connection._fec` is None). The encoder exists
-    only while a group is open: a connection that goes quiet closes its group and keeps no
-    encoder (`sender_idle`), group ids continuing across encoders.
+    A connection without FEC has none of this (`Connection._fec` is None). The sender's policy
+    (PROTOCOL.md 9): a group is opened only while the measured loss says a full group would
+    need parity (`grouping`); a group closes when it holds k packets or the sender runs dry
+    (`sender_idle`), with `parity_count` shards for what it holds at the loss measured then,
+    none at all at 0 % loss. The encoder exists only while a group is open; group ids continue
+    across encoders.
     """
 
-    __slots__ = ("_decoder", "_encoder", "_next_group", "k", "m", "parity")
+    __slots__ = ("_decoder", "_encoder", "_next_group", "_open_above", "k", "m", "meter",
+                 "parity", "target")
 
-    def __init__(self, k: int, m: int) -> None:
+    def __init__(self, k: int, m: int, target: float = DEFAULT_TARGET_LOSS) -> None:
         check_shape(k, m)
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"the FEC target loss must be between 0 and 1, got {target}")
         self.k = k
         self.m = m
+        self.target = target
+        #: the measured loss above which a full group needs parity: below it none is opened
+        self._open_above = 1.0 - (1.0 - target) ** (1.0 / k)
+        self.meter = LossMeter()
         self._encoder: FecEncoder | None = None
         self._next_group = 0
         self._decoder: FecDecoder | None = None  # built by the first packet of a group
         #: parity shards waiting for the next packets, in order (None: none)
         self.parity: list[ParityShard] | None = None
 
+    def grouping(self) -> bool:
+        """Whether the next data packet joins a group (is sent with PSH): a group is open, or
+        the measured loss is high enough for a full group to get parity."""
+        return self._encoder is not None or self.meter.loss > self._open_above
+
     def on_sent(self, pn: int, payload: bytes) -> None:
-        """A data packet left: it joins the open group (which may close and queue parity)."""
+        """A data packet of a group left (`grouping` said so): it joins the open group, which
+        may close and queue parity."""
         encoder = self._encoder
         if encoder is None:
             encoder = self._encoder = FecEncoder(self.k, self.m, self._next_group)
-        shards = encoder.add(pn, payload)
-        if shards:
-            self._queue(shards)
+        if encoder.add(pn, payload):
+            self._close(encoder, pn)
 
     def sender_idle(self) -> bool:
         """The sender ran dry: close the open group now rather than let a partial group wait
-        for packets that may not come. Whether there was one (its parity is then queued)."""
+        for packets that may not come. Whether there was one (its parity, if any, is then
+        queued)."""
         encoder = self._encoder
         if encoder is None:
             return False
         self._encoder = None
         if encoder.pending:
-            self._queue(encoder.flush())
+            self._close(encoder, encoder.last_pn)
         self._next_group = encoder.next_group_id
         return True
+
+    def _close(self, encoder: FecEncoder, last: int) -> None:
+        first = encoder.first_pn
+        count = parity_count(encoder.pending, self.m, self.meter.loss, self.target)
+        shards = encoder.close(count)
+        if not shards:
+            return
+        self.meter.protect(first, last)
+        if self.parity is None:
+            self.parity = shards
+        else:
+            self.parity.extend(shards)
+
+    def on_fates(self, packets: Sequence[SentPacket], lost: bool, floor: int) -> None:
+        """Packets of ours acknowledged or declared lost (`LossMeter.on_fates`)."""
+        self.meter.on_fates(packets, lost, floor)
 
     def take_parity(self) -> ParityShard | None:
         parity = self.parity
@@ -331,12 +474,6 @@ class FecState:
         if not parity:
             self.parity = None
         return shard
-
-    def _queue(self, shards: list[ParityShard]) -> None:
-        if self.parity is None:
-            self.parity = shards
-        else:
-            self.parity.extend(shards)
 
     def _receiving(self) -> FecDecoder:
         decoder = self._decoder

@@ -44,6 +44,15 @@ DEFAULT_WINDOW: Final = 256
 DEFAULT_MAX_ACK_DELAY: Final = 0.025
 #: this many unacknowledged ack-eliciting packets make an ACK due at once
 ACK_ELICITING_THRESHOLD: Final = 2
+#: an endpoint that itself sends every G seconds (G at most this) holds an owed ACK until its
+#: next packet is due, 1.25 G after its last, so the ACK rides on that packet instead of
+#: costing one of its own (PROTOCOL.md 6.6); never longer than this after the packet it
+#: acknowledges: half the 200 ms RTO floor, so a held ACK never times the peer out
+MAX_HELD_ACK_DELAY: Final = 0.1
+HOLD_FACTOR: Final = 1.25
+#: packets sent closer together than this are one burst (a data packet and its parity): the
+#: interval the hold follows is the one between bursts
+BURST_GAP: Final = 0.002
 
 # ReceiveTracker.check verdicts (0 = new packet)
 NEW: Final = 0
@@ -439,6 +448,8 @@ class ReceiveTracker:
         "_cumulative",
         "_ends",
         "_largest",
+        "_send_gap",
+        "_sent_at",
         "_starts",
         "_unacked_eliciting",
         "max_ack_delay",
@@ -465,6 +476,10 @@ class ReceiveTracker:
         self._ends: list[int] = []
         self._unacked_eliciting = 0
         self._ack_due: float | None = None
+        # when our own latest burst of ack-eliciting packets began, and the interval between
+        # our last two bursts (0.0: none, or longer than MAX_HELD_ACK_DELAY)
+        self._sent_at = -1.0
+        self._send_gap = 0.0
 
     @property
     def cumulative(self) -> int:
@@ -530,7 +545,27 @@ class ReceiveTracker:
                 if due is None or now < due:
                     self._ack_due = now
             elif self._ack_due is None:
-                self._ack_due = now + self.max_ack_delay
+                self._ack_due = self._delayed_until(now)
+
+    def _delayed_until(self, now: float) -> float:
+        """When a delayed ACK is due for a packet received now: max ACK delay later, or, if we
+        send regularly and our next packet is due after that, when it is (up to
+        MAX_HELD_ACK_DELAY): the ACK then leaves in it."""
+        due = now + self.max_ack_delay
+        gap = self._send_gap
+        if gap > 0.0:
+            expected = self._sent_at + gap * HOLD_FACTOR
+            if expected > due:
+                held = now + MAX_HELD_ACK_DELAY
+                return expected if expected < held else held
+        return due
+
+    def on_eliciting_sent(self, now: float) -> None:
+        """We sent an ack-eliciting packet: follow the interval of our own sending."""
+        gap = now - self._sent_at
+        if gap > BURST_GAP:
+            self._send_gap = gap if gap <= MAX_HELD_ACK_DELAY else 0.0
+            self._sent_at = now
 
     def on_floor(self, floor32: int) -> None:
         """ACK_FLOOR received: the sender will never send anything below the floor."""

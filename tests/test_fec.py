@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum.errors import ProtocolError
-from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard, partial_parity
+from quantum.fec import FecDecoder, FecEncoder, FecError, ParityShard, parity_count
 from tests.profiles import scaled
 
 
@@ -20,14 +21,16 @@ def _payloads(count: int, seed: int = 1) -> list[bytes]:
 
 
 def _encode_group(k: int, m: int, payloads: list[bytes], first_pn: int = 1,
-                  flush: bool = False) -> tuple[list[int], list[ParityShard]]:
+                  flush: int = 0) -> tuple[list[int], list[ParityShard]]:
+    """Full groups get m parity shards; a partial group left at the end `flush` shards."""
     enc = FecEncoder(k, m)
     pns = list(range(first_pn, first_pn + len(payloads)))
     parity: list[ParityShard] = []
     for pn, payload in zip(pns, payloads, strict=True):
-        parity += enc.add(pn, payload)
+        if enc.add(pn, payload):
+            parity += enc.close(m)
     if flush:
-        parity += enc.flush()
+        parity += enc.close(flush)
     assert enc.pending == 0
     return pns, parity
 
@@ -97,8 +100,9 @@ def test_more_losses_than_parity_recover_nothing() -> None:
 def test_flushed_partial_group_every_loss_pattern(count: int) -> None:
     k, m = 10, 3
     payloads = _payloads(count, seed=count)
-    pns, parity = _encode_group(k, m, payloads, flush=True)
-    m_partial = partial_parity(k, m, count)
+    m_partial = parity_count(count, m, 0.05, 1e-3)  # what the policy gives it at 5 % loss
+    assert m_partial >= 2
+    pns, parity = _encode_group(k, m, payloads, flush=m_partial)
     assert len(parity) == m_partial
     assert all(s.m == m_partial and len(s.data_seqs) == count for s in parity)
     for lost_count in range(m_partial + 1):
@@ -117,16 +121,29 @@ def test_variable_lengths_including_empty_are_trimmed_back() -> None:
 
 def test_encoder_groups_and_flush() -> None:
     enc = FecEncoder(3, 2)
-    assert enc.flush() == []
-    assert enc.add(1, b"a") == [] and enc.add(2, b"b") == []
-    assert enc.pending == 2
-    first = enc.add(3, b"c")
+    assert enc.close(2) == []  # nothing open: nothing to code, no group id taken
+    assert enc.add(1, b"a") is False and enc.add(2, b"b") is False
+    assert enc.pending == 2 and (enc.first_pn, enc.last_pn) == (1, 2)
+    assert enc.add(3, b"c") is True  # k packets: the caller closes it
+    with pytest.raises(ValueError, match="already holds k=3"):
+        enc.add(4, b"x")
+    first = enc.close(2)
     assert [(s.group_id, s.index) for s in first] == [(0, 0), (0, 1)]
-    assert enc.pending == 0
+    assert enc.pending == 0 and (enc.first_pn, enc.last_pn) == (-1, -1)
     enc.add(5, b"d")
-    second = enc.flush()
-    assert [(s.group_id, s.m, s.data_seqs) for s in second] == [(1, 2, (5,)), (1, 2, (5,))]
-    assert enc.flush() == []
+    second = enc.close(1)
+    assert [(s.group_id, s.m, s.data_seqs) for s in second] == [(1, 1, (5,))]
+    assert enc.close(2) == []
+
+
+def test_a_group_closed_without_parity_takes_no_group_id() -> None:
+    enc = FecEncoder(3, 2)
+    enc.add(1, b"a")
+    assert enc.close(0) == [] and enc.pending == 0 and enc.next_group_id == 0
+    enc.add(2, b"b")
+    assert [s.group_id for s in enc.close(2)] == [0, 0]
+    with pytest.raises(ValueError, match=r"0\.\.2 parity shards, got 3"):
+        enc.close(3)
 
 
 def test_duplicates_do_not_recover_twice() -> None:
@@ -156,7 +173,8 @@ def test_evicted_group_is_never_rebuilt() -> None:
     for g in range(3):
         pns = list(range(1 + 4 * g, 5 + 4 * g))
         payloads = _payloads(4, seed=10 + g)
-        parity = [s for pn, p in zip(pns, payloads, strict=True) for s in enc.add(pn, p)]
+        assert [enc.add(pn, p) for pn, p in zip(pns, payloads, strict=True)][-1]
+        parity = enc.close(2)
         assert {s.group_id for s in parity} == {g}
         groups.append((pns, payloads, parity))
     # one parity shard of each group: none can recover yet, and the third evicts the first
@@ -277,15 +295,48 @@ def test_random_payloads_and_losses(k: int, m: int, data: st.DataObject) -> None
         assert recovered == {}
 
 
-def test_partial_groups_get_proportional_parity_plus_one_capped_at_m() -> None:
-    assert [partial_parity(10, 3, n) for n in (1, 2, 3, 4, 7, 9)] == [2, 2, 2, 3, 3, 3]
-    assert partial_parity(10, 1, 1) == 1
-    assert partial_parity(4, 4, 1) == 2
+def _unrecoverable(n: int, j: int, loss: float) -> float:
+    """P(more than j of n + j independent shards lost), by enumeration."""
+    total = n + j
+    return sum(math.comb(total, i) * loss**i * (1 - loss)**(total - i)
+               for i in range(j + 1, total + 1))
+
+
+def test_no_parity_at_zero_loss_whatever_the_group_holds() -> None:
+    assert [parity_count(n, 3, 0.0, 1e-3) for n in (1, 5, 10, 16)] == [0, 0, 0, 0]
+
+
+def test_parity_rises_with_loss_and_with_what_the_group_holds() -> None:
+    losses = (0.0005, 0.002, 0.01, 0.05, 0.1, 0.3)
+    lone = [parity_count(1, 3, p, 1e-3) for p in losses]
+    full = [parity_count(10, 3, p, 1e-3) for p in losses]
+    assert lone == [0, 1, 1, 2, 2, 3]
+    assert full == [1, 1, 2, 3, 3, 3]  # capped at the negotiated m
+    assert all(a <= b for a, b in zip(lone, full, strict=True))
+    assert parity_count(1, 16, 1.0, 1e-3) == 16  # everything lost: all it may send
+    assert parity_count(4, 1, 0.2, 1e-3) == 1
+
+
+@settings(max_examples=scaled(200), deadline=None)
+@given(n=st.integers(1, 16), m=st.integers(1, 16), loss=st.floats(0.0, 0.6),
+       target=st.sampled_from([1e-2, 1e-3, 1e-5]))
+def test_parity_count_is_the_fewest_that_meet_the_target(n: int, m: int, loss: float,
+                                                         target: float) -> None:
+    j = parity_count(n, m, loss, target)
+    assert 0 <= j <= m
+    slack = 1e-9  # the closed form and the enumeration round differently
+    if j < m:
+        assert _unrecoverable(n, j, loss) <= target + slack
+    if j > 0:
+        assert _unrecoverable(n, j - 1, loss) > target - slack
 
 
 def test_a_successor_encoder_continues_the_group_ids() -> None:
     first = FecEncoder(2, 1)
-    shards = first.add(1, b"a") + first.add(2, b"b")
-    assert [s.group_id for s in shards] == [0] and first.next_group_id == 1
+    first.add(1, b"a")
+    first.add(2, b"b")
+    assert [s.group_id for s in first.close(1)] == [0] and first.next_group_id == 1
     second = FecEncoder(2, 1, first_group_id=first.next_group_id)
-    assert [s.group_id for s in second.add(3, b"c") + second.add(4, b"d")] == [1]
+    second.add(3, b"c")
+    second.add(4, b"d")
+    assert [s.group_id for s in second.close(1)] == [1]

@@ -3,6 +3,8 @@
 `quantum.connect(fec=False)` used to do nothing: `Connection.client` replaced the credentials'
 request with the configuration's FEC. Here the server side is checked, in the simulation and
 over real UDP: what it negotiated, and that no FEC-grouped or parity packet crosses the wire.
+The networks lose packets: at 0 % loss even negotiated FEC sends nothing (PROTOCOL.md 9), so
+only a lossy path tells "FEC off" from "FEC on but idle".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import Counter
 import pytest
 
 from quantum.config import QuantumConfiguration
+from quantum.connection import ConnectionState
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
 from quantum.packet import FEC, PSH, decode_header
@@ -23,7 +26,7 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
-from tests.relay import LossyRelay
+from tests.relay import LossyRelay, RelayProfile
 from tests.test_server import HOST, Echo, dial, running_server
 
 Address = tuple[str, int]
@@ -37,8 +40,8 @@ def fec_packets(flags: Counter[int]) -> int:
 class RecordingNetwork(SimulatedNetwork):
     """Counts the header flags of every datagram sent."""
 
-    def __init__(self) -> None:
-        super().__init__(LinkProfile())
+    def __init__(self, loss: float) -> None:
+        super().__init__(LinkProfile(loss=loss), seed=4)
         self.flags: Counter[int] = Counter()
 
     def send(self, data: bytes, src: Address, dst: Address, now: float) -> None:
@@ -48,21 +51,24 @@ class RecordingNetwork(SimulatedNetwork):
 
 def simulate(credentials: Credentials,
              client_fec: tuple[int, int] | None) -> tuple[object, object, RecordingNetwork]:
-    """A handshake and 40 messages each way; (server's negotiated FEC, client's, network)."""
-    server = SimulatedServer.create(QuantumConfiguration(keepalive_interval=None, fec=(10, 3)))
-    network = RecordingNetwork()
+    """A handshake and 100 messages each way, 20 ms apart, over a path losing 10 % of
+    datagrams; (server's negotiated FEC, client's, network)."""
+    config = QuantumConfiguration(keepalive_interval=None, fec=(10, 3), handshake_tries=20)
+    server = SimulatedServer.create(config)
+    network = RecordingNetwork(loss=0.1)
     sim = Simulation(network, server)
     client = sim.add_client(credentials, configuration=QuantumConfiguration(
-        keepalive_interval=None, fec=client_fec))
-    sim.run(until=1.0)
+        keepalive_interval=None, fec=client_fec, handshake_tries=20))
+    sim.run(until=10.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
     (conn,) = server.connections.values()
-    for i in range(40):
+    for i in range(100):
         client.send(b"c%d" % i, 0, Delivery.RELIABLE_ORDERED)
         conn.send(b"s%d" % i, 0, Delivery.RELIABLE_ORDERED)
-    sim.flush()
-    sim.run(until=5.0)
-    assert conn.stats.messages_received == 40
-    assert client.stats.messages_received == 40
+        sim.flush()
+        sim.run(until=sim.now + 0.02)
+    sim.run(until=sim.now + 10.0)
+    assert conn.stats.messages_received == 100
+    assert client.stats.messages_received == 100
     assert sim.client_events[CLIENT_ADDR]
     return conn.params.fec, client.params.fec, network
 
@@ -99,17 +105,18 @@ class FlagRelay(LossyRelay):
 @pytest.mark.parametrize("fec", [False, True])
 async def test_connect_fec_false_negotiates_no_fec_on_a_real_server(fec: bool) -> None:
     async with running_server(app=Echo()) as h:
-        relay = await FlagRelay.start((HOST, h.port))
+        relay = await FlagRelay.start((HOST, h.port), RelayProfile(loss=0.1))
         relay.flags = Counter()
         try:
             client = await dial(relay.port, fec=fec)
             try:
                 (peer,) = h.server.peers.values()
                 assert peer.conn.params.fec == ((10, 3) if fec else None)
-                for i in range(30):
+                for i in range(100):
                     await client.send(b"m%d" % i)
-                for _ in range(30):
-                    await asyncio.wait_for(client.recv(), timeout=5)
+                    await asyncio.sleep(0.002)
+                for _ in range(100):
+                    await asyncio.wait_for(client.recv(), timeout=10)
             finally:
                 await client.close()
         finally:

@@ -458,10 +458,11 @@ class Connection:
             self._restore_carryover(carryover, self._peer_marks)
         self._control.insert(0, SessionFrame(session_id, session_token,
                                              remaining_ms(remaining), resumed, carried))
-        self._session_unconfirmed = True
-        # the client learns from SESSION whether its streams continue: no message may reach
-        # it before (12.4), so they wait for that frame's acknowledgement
-        self._hold_messages = self._carry_wanted
+        # a resume rotated the token: the owner hears when the client holds the new one; and
+        # the client learns from SESSION whether its streams continue, so no message may
+        # reach it before (12.4): they wait for that frame's acknowledgement
+        self._session_unconfirmed = resumed
+        self._hold_messages = resumed and self._carry_wanted
         self.state = _ESTABLISHED
         self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed,
                                                carried))
@@ -481,6 +482,12 @@ class Connection:
         in_flight = [f for p in self._flight.unacknowledged() for f in p.frames
                      if type(f) is MessageFrame and f.mode <= Delivery.RELIABLE_UNORDERED]
         return capture(next_ids, in_flight + owed, self._inbox)
+
+    @property
+    def carries(self) -> bool:
+        """Whether this connection's streams may continue on the one that resumes its
+        session (the client asked for carry-over, PROTOCOL.md 12.4)."""
+        return self._carry_wanted
 
     def hand_over(self, reason: str, now: float) -> Carryover | None:
         """Server: the session was resumed on another connection. Returns this one's

@@ -415,8 +415,10 @@ class SessionBridge:
         peer.session_timeout = (self.manager.config.default_timeout if session.timeout is None
                                 else session.timeout)
         self.by_session[session.session_id] = peer
-        if resumed and carryover is None and req.delivered is not None:
+        if resumed and carryover is None:
             carryover = self.carryovers.take(session.session_id)
+        if not conn.continues:
+            carryover = None  # the client starts its streams afresh: nothing to continue
         try:
             conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed,
                         carryover=carryover)
@@ -483,7 +485,7 @@ class SessionBridge:
             self.user_connections.release(old.conn.connection_id)
             old.superseded = True
             reason = "session resumed on another connection"
-            if old.conn.carries and old.conn.state is not _CLOSED:
+            if peer.conn.continues and old.conn.state is not _CLOSED:
                 # at once, so that nothing more is delivered there: its carry-over moves here
                 carryover = old.conn.hand_over(reason, self.clock())
             else:

@@ -204,6 +204,7 @@ class Connection:
         "_cc",
         "_close_at_pn",
         "_close_deadline",
+        "_continue",
         "_control",
         "_data_room",
         "_events",
@@ -329,6 +330,7 @@ class Connection:
         # the server's: how far the client delivered (its credentials), whether messages wait
         # for the SESSION frame's acknowledgement, and whether that came
         self._carry_wanted = False
+        self._continue = False  # server: the client asked to continue its streams here
         self._carry: Carryover | None = None
         self._peer_marks: tuple[tuple[int, int, int], ...] = ()
         self._hold_messages = False
@@ -360,16 +362,17 @@ class Connection:
         # FEC is asked for only if both the credentials and the configuration want it (with
         # the configuration's (k, m)); the server may still say no
         fec = config.fec if credentials.fec is not None else None
-        delivered = None
-        if carry or carryover is not None:
-            delivered = () if carryover is None or credentials.resume is None else tuple(
-                carryover.delivered_marks()[:MAX_CREDENTIAL_MARKS])
-        credentials = dataclasses.replace(credentials, fec=fec, delivered=delivered)
+        carrying = carry or carryover is not None
+        continuing = carryover is not None and credentials.resume is not None
+        delivered = None if not continuing or carryover is None else tuple(
+            carryover.delivered_marks()[:MAX_CREDENTIAL_MARKS])
+        credentials = dataclasses.replace(credentials, fec=fec, delivered=delivered,
+                                          carry=carrying)
         cid = connection_id if connection_id is not None else os.urandom(16)
         conn = cls(is_client=True, connection_id=cid, peer_addr=server_addr,
                    configuration=config, now=now)
-        conn._carry_wanted = delivered is not None
-        if credentials.resume is not None:
+        conn._carry_wanted = carrying
+        if continuing:
             conn._carry = carryover
         opening = conn._opening = ClientOpening(cid, credentials, config, now,
                                                 server_key=server_key,
@@ -412,7 +415,8 @@ class Connection:
         # side: handed to the owner in events, not kept for the connection's lifetime
         conn._apply_params(params)
         if credentials is not None:
-            conn._carry_wanted = credentials.delivered is not None
+            conn._carry_wanted = credentials.carry
+            conn._continue = credentials.delivered is not None
             conn._peer_marks = credentials.delivered or ()
             conn._events.append(
                 AuthenticationRequested(
@@ -448,11 +452,11 @@ class Connection:
         """Server: the credentials are good; hand the client its session and go ESTABLISHED.
 
         `carryover`: what the connection this one resumes left (`carryover()`); used only if
-        the client asked to continue its streams (PROTOCOL.md 12.4). Raises `CarryoverError`
-        (nothing changed) if it cannot be restored."""
+        the client asked to continue its streams (`continues`, PROTOCOL.md 12.4). Raises
+        `CarryoverError` (nothing changed) if it cannot be restored."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
-        carried = resumed and self._carry_wanted and carryover is not None
+        carried = resumed and self._continue and carryover is not None
         if carried:
             assert carryover is not None
             self._restore_carryover(carryover, self._peer_marks)
@@ -462,7 +466,7 @@ class Connection:
         # the client learns from SESSION whether its streams continue, so no message may
         # reach it before (12.4): they wait for that frame's acknowledgement
         self._session_unconfirmed = resumed
-        self._hold_messages = resumed and self._carry_wanted
+        self._hold_messages = resumed and self._continue
         self.state = _ESTABLISHED
         self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed,
                                                carried))
@@ -482,6 +486,11 @@ class Connection:
         in_flight = [f for p in self._flight.unacknowledged() for f in p.frames
                      if type(f) is MessageFrame and f.mode <= Delivery.RELIABLE_UNORDERED]
         return capture(next_ids, in_flight + owed, self._inbox)
+
+    @property
+    def continues(self) -> bool:
+        """Server: the client asked to continue its lost connection's streams here."""
+        return self._continue
 
     @property
     def carries(self) -> bool:

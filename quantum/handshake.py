@@ -105,8 +105,9 @@ _F_TICKET: Final = 0x01
 _F_RESUME: Final = 0x02
 _F_FALLBACK: Final = 0x04
 _F_FEC: Final = 0x08
-_F_CARRY: Final = 0x10
-_F_KNOWN: Final = _F_TICKET | _F_RESUME | _F_FALLBACK | _F_FEC | _F_CARRY
+_F_KEEP: Final = 0x10
+_F_CONTINUE: Final = 0x20
+_F_KNOWN: Final = _F_TICKET | _F_RESUME | _F_FALLBACK | _F_FEC | _F_KEEP | _F_CONTINUE
 #: the most delivery marks credentials carry (PROTOCOL.md 5.2.5, 12.4); a client with more
 #: reliable streams leaves the rest out (the server then resends all it owes on those)
 MAX_CREDENTIAL_MARKS: Final = 64
@@ -153,10 +154,12 @@ class Credentials:
     #: its configuration's (k, m) here (and None when the configuration has FEC off), and the
     #: server answers with its own (k, m) or none (5.2.6)
     fec: tuple[int, int] | None = (10, 3)
-    #: with a resume: ask to continue the lost connection's streams (PROTOCOL.md 12.4),
-    #: telling the server how far each reliable stream was delivered here, as (channel,
-    #: mode, mark); None: no carry-over asked for (streams start again at id 0)
+    #: with a resume: continue the lost connection's streams (PROTOCOL.md 12.4), telling
+    #: the server how far each reliable stream was delivered here, as (channel, mode,
+    #: mark); None: do not continue them (streams start again at id 0)
     delivered: tuple[tuple[int, int, int], ...] | None = None
+    #: ask the server to keep what this connection owes, should it be lost, for the resume
+    carry: bool = False
 
     def __repr__(self) -> str:
         # the ticket and the resume token are secrets: a repr ends up in logs and tracebacks
@@ -164,7 +167,7 @@ class Credentials:
         resume = None if self.resume is None else (self.resume[0].hex(), "<hidden>")
         return (f"Credentials(user_id={self.user_id!r}, ticket={ticket}, resume={resume}, "
                 f"resume_fallback={self.resume_fallback}, metadata={dict(self.metadata)!r}, "
-                f"fec={self.fec}, delivered={self.delivered})")
+                f"fec={self.fec}, delivered={self.delivered}, carry={self.carry})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,8 +288,10 @@ def encode_credentials(credentials: Credentials) -> bytes:
         flags |= _F_FEC
         _check_fec(c.fec, CloseCode.BAD_REQUEST, "credentials")
         parts.append(bytes(c.fec))
+    if c.carry:
+        flags |= _F_KEEP
     if c.delivered is not None:
-        flags |= _F_CARRY
+        flags |= _F_CONTINUE
         parts.append(_encode_marks(c.delivered))
     if len(c.metadata) > MAX_METADATA_ENTRIES:
         raise HandshakeError(CloseCode.BAD_REQUEST, f"{len(c.metadata)} metadata entries, "
@@ -333,7 +338,7 @@ def decode_credentials(data: bytes) -> Credentials:
         fec = (r.u8("fec k"), r.u8("fec m"))
         _check_fec(fec, CloseCode.BAD_REQUEST, "credentials")
     delivered = None
-    if flags & _F_CARRY:
+    if flags & _F_CONTINUE:
         count = r.u8("delivery mark count")
         if count > MAX_CREDENTIAL_MARKS:
             raise r.fail(f"{count} delivery marks, at most {MAX_CREDENTIAL_MARKS}")
@@ -361,7 +366,7 @@ def decode_credentials(data: bytes) -> Credentials:
         metadata[key] = r.text(n, "metadata value")
     r.end()
     return Credentials(user_id, ticket, resume, bool(flags & _F_FALLBACK), metadata, fec,
-                       delivered)
+                       delivered, bool(flags & _F_KEEP))
 
 
 def _encode_marks(marks: tuple[tuple[int, int, int], ...]) -> bytes:

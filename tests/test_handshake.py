@@ -509,14 +509,15 @@ credentials_strategy = st.builds(
     delivered=st.none() | st.lists(
         st.tuples(st.integers(0, 255), st.integers(0, 1), st.integers(0, 0xFFFFFFFF)),
         max_size=MAX_CREDENTIAL_MARKS).map(tuple),
+    carry=st.booleans(),
 )
 
 
 def test_the_carry_over_credentials_vector() -> None:
     """PROTOCOL.md 5.2.5: flag 0x10 and the delivery marks, after the resume credential."""
     credentials = Credentials("alice", resume=(bytes(range(16)), "tok"), fec=None,
-                              delivered=((0, 0, 7), (3, 1, 0xFFFFFFFE)))
-    vector = ("120005616c696365000102030405060708090a0b0c0d0e0f03746f6b"
+                              delivered=((0, 0, 7), (3, 1, 0xFFFFFFFE)), carry=True)
+    vector = ("320005616c696365000102030405060708090a0b0c0d0e0f03746f6b"
               "020000000000070301fffffffe00")
     assert encode_credentials(credentials).hex() == vector
     assert decode_credentials(bytes.fromhex(vector)) == credentials
@@ -560,8 +561,9 @@ def test_malformed_credentials_encodings() -> None:
         (good[:-1], "truncated"),
         (b"\x00\x00\x00", "user id length 0"),
         (b"\x00\x00\x01\xff\x00", "not valid UTF-8"),
-        (b"\x10\x00\x01a\x41" + bytes(65 * 6) + b"\x00", "65 delivery marks, at most 64"),
-        (b"\x10\x00\x01a\x01\x00\x02\x00\x00\x00\x00\x00", "only reliable modes"),
+        (b"\x20\x00\x01a\x41" + bytes(65 * 6) + b"\x00", "65 delivery marks, at most 64"),
+        (b"\x20\x00\x01a\x01\x00\x02\x00\x00\x00\x00\x00", "only reliable modes"),
+        (b"\x40" + good[1:], "unknown flag bits"),
     ]:
         with pytest.raises(HandshakeError, match=reason) as info:
             decode_credentials(bad)

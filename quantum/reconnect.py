@@ -37,8 +37,9 @@ __all__ = [
 RESUMABLE = frozenset({CloseCode.IDLE_TIMEOUT, CloseCode.STALLED, CloseCode.KEYS_EXHAUSTED,
                        CloseCode.SERVER_SHUTDOWN})
 #: refusals of a resume that are tried again (anything else ends the attempts)
-RETRYABLE = frozenset({CloseCode.HANDSHAKE_TIMEOUT, CloseCode.SERVER_SHUTDOWN,
-                       CloseCode.SERVER_FULL, CloseCode.RATE_LIMITED, CloseCode.ADDRESS_FULL,
+RETRYABLE = frozenset({CloseCode.HANDSHAKE_TIMEOUT, CloseCode.IDLE_TIMEOUT,
+                       CloseCode.SERVER_SHUTDOWN, CloseCode.SERVER_FULL,
+                       CloseCode.RATE_LIMITED, CloseCode.ADDRESS_FULL,
                        CloseCode.STORE_UNAVAILABLE, CloseCode.TOO_MANY_CONNECTIONS,
                        CloseCode.INTERNAL_ERROR})
 

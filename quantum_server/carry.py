@@ -36,7 +36,10 @@ class Carryovers:
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.retained = retained
         self._wall = wall_clock
-        #: carry-overs dropped: over a cap, or not decodable
+        #: carry-overs kept for a resume, taken back by one, and dropped (over a cap, or
+        #: not decodable)
+        self.kept = 0
+        self.taken = 0
         self.dropped = 0
 
     def keep(self, session_id: str, conn: Connection, expires_at: float) -> bool:
@@ -50,6 +53,7 @@ class Carryovers:
     def keep_carryover(self, session_id: str, carryover: Carryover, expires_at: float) -> bool:
         blob = wire_carryover.encode(carryover)
         if self.retained.put(session_id, blob, expires_at):
+            self.kept += 1
             return True
         self.dropped += 1
         log.warning("carry-over not kept: over its cap", session_id=session_id,
@@ -63,12 +67,14 @@ class Carryovers:
         if blob is None:
             return None
         try:
-            return wire_carryover.decode(blob)
+            carryover = wire_carryover.decode(blob)
         except CarryoverError as exc:
             self.dropped += 1
             log.warning("carry-over dropped: it does not decode", session_id=session_id,
                         error=str(exc))
             return None
+        self.taken += 1
+        return carryover
 
     def discard(self, session_id: str) -> None:
         """The session ended: what its lost connection left goes with it."""

@@ -1,0 +1,32 @@
+"""Smoke test of the reconnect benchmark: the real thing, run tiny, in-process. Figures are
+not judged (performance is measured, never asserted); every resume must have continued its
+streams and every field must be there. The `restart` section is the snapshot track's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import reconnect
+
+
+def test_tiny_run_reports_resume_latency_against_a_fresh_connect(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert reconnect.main(["--json", "--resumes", "3", "--dark", "0.3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    figures = result["reconnect"]
+    assert figures["resumes"] == 3 and figures["carried"] == 3 and figures["data_lost"] == 0
+    for name in ("to_server_ms", "round_trip_ms", "fresh_connect_ms"):
+        assert 0 < figures[name]["p50"] <= figures[name]["p99"], name
+    assert figures["ratio_p50"] > 0
+    # the restart measurement is present exactly when its module is (the snapshot track's)
+    assert ("restart" in result) == (importlib.util.find_spec("benchmarks.restart") is not None)
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        reconnect.main(["--dark", "0.1"])
+    assert exited.value.code == 2
+    assert "--dark above 0.25 s" in capsys.readouterr().err

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from quantum.auth import AnonymousAuthenticator
 from quantum.client import QuantumClient, connect
 from quantum.errors import CloseCode, ConnectionClosedError, SendBufferFull
 from quantum.frames import Delivery
+from quantum.keys import ServerKeyFile
 from quantum.reconnect import (
     ConnectionEvent,
     DataLost,
@@ -27,8 +29,11 @@ from quantum.reconnect import (
     Reconnected,
     ReconnectPolicy,
 )
+from server import QuantumServer, ServerConfig
+from session.manager import ManagerConfig, SessionManager
+from session.memory import MemoryStore
 from tests.relay import LossyRelay, RelayProfile
-from tests.test_server import HOST, Echo, client_config, running_server
+from tests.test_server import HOST, KEEPALIVE, Echo, client_config, running_server
 from tests.test_server_cli import EPHEMERAL_SERVICES, cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,3 +220,64 @@ async def test_sigkill_loses_the_sessions_and_the_client_gives_up_with_a_clear_r
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(5)
+
+
+async def test_keys_exhausted_reconnects_and_the_stream_goes_on_in_order() -> None:
+    """With key updates off the client's connection closes with KEYS_EXHAUSTED at its key's
+    packet limit; the client resumes at once and its ordered stream continues unbroken."""
+    echo = Echo()
+    events: list[ConnectionEvent] = []
+    async with running_server(app=echo) as h:
+        config = dataclasses.replace(client_config(), key_update=False, packets_per_key=2048)
+        client = await connect(HOST, h.port, user_id="alice", configuration=config,
+                               reconnect_policy=POLICY, on_event=events.append)
+        sent = [b"m-%d-" % i + bytes(700) for i in range(1500)]  # a packet each: 1500 > 1024
+        for message in sent:
+            await client.send(message)
+        got = [await asyncio.wait_for(client.recv(), 15) for _ in sent]
+        assert got == sent and echo.received == sent
+        assert any(isinstance(e, Disconnected) and e.code == CloseCode.KEYS_EXHAUSTED
+                   for e in events)
+        assert any(isinstance(e, Reconnected) and e.carried for e in events)
+        await client.close()
+
+
+async def test_a_resume_on_a_server_that_kept_nothing_reports_the_loss() -> None:
+    """A server restarted on the same session store (as another node of a cluster would be)
+    resumes the session but has no carry-over: the client is told (DataLost), and its streams
+    start again and work."""
+    store, key = MemoryStore(), ServerKeyFile.new()
+    events: list[ConnectionEvent] = []
+
+    def server_on(port: int) -> QuantumServer:
+        manager = SessionManager(ManagerConfig(store=store, default_timeout=60.0))
+        return QuantumServer(manager, key, AnonymousAuthenticator(),
+                             ServerConfig(host=HOST, port=port, keepalive_interval=KEEPALIVE,
+                                          idle_timeout=5.0), Echo())
+
+    first = server_on(0)
+    await first.start()
+    port = first.port
+    client = await connect(HOST, port, user_id="alice", configuration=client_config(),
+                           reconnect_policy=POLICY, on_event=events.append)
+    await client.send(b"hello")
+    assert await asyncio.wait_for(client.recv(), 5) == b"hello"
+    await first.stop()  # SERVER_SHUTDOWN: the session stays, and the client reconnects
+    second = server_on(port)
+    await second.start()
+    try:
+        for _ in range(200):
+            if any(isinstance(e, Reconnected) for e in events):
+                break
+            await asyncio.sleep(0.05)
+        lost = [e for e in events if isinstance(e, DataLost)]
+        reconnected = [e for e in events if isinstance(e, Reconnected)]
+        assert len(lost) == 1 and "kept nothing" in lost[0].reason
+        assert len(reconnected) == 1 and not reconnected[0].carried
+        assert isinstance(events[0], Disconnected)
+        assert events[0].code == CloseCode.SERVER_SHUTDOWN
+        await client.send(b"again")  # a fresh stream from id 0 on the new connection
+        assert await asyncio.wait_for(client.recv(), 5) == b"again"
+        await client.close()
+    finally:
+        await second.stop()

@@ -563,17 +563,10 @@ class SessionManager:
                                         client_port, server_addr, user_id, rotate=False)
         return session
 
-    async def resume_session_rotating(
-        self,
-        session_id: str,
-        token: str,
-        connection_id: str,
-        client_ip: str,
-        client_port: int,
-        server_addr: str | None = None,
-        *,
-        user_id: str | None = None,
-    ) -> tuple[Session, str]:
+    async def resume_session_rotating(self, session_id: str, token: str, connection_id: str,
+                                      client_ip: str, client_port: int,
+                                      server_addr: str | None = None, *,
+                                      user_id: str | None = None) -> tuple[Session, str]:
         """`resume_session` that also rotates the token (PROTOCOL.md 12.3): returns the
         session and its new token (returned once, never stored). The presented token stays
         good for resuming until `confirm_token` says the client holds the new one; a token

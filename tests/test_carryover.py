@@ -249,6 +249,12 @@ class Harness:
     def settle(self) -> None:
         self.run(30.0)
 
+    def settle_and_check(self) -> None:
+        """Let everything arrive; then every reliable message did, once, both ways."""
+        self.settle()
+        self.up.check()
+        self.down.check()
+
 
 def test_messages_in_flight_both_ways_arrive_once_after_a_resume() -> None:
     h = Harness(seed=1)
@@ -258,9 +264,7 @@ def test_messages_in_flight_both_ways_arrive_once_after_a_resume() -> None:
     h.sim.flush()
     h.sim.step()  # a few packets leave, none is acknowledged yet
     h.lose_and_resume(server_side_too=False)
-    h.settle()
-    h.up.check()
-    h.down.check()
+    h.settle_and_check()
     assert h.server.carried == 1 and not h.lost_events
 
 
@@ -271,9 +275,7 @@ def test_a_server_side_loss_keeps_the_blob_and_the_resume_restores_it() -> None:
         h.send_down(2, Delivery.RELIABLE_ORDERED, b"d%d" % i * 300)
     h.run(0.05)
     h.lose_and_resume(server_side_too=True)
-    h.settle()
-    h.up.check()
-    h.down.check()
+    h.settle_and_check()
 
 
 def test_a_large_message_partly_sent_is_carried_from_its_offset() -> None:
@@ -285,9 +287,7 @@ def test_a_large_message_partly_sent_is_carried_from_its_offset() -> None:
     h.lose_and_resume(server_side_too=True)
     h.run(0.1)
     h.lose_and_resume(server_side_too=False)
-    h.settle()
-    h.up.check()
-    h.down.check()
+    h.settle_and_check()
 
 
 def test_unreliable_messages_are_not_replayed() -> None:
@@ -384,7 +384,5 @@ def test_any_sequence_of_losses_and_resumes_delivers_every_reliable_message_once
             h.run(seconds)
         else:
             h.lose_and_resume(server_side_too=bool(step[1]))
-    h.settle()
-    h.up.check()
-    h.down.check()
+    h.settle_and_check()
     assert not h.lost_events

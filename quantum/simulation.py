@@ -140,9 +140,12 @@ class SimulatedServer:
 
     @classmethod
     def create(cls, configuration: QuantumConfiguration | None = None,
-               static_private: bytes | None = None, **listener_args: object) -> SimulatedServer:
+               static_private: bytes | None = None, keepalive_interval: float = 10.0,
+               **listener_args: object) -> SimulatedServer:
+        """A server announcing `keepalive_interval` and its configuration's idle timeout in
+        its hello (the keepalives it expects; it sends none itself)."""
         config = configuration or QuantumConfiguration(keepalive_interval=None)
-        params = ServerParams(fec=config.fec, keepalive_interval=10.0,
+        params = ServerParams(fec=config.fec, keepalive_interval=keepalive_interval,
                               idle_timeout=config.idle_timeout)
         key = static_private if static_private is not None else bytes(range(1, 33))
         handshake = ServerHandshake(key, params, ciphers=config.ciphers)

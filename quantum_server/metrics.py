@@ -86,7 +86,8 @@ class TransportCollector(Collector):
         yield GaugeMetricFamily("quantum_connections_hibernating",
                                 "Quiet connections that released their cipher objects.",
                                 value=t.connections_hibernating)
-        yield counter("quantum_connections_opened", "Connections established.",
+        yield counter("quantum_connections_opened",
+                      "Connections whose handshake completed (refused ones included).",
                       t.connections_opened)
         yield counter("quantum_connections_closed", "Connections ended.", t.connections_closed)
         handshakes = CounterMetricFamily("quantum_handshakes", "Handshakes by result.",

@@ -261,7 +261,8 @@ class QuantumClient:
                     mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
         """`send` without waiting: raises `SendBufferFull` (nothing queued) when full."""
         self._check_open()
-        if self._reconnecting is not None:
+        if self._reconnecting is not None or self._outage:
+            # during an outage, and after it until what it queued has gone (in order)
             self._queue_during_outage(data, channel, mode)
             return
         try:
@@ -389,6 +390,8 @@ class QuantumClient:
                 if hb is not None and not hb.done():
                     hb.set_result(event.remaining)
             elif isinstance(event, SendBufferDrained):
+                if self._outage and self._reconnecting is None:
+                    self._send_outage(link)
                 drained = self._drained
                 if drained is not None and not drained.done():
                     drained.set_result(None)
@@ -537,20 +540,24 @@ class QuantumClient:
     def _resumed(self, link: _Link, attempts: int, outage: float) -> None:
         """The session continues on `link`: what the application queued meanwhile goes out."""
         self._reconnecting = None
-        carried = link.carried
-        while self._outage:
-            data, channel, mode = self._outage.popleft()
-            try:
-                link.conn.send(data, channel, mode)
-            except SendBufferFull:
-                self._outage.appendleft((data, channel, mode))  # the rest waits for room
-                break
-            self._outage_bytes -= len(data)
+        self._send_outage(link)
         link.flush()
-        self._report(Reconnected(attempts, outage, carried))
+        self._report(Reconnected(attempts, outage, link.carried))
         for waiter in (self._reconnected, self._drained):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _send_outage(self, link: _Link) -> None:
+        """What the application queued during the outage, in order, as far as the send buffer
+        takes it (carried data shares it); the rest goes at the next `SendBufferDrained`."""
+        while self._outage:
+            data, channel, mode = self._outage[0]
+            try:
+                link.conn.send(data, channel, mode)
+            except SendBufferFull:
+                return  # the connection owes us a SendBufferDrained
+            self._outage.popleft()
+            self._outage_bytes -= len(data)
 
     def _wake_all(self) -> None:
         for waiter in (self._message_waiter, self._drained, self._reconnected):
@@ -693,6 +700,8 @@ async def _open_link(client: QuantumClient, family: int, server_addr: Address,
     try:
         await asyncio.wait_for(asyncio.shield(link.established), max(timeout, 0.0))
     except TimeoutError:
+        if link.established.done() and link.established.exception() is None:
+            return link  # established just as the bound ran out: it is the client's now
         link.teardown()
         raise ConnectError(CloseCode.HANDSHAKE_TIMEOUT, "no answer within the outage's "
                                                         "bound") from None

@@ -222,7 +222,8 @@ async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signal
         assert ready["public"] == key.public_key_text
         client = await connect(HOST, int(ready["port"]), user_id="alice",
                                ticket=issue_ticket(key.ticket_secret, "alice", 60, time.time()),
-                               server_key=ready["public"], configuration=client_config())
+                               server_key=ready["public"], configuration=client_config(),
+                               reconnect=False)  # what the stopping server does is tested
         assert await client.heartbeat() == pytest.approx(1800.0)
 
         started = time.monotonic()

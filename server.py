@@ -31,6 +31,7 @@ from mypy_extensions import mypyc_attr
 
 from quantum.addresses import address_text, ip_text
 from quantum.auth import Authenticator, AuthError
+from quantum.carryover import Carryover, CarryoverError
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState
 from quantum.endpoint import ServerEndpoint
@@ -43,12 +44,14 @@ from quantum.events import (
     MessageReceived,
     PathMigrated,
     SendBufferDrained,
+    SessionConfirmed,
 )
 from quantum.frames import Delivery
 from quantum.handshake import ServerHandshake, ServerParams
 from quantum.keys import ServerKeyFile, fingerprint
 from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
+from quantum_server.carry import Carryovers
 from quantum_server.config import ServerConfig
 from quantum_server.housekeeping import DeadlineWheel, StallProbe
 from quantum_server.restart import RestartSnapshot
@@ -66,6 +69,7 @@ from session.errors import (
 from session.logs import LazyLogger
 from session.manager import SessionManager
 from session.model import Session, State, Stats
+from session.tokens import hash_token
 
 __all__ = ["Application", "Peer", "QuantumServer", "ServerConfig", "SessionBridge", "run_app"]
 
@@ -117,6 +121,10 @@ class Peer:
     drops_counted: dict[str, int] | None = None  # its drops already in the server's counters
     drained: asyncio.Future[None] | None = None  # what `drain()` waits for, while it does
     flush_pending: bool = False  # sent to since the connection was last flushed
+    #: seconds each keepalive extends its session by (when it would expire, once lost)
+    session_timeout: float = 0.0
+    #: the hash of the token a resume gave it, until the client acknowledges it
+    pending_token_hash: bytes = b""
 
     @property
     def connection_id(self) -> str:
@@ -242,8 +250,10 @@ class SessionBridge:
     | PathMigrated                           | session's client address follows                 |
     | no keepalive for 3 intervals (sweep)   | ACTIVE -> IDLE                                   |
     | stats (sweep, every few s, and close)  | record_stats (coalesced, never per packet)       |
+    | SessionConfirmed (SESSION acknowledged)| confirm_token: the token a resume replaced goes  |
     | ConnectionClosed by client FIN         | delete_session(reason "client closed")           |
-    | ConnectionClosed otherwise (idle ...)  | DISCONNECTING, kept until expiry for a resume    |
+    | ConnectionClosed otherwise (idle ...)  | DISCONNECTING, kept until expiry for a resume;   |
+    |                                        | its carry-over kept (quantum_server.carry)       |
     | session deleted/expired in the manager | its connection is closed with that reason        |
 
     It knows sessions, not sockets: its server is a `BridgePort` (spawn a task, flush a peer,
@@ -252,8 +262,11 @@ class SessionBridge:
 
     def __init__(self, manager: SessionManager, authenticator: Authenticator,
                  port: BridgePort, counters: ServerCounters, *, keepalive_interval: float,
-                 max_connections_per_user: int, clock: Callable[[], float]) -> None:
+                 max_connections_per_user: int, clock: Callable[[], float],
+                 carryovers: Carryovers | None = None) -> None:
         self.manager = manager
+        #: what lost connections left for their sessions' resumes (PROTOCOL.md 12.4)
+        self.carryovers = carryovers or Carryovers(RetainedStore(1 << 20, 256 << 20))
         self.authenticator = authenticator
         self.port = port
         self.counters = counters
@@ -289,6 +302,14 @@ class SessionBridge:
                 self.port.spawn(self._migrated(peer, event.new_addr))
         elif isinstance(event, ConnectionClosed):
             self._closed(peer, event)
+        elif isinstance(event, SessionConfirmed):
+            if peer.pending_token_hash and peer.session_id is not None:
+                self.port.spawn(self._confirm_token(peer.session_id, peer.pending_token_hash))
+            peer.pending_token_hash = b""
+
+    async def _confirm_token(self, session_id: str, token_hash: bytes) -> None:
+        with contextlib.suppress(SessionError):
+            await self.manager.confirm_token(session_id, token_hash)
 
     def peer_for(self, session_id: str) -> Peer | None:
         """The peer holding a session, if one does here."""
@@ -336,11 +357,15 @@ class SessionBridge:
         addr = conn.peer_addr
         ip, port = ip_text(addr[0]), addr[1]  # an IPv4 client on a dual-stack socket: its IPv4
         cid = str(uuid.UUID(bytes=conn.connection_id))
+        carryover: Carryover | None = None
         try:
             session: Session | None = None
             resumed = False
             if req.resume is not None:
-                session = await self._try_resume(peer, req, cid)
+                resumed_as = await self._try_resume(peer, req, cid)
+                if resumed_as is not None:
+                    session, token, carryover = resumed_as
+                    peer.pending_token_hash = hash_token(token)
                 resumed = session is not None
                 if session is None and not req.resume_fallback:
                     raise AuthError(CloseCode.BAD_RESUME, "session cannot be resumed")
@@ -349,8 +374,6 @@ class SessionBridge:
                 self._admit(peer, user_id)
                 session, token = await self.manager.create_session(
                     user_id, ip, port, cid, metadata=req.metadata, server_addr=self.server_addr)
-            else:
-                token = req.resume[1] if req.resume else ""
             remaining = await self.manager.heartbeat(session.session_id)  # CONNECTING -> ACTIVE
         except AuthError as exc:
             if exc.code == CloseCode.TOO_MANY_CONNECTIONS:
@@ -382,15 +405,32 @@ class SessionBridge:
             self.user_connections.release(conn.connection_id)
             if not resumed:
                 await self.manager.delete_session(session.session_id, "handshake abandoned")
+            elif carryover is not None:  # still owed: kept for the next resume
+                self.carryovers.keep_carryover(session.session_id, carryover,
+                                               time.time() + remaining)
             return
         # `session` is the manager's copy, ours alone: its metadata needs no second copy
         peer.user_id, peer.session_id = session.user_id, session.session_id
         peer.metadata = session.metadata
         peer.last_keepalive = self.clock()
+        peer.session_timeout = (self.manager.config.default_timeout if session.timeout is None
+                                else session.timeout)
         self.by_session[session.session_id] = peer
-        conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed)
+        if resumed and carryover is None:
+            carryover = self.carryovers.take(session.session_id)
+        if not conn.continues:
+            carryover = None  # the client starts its streams afresh: nothing to continue
+        try:
+            conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed,
+                        carryover=carryover)
+        except CarryoverError as exc:  # not restorable: the client hears its streams restart
+            log.warning("carry-over dropped: it cannot be restored",
+                        session_id=session.session_id, error=str(exc))
+            carryover = None
+            conn.accept(uuid.UUID(session.session_id).bytes, token, remaining, resumed=resumed)
         log.info("connection established", connection_id=cid, session_id=session.session_id,
-                 user_id=session.user_id, resumed=resumed, client=address_text(addr))
+                 user_id=session.user_id, resumed=resumed, carried=carryover is not None,
+                 client=address_text(addr))
         self.port.bind(peer)
         self.port.flush(peer)
 
@@ -415,10 +455,11 @@ class SessionBridge:
                             f"too many connections for this user (at most {quota.limit})")
 
     async def _try_resume(self, peer: Peer, req: AuthenticationRequested,
-                          cid: str) -> Session | None:
-        """The resumed session, or None if it cannot be resumed. Token, user, expiry and the
-        user's connection quota are all checked before the store is written: a refused resume
-        changes nothing."""
+                          cid: str) -> tuple[Session, str, Carryover | None] | None:
+        """The resumed session with its new token (rotated at every resume) and what a
+        connection it replaced here still owed, or None if it cannot be resumed. Token,
+        user, expiry and the user's connection quota are all checked before the store is
+        written: a refused resume changes nothing."""
         assert req.resume is not None
         sid_bytes, token = req.resume
         sid = str(uuid.UUID(bytes=sid_bytes))
@@ -433,19 +474,25 @@ class SessionBridge:
         self._admit(peer, req.user_id, replacing=holder if holder is not peer else None)
         self._states.pop(sid, None)  # a pending IDLE or DISCONNECTING: the resume supersedes
         try:
-            session = await self.manager.resume_session(
+            session, new_token = await self.manager.resume_session_rotating(
                 sid, token, cid, ip, port, server_addr=self.server_addr, user_id=req.user_id)
         except (SessionError, ValueError) as exc:
             self.user_connections.release(peer.conn.connection_id)
             log.info("resume refused", session_id=sid, reason=str(exc))
             return None
+        carryover = None
         old = self.by_session.get(sid)
         if old is not None and old is not peer:
             self.user_connections.release(old.conn.connection_id)
             old.superseded = True
-            old.conn.close("session resumed on another connection", CloseCode.SESSION_ENDED)
+            reason = "session resumed on another connection"
+            if peer.conn.continues and old.conn.state is not _CLOSED:
+                # at once, so that nothing more is delivered there: its carry-over moves here
+                carryover = old.conn.hand_over(reason, self.clock())
+            else:
+                old.conn.close(reason, CloseCode.SESSION_ENDED)
             self.port.flush(old)
-        return session
+        return session, new_token, carryover
 
     async def _migrated(self, peer: Peer, addr: Address) -> None:
         assert peer.session_id is not None
@@ -534,6 +581,9 @@ class SessionBridge:
             pass  # the session service ended it; nothing left to update
         else:
             self._set_state(sid, State.DISCONNECTING)
+            # kept until the session would expire: its last keepalive plus its timeout
+            expires_at = time.time() - (self.clock() - peer.last_keepalive) + peer.session_timeout
+            self.carryovers.keep(sid, peer.conn, expires_at)
         log.info("connection closed", connection_id=peer.connection_id, session_id=sid,
                  reason=event.reason, by_peer=event.by_peer)
 
@@ -544,6 +594,7 @@ class SessionBridge:
     def on_session_ended(self, session: Session, reason: str) -> None:
         """Manager listener: a session deleted or expired closes its connection."""
         self._states.pop(session.session_id, None)
+        self.carryovers.discard(session.session_id)
         peer = self.by_session.pop(session.session_id, None)
         if peer is None or peer.conn.state is _CLOSED:
             return
@@ -600,7 +651,7 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.bridge = SessionBridge(manager, authenticator, self, self.counters,
                                     keepalive_interval=cfg.keepalive_interval,
                                     max_connections_per_user=cfg.max_connections_per_user,
-                                    clock=self._now)
+                                    clock=self._now, carryovers=Carryovers(self.retained))
         self._transport: asyncio.DatagramTransport | None = None
         self._timers: TimerHeap[Peer] = TimerHeap(
             self._on_timer, lambda peer: peer.conn.connection_id in self.peers,
@@ -818,6 +869,7 @@ class QuantumServer(asyncio.DatagramProtocol):
             if released >= TRIM_AFTER_RELEASES:
                 return_free_memory()
             self._freeze_survivors()
+            self.bridge.carryovers.expire()  # a heap peek unless something is due
             if now >= next_report:
                 next_report = now + self.config.report_interval
                 log.info("server counters", **self.snapshot())

@@ -12,6 +12,7 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode, ConnectionClosedError, MessageError, QuantumError
 from quantum.frames import Delivery
+from quantum.reconnect import ReconnectPolicy
 
 __all__ = [
     "CloseCode",
@@ -25,5 +26,6 @@ __all__ = [
     "QuantumClient",
     "QuantumConfiguration",
     "QuantumError",
+    "ReconnectPolicy",
     "connect",
 ]

@@ -53,6 +53,9 @@ MIN_FRAGMENT: Final = 64
 DEFAULT_PACKET_ROOM: Final = 1088
 #: retransmissions examined per pop when the oldest does not fit: bounds the cost per packet
 _RETRANSMIT_SCAN: Final = 16
+#: the fragment size a carried-over message that was partly sent is cut into (it fits the
+#: room of any packet, whatever the path MTU)
+CARRY_FRAGMENT: Final = 1024
 
 # Receive-side memory is charged against one budget (`max_buffered_bytes`) as data bytes plus
 # these approximate bookkeeping costs, so a peer cannot exhaust memory with many tiny or empty
@@ -290,6 +293,83 @@ class ChannelSender:
             return
         self._retransmit.append(frame)
         self._pending_bytes += len(frame.data)
+
+
+    # -- carry-over across a resume (quantum/carryover.py; never on the per-packet path)
+
+    def export_state(self) -> tuple[list[tuple[int, int, int]], list[MessageFrame]]:
+        """What this sender still owes on its reliable streams: (channel, mode, next id) per
+        stream, and the frames not yet handed out (retransmissions, then queued messages: a
+        message partly cut already is owed from its offset on, in fragments of at most
+        CARRY_FRAGMENT bytes). Unreliable messages are not carried: never replayed."""
+        next_ids = [(key >> 2, key & 3, next_id) for key, next_id in self._next_ids.items()
+                    if key & 3 <= _RELIABLE_UNORDERED]
+        owed = [f for f in self._retransmit if f.mode <= _RELIABLE_UNORDERED]
+        for queue in self._queues.values():
+            for outgoing in queue:
+                if outgoing.mode > _RELIABLE_UNORDERED:
+                    continue
+                data, offset = outgoing.data, outgoing.offset
+                if offset == 0:
+                    owed.append(MessageFrame(outgoing.channel, outgoing.mode,
+                                             outgoing.message_id, data))
+                    continue
+                for start in range(offset, len(data), CARRY_FRAGMENT):
+                    owed.append(MessageFrame(outgoing.channel, outgoing.mode,
+                                             outgoing.message_id,
+                                             data[start:start + CARRY_FRAGMENT], start,
+                                             len(data)))
+        return next_ids, owed
+
+    def restore_state(self, next_ids: list[tuple[int, int, int]],
+                      owed: list[MessageFrame]) -> None:
+        """Continue a lost connection's reliable streams (`export_state`): their ids go on
+        from `next_ids`, and `owed` goes out before anything new. Whole messages too large
+        for one packet are queued as messages (cut as usual); the rest are retransmissions."""
+        for channel, mode, next_id in next_ids:
+            self._next_ids[channel << 2 | mode] = next_id & MASK
+        for frame in owed:
+            if frame.total < 0 and frame.size > self.packet_room:
+                outgoing = _Outgoing(frame.channel, frame.mode, frame.message_id, frame.data)
+                queue = self._queues.get(frame.channel)
+                if queue is None:
+                    self._queues[frame.channel] = deque((outgoing,))
+                    self._active.append(frame.channel)
+                else:
+                    queue.append(outgoing)
+            else:
+                self._retransmit.append(frame)
+            self._pending_bytes += len(frame.data)
+
+    def trim_delivered(self, channel: int, mode: int, mark: int) -> int:
+        """The peer delivered every message below `mark` (u32, serial) on this stream: drop
+        what is still owed of them (PROTOCOL.md 12.4). Returns the data bytes dropped."""
+        def delivered(message_id: int) -> bool:
+            return diff(message_id, mark) < 0
+
+        dropped = 0
+        kept: deque[MessageFrame] = deque()
+        for frame in self._retransmit:
+            if frame.channel == channel and frame.mode == mode and delivered(frame.message_id):
+                dropped += len(frame.data)
+            else:
+                kept.append(frame)
+        self._retransmit = kept
+        queue = self._queues.get(channel)
+        if queue is not None:
+            left: deque[_Outgoing] = deque()
+            for outgoing in queue:
+                if outgoing.mode == mode and delivered(outgoing.message_id):
+                    dropped += len(outgoing.data) - outgoing.offset
+                else:
+                    left.append(outgoing)
+            if left:
+                self._queues[channel] = left
+            else:
+                del self._queues[channel]
+                self._active.remove(channel)
+        self._pending_bytes -= dropped
+        return dropped
 
 
 # ------------------------------------------------------------------------------------- receive
@@ -633,6 +713,116 @@ class ChannelReceiver:
     def _too_large(frame: MessageFrame, size: int) -> NoReturn:
         raise ProtocolError(f"message {frame.message_id} on channel {frame.channel} is "
                             f"{size} bytes or more, beyond the maximum of {MAX_MESSAGE_SIZE}")
+
+
+    # -- carry-over across a resume (quantum/carryover.py; never on the per-packet path)
+
+    def export_state(self) -> list[tuple[int, int, int, list[tuple[int, int]],
+                                         list[tuple[int, bytes]],
+                                         list[tuple[int, int, list[tuple[int, bytes]]]]]]:
+        """How far each reliable stream got, to continue it on the next connection:
+        (channel, mode, mark, delivered ranges above the mark (unordered), complete messages
+        waiting (ordered), messages under reassembly as (id, total, [(offset, data)])). The
+        mark and ids are 64-bit stream positions. Unreliable streams start afresh."""
+        out: list[tuple[int, int, int, list[tuple[int, int]], list[tuple[int, bytes]],
+                        list[tuple[int, int, list[tuple[int, bytes]]]]]] = []
+        for key, stream in self._streams.items():
+            partials: dict[int, _Partial]
+            if isinstance(stream, _OrderedStream):
+                mark, ranges = stream.next_id, []
+                ready = sorted(stream.ready.items())
+                partials = stream.partials
+            elif isinstance(stream, _UnorderedStream):
+                mark, ranges = stream.watermark, list(zip(stream.starts, stream.ends,
+                                                          strict=True))
+                ready = []
+                partials = stream.partials
+            else:
+                continue
+            pieces = [(mid, p.total, list(zip(p.starts, p.datas, strict=True)))
+                      for mid, p in sorted(partials.items())]
+            out.append((key >> 2, key & 3, mark, ranges, ready, pieces))
+        return out
+
+    def restore_stream(self, channel: int, mode: int, mark: int,
+                       ranges: list[tuple[int, int]], ready: list[tuple[int, bytes]],
+                       partials: list[tuple[int, int, list[tuple[int, bytes]]]]) -> None:
+        """Continue a reliable stream of a lost connection (`export_state`), charging what it
+        holds against the receive budget. Raises `ProtocolError` if that does not fit or the
+        state is not one a receiver can be in."""
+        if not 0 <= channel <= MAX_CHANNEL or mode not in (_RELIABLE_ORDERED,
+                                                           _RELIABLE_UNORDERED):
+            raise ProtocolError(f"no reliable stream ({channel}, {mode})")
+        key = channel << 2 | mode
+        if key in self._streams:
+            raise ProtocolError(f"stream ({channel}, {mode}) restored twice")
+        probe = MessageFrame(channel, Delivery(mode), 0, b"")  # names the stream in errors
+        held: dict[int, _Partial] = {}
+        for message_id, total, pieces in partials:
+            if message_id < mark or not 0 < total <= MAX_MESSAGE_SIZE or not pieces:
+                raise ProtocolError(f"message {message_id} under reassembly is not valid")
+            partial: _Partial | None = None
+            end = 0
+            for offset, data in pieces:
+                if offset < end or not data or offset + len(data) > total:
+                    raise ProtocolError(f"pieces of message {message_id} overlap or overrun")
+                end = offset + len(data)
+                cost = _PIECE_COST + len(data)
+                if partial is None:
+                    cost += _PARTIAL_COST
+                    self._charge(cost, probe)
+                    partial = _Partial(total, cost, offset, data)
+                else:
+                    self._charge(cost, probe)
+                    partial.cost += cost
+                    partial.starts.append(offset)
+                    partial.ends.append(end)
+                    partial.datas.append(data)
+                    partial.received += len(data)
+            assert partial is not None
+            if partial.received >= total:
+                raise ProtocolError(f"message {message_id} is complete, not under reassembly")
+            held[message_id] = partial
+        if mode == _RELIABLE_ORDERED:
+            if ranges:
+                raise ProtocolError("an ordered stream keeps no delivered ranges")
+            ordered = _OrderedStream(mark)
+            for message_id, data in ready:
+                if message_id <= mark or message_id in ordered.ready or message_id in held:
+                    raise ProtocolError(f"waiting message {message_id} is not valid")
+                self._charge(len(data) + _READY_COST, probe)
+                ordered.ready[message_id] = data
+            ordered.partials = held
+            self._streams[key] = ordered
+            return
+        if ready:
+            raise ProtocolError("an unordered stream keeps no waiting messages")
+        unordered = _UnorderedStream(mark)
+        last = mark
+        for start, stop in ranges:
+            if not last < start < stop:
+                raise ProtocolError("delivered ranges are not sorted, disjoint and above the "
+                                    "watermark")
+            self._charge(_RANGE_COST, probe)
+            unordered.starts.append(start)
+            unordered.ends.append(stop)
+            last = stop
+        for message_id in held:
+            i = bisect_right(unordered.starts, message_id)
+            if i and message_id < unordered.ends[i - 1]:
+                raise ProtocolError(f"message {message_id} is delivered and under reassembly")
+        unordered.partials = held
+        self._streams[key] = unordered
+
+    def delivered_marks(self) -> list[tuple[int, int, int]]:
+        """(channel, mode, mark as u32) for every reliable stream: what DELIVERED says."""
+        marks: list[tuple[int, int, int]] = []
+        for key, stream in self._streams.items():
+            if isinstance(stream, _OrderedStream):
+                marks.append((key >> 2, key & 3, stream.next_id & MASK))
+            elif isinstance(stream, _UnorderedStream):
+                marks.append((key >> 2, key & 3, stream.watermark & MASK))
+        return marks
 
 
 def _gaps(starts: list[int], ends: list[int], offset: int, end: int) -> list[tuple[int, int]]:

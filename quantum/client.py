@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from quantum.carryover import Carryover
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState, ConnectionStats
 from quantum.errors import CloseCode, ConnectionClosedError, QuantumError, SendBufferFull
 from quantum.events import (
+    CarryoverLost,
     ConnectionClosed,
+    Event,
     HandshakeCompleted,
     HandshakeRejected,
     KeepaliveAcknowledged,
@@ -32,7 +38,19 @@ from quantum.events import (
 )
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
+from quantum.reconnect import (
+    RESUMABLE,
+    RETRYABLE,
+    ConnectionEvent,
+    DataLost,
+    Disconnected,
+    GaveUp,
+    Reconnected,
+    ReconnectPolicy,
+)
 from quantum.timers import arm_at
+
+log = logging.getLogger("quantum.client")
 
 
 class ConnectError(QuantumError):
@@ -52,20 +70,123 @@ class Message:
     mode: Delivery
 
 
-class QuantumClient(asyncio.DatagramProtocol):
-    """One client connection. Create it with `quantum.connect()`."""
+@dataclass(slots=True)
+class Reconnector:
+    """How a client reconnects: where, as whom, on what schedule, and whom it tells."""
+
+    policy: ReconnectPolicy
+    credentials: Credentials
+    config: QuantumConfiguration
+    server_key: bytes | str | None
+    family: int
+    server_addr: Address
+    on_event: Callable[[ConnectionEvent], None] | None = None
+    #: an ICMP error counts as the loss once nothing came from the server for this long
+    unreachable_after: float = 1.0
+
+    def __repr__(self) -> str:  # the credentials' repr hides the ticket; keep it that way
+        return f"Reconnector({self.policy!r}, server={self.server_addr!r})"
+
+
+class _Link(asyncio.DatagramProtocol):
+    """One connection and its socket: the client's current one, or a reconnect attempt."""
+
+    def __init__(self, client: QuantumClient, conn: Connection, fail_fast: bool) -> None:
+        self.client = client
+        self.conn = conn
+        #: an ICMP error while connecting fails the attempt (another address remains to try)
+        self.fail_fast = fail_fast
+        self.transport: asyncio.DatagramTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        #: the handshake's outcome: done once established (or refused, or timed out)
+        self.established: asyncio.Future[None] = client._loop.create_future()
+        #: the server continued the lost connection's streams here (SESSION resumed=2)
+        self.carried = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flush()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        # the socket is connected: whatever arrives comes from the server's address, which the
+        # socket may spell differently from getaddrinfo (a link-local zone: `%eth0` in the
+        # host, or only in the scope id), so the connection is told the address it knows
+        self.conn.receive_datagram(data, self.conn.peer_addr, time.monotonic())
+        self.client._process(self)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide. While
+        # `connect` has another of the server's addresses to try, nothing listening here
+        # ends this attempt at once instead of at the handshake timeout; an established
+        # connection that reconnects takes it as the loss it says (if nothing came since)
+        if not self.established.done():
+            if self.fail_fast:
+                self.established.set_exception(exc)
+        else:
+            self.client._on_unreachable(self, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._link_lost(self)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = None
+        self.conn.handle_timer(time.monotonic())
+        self.client._process(self)
+
+    def flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data, _ in self.conn.datagrams_to_send(time.monotonic()):
+            transport.sendto(data)  # connected to the server: no address (asyncio insists)
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        at = self.conn.get_timer()
+        if at == self.timer_at:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = at
+        if at is not None:
+            self.timer = arm_at(self.client._loop, at, self.on_timer)
+
+    def teardown(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
+
+
+class QuantumClient:
+    """One client session over one connection at a time. Create it with `quantum.connect()`.
+
+    With `reconnect` (the default of `quantum.connect`), a lost connection (idle timeout,
+    ICMP unreachable, keys exhausted, server shutdown: `quantum.reconnect.RESUMABLE`) is
+    replaced by a new one that resumes the session, with the policy's backoff, and every
+    reliable message in flight either way continues on it exactly once (PROTOCOL.md 12.4).
+    Meanwhile `send` queues (bounded by `max_send_buffer`; unreliable messages are dropped,
+    never replayed), `recv` waits, and `on_event` hears `Disconnected`, `Reconnected`,
+    `DataLost` and `GaveUp` (quantum.reconnect)."""
 
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop,
-                 fail_fast: bool = False) -> None:
-        self._conn = connection
+                 fail_fast: bool = False, *, reconnect: Reconnector | None = None) -> None:
         self._loop = loop
-        #: an ICMP error while connecting fails the connect (another address remains to try)
-        self._fail_fast = fail_fast
-        self._transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._established: asyncio.Future[None] = loop.create_future()
+        self._link = _Link(self, connection, fail_fast)
+        self._reconnector = reconnect
+        #: the reconnect under way, while the session has no connection
+        self._reconnecting: asyncio.Task[None] | None = None
+        #: what the application sent during an outage, sent once reconnected
+        self._outage: deque[tuple[bytes, int, Delivery]] = deque()
+        self._outage_bytes = 0
+        self._reconnected: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] = loop.create_future()
+        self._closing = False
         self._messages: deque[Message] = deque()
         self._message_waiter: asyncio.Future[None] | None = None
         self._heartbeats: dict[int, asyncio.Future[float | None]] = {}
@@ -78,6 +199,18 @@ class QuantumClient(asyncio.DatagramProtocol):
         self.close_code: int | None = None
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def _conn(self) -> Connection:
+        return self._link.conn
+
+    @property
+    def _transport(self) -> asyncio.DatagramTransport | None:
+        return self._link.transport
+
+    @property
+    def _established(self) -> asyncio.Future[None]:
+        return self._link.established
 
     @property
     def stats(self) -> ConnectionStats:
@@ -105,6 +238,11 @@ class QuantumClient(asyncio.DatagramProtocol):
     def is_closed(self) -> bool:
         return self._closed.done()
 
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the session is between connections (sends queue, receives wait)."""
+        return self._reconnecting is not None
+
     async def send(self, data: bytes, channel: int = 0,
                    mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
         """Queue a message and push it to the wire. Raises `MessageError` for a bad one.
@@ -123,14 +261,21 @@ class QuantumClient(asyncio.DatagramProtocol):
                     mode: Delivery = Delivery.RELIABLE_ORDERED) -> None:
         """`send` without waiting: raises `SendBufferFull` (nothing queued) when full."""
         self._check_open()
+        if self._reconnecting is not None or self._outage:
+            # during an outage, and after it until what it queued has gone (in order)
+            self._queue_during_outage(data, channel, mode)
+            return
         try:
             self._conn.send(data, channel, mode)
         finally:
-            self._flush()
+            self._link.flush()
 
     async def drain(self) -> None:
         """Wait until the send buffer is back under half its limit (at once if it is)."""
         self._check_open()
+        if self._reconnecting is not None:
+            await self._await_reconnected()
+            self._check_open()
         if not self._conn.drain_wanted():
             return
         if self._drained is None or self._drained.done():
@@ -156,17 +301,21 @@ class QuantumClient(asyncio.DatagramProtocol):
 
         Keepalives are not retransmitted (a late one is worthless), so while no answer comes a
         fresh one goes out every max(2 x SRTT, 0.25 s); the first answer to any of them counts.
+        During an outage it waits for the reconnect first (within `timeout`).
         """
         self._check_open()
+        deadline = self._loop.time() + timeout
+        if self._reconnecting is not None:
+            await asyncio.wait_for(self._await_reconnected(), timeout)
+            self._check_open()
         waiter: asyncio.Future[float | None] = self._loop.create_future()
         ids: list[int] = []
-        deadline = self._loop.time() + timeout
         try:
             while True:
                 kid = self._conn.send_keepalive()
                 ids.append(kid)
                 self._heartbeats[kid] = waiter
-                self._flush()
+                self._link.flush()
                 srtt = self._conn.refresh_stats().srtt or 0.1
                 left = deadline - self._loop.time()
                 if left <= 0:
@@ -182,19 +331,30 @@ class QuantumClient(asyncio.DatagramProtocol):
                 self._heartbeats.pop(kid, None)
 
     async def close(self, reason: str = "client closed", timeout: float = 5.0) -> None:
-        """Graceful close: pending data goes first, then FIN; waits for the server's ack."""
+        """Graceful close: pending data goes first, then FIN; waits for the server's ack.
+        This is a logout: the server ends the session (PROTOCOL.md 12.2). During an outage
+        the reconnect stops and nothing is sent (the session expires on the server)."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            self._finish("client closed during reconnect", CloseCode.NORMAL)
         if not self._closed.done():
             self._conn.close(reason)
-            self._flush()
+            self._link.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closed), timeout)
         self._teardown()
 
     def abort(self) -> None:
         """Drop the connection without telling the server (as a crashed client would)."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            self._reconnecting = None
         self._teardown()
         if not self._closed.done():
             self._closed.set_result(None)
+        self._wake_all()
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -206,46 +366,19 @@ class QuantumClient(asyncio.DatagramProtocol):
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ DatagramProtocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._flush()
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        # the socket is connected: whatever arrives comes from the server's address, which the
-        # socket may spell differently from getaddrinfo (a link-local zone: `%eth0` in the
-        # host, or only in the scope id), so the connection is told the address it knows
-        self._conn.receive_datagram(data, self._conn.peer_addr, time.monotonic())
-        self._process()
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide. While
-        # `connect` has another of the server's addresses to try, nothing listening here
-        # ends this attempt at once instead of at the handshake timeout.
-        if self._fail_fast and not self._established.done():
-            self._established.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closed.done():
-            self._closed.set_result(None)
-        self._wake_all()
-
     # ------------------------------------------------------------------ internals
 
     def _check_open(self) -> None:
-        if self._closed.done() or self._conn.state is ConnectionState.CLOSED:
+        if self._closed.done() or (self._reconnecting is None
+                                   and self._conn.state is ConnectionState.CLOSED):
             raise ConnectionClosedError(f"connection closed: {self.close_reason or 'closed'}")
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self._conn.handle_timer(time.monotonic())
-        self._process()
-
-    def _process(self) -> None:
-        conn = self._conn
+    def _process(self, link: _Link) -> None:
+        conn = link.conn
         while (event := conn.next_event()) is not None:
+            # a reconnect attempt's events, until it is established, settle only the attempt
+            if link is not self._link and not self._attempt_event(link, event):
+                continue
             if isinstance(event, MessageReceived):
                 self._messages.append(Message(event.data, event.channel, event.mode))
                 waiter = self._message_waiter
@@ -257,6 +390,8 @@ class QuantumClient(asyncio.DatagramProtocol):
                 if hb is not None and not hb.done():
                     hb.set_result(event.remaining)
             elif isinstance(event, SendBufferDrained):
+                if self._outage and self._reconnecting is None:
+                    self._send_outage(link)
                 drained = self._drained
                 if drained is not None and not drained.done():
                     drained.set_result(None)
@@ -265,53 +400,167 @@ class QuantumClient(asyncio.DatagramProtocol):
                 self.session_token = event.session_token
                 self.remaining = event.remaining
                 self.resumed = event.resumed
-                if not self._established.done():
-                    self._established.set_result(None)
+                link.carried = event.carried
+                if not link.established.done():
+                    link.established.set_result(None)
+            elif isinstance(event, CarryoverLost):
+                self._report(DataLost(event.unacknowledged, event.reason))
             elif isinstance(event, HandshakeRejected):
-                if not self._established.done():
-                    self._established.set_exception(ConnectError(event.code, event.reason))
+                if not link.established.done():
+                    link.established.set_exception(ConnectError(event.code, event.reason))
             elif isinstance(event, ConnectionClosed):
-                self.close_code, self.close_reason = event.code, event.reason
-                if not self._established.done():
-                    self._established.set_exception(self._connect_error(event))
-                if not self._closed.done():
-                    self._closed.set_result(None)
-                self._wake_all()
-        self._flush()
+                self._on_closed(link, event)
+        link.flush()
+        if conn.state is ConnectionState.CLOSED and link is self._link and self._closed.done():
+            link.teardown()
 
-    def _connect_error(self, closed: ConnectionClosed) -> ConnectError:
-        """Why the handshake failed: a handshake that timed out after a plaintext REJECT
-        (which the connection only remembers, as anyone could have sent it) reports that."""
-        rejected = self._conn.handshake_reject
-        if closed.code == CloseCode.HANDSHAKE_TIMEOUT and rejected is not None:
-            code, reason = rejected
-            return ConnectError(code, f"{reason} (unauthenticated answer; then the handshake "
-                                      "timed out)")
-        return ConnectError(closed.code, closed.reason)
+    def _attempt_event(self, link: _Link, event: Event) -> bool:
+        """A reconnect attempt's event: its handshake's outcome settles the attempt, and from
+        its SESSION on it is the client's connection (True: handle the event as such)."""
+        if isinstance(event, HandshakeCompleted):
+            self._link = link
+            return True
+        if not link.established.done():
+            if isinstance(event, HandshakeRejected):
+                link.established.set_exception(ConnectError(event.code, event.reason))
+            elif isinstance(event, ConnectionClosed):
+                link.established.set_exception(_connect_error(link.conn, event))
+        return False
 
-    def _flush(self) -> None:
-        transport = self._transport
-        if transport is None:
+    def _on_closed(self, link: _Link, event: ConnectionClosed) -> None:
+        if not link.established.done():
+            link.established.set_exception(_connect_error(link.conn, event))
             return
-        for data, _ in self._conn.datagrams_to_send(time.monotonic()):
-            transport.sendto(data)  # connected to the server: no address (asyncio insists)
-        self._arm_timer()
-        if self._conn.state is ConnectionState.CLOSED and self._closed.done():
-            self._teardown()
-
-    def _arm_timer(self) -> None:
-        at = self._conn.get_timer()
-        if at == self._timer_at:
+        reconnector = self._reconnector
+        if (reconnector is not None and not self._closing and self._reconnecting is None
+                and event.code in RESUMABLE and self.session_id is not None):
+            self._reconnecting = self._loop.create_task(
+                self._reconnect(link, event.code, event.reason))
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = arm_at(self._loop, at, self._on_timer)
+        self._finish(event.reason, event.code)
+
+    def _finish(self, reason: str, code: int) -> None:
+        """The session is over for this client: everything waiting wakes up."""
+        self.close_code, self.close_reason = code, reason
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake_all()
+
+    def _on_unreachable(self, link: _Link, exc: Exception) -> None:
+        """An ICMP error on the established connection: nothing listens there now. Taken as
+        the loss (no wait for the idle timeout) when nothing came from the server for a
+        while, since anyone could forge an ICMP error."""
+        if link is not self._link or self._reconnector is None or self._closing:
+            return
+        quiet_for = time.monotonic() - link.conn.last_received_at
+        if quiet_for >= self._reconnector.unreachable_after:
+            link.conn.close(f"server unreachable: {exc}", CloseCode.IDLE_TIMEOUT)
+            link.conn.handle_timer(float("inf"))  # given up now, not at the close timeout
+            self._process(link)
+
+    def _link_lost(self, link: _Link) -> None:
+        if link is self._link and self._reconnecting is None and not self._closed.done() \
+                and (self._reconnector is None or self._closing):
+            self._finish(self.close_reason or "closed", self.close_code or CloseCode.NORMAL)
+
+    # -- reconnecting
+
+    def _report(self, event: ConnectionEvent) -> None:
+        reconnector = self._reconnector
+        if reconnector is None or reconnector.on_event is None:
+            return
+        try:
+            reconnector.on_event(event)
+        except Exception:  # the application's callback must not break the client
+            log.exception("connection event callback failed (%s)", type(event).__name__)
+
+    def _queue_during_outage(self, data: bytes, channel: int, mode: Delivery) -> None:
+        if mode >= Delivery.UNRELIABLE:
+            return  # unreliable: dropped, as on a lost path (never replayed later)
+        size = len(data)
+        limit = self._conn.config.max_send_buffer
+        if self._outage_bytes + size > limit:
+            raise SendBufferFull(size, self._outage_bytes, limit)
+        self._outage.append((bytes(data), channel, mode))
+        self._outage_bytes += size
+
+    async def _await_reconnected(self) -> None:
+        if self._reconnecting is None:
+            return
+        if self._reconnected is None or self._reconnected.done():
+            self._reconnected = self._loop.create_future()
+        await asyncio.wait([self._reconnected, self._closed],
+                           return_when=asyncio.FIRST_COMPLETED)
+
+    async def _reconnect(self, lost: _Link, code: int, reason: str) -> None:
+        reconnector = self._reconnector
+        assert reconnector is not None and self.session_id is not None
+        started = self._loop.time()
+        self._report(Disconnected(code, reason))
+        lost.teardown()
+        carryover = lost.conn.carryover()
+        policy = reconnector.policy
+        deadline = started + policy.give_up_after
+        attempts = 0
+        last = f"{CloseCode(code).name.lower() if code in CloseCode._value2member_map_ else code}"
+        last_code = code
+        try:
+            for delay in policy.delays():
+                if self._loop.time() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)
+                attempts += 1
+                assert self.session_id is not None and self.session_token is not None
+                credentials = dataclasses.replace(
+                    reconnector.credentials,
+                    resume=(uuid.UUID(self.session_id).bytes, self.session_token))
+                try:
+                    link = await _open_link(self, reconnector.family, reconnector.server_addr,
+                                            credentials, reconnector.config,
+                                            reconnector.server_key, carryover=carryover,
+                                            timeout=deadline - self._loop.time())
+                except ConnectError as exc:
+                    last, last_code = exc.reason, exc.code
+                    if exc.code not in RETRYABLE:
+                        break
+                    continue
+                except OSError as exc:
+                    last, last_code = f"unreachable: {exc}", CloseCode.HANDSHAKE_TIMEOUT
+                    continue
+                self._resumed(link, attempts, self._loop.time() - started)
+                return
+            self._reconnecting = None
+            self._report(GaveUp(last_code, f"gave up reconnecting after {attempts} attempts "
+                                           f"in {self._loop.time() - started:.1f} s: {last}"))
+            self._finish(f"gave up reconnecting: {last}", last_code)
+        except asyncio.CancelledError:
+            self._reconnecting = None
+            raise
+
+    def _resumed(self, link: _Link, attempts: int, outage: float) -> None:
+        """The session continues on `link`: what the application queued meanwhile goes out."""
+        self._reconnecting = None
+        self._send_outage(link)
+        link.flush()
+        self._report(Reconnected(attempts, outage, link.carried))
+        for waiter in (self._reconnected, self._drained):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _send_outage(self, link: _Link) -> None:
+        """What the application queued during the outage, in order, as far as the send buffer
+        takes it (carried data shares it); the rest goes at the next `SendBufferDrained`."""
+        while self._outage:
+            data, channel, mode = self._outage[0]
+            try:
+                link.conn.send(data, channel, mode)
+            except SendBufferFull:
+                return  # the connection owes us a SendBufferDrained
+            self._outage.popleft()
+            self._outage_bytes -= len(data)
 
     def _wake_all(self) -> None:
-        for waiter in (self._message_waiter, self._drained):
+        for waiter in (self._message_waiter, self._drained, self._reconnected):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         for hb in self._heartbeats.values():
@@ -320,12 +569,18 @@ class QuantumClient(asyncio.DatagramProtocol):
                     f"connection closed: {self.close_reason or 'closed'}"))
 
     def _teardown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        self._link.teardown()
+
+
+def _connect_error(conn: Connection, closed: ConnectionClosed) -> ConnectError:
+    """Why the handshake failed: a handshake that timed out after a plaintext REJECT
+    (which the connection only remembers, as anyone could have sent it) reports that."""
+    rejected = conn.handshake_reject
+    if closed.code == CloseCode.HANDSHAKE_TIMEOUT and rejected is not None:
+        code, reason = rejected
+        return ConnectError(code, f"{reason} (unauthenticated answer; then the handshake "
+                                  "timed out)")
+    return ConnectError(closed.code, closed.reason)
 
 
 async def connect(
@@ -341,8 +596,16 @@ async def connect(
     fec: bool = True,
     configuration: QuantumConfiguration | None = None,
     local_addr: tuple[str, int] | None = None,
+    reconnect: bool = True,
+    reconnect_policy: ReconnectPolicy | None = None,
+    on_event: Callable[[ConnectionEvent], None] | None = None,
 ) -> QuantumClient:
     """Connect, authenticate and return an established client connection.
+
+    `reconnect=True` (the default): a lost connection is replaced by one that resumes the
+    session on `reconnect_policy`'s schedule, nothing in flight lost (`QuantumClient`);
+    `on_event` hears `quantum.reconnect`'s Disconnected, Reconnected, DataLost and GaveUp.
+    The first connection is not retried: its failure raises here.
 
     `resume=(session_id, token)` continues an earlier session on this new connection; with
     `resume_fallback=True` a refused resume gets a new session instead of `ConnectError`.
@@ -370,23 +633,28 @@ async def connect(
         metadata=dict(metadata or {}),
         fec=config.fec if fec else None,
     )
+    policy = reconnect_policy or ReconnectPolicy()
     *others, (family, server_addr) = await server_addresses(host, port)
     for other_family, other_addr in others:
         try:
             return await _attempt(other_family, other_addr, credentials, config, server_key,
-                                  local_addr, fail_fast=True)
+                                  local_addr, fail_fast=True, reconnect=reconnect,
+                                  policy=policy, on_event=on_event)
         except ConnectError as exc:
             if exc.code != CloseCode.HANDSHAKE_TIMEOUT:
                 raise  # the server answered: its answer stands, whatever other addresses
         except OSError:
             pass  # nothing listening there (ICMP), no route to this family...: the next one
     return await _attempt(family, server_addr, credentials, config, server_key, local_addr,
-                          fail_fast=False)
+                          fail_fast=False, reconnect=reconnect, policy=policy,
+                          on_event=on_event)
 
 
 async def _attempt(family: int, server_addr: Address, credentials: Credentials,
                    config: QuantumConfiguration, server_key: bytes | str | None,
-                   local_addr: tuple[str, int] | None, *, fail_fast: bool) -> QuantumClient:
+                   local_addr: tuple[str, int] | None, *, fail_fast: bool, reconnect: bool,
+                   policy: ReconnectPolicy,
+                   on_event: Callable[[ConnectionEvent], None] | None) -> QuantumClient:
     """One handshake with the server at one of its addresses; the established client."""
     loop = asyncio.get_running_loop()
     sock = _connected_socket(family, server_addr, local_addr)
@@ -394,19 +662,53 @@ async def _attempt(family: int, server_addr: Address, credentials: Credentials,
     # (host, port), which would lose an IPv6 scope id)
     conn = Connection.client(sock.getpeername(), credentials, time.monotonic(),
                              configuration=config, server_key=server_key,
-                             connection_id=os.urandom(16))
-    client = QuantumClient(conn, loop, fail_fast=fail_fast)
+                             connection_id=os.urandom(16), carry=reconnect)
+    reconnector = None if not reconnect else Reconnector(
+        policy, dataclasses.replace(credentials, resume_fallback=False), config, server_key,
+        family, server_addr, on_event)
+    client = QuantumClient(conn, loop, fail_fast=fail_fast, reconnect=reconnector)
+    link = client._link
     try:
-        await loop.create_datagram_endpoint(lambda: client, sock=sock)
+        await loop.create_datagram_endpoint(lambda: link, sock=sock)
     except BaseException:
         sock.close()
         raise
     try:
-        await client._established
+        await link.established
     except BaseException:
-        client._teardown()
+        link.teardown()
         raise
     return client
+
+
+async def _open_link(client: QuantumClient, family: int, server_addr: Address,
+                     credentials: Credentials, config: QuantumConfiguration,
+                     server_key: bytes | str | None, *, carryover: Carryover | None,
+                     timeout: float) -> _Link:
+    """A reconnect attempt: a new socket and connection that resumes the session (with the
+    lost connection's carry-over); established, or `ConnectError` / `OSError`."""
+    sock = _connected_socket(family, server_addr, None)
+    conn = Connection.client(sock.getpeername(), credentials, time.monotonic(),
+                             configuration=config, server_key=server_key, carry=True,
+                             carryover=carryover)
+    link = _Link(client, conn, fail_fast=True)
+    try:
+        await client._loop.create_datagram_endpoint(lambda: link, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await asyncio.wait_for(asyncio.shield(link.established), max(timeout, 0.0))
+    except TimeoutError:
+        if link.established.done() and link.established.exception() is None:
+            return link  # established just as the bound ran out: it is the client's now
+        link.teardown()
+        raise ConnectError(CloseCode.HANDSHAKE_TIMEOUT, "no answer within the outage's "
+                                                        "bound") from None
+    except BaseException:
+        link.teardown()
+        raise
+    return link
 
 
 def _connected_socket(family: int, server_addr: Address,

@@ -27,6 +27,7 @@ from typing import Any, Final, cast
 from quantum import packet as wire
 from quantum.addresses import Address as Address  # re-exported: the type every owner uses
 from quantum.bbr import BBR
+from quantum.carryover import Carryover, CarryoverError, capture
 from quantum.channels import ChannelReceiver, ChannelSender
 from quantum.config import KEY_LIMIT_HEADROOM, QuantumConfiguration
 from quantum.crypto import PacketProtection, ProtectionError
@@ -39,6 +40,7 @@ from quantum.errors import (
 )
 from quantum.events import (
     AuthenticationRequested,
+    CarryoverLost,
     ConnectionClosed,
     Event,
     HandshakeCompleted,
@@ -48,13 +50,16 @@ from quantum.events import (
     MessageReceived,
     PathMigrated,
     SendBufferDrained,
+    SessionConfirmed,
 )
 from quantum.fec import FecState, ParityShard
 from quantum.frames import (
+    MAX_DELIVERED_MARKS,
     MESSAGE_OVERHEAD,
     PATH_DATA_SIZE,
     AckFloorFrame,
     CloseFrame,
+    DeliveredFrame,
     Delivery,
     Frame,
     KeepaliveAckFrame,
@@ -75,6 +80,7 @@ from quantum.frames import (
     remaining_seconds,
 )
 from quantum.handshake import (
+    MAX_CREDENTIAL_MARKS,
     Credentials,
     HandshakeError,
     ServerParams,
@@ -82,6 +88,7 @@ from quantum.handshake import (
 )
 from quantum.keepalive import KeepaliveClock
 from quantum.keyupdate import PreviousKeys, open_other_phase
+from quantum.limits import MAX_MESSAGE_SIZE
 from quantum.migration import PathValidation
 from quantum.opening import ClientOpening
 from quantum.packet import (
@@ -194,15 +201,19 @@ class Connection:
 
     __slots__ = (
         "_acks",
+        "_carry",
+        "_carry_wanted",
         "_cc",
         "_close_at_pn",
         "_close_deadline",
+        "_continue",
         "_control",
         "_data_room",
         "_events",
         "_fec",
         "_fin_pn",
         "_flight",
+        "_hold_messages",
         "_inbox",
         "_keepalives",
         "_largest_pn",
@@ -213,12 +224,14 @@ class Connection:
         "_opening",
         "_outbox",
         "_peer",
+        "_peer_marks",
         "_pending_out",
         "_pmtu",
         "_previous_keys",
         "_refused_size",
         "_seal",
         "_send_blocked",
+        "_session_unconfirmed",
         "_stall_since",
         "_unacked_data",
         "_update_at_pn",
@@ -313,6 +326,17 @@ class Connection:
         # reliable message bytes sent and not yet acknowledged (nor declared lost: those are
         # queued again); with the sender's pending bytes, what the send buffer holds
         self._unacked_data = 0
+        # carry-over across resumes (PROTOCOL.md 12.4, quantum/carryover.py): whether this
+        # connection's streams may continue on the one that resumes its session; the client's
+        # carry-over from the connection it resumes, until SESSION says whether it continues;
+        # the server's: how far the client delivered (its credentials), whether messages wait
+        # for the SESSION frame's acknowledgement, and whether that came
+        self._carry_wanted = False
+        self._continue = False  # server: the client asked to continue its streams here
+        self._carry: Carryover | None = None
+        self._peer_marks: tuple[tuple[int, int, int], ...] = ()
+        self._hold_messages = False
+        self._session_unconfirmed = False
 
     # ------------------------------------------------------------------ construction
 
@@ -327,16 +351,31 @@ class Connection:
         server_key: bytes | str | None = None,
         connection_id: bytes | None = None,
         ephemeral_private: bytes | None = None,
+        carry: bool = False,
+        carryover: Carryover | None = None,
     ) -> Connection:
-        """A client connection; its SYN is ready in `datagrams_to_send` at once."""
+        """A client connection; its SYN is ready in `datagrams_to_send` at once.
+
+        `carry=True` asks the server to keep what this connection owes should it be lost,
+        and `carryover` (with a resume in the credentials: what the connection it resumes
+        left, `carryover()`) continues those streams here (PROTOCOL.md 12.4); until the
+        server's SESSION frame says whether they continue, `send` refuses."""
         config = configuration or QuantumConfiguration()
         # FEC is asked for only if both the credentials and the configuration want it (with
         # the configuration's (k, m)); the server may still say no
         fec = config.fec if credentials.fec is not None else None
-        credentials = dataclasses.replace(credentials, fec=fec)
+        carrying = carry or carryover is not None
+        continuing = carryover is not None and credentials.resume is not None
+        delivered = None if not continuing or carryover is None else tuple(
+            carryover.delivered_marks()[:MAX_CREDENTIAL_MARKS])
+        credentials = dataclasses.replace(credentials, fec=fec, delivered=delivered,
+                                          carry=carrying)
         cid = connection_id if connection_id is not None else os.urandom(16)
         conn = cls(is_client=True, connection_id=cid, peer_addr=server_addr,
                    configuration=config, now=now)
+        conn._carry_wanted = carrying
+        if continuing:
+            conn._carry = carryover
         opening = conn._opening = ClientOpening(cid, credentials, config, now,
                                                 server_key=server_key,
                                                 ephemeral_private=ephemeral_private)
@@ -378,6 +417,9 @@ class Connection:
         # side: handed to the owner in events, not kept for the connection's lifetime
         conn._apply_params(params)
         if credentials is not None:
+            conn._carry_wanted = credentials.carry
+            conn._continue = credentials.delivered is not None
+            conn._peer_marks = credentials.delivered or ()
             conn._events.append(
                 AuthenticationRequested(
                     user_id=credentials.user_id,
@@ -385,6 +427,7 @@ class Connection:
                     resume=credentials.resume,
                     resume_fallback=credentials.resume_fallback,
                     metadata=dict(credentials.metadata),
+                    delivered=credentials.delivered,
                 )
             )
         return conn
@@ -419,14 +462,81 @@ class Connection:
     # ------------------------------------------------------------------ application calls
 
     def accept(self, session_id: bytes, session_token: str, remaining: float,
-               resumed: bool = False) -> None:
-        """Server: the credentials are good; hand the client its session and go ESTABLISHED."""
+               resumed: bool = False, carryover: Carryover | None = None) -> None:
+        """Server: the credentials are good; hand the client its session and go ESTABLISHED.
+
+        `carryover`: what the connection this one resumes left (`carryover()`); used only if
+        the client asked to continue its streams (`continues`, PROTOCOL.md 12.4). Raises
+        `CarryoverError` (nothing changed) if it cannot be restored."""
         if self.state is not _AUTHENTICATING:
             raise ConnectionClosedError(f"cannot accept a connection in state {self.state.value}")
-        self._control.append(SessionFrame(session_id, session_token, remaining_ms(remaining),
-                                          resumed))
+        carried = resumed and self._continue and carryover is not None
+        if carried:
+            assert carryover is not None
+            self._restore_carryover(carryover, self._peer_marks)
+        self._control.insert(0, SessionFrame(session_id, session_token,
+                                             remaining_ms(remaining), resumed, carried))
+        # a resume rotated the token: the owner hears when the client holds the new one; and
+        # the client learns from SESSION whether its streams continue, so no message may
+        # reach it before (12.4): they wait for that frame's acknowledgement
+        self._session_unconfirmed = resumed
+        self._hold_messages = resumed and self._continue
         self.state = _ESTABLISHED
-        self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed))
+        self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed,
+                                               carried))
+
+    # -- carry-over across a resume (PROTOCOL.md 12.4)
+
+    def carryover(self) -> Carryover | None:
+        """What this connection still owes and how far it delivered, for the connection that
+        resumes its session (None if the peer did not ask for carry-over). A client whose
+        resume never got its SESSION frame hands on the carry-over it started with."""
+        if not self._carry_wanted:
+            return None
+        if self._carry is not None:
+            return self._carry
+        sender = self._outbox
+        next_ids, owed = ([], []) if sender is None else sender.export_state()
+        in_flight = [f for p in self._flight.unacknowledged() for f in p.frames
+                     if type(f) is MessageFrame and f.mode <= Delivery.RELIABLE_UNORDERED]
+        return capture(next_ids, in_flight + owed, self._inbox)
+
+    @property
+    def continues(self) -> bool:
+        """Server: the client asked to continue its lost connection's streams here."""
+        return self._continue
+
+    @property
+    def carries(self) -> bool:
+        """Whether this connection's streams may continue on the one that resumes its
+        session (the client asked for carry-over, PROTOCOL.md 12.4)."""
+        return self._carry_wanted
+
+    def hand_over(self, reason: str, now: float) -> Carryover | None:
+        """Server: the session was resumed on another connection. Returns this one's
+        carry-over and ends it at once (an RST with SESSION_ENDED): nothing more is sent or
+        delivered here, so what the carry-over holds is delivered once, there."""
+        carryover = self.carryover()
+        self._abort(CloseCode.SESSION_ENDED, reason, now)
+        return carryover
+
+    def _restore_carryover(self, carryover: Carryover,
+                           peer_marks: tuple[tuple[int, int, int], ...]) -> None:
+        """Continue the streams of `carryover` here, dropping what the peer says it has."""
+        receiver = carryover.receiver(4 * MAX_MESSAGE_SIZE)  # may raise CarryoverError
+        if self._inbox is not None or self._outbox is not None:
+            raise CarryoverError("streams already began on this connection")
+        sender = self._outbox = ChannelSender(packet_room=self._data_room)
+        sender.restore_state(list(carryover.next_ids), list(carryover.owed))
+        for channel, mode, mark in peer_marks:
+            sender.trim_delivered(channel, mode, mark)
+        self._unacked_data = 0
+        self._inbox = receiver
+        if not self.is_client:
+            marks = receiver.delivered_marks()
+            for start in range(0, len(marks), MAX_DELIVERED_MARKS):
+                self._control.append(
+                    DeliveredFrame(tuple(marks[start:start + MAX_DELIVERED_MARKS])))
 
     def reject(self, code: int, reason: str, now: float) -> None:
         """Server: refuse the client; one sealed REJECT goes out and the connection is closed."""
@@ -450,6 +560,9 @@ class Connection:
         if self.state not in (_ESTABLISHED, _AWAIT_ACCEPT,
                               _AUTHENTICATING):
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
+        if self._carry is not None:
+            raise MessageError("cannot send before the resume says whether the lost "
+                               "connection's streams continue (wait for HandshakeCompleted)")
         sender = self._outbox
         if sender is None:
             sender = self._outbox = ChannelSender(packet_room=self._data_room)
@@ -932,7 +1045,15 @@ class Connection:
                         self._keepalives = KeepaliveClock(now)
                     # never NO_SESSION_MS: the frame decoder refuses it in a SESSION frame
                     events.append(HandshakeCompleted(frame.session_id, frame.token,
-                                                     frame.remaining_ms / 1000, frame.resumed))
+                                                     frame.remaining_ms / 1000, frame.resumed,
+                                                     frame.carried))
+                    if not self._on_session_carry(frame, now):
+                        return
+            elif isinstance(frame, DeliveredFrame):
+                sender = self._outbox
+                if sender is not None:
+                    for stream_channel, stream_mode, mark in frame.marks:
+                        sender.trim_delivered(stream_channel, stream_mode, mark)
             elif isinstance(frame, RejectFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
                     events.append(HandshakeRejected(frame.code, frame.reason))
@@ -945,6 +1066,25 @@ class Connection:
                     self._send_ack_only(now)
                 self._terminate(frame.code, frame.reason, by_peer=True)
                 return
+
+    def _on_session_carry(self, frame: SessionFrame, now: float) -> bool:
+        """Client, at SESSION: continue the lost connection's streams if the server carried
+        them, else report what was lost. False if the connection ended (a bad carry-over)."""
+        carryover, self._carry = self._carry, None
+        if frame.carried:
+            if carryover is None:
+                self._protocol_violation("SESSION says carried, but none was asked for", now)
+                return False
+            try:
+                self._restore_carryover(carryover, ())
+            except CarryoverError as exc:
+                self._protocol_violation(str(exc), now)
+                return False
+        elif carryover is not None and (carryover.owed or carryover.inbound):
+            reason = ("the server kept nothing of the lost connection" if frame.resumed
+                      else "the session could not be resumed: a new one began")
+            self._events.append(CarryoverLost(carryover.unacknowledged_messages, reason))
+        return True
 
     def _on_recovered(self, pn: int, payload: bytes, now: float) -> None:
         if self._acks.check(pn):
@@ -988,6 +1128,8 @@ class Connection:
             fec = self._fec
             if fec is not None:
                 fec.on_fates(result.acked, False, sent.floor)
+            if self._session_unconfirmed:
+                self._session_acked(result.acked)
             fin_pn = self._fin_pn
             if fin_pn is not None and any(p.pn == fin_pn for p in result.acked):
                 self._terminate(self.close_code, self.close_reason, by_peer=False)
@@ -996,6 +1138,18 @@ class Connection:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):
             self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+
+    def _session_acked(self, acked: list[SentPacket]) -> None:
+        """Server: once the packet with the SESSION frame is acknowledged the client holds
+        its token (the one a resume replaced may go) and knows whether its streams continue
+        (held messages may go)."""
+        for p in acked:
+            for f in p.frames:
+                if type(f) is SessionFrame:
+                    self._session_unconfirmed = False
+                    self._hold_messages = False
+                    self._events.append(SessionConfirmed())
+                    return
 
     def _pmtu_acked(self, acked: list[SentPacket]) -> None:
         """What path MTU discovery learns from acknowledged packets: a probe arrived (the
@@ -1123,7 +1277,7 @@ class Connection:
         AWAIT_ACCEPT (or AUTHENTICATING) only queues, and the message leaves once
         established."""
         state = self.state
-        if state is _AWAIT_ACCEPT or state is _AUTHENTICATING:
+        if state is _AWAIT_ACCEPT or state is _AUTHENTICATING or self._hold_messages:
             return None
         return self._outbox
 

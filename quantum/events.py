@@ -39,6 +39,9 @@ class AuthenticationRequested(Event):
     resume: tuple[bytes, str] | None
     resume_fallback: bool
     metadata: dict[str, str] = field(default_factory=dict)
+    #: the client asks to continue its lost connection's streams (PROTOCOL.md 12.4): how far
+    #: it delivered each reliable stream; None: it does not ask
+    delivered: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,12 @@ class HandshakeCompleted(Event):
     #: the session's remaining lifetime in seconds
     remaining: float
     resumed: bool
+    #: the lost connection's streams continue on this one (nothing in flight was lost)
+    carried: bool = False
+
+    def __repr__(self) -> str:
+        return (f"HandshakeCompleted(session_id={self.session_id.hex()}, session_token=<hidden>,"
+                f" remaining={self.remaining}, resumed={self.resumed}, carried={self.carried})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +133,21 @@ class ConnectionClosed(Event):
     code: int
     reason: str
     by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfirmed(Event):
+    """Server side: the client acknowledged the packet that carried its SESSION frame, so it
+    holds the session's (new) token: a token the resume replaced may stop working now."""
+
+
+@dataclass(frozen=True, slots=True)
+class CarryoverLost(Event):
+    """Client side: the session was resumed but the server had nothing of the lost
+    connection (another node, a restart without snapshot, a carry-over over its cap), so
+    its streams start again at id 0. `unacknowledged` reliable messages we had sent were not
+    known to have arrived, and `undelivered` pieces of messages the server had begun to send
+    us are gone with it (PROTOCOL.md 12.4)."""
+
+    unacknowledged: int
+    reason: str

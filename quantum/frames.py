@@ -48,6 +48,7 @@ PATH_RESPONSE: Final = 0x08
 SESSION: Final = 0x09
 REJECT: Final = 0x0A
 PING: Final = 0x0B
+DELIVERED: Final = 0x0C
 
 #: a whole message: type, channel, mode, message id, data length
 MESSAGE_OVERHEAD: Final = 9
@@ -84,6 +85,13 @@ _BODY_FRAGMENT: Final = struct.Struct("!IIH")
 _BODY_CODE_LEN: Final = struct.Struct("!HH")
 _BODY_PARITY: Final = struct.Struct("!IBBB")
 _SESSION_TAIL: Final = struct.Struct("!IB")
+_MARK: Final = struct.Struct("!BBI")
+#: the most (channel, mode, mark) entries one DELIVERED frame carries (2 + 6 x 128 = 770
+#: bytes: it fits any packet's room)
+MAX_DELIVERED_MARKS: Final = 128
+#: SESSION's `resumed` byte: 0 a new session, 1 resumed (streams start again at id 0), 2
+#: resumed with the carry-over (streams continue where the lost connection left them)
+RESUMED_CARRIED: Final = 2
 _U32_SEQS: Final = tuple(struct.Struct("!" + "I" * k) for k in range(MAX_PARITY_SEQS + 1))
 _DELIVERY: Final = tuple(Delivery)
 
@@ -355,6 +363,14 @@ class SessionFrame:
     #: the session's remaining lifetime in ms, at most MAX_REMAINING_MS
     remaining_ms: int
     resumed: bool
+    #: resumed with the lost connection's carry-over (`resumed` byte 2, PROTOCOL.md 12.4)
+    carried: bool = False
+
+    def __repr__(self) -> str:
+        # the token is a credential: a repr ends up in logs and tracebacks
+        return (f"SessionFrame(session_id={self.session_id.hex()}, token=<hidden>, "
+                f"remaining_ms={self.remaining_ms}, resumed={self.resumed}, "
+                f"carried={self.carried})")
 
     @property
     def size(self) -> int:
@@ -373,7 +389,34 @@ class SessionFrame:
             raise PacketError(f"session remaining ms {self.remaining_ms} outside "
                               f"0..{MAX_REMAINING_MS} (a SESSION frame always has a lifetime)")
         return b"".join((bytes((SESSION,)), self.session_id, bytes((len(raw),)), raw,
-                         _pack(_SESSION_TAIL, self.remaining_ms, 1 if self.resumed else 0)))
+                         _pack(_SESSION_TAIL, self.remaining_ms,
+                               RESUMED_CARRIED if self.carried else 1 if self.resumed else 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredFrame:
+    """How far the sender has delivered each reliable stream of a carried-over connection
+    (PROTOCOL.md 12.4): `marks` are (channel, mode, mark) with mode 0 or 1; for
+    RELIABLE_ORDERED every id below the mark was delivered, for RELIABLE_UNORDERED every id
+    below it too (the watermark). The peer need not resend what lies below."""
+
+    marks: tuple[tuple[int, int, int], ...]
+
+    @property
+    def size(self) -> int:
+        return 2 + 6 * len(self.marks)
+
+    def encode(self) -> bytes:
+        marks = self.marks
+        if not 1 <= len(marks) <= MAX_DELIVERED_MARKS:
+            raise PacketError(f"DELIVERED carries {len(marks)} marks, must be "
+                              f"1..{MAX_DELIVERED_MARKS}")
+        parts = [bytes((DELIVERED, len(marks)))]
+        for channel, mode, mark in marks:
+            if mode > Delivery.RELIABLE_UNORDERED or mode < 0:
+                raise PacketError(f"DELIVERED mark for mode {mode}: only reliable modes")
+            parts.append(_pack(_MARK, channel, mode, mark))
+        return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,11 +451,11 @@ _PING_BYTES: Final = bytes((PING,))
 
 Frame = (MessageFrame | KeepaliveFrame | KeepaliveAckFrame | CloseFrame | ParityFrame
          | AckFloorFrame | PathChallengeFrame | PathResponseFrame | SessionFrame | RejectFrame
-         | PaddingFrame | PingFrame)
+         | PaddingFrame | PingFrame | DeliveredFrame)
 
 _FRAME_TYPES: Final = (MessageFrame, KeepaliveFrame, KeepaliveAckFrame, CloseFrame, ParityFrame,
                        AckFloorFrame, PathChallengeFrame, PathResponseFrame, SessionFrame,
-                       RejectFrame, PaddingFrame, PingFrame)
+                       RejectFrame, PaddingFrame, PingFrame, DeliveredFrame)
 
 
 def encode_frames(frames: Iterable[object]) -> bytes:
@@ -446,7 +489,7 @@ def is_retransmittable(frame: object) -> bool:
     """
     if isinstance(frame, MessageFrame):
         return frame.mode <= Delivery.RELIABLE_UNORDERED
-    return isinstance(frame, CloseFrame | SessionFrame | RejectFrame)
+    return isinstance(frame, CloseFrame | SessionFrame | RejectFrame | DeliveredFrame)
 
 
 def elicits_ack(frames: list[Frame]) -> bool:
@@ -541,6 +584,8 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
             pos = _decode_session(payload, pos, frames)
         elif frame_type == PING:
             frames.append(PingFrame())
+        elif frame_type == DELIVERED:
+            pos = _decode_delivered(payload, pos, frames)
         else:
             raise PacketError(f"unknown frame type 0x{frame_type:02x} at offset {pos - 1}")
     return frames
@@ -598,7 +643,26 @@ def _decode_session(payload: bytes, pos: int, frames: list[Frame]) -> int:
     if remaining == NO_SESSION_MS:
         raise PacketError("SESSION remaining ms is FFFFFFFF (no session): a SESSION frame "
                           "always carries the session's lifetime")
-    if resumed > 1:
-        raise PacketError(f"SESSION resumed flag must be 0 or 1, got {resumed}")
-    frames.append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed == 1))
+    if resumed > RESUMED_CARRIED:
+        raise PacketError(f"SESSION resumed byte must be 0, 1 or 2, got {resumed}")
+    frames.append(SessionFrame(session_id, raw.decode("ascii"), remaining, resumed >= 1,
+                               resumed == RESUMED_CARRIED))
     return end + 5
+
+
+def _decode_delivered(payload: bytes, pos: int, frames: list[Frame]) -> int:
+    _need(payload, pos + 1, "DELIVERED")
+    count = payload[pos]
+    if not 1 <= count <= MAX_DELIVERED_MARKS:
+        raise PacketError(f"DELIVERED carries {count} marks, must be 1..{MAX_DELIVERED_MARKS}")
+    pos += 1
+    end = pos + 6 * count
+    _need(payload, end, "DELIVERED")
+    marks: list[tuple[int, int, int]] = []
+    for at in range(pos, end, 6):
+        channel, mode, mark = _MARK.unpack_from(payload, at)
+        if mode > 1:
+            raise PacketError(f"DELIVERED mark for mode {mode}: only reliable modes (0, 1)")
+        marks.append((channel, mode, mark))
+    frames.append(DeliveredFrame(tuple(marks)))
+    return end

@@ -105,7 +105,13 @@ _F_TICKET: Final = 0x01
 _F_RESUME: Final = 0x02
 _F_FALLBACK: Final = 0x04
 _F_FEC: Final = 0x08
-_F_KNOWN: Final = _F_TICKET | _F_RESUME | _F_FALLBACK | _F_FEC
+_F_KEEP: Final = 0x10
+_F_CONTINUE: Final = 0x20
+_F_KNOWN: Final = _F_TICKET | _F_RESUME | _F_FALLBACK | _F_FEC | _F_KEEP | _F_CONTINUE
+#: the most delivery marks credentials carry (PROTOCOL.md 5.2.5, 12.4); a client with more
+#: reliable streams leaves the rest out (the server then resends all it owes on those)
+MAX_CREDENTIAL_MARKS: Final = 64
+_MARK = struct.Struct(">BBI")
 
 _ZERO_NONCE: Final = bytes(12)
 _U16 = struct.Struct(">H")
@@ -148,6 +154,12 @@ class Credentials:
     #: its configuration's (k, m) here (and None when the configuration has FEC off), and the
     #: server answers with its own (k, m) or none (5.2.6)
     fec: tuple[int, int] | None = (10, 3)
+    #: with a resume: continue the lost connection's streams (PROTOCOL.md 12.4), telling
+    #: the server how far each reliable stream was delivered here, as (channel, mode,
+    #: mark); None: do not continue them (streams start again at id 0)
+    delivered: tuple[tuple[int, int, int], ...] | None = None
+    #: ask the server to keep what this connection owes, should it be lost, for the resume
+    carry: bool = False
 
     def __repr__(self) -> str:
         # the ticket and the resume token are secrets: a repr ends up in logs and tracebacks
@@ -155,7 +167,7 @@ class Credentials:
         resume = None if self.resume is None else (self.resume[0].hex(), "<hidden>")
         return (f"Credentials(user_id={self.user_id!r}, ticket={ticket}, resume={resume}, "
                 f"resume_fallback={self.resume_fallback}, metadata={dict(self.metadata)!r}, "
-                f"fec={self.fec})")
+                f"fec={self.fec}, delivered={self.delivered}, carry={self.carry})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +288,11 @@ def encode_credentials(credentials: Credentials) -> bytes:
         flags |= _F_FEC
         _check_fec(c.fec, CloseCode.BAD_REQUEST, "credentials")
         parts.append(bytes(c.fec))
+    if c.carry:
+        flags |= _F_KEEP
+    if c.delivered is not None:
+        flags |= _F_CONTINUE
+        parts.append(_encode_marks(c.delivered))
     if len(c.metadata) > MAX_METADATA_ENTRIES:
         raise HandshakeError(CloseCode.BAD_REQUEST, f"{len(c.metadata)} metadata entries, "
                                                     f"at most {MAX_METADATA_ENTRIES}")
@@ -320,6 +337,18 @@ def decode_credentials(data: bytes) -> Credentials:
     if flags & _F_FEC:
         fec = (r.u8("fec k"), r.u8("fec m"))
         _check_fec(fec, CloseCode.BAD_REQUEST, "credentials")
+    delivered = None
+    if flags & _F_CONTINUE:
+        count = r.u8("delivery mark count")
+        if count > MAX_CREDENTIAL_MARKS:
+            raise r.fail(f"{count} delivery marks, at most {MAX_CREDENTIAL_MARKS}")
+        marks: list[tuple[int, int, int]] = []
+        for _ in range(count):
+            channel, mode, mark = _MARK.unpack(r.take(6, "delivery mark"))
+            if mode > 1:
+                raise r.fail(f"delivery mark for mode {mode}: only reliable modes (0, 1)")
+            marks.append((channel, mode, mark))
+        delivered = tuple(marks)
     count = r.u8("metadata count")
     if count > MAX_METADATA_ENTRIES:
         raise r.fail(f"{count} metadata entries, at most {MAX_METADATA_ENTRIES}")
@@ -336,7 +365,21 @@ def decode_credentials(data: bytes) -> Credentials:
             raise r.fail(f"metadata key {key!r} appears twice")
         metadata[key] = r.text(n, "metadata value")
     r.end()
-    return Credentials(user_id, ticket, resume, bool(flags & _F_FALLBACK), metadata, fec)
+    return Credentials(user_id, ticket, resume, bool(flags & _F_FALLBACK), metadata, fec,
+                       delivered, bool(flags & _F_KEEP))
+
+
+def _encode_marks(marks: tuple[tuple[int, int, int], ...]) -> bytes:
+    if len(marks) > MAX_CREDENTIAL_MARKS:
+        raise HandshakeError(CloseCode.BAD_REQUEST, f"{len(marks)} delivery marks, at most "
+                                                    f"{MAX_CREDENTIAL_MARKS}")
+    parts = [bytes((len(marks),))]
+    for channel, mode, mark in marks:
+        if not (0 <= channel <= 255 and mode in (0, 1) and 0 <= mark <= 0xFFFFFFFF):
+            raise HandshakeError(CloseCode.BAD_REQUEST,
+                                 f"delivery mark ({channel}, {mode}, {mark}) out of range")
+        parts.append(_MARK.pack(channel, mode, mark))
+    return b"".join(parts)
 
 
 def encode_params(params: ServerParams) -> bytes:

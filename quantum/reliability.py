@@ -243,6 +243,11 @@ class SendTracker:
         self._top_acked: list[int] = []
         self._floor_announced_at = 0
 
+    def unacknowledged(self) -> list[SentPacket]:
+        """Every packet still awaiting its acknowledgement, oldest first (what a lost
+        connection still owed its peer, `Connection.carryover`)."""
+        return list(self._outstanding.values())
+
     @property
     def floor(self) -> int:
         """Lowest pn neither acknowledged nor declared lost (next_pn when none)."""

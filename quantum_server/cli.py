@@ -59,6 +59,17 @@ def _positive(kind: type[float] | type[int], minimum: float = 0.0,
     return parse
 
 
+def _byte_count(text: str) -> int:
+    """An argparse type: a whole number of bytes, 0 to 2**40 (0: keep nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
+    if not 0 <= value <= 1 << 40:
+        raise argparse.ArgumentTypeError(f"must be 0 to 2**40 bytes, got {text}")
+    return value
+
+
 def _plain(number: float) -> str:
     """A bound as people write it: 31536000, 4294967.295, 0.001."""
     return f"{number:.3f}".rstrip("0").rstrip(".")
@@ -133,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-send-buffer", type=_positive(int), default=4 << 20,
                    help="bytes one client may have queued or unacknowledged before sends "
                         f"are refused (default 4 MiB, at least {MIN_SEND_BUFFER})")
+    p.add_argument("--retain-session-bytes", type=_byte_count, default=1 << 20,
+                   help="bytes of a lost connection's unacknowledged reliable data kept for "
+                        "its session's resume (default 1 MiB; over it, the data is declared "
+                        "lost at the resume; 0: keep nothing)")
+    p.add_argument("--retain-total-bytes", type=_byte_count, default=256 << 20,
+                   help="bytes kept for the resumes of all lost connections together "
+                        "(default 256 MiB)")
     p.add_argument("--stall-timeout", type=_positive(float), default=30.0,
                    help="seconds a client may go on sending without acknowledging anything "
                         "before it is closed (default 30)")
@@ -291,7 +309,9 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
                               handshake_burst=args.handshake_burst,
                               retry_above_rate=args.retry_above_rate,
                               max_send_buffer=args.max_send_buffer,
-                              stall_timeout=args.stall_timeout, ciphers=args.ciphers)
+                              stall_timeout=args.stall_timeout, ciphers=args.ciphers,
+                              retain_session_bytes=args.retain_session_bytes,
+                              retain_total_bytes=args.retain_total_bytes)
         # checked before any store is built (its own store comes next: an etcd client must not
         # be created for a configuration that is refused anyway)
         manager_config = ManagerConfig(store=MemoryStore(), default_timeout=args.session_timeout,

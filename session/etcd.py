@@ -558,6 +558,7 @@ class EtcdStore(Store):
             and old.server_addr == new.server_addr
             and old.metadata == new.metadata
             and old.token_hash == new.token_hash
+            and old.previous_token_hash == new.previous_token_hash
             and old.timeout == new.timeout
             and old.created_at == new.created_at
             and ttl == entry.lease_ttl

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -558,12 +559,47 @@ class SessionManager:
         expired), `SessionExpired`, `SessionExists` if the new connection already has another
         session, `InvalidSession` for bad input.
         """
+        session, _ = await self._resume(session_id, token, connection_id, client_ip,
+                                        client_port, server_addr, user_id, rotate=False)
+        return session
+
+    async def resume_session_rotating(self, session_id: str, token: str, connection_id: str,
+                                      client_ip: str, client_port: int,
+                                      server_addr: str | None = None, *,
+                                      user_id: str | None = None) -> tuple[Session, str]:
+        """`resume_session` that also rotates the token (PROTOCOL.md 12.3): returns the
+        session and its new token (returned once, never stored). The presented token stays
+        good for resuming until `confirm_token` says the client holds the new one; a token
+        the last resume replaced and the client never confirmed is dropped now."""
+        return await self._resume(session_id, token, connection_id, client_ip, client_port,
+                                  server_addr, user_id, rotate=True)
+
+    async def confirm_token(self, session_id: str, token_hash: bytes) -> bool:
+        """The client acknowledged the token whose hash is `token_hash`: the token it replaced
+        stops working. False (nothing changed) if that is no longer the session's token."""
+        session = await self.store.get(session_id)
+        if not session.previous_token_hash or not hmac.compare_digest(session.token_hash,
+                                                                      token_hash):
+            return False
+        session.previous_token_hash = b""
+        await self.store.update(session)
+        return True
+
+    async def _resume(
+        self, session_id: str, token: str, connection_id: str, client_ip: str,
+        client_port: int, server_addr: str | None, user_id: str | None, *, rotate: bool,
+    ) -> tuple[Session, str]:
         connection_id = normalize_connection_id(connection_id)
         client_ip = normalize_client_ip(client_ip)
         client_port = validate_port(client_port)
         server_addr = validate_server_addr(server_addr)
         now = self._clock()
         session = await self._check_resume(session_id, token, user_id, now)
+        new_token = token
+        if rotate:
+            new_token, new_hash = tokens.new_token()
+            session.previous_token_hash = tokens.hash_token(token)
+            session.token_hash = new_hash
         previous_connection = session.connection_id
         session.connection_id = connection_id
         session.client_ip, session.client_port = client_ip, client_port
@@ -585,7 +621,7 @@ class SessionManager:
         )
         if previous is not State.ACTIVE:
             self._publish(EventKind.STATE_CHANGED, session, previous)
-        return session
+        return session, new_token
 
     async def check_resume(
         self, session_id: str, token: str, user_id: str | None = None
@@ -598,7 +634,10 @@ class SessionManager:
         self, session_id: str, token: str, user_id: str | None, now: datetime
     ) -> Session:
         session = await self.store.get(session_id)
-        if not tokens.verify(token, session.token_hash):
+        # both compared, always: the time taken says nothing of which one matched
+        current = tokens.verify(token, session.token_hash)
+        replaced = tokens.verify(token, session.previous_token_hash)
+        if not (current or replaced):
             self._log.warning("session resume refused: bad token", session_id=session_id)
             raise InvalidToken(f"invalid token for session: {session_id}")
         if user_id is not None and session.user_id != user_id:

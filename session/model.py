@@ -161,6 +161,9 @@ class Session:
     stats: Stats = field(default_factory=Stats)
     token_hash: bytes = field(default=b"", repr=False)
     timeout: float | None = None
+    #: the token a resume replaced, good for resuming until the client acknowledged the new
+    #: one (`SessionManager.confirm_token`); b"" when there is none (PROTOCOL.md 12.3)
+    previous_token_hash: bytes = field(default=b"", repr=False)
 
     def copy(self) -> Session:
         """An independent copy: its metadata dict and stats are new objects too."""
@@ -179,6 +182,7 @@ class Session:
             self.stats.copy(),
             self.token_hash,
             self.timeout,
+            self.previous_token_hash,
         )
 
     def is_expired(self, now: datetime) -> bool:
@@ -210,6 +214,8 @@ class Session:
         }
         if self.timeout is not None:
             data["timeout"] = self.timeout
+        if self.previous_token_hash:
+            data["previous_token_hash"] = self.previous_token_hash.hex()
         return data
 
     @classmethod
@@ -224,20 +230,17 @@ class Session:
         missing = required - set(data)
         if missing:
             raise InvalidSession(f"session is missing fields: {sorted(missing)}")
-        optional = {"server_addr", "metadata", "stats", "token_hash", "timeout"}
+        optional = {"server_addr", "metadata", "stats", "token_hash", "timeout",
+                    "previous_token_hash"}
         unknown = set(data) - required - optional
         if unknown:
             raise InvalidSession(f"unknown session fields: {sorted(map(str, unknown))}")
         state = data["state"]
         if state not in State.__members__:
             raise InvalidSession(f"unknown session state: {state!r}")
-        token_hex = data.get("token_hash", "")
-        if not isinstance(token_hex, str):
-            raise InvalidSession("token_hash must be a hex string")
-        try:
-            token_hash = bytes.fromhex(token_hex)
-        except ValueError:
-            raise InvalidSession(f"token_hash is not hex: {token_hex[:80]!r}") from None
+        token_hash = _parse_hex(data.get("token_hash", ""), "token_hash")
+        previous_token_hash = _parse_hex(data.get("previous_token_hash", ""),
+                                         "previous_token_hash")
         metadata = data.get("metadata", {})
         if not isinstance(metadata, Mapping):
             raise InvalidSession("metadata must be an object")
@@ -256,9 +259,19 @@ class Session:
             stats=Stats.from_dict(data.get("stats", {})),
             token_hash=token_hash,
             timeout=validate_timeout(data.get("timeout")),
+            previous_token_hash=previous_token_hash,
         )
         validate_session(session)
         return session
+
+
+def _parse_hex(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidSession(f"{name} must be a hex string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise InvalidSession(f"{name} is not hex: {value[:80]!r}") from None
 
 
 def _parse_str(value: object, name: str) -> str:
@@ -460,4 +473,6 @@ def validate_session(session: Session) -> None:
     validate_stats(session.stats)
     if not isinstance(session.token_hash, bytes):
         raise InvalidSession("token_hash must be bytes")
+    if not isinstance(session.previous_token_hash, bytes):
+        raise InvalidSession("previous_token_hash must be bytes")
     validate_timeout(session.timeout)

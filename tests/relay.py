@@ -69,7 +69,9 @@ class LossyRelay:
     """Client <-> relay front socket ... relay back socket <-> server. One client at a time.
 
     The first address that writes to the front socket is the client; replies from the server
-    go back to it. `client_addr` can be reset to serve a new client (e.g. a resume test).
+    go back to it. `client_addr` can be reset to serve a new client (e.g. a resume test), or
+    `follow_client` set so that a new address takes over (a client that reconnects from a new
+    socket). `dark` drops everything both ways: the path went dark.
     """
 
     def __init__(self, server_addr: Address, profile: RelayProfile, seed: int) -> None:
@@ -77,6 +79,8 @@ class LossyRelay:
         self.profile = profile
         self.stats = RelayStats()
         self.client_addr: Address | None = None
+        self.follow_client = False
+        self.dark = False
         self._rng = random.Random(seed)
         self._front: asyncio.DatagramTransport | None = None
         self._back: asyncio.DatagramTransport | None = None
@@ -121,7 +125,7 @@ class LossyRelay:
 
     def _on_datagram(self, data: bytes, addr: Address, to_server: bool) -> None:
         if to_server:
-            if self.client_addr is None:
+            if self.client_addr is None or (self.follow_client and not self.dark):
                 self.client_addr = addr
             elif addr != self.client_addr:
                 return  # a stranger on the front socket is not our client
@@ -129,6 +133,9 @@ class LossyRelay:
             return
         stats, profile, rng = self.stats, self.profile, self._rng
         stats.received += 1
+        if self.dark:
+            stats.dropped += 1
+            return
         if to_server and self._blackhole_to_server:
             self._blackhole_to_server -= 1
             stats.dropped += 1

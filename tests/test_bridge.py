@@ -9,6 +9,7 @@ what the client side of the connection saw.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -118,6 +119,18 @@ class FakeManager(SessionManager):
                           state=State.ACTIVE)
         self.sessions[session_id] = session
         return session
+
+    async def resume_session_rotating(self, session_id: str, token: str,  # type: ignore[override]
+                                      connection_id: str, client_ip: str, client_port: int,
+                                      server_addr: str | None = None,
+                                      user_id: str | None = None) -> tuple[Session, str]:
+        session = await self.resume_session(session_id, token, connection_id, client_ip,
+                                            client_port, server_addr, user_id=user_id)
+        return session, "rotated-" + session_id[:8]
+
+    async def confirm_token(self, session_id: str, token_hash: bytes) -> bool:
+        self.calls.append(("confirm_token", session_id, token_hash))
+        return True
 
     async def update_session(self, session_id: str, state: State | None = None,  # type: ignore[override]
                              metadata: Any = None, stats: Stats | None = None) -> Session:
@@ -288,7 +301,12 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     assert rig.manager.named("resume_session") == [
         ("resume_session", sid, str(uuid.UUID(bytes=new_client.connection_id)), "alice")]
     assert len(rig.manager.named("create_session")) == 1  # only the first
-    assert events_of(rig, new_addr, HandshakeCompleted)[0].resumed
+    completed = events_of(rig, new_addr, HandshakeCompleted)[0]
+    assert completed.resumed and completed.session_token == "rotated-" + sid[:8]
+    # once the client acknowledged its SESSION frame, the replaced token is retired
+    await rig.settle()
+    assert rig.manager.named("confirm_token") == [
+        ("confirm_token", sid, hashlib.sha256(b"rotated-" + sid[:8].encode()).digest())]
     assert rig.bridge.peer_for(sid) is new_peer
     assert old_peer.superseded and old_client.state is ConnectionState.CLOSED
     assert old_client.close_code == CloseCode.SESSION_ENDED
@@ -521,10 +539,11 @@ def test_the_table_covers_every_event_type() -> None:
     import quantum.events as events
 
     server_side = {events.AuthenticationRequested, events.KeepaliveReceived,
-                   events.MessageReceived, events.PathMigrated, events.ConnectionClosed}
+                   events.MessageReceived, events.PathMigrated, events.ConnectionClosed,
+                   events.SessionConfirmed}
     app_side = {events.SendBufferDrained}
     client_side = {events.HandshakeCompleted, events.HandshakeRejected,
-                   events.KeepaliveAcknowledged}
+                   events.KeepaliveAcknowledged, events.CarryoverLost}
     declared = {obj for obj in vars(events).values()
                 if isinstance(obj, type) and issubclass(obj, events.Event)
                 and obj is not events.Event}

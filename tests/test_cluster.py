@@ -139,7 +139,7 @@ async def test_a_node_stopped_by_sigterm_leaves_its_sessions_disconnecting_in_et
     proc, port = await asyncio.to_thread(_start_node_process, etcd_endpoints, etcd_prefix,
                                          key_path, 30.0)
     try:
-        client = await dial(port)
+        client = await dial(port, reconnect=False)  # what the stopping node does is tested
         sid, token = client.session_id or "", client.session_token or ""
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 10) == 0

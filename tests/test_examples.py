@@ -56,9 +56,9 @@ async def example(name: str, tmp_path: Path) -> AsyncIterator[
 
 
 async def join(port: int, key: str, user: str,
-               metadata: dict[str, str] | None = None) -> QuantumClient:
+               metadata: dict[str, str] | None = None, reconnect: bool = True) -> QuantumClient:
     return await connect(HOST, port, user_id=user, server_key=key, metadata=metadata,
-                         configuration=client_config())
+                         configuration=client_config(), reconnect=reconnect)
 
 
 async def recv(client: QuantumClient) -> bytes:
@@ -86,7 +86,8 @@ async def test_chat_room_broadcasts_within_a_room(tmp_path: Path) -> None:
         bob = await join(port, key, "bob", metadata={"room": "games"})
         assert await recv(bob) == b"* welcome to games; here: alice"
         assert await recv(alice) == b"* bob joined"
-        carol = await join(port, key, "carol")  # another room: hears none of it
+        # another room: hears none of it (and, not reconnecting, sees the shutdown below)
+        carol = await join(port, key, "carol", reconnect=False)
         assert await recv(carol) == b"* welcome to lobby; here: nobody yet"
 
         await alice.send(b"gg")

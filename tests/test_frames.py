@@ -17,6 +17,7 @@ from quantum.frames import (
     NO_SESSION_MS,
     AckFloorFrame,
     CloseFrame,
+    DeliveredFrame,
     Delivery,
     Frame,
     KeepaliveAckFrame,
@@ -61,6 +62,9 @@ VECTORS: list[tuple[Frame, str]] = [
     (SessionFrame(bytes(range(16)), "tok", 60000, True),
      "09000102030405060708090a0b0c0d0e0f03746f6b0000ea6001"),
     (RejectFrame(19, "full"), "0a0013000466756c6c"),
+    (SessionFrame(bytes(range(16)), "tok", 60000, True, True),
+     "09000102030405060708090a0b0c0d0e0f03746f6b0000ea6002"),
+    (DeliveredFrame(((0, 0, 7), (3, 1, 0xFFFFFFFE))), "0c020000000000070301fffffffe"),
 ]
 
 
@@ -182,7 +186,11 @@ def test_mutated_payloads_raise_only_packet_error(frame_list: list[Frame],
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    (b"\x0c", "unknown frame type 0x0c"),
+    (b"\x0d", "unknown frame type 0x0d"),
+    (b"\x0c", "truncated DELIVERED"),
+    (b"\x0c\x00", "DELIVERED carries 0 marks"),
+    (b"\x0c\x01\x00\x02" + bytes(4), "only reliable modes"),
+    (b"\x0c\x02" + bytes(6), "truncated DELIVERED"),
     (b"\x01" + bytes(7), "truncated MESSAGE"),
     (b"\x01\x00\x00" + struct.pack("!IH", 1, 5) + b"abc", "truncated MESSAGE"),
     # the mode byte: bits 2..6 reserved, bit 7 only with a reliable mode
@@ -212,7 +220,7 @@ def test_mutated_payloads_raise_only_packet_error(frame_list: list[Frame],
     (b"\x09" + bytes(16) + b"\x00" + bytes(5), "0 bytes, must be 1..64"),
     (b"\x09" + bytes(16) + b"\x01t" + b"\xff\xff\xff\xff\x00", "always carries"),
     (b"\x09" + bytes(16) + b"\x02\xc3\xa9" + bytes(5), "not ASCII"),
-    (b"\x09" + bytes(16) + b"\x01t" + bytes(4) + b"\x02", "resumed flag must be 0 or 1"),
+    (b"\x09" + bytes(16) + b"\x01t" + bytes(4) + b"\x03", "resumed byte must be 0, 1 or 2"),
     (b"\x09" + bytes(16) + b"\x01t" + bytes(4), "truncated SESSION"),
 ])
 def test_malformed_frames_say_what_is_wrong(payload: bytes, message: str) -> None:

@@ -19,6 +19,7 @@ from quantum.errors import CloseCode
 from quantum.frames import PingFrame, decode_frames
 from quantum.handshake import (
     HELLO_SIZE,
+    MAX_CREDENTIAL_MARKS,
     MAX_METADATA_ENTRIES,
     RETRY_COOKIE_SIZE,
     SERVER_COOKIE_SIZE,
@@ -548,7 +549,21 @@ credentials_strategy = st.builds(
     resume_fallback=st.booleans(),
     metadata=st.dictionaries(st.text(min_size=1, max_size=10), _text, max_size=8),
     fec=st.none() | st.tuples(st.integers(1, MAX_FEC_K), st.integers(1, MAX_FEC_M)),
+    delivered=st.none() | st.lists(
+        st.tuples(st.integers(0, 255), st.integers(0, 1), st.integers(0, 0xFFFFFFFF)),
+        max_size=MAX_CREDENTIAL_MARKS).map(tuple),
+    carry=st.booleans(),
 )
+
+
+def test_the_carry_over_credentials_vector() -> None:
+    """PROTOCOL.md 5.2.5: flag 0x10 and the delivery marks, after the resume credential."""
+    credentials = Credentials("alice", resume=(bytes(range(16)), "tok"), fec=None,
+                              delivered=((0, 0, 7), (3, 1, 0xFFFFFFFE)), carry=True)
+    vector = ("320005616c696365000102030405060708090a0b0c0d0e0f03746f6b"
+              "020000000000070301fffffffe00")
+    assert encode_credentials(credentials).hex() == vector
+    assert decode_credentials(bytes.fromhex(vector)) == credentials
 
 
 @given(credentials_strategy)
@@ -570,6 +585,8 @@ def test_credentials_round_trip(credentials: Credentials) -> None:
         (Credentials("a", metadata={"k": "v" * 1025}), "metadata value"),
         (Credentials("a", metadata={f"k{i}": "v" * 500 for i in range(3)}), "fit"),
         (Credentials("a", metadata={"k": 5}), "must be a string"),  # type: ignore[dict-item]
+        (Credentials("a", delivered=((0, 2, 0),)), "out of range"),
+        (Credentials("a", delivered=((0, 0, 1),) * (MAX_CREDENTIAL_MARKS + 1)), "at most 64"),
     ],
 )
 def test_credentials_out_of_bounds(credentials: Credentials, reason: str) -> None:
@@ -587,6 +604,9 @@ def test_malformed_credentials_encodings() -> None:
         (good[:-1], "truncated"),
         (b"\x00\x00\x00", "user id length 0"),
         (b"\x00\x00\x01\xff\x00", "not valid UTF-8"),
+        (b"\x20\x00\x01a\x41" + bytes(65 * 6) + b"\x00", "65 delivery marks, at most 64"),
+        (b"\x20\x00\x01a\x01\x00\x02\x00\x00\x00\x00\x00", "only reliable modes"),
+        (b"\x40" + good[1:], "unknown flag bits"),
     ]:
         with pytest.raises(HandshakeError, match=reason) as info:
             decode_credentials(bad)

@@ -98,6 +98,9 @@ def test_out_of_range_flags_exit_2_with_a_clear_message(args: list[str], message
     (["--max-connections-per-address", "many"], "not a number: 'many'"),
     (["--handshake-burst", "0.5"], "must be at least 1, got 0.5"),
     (["--retry-above-rate", "-1"], "must be positive, got -1"),
+    (["--retain-session-bytes", "-1"], "must be 0 to 2**40 bytes, got -1"),
+    (["--retain-total-bytes", "2e3"], "not a whole number of bytes: '2e3'"),
+    (["--retain-total-bytes", str((1 << 40) + 1)], "must be 0 to 2**40 bytes"),
 ])
 def test_every_bound_of_the_server_flags(args: list[str], message: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,6 +108,14 @@ def test_every_bound_of_the_server_flags(args: list[str], message: str,
         build_parser().parse_args(args)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_retention_flags_reach_the_server_config() -> None:
+    args = build_parser().parse_args(["--retain-session-bytes", "0",
+                                      "--retain-total-bytes", "1048576"])
+    assert (args.retain_session_bytes, args.retain_total_bytes) == (0, 1 << 20)
+    defaults = build_parser().parse_args([])
+    assert (defaults.retain_session_bytes, defaults.retain_total_bytes) == (1 << 20, 256 << 20)
 
 
 def test_the_ticket_ttl_is_capped_at_a_year() -> None:
@@ -211,7 +222,8 @@ async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signal
         assert ready["public"] == key.public_key_text
         client = await connect(HOST, int(ready["port"]), user_id="alice",
                                ticket=issue_ticket(key.ticket_secret, "alice", 60, time.time()),
-                               server_key=ready["public"], configuration=client_config())
+                               server_key=ready["public"], configuration=client_config(),
+                               reconnect=False)  # what the stopping server does is tested
         assert await client.heartbeat() == pytest.approx(1800.0)
 
         started = time.monotonic()

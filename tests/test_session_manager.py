@@ -822,3 +822,48 @@ async def test_resume_for_another_user_is_refused_and_writes_nothing(
     resumed = await manager.resume_session(session.session_id, token, str(uuid.uuid4()),
                                            "10.9.9.9", 4444, user_id="alice")
     assert resumed.state is State.ACTIVE
+
+
+# -- the token rotates at every resume (PROTOCOL.md 12.3)
+
+CID = str(uuid.UUID(int=1))
+CID2 = str(uuid.UUID(int=2))
+
+
+async def test_a_rotating_resume_gives_a_new_token_and_the_old_one_works_until_confirmed(
+        manager: SessionManager, store: MemoryStore) -> None:
+    session, first = await manager.create_session("alice", "10.0.0.2", 40000, CID)
+    sid = session.session_id
+    resumed, second = await manager.resume_session_rotating(sid, first, CID2, "10.0.0.3", 1,
+                                                            user_id="alice")
+    assert second != first and resumed.session_id == sid
+    stored = await store.get(sid)
+    assert stored.token_hash == hashlib.sha256(second.encode()).digest()
+    assert stored.previous_token_hash == hashlib.sha256(first.encode()).digest()
+    assert first not in repr(stored) and second not in repr(stored)
+    # the new token was lost in transit: the old one still resumes, and the token it got
+    # the first time is replaced by a third
+    _, third = await manager.resume_session_rotating(sid, first, CID, "10.0.0.2", 2)
+    with pytest.raises(InvalidToken):
+        await manager.check_resume(sid, second)
+    await manager.check_resume(sid, first)
+    # the client acknowledged the third: the first stops working, the third goes on
+    assert await manager.confirm_token(sid, hashlib.sha256(third.encode()).digest())
+    with pytest.raises(InvalidToken):
+        await manager.check_resume(sid, first)
+    await manager.check_resume(sid, third)
+    assert (await store.get(sid)).previous_token_hash == b""
+    # confirming a token that is not the session's changes nothing
+    assert not await manager.confirm_token(sid, hashlib.sha256(b"other").digest())
+
+
+async def test_a_session_with_a_replaced_token_survives_its_encoding(
+        manager: SessionManager, store: MemoryStore) -> None:
+    session, first = await manager.create_session("alice", "10.0.0.2", 40000, CID)
+    await manager.resume_session_rotating(session.session_id, first, CID2, "10.0.0.3", 1)
+    stored = await store.get(session.session_id)
+    data = stored.to_dict()
+    assert data["previous_token_hash"] == hashlib.sha256(first.encode()).hexdigest()
+    assert Session.from_dict(data) == stored
+    stored.previous_token_hash = b""
+    assert "previous_token_hash" not in stored.to_dict()  # the old encoding, unchanged

@@ -15,6 +15,7 @@ import pytest
 
 from quantum.events import (
     AuthenticationRequested,
+    CarryoverLost,
     ConnectionClosed,
     Event,
     HandshakeCompleted,
@@ -24,10 +25,12 @@ from quantum.events import (
     MessageReceived,
     PathMigrated,
     SendBufferDrained,
+    SessionConfirmed,
 )
 from quantum.frames import (
     AckFloorFrame,
     CloseFrame,
+    DeliveredFrame,
     Delivery,
     KeepaliveAckFrame,
     KeepaliveFrame,
@@ -62,6 +65,10 @@ FROZEN: list[Any] = [
     PathChallengeFrame(bytes(8)),
     PathResponseFrame(bytes(8)),
     SessionFrame(bytes(16), "tok", 60000, True),
+    SessionFrame(bytes(16), "tok", 60000, True, True),
+    DeliveredFrame(((0, 0, 7),)),
+    CarryoverLost(3, "the server kept nothing of the lost connection"),
+    HandshakeCompleted(bytes(16), "tok", 60.0, True, True),
     PaddingFrame(3),
 ]
 
@@ -109,4 +116,9 @@ def test_every_event_type_is_covered_here() -> None:
     kinds = {obj for obj in vars(quantum.events).values()
              if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event}
     covered = {type(v) for v, _, _ in MUTABLE} | {type(v) for v in FROZEN}
-    assert kinds == (covered & kinds) | {AuthenticationRequested}
+    assert kinds == (covered & kinds) | {AuthenticationRequested, SessionConfirmed}
+
+
+def test_the_fieldless_event_is_one_value() -> None:
+    assert SessionConfirmed() == SessionConfirmed()
+    assert len({SessionConfirmed(), SessionConfirmed()}) == 1

@@ -287,13 +287,15 @@ async def test_update_client_address(
     moved = await manager.update_client_address(session.session_id, "10.1.2.3", 40000)
     assert (moved.client_ip, moved.client_port) == ("10.1.2.3", 40000)
     assert (await manager.get_session(session.session_id)).client_port == 40000
-    assert events(logs, "session address changed")[0]["client"] == "10.1.2.3:40000"
+    changed = events(logs, "session address changed")[0]
+    assert (changed["session_id"], changed["user_id"], changed["client"]) == (
+        session.session_id, "user1", "10.1.2.3:40000")
     with pytest.raises(InvalidSession):
         await manager.update_client_address(session.session_id, "10.1.2.3", 70000)
     with pytest.raises(SessionNotFound):
         await manager.update_client_address(new_session_id(), "10.1.2.3", 1)
     clock.advance(TIMEOUT)
-    with pytest.raises(SessionExpired):
+    with pytest.raises(SessionExpired, match=f"^session expired: {session.session_id}$"):
         await manager.update_client_address(session.session_id, "10.1.2.3", 1)
 
 
@@ -376,8 +378,8 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
             await Store.touch(self, session_id, now, expires_at)
 
     store = PlainStore()
-    manager = SessionManager(ManagerConfig(store=store, clock=clock,
-                                           logger=make_logger(LogCapture())))
+    logs = LogCapture()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock, logger=make_logger(logs)))
     session, _ = await create(manager)
     clock.advance(5)
     assert manager.heartbeat_nowait(session.session_id) is None
@@ -387,6 +389,13 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
     got = await manager.get_session(session.session_id)
     assert (got.state, got.last_active_at) == (State.ACTIVE, clock.now)
     assert store.touched == 1
+    beat = events(logs, "session heartbeat")
+    assert [(b["session_id"], b["remaining"]) for b in beat] == [(session.session_id, 1800.0)]
+    # on this path too a session's own timeout rules its heartbeats
+    own, _ = await manager.create_session("user2", "10.0.0.1", 1, str(uuid.uuid4()), timeout=60.0)
+    clock.advance(5)
+    assert await manager.heartbeat(own.session_id) == 60.0
+    assert (await manager.get_session(own.session_id)).expires_at == clock.now + timedelta(seconds=60)
     clock.advance(1800)
     with pytest.raises(SessionExpired):
         await manager.heartbeat(session.session_id)

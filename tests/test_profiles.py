@@ -25,7 +25,8 @@ def test_the_ci_profile_replays_the_same_examples_and_remembers_none() -> None:
 def test_the_local_profiles_explore_and_the_long_one_runs_ten_times_the_examples() -> None:
     dev, explore = settings.get_profile("dev"), settings.get_profile("explore")
     assert dev.derandomize is False and explore.derandomize is False
-    assert explore.max_examples == 10 * dev.max_examples == 10 * settings.get_profile("ci").max_examples
+    ci = settings.get_profile("ci")
+    assert explore.max_examples == 10 * dev.max_examples == 10 * ci.max_examples
 
 
 @pytest.mark.parametrize(("environ", "profile"), [
@@ -45,7 +46,8 @@ def test_the_profile_is_the_one_named_else_ci_under_a_ci_runner_else_dev(
 
 def test_ci_run_names_the_deterministic_profile_before_it_runs_pytest() -> None:
     script = (ROOT / ".ci" / "run").read_text().splitlines()
-    exports = [n for n, line in enumerate(script) if line.strip() == f"export {PROFILE_VARIABLE}=ci"]
+    wanted = f"export {PROFILE_VARIABLE}=ci"
+    exports = [n for n, line in enumerate(script) if line.strip() == wanted]
     runs = [n for n, line in enumerate(script) if line.strip() == "pytest"]
     assert exports and runs and exports[0] < runs[-1]
 

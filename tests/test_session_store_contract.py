@@ -409,8 +409,8 @@ async def test_a_user_limit_admits_exactly_that_many_sessions(store: Store, limi
     # one session counts as one
     for _ in range(limit):
         await store.create(make_session(), max_user_sessions=limit)
-    with pytest.raises(TooManyUserSessions,
-                       match=f"^user 'user1' already has {limit} sessions stored, at most {limit}$"):
+    refusal = f"^user 'user1' already has {limit} sessions stored, at most {limit}$"
+    with pytest.raises(TooManyUserSessions, match=refusal):
         await store.create(make_session(), max_user_sessions=limit)
     assert len(await store.get_by_user_id("user1")) == limit
 

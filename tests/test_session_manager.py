@@ -238,7 +238,7 @@ async def test_update_session(
     assert (await manager.get_session(session.session_id)).stats.packets_sent == 3
     (changed,) = events(logs, "session state changed")
     assert (changed["old_state"], changed["new_state"]) == ("CONNECTING", "ACTIVE")
-    assert changed["user_id"] == "user1"
+    assert (changed["session_id"], changed["user_id"]) == (session.session_id, "user1")
 
 
 async def test_update_without_state_change_logs_no_state_change(
@@ -587,6 +587,9 @@ async def test_cleanup_expired(
     assert await manager.cleanup_expired() == 3
     assert sorted(seen) == sorted((s.session_id, "expired") for s in old)
     assert events(logs, "expired sessions cleaned up")[0]["count"] == 3
+    gone = events(logs, "session expired")  # one debug line each
+    assert sorted((e["log_level"], e["session_id"], e["user_id"]) for e in gone) == sorted(
+        ("debug", s.session_id, "user1") for s in old)
     assert (await manager.get_session(young.session_id)).session_id == young.session_id
     for s in old:
         with pytest.raises(SessionNotFound):
@@ -608,6 +611,7 @@ async def test_failing_listener_is_logged_and_others_still_run(
     assert seen == ["kicked"]
     (failure,) = events(logs, "session listener failed")
     assert failure["session_id"] == session.session_id and failure["log_level"] == "error"
+    assert failure["reason"] == "kicked"
     manager.remove_listener(broken)
     with pytest.raises(ValueError):
         manager.remove_listener(broken)

@@ -72,7 +72,7 @@ async def test_every_change_is_published_in_order(clock: FakeClock,
     assert [e.session.session_id for e in events] == [sid] * 5 + [short.session_id] * 2
     assert events[3].session.metadata == {"a": "1", "b": "2"}
     assert events[0].at < events[1].at
-    assert not any(e.remote for e in events)
+    assert all(e.remote is False for e in events)
 
 
 async def test_the_hot_path_heartbeat_publishes_its_wake_ups(clock: FakeClock) -> None:

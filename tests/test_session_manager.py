@@ -841,6 +841,37 @@ async def test_a_victim_resumed_between_the_read_and_the_delete_is_spared(
         older.session_id, third.session_id}
 
 
+async def test_a_create_that_loses_every_race_for_the_freed_slot_is_refused(
+    clock: FakeClock, logs: LogCapture
+) -> None:
+    # another node takes each slot this one frees: after its last attempt the create is
+    # refused, and nothing of it is stored (never a session reported created but not stored)
+    class ContestedStore(MemoryStore):
+        contested = False
+
+        async def create(self, session: Session, *,
+                         max_user_sessions: int | None = None) -> None:
+            if self.contested:  # a rival's unheld session lands first, taking the slot
+                rival = session.copy()
+                rival.session_id, rival.connection_id = new_session_id(), str(uuid.uuid4())
+                rival.state = State.DISCONNECTING
+                await super().create(rival)
+            await super().create(session, max_user_sessions=max_user_sessions)
+
+    store = ContestedStore()
+    manager = limited(store, clock, logs, per_user=2)
+    for _ in range(2):
+        unheld, _ = await create(manager)
+        await manager.update_session(unheld.session_id, state=State.DISCONNECTING)
+    store.contested = True
+    cid = str(uuid.uuid4())
+    with pytest.raises(TooManyUserSessions):
+        await create(manager, connection_id=cid)
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(cid)
+    assert len(events(logs, "session created")) == 2  # the two made before the contest
+
+
 async def test_the_total_limit_refuses_and_creates_nothing(
     store: MemoryStore, clock: FakeClock, logs: LogCapture
 ) -> None:
@@ -850,6 +881,9 @@ async def test_the_total_limit_refuses_and_creates_nothing(
     with pytest.raises(SessionCapacityExceeded, match="holds 3 sessions, at most 3"):
         await create(manager, "d")
     assert await store.count() == 3
+    (refused,) = events(logs, "session refused: session limit reached")
+    assert (refused["log_level"], refused["user_id"], refused["sessions"], refused["limit"]) == (
+        "warning", "d", 3, 3)
     await manager.delete_session((await store.get_by_user_id("a"))[0].session_id, "logout")
     await create(manager, "d")
 

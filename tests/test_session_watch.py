@@ -100,6 +100,8 @@ async def test_events_hold_copies_and_a_failing_watcher_harms_nobody(clock: Fake
     assert (await manager.get_session(session.session_id)).metadata == {}
     assert [e["event"] for e in logs.entries if e["log_level"] == "error"] == [
         "session watcher failed"]
+    (failed,) = [e for e in logs.entries if e["event"] == "session watcher failed"]
+    assert (failed["session_id"], failed["kind"]) == (session.session_id, "CREATED")
 
     manager.remove_watcher(broken)
     manager.remove_watcher(events.append)

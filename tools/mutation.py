@@ -234,11 +234,19 @@ def load_equivalents() -> list[dict[str, str]]:
 
 def is_equivalent(function: str, diff: str, equivalents: list[dict[str, str]]) -> str | None:
     """The reason a survivor is equivalent, if an entry names its function and its mutated
-    line (the `+` line of the diff, stripped)."""
-    added = [line[1:].strip() for line in diff.splitlines()
+    line (`line`: the `+` line of the diff, stripped), or, for a mutant that only deletes
+    (an argument dropped from its own line), the line it deletes (`removed`, stripped)."""
+    lines = diff.splitlines()
+    added = [line[1:].strip() for line in lines
              if line.startswith("+") and not line.startswith("+++")]
+    removed = [line[1:].strip() for line in lines
+               if line.startswith("-") and not line.startswith("---")]
     for entry in equivalents:
-        if fnmatch(function, entry["function"]) and any(entry["line"] == a for a in added):
+        if not fnmatch(function, entry["function"]):
+            continue
+        if "line" in entry and entry["line"] in added:
+            return entry["why"]
+        if "removed" in entry and not added and entry["removed"] in removed:
             return entry["why"]
     return None
 

@@ -88,7 +88,8 @@ def test_config_rejects_bad_durations(field: str, value: Any) -> None:
 
 
 def test_manager_rejects_a_naive_clock() -> None:
-    with pytest.raises(ValueError, match="clock"):
+    with pytest.raises(ValueError, match=r"^the clock must return aware UTC datetimes: "
+                                         r"clock\(\) must be timezone-aware UTC, got "):
         SessionManager(ManagerConfig(store=MemoryStore(), clock=datetime.now))
 
 

@@ -117,6 +117,8 @@ async def test_create_session(manager: SessionManager, clock: FakeClock, logs: L
     assert token not in repr(session) and token not in str(session.to_dict())
     (created,) = events(logs, "session created")
     assert created["session_id"] == session.session_id and created["user_id"] == "user1"
+    assert (created["connection_id"], created["client"]) == (
+        session.connection_id, f"{session.client_ip}:{session.client_port}")
     assert created["log_level"] == "info"
     assert all(token not in repr(e) for e in logs.entries)
 
@@ -725,7 +727,14 @@ async def test_default_clock_is_wall_time_utc(store: MemoryStore) -> None:
 @pytest.mark.parametrize("field", ["max_sessions_per_user", "max_sessions"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, "8", True])
 def test_config_rejects_bad_limits(field: str, value: Any) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"^{field} must be a positive integer, got "):
+        ManagerConfig(store=MemoryStore(), **{field: value})
+
+
+@pytest.mark.parametrize("field", ["default_timeout", "cleanup_interval"])
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "60"])
+def test_config_rejects_bad_durations_naming_them(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be a "):
         ManagerConfig(store=MemoryStore(), **{field: value})
 
 

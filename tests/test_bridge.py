@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from quantum.auth import AnonymousAuthenticator, TicketAuthenticator
 from quantum.config import QuantumConfiguration
@@ -42,6 +43,7 @@ from server import Peer, QuantumServer, ServerCounters, SessionBridge
 from session.errors import (
     InvalidToken,
     SessionError,
+    SessionExpired,
     SessionNotFound,
     StoreUnavailable,
     TooManyUserSessions,
@@ -365,16 +367,41 @@ async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awa
     assert peer in rig.port.flushed  # the late answer is flushed by the task
 
 
-async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection() -> None:
+@pytest.mark.parametrize("path", ["heartbeat_nowait", "heartbeat_with_io"])
+@pytest.mark.parametrize("gone", [SessionNotFound("deleted elsewhere"),
+                                  SessionExpired("session expired: elsewhere")])
+async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection(
+        path: str, gone: SessionError) -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
-    rig.manager.fail["heartbeat_nowait"] = SessionNotFound("deleted elsewhere")
+    if path == "heartbeat_with_io":
+        rig.manager.remaining = None  # the store must be awaited: the session is gone there
+    rig.manager.fail[path] = gone
+    rig.port.flushed.clear()
     client.send_keepalive()
     await rig.settle()
     assert client.state is ConnectionState.CLOSED
     assert client.close_code == CloseCode.SESSION_ENDED
-    assert "session ended" in client.close_reason
+    assert client.close_reason == f"session ended: {gone}"
     assert peer.session_id is None
+    assert peer in rig.port.flushed  # the CLOSE leaves at once, not at the next upkeep
+
+
+@pytest.mark.parametrize("path", ["heartbeat_nowait", "heartbeat_with_io"])
+async def test_a_keepalive_the_store_fails_is_logged_and_the_connection_kept(path: str) -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    if path == "heartbeat_with_io":
+        rig.manager.remaining = None
+    rig.manager.fail[path] = StoreUnavailable("etcd unreachable")
+    with capture_logs() as logs:
+        client.send_keepalive()
+        await rig.settle()
+    assert client.state is ConnectionState.ESTABLISHED and peer.session_id == sid
+    assert [(e["event"], e["log_level"], e["connection_id"], e["error"]) for e in logs
+            if e["event"] == "heartbeat failed"] == [
+        ("heartbeat failed", "warning", peer.connection_id, "etcd unreachable")]
 
 
 # ----------------------------------------------------------------- messages, migration, sweep

@@ -133,6 +133,7 @@ class FakeManager(SessionManager):
     async def update_client_address(self, session_id: str, client_ip: str,  # type: ignore[override]
                                     client_port: int) -> Session:
         self.calls.append(("update_client_address", session_id, client_ip, client_port))
+        self._check("update_client_address")
         return self.sessions[session_id]
 
     async def delete_session(self, session_id: str, reason: str) -> Session:
@@ -276,6 +277,8 @@ async def test_the_users_connection_quota_refuses_the_third_connection() -> None
         CloseCode.TOO_MANY_CONNECTIONS]
     assert rig.counters.rejected == {"too_many_connections": 1}
     assert len(rig.manager.named("create_session")) == 2
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40010))
+    assert rig.counters.rejected == {"too_many_connections": 2}  # counted, not just flagged
 
 
 async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() -> None:
@@ -479,6 +482,23 @@ async def test_a_validated_migration_moves_the_sessions_client_address() -> None
     assert any(isinstance(e, PathMigrated) for _, e in rig.server.events)
     assert rig.manager.named("update_client_address") == [
         ("update_client_address", peer.session_id, "10.0.0.9", 45000)]
+
+
+async def test_a_migration_the_store_cannot_record_is_logged_and_the_connection_kept() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    rig.manager.fail["update_client_address"] = StoreUnavailable("etcd unreachable")
+    new_addr = ("10.0.0.9", 45000)
+    rig.clients[new_addr] = rig.clients.pop(CLIENT_ADDR)
+    rig.client_events[new_addr] = rig.client_events.pop(CLIENT_ADDR)
+    with capture_logs() as logs:
+        client.send(b"from the new address")
+        rig.flush()
+        await rig.settle()
+    assert client.state is ConnectionState.ESTABLISHED
+    assert [(e["log_level"], e["session_id"], e["error"]) for e in logs
+            if e["event"] == "address update failed"] == [
+        ("warning", peer.session_id, "etcd unreachable")]
 
 
 # ----------------------------------------------------------------- the end of a connection

@@ -356,6 +356,17 @@ async def test_a_keepalive_is_answered_with_the_sessions_remaining_time() -> Non
         peer.conn.last_received_at)
 
 
+async def test_a_keepalive_of_a_connection_without_a_session_is_answered_without_a_time() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    peer.session_id = None  # a connection the bridge holds no session for
+    sent = client.send_keepalive()
+    await rig.settle()
+    answered = events_of(rig, CLIENT_ADDR, KeepaliveAcknowledged)
+    assert [(e.keepalive_id, e.remaining) for e in answered] == [(sent, None)]
+    assert rig.manager.named("heartbeat_nowait") == []  # no session to ask about
+
+
 async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awaiting() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))

@@ -243,8 +243,9 @@ async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
 
 async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
     rig = Rig(TicketAuthenticator(bytes(32)))
-    client, _ = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
+    client, peer = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
     assert client.state is ConnectionState.CLOSED
+    assert peer in rig.port.flushed  # the REJECT leaves at once, not at the next upkeep
     assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
         CloseCode.BAD_TICKET]
     assert rig.manager.named("create_session") == [] and rig.port.bound == []

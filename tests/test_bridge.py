@@ -74,6 +74,8 @@ class FakeManager(SessionManager):
         self.fail: dict[str, SessionError] = {}
         self.remaining: float | None = 1234.0  # heartbeat_nowait's answer (None: must await)
         self.sessions: dict[str, Session] = {}
+        #: each resume_session's client address and server address
+        self.resumed_from: list[tuple[str, int, str | None]] = []
         self.heartbeat_nowait = self._nowait  # type: ignore[assignment]
 
     def _check(self, name: str) -> None:
@@ -115,6 +117,7 @@ class FakeManager(SessionManager):
                              client_ip: str, client_port: int, server_addr: str | None = None,
                              user_id: str | None = None, **kwargs: Any) -> Session:
         self.calls.append(("resume_session", session_id, connection_id, user_id))
+        self.resumed_from.append((client_ip, client_port, server_addr))
         self._check("resume_session")
         session = replace(self.sessions[session_id], connection_id=connection_id,
                           state=State.ACTIVE)
@@ -288,11 +291,16 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     sid = str(old_peer.session_id)
     new_addr = ("10.0.0.3", 41000)
     resume = (uuid.UUID(sid).bytes, "the-token")
+    # a state change the applier has not reached yet (a batch in progress): the resume
+    # supersedes it, or the resumed session would be put to sleep after the fact
+    rig.bridge._states[sid] = State.DISCONNECTING
     new_client, new_peer = await connect(rig, Credentials(user_id="alice", resume=resume),
                                          addr=new_addr)
     assert rig.manager.named("check_resume") == [("check_resume", sid, "the-token", "alice")]
     assert rig.manager.named("resume_session") == [
         ("resume_session", sid, str(uuid.UUID(bytes=new_client.connection_id)), "alice")]
+    assert rig.manager.resumed_from == [("10.0.0.3", 41000, "10.0.0.1:9090")]
+    assert sid not in rig.bridge._states
     assert len(rig.manager.named("create_session")) == 1  # only the first
     assert events_of(rig, new_addr, HandshakeCompleted)[0].resumed
     assert rig.bridge.peer_for(sid) is new_peer
@@ -303,13 +311,61 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     assert [c for c in rig.manager.named("update_session") if c[2] is State.DISCONNECTING] == []
 
 
+async def test_a_resume_from_a_users_last_free_slot_replaces_the_connection_it_supersedes(
+        ) -> None:
+    rig = Rig()  # max_connections_per_user=2
+    _first, held = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40001))
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40002))
+    # alice is at her quota; resuming the first connection's session takes that one's place
+    resume = (uuid.UUID(str(held.session_id)).bytes, "the-token")
+    client, peer = await connect(rig, Credentials(user_id="alice", resume=resume),
+                                 addr=("10.0.0.3", 41000))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert rig.bridge.peer_for(str(held.session_id)) is peer and held.superseded
+    assert rig.counters.rejected == {}
+
+
+async def test_a_resume_counts_against_the_users_connection_quota() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    for port in (40001, 40002):
+        await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", port))
+    # a session no live connection holds (its connection is gone): nothing to replace
+    orphan = _session("alice", str(uuid.uuid4()))
+    rig.manager.sessions[orphan.session_id] = orphan
+    resume = (uuid.UUID(orphan.session_id).bytes, "the-token")
+    await connect(rig, Credentials(user_id="alice", resume=resume), addr=("10.0.0.3", 41000))
+    assert [e.code for e in events_of(rig, ("10.0.0.3", 41000), HandshakeRejected)] == [
+        CloseCode.TOO_MANY_CONNECTIONS]
+    assert rig.manager.named("resume_session") == []
+
+
+async def test_a_resume_the_store_refuses_after_the_check_is_refused_and_frees_its_slot() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    _first, held = await connect(rig, Credentials(user_id="alice"))
+    sid = str(held.session_id)
+    rig.manager.fail["resume_session"] = SessionExpired(f"session expired: {sid}")
+    resume = (uuid.UUID(sid).bytes, "the-token")
+    with capture_logs() as logs:
+        await connect(rig, Credentials(user_id="alice", resume=resume), addr=("10.0.0.3", 41000))
+    assert [e.code for e in events_of(rig, ("10.0.0.3", 41000), HandshakeRejected)] == [
+        CloseCode.BAD_RESUME]
+    assert [(e["session_id"], e["reason"]) for e in logs if e["event"] == "resume refused"] == [
+        (sid, f"session expired: {sid}")]
+    # the refused connection's quota slot is free again: alice's second connection fits
+    second, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.4", 42000))
+    assert second.state is ConnectionState.ESTABLISHED
+
+
 async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
     rig = Rig()
     rig.manager.fail["check_resume"] = InvalidToken("bad token")
     resume = (uuid.uuid4().bytes, "wrong")
-    client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
+    with capture_logs() as logs:
+        client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
     assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
         CloseCode.BAD_RESUME]
+    assert [(e["session_id"], e["reason"]) for e in logs if e["event"] == "resume refused"] == [
+        (str(uuid.UUID(bytes=resume[0])), "bad token")]
     assert rig.manager.named("resume_session") == []  # refused before anything is written
     other = ("10.0.0.5", 40500)
     client, _peer = await connect(

@@ -141,6 +141,7 @@ class FakeManager(SessionManager):
 
     async def delete_session(self, session_id: str, reason: str) -> Session:
         self.calls.append(("delete_session", session_id, reason))
+        self._check("delete_session")
         return self.sessions.pop(session_id)
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
@@ -487,6 +488,8 @@ async def test_a_message_wakes_an_idle_session_and_the_upkeep_puts_it_to_sleep()
     assert rig.bridge.check(peer, rig.now + 3 * KEEPALIVE - 1) == idle_at
     await rig.settle(0.1)
     assert not peer.idle
+    assert rig.bridge.check(peer, idle_at) == idle_at  # three intervals exactly: not yet
+    assert not peer.idle
     assert rig.bridge.check(peer, idle_at + 1) is None  # idle: nothing left to wait for
     await rig.settle(0.1)
     assert peer.idle
@@ -506,6 +509,11 @@ async def test_the_upkeep_records_statistics_only_when_something_arrived() -> No
     rig.bridge.check(peer, rig.now)
     await rig.settle(0.1)
     assert len(rig.manager.named("record_stats")) == 1
+    _client.send(b"news")  # something arrived: the next look records again
+    await rig.settle(0.1)
+    rig.bridge.check(peer, rig.now)
+    await rig.settle(0.1)
+    assert len(rig.manager.named("record_stats")) == 2
 
 
 async def test_many_sessions_turning_idle_share_one_task_that_yields_between_batches() -> None:
@@ -584,6 +592,18 @@ async def test_a_client_logout_deletes_its_session() -> None:
     assert len(rig.manager.named("record_stats")) == 1  # the final statistics, once
 
 
+async def test_a_logout_whose_session_is_already_gone_is_quietly_done() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.manager.fail["delete_session"] = SessionNotFound("expired meanwhile")
+    client.close("bye")
+    rig.flush()
+    await rig.settle()  # gathers the bridge's tasks: the delete's task raised nothing
+    assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
+    assert rig.bridge.peer_for(str(sid)) is None
+
+
 @pytest.mark.parametrize(("code", "kept"), [
     (CloseCode.IDLE_TIMEOUT, True), (CloseCode.SERVER_SHUTDOWN, True),
     (CloseCode.STALLED, True), (CloseCode.SESSION_ENDED, False)])
@@ -602,8 +622,9 @@ async def test_a_session_ended_in_the_manager_closes_its_connection_with_the_rea
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
     session = rig.manager.sessions[str(peer.session_id)]
+    rig.port.flushed.clear()
     rig.bridge.on_session_ended(session, "expired")
-    assert peer in rig.port.flushed
+    assert rig.port.flushed == [peer]  # the CLOSE leaves at once
     rig.flush()
     await rig.settle()
     assert client.state is ConnectionState.CLOSED

@@ -39,7 +39,7 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
-from server import Peer, QuantumServer, ServerCounters, SessionBridge
+from server import UPDATE_BATCH, Peer, QuantumServer, ServerCounters, SessionBridge
 from session.errors import (
     InvalidToken,
     SessionError,
@@ -132,6 +132,7 @@ class FakeManager(SessionManager):
 
     async def record_stats(self, session_id: str, stats: Stats) -> None:
         self.calls.append(("record_stats", session_id, stats.packets_received))
+        self._check("record_stats")
 
     async def update_client_address(self, session_id: str, client_ip: str,  # type: ignore[override]
                                     client_port: int) -> Session:
@@ -532,6 +533,42 @@ async def test_many_sessions_turning_idle_share_one_task_that_yields_between_bat
     await rig.settle(0.1)
     idle = {c[1] for c in rig.manager.named("update_session") if c[2] is State.IDLE}
     assert idle == {p.session_id for p in peers}
+
+
+@pytest.mark.parametrize(("queued", "yields"), [(UPDATE_BATCH - 1, 0), (UPDATE_BATCH, 1)])
+async def test_the_update_task_yields_once_per_full_batch(
+        monkeypatch: pytest.MonkeyPatch, queued: int, yields: int) -> None:
+    rig = Rig()
+    for _ in range(queued):
+        session = _session("alice", str(uuid.uuid4()))
+        rig.manager.sessions[session.session_id] = session
+        rig.bridge._set_state(session.session_id, State.IDLE)
+    slept: list[float] = []
+    sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        slept.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    await asyncio.gather(*rig.port.tasks)
+    assert len(rig.manager.named("update_session")) == queued
+    assert slept == [0] * yields
+
+
+async def test_updates_the_store_refuses_are_skipped_and_the_rest_applied() -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = str(peer.session_id)
+    rig.manager.fail["update_session"] = SessionNotFound(f"session not found: {sid}")
+    rig.manager.fail["record_stats"] = StoreUnavailable("etcd unreachable")
+    with capture_logs() as logs:
+        rig.bridge.check(peer, peer.last_keepalive + 3 * KEEPALIVE + 1)  # IDLE, and stats
+        await rig.settle(0.1)
+    assert [c[0] for c in rig.manager.calls[-2:]] == ["update_session", "record_stats"]
+    assert [(e["session_id"], e["error"]) for e in logs
+            if e["event"] == "session update skipped"] == [(sid, f"session not found: {sid}")]
+    assert not rig.bridge._applying  # the task ended cleanly: the next change starts another
 
 
 async def test_a_state_change_queued_for_a_session_is_dropped_when_the_session_ends() -> None:

@@ -583,6 +583,18 @@ async def test_a_state_change_queued_for_a_session_is_dropped_when_the_session_e
     assert rig.bridge._states == {}
 
 
+async def test_a_state_change_queued_for_a_session_is_dropped_when_its_client_logs_out() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = str(peer.session_id)
+    rig.bridge._states[sid] = State.IDLE  # queued, the applier not there yet
+    client.close("bye")
+    rig.flush()
+    await rig.settle()
+    assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
+    assert [c for c in rig.manager.named("update_session") if c[1] == sid] == []
+
+
 async def test_a_validated_migration_moves_the_sessions_client_address() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
@@ -653,6 +665,32 @@ async def test_any_other_close_keeps_the_session_resumable(code: CloseCode, kept
     assert rig.manager.named("delete_session") == []
     assert (("update_session", sid, State.DISCONNECTING) in rig.manager.calls) is kept
     assert rig.bridge.peer_for(str(sid)) is None
+
+
+@pytest.mark.parametrize(("code", "by_peer"), [
+    (CloseCode.NORMAL, False),  # our own normal close (the application's): not a logout
+    (CloseCode.PROTOCOL_VIOLATION, True),  # the client closing with an error: not a logout
+])
+async def test_only_the_clients_normal_close_is_a_logout(code: CloseCode, by_peer: bool) -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.bridge.handle(peer, ConnectionClosed(code, "whatever", by_peer=by_peer))
+    await rig.settle(0.1)
+    assert rig.manager.named("delete_session") == []
+    assert ("update_session", sid, State.DISCONNECTING) in rig.manager.calls
+
+
+async def test_a_closed_connection_frees_its_users_quota_slot() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    first, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40001))
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40002))
+    first.close("bye")
+    rig.flush()
+    await rig.settle()
+    third, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40003))
+    assert third.state is ConnectionState.ESTABLISHED
+    assert rig.counters.rejected == {}
 
 
 async def test_a_session_ended_in_the_manager_closes_its_connection_with_the_reason() -> None:

@@ -415,6 +415,17 @@ async def test_a_keepalive_is_answered_with_the_sessions_remaining_time() -> Non
         peer.conn.last_received_at)
 
 
+async def test_a_keepalive_wakes_an_idle_connection_and_its_upkeep_resumes() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    assert rig.bridge.check(peer, peer.last_keepalive + 3 * KEEPALIVE + 1) is None
+    assert peer.idle
+    client.send_keepalive()
+    await rig.settle()
+    assert peer.idle is False  # the heartbeat woke the session: looks are due again
+    assert rig.bridge.check(peer, peer.last_keepalive) == peer.last_keepalive + 3 * KEEPALIVE
+
+
 async def test_a_keepalive_of_a_connection_without_a_session_is_answered_without_a_time() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))

@@ -231,8 +231,11 @@ def events_of(rig: Rig, addr: tuple[str, int], kind: type) -> list[Any]:
 
 async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
     rig = Rig()
-    client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
+    with capture_logs() as logs:
+        client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
     cid = str(uuid.UUID(bytes=client.connection_id))
+    (established,) = [e for e in logs if e["event"] == "connection established"]
+    assert (established["connection_id"], established["resumed"]) == (cid, False)
     assert rig.manager.named("create_session") == [
         ("create_session", "alice", CLIENT_ADDR[0], CLIENT_ADDR[1], cid, {"room": "blue"},
          "10.0.0.1:9090")]
@@ -364,8 +367,8 @@ async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
     resume = (uuid.uuid4().bytes, "wrong")
     with capture_logs() as logs:
         client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
-        CloseCode.BAD_RESUME]
+    assert [(e.code, e.reason) for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
+        (CloseCode.BAD_RESUME, "session cannot be resumed")]
     assert [(e["session_id"], e["reason"]) for e in logs if e["event"] == "resume refused"] == [
         (str(uuid.UUID(bytes=resume[0])), "bad token")]
     assert rig.manager.named("resume_session") == []  # refused before anything is written

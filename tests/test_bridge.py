@@ -251,13 +251,19 @@ async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
 
 async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
     rig = Rig(TicketAuthenticator(bytes(32)))
-    client, peer = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
+    with capture_logs() as logs:
+        client, peer = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
     assert client.state is ConnectionState.CLOSED
     assert peer in rig.port.flushed  # the REJECT leaves at once, not at the next upkeep
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
-        CloseCode.BAD_TICKET]
+    rejected = events_of(rig, CLIENT_ADDR, HandshakeRejected)
+    assert [e.code for e in rejected] == [CloseCode.BAD_TICKET]
     assert rig.manager.named("create_session") == [] and rig.port.bound == []
     assert rig.counters.auth_failures == 1
+    (entry,) = [e for e in logs if e["event"] == "handshake rejected"]
+    assert (entry["connection_id"], entry["user_id"], entry["reason"], entry["detail"]) == (
+        str(uuid.UUID(bytes=client.connection_id)), "mallory", "bad_ticket", rejected[0].reason)
+    await connect(rig, Credentials(user_id="mallory", ticket="forged"), addr=("10.0.0.7", 1))
+    assert rig.counters.auth_failures == 2  # counted, not just flagged
 
 
 @pytest.mark.parametrize(("failure", "code", "counted"), [

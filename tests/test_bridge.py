@@ -42,6 +42,7 @@ from quantum.simulation import (
 from server import UPDATE_BATCH, Peer, QuantumServer, ServerCounters, SessionBridge
 from session.errors import (
     InvalidToken,
+    SessionCapacityExceeded,
     SessionError,
     SessionExpired,
     SessionNotFound,
@@ -270,17 +271,30 @@ async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
     (StoreUnavailable("etcd is down"), CloseCode.STORE_UNAVAILABLE, None),
     (TooManyUserSessions("8 sessions already"), CloseCode.TOO_MANY_SESSIONS,
      "too_many_sessions"),
+    (TooManyUserSessions("x" * 300), CloseCode.TOO_MANY_SESSIONS, "too_many_sessions"),
+    (SessionCapacityExceeded("100000 sessions"), CloseCode.SESSIONS_FULL, "sessions_full"),
     (SessionError("something else"), CloseCode.BAD_REQUEST, None),
 ])
 async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         failure: SessionError, code: CloseCode, counted: str | None) -> None:
     rig = Rig()
     rig.manager.fail["create_session"] = failure
-    _client, _ = await connect(rig, Credentials(user_id="alice"))
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [code]
+    with capture_logs() as logs:
+        client, _ = await connect(rig, Credentials(user_id="alice"))
+    rejected = events_of(rig, CLIENT_ADDR, HandshakeRejected)
+    assert [e.code for e in rejected] == [code]
     assert rig.port.bound == []
-    if counted is not None:
+    cid = str(uuid.UUID(bytes=client.connection_id))
+    if counted is not None:  # a limit: counted, logged, and the refusal says which
         assert rig.counters.rejected == {counted: 1}
+        assert rejected[0].reason == str(failure)[:200]
+        (entry,) = [e for e in logs if e["event"] == "handshake rejected"]
+        assert (entry["connection_id"], entry["user_id"], entry["reason"], entry["detail"]) == (
+            cid, "alice", counted, str(failure))
+    if isinstance(failure, StoreUnavailable):
+        (entry,) = [e for e in logs if e["event"] == "session store unavailable"]
+        assert (entry["log_level"], entry["connection_id"], entry["error"]) == (
+            "error", cid, "etcd is down")
 
 
 async def test_the_users_connection_quota_refuses_the_third_connection() -> None:
@@ -653,12 +667,16 @@ async def test_a_client_logout_deletes_its_session() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
     sid = peer.session_id
-    client.close("bye")
-    rig.flush()
-    await rig.settle()
+    with capture_logs() as logs:
+        client.close("bye")
+        rig.flush()
+        await rig.settle()
     assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
     assert rig.bridge.peer_for(str(sid)) is None
     assert len(rig.manager.named("record_stats")) == 1  # the final statistics, once
+    (closed,) = [e for e in logs if e["event"] == "connection closed"]
+    assert (closed["connection_id"], closed["session_id"], closed["reason"],
+            closed["by_peer"]) == (peer.connection_id, sid, "bye", True)
 
 
 async def test_a_logout_whose_session_is_already_gone_is_quietly_done() -> None:

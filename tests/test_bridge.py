@@ -331,6 +331,7 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     assert rig.bridge.peer_for(sid) is new_peer
     assert old_peer.superseded and old_client.state is ConnectionState.CLOSED
     assert old_client.close_code == CloseCode.SESSION_ENDED
+    assert old_client.close_reason == "session resumed on another connection"
     # the superseded connection's close touches nothing: the session lives on elsewhere
     assert rig.manager.named("delete_session") == []
     assert [c for c in rig.manager.named("update_session") if c[2] is State.DISCONNECTING] == []
@@ -348,6 +349,17 @@ async def test_a_resume_from_a_users_last_free_slot_replaces_the_connection_it_s
     assert client.state is ConnectionState.ESTABLISHED
     assert rig.bridge.peer_for(str(held.session_id)) is peer and held.superseded
     assert rig.counters.rejected == {}
+
+
+async def test_a_resume_of_a_session_no_connection_holds_is_accepted() -> None:
+    rig = Rig()
+    orphan = _session("alice", str(uuid.uuid4()))  # its connection is gone
+    rig.manager.sessions[orphan.session_id] = orphan
+    resume = (uuid.UUID(orphan.session_id).bytes, "the-token")
+    client, peer = await connect(rig, Credentials(user_id="alice", resume=resume))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert events_of(rig, CLIENT_ADDR, HandshakeCompleted)[0].resumed
+    assert rig.bridge.peer_for(orphan.session_id) is peer
 
 
 async def test_a_resume_counts_against_the_users_connection_quota() -> None:

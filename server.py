@@ -51,6 +51,7 @@ from quantum.listener import ConnectionQuota, Listener
 from quantum.timers import TimerHeap
 from quantum_server.config import ServerConfig
 from quantum_server.housekeeping import DeadlineWheel, StallProbe
+from quantum_server.restart import RestartSnapshot
 from quantum_server.retained import RetainedStore
 from quantum_server.system import bind_udp, enlarge_socket_buffers, return_free_memory
 from quantum_server.transport import ConnectionTotals
@@ -575,6 +576,9 @@ class QuantumServer(asyncio.DatagramProtocol):
         cfg = self.config
         #: what lost connections left for their sessions' resumes, written to the snapshot
         self.retained = RetainedStore(cfg.retain_session_bytes, cfg.retain_total_bytes)
+        #: the sessions' snapshot file across a restart (`quantum_server.restart`; the CLI sets
+        #: it for a MemoryStore): loaded by `start` before the socket opens, written by `stop`
+        self.restart_snapshot: RestartSnapshot | None = None
         self.quantum_config = QuantumConfiguration(
             keepalive_interval=None, idle_timeout=cfg.idle_timeout,
             fec=(10, 3) if cfg.fec else None, max_send_buffer=cfg.max_send_buffer,
@@ -636,6 +640,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         self.loop = self._timers.loop = asyncio.get_running_loop()
         self.manager.add_listener(self.bridge.on_session_ended)
         await self.manager.start()
+        if self.restart_snapshot is not None:
+            await self.restart_snapshot.load(self)
         addresses = await self.loop.getaddrinfo(self.config.host, self.config.port,
                                                 type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
         transport, _ = await self.loop.create_datagram_endpoint(
@@ -677,6 +683,8 @@ class QuantumServer(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
         self._timers.close()
+        if self.restart_snapshot is not None:  # every session is DISCONNECTING by now
+            await self.restart_snapshot.save(self)
         await self.manager.close()
         log.info("server stopped", reason=reason)
 

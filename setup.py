@@ -71,14 +71,16 @@ def _remove_leftover_extensions() -> None:
 
 class BuildExtWithStamp(build_ext):  # type: ignore[misc]  # setuptools ships no stubs here
     def run(self) -> None:
+        # the sources as they are when the build starts: one edited while mypyc and the C
+        # compiler run must show as stale, not be stamped as built
+        lines = [f"{hashlib.sha256(Path(m).read_bytes()).hexdigest()}  {m}\n"
+                 for m in COMPILED_MODULES]
         super().run()
         if not self.extensions:
             return
         if self.inplace:
             _remove_leftover_extensions()
         target = Path("quantum") if self.inplace else Path(self.build_lib) / "quantum"
-        lines = [f"{hashlib.sha256(Path(m).read_bytes()).hexdigest()}  {m}\n"
-                 for m in COMPILED_MODULES]
         target.mkdir(parents=True, exist_ok=True)
         (target / STAMP).write_text("".join(lines))
 

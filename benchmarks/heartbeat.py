@@ -27,6 +27,11 @@ as `quantum-server` runs it), takes part in the same rounds while the orchestrat
 usual 15 s), its window before or after the metrics-less server's in turn. `metrics_on_vs_off`
 is its heartbeats per CPU-second over the metrics-less server's: what serving metrics costs the
 per-packet path (the target is within 2 %); `metrics_on_vs_off_median` is the median round.
+Two separate server processes differ by more than 2 % from round to round on a shared machine,
+so the server also counts the CPU its scrapes take (the connections' walk and the rendering,
+`quantum_server.services.NetworkServices.metrics_cpu_seconds`): `metrics_cpu_share` is that
+part of the metrics-on server's CPU, the cost itself rather than a difference of two noisy
+figures.
 
 Memory: a fresh server gets `--idle-connections` established idle connections (each with its
 session); the growth of its resident set size divided by that count is the cost of one, read
@@ -125,15 +130,17 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
     window = CpuWindow(lambda: server.counters.heartbeats)
     requests = getattr(store, "requests", None)
     store_requests0 = 0
+    metrics_cpu0 = 0.0
     profiler = cProfile.Profile() if profile else None
     pipe.send({"port": server.port,
                "metrics_port": services.metrics.port if services and services.metrics else 0})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        nonlocal store_requests0
+        nonlocal store_requests0, metrics_cpu0
         kind = command["cmd"]
         if kind == "start":
             store_requests0 = int(getattr(store, "requests", 0))
+            metrics_cpu0 = services.metrics_cpu_seconds() if services is not None else 0.0
             window.start()
             if profiler is not None:
                 profiler.enable()
@@ -143,6 +150,8 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
                 profiler.disable()
                 profiler.dump_stats(profile)
             reply: dict[str, Any] = {"ok": True, **window.stop()}
+            if services is not None:
+                reply["metrics_cpu_s"] = services.metrics_cpu_seconds() - metrics_cpu0
             if requests is not None:
                 reply["store_requests"] = int(getattr(store, "requests", 0)) - store_requests0
             reply["snapshot"] = server.snapshot()
@@ -307,6 +316,8 @@ def _combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
                               for key in ("count", "cpu_s", "wall_s")}
     server["per_cpu_s"] = server["count"] / server["cpu_s"] if server["cpu_s"] > 0 else 0.0
     server["utilisation"] = server["cpu_s"] / server["wall_s"] if server["wall_s"] > 0 else 0.0
+    if all("metrics_cpu_s" in w["server"] for w in windows):
+        server["metrics_cpu_s"] = sum(w["server"]["metrics_cpu_s"] for w in windows)
     if all("store_requests" in w["server"] for w in windows):
         server["store_requests"] = sum(w["server"]["store_requests"] for w in windows)
     clients: dict[str, Any] = {key: sum(w["clients"][key] for w in windows)
@@ -507,6 +518,13 @@ def report(clients: int, duration: float, store: str, echo: dict[str, Any],
         out["metrics_on_vs_off_per_round"] = metrics_run["on_vs_off_per_round"]
         # robust to the odd disturbed round on a shared machine
         out["metrics_on_vs_off_median"] = statistics.median(metrics_run["on_vs_off_per_round"])
+        # what the scrapes themselves cost, counted on the server (the connections' walks and
+        # the rendering): the part of the metrics-on server's CPU serving metrics took, which
+        # the run-to-run A/B above can only bound within its noise
+        metrics_cpu = metrics_run["server"].get("metrics_cpu_s")
+        out["metrics_cpu_share"] = (round(metrics_cpu / metrics_run["server"]["cpu_s"], 4)
+                                    if metrics_cpu is not None and metrics_run["server"]["cpu_s"]
+                                    else None)
         out["metrics_scrape_interval_s"] = metrics_run["scrape_interval_s"]
         out["metrics_scrapes"] = metrics_run["scrapes"]
         out["metrics_scrape_failures"] = metrics_run["scrape_failures"]

@@ -93,6 +93,15 @@ class QuantumClient(asyncio.DatagramProtocol):
         return self._conn.cipher
 
     @property
+    def server_keepalive_interval(self) -> float:
+        """The keepalive interval the server announced in its hello (seconds): keepalives at
+        least this often keep the session ACTIVE (PROTOCOL.md 5.2.6). The connection's own
+        keepalives already follow min(configured, this)."""
+        params = self._conn.params
+        assert params is not None  # set by the ServerHello, before `connect` returns
+        return params.keepalive_interval
+
+    @property
     def is_closed(self) -> bool:
         return self._closed.done()
 

@@ -179,7 +179,9 @@ async def run(args: argparse.Namespace) -> int:
     printer = loop.create_task(_printer(client))
     background = []
     if args.keepalive_interval > 0:
-        background.append(loop.create_task(_keepalives(client, args.keepalive_interval)))
+        # never less often than the server expects (PROTOCOL.md 5.2.6)
+        interval = min(args.keepalive_interval, client.server_keepalive_interval)
+        background.append(loop.create_task(_keepalives(client, interval)))
     sender = loop.create_task(_sender(client, _start_stdin_reader(loop), args.channel,
                                       MODES[args.mode]))
     try:

@@ -389,6 +389,18 @@ class Connection:
 
     def _apply_params(self, params: ServerParams) -> None:
         self.params = params
+        if self.is_client:
+            # the server's keepalive interval and idle timeout bound ours (5.2.6): a client
+            # keeping alive less often than the server expects would see its session go IDLE.
+            # One copy of the configuration per client connection; the server keeps its own.
+            cfg = self.config
+            keepalive = cfg.keepalive_interval
+            if keepalive is not None:
+                keepalive = min(keepalive, params.keepalive_interval)
+            idle = min(cfg.idle_timeout, params.idle_timeout)
+            if keepalive != cfg.keepalive_interval or idle != cfg.idle_timeout:
+                self.config = dataclasses.replace(cfg, keepalive_interval=keepalive,
+                                                  idle_timeout=idle)
         if params.fec is not None:
             self._fec = FecState(*params.fec)
             self._resized()
@@ -710,10 +722,10 @@ class Connection:
             keepalives = self._keepalives
             if keepalives is not None:
                 at = min(at, keepalives.last_sent + self.config.keepalive_interval)
-        t = self._acks.ack_deadline()
-        if t is not None and t < at:
-            at = t
         sent = self._flight
+        t = self._acks.ack_deadline()
+        if t is not None and t < at and sent.can_send():  # else no pure ACK may leave (6.4)
+            at = t
         t = sent.loss_deadline()
         if t is not None and t < at:
             at = t
@@ -1070,7 +1082,7 @@ class Connection:
         frames: list[Frame] = [PathChallengeFrame(migration.challenge)]
         payload = encode_frames(frames)
         size = wire.HEADER_SIZE + len(payload) + AEAD_TAG
-        if migration.allows(size) and self._seal is not None:
+        if migration.allows(size) and self._seal is not None and self._flight.can_send():
             # not tracked, not congestion controlled and without SACK blocks: the probe
             # belongs to another path, and its loss is the validation timer's business
             pn = self._flight.allocate_pn()
@@ -1299,7 +1311,9 @@ class Connection:
         return False
 
     def _send_ack_only(self, now: float) -> None:
-        if self._seal is None or not self._can_seal():
+        # a pure ACK takes a packet number too: not beyond the send window (6.4), whose
+        # owed acks then ride the next packet sent once the floor moves
+        if self._seal is None or not self._can_seal() or not self._flight.can_send():
             return
         self._send_protected([], now, flags=ACK)
 

@@ -149,9 +149,10 @@ def encode_sack(sack: SackBlocks | list[tuple[int, int]]) -> bytes:
 
 
 def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
-    """(version, flags, connection id, seq, ack, payload length); checks length and magic only.
-    A datagram over MAX_DATAGRAM is malformed, a protected one too: dropped before decryption
-    (docs/PROTOCOL.md 2.3)."""
+    """(version, flags, connection id, seq, ack, payload length); checks the datagram's
+    length, the magic and the payload-length bound. A datagram over MAX_DATAGRAM, or whose
+    payload length exceeds MAX_PAYLOAD, is malformed, a protected one too: dropped before
+    decryption (docs/PROTOCOL.md 2.3)."""
     if len(data) < HEADER_SIZE:
         raise PacketError(f"datagram of {len(data)} bytes is shorter than the "
                           f"{HEADER_SIZE}-byte header")
@@ -163,6 +164,8 @@ def decode_header(data: BytesLike) -> tuple[int, int, bytes, int, int, int]:
         raise PacketError(f"unreadable header: {exc}") from None
     if magic != MAGIC:
         raise PacketError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if payload_len > MAX_PAYLOAD:
+        raise PacketError(f"payload length {payload_len} exceeds {MAX_PAYLOAD}")
     return version, flags, cid, seq, ack, payload_len
 
 

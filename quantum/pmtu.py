@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from quantum.addresses import packed_ip
 from quantum.packet import (
     BASE_DATAGRAM,
     HEADER_SIZE,
@@ -71,15 +72,20 @@ _PARITY_FIXED: Final = 12
 
 
 def max_datagram_for(host: str) -> int:
-    """The largest datagram for a peer address (IPv6 has a 20-byte larger IP header)."""
-    return MAX_DATAGRAM_V6 if ":" in host else MAX_DATAGRAM_V4
+    """The largest datagram for a peer address (IPv6 has a 20-byte larger IP header). An
+    IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket reports an IPv4 peer)
+    is IPv4 on the wire (docs/PROTOCOL.md 2.4)."""
+    if ":" not in host:
+        return MAX_DATAGRAM_V4
+    try:
+        return MAX_DATAGRAM_V4 if len(packed_ip(host)) == 4 else MAX_DATAGRAM_V6
+    except ValueError:  # not an IP literal: a name with colons is no IPv4 address
+        return MAX_DATAGRAM_V6
 
 
 def max_datagram_for_address(addr: Any) -> int:
-    """The same for a socket address: an IPv6 one is a 4-tuple (host, port, flow, scope) or
-    names its host with colons; anything else is IPv4."""
-    if len(addr) == 4:
-        return MAX_DATAGRAM_V6
+    """The same for a socket address: (host, port) or an IPv6 4-tuple (host, port, flow,
+    scope)."""
     return max_datagram_for(str(addr[0]))
 
 
@@ -88,7 +94,7 @@ def max_data_payload(plpmtu: int, fec_k: int) -> int:
     size `plpmtu` (fec_k: FEC's k, 0 without FEC). Room for 8 SACK blocks always; with FEC,
     also room for the group's parity packet, whose PARITY frame holds 12 + 4k bytes of framing
     around a shard 2 bytes longer than the longest data payload: 32 + 12 + 4k + D + 16 <= P.
-    docs/PROTOCOL.md 3.5."""
+    docs/PROTOCOL.md 2.3."""
     d = plpmtu - HEADER_SIZE - MAX_SACK_BLOCKS * SACK_BLOCK_SIZE - _TAG
     if fec_k:
         parity_bound = plpmtu - HEADER_SIZE - _PARITY_FIXED - 4 * fec_k - _TAG

@@ -21,6 +21,7 @@ from quantum.crypto import CIPHER_IDS, DEFAULT_CIPHERS
 from quantum.handshake import MAX_PARAM_MS
 from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerprint
 from quantum_server.config import ServerConfig
+from quantum_server.restart import RestartSnapshot, default_snapshot_path
 from quantum_server.services import NetworkServices, ServiceConfigError, add_arguments
 from server import Application, QuantumServer
 from session.errors import StoreUnavailable
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Reed-Solomon forward error correction, 10+3 (default on)")
     p.add_argument("--key-file", type=Path, default=None,
                    help=f"server key file (default {default_key_path()}; created if missing)")
+    p.add_argument("--snapshot", type=Path, default=None, metavar="PATH",
+                   help="where a memory-store server keeps its sessions across a restart "
+                        "(written on SIGTERM/SIGINT, loaded and deleted at start; default "
+                        "beside the key file, its extension .snapshot: server.snapshot)")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="neither load nor write the session snapshot: a restart forgets "
+                        "every session")
     p.add_argument("--allow-anonymous", action="store_true",
                    help="DEVELOPMENT ONLY: accept any claimed user id without a ticket")
     p.add_argument("--max-connections", type=_positive(int), default=10_000,
@@ -207,6 +215,33 @@ def _issue_ticket(argv: list[str]) -> int:
     return 0
 
 
+def _snapshot_flag_problem(args: argparse.Namespace, key_path: Path) -> str | None:
+    """What is wrong with the snapshot flags, if anything."""
+    if args.snapshot is None:
+        return None
+    if args.no_snapshot:
+        return "--snapshot contradicts --no-snapshot"
+    if args.store != "memory":
+        return ("--snapshot is for --store memory: with etcd the sessions are already shared "
+                "and outlive every node")
+    if args.snapshot.resolve() == key_path.resolve():
+        return "--snapshot must not be the key file"
+    if args.snapshot.is_dir():
+        return f"--snapshot {args.snapshot} is a folder: name a file"
+    return None
+
+
+async def _stop_budget(server: QuantumServer) -> float:
+    """Seconds `stop` may take: 4.5 to close the connections, and with a snapshot to write,
+    a second per 5,000 sessions and per 100 MB of retained data on top: several times what
+    writing takes (50,000 sessions: about 2 s of CPU, benchmarks/restart.py), so that a loaded
+    machine does not lose the sessions, yet bounded."""
+    if server.restart_snapshot is None:
+        return 4.5
+    sessions = await server.manager.store.count()
+    return 4.5 + sessions / 5_000 + server.retained.total_bytes / 100e6
+
+
 async def _build_store(args: argparse.Namespace) -> Any:
     if args.store == "memory":
         return MemoryStore()
@@ -223,6 +258,9 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
 
     configure_logging(args.log_format, args.log_level)
     path = args.key_file or default_key_path()
+    if problem := _snapshot_flag_problem(args, path):
+        print(f"{name}: {problem}", file=sys.stderr)
+        return 2
     try:
         key, created = ServerKeyFile.load_or_create(path)
     except KeyFileError as exc:
@@ -265,6 +303,11 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     manager_config.store = await _build_store(args)
     manager = SessionManager(manager_config)
     server = QuantumServer(manager, key, authenticator, config, app)
+    if args.store == "etcd":
+        log.info("sessions live in etcd, shared by every node: no session snapshot")
+    elif not args.no_snapshot:
+        server.restart_snapshot = RestartSnapshot(args.snapshot or default_snapshot_path(path),
+                                                  key)
     try:
         await server.start()
     except (OSError, StoreUnavailable) as exc:
@@ -289,7 +332,7 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
         await stop.wait()
         log.info("shutting down")
         await services.stop()
-        await asyncio.wait_for(server.stop(), timeout=4.5)
+        await asyncio.wait_for(server.stop(), timeout=await _stop_budget(server))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

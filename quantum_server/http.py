@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client.exposition import choose_encoder
@@ -53,6 +54,8 @@ class MetricsServer:
         self.max_clients = max_clients
         self.read_timeout = read_timeout
         self.scrapes = 0
+        #: CPU the loop's thread spent rendering /metrics answers (seconds, since start)
+        self.render_cpu_seconds = 0.0
         self._clients = 0
         self._server: asyncio.Server | None = None
 
@@ -125,5 +128,8 @@ class MetricsServer:
                 await self.before_scrape()
             encoder, content_type = choose_encoder(accept)
             self.scrapes += 1
-            return 200, content_type, encoder(self.registry), head_only
+            started = time.thread_time()
+            body = encoder(self.registry)
+            self.render_cpu_seconds += time.thread_time() - started
+            return 200, content_type, body, head_only
         return 404, text, b"not found: try /metrics, /healthz or /readyz\n", head_only

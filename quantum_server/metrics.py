@@ -66,17 +66,24 @@ def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, fl
 
 
 class TransportCollector(Collector):
-    """The `quantum_*` transport metrics from one data source called at each scrape."""
+    """The `quantum_*` transport metrics from one data source called at each scrape.
+    `cost`, if given, says what producing the source's figures took (seconds): a source that
+    only hands out totals gathered beforehand (`TransportSampler.latest`) costs nothing
+    itself; without it, the call of `source` is timed."""
 
-    def __init__(self, source: Callable[[], TransportTotals]) -> None:
+    def __init__(self, source: Callable[[], TransportTotals],
+                 cost: Callable[[], float] | None = None) -> None:
         self.source = source
-        #: seconds the last call of `source` took (published as a gauge)
+        self.cost = cost
+        #: seconds the last collection took (published as a gauge)
         self.last_collect_seconds = 0.0
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         t = self.source()
-        self.last_collect_seconds = time.perf_counter() - started
+        cost = self.cost
+        self.last_collect_seconds = (time.perf_counter() - started if cost is None
+                                     else cost())
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
@@ -86,7 +93,8 @@ class TransportCollector(Collector):
         yield GaugeMetricFamily("quantum_connections_hibernating",
                                 "Quiet connections that released their cipher objects.",
                                 value=t.connections_hibernating)
-        yield counter("quantum_connections_opened", "Connections established.",
+        yield counter("quantum_connections_opened",
+                      "Connections whose handshake completed (refused ones included).",
                       t.connections_opened)
         yield counter("quantum_connections_closed", "Connections ended.", t.connections_closed)
         handshakes = CounterMetricFamily("quantum_handshakes", "Handshakes by result.",
@@ -123,7 +131,7 @@ class TransportCollector(Collector):
                 "lag of a call_later chain every stall_probe_interval).",
                 value=t.loop_stall_max_seconds)
         yield GaugeMetricFamily("quantum_metrics_collect_seconds",
-                                "Seconds the last scrape spent reading the transport counters.",
+                                "CPU seconds the last scrape spent summing the transport counters.",
                                 value=self.last_collect_seconds)
 
 

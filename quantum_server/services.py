@@ -19,6 +19,7 @@ from session.logs import LazyLogger
 if TYPE_CHECKING:
     from quantum_server.http import MetricsServer
     from quantum_server.metrics import SessionMetrics
+    from quantum_server.transport import TransportSampler
     from server import QuantumServer
     from session.api.endpoint import ApiServer
     from session.api.health import StoreHealth
@@ -116,6 +117,7 @@ class NetworkServices:
         self.metrics: MetricsServer | None = None
         self.health: StoreHealth | None = None
         self.session_metrics: SessionMetrics | None = None
+        self.transport_sampler: TransportSampler | None = None
         if self.grpc is None:
             return
         cert, key = args.grpc_tls_cert, args.grpc_tls_key
@@ -147,7 +149,7 @@ class NetworkServices:
             TransportCollector,
             build_registry,
         )
-        from quantum_server.transport import transport_totals
+        from quantum_server.transport import TransportSampler
         from session.api.endpoint import ApiServer
         from session.api.health import StoreHealth
         from session.memory import MemoryStore
@@ -166,19 +168,35 @@ class NetworkServices:
                 if interval is None:
                     interval = (0.0 if isinstance(manager.store, MemoryStore)
                                 else SHARED_STORE_COUNT_INTERVAL)
-                self.session_metrics = SessionMetrics(manager, refresh_interval=interval)
+                self.session_metrics = session_metrics = SessionMetrics(
+                    manager, refresh_interval=interval)
+                # the connections are summed before the scrape, a chunk at a time between
+                # packets, not inside the collector in one stop of the loop
+                self.transport_sampler = sampler = TransportSampler(server)
+
+                async def before_scrape() -> None:
+                    await session_metrics.refresh()
+                    await sampler.refresh()
+
                 collectors: list[object] = [
-                    self.session_metrics, TransportCollector(lambda: transport_totals(server)),
+                    session_metrics,
+                    TransportCollector(sampler.latest, cost=lambda: sampler.last_walk_seconds),
                     ProcessCollector(registry=None)]
                 if self.api is not None:
                     collectors.append(GrpcCollector(self.api.counts))
                 self.metrics = MetricsServer(
                     build_registry(*collectors), lambda: (health.ready, health.last_error),
-                    *self.metrics_address, before_scrape=self.session_metrics.refresh)
+                    *self.metrics_address, before_scrape=before_scrape)
                 await self.metrics.start()
         except BaseException:
             await self.stop()
             raise
+
+    def metrics_cpu_seconds(self) -> float:
+        """CPU the loop's thread has spent serving /metrics since start: the connections'
+        walks and the rendering (what metrics cost the server; 0.0 with metrics off)."""
+        walks = self.transport_sampler.cpu_seconds if self.transport_sampler else 0.0
+        return walks + (self.metrics.render_cpu_seconds if self.metrics else 0.0)
 
     def describe(self) -> str:
         """For the ready line: where each service listens ("off" when disabled)."""

@@ -320,6 +320,25 @@ class MemoryStore(Store):
             raise not_found(session_id)
         session.stats = stats.copy()
 
+    def restore(self, sessions: builtins.list[Session]) -> None:
+        """Fill an empty store with sessions checked already (a restart snapshot's, which
+        `session.snapshot.decode` validated whole: unique ids and connection ids), without
+        checking each again: all of them, or none (`SessionExists`) if the store is not empty
+        or two of them share an id or a connection. Taken as they are, not copied: the
+        caller gives them up."""
+        if self._sessions:
+            raise SessionExists(f"the store already holds {len(self._sessions)} sessions")
+        ids = {s.session_id for s in sessions}
+        connections = [s.connection_id for s in sessions if s.connection_id]
+        if len(ids) != len(sessions) or len(set(connections)) != len(connections):
+            raise SessionExists("two sessions share an id or a connection id")
+        for session in sessions:
+            if not session.metadata:
+                session.metadata = _NO_METADATA
+            self._sessions[session.session_id] = session
+            self._index(session)
+            self._schedule(session.session_id, session.expires_at)
+
     def heap_size(self) -> int:
         """Entries in the expiry heap, stale ones included (for tests and benchmarks)."""
         return len(self._heap)

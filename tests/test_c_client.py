@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import os
 import random
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,9 +72,26 @@ def require_c_toolchain() -> None:
         missing("libsodium (headers)")
 
 
+@contextmanager
+def build_lock() -> Iterator[None]:
+    """One `make` at a time in clients/ across pytest-xdist's worker processes: each worker
+    builds its session fixtures, and two makes writing one build directory would race."""
+    with open(Path(tempfile.gettempdir()) / "quantum-clients-make.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_make(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    with build_lock():
+        return subprocess.run(["make", "-C", str(directory), *args], capture_output=True,
+                              text=True, timeout=600)
+
+
 def make(*args: str) -> None:
-    done = subprocess.run(["make", "-C", str(C_DIR), "-j2", *args], capture_output=True,
-                          text=True, timeout=600)
+    done = run_make(C_DIR, "-j2", *args)
     if done.returncode != 0:
         pytest.fail(f"make {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
 
@@ -431,8 +450,7 @@ def fuzz_build() -> Iterator[Path]:
     require_c_toolchain()
     if shutil.which("clang") is None:
         missing("clang (with libFuzzer: libclang-rt-14-dev)")
-    done = subprocess.run(["make", "-C", str(C_DIR), "-j2", "fuzz"], capture_output=True,
-                          text=True, timeout=600)
+    done = run_make(C_DIR, "-j2", "fuzz")
     if done.returncode != 0:
         if "fuzzer" in done.stderr and not REQUIRE_NATIVE:
             pytest.skip(f"clang cannot link libFuzzer here: {done.stderr[-500:]}")

@@ -149,7 +149,8 @@ async def test_a_node_stopped_by_sigterm_leaves_its_sessions_disconnecting_in_et
         if proc.poll() is None:
             proc.kill()
     # the graceful shutdown wrote the state before the process exited: the session outlives
-    # its node, resumable
+    # its node, resumable (from etcd: no restart snapshot beside the key file)
+    assert not (tmp_path / "server.snapshot").exists()
     async with node(etcd_endpoints, etcd_prefix, key) as b:
         assert (await b.manager.get_session(sid)).state is State.DISCONNECTING
         again = await dial(b.port, resume=(sid, token), server_key=key.public_key)

@@ -121,6 +121,33 @@ def test_automatic_keepalives_when_quiet() -> None:
     assert client.state is ConnectionState.ESTABLISHED
 
 
+def test_the_servers_keepalive_interval_and_idle_timeout_bound_the_clients() -> None:
+    # PROTOCOL.md 5.2.6: the client keeps alive at min(own, server's) and times out at
+    # min(own, server's), so a client configured for 10 s / 60 s keeps a 2 s / 6 s server's
+    # session ACTIVE and notices a dead server after 6 s, not 60
+    sim = Simulation(SimulatedNetwork(LinkProfile(), 1), SimulatedServer.create(
+        QuantumConfiguration(keepalive_interval=None, idle_timeout=6.0), keepalive_interval=2.0))
+    client = sim.add_client(ALICE, configuration=QuantumConfiguration(
+        keepalive_interval=10.0, idle_timeout=60.0))
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    established_at = sim.now
+    assert (client.config.keepalive_interval, client.config.idle_timeout) == (2.0, 6.0)
+    sim.run(until=established_at + 9.0)
+    keepalives = [e for _, e in sim.server.events if isinstance(e, KeepaliveReceived)]
+    assert len(keepalives) == 4  # 2, 4, 6 and 8 s after the handshake
+    sim.server.connections.clear()  # the server vanishes without a word
+    silent_from = sim.now
+    sim.run(until=silent_from + 60.0, condition=lambda: client.state is ConnectionState.CLOSED)
+    assert client.close_code == CloseCode.IDLE_TIMEOUT
+    assert sim.now - silent_from <= 6.0
+    # a client stricter than the server stays as strict
+    sim = make_sim()
+    strict = sim.add_client(ALICE, configuration=QuantumConfiguration(
+        keepalive_interval=1.0, idle_timeout=30.0))
+    sim.run(until=2.0, condition=lambda: established(sim, strict))
+    assert (strict.config.keepalive_interval, strict.config.idle_timeout) == (1.0, 30.0)
+
+
 def test_idle_timeout_closes_the_server_side() -> None:
     sim = make_sim()
     client = sim.add_client(ALICE, configuration=QuantumConfiguration(keepalive_interval=None))
@@ -168,6 +195,36 @@ def test_graceful_close_flushes_pending_data_and_both_sides_end_closed() -> None
     assert all(c.state is ConnectionState.CLOSED for c, _ in sim.server.events)
     closed = [e for _, e in sim.server.events if isinstance(e, ConnectionClosed)]
     assert closed[0].by_peer and closed[0].reason == "bye" and closed[0].code == CloseCode.NORMAL
+
+
+def test_close_while_awaiting_acceptance_sends_a_fin_and_no_message() -> None:
+    # 10.1: close() in AWAIT_ACCEPT -> CLOSING; the FIN ends the server's AUTHENTICATING
+    # connection, and a message queued before acceptance is discarded, never sent
+    server = SimulatedServer.create(QuantumConfiguration(keepalive_interval=None))
+    server.authorize = lambda conn, event: None  # the owner is still deciding
+    sim = Simulation(SimulatedNetwork(LinkProfile(), 1), server)
+    client = sim.add_client(ALICE)
+    sim.run(until=1.0, condition=lambda: client.state is ConnectionState.AWAIT_ACCEPT
+            and bool(server.connections))
+    (accepting,) = server.connections.values()
+    assert accepting.state is ConnectionState.AUTHENTICATING
+    client.send(b"queued before acceptance")
+    client.close("changed my mind")
+    assert client.state is ConnectionState.CLOSING
+    sim.flush()
+    sim.run(until=5.0)
+    assert client.state is ConnectionState.CLOSED and accepting.state is ConnectionState.CLOSED
+    ends = [e for c, e in server.events if isinstance(e, ConnectionClosed) and c is accepting]
+    assert [(e.code, e.reason, e.by_peer) for e in ends] == [
+        (CloseCode.NORMAL, "changed my mind", True)]
+    assert server_messages(sim) == []
+    # in SYN_SENT there is nobody to tell: closed at once, nothing sent
+    sim = make_sim()
+    early = sim.add_client(ALICE, addr=("10.0.0.3", 40000))
+    assert early.state is ConnectionState.SYN_SENT
+    early.datagrams_to_send(sim.now)
+    early.close()
+    assert early.state is ConnectionState.CLOSED and early.datagrams_to_send(sim.now) == []
 
 
 def test_rejected_handshake_reports_the_reason_and_leaves_no_connection() -> None:
@@ -239,6 +296,65 @@ def test_tampered_and_replayed_packets_change_nothing() -> None:
     assert server.next_event() is None
     assert sum(server.stats.drops.values()) == drops_before + 1
     assert server.stats.packets_received == before[0] + 1
+    # a payload length over 1424 is malformed (2.3): dropped before decryption
+    header = bytearray(data[:32])
+    header[30:32] = (1425).to_bytes(2, "big")
+    auth_failed = server.stats.drops.get("auth_failed", 0)
+    malformed = server.stats.drops.get("malformed", 0)
+    server.receive_datagram(bytes(header) + data[32:], CLIENT_ADDR, sim.now)
+    assert server.stats.drops.get("malformed", 0) == malformed + 1
+    assert server.stats.drops.get("auth_failed", 0) == auth_failed
+
+
+def test_no_packet_number_leaves_the_send_window_not_even_a_pure_ack() -> None:
+    # 6.4: the window bounds every packet number, pure ACKs included. The server's own data
+    # goes unacknowledged (its packets never arrive) while the client's keep arriving and
+    # ask for acks: at the window's edge the server sends nothing, and its timer never names
+    # an ack it may not send
+    window = 16
+    config = QuantumConfiguration(keepalive_interval=None, fec=None, window=window)
+    sim = make_sim(config=config)
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    now = sim.now
+    flight = server._flight
+    for i in range(window + 4):  # small packets, one at a time: within the congestion window
+        server.send(b"unheard %d" % i)
+        server.datagrams_to_send(now)  # lost, every one
+        now += 0.0001
+    assert not flight.can_send()  # the window is full
+
+    def client_talks(i: int) -> list[tuple[bytes, object]]:
+        nonlocal now
+        now += 0.001
+        client.send(b"from the client %d" % i)
+        for data, _ in client.datagrams_to_send(now):
+            server.receive_datagram(data, CLIENT_ADDR, now)
+        while server.next_event() is not None:
+            pass
+        sent = server.datagrams_to_send(now)
+        assert flight.next_pn - flight.floor <= window
+        return sent
+
+    # the client's first packets acknowledge the server's handshake-time packets: the floor
+    # moves by those two, and two of the unheard messages' packets leave
+    for _ in range(10):
+        if not client_talks(-1) and not flight.can_send():
+            break
+    sent_at_edge = flight.next_pn
+    for i in range(6):
+        assert client_talks(i) == []  # an ack is owed, but no pure ACK may leave
+        assert server._acks.ack_deadline() is not None
+        timer = server.get_timer()
+        assert timer is not None and timer > now
+    assert flight.next_pn == sent_at_edge
+    # the owed acks ride the first packet once the floor moves (here: the timer's
+    # retransmission of the oldest lost packet)
+    timer = server.get_timer()
+    assert timer is not None
+    server.handle_timer(timer)
+    assert server.datagrams_to_send(timer)
 
 
 def test_fec_recovers_lost_packets_without_retransmission() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_c_client import ROOT, c_build, echo_server, missing, run_tool
+from tests.test_c_client import ROOT, c_build, echo_server, missing, run_make, run_tool
 from tests.test_server import HOST
 
 CS_DIR = ROOT / "clients" / "csharp"
@@ -26,8 +26,7 @@ def csharp_build(c_build: Path) -> Path:
     for tool in ("mcs", "mono"):
         if shutil.which(tool) is None:
             missing(f"`{tool}` (Debian: mono-mcs, mono-runtime)")
-    done = subprocess.run(["make", "-C", str(CS_DIR)], capture_output=True, text=True,
-                          timeout=300)
+    done = run_make(CS_DIR)
     assert done.returncode == 0, done.stdout + done.stderr
     return CS_DIR / "build"
 

@@ -8,8 +8,6 @@ Same harness as test_listener.py: real client connections, a listener on a clock
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from quantum.config import QuantumConfiguration
@@ -269,8 +267,13 @@ def test_each_hello_limiter_remembers_only_max_tracked_sources(proven: bool) -> 
 # ------------------------------------------------------------------ what is not a handshake
 
 
+#: a connection id the listener has never issued (fixed, so that the parameters below, and
+#: the test ids pytest-xdist's workers compare, are the same in every process)
+UNKNOWN_CID = bytes.fromhex("5ac1d0e1f2a3b4c5d6e7f8091a2b3c4d")
+
+
 def packet_of(flags: int, seq: int = 0, payload: bytes = b"") -> bytes:
-    return encode_packet(Packet(flags, os.urandom(16), seq, 0, (), payload))
+    return encode_packet(Packet(flags, UNKNOWN_CID, seq, 0, (), payload))
 
 
 @pytest.mark.parametrize(("datagram", "reason"), [
@@ -281,7 +284,8 @@ def packet_of(flags: int, seq: int = 0, payload: bytes = b"") -> bytes:
     (packet_of(Flags.FIN), "unknown_connection"),
     (packet_of(Flags.ACK, seq=5), "unknown_connection"),  # data, not a finish (seq 0)
     (packet_of(Flags.SYN | Flags.ACK, payload=bytes(1200)), "unknown_connection"),  # reflected
-])
+], ids=["short", "not-our-magic", "a-byte-short", "no-flag", "fin", "data-not-finish",
+        "reflected-syn-ack"])
 def test_what_is_not_a_handshake_is_dropped_unanswered_by_reason(datagram: bytes,
                                                                   reason: str) -> None:
     door = Door(make_listener())

@@ -102,6 +102,16 @@ def test_the_largest_payload_alone_round_trips() -> None:
         split_body(body, -1)
 
 
+def test_a_payload_length_over_the_bound_is_malformed_in_the_header() -> None:
+    # 2.3: refused by the header decoder, so a protected packet claiming it is dropped before
+    # any decryption is spent on it
+    at_bound = build_header(int(Flags.ACK), CID, 1, 1, MAX_PAYLOAD) + bytes(16)
+    assert decode_header(at_bound)[5] == MAX_PAYLOAD
+    over = build_header(int(Flags.ACK), CID, 1, 1, MAX_PAYLOAD + 1) + bytes(16)
+    with pytest.raises(PacketError, match=f"payload length {MAX_PAYLOAD + 1} exceeds"):
+        decode_header(over)
+
+
 def test_nine_sack_blocks_are_refused_both_ways() -> None:
     nine = tuple((i, i) for i in range(MAX_SACK_BLOCKS + 1))
     with pytest.raises(PacketError, match="9 SACK blocks, at most 8"):

@@ -159,6 +159,10 @@ def test_the_ceiling_follows_the_peer_address_family() -> None:
     # the socket form of an IPv6 address (the connection takes it once IPv6 support lands)
     assert max_datagram_for_address(("2001:db8::1", 9, 0, 0)) == MAX_DATAGRAM_V6
     assert max_datagram_for_address(("192.0.2.1", 9)) == MAX_DATAGRAM_V4
+    # an IPv4 client on a dual-stack socket is IPv4 on the wire (2.4): 1472, not 1452
+    assert max_datagram_for_address(("::ffff:192.0.2.1", 9, 0, 0)) == MAX_DATAGRAM_V4
+    assert max_datagram_for_address(("::ffff:c000:201", 9, 0, 0)) == MAX_DATAGRAM_V4
+    assert max_datagram_for_address(("fe80::1%eth0", 9, 0, 2)) == MAX_DATAGRAM_V6
 
 
 def test_probe_vector_the_plaintext_of_a_1280_byte_probe() -> None:

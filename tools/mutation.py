@@ -171,7 +171,9 @@ def scratch_copy(target: Path, fresh: bool) -> None:
 
 def mutmut_config(module_set: ModuleSet) -> str:
     """The [tool.mutmut] table for one set (appended to the scratch copy's pyproject.toml)."""
-    pytest_args = ["-p", "no:cacheprovider", "--hypothesis-profile=ci", "-q"]
+    # one process: mutmut drives pytest itself (the suite's two xdist workers would not see
+    # its trampolines' mutant switch)
+    pytest_args = ["-p", "no:cacheprovider", "-n", "0", "--hypothesis-profile=ci", "-q"]
     if module_set.keyword:
         pytest_args += ["-k", module_set.keyword]
     for node in module_set.deselect:

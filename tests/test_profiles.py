@@ -58,7 +58,7 @@ def test_a_run_with_the_variable_and_no_ci_reports_the_ci_profile() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "CI"}
     environ[PROFILE_VARIABLE] = "ci"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "--collect-only",
          "tests/test_profiles.py"], cwd=ROOT, env=environ, capture_output=True, text=True,
         check=False)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -1,6 +1,7 @@
 """Shared fixtures for the session tests: a fake clock and the `store` fixture; the hypothesis
-profile (`tests/profiles.py` defines them: ``ci`` under CI, ``dev`` elsewhere, ``explore`` by
-hand with ``--hypothesis-profile=explore``).
+profile (`tests/profiles.py` defines them and `profiles.default_profile` picks one: ``ci`` in CI,
+which `.ci/run` names with QUANTUM_HYPOTHESIS_PROFILE=ci, ``dev`` elsewhere, ``explore`` by hand
+with ``--hypothesis-profile=explore``).
 
 `store` runs each test once per entry of `STORE_FACTORIES`. A factory is an async callable
 taking the pytest request (so it can pull in other fixtures, e.g. an etcd server) and
@@ -24,11 +25,11 @@ from hypothesis import settings
 from quantum.build import REBUILD_HINT, is_compiled, stale_modules
 from session.memory import MemoryStore
 from session.store import Store
-from tests import profiles  # noqa: F401  (registers the hypothesis profiles)
+from tests import profiles  # registers the hypothesis profiles
 from tests.etcd_cluster import etcd_store_factory, etcd_store_pair_factory
 
 # the default; `--hypothesis-profile=NAME` (hypothesis' pytest plugin) overrides it
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.load_profile(profiles.default_profile(os.environ))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,9 +1,10 @@
 """The hypothesis profiles (registered by tests/conftest.py) and the example budget of tests that
 set their own.
 
-* ``ci``: deterministic (derandomized, no example database); the default when the CI
-  environment variable is set, as `.ci/run` runs. CI replays the same examples on every run, so
-  a red CI is reproducible and never a draw of luck.
+* ``ci``: deterministic (derandomized, no example database). CI replays the same examples on
+  every run, so a red CI is reproducible and never a draw of luck. `.ci/run` selects it by
+  name (``QUANTUM_HYPOTHESIS_PROFILE=ci``): it does not rely on the runner setting ``CI``,
+  which a plain `.ci/run` does not. ``CI`` set by a hosted runner selects it too.
 * ``dev``: the default elsewhere: random examples, remembered in ``.hypothesis/``, so each
   local run explores new inputs and replays the failures it found before.
 * ``explore``: a long search, by hand (docs/TESTING.md):
@@ -16,7 +17,12 @@ A test that sets `max_examples` itself (a slow property) sets `max_examples=scal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hypothesis import HealthCheck, Phase, settings
+
+#: the environment variable naming the profile (`.ci/run` sets it to ``ci``)
+PROFILE_VARIABLE = "QUANTUM_HYPOTHESIS_PROFILE"
 
 #: the examples of a property with no budget of its own, under ci and dev
 BASE_EXAMPLES = 100
@@ -27,6 +33,17 @@ settings.register_profile("ci", max_examples=BASE_EXAMPLES, derandomize=True, da
 settings.register_profile("dev", max_examples=BASE_EXAMPLES, deadline=None)
 settings.register_profile("explore", max_examples=10 * BASE_EXAMPLES, deadline=None,
                           phases=list(Phase), suppress_health_check=[HealthCheck.too_slow])
+
+
+def default_profile(environ: Mapping[str, str]) -> str:
+    """The profile a run loads unless ``--hypothesis-profile`` names one: the one
+    ``QUANTUM_HYPOTHESIS_PROFILE`` names, else ``ci`` under a CI runner (``CI`` set and not
+    "false"/"0"), else ``dev``."""
+    if named := environ.get(PROFILE_VARIABLE):
+        return named
+    if environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return "ci"
+    return "dev"
 
 
 def scaled(examples: int) -> int:

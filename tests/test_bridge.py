@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from quantum.auth import AnonymousAuthenticator, TicketAuthenticator
 from quantum.config import QuantumConfiguration
@@ -39,10 +40,12 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
-from server import Peer, QuantumServer, ServerCounters, SessionBridge
+from server import UPDATE_BATCH, Peer, QuantumServer, ServerCounters, SessionBridge
 from session.errors import (
     InvalidToken,
+    SessionCapacityExceeded,
     SessionError,
+    SessionExpired,
     SessionNotFound,
     StoreUnavailable,
     TooManyUserSessions,
@@ -73,6 +76,8 @@ class FakeManager(SessionManager):
         self.fail: dict[str, SessionError] = {}
         self.remaining: float | None = 1234.0  # heartbeat_nowait's answer (None: must await)
         self.sessions: dict[str, Session] = {}
+        #: each resume_session's client address and server address
+        self.resumed_from: list[tuple[str, int, str | None]] = []
         self.heartbeat_nowait = self._nowait  # type: ignore[assignment]
 
     def _check(self, name: str) -> None:
@@ -114,6 +119,7 @@ class FakeManager(SessionManager):
                              client_ip: str, client_port: int, server_addr: str | None = None,
                              user_id: str | None = None, **kwargs: Any) -> Session:
         self.calls.append(("resume_session", session_id, connection_id, user_id))
+        self.resumed_from.append((client_ip, client_port, server_addr))
         self._check("resume_session")
         session = replace(self.sessions[session_id], connection_id=connection_id,
                           state=State.ACTIVE)
@@ -140,14 +146,17 @@ class FakeManager(SessionManager):
 
     async def record_stats(self, session_id: str, stats: Stats) -> None:
         self.calls.append(("record_stats", session_id, stats.packets_received))
+        self._check("record_stats")
 
     async def update_client_address(self, session_id: str, client_ip: str,  # type: ignore[override]
                                     client_port: int) -> Session:
         self.calls.append(("update_client_address", session_id, client_ip, client_port))
+        self._check("update_client_address")
         return self.sessions[session_id]
 
     async def delete_session(self, session_id: str, reason: str) -> Session:
         self.calls.append(("delete_session", session_id, reason))
+        self._check("delete_session")
         return self.sessions.pop(session_id)
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
@@ -236,8 +245,11 @@ def events_of(rig: Rig, addr: tuple[str, int], kind: type) -> list[Any]:
 
 async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
     rig = Rig()
-    client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
+    with capture_logs() as logs:
+        client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
     cid = str(uuid.UUID(bytes=client.connection_id))
+    (established,) = [e for e in logs if e["event"] == "connection established"]
+    assert (established["connection_id"], established["resumed"]) == (cid, False)
     assert rig.manager.named("create_session") == [
         ("create_session", "alice", CLIENT_ADDR[0], CLIENT_ADDR[1], cid, {"room": "blue"},
          "10.0.0.1:9090")]
@@ -253,29 +265,49 @@ async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
 
 async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
     rig = Rig(TicketAuthenticator(bytes(32)))
-    client, _ = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
+    with capture_logs() as logs:
+        client, peer = await connect(rig, Credentials(user_id="mallory", ticket="forged"))
     assert client.state is ConnectionState.CLOSED
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
-        CloseCode.BAD_TICKET]
+    assert peer in rig.port.flushed  # the REJECT leaves at once, not at the next upkeep
+    rejected = events_of(rig, CLIENT_ADDR, HandshakeRejected)
+    assert [e.code for e in rejected] == [CloseCode.BAD_TICKET]
     assert rig.manager.named("create_session") == [] and rig.port.bound == []
     assert rig.counters.auth_failures == 1
+    (entry,) = [e for e in logs if e["event"] == "handshake rejected"]
+    assert (entry["connection_id"], entry["user_id"], entry["reason"], entry["detail"]) == (
+        str(uuid.UUID(bytes=client.connection_id)), "mallory", "bad_ticket", rejected[0].reason)
+    await connect(rig, Credentials(user_id="mallory", ticket="forged"), addr=("10.0.0.7", 1))
+    assert rig.counters.auth_failures == 2  # counted, not just flagged
 
 
 @pytest.mark.parametrize(("failure", "code", "counted"), [
     (StoreUnavailable("etcd is down"), CloseCode.STORE_UNAVAILABLE, None),
     (TooManyUserSessions("8 sessions already"), CloseCode.TOO_MANY_SESSIONS,
      "too_many_sessions"),
+    (TooManyUserSessions("x" * 300), CloseCode.TOO_MANY_SESSIONS, "too_many_sessions"),
+    (SessionCapacityExceeded("100000 sessions"), CloseCode.SESSIONS_FULL, "sessions_full"),
     (SessionError("something else"), CloseCode.BAD_REQUEST, None),
 ])
 async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         failure: SessionError, code: CloseCode, counted: str | None) -> None:
     rig = Rig()
     rig.manager.fail["create_session"] = failure
-    _client, _ = await connect(rig, Credentials(user_id="alice"))
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [code]
+    with capture_logs() as logs:
+        client, _ = await connect(rig, Credentials(user_id="alice"))
+    rejected = events_of(rig, CLIENT_ADDR, HandshakeRejected)
+    assert [e.code for e in rejected] == [code]
     assert rig.port.bound == []
-    if counted is not None:
+    cid = str(uuid.UUID(bytes=client.connection_id))
+    if counted is not None:  # a limit: counted, logged, and the refusal says which
         assert rig.counters.rejected == {counted: 1}
+        assert rejected[0].reason == str(failure)[:200]
+        (entry,) = [e for e in logs if e["event"] == "handshake rejected"]
+        assert (entry["connection_id"], entry["user_id"], entry["reason"], entry["detail"]) == (
+            cid, "alice", counted, str(failure))
+    if isinstance(failure, StoreUnavailable):
+        (entry,) = [e for e in logs if e["event"] == "session store unavailable"]
+        assert (entry["log_level"], entry["connection_id"], entry["error"]) == (
+            "error", cid, "etcd is down")
 
 
 async def test_the_users_connection_quota_refuses_the_third_connection() -> None:
@@ -287,6 +319,8 @@ async def test_the_users_connection_quota_refuses_the_third_connection() -> None
         CloseCode.TOO_MANY_CONNECTIONS]
     assert rig.counters.rejected == {"too_many_connections": 1}
     assert len(rig.manager.named("create_session")) == 2
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40010))
+    assert rig.counters.rejected == {"too_many_connections": 2}  # counted, not just flagged
 
 
 async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() -> None:
@@ -295,11 +329,16 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     sid = str(old_peer.session_id)
     new_addr = ("10.0.0.3", 41000)
     resume = (uuid.UUID(sid).bytes, "the-token")
+    # a state change the applier has not reached yet (a batch in progress): the resume
+    # supersedes it, or the resumed session would be put to sleep after the fact
+    rig.bridge._states[sid] = State.DISCONNECTING
     new_client, new_peer = await connect(rig, Credentials(user_id="alice", resume=resume),
                                          addr=new_addr)
     assert rig.manager.named("check_resume") == [("check_resume", sid, "the-token", "alice")]
     assert rig.manager.named("resume_session") == [
         ("resume_session", sid, str(uuid.UUID(bytes=new_client.connection_id)), "alice")]
+    assert rig.manager.resumed_from == [("10.0.0.3", 41000, "10.0.0.1:9090")]
+    assert sid not in rig.bridge._states
     assert len(rig.manager.named("create_session")) == 1  # only the first
     completed = events_of(rig, new_addr, HandshakeCompleted)[0]
     assert completed.resumed and completed.session_token == "rotated-" + sid[:8]
@@ -310,18 +349,78 @@ async def test_a_resume_moves_the_session_and_supersedes_its_old_connection() ->
     assert rig.bridge.peer_for(sid) is new_peer
     assert old_peer.superseded and old_client.state is ConnectionState.CLOSED
     assert old_client.close_code == CloseCode.SESSION_ENDED
+    assert old_client.close_reason == "session resumed on another connection"
     # the superseded connection's close touches nothing: the session lives on elsewhere
     assert rig.manager.named("delete_session") == []
     assert [c for c in rig.manager.named("update_session") if c[2] is State.DISCONNECTING] == []
+
+
+async def test_a_resume_from_a_users_last_free_slot_replaces_the_connection_it_supersedes(
+        ) -> None:
+    rig = Rig()  # max_connections_per_user=2
+    _first, held = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40001))
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40002))
+    # alice is at her quota; resuming the first connection's session takes that one's place
+    resume = (uuid.UUID(str(held.session_id)).bytes, "the-token")
+    client, peer = await connect(rig, Credentials(user_id="alice", resume=resume),
+                                 addr=("10.0.0.3", 41000))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert rig.bridge.peer_for(str(held.session_id)) is peer and held.superseded
+    assert rig.counters.rejected == {}
+
+
+async def test_a_resume_of_a_session_no_connection_holds_is_accepted() -> None:
+    rig = Rig()
+    orphan = _session("alice", str(uuid.uuid4()))  # its connection is gone
+    rig.manager.sessions[orphan.session_id] = orphan
+    resume = (uuid.UUID(orphan.session_id).bytes, "the-token")
+    client, peer = await connect(rig, Credentials(user_id="alice", resume=resume))
+    assert client.state is ConnectionState.ESTABLISHED
+    assert events_of(rig, CLIENT_ADDR, HandshakeCompleted)[0].resumed
+    assert rig.bridge.peer_for(orphan.session_id) is peer
+
+
+async def test_a_resume_counts_against_the_users_connection_quota() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    for port in (40001, 40002):
+        await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", port))
+    # a session no live connection holds (its connection is gone): nothing to replace
+    orphan = _session("alice", str(uuid.uuid4()))
+    rig.manager.sessions[orphan.session_id] = orphan
+    resume = (uuid.UUID(orphan.session_id).bytes, "the-token")
+    await connect(rig, Credentials(user_id="alice", resume=resume), addr=("10.0.0.3", 41000))
+    assert [e.code for e in events_of(rig, ("10.0.0.3", 41000), HandshakeRejected)] == [
+        CloseCode.TOO_MANY_CONNECTIONS]
+    assert rig.manager.named("resume_session") == []
+
+
+async def test_a_resume_the_store_refuses_after_the_check_is_refused_and_frees_its_slot() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    _first, held = await connect(rig, Credentials(user_id="alice"))
+    sid = str(held.session_id)
+    rig.manager.fail["resume_session"] = SessionExpired(f"session expired: {sid}")
+    resume = (uuid.UUID(sid).bytes, "the-token")
+    with capture_logs() as logs:
+        await connect(rig, Credentials(user_id="alice", resume=resume), addr=("10.0.0.3", 41000))
+    assert [e.code for e in events_of(rig, ("10.0.0.3", 41000), HandshakeRejected)] == [
+        CloseCode.BAD_RESUME]
+    assert [(e["session_id"], e["reason"]) for e in logs if e["event"] == "resume refused"] == [
+        (sid, f"session expired: {sid}")]
+    # the refused connection's quota slot is free again: alice's second connection fits
+    second, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.4", 42000))
+    assert second.state is ConnectionState.ESTABLISHED
 
 
 async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
     rig = Rig()
     rig.manager.fail["check_resume"] = InvalidToken("bad token")
     resume = (uuid.uuid4().bytes, "wrong")
-    client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
-    assert [e.code for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
-        CloseCode.BAD_RESUME]
+    with capture_logs() as logs:
+        client, _ = await connect(rig, Credentials(user_id="alice", resume=resume))
+    assert [(e.code, e.reason) for e in events_of(rig, CLIENT_ADDR, HandshakeRejected)] == [
+        (CloseCode.BAD_RESUME, "session cannot be resumed")]
+    assert [(e["session_id"], e["reason"]) for e in logs if e["event"] == "resume refused"] == [
+        (str(uuid.UUID(bytes=resume[0])), "bad token")]
     assert rig.manager.named("resume_session") == []  # refused before anything is written
     other = ("10.0.0.5", 40500)
     client, _peer = await connect(
@@ -369,6 +468,28 @@ async def test_a_keepalive_is_answered_with_the_sessions_remaining_time() -> Non
         peer.conn.last_received_at)
 
 
+async def test_a_keepalive_wakes_an_idle_connection_and_its_upkeep_resumes() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    assert rig.bridge.check(peer, peer.last_keepalive + 3 * KEEPALIVE + 1) is None
+    assert peer.idle
+    client.send_keepalive()
+    await rig.settle()
+    assert peer.idle is False  # the heartbeat woke the session: looks are due again
+    assert rig.bridge.check(peer, peer.last_keepalive) == peer.last_keepalive + 3 * KEEPALIVE
+
+
+async def test_a_keepalive_of_a_connection_without_a_session_is_answered_without_a_time() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    peer.session_id = None  # a connection the bridge holds no session for
+    sent = client.send_keepalive()
+    await rig.settle()
+    answered = events_of(rig, CLIENT_ADDR, KeepaliveAcknowledged)
+    assert [(e.keepalive_id, e.remaining) for e in answered] == [(sent, None)]
+    assert rig.manager.named("heartbeat_nowait") == []  # no session to ask about
+
+
 async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awaiting() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
@@ -383,16 +504,41 @@ async def test_a_keepalive_the_store_cannot_answer_at_once_is_answered_after_awa
     assert peer in rig.port.flushed  # the late answer is flushed by the task
 
 
-async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection() -> None:
+@pytest.mark.parametrize("path", ["heartbeat_nowait", "heartbeat_with_io"])
+@pytest.mark.parametrize("gone", [SessionNotFound("deleted elsewhere"),
+                                  SessionExpired("session expired: elsewhere")])
+async def test_a_keepalive_for_a_session_that_is_gone_ends_the_connection(
+        path: str, gone: SessionError) -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
-    rig.manager.fail["heartbeat_nowait"] = SessionNotFound("deleted elsewhere")
+    if path == "heartbeat_with_io":
+        rig.manager.remaining = None  # the store must be awaited: the session is gone there
+    rig.manager.fail[path] = gone
+    rig.port.flushed.clear()
     client.send_keepalive()
     await rig.settle()
     assert client.state is ConnectionState.CLOSED
     assert client.close_code == CloseCode.SESSION_ENDED
-    assert "session ended" in client.close_reason
+    assert client.close_reason == f"session ended: {gone}"
     assert peer.session_id is None
+    assert peer in rig.port.flushed  # the CLOSE leaves at once, not at the next upkeep
+
+
+@pytest.mark.parametrize("path", ["heartbeat_nowait", "heartbeat_with_io"])
+async def test_a_keepalive_the_store_fails_is_logged_and_the_connection_kept(path: str) -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    if path == "heartbeat_with_io":
+        rig.manager.remaining = None
+    rig.manager.fail[path] = StoreUnavailable("etcd unreachable")
+    with capture_logs() as logs:
+        client.send_keepalive()
+        await rig.settle()
+    assert client.state is ConnectionState.ESTABLISHED and peer.session_id == sid
+    assert [(e["event"], e["log_level"], e["connection_id"], e["error"]) for e in logs
+            if e["event"] == "heartbeat failed"] == [
+        ("heartbeat failed", "warning", peer.connection_id, "etcd unreachable")]
 
 
 # ----------------------------------------------------------------- messages, migration, sweep
@@ -406,6 +552,8 @@ async def test_a_message_wakes_an_idle_session_and_the_upkeep_puts_it_to_sleep()
     # not yet idle: the next look is due when it would be
     assert rig.bridge.check(peer, rig.now + 3 * KEEPALIVE - 1) == idle_at
     await rig.settle(0.1)
+    assert not peer.idle
+    assert rig.bridge.check(peer, idle_at) == idle_at  # three intervals exactly: not yet
     assert not peer.idle
     assert rig.bridge.check(peer, idle_at + 1) is None  # idle: nothing left to wait for
     await rig.settle(0.1)
@@ -426,6 +574,11 @@ async def test_the_upkeep_records_statistics_only_when_something_arrived() -> No
     rig.bridge.check(peer, rig.now)
     await rig.settle(0.1)
     assert len(rig.manager.named("record_stats")) == 1
+    _client.send(b"news")  # something arrived: the next look records again
+    await rig.settle(0.1)
+    rig.bridge.check(peer, rig.now)
+    await rig.settle(0.1)
+    assert len(rig.manager.named("record_stats")) == 2
 
 
 async def test_many_sessions_turning_idle_share_one_task_that_yields_between_batches() -> None:
@@ -446,6 +599,42 @@ async def test_many_sessions_turning_idle_share_one_task_that_yields_between_bat
     assert idle == {p.session_id for p in peers}
 
 
+@pytest.mark.parametrize(("queued", "yields"), [(UPDATE_BATCH - 1, 0), (UPDATE_BATCH, 1)])
+async def test_the_update_task_yields_once_per_full_batch(
+        monkeypatch: pytest.MonkeyPatch, queued: int, yields: int) -> None:
+    rig = Rig()
+    for _ in range(queued):
+        session = _session("alice", str(uuid.uuid4()))
+        rig.manager.sessions[session.session_id] = session
+        rig.bridge._set_state(session.session_id, State.IDLE)
+    slept: list[float] = []
+    sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        slept.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    await asyncio.gather(*rig.port.tasks)
+    assert len(rig.manager.named("update_session")) == queued
+    assert slept == [0] * yields
+
+
+async def test_updates_the_store_refuses_are_skipped_and_the_rest_applied() -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = str(peer.session_id)
+    rig.manager.fail["update_session"] = SessionNotFound(f"session not found: {sid}")
+    rig.manager.fail["record_stats"] = StoreUnavailable("etcd unreachable")
+    with capture_logs() as logs:
+        rig.bridge.check(peer, peer.last_keepalive + 3 * KEEPALIVE + 1)  # IDLE, and stats
+        await rig.settle(0.1)
+    assert [c[0] for c in rig.manager.calls[-2:]] == ["update_session", "record_stats"]
+    assert [(e["session_id"], e["error"]) for e in logs
+            if e["event"] == "session update skipped"] == [(sid, f"session not found: {sid}")]
+    assert not rig.bridge._applying  # the task ended cleanly: the next change starts another
+
+
 async def test_a_state_change_queued_for_a_session_is_dropped_when_the_session_ends() -> None:
     rig = Rig()
     _client, peer = await connect(rig, Credentials(user_id="alice"))
@@ -456,6 +645,18 @@ async def test_a_state_change_queued_for_a_session_is_dropped_when_the_session_e
     assert rig.bridge._states == {sid: State.IDLE}
     rig.bridge.on_session_ended(rig.manager.sessions[sid], "deleted")
     assert rig.bridge._states == {}
+
+
+async def test_a_state_change_queued_for_a_session_is_dropped_when_its_client_logs_out() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = str(peer.session_id)
+    rig.bridge._states[sid] = State.IDLE  # queued, the applier not there yet
+    client.close("bye")
+    rig.flush()
+    await rig.settle()
+    assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
+    assert [c for c in rig.manager.named("update_session") if c[1] == sid] == []
 
 
 async def test_a_validated_migration_moves_the_sessions_client_address() -> None:
@@ -472,6 +673,23 @@ async def test_a_validated_migration_moves_the_sessions_client_address() -> None
         ("update_client_address", peer.session_id, "10.0.0.9", 45000)]
 
 
+async def test_a_migration_the_store_cannot_record_is_logged_and_the_connection_kept() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    rig.manager.fail["update_client_address"] = StoreUnavailable("etcd unreachable")
+    new_addr = ("10.0.0.9", 45000)
+    rig.clients[new_addr] = rig.clients.pop(CLIENT_ADDR)
+    rig.client_events[new_addr] = rig.client_events.pop(CLIENT_ADDR)
+    with capture_logs() as logs:
+        client.send(b"from the new address")
+        rig.flush()
+        await rig.settle()
+    assert client.state is ConnectionState.ESTABLISHED
+    assert [(e["log_level"], e["session_id"], e["error"]) for e in logs
+            if e["event"] == "address update failed"] == [
+        ("warning", peer.session_id, "etcd unreachable")]
+
+
 # ----------------------------------------------------------------- the end of a connection
 
 
@@ -479,12 +697,28 @@ async def test_a_client_logout_deletes_its_session() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
     sid = peer.session_id
-    client.close("bye")
-    rig.flush()
-    await rig.settle()
+    with capture_logs() as logs:
+        client.close("bye")
+        rig.flush()
+        await rig.settle()
     assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
     assert rig.bridge.peer_for(str(sid)) is None
     assert len(rig.manager.named("record_stats")) == 1  # the final statistics, once
+    (closed,) = [e for e in logs if e["event"] == "connection closed"]
+    assert (closed["connection_id"], closed["session_id"], closed["reason"],
+            closed["by_peer"]) == (peer.connection_id, sid, "bye", True)
+
+
+async def test_a_logout_whose_session_is_already_gone_is_quietly_done() -> None:
+    rig = Rig()
+    client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.manager.fail["delete_session"] = SessionNotFound("expired meanwhile")
+    client.close("bye")
+    rig.flush()
+    await rig.settle()  # gathers the bridge's tasks: the delete's task raised nothing
+    assert rig.manager.named("delete_session") == [("delete_session", sid, "client closed")]
+    assert rig.bridge.peer_for(str(sid)) is None
 
 
 @pytest.mark.parametrize(("code", "kept"), [
@@ -501,12 +735,39 @@ async def test_any_other_close_keeps_the_session_resumable(code: CloseCode, kept
     assert rig.bridge.peer_for(str(sid)) is None
 
 
+@pytest.mark.parametrize(("code", "by_peer"), [
+    (CloseCode.NORMAL, False),  # our own normal close (the application's): not a logout
+    (CloseCode.PROTOCOL_VIOLATION, True),  # the client closing with an error: not a logout
+])
+async def test_only_the_clients_normal_close_is_a_logout(code: CloseCode, by_peer: bool) -> None:
+    rig = Rig()
+    _client, peer = await connect(rig, Credentials(user_id="alice"))
+    sid = peer.session_id
+    rig.bridge.handle(peer, ConnectionClosed(code, "whatever", by_peer=by_peer))
+    await rig.settle(0.1)
+    assert rig.manager.named("delete_session") == []
+    assert ("update_session", sid, State.DISCONNECTING) in rig.manager.calls
+
+
+async def test_a_closed_connection_frees_its_users_quota_slot() -> None:
+    rig = Rig()  # max_connections_per_user=2
+    first, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40001))
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40002))
+    first.close("bye")
+    rig.flush()
+    await rig.settle()
+    third, _ = await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.2", 40003))
+    assert third.state is ConnectionState.ESTABLISHED
+    assert rig.counters.rejected == {}
+
+
 async def test_a_session_ended_in_the_manager_closes_its_connection_with_the_reason() -> None:
     rig = Rig()
     client, peer = await connect(rig, Credentials(user_id="alice"))
     session = rig.manager.sessions[str(peer.session_id)]
+    rig.port.flushed.clear()
     rig.bridge.on_session_ended(session, "expired")
-    assert peer in rig.port.flushed
+    assert rig.port.flushed == [peer]  # the CLOSE leaves at once
     rig.flush()
     await rig.settle()
     assert client.state is ConnectionState.CLOSED

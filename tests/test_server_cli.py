@@ -7,6 +7,7 @@ that nothing touches the user's configuration.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -216,7 +218,7 @@ async def server_process(tmp_path: Path, *extra: str) -> AsyncIterator[
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signals,
                                                               tmp_path: Path) -> None:
-    async with server_process(tmp_path) as (proc, ready):
+    async with server_process(tmp_path, "--log-format", "json") as (proc, ready):
         key = ServerKeyFile.load(tmp_path / "server.key")  # created on first start
         assert ready["fingerprint"] == key.fingerprint
         assert ready["public"] == key.public_key_text
@@ -226,14 +228,17 @@ async def test_server_prints_ready_serves_and_stops_on_signal(sig: signal.Signal
                                reconnect=False)  # what the stopping server does is tested
         assert await client.heartbeat() == pytest.approx(1800.0)
 
-        started = time.monotonic()
         proc.send_signal(sig)
-        assert await asyncio.wait_for(proc.wait(), 5) == 0
-        assert time.monotonic() - started < 5
-        await asyncio.wait_for(client.wait_closed(), 3)
+        # a generous wall-clock bound (a loaded machine can delay the interpreter's exit)...
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await asyncio.wait_for(client.wait_closed(), 10)
         assert client.close_code == CloseCode.SERVER_SHUTDOWN
         assert proc.stderr is not None
-        assert b"server stopped" in await proc.stderr.read()
+        records = [json.loads(line) for line in (await proc.stderr.read()).decode().splitlines()]
+    # ...and the README's "exits within 5 s" by the server's own clock: from the signal heard
+    # to the server stopped
+    at = {r["event"]: datetime.fromisoformat(r["timestamp"]) for r in records}
+    assert (at["server stopped"] - at["shutting down"]).total_seconds() < 5.0
 
 
 async def test_ciphers_flag_restricts_what_the_server_accepts(tmp_path: Path) -> None:

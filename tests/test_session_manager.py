@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,7 +88,8 @@ def test_config_rejects_bad_durations(field: str, value: Any) -> None:
 
 
 def test_manager_rejects_a_naive_clock() -> None:
-    with pytest.raises(ValueError, match="clock"):
+    with pytest.raises(ValueError, match=r"^the clock must return aware UTC datetimes: "
+                                         r"clock\(\) must be timezone-aware UTC, got "):
         SessionManager(ManagerConfig(store=MemoryStore(), clock=datetime.now))
 
 
@@ -116,6 +117,8 @@ async def test_create_session(manager: SessionManager, clock: FakeClock, logs: L
     assert token not in repr(session) and token not in str(session.to_dict())
     (created,) = events(logs, "session created")
     assert created["session_id"] == session.session_id and created["user_id"] == "user1"
+    assert (created["connection_id"], created["client"]) == (
+        session.connection_id, f"{session.client_ip}:{session.client_port}")
     assert created["log_level"] == "info"
     assert all(token not in repr(e) for e in logs.entries)
 
@@ -238,7 +241,7 @@ async def test_update_session(
     assert (await manager.get_session(session.session_id)).stats.packets_sent == 3
     (changed,) = events(logs, "session state changed")
     assert (changed["old_state"], changed["new_state"]) == ("CONNECTING", "ACTIVE")
-    assert changed["user_id"] == "user1"
+    assert (changed["session_id"], changed["user_id"]) == (session.session_id, "user1")
 
 
 async def test_update_without_state_change_logs_no_state_change(
@@ -287,13 +290,15 @@ async def test_update_client_address(
     moved = await manager.update_client_address(session.session_id, "10.1.2.3", 40000)
     assert (moved.client_ip, moved.client_port) == ("10.1.2.3", 40000)
     assert (await manager.get_session(session.session_id)).client_port == 40000
-    assert events(logs, "session address changed")[0]["client"] == "10.1.2.3:40000"
+    changed = events(logs, "session address changed")[0]
+    assert (changed["session_id"], changed["user_id"], changed["client"]) == (
+        session.session_id, "user1", "10.1.2.3:40000")
     with pytest.raises(InvalidSession):
         await manager.update_client_address(session.session_id, "10.1.2.3", 70000)
     with pytest.raises(SessionNotFound):
         await manager.update_client_address(new_session_id(), "10.1.2.3", 1)
     clock.advance(TIMEOUT)
-    with pytest.raises(SessionExpired):
+    with pytest.raises(SessionExpired, match=f"^session expired: {session.session_id}$"):
         await manager.update_client_address(session.session_id, "10.1.2.3", 1)
 
 
@@ -376,8 +381,8 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
             await Store.touch(self, session_id, now, expires_at)
 
     store = PlainStore()
-    manager = SessionManager(ManagerConfig(store=store, clock=clock,
-                                           logger=make_logger(LogCapture())))
+    logs = LogCapture()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock, logger=make_logger(logs)))
     session, _ = await create(manager)
     clock.advance(5)
     assert manager.heartbeat_nowait(session.session_id) is None
@@ -387,6 +392,14 @@ async def test_heartbeat_uses_the_generic_touch_on_other_stores(clock: FakeClock
     got = await manager.get_session(session.session_id)
     assert (got.state, got.last_active_at) == (State.ACTIVE, clock.now)
     assert store.touched == 1
+    beat = events(logs, "session heartbeat")
+    assert [(b["session_id"], b["remaining"]) for b in beat] == [(session.session_id, 1800.0)]
+    # on this path too a session's own timeout rules its heartbeats
+    own, _ = await manager.create_session("user2", "10.0.0.1", 1, str(uuid.uuid4()), timeout=60.0)
+    clock.advance(5)
+    assert await manager.heartbeat(own.session_id) == 60.0
+    expires_at = (await manager.get_session(own.session_id)).expires_at
+    assert expires_at == clock.now + timedelta(seconds=60)
     clock.advance(1800)
     with pytest.raises(SessionExpired):
         await manager.heartbeat(session.session_id)
@@ -513,18 +526,23 @@ async def test_resume_session(
     (entry,) = events(logs, "session resumed")
     assert entry["session_id"] == session.session_id and entry["user_id"] == "user1"
     assert entry["connection_id"] == new_cid
+    assert entry["previous_connection_id"] == session.connection_id
+    assert entry["client"] == "10.9.8.7:4000"
     assert all(token not in repr(e) for e in logs.entries)
     # the token stays valid for the next reconnect
     again = await manager.resume_session(session.session_id, token, str(uuid.uuid4()), "::1", 1)
     assert again.server_addr == "10.0.0.2:9000"
 
 
-async def test_resume_session_errors(manager: SessionManager, clock: FakeClock) -> None:
+async def test_resume_session_errors(manager: SessionManager, clock: FakeClock,
+                                     logs: LogCapture) -> None:
     session, token = await create(manager)
     other, _ = await create(manager)
     sid = session.session_id
     with pytest.raises(InvalidToken, match=f"invalid token for session: {sid}"):
         await manager.resume_session(sid, "x" * 43, str(uuid.uuid4()), "10.0.0.1", 1)
+    (refused,) = events(logs, "session resume refused: bad token")
+    assert (refused["log_level"], refused["session_id"]) == ("warning", sid)
     with pytest.raises(SessionNotFound):
         await manager.resume_session(new_session_id(), token, str(uuid.uuid4()), "10.0.0.1", 1)
     with pytest.raises(InvalidSession):
@@ -572,6 +590,9 @@ async def test_cleanup_expired(
     assert await manager.cleanup_expired() == 3
     assert sorted(seen) == sorted((s.session_id, "expired") for s in old)
     assert events(logs, "expired sessions cleaned up")[0]["count"] == 3
+    gone = events(logs, "session expired")  # one debug line each
+    assert sorted((e["log_level"], e["session_id"], e["user_id"]) for e in gone) == sorted(
+        ("debug", s.session_id, "user1") for s in old)
     assert (await manager.get_session(young.session_id)).session_id == young.session_id
     for s in old:
         with pytest.raises(SessionNotFound):
@@ -593,6 +614,7 @@ async def test_failing_listener_is_logged_and_others_still_run(
     assert seen == ["kicked"]
     (failure,) = events(logs, "session listener failed")
     assert failure["session_id"] == session.session_id and failure["log_level"] == "error"
+    assert failure["reason"] == "kicked"
     manager.remove_listener(broken)
     with pytest.raises(ValueError):
         manager.remove_listener(broken)
@@ -642,6 +664,34 @@ async def test_background_cleanup_runs_and_survives_store_errors(
     assert store.closed == 1
 
 
+async def test_a_crash_in_the_background_cleanup_is_logged_and_the_sweep_goes_on(
+    clock: FakeClock, logs: LogCapture
+) -> None:
+    class CrashingStore(MemoryStore):
+        crashes = 1
+
+        async def expire(self, now: datetime) -> list[Session]:
+            if self.crashes:
+                self.crashes -= 1
+                raise KeyError("a bug, not an outage")
+            return await super().expire(now)
+
+    store = CrashingStore()
+    manager = SessionManager(ManagerConfig(
+        store=store, default_timeout=60, cleanup_interval=0.01, clock=clock,
+        logger=make_logger(logs)))
+    async with manager:
+        await create(manager)
+        clock.advance(60)
+
+        async def empty() -> bool:
+            return await store.count() == 0
+
+        await _wait_for(empty)
+    (crash,) = events(logs, "session cleanup crashed")
+    assert crash["log_level"] == "error" and crash["exc_info"] is True
+
+
 async def test_close_is_idempotent_and_final(clock: FakeClock) -> None:
     store = ClosingStore()
     manager = SessionManager(ManagerConfig(store=store, clock=clock,
@@ -650,11 +700,12 @@ async def test_close_is_idempotent_and_final(clock: FakeClock) -> None:
     await manager.start()  # idempotent too
     task = manager._cleanup_task
     assert task is not None and not task.done()
+    assert task.get_name() == "session-cleanup"  # what a task dump shows
     await manager.close()
     await manager.close()
     assert task.cancelled()
     assert store.closed == 1
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"^session manager is closed$"):
         await manager.start()
 
 
@@ -676,7 +727,14 @@ async def test_default_clock_is_wall_time_utc(store: MemoryStore) -> None:
 @pytest.mark.parametrize("field", ["max_sessions_per_user", "max_sessions"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, "8", True])
 def test_config_rejects_bad_limits(field: str, value: Any) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"^{field} must be a positive integer, got "):
+        ManagerConfig(store=MemoryStore(), **{field: value})
+
+
+@pytest.mark.parametrize("field", ["default_timeout", "cleanup_interval"])
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "60"])
+def test_config_rejects_bad_durations_naming_them(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be a "):
         ManagerConfig(store=MemoryStore(), **{field: value})
 
 
@@ -711,7 +769,7 @@ async def test_a_user_at_the_limit_evicts_the_least_recently_active_unheld_sessi
     newest, _ = await create(manager)
     assert ended == [(sessions[0].session_id, EVICTED_REASON)]
     (entry,) = [e for e in events(logs, "session deleted") if e["reason"] == EVICTED_REASON]
-    assert entry["session_id"] == sessions[0].session_id
+    assert (entry["session_id"], entry["user_id"]) == (sessions[0].session_id, "user1")
     mine = {s.session_id for s in await store.get_by_user_id("user1")}
     assert mine == {sessions[1].session_id, sessions[2].session_id, newest.session_id}
     await create(manager)
@@ -754,8 +812,74 @@ async def test_sessions_held_by_live_connections_are_never_evicted(
     assert await store.get_by_user_id("user1") == before and ended == []
     with pytest.raises(SessionNotFound):
         await store.get_by_connection_id(cid)
-    assert events(logs, "session refused: user at session limit")
+    (refused,) = events(logs, "session refused: user at session limit")
+    assert (refused["log_level"], refused["user_id"], refused["sessions"], refused["limit"]) == (
+        "warning", "user1", 2, 2)
     await create(manager, "user2")  # other users are not affected
+
+
+async def test_a_victim_resumed_between_the_read_and_the_delete_is_spared(
+    clock: FakeClock, logs: LogCapture
+) -> None:
+    # the eviction re-checks each victim in the store's own delete: one that a resume took back
+    # meanwhile (another node, another task) stays, and the next unheld one goes instead
+    class RacingStore(MemoryStore):
+        reclaim: str | None = None
+
+        async def delete(self, session_id: str, *,
+                         only_if: Callable[[Session], bool] | None = None) -> Session:
+            if session_id == self.reclaim:
+                self.reclaim = None
+                taken = await self.get(session_id)
+                taken.state = State.ACTIVE
+                await self.update(taken)
+            return await super().delete(session_id, only_if=only_if)
+
+    store = RacingStore()
+    manager = limited(store, clock, logs, per_user=2)
+    older, _ = await create(manager)
+    await manager.update_session(older.session_id, state=State.DISCONNECTING)
+    clock.advance(1)
+    newer, _ = await create(manager)
+    await manager.update_session(newer.session_id, state=State.DISCONNECTING)
+    store.reclaim = older.session_id  # the first victim: least recently active
+    third, _ = await create(manager)
+    assert (await store.get(older.session_id)).state is State.ACTIVE
+    with pytest.raises(SessionNotFound):
+        await store.get(newer.session_id)
+    assert {s.session_id for s in await store.get_by_user_id("user1")} == {
+        older.session_id, third.session_id}
+
+
+async def test_a_create_that_loses_every_race_for_the_freed_slot_is_refused(
+    clock: FakeClock, logs: LogCapture
+) -> None:
+    # another node takes each slot this one frees: after its last attempt the create is
+    # refused, and nothing of it is stored (never a session reported created but not stored)
+    class ContestedStore(MemoryStore):
+        contested = False
+
+        async def create(self, session: Session, *,
+                         max_user_sessions: int | None = None) -> None:
+            if self.contested:  # a rival's unheld session lands first, taking the slot
+                rival = session.copy()
+                rival.session_id, rival.connection_id = new_session_id(), str(uuid.uuid4())
+                rival.state = State.DISCONNECTING
+                await super().create(rival)
+            await super().create(session, max_user_sessions=max_user_sessions)
+
+    store = ContestedStore()
+    manager = limited(store, clock, logs, per_user=2)
+    for _ in range(2):
+        unheld, _ = await create(manager)
+        await manager.update_session(unheld.session_id, state=State.DISCONNECTING)
+    store.contested = True
+    cid = str(uuid.uuid4())
+    with pytest.raises(TooManyUserSessions):
+        await create(manager, connection_id=cid)
+    with pytest.raises(SessionNotFound):
+        await store.get_by_connection_id(cid)
+    assert len(events(logs, "session created")) == 2  # the two made before the contest
 
 
 async def test_the_total_limit_refuses_and_creates_nothing(
@@ -767,6 +891,9 @@ async def test_the_total_limit_refuses_and_creates_nothing(
     with pytest.raises(SessionCapacityExceeded, match="holds 3 sessions, at most 3"):
         await create(manager, "d")
     assert await store.count() == 3
+    (refused,) = events(logs, "session refused: session limit reached")
+    assert (refused["log_level"], refused["user_id"], refused["sessions"], refused["limit"]) == (
+        "warning", "d", 3, 3)
     await manager.delete_session((await store.get_by_user_id("a"))[0].session_id, "logout")
     await create(manager, "d")
 
@@ -805,7 +932,7 @@ async def test_a_create_that_loses_the_freed_slot_to_another_goes_round_again(
 
 
 async def test_resume_for_another_user_is_refused_and_writes_nothing(
-    store: MemoryStore, manager: SessionManager, clock: FakeClock
+    store: MemoryStore, manager: SessionManager, clock: FakeClock, logs: LogCapture
 ) -> None:
     session, token = await create(manager, "alice")
     await manager.update_session(session.session_id, state=State.DISCONNECTING)
@@ -816,6 +943,9 @@ async def test_resume_for_another_user_is_refused_and_writes_nothing(
                                      "10.9.9.9", 4444, server_addr="10.0.0.5:1", user_id="mallory")
     with pytest.raises(InvalidToken, match="belongs to another user"):
         await manager.check_resume(session.session_id, token, "mallory")
+    refused = events(logs, "session resume refused: another user's session")
+    assert [(e["log_level"], e["session_id"]) for e in refused] == [
+        ("warning", session.session_id)] * 2
     assert (await store.get(session.session_id)).to_dict() == before
     checked = await manager.check_resume(session.session_id, token, "alice")
     assert checked.to_dict() == before  # checking writes nothing either

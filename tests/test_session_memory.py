@@ -256,3 +256,41 @@ def test_sessions_leaving_the_store_do_not_share_their_empty_metadata() -> None:
     assert run_now(store.get(c.session_id)).metadata == {}
     assert [s.session_id for s in expired] == [b.session_id]
     assert (deleted.metadata, expired[0].metadata) == ({"x": "1"}, {"y": "2"})
+
+
+@pytest.mark.parametrize(("created", "compacted_at"), [(1100, 37), (1101, 38)])
+def test_the_heap_is_rebuilt_exactly_when_dead_entries_pass_twice_the_live_plus_1024(
+        created: int, compacted_at: int) -> None:
+    # deletes leave their entries; the heap is rebuilt on the delete after which it holds more
+    # than 2 * live + 1024 entries, not one delete sooner or later
+    store = MemoryStore()
+    sessions = [make(expires=10**6) for _ in range(created)]
+    for s in sessions:
+        run_now(store.create(s))
+    live = created
+    for s in sessions:
+        run_now(store.delete(s.session_id))
+        live -= 1
+        if live == compacted_at + 1:
+            assert store.heap_size() == created  # 2 * live + 1024 >= created: not yet
+        if live == compacted_at:
+            break
+    assert store.heap_size() == compacted_at  # rebuilt from the live entries alone
+    assert run_now(store.delete_expired(at(10**6))) == compacted_at
+
+
+@pytest.mark.parametrize("state", [State.CONNECTING, State.IDLE])
+def test_a_heartbeat_moves_a_waking_session_from_its_state_index_to_active(state: State) -> None:
+    store = MemoryStore()
+    s, other = make(), make()
+    s.state = other.state = state
+    run_now(store.create(s))
+    run_now(store.create(other))
+    woke = store.touch_nowait(s.session_id, at(1), at(61))
+    assert isinstance(woke, tuple) and woke[0] is state and woke[1].state is State.ACTIVE
+    counts = run_now(store.count_by_state())
+    assert (counts[state], counts[State.ACTIVE]) == (1, 1)
+    assert _ids(run_now(store.list(SessionFilter(state=state)))[0]) == [other.session_id]
+    assert _ids(run_now(store.list(SessionFilter(state=State.ACTIVE)))[0]) == [s.session_id]
+    assert _ids(run_now(store.list(SessionFilter(user_id="u", state=state)))[0]) == \
+        [other.session_id]

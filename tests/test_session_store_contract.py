@@ -167,8 +167,10 @@ async def test_update_to_another_sessions_connection_raises(store: Store) -> Non
     await store.create(a)
     await store.create(b)
     b.connection_id = a.connection_id
-    with pytest.raises(SessionExists):
+    with pytest.raises(SessionExists) as taken:
         await store.update(b)
+    # the refusal names the connection and the session holding it
+    assert str(taken.value) == f"connection {a.connection_id} already has a session: {a.session_id}"
     assert (await store.get_by_connection_id(a.connection_id)).session_id == a.session_id
     assert (await store.get(b.session_id)).connection_id != a.connection_id
 
@@ -399,6 +401,18 @@ async def test_create_within_a_user_limit_refuses_past_it_and_stores_nothing(
     await store.create(make_session(user_id="user2"), max_user_sessions=3)  # per user
     await store.create(make_session(), max_user_sessions=4)  # the limit is the caller's
     assert await store.count() == 5
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_a_user_limit_admits_exactly_that_many_sessions(store: Store, limit: int) -> None:
+    # the smallest limits: a user with none yet gets the first even under a limit of 1, and
+    # one session counts as one
+    for _ in range(limit):
+        await store.create(make_session(), max_user_sessions=limit)
+    refusal = f"^user 'user1' already has {limit} sessions stored, at most {limit}$"
+    with pytest.raises(TooManyUserSessions, match=refusal):
+        await store.create(make_session(), max_user_sessions=limit)
+    assert len(await store.get_by_user_id("user1")) == limit
 
 
 async def test_creates_racing_for_a_users_last_slots_never_exceed_the_limit(

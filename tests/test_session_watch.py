@@ -13,7 +13,7 @@ from session.etcd import EtcdStore
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, State
-from session.store import Store
+from session.store import Listener, Store
 from session.watch import EventKind, SessionEvent
 from tests.conftest import FakeClock
 from tests.etcd_cluster import etcd_endpoints, etcd_prefix  # noqa: F401  (fixtures)
@@ -72,7 +72,7 @@ async def test_every_change_is_published_in_order(clock: FakeClock,
     assert [e.session.session_id for e in events] == [sid] * 5 + [short.session_id] * 2
     assert events[3].session.metadata == {"a": "1", "b": "2"}
     assert events[0].at < events[1].at
-    assert not any(e.remote for e in events)
+    assert all(e.remote is False for e in events)
 
 
 async def test_the_hot_path_heartbeat_publishes_its_wake_ups(clock: FakeClock) -> None:
@@ -100,6 +100,8 @@ async def test_events_hold_copies_and_a_failing_watcher_harms_nobody(clock: Fake
     assert (await manager.get_session(session.session_id)).metadata == {}
     assert [e["event"] for e in logs.entries if e["log_level"] == "error"] == [
         "session watcher failed"]
+    (failed,) = [e for e in logs.entries if e["event"] == "session watcher failed"]
+    assert (failed["session_id"], failed["kind"]) == (session.session_id, "CREATED")
 
     manager.remove_watcher(broken)
     manager.remove_watcher(events.append)
@@ -124,3 +126,37 @@ async def test_changes_from_another_node_arrive_marked_remote(
             await asyncio.sleep(0.05)
         assert [(e.kind, e.remote, e.session.session_id) for e in events] == [
             (EventKind.DELETED, True, session.session_id)]
+
+
+class SharedStore(MemoryStore):
+    """A store with other writers, as a shared store is: `remove_elsewhere` is another node's
+    delete (or expiry) of a session, reported to the listeners the store was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Listener] = []
+
+    def add_listener(self, callback: Listener) -> None:
+        self.listeners.append(callback)
+
+    async def remove_elsewhere(self, session_id: str, reason: str) -> None:
+        gone = await self.delete(session_id)
+        for callback in self.listeners:
+            callback(gone, reason)
+
+
+@pytest.mark.parametrize(("reason", "kind"), [("deleted", EventKind.DELETED),
+                                              ("expired", EventKind.EXPIRED)])
+async def test_a_removal_the_store_reports_reaches_listeners_and_watchers_as_remote(
+        clock: FakeClock, reason: str, kind: EventKind) -> None:
+    store = SharedStore()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock))
+    told: list[tuple[str, str]] = []
+    manager.add_listener(lambda session, why: told.append((session.session_id, why)))
+    events = watched(manager)
+    session, _ = await manager.create_session("alice", "10.0.0.1", 1, "")
+    await store.remove_elsewhere(session.session_id, reason)
+    assert told == [(session.session_id, reason)]
+    assert [(e.kind, e.remote, e.reason, e.session.session_id) for e in events[1:]] == [
+        (kind, True, reason, session.session_id)]
+    assert not events[0].remote  # what this manager did itself is not remote

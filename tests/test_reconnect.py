@@ -240,7 +240,11 @@ async def test_keys_exhausted_reconnects_and_the_stream_goes_on_in_order() -> No
         assert got == sent and echo.received == sent
         assert any(isinstance(e, Disconnected) and e.code == CloseCode.KEYS_EXHAUSTED
                    for e in events)
-        assert any(isinstance(e, Reconnected) and e.carried for e in events)
+        # resumed, and told of no loss. Whether the resume carried streams over depends on
+        # whether anything was still unacknowledged when the keys ran out (the FIN flushes
+        # first): `carried` may be either, the stream above is unbroken both ways
+        assert any(isinstance(e, Reconnected) for e in events)
+        assert not [e for e in events if isinstance(e, DataLost)], events
         await client.close()
 
 

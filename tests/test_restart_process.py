@@ -2,8 +2,9 @@
 `quantum-server` with an application: the same command line and shutdown path), over real UDP:
 after SIGTERM and a start on the same port and key file every client resumes its session, in
 its room; after SIGKILL there is no snapshot, the sessions are gone and a resume is refused
-with BAD_RESUME; with --no-snapshot a clean stop writes nothing either. With today's client
-the test resumes by hand (`connect(resume=...)`)."""
+with BAD_RESUME; with --no-snapshot a clean stop writes nothing either. The clients resume by
+hand (`connect(resume=...)`, reconnect off); tests/test_reconnect.py has the client that
+reconnects by itself across a restart."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ async def recv(client: QuantumClient) -> bytes:
 async def join(server: ChatServer, user: str, **kwargs: object) -> QuantumClient:
     return await asyncio.wait_for(connect(
         HOST, server.port, user_id=user, server_key=server.key,
-        configuration=client_config(), **kwargs), 10)  # type: ignore[arg-type]
+        configuration=client_config(), reconnect=False, **kwargs), 10)  # type: ignore[arg-type]
 
 
 async def test_a_sigterm_restart_mid_chat_keeps_every_session_and_sigkill_loses_them(

@@ -200,7 +200,7 @@ int q_frame_next(const uint8_t *p, size_t n, size_t *pos, q_frame *f) {
             if (token[j] > 0x7F)
                 return -1; /* ASCII only */
         uint8_t resumed = token[len + 4];
-        if (resumed > 1)
+        if (resumed > 2) /* 2: resumed, streams carried over (12.4; only if we asked) */
             return -1;
         f->u.session.session_id = p + i;
         f->u.session.token_len = len;

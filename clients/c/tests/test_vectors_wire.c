@@ -124,6 +124,8 @@ static const frame_vector FRAME_VECTORS[] = {
      {.type = Q_FRAME_SESSION, .u.session = {SID, 3, (const uint8_t *)"tok", 60000, 1}}, 0},
     {"REJECT(19, \"full\")", {.type = Q_FRAME_REJECT, .u.close = {19, 4, (const uint8_t *)"full"}},
      0},
+    {"SESSION(id `000102...0f`, \"tok\", 60000 ms, resumed and carried over, 12.4)",
+     {.type = Q_FRAME_SESSION, .u.session = {SID, 3, (const uint8_t *)"tok", 60000, 2}}, 0},
     {"KEEPALIVE(1) then 3 bytes of PADDING (decodes to KEEPALIVE(1) alone)",
      {.type = Q_FRAME_KEEPALIVE, .u.keepalive = {1}}, 3},
 };
@@ -219,13 +221,26 @@ static int frame_is(const q_frame *got, const q_frame *want) {
 }
 
 typedef struct frame_rows {
-    int seen, matched, failed;
+    int seen, matched, failed, not_spoken;
     int used[FRAME_VECTOR_COUNT];
 } frame_rows;
+
+/* Rows of frames libquantum does not speak, each with why: it never asks a resume to carry
+ * its streams over (credentials flag 0x20, 12.4), so no server ever sends it DELIVERED. */
+static const char *const NOT_SPOKEN[] = {
+    "DELIVERED((0, 0, 7), (3, 1, `FFFFFFFE`))",
+};
+#define NOT_SPOKEN_COUNT (sizeof NOT_SPOKEN / sizeof NOT_SPOKEN[0])
 
 static void on_frame_row(const char *desc, const char *hex, void *ctx) {
     frame_rows *rows = ctx;
     rows->seen++;
+    for (size_t i = 0; i < NOT_SPOKEN_COUNT; i++)
+        if (strcmp(desc, NOT_SPOKEN[i]) == 0) {
+            rows->not_spoken++;
+            rows->matched++;
+            return;
+        }
     const frame_vector *v = NULL;
     for (size_t i = 0; i < FRAME_VECTOR_COUNT && !v; i++)
         if (strcmp(desc, FRAME_VECTORS[i].description) == 0) {
@@ -268,8 +283,9 @@ static void on_frame_row(const char *desc, const char *hex, void *ctx) {
 static void test_frame_vectors(void) {
     frame_rows rows;
     memset(&rows, 0, sizeof rows);
-    CHECK(spec_table(section11(), on_frame_row, &rows) == (int)FRAME_VECTOR_COUNT);
-    CHECK(rows.failed == 0);
+    CHECK(spec_table(section11(), on_frame_row, &rows) ==
+          (int)(FRAME_VECTOR_COUNT + NOT_SPOKEN_COUNT));
+    CHECK(rows.failed == 0 && rows.not_spoken == (int)NOT_SPOKEN_COUNT);
     CHECK(rows.matched == rows.seen);
     for (size_t i = 0; i < FRAME_VECTOR_COUNT; i++)
         CHECK(rows.used[i] == 1); /* each row once: none of ours went missing from the spec */

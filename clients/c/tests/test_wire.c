@@ -94,8 +94,8 @@ static void test_frame_refusals(void) {
     n = q_enc_session(session, (const uint8_t *)"0123456789abcdef", (const uint8_t *)"t\x80", 2,
                       0, 0);
     CHECK(malformed(session, n)); /* non-ASCII token */
-    n = q_enc_session(session, (const uint8_t *)"0123456789abcdef", (const uint8_t *)"t", 1, 0, 2);
-    CHECK(malformed(session, n)); /* resumed must be 0 or 1 */
+    n = q_enc_session(session, (const uint8_t *)"0123456789abcdef", (const uint8_t *)"t", 1, 0, 3);
+    CHECK(malformed(session, n)); /* resumed must be 0, 1 or 2 (carried over, 12.4) */
     uint32_t seqs[1] = {1};
     n = q_enc_parity(b, 1, 2, 2, 1, seqs, (const uint8_t *)"xy", 2); /* index >= m */
     CHECK(malformed(b, n));

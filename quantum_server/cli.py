@@ -250,14 +250,22 @@ def _snapshot_flag_problem(args: argparse.Namespace, key_path: Path) -> str | No
 
 
 async def _stop_budget(server: QuantumServer) -> float:
-    """Seconds `stop` may take: 4.5 to close the connections, and with a snapshot to write,
-    a second per 5,000 sessions and per 100 MB of retained data on top: several times what
-    writing takes (50,000 sessions: about 2 s of CPU, benchmarks/restart.py), so that a loaded
-    machine does not lose the sessions, yet bounded."""
+    """Seconds `stop` may take: STOP_BASE to close the connections (`QuantumServer.stop`
+    waits up to 2 s for the clients' goodbyes and up to 2 s for the application's and the
+    session updates' tasks, then writes), and with a snapshot to write, a second per 5,000
+    sessions and per 100 MB of retained data on top: several times what writing takes
+    (50,000 sessions: about 3 s of CPU, benchmarks/restart.py), so that a loaded machine does
+    not lose the sessions, yet bounded."""
     if server.restart_snapshot is None:
-        return 4.5
+        return STOP_BASE
     sessions = await server.manager.store.count()
-    return 4.5 + sessions / 5_000 + server.retained.total_bytes / 100e6
+    return STOP_BASE + sessions / 5_000 + server.retained.total_bytes / 100e6
+
+
+#: the stop's budget without a snapshot: the two 2 s waits of `QuantumServer.stop` and 2 s for
+#: everything after them (4.5 s left an application task that never ends half a second for
+#: the snapshot and the store: seen to run out with 4,000 connections on a loaded machine)
+STOP_BASE = 6.0
 
 
 async def _build_store(args: argparse.Namespace) -> Any:
@@ -336,7 +344,7 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     try:
         await services.start(server)
     except OSError as exc:
-        await asyncio.wait_for(server.stop(), timeout=4.5)
+        await asyncio.wait_for(server.stop(), timeout=STOP_BASE)
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
     # the handlers go in before the ready line: whoever reads it may signal at once, and a

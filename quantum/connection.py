@@ -558,7 +558,7 @@ class Connection:
         unreliable one is dropped, counted in `stats.drops["send_buffer_full"]`, and -1
         returned."""
         if self.state not in (_ESTABLISHED, _AWAIT_ACCEPT,
-                              _AUTHENTICATING):
+                              _AUTHENTICATING) and not self._closing_into_carryover():
             raise MessageError(f"cannot send on a connection in state {self.state.value}")
         if self._carry is not None:
             raise MessageError("cannot send before the resume says whether the lost "
@@ -1275,11 +1275,22 @@ class Connection:
         """The queued messages, unless the handshake is still waiting for acceptance: nothing
         but handshake packets goes out before the SESSION frame (10.1), so `send` in
         AWAIT_ACCEPT (or AUTHENTICATING) only queues, and the message leaves once
-        established."""
+        established. Nor after our FIN: what a server shutting down queues then is carried
+        over to the resume (`_closing_into_carryover`)."""
         state = self.state
-        if state is _AWAIT_ACCEPT or state is _AUTHENTICATING or self._hold_messages:
+        if (state is _AWAIT_ACCEPT or state is _AUTHENTICATING or self._hold_messages
+                or self._fin_pn is not None):
             return None
         return self._outbox
+
+    def _closing_into_carryover(self) -> bool:
+        """Server: closing for a server shutdown, on a connection whose client asked for
+        carry-over (12.4). Its session stays, and so do its streams: what the application
+        sends meanwhile (answers to messages still arriving) is queued, goes out before the
+        FIN if it can, and is otherwise carried over with the session to its resume, so a
+        restart loses nothing. Any other closing connection refuses sends."""
+        return (self.state is _CLOSING and not self.is_client and self._carry_wanted
+                and self.close_code == CloseCode.SERVER_SHUTDOWN)
 
     def _has_data(self) -> bool:
         sender, fec = self._sendable_outbox(), self._fec

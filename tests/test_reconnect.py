@@ -287,3 +287,46 @@ async def test_a_resume_on_a_server_that_kept_nothing_reports_the_loss() -> None
         await client.close()
     finally:
         await second.stop()
+
+
+def _start_echo(port: int, key_file: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    with open(tmp_path / "server.log", "ab") as log:  # the child writes to its own copy
+        return subprocess.Popen(
+            [sys.executable, "examples/echo_server.py", "--host", HOST, "--port", str(port),
+             "--key-file", str(key_file), "--allow-anonymous", "--keepalive-interval", "0.5",
+             *EPHEMERAL_SERVICES], env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
+            stderr=log, cwd=ROOT)
+
+
+async def test_a_server_restart_mid_stream_loses_nothing_either_way(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a two-way stream (the server writes its snapshot, with what
+    its connections still owed), then a start on the same port and key file: the client
+    reconnects by itself, resumes, and every reliable message arrives once, in order on the
+    ordered channels, both ways."""
+    port, key_file = _free_port(), tmp_path / "server.key"
+    proc = _start_echo(port, key_file, tmp_path)
+    again: subprocess.Popen[bytes] | None = None
+    try:
+        await _until_serving(port, proc)
+        events: list[ConnectionEvent] = []
+        client = await connect(HOST, port, user_id="alice",
+                               configuration=client_config(idle_timeout=1.0),
+                               reconnect_policy=POLICY, on_event=events.append)
+        sent: dict[int, list[bytes]] = {channel: [] for channel, _ in STREAMS}
+        pump = asyncio.ensure_future(_pump(client, 240, b"restart", sent))
+        await asyncio.sleep(0.3)  # the stream is under way, both directions
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 20)
+        assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert (tmp_path / "server.snapshot").exists()
+        again = _start_echo(port, key_file, tmp_path)
+        await asyncio.wait_for(pump, 30)
+        _check(sent, await _collect(client, 240))  # every echo, once
+        assert any(isinstance(e, Reconnected) and e.carried for e in events), events
+        assert not [e for e in events if isinstance(e, (DataLost, GaveUp))], events
+        await client.close()
+    finally:
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(5)

@@ -660,3 +660,39 @@ def test_a_sealed_reject_with_an_unknown_code_is_reported_with_that_code() -> No
     rejected = [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, HandshakeRejected)]
     assert [(e.code, e.reason) for e in rejected] == [(4242, "new policy")]
     assert client.state is ConnectionState.CLOSED and client.close_code == 4242
+
+
+@pytest.mark.parametrize(("carry", "code", "takes_sends"), [
+    (True, CloseCode.SERVER_SHUTDOWN, True),  # the session and its streams stay: carried over
+    (False, CloseCode.SERVER_SHUTDOWN, False),  # nothing would carry it: refused
+    (True, CloseCode.NORMAL, False),  # any other close: refused
+], ids=["shutdown-with-carry", "shutdown-without-carry", "normal-close"])
+def test_a_closing_server_connection_takes_sends_only_into_a_carry_over(
+        carry: bool, code: CloseCode, takes_sends: bool) -> None:
+    # PROTOCOL.md 12.4: a server shutting down keeps answering a client that asked for
+    # carry-over; what cannot leave before the FIN is carried to the resume, never sent here
+    sim = make_sim()
+    client = Connection.client(SERVER_ADDR, ALICE, sim.now, carry=carry)
+    sim.clients[CLIENT_ADDR] = client
+    sim.client_events[CLIENT_ADDR] = []
+    sim.flush()
+    sim.run(until=2.0, condition=lambda: established(sim, client))
+    server = server_conn(sim)
+    assert server.carries is carry
+    server.close("server shutdown", code)
+    assert server.state is ConnectionState.CLOSING
+    if not takes_sends:
+        with pytest.raises(MessageError, match="state CLOSING"):
+            server.send(b"late answer")
+        return
+    server.send(b"answer before the FIN")
+    sim.flush()
+    sim.run(until=sim.now + 1.0, condition=lambda: server._fin_pn is not None)
+    assert messages(sim.client_events[CLIENT_ADDR]) == [b"answer before the FIN"]
+    server.send(b"after the FIN")  # queued for the carry-over, never sent on this connection
+    sent_before = server.stats.packets_sent
+    server.datagrams_to_send(sim.now)
+    assert server.stats.packets_sent == sent_before
+    carried = server.carryover()
+    assert carried is not None
+    assert [f.data for f in carried.owed] == [b"after the FIN"]

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidToken",
     "SessionCapacityExceeded",
     "SessionChanged",
+    "SessionConflict",
     "SessionError",
     "SessionExists",
     "SessionExpired",
@@ -56,6 +57,11 @@ class InvalidToken(SessionError):
 class SessionChanged(SessionError):
     """A conditional change found the session no longer as its condition requires (say, an
     eviction candidate that a resume took back meanwhile); nothing was changed."""
+
+
+class SessionConflict(SessionError):
+    """A shared store (etcd) saw another node change the session since this node read it:
+    nothing was written; re-read and retry (the manager's read-modify-write calls do)."""
 
 
 class SessionLimitExceeded(SessionError):

@@ -62,6 +62,7 @@ import aetcd.utils
 
 from session.errors import (
     InvalidSession,
+    SessionConflict,
     SessionError,
     SessionExists,
     SessionExpired,
@@ -111,10 +112,6 @@ _MERGE_ATTEMPTS = 5
 _TXN_OPS = 100  # etcd refuses transactions of more than 128 operations by default
 _WAKE = frozenset({State.CONNECTING, State.IDLE})
 _ACTIVE = State.ACTIVE
-
-
-class SessionConflict(SessionError):
-    """Another node changed the session since this node read it; re-read and retry."""
 
 
 # -- serialisation

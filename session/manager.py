@@ -42,6 +42,7 @@ from session.errors import (
     InvalidToken,
     SessionCapacityExceeded,
     SessionChanged,
+    SessionConflict,
     SessionError,
     SessionExpired,
     SessionNotFound,
@@ -79,6 +80,9 @@ EVICTED_REASON = "evicted: session limit per user"
 _UNHELD = frozenset({State.DISCONNECTING, State.CLOSED})
 #: rounds of evict-then-create when concurrent creates keep taking the freed slots
 _LIMIT_ATTEMPTS = 3
+#: read-modify-write tries of `update_session` when a shared store reports that the session
+#: changed between the read and the write (SessionConflict)
+_UPDATE_ATTEMPTS = 5
 
 
 def _check_duration(name: str, value: float) -> float:
@@ -447,20 +451,29 @@ class SessionManager:
         if stats is not None:
             validate_stats(stats)
         changes = validate_metadata(metadata)
-        now = self._clock()
-        session = await self.store.get(session_id)
-        if session.is_expired(now):
-            raise _expired(session_id)
-        previous = session.state
-        if changes:
-            merged = {**session.metadata, **changes}
-            session.metadata = validate_metadata(merged)
-        if state is not None:
-            session.state = state
-        if stats is not None:
-            session.stats = stats.copy()
-        session.last_active_at = now
-        await self.store.update(session)
+        for attempt in range(_UPDATE_ATTEMPTS):
+            now = self._clock()
+            session = await self.store.get(session_id)
+            if session.is_expired(now):
+                raise _expired(session_id)
+            previous = session.state
+            if changes:
+                merged = {**session.metadata, **changes}
+                session.metadata = validate_metadata(merged)
+            if state is not None:
+                session.state = state
+            if stats is not None:
+                session.stats = stats.copy()
+            session.last_active_at = now
+            try:
+                await self.store.update(session)
+                break
+            except SessionConflict:
+                # another node (or this node's own transport, say a resume confirming its
+                # rotated token) wrote the session between our read and our write: our
+                # change is applied again to what is there now
+                if attempt == _UPDATE_ATTEMPTS - 1:
+                    raise
         if session.state is not previous:
             self._log.info(
                 "session state changed",

@@ -18,6 +18,7 @@ from session.errors import (
     InvalidSession,
     InvalidToken,
     SessionCapacityExceeded,
+    SessionConflict,
     SessionExists,
     SessionExpired,
     SessionLimitExceeded,
@@ -997,3 +998,33 @@ async def test_a_session_with_a_replaced_token_survives_its_encoding(
     assert Session.from_dict(data) == stored
     stored.previous_token_hash = b""
     assert "previous_token_hash" not in stored.to_dict()  # the old encoding, unchanged
+
+
+async def test_an_update_that_meets_another_nodes_write_is_applied_again(clock: FakeClock) -> None:
+    # a shared store refuses a write whose read is stale (SessionConflict): update_session
+    # reads again and applies its change to what is there, a bounded number of times
+    class ContendedStore(MemoryStore):
+        conflicts = 0
+
+        async def update(self, session: Session) -> None:
+            if self.conflicts:
+                self.conflicts -= 1
+                stored = await self.get(session.session_id)
+                stored.metadata = {**stored.metadata, "by": "another node"}
+                await super().update(stored)  # the other node's write lands first
+                raise SessionConflict(f"session {session.session_id} changed meanwhile")
+            await super().update(session)
+
+    store = ContendedStore()
+    manager = SessionManager(ManagerConfig(store=store, clock=clock))
+    session, _ = await create(manager)
+    store.conflicts = 2
+    updated = await manager.update_session(session.session_id, state=State.IDLE,
+                                           metadata={"seat": "3"})
+    got = await manager.get_session(session.session_id)
+    assert got.state is State.IDLE and updated.state is State.IDLE
+    assert got.metadata["seat"] == "3" and got.metadata["by"] == "another node"  # both kept
+    store.conflicts = 10  # every try meets a newer write: the conflict is reported
+    with pytest.raises(SessionConflict):
+        await manager.update_session(session.session_id, state=State.ACTIVE)
+    assert store.conflicts == 10 - 5

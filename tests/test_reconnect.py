@@ -172,12 +172,16 @@ def _free_port() -> int:
         return port
 
 
-def _start_server(port: int, key_file: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "server.py", "--host", HOST, "--port", str(port), "--key-file",
-         str(key_file), "--allow-anonymous", "--keepalive-interval", "0.5",
-         *EPHEMERAL_SERVICES], env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, cwd=ROOT)
+def _start_server(port: int, key_file: Path, tmp_path: Path,
+                  script: str = "server.py") -> subprocess.Popen[bytes]:
+    """`script` (quantum-server, or an example application taking its flags) on `port`;
+    its log appended to tmp_path/server.log."""
+    with open(tmp_path / "server.log", "ab") as log:  # the child writes to its own copy
+        return subprocess.Popen(
+            [sys.executable, script, "--host", HOST, "--port", str(port), "--key-file",
+             str(key_file), "--allow-anonymous", "--keepalive-interval", "0.5",
+             *EPHEMERAL_SERVICES], env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
+            stderr=log, cwd=ROOT)
 
 
 async def _until_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -289,22 +293,13 @@ async def test_a_resume_on_a_server_that_kept_nothing_reports_the_loss() -> None
         await second.stop()
 
 
-def _start_echo(port: int, key_file: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
-    with open(tmp_path / "server.log", "ab") as log:  # the child writes to its own copy
-        return subprocess.Popen(
-            [sys.executable, "examples/echo_server.py", "--host", HOST, "--port", str(port),
-             "--key-file", str(key_file), "--allow-anonymous", "--keepalive-interval", "0.5",
-             *EPHEMERAL_SERVICES], env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
-            stderr=log, cwd=ROOT)
-
-
 async def test_a_server_restart_mid_stream_loses_nothing_either_way(tmp_path: Path) -> None:
     """SIGTERM in the middle of a two-way stream (the server writes its snapshot, with what
     its connections still owed), then a start on the same port and key file: the client
     reconnects by itself, resumes, and every reliable message arrives once, in order on the
     ordered channels, both ways."""
     port, key_file = _free_port(), tmp_path / "server.key"
-    proc = _start_echo(port, key_file, tmp_path)
+    proc = _start_server(port, key_file, tmp_path, "examples/echo_server.py")
     again: subprocess.Popen[bytes] | None = None
     try:
         await _until_serving(port, proc)
@@ -319,7 +314,7 @@ async def test_a_server_restart_mid_stream_loses_nothing_either_way(tmp_path: Pa
         code = await asyncio.to_thread(proc.wait, 20)
         assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
         assert (tmp_path / "server.snapshot").exists()
-        again = _start_echo(port, key_file, tmp_path)
+        again = _start_server(port, key_file, tmp_path, "examples/echo_server.py")
         await asyncio.wait_for(pump, 30)
         _check(sent, await _collect(client, 240))  # every echo, once
         assert any(isinstance(e, Reconnected) and e.carried for e in events), events

@@ -27,12 +27,20 @@ PROFILE_VARIABLE = "QUANTUM_HYPOTHESIS_PROFILE"
 #: the examples of a property with no budget of its own, under ci and dev
 BASE_EXAMPLES = 100
 
-settings.register_profile("ci", max_examples=BASE_EXAMPLES, derandomize=True, database=None,
-                          deadline=None, print_blob=True,
+# Each profile starts from hypothesis' own defaults, not from `settings.default`: hypothesis
+# loads its built-in CI profile (derandomized, no database) at import when it sees any of a
+# dozen CI variables (GITHUB_ACTIONS, TF_BUILD, ...), and a profile registered on top of that
+# would inherit it, making `dev` and `explore` replay the same examples for ever.
+_HYPOTHESIS_DEFAULTS = settings.get_profile("default")
+
+settings.register_profile("ci", _HYPOTHESIS_DEFAULTS, max_examples=BASE_EXAMPLES,
+                          derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=BASE_EXAMPLES, deadline=None)
-settings.register_profile("explore", max_examples=10 * BASE_EXAMPLES, deadline=None,
-                          phases=list(Phase), suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", _HYPOTHESIS_DEFAULTS, max_examples=BASE_EXAMPLES,
+                          deadline=None)
+settings.register_profile("explore", _HYPOTHESIS_DEFAULTS, max_examples=10 * BASE_EXAMPLES,
+                          deadline=None, phases=list(Phase),
+                          suppress_health_check=[HealthCheck.too_slow])
 
 
 def default_profile(environ: Mapping[str, str]) -> str:

@@ -29,6 +29,25 @@ def test_the_local_profiles_explore_and_the_long_one_runs_ten_times_the_examples
     assert explore.max_examples == 10 * dev.max_examples == 10 * ci.max_examples
 
 
+@pytest.mark.parametrize("variable", ["CI", "GITHUB_ACTIONS", "TF_BUILD", "BUILDKITE"])
+def test_the_local_profiles_explore_even_where_hypothesis_detects_a_ci_runner(
+        variable: str) -> None:
+    """Hypothesis loads its own derandomized profile at import under a CI runner; ours must
+    not inherit it (CI's runner sets some of these: `dev` came out derandomized there)."""
+    environ = {k: v for k, v in os.environ.items() if k != PROFILE_VARIABLE}
+    environ[variable] = "true"
+    probe = ("from hypothesis import settings\n"
+             "import tests.profiles\n"
+             "assert settings.default.derandomize, 'hypothesis did not see the runner'\n"
+             "for name in ('dev', 'explore'):\n"
+             "    profile = settings.get_profile(name)\n"
+             "    assert profile.derandomize is False, name\n"
+             "    assert profile.database is not None, name\n")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=environ,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+
+
 @pytest.mark.parametrize(("environ", "profile"), [
     ({PROFILE_VARIABLE: "ci"}, "ci"),
     ({PROFILE_VARIABLE: "explore", "CI": "true"}, "explore"),  # named beats the runner's guess

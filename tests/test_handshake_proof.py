@@ -122,3 +122,62 @@ def test_rotating_secrets_are_fresh_random_bytes_each_epoch() -> None:
         ServerHandshake(STATIC, PARAMS, cookie_lifetime=0.0)
     with pytest.raises(ValueError, match="positive"):
         ServerHandshake(STATIC, PARAMS, retry_rotation=-1.0)
+
+
+# -- the finish's cookie, opened once
+
+
+def test_an_opened_cookie_finishes_the_handshake_it_came_from_only() -> None:
+    """`open_finish_cookie` hands its result to `on_client_finish`, which then does not open
+    the cookie again; a cookie opened for another connection's finish does not authenticate
+    this one's credentials (they are sealed under that handshake's transcript)."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    other_cid = bytes(range(1, 17))
+    other_client = ClientHandshake(other_cid, Credentials("bob"))
+    other_client.on_server_hello(server.on_client_hello(other_cid, other_client.client_hello(),
+                                                        ADDR, 1000.0))
+    other = server.open_finish_cookie(other_cid, other_client.client_finish(), ADDR, 1000.5)
+    opened = server.open_finish_cookie(CID, finish, ADDR, 1000.5)
+    assert opened is not None and other is not None
+    assert "secret" in repr(opened) and opened.schedule.prk.hex() not in repr(opened)
+    _keys, credentials, _ = server.on_client_finish(CID, finish, ADDR, 1000.5, opened)
+    assert credentials.user_id == "alice"
+    with pytest.raises(HandshakeError, match="credentials do not authenticate"):
+        server.on_client_finish(CID, finish, ADDR, 1000.5, other)
+
+
+@pytest.mark.parametrize("damage", ["expired", "other address", "short", "other id"])
+def test_a_cookie_that_does_not_open_gives_none(damage: str) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    cid, addr, used = CID, ADDR, 1000.5
+    if damage == "expired":
+        used = 1000.0 + LIFETIME + 0.1
+    elif damage == "other address":
+        addr = ("192.0.2.2", 4433)
+    elif damage == "short":
+        finish = finish[:20]
+    else:
+        cid = bytes(16)
+    assert server.open_finish_cookie(cid, finish, addr, used) is None
+    assert not server.finish_cookie_valid(cid, finish, addr, used)
+
+
+def test_the_cookie_cipher_is_built_once_per_key_and_dropped_with_it() -> None:
+    """The cookie key's AES-GCM object is kept while its key is current or previous, so a
+    handshake does not build one; once the key rotates out, its object goes too (a secret
+    that rotated out must be unrecoverable, docs/PROTOCOL.md 4.4)."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    keys = server._cookie_keys
+    _, first = keys.current(1000.0)
+    assert keys.cipher(first) is keys.cipher(first)
+    finish_issued_at(server, 1001.0)
+    finish_issued_at(server, 1002.0)
+    assert len(keys._ciphers) == 1
+    _, second = keys.current(1000.0 + LIFETIME)  # the next epoch: the first is previous
+    keys.cipher(second)
+    assert [key for key, _ in keys._ciphers] == [first, second]
+    _, third = keys.current(1000.0 + 2 * LIFETIME)  # the first rotated out
+    keys.cipher(third)
+    assert [key for key, _ in keys._ciphers] == [second, third]

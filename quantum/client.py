@@ -100,6 +100,8 @@ class QuantumClient:
         self._outage: deque[tuple[bytes, int, Delivery]] = deque()
         self._outage_bytes = 0
         self._reconnected: asyncio.Future[None] | None = None
+        #: when the connection the current outage replaces was lost
+        self._lost_at = 0.0
         self._closed: asyncio.Future[None] = loop.create_future()
         self._closing = False
         self._messages: deque[Message] = deque()
@@ -246,19 +248,49 @@ class QuantumClient:
                 self._heartbeats.pop(kid, None)
 
     async def close(self, reason: str = "client closed", timeout: float = 5.0) -> None:
-        """Graceful close: pending data goes first, then FIN; waits for the server's ack.
-        This is a logout: the server ends the session (PROTOCOL.md 12.2). During an outage
-        the reconnect stops and nothing is sent (the session expires on the server)."""
+        """Graceful close: pending data goes first, then FIN; waits for the server's ack,
+        `timeout` seconds at most in all. This is a logout: the server ends the session
+        (PROTOCOL.md 12.2). During an outage the reconnect's backoff stops and one resume is
+        tried at once, within the same `timeout`, so that what is owed either way and what
+        was queued meanwhile are delivered and the server hears the logout; if the server
+        cannot be reached in time nothing more is sent, and the session expires there."""
         self._closing = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-            self._finish("client closed during reconnect", CloseCode.NORMAL)
+        deadline = self._loop.time() + timeout
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            await asyncio.wait([reconnecting])  # its attempt, if one was under way, torn down
+            self._reconnecting = None
+            if (self._conn.state is not ConnectionState.ESTABLISHED
+                    and not await self._resume_to_close(timeout)):
+                self._finish("client closed during reconnect", CloseCode.NORMAL)
         if not self._closed.done():
             self._conn.close(reason)
             self._link.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+                await asyncio.wait_for(asyncio.shield(self._closed),
+                                       max(deadline - self._loop.time(), 0.0))
         self._teardown()
+
+    async def _resume_to_close(self, timeout: float) -> bool:
+        """`close` during an outage: one resume of the session, within `timeout`, carrying
+        what the lost connection owed; True once it is the client's connection."""
+        reconnector = self._reconnector
+        if reconnector is None or self.session_id is None or self.session_token is None:
+            return False
+        lost = self._link
+        credentials = dataclasses.replace(
+            reconnector.credentials, resume=(uuid.UUID(self.session_id).bytes, self.session_token))
+        try:
+            link = await open_link(self, reconnector.family, reconnector.server_addr, credentials,
+                                   reconnector.config, reconnector.server_key,
+                                   carryover=lost.conn.carryover(), timeout=timeout)
+        except (ConnectError, OSError) as exc:
+            log.info("close during an outage: the server could not be reached to log out (%s)",
+                     exc)
+            return False
+        self._resumed(link, 1, self._loop.time() - self._lost_at)
+        return True
 
     def abort(self) -> None:
         """Drop the connection without telling the server (as a crashed client would)."""
@@ -410,7 +442,7 @@ class QuantumClient:
     async def _reconnect(self, lost: Link, code: int, reason: str) -> None:
         reconnector = self._reconnector
         assert reconnector is not None and self.session_id is not None
-        started = self._loop.time()
+        started = self._lost_at = self._loop.time()
         self._report(Disconnected(code, reason))
         lost.teardown()
         carryover = lost.conn.carryover()

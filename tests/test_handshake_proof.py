@@ -18,6 +18,7 @@ from quantum.errors import CloseCode
 from quantum.handshake import (
     ClientHandshake,
     Credentials,
+    CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
@@ -181,3 +182,37 @@ def test_the_cookie_cipher_is_built_once_per_key_and_dropped_with_it() -> None:
     _, third = keys.current(1000.0 + 2 * LIFETIME)  # the first rotated out
     keys.cipher(third)
     assert [key for key, _ in keys._ciphers] == [second, third]
+
+
+# -- what the server says of authentic but unacceptable credentials, and what a repr shows
+
+
+def test_authentic_malformed_credentials_are_refused_with_the_keys_to_say_so() -> None:
+    """A finish whose credentials authenticate but do not parse (a user id of length 0) is
+    `CredentialsRefused`: BAD_REQUEST, the field named, and the handshake's keys and the
+    server's parameters with it, so the server can answer with a sealed REJECT."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice"))
+    client._credentials_plain = bytearray(b"\x00\x00\x00")  # flags, user id length 0
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0))
+    with pytest.raises(CredentialsRefused) as info:
+        server.on_client_finish(CID, client.client_finish(), ADDR, 1000.5)
+    refused = info.value
+    assert refused.code is CloseCode.BAD_REQUEST
+    assert "user id length 0" in refused.message
+    assert refused.params is server.params
+    sealed = refused.keys.send.seal(1, b"header", b"rejected")  # the client can open it
+    assert client.keys is not None
+    assert client.keys.recv.open(1, b"header", sealed) == b"rejected"
+
+
+def test_a_credentials_repr_names_every_field_and_hides_the_secrets() -> None:
+    credentials = Credentials("alice", "ticket-secret", (bytes(range(16)), "token-secret"),
+                              True, {"room": "lobby"}, (10, 3), ((0, 0, 7),), True)
+    assert repr(credentials) == (
+        "Credentials(user_id='alice', ticket=<hidden>, resume=('000102030405060708090a0b0c0d0e0f',"
+        " '<hidden>'), resume_fallback=True, metadata={'room': 'lobby'}, fec=(10, 3), "
+        "delivered=((0, 0, 7),), carry=True)")
+    assert repr(Credentials("bob")) == (
+        "Credentials(user_id='bob', ticket=None, resume=None, resume_fallback=False, "
+        "metadata={}, fec=(10, 3), delivered=None, carry=False)")  # FEC asked for by default

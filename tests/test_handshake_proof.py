@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 
 from quantum.errors import CloseCode
 from quantum.handshake import (
+    MAX_CREDENTIAL_MARKS,
     ClientHandshake,
     Credentials,
     CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
+    decode_credentials,
+    encode_credentials,
 )
 
 CID = bytes(range(16))
@@ -141,7 +144,7 @@ def test_an_opened_cookie_finishes_the_handshake_it_came_from_only() -> None:
     other = server.open_finish_cookie(other_cid, other_client.client_finish(), ADDR, 1000.5)
     opened = server.open_finish_cookie(CID, finish, ADDR, 1000.5)
     assert opened is not None and other is not None
-    assert "secret" in repr(opened) and opened.schedule.prk.hex() not in repr(opened)
+    assert repr(opened) == "OpenedCookie(<secret>)"
     _keys, credentials, _ = server.on_client_finish(CID, finish, ADDR, 1000.5, opened)
     assert credentials.user_id == "alice"
     with pytest.raises(HandshakeError, match="credentials do not authenticate"):
@@ -216,3 +219,36 @@ def test_a_credentials_repr_names_every_field_and_hides_the_secrets() -> None:
     assert repr(Credentials("bob")) == (
         "Credentials(user_id='bob', ticket=None, resume=None, resume_fallback=False, "
         "metadata={}, fec=(10, 3), delivered=None, carry=False)")  # FEC asked for by default
+
+
+def test_clear_forgets_the_keys_the_finish_and_every_secret() -> None:
+    """Once established the connection clears its handshake: nothing secret is left to
+    leak, and a finish cannot be produced again from it."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice", "ticket-secret"))
+    client.on_retry(server.make_retry(CID, ADDR, 1000.0))
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0))
+    assert client.keys is not None and client.client_finish()
+    client.clear()
+    assert client.keys is None
+    assert client._ephemeral is None and client._credentials_plain is None
+    assert client._retry_cookie is None
+    with pytest.raises(HandshakeError, match="before a server hello"):
+        client.client_finish()
+
+
+def test_delivery_marks_encode_at_their_bounds_and_not_past_them() -> None:
+    """At most MAX_CREDENTIAL_MARKS marks, channels 0..255, marks 0..2^32-1 (PROTOCOL.md
+    4.3): the last valid value of each encodes and decodes, the first invalid one is refused
+    before anything is sent."""
+    full = tuple((channel, channel % 2, 0xFFFFFFFF) for channel in range(MAX_CREDENTIAL_MARKS))
+    full = ((255, 1, 0xFFFFFFFF), *full[1:])
+    decoded = decode_credentials(encode_credentials(Credentials("alice", delivered=full)))
+    assert decoded.delivered == full
+    for bad in ((*full, (7, 0, 1)),  # one mark too many
+                ((256, 0, 1),),  # no channel 256
+                ((0, 2, 1),),  # only the reliable modes
+                ((0, 0, 0x100000000),)):  # a mark is 32 bits
+        with pytest.raises(HandshakeError) as info:
+            encode_credentials(Credentials("alice", delivered=bad))
+        assert info.value.code is CloseCode.BAD_REQUEST

@@ -17,6 +17,7 @@ from quantum.reliability import (
     SendTracker,
     SentPacket,
 )
+from quantum.serial import MASK
 
 
 def receive(tracker: ReceiveTracker, pn: int, now: float) -> None:
@@ -135,3 +136,65 @@ def test_the_unacknowledged_packets_are_the_outstanding_ones_oldest_first() -> N
     assert [p.pn for p in owed] == [sent[0], sent[2], sent[3]]
     owed.clear()  # a copy: the tracker still owes them
     assert len(tracker.unacknowledged()) == 3
+
+
+def sent(tracker: SendTracker, at: float, size: int = 100, eliciting: bool = True,
+         in_flight: bool = True) -> int:
+    pn = tracker.allocate_pn()
+    tracker.on_packet_sent(SentPacket(pn, at, size, eliciting, in_flight, [f"frame{pn}"]))
+    return pn
+
+
+def test_only_an_ack_eliciting_packet_in_flight_arms_the_retransmission_timer() -> None:
+    tracker = SendTracker()
+    sent(tracker, 1.0, eliciting=False)  # in flight (counted by congestion control) only
+    sent(tracker, 2.0, in_flight=False)  # ack-eliciting, not in flight
+    assert tracker.loss_deadline() is None
+    sent(tracker, 3.0)
+    assert tracker.loss_deadline() == pytest.approx(3.0 + tracker.rtt.rto)
+
+
+def test_a_retransmission_timeout_takes_the_expired_packets_out_of_the_flight() -> None:
+    tracker = SendTracker()
+    early = [sent(tracker, 0.0, 1000) for _ in range(3)]
+    late = sent(tracker, 5.0, 700)
+    assert tracker.bytes_in_flight == 3700
+    lost = tracker.on_loss_timer(tracker.rtt.rto)
+    assert [p.pn for p in lost] == early
+    assert tracker.bytes_in_flight == 700 and tracker.timeout_retransmits == 3
+    lost = tracker.on_loss_timer(5.0 + tracker.rtt.rto)  # the backed-off RTO
+    assert [p.pn for p in lost] == [late]
+    assert tracker.bytes_in_flight == 0 and tracker.timeout_retransmits == 4  # counted up
+
+
+def floor_due(first_pn: int = 1) -> SendTracker:
+    """Five packets sent, the first lost (the peer acknowledged the next three): the floor
+    is above the peer's cumulative point, an ACK_FLOOR would be due."""
+    tracker = SendTracker(first_pn=first_pn)
+    for _ in range(5):
+        sent(tracker, 0.0)
+    tracker.on_ack(first_pn & MASK, [((first_pn + 1) & MASK, (first_pn + 3) & MASK)], 0.1)
+    assert tracker.floor == first_pn + 4
+    return tracker
+
+
+def test_a_cumulative_ack_beyond_what_was_sent_announces_nothing() -> None:
+    tracker = floor_due()
+    assert not tracker.peer_needs_floor((tracker.next_pn + 3) & MASK)  # a lie: never sent
+    assert tracker.peer_needs_floor(1)  # and the honest one still does
+
+
+def test_a_cumulative_ack_at_the_largest_acknowledged_shows_no_hole() -> None:
+    """The peer says it expects pn 4, the largest it acknowledged (it takes its SACK of 4
+    back): nothing above its cumulative point is acknowledged, so no floor is announced."""
+    tracker = floor_due()
+    assert not tracker.peer_needs_floor(4)
+
+
+def test_a_cumulative_ack_half_the_number_space_behind_reads_as_behind() -> None:
+    """Serial numbers (PROTOCOL.md 6.1): a 32-bit cumulative ack is the packet number
+    closest to the next one; one just under half the space below is behind (the peer is
+    stuck: the floor is announced), not ahead."""
+    tracker = floor_due(first_pn=1 << 33)
+    behind = (tracker.next_pn + (1 << 31) + 1) & MASK  # next_pn - 2**31 + 1, truncated
+    assert tracker.peer_needs_floor(behind)

@@ -233,8 +233,10 @@ def test_clear_forgets_the_keys_the_finish_and_every_secret() -> None:
     assert client.keys is None
     assert client._ephemeral is None and client._credentials_plain is None
     assert client._retry_cookie is None
-    with pytest.raises(HandshakeError, match="before a server hello"):
+    with pytest.raises(HandshakeError) as info:
         client.client_finish()
+    assert info.value.code is CloseCode.INTERNAL_ERROR
+    assert info.value.message == "client_finish() before a server hello was accepted"
 
 
 def test_delivery_marks_encode_at_their_bounds_and_not_past_them() -> None:

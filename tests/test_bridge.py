@@ -20,6 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from quantum.auth import AnonymousAuthenticator, TicketAuthenticator
+from quantum.carryover import Carryover
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
@@ -35,6 +36,7 @@ from quantum.handshake import Credentials
 from quantum.keys import ServerKeyFile
 from quantum.simulation import (
     CLIENT_ADDR,
+    SERVER_ADDR,
     LinkProfile,
     SimulatedNetwork,
     SimulatedServer,
@@ -316,8 +318,6 @@ async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         assert rejected[0].reason == "session store unavailable"
     elif code is CloseCode.BAD_REQUEST:
         assert rejected[0].reason == str(failure)[:200]
-    # only a refused request counts as a failed authentication; a limit or an outage does not
-    assert rig.counters.auth_failures == (1 if code is CloseCode.BAD_REQUEST else 0)
     cid = str(uuid.UUID(bytes=client.connection_id))
     if counted is not None:  # a limit: counted, logged, and the refusal says which
         assert rig.counters.rejected == {counted: 1}
@@ -329,6 +329,10 @@ async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         (entry,) = [e for e in logs if e["event"] == "session store unavailable"]
         assert (entry["log_level"], entry["connection_id"], entry["error"]) == (
             "error", cid, "etcd is down")
+    # only a refused request counts as a failed authentication (each one: counted, not
+    # flagged); a limit or an outage does not
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.9", 1))
+    assert rig.counters.auth_failures == (2 if code is CloseCode.BAD_REQUEST else 0)
 
 
 async def test_the_users_connection_quota_refuses_the_third_connection() -> None:
@@ -531,6 +535,89 @@ async def test_a_client_closing_during_authentication_gives_its_slot_back_at_onc
     await asyncio.gather(*rig.port.tasks)  # the bridge's task ends; its events wait undrained
     assert server_conn.state is ConnectionState.CLOSED
     assert rig.bridge.user_connections.count("alice") == 0
+
+
+# ----------------------------------------------------------------- carry-over across a resume
+
+
+def _add_client(rig: Rig, credentials: Credentials, addr: tuple[str, int], *,
+                carryover: Carryover | None = None) -> Connection:
+    """A client asking for carry-over (and continuing `carryover`'s streams, on a resume),
+    added as `Simulation.add_client` adds one."""
+    conn = Connection.client(SERVER_ADDR, credentials, rig.now, carry=True, carryover=carryover)
+    rig.clients[addr] = conn
+    rig.client_events[addr] = []
+    rig.flush()
+    return conn
+
+
+async def _carrying(rig: Rig) -> tuple[Connection, Peer, Credentials]:
+    """alice's first connection, asking for carry-over (the keep flag), with a message of
+    the server's still on its way; and the credentials that resume her session."""
+    client = _add_client(rig, Credentials(user_id="alice"), CLIENT_ADDR)
+    await rig.settle()
+    peer = rig.peers[client.connection_id]
+    assert peer.conn.carries
+    peer.conn.send(b"owed to alice", 0)
+    sid = str(peer.session_id)
+    return client, peer, Credentials(user_id="alice", resume=(uuid.UUID(sid).bytes, "the-token"))
+
+
+async def test_a_continuing_resume_takes_the_live_connections_carry_over() -> None:
+    """A resume that asks to continue (delivery marks) supersedes the live connection and
+    takes its carry-over at once: SESSION says so (resumed = 2), nothing is kept behind."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    await rig.settle()
+    (completed,) = events_of(rig, ("10.0.0.3", 41000), HandshakeCompleted)
+    assert completed.resumed and completed.carried
+    assert rig.bridge.carryovers.take(sid) is None  # handed over, not kept
+
+
+async def test_a_continuing_resume_after_the_loss_takes_the_kept_carry_over() -> None:
+    """The old connection was lost first: its carry-over was kept with the session, and the
+    resume takes it back."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    old_peer.conn._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False)
+    rig._drain_server(old_peer.conn)
+    assert sid in rig.bridge.carryovers.retained
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    await rig.settle()
+    (completed,) = events_of(rig, ("10.0.0.3", 41000), HandshakeCompleted)
+    assert completed.resumed and completed.carried
+    assert sid not in rig.bridge.carryovers.retained
+
+
+async def test_a_resume_abandoned_during_authentication_keeps_what_it_took() -> None:
+    """The resuming client gives up while the session is being made: the carry-over it took
+    from the live connection is kept with the session for the next resume, not lost."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    gate = asyncio.Event()
+    original = rig.manager.heartbeat
+
+    async def slow_heartbeat(session_id: str) -> float:
+        await gate.wait()
+        return await original(session_id)
+
+    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    rig.run(until=rig.now + 0.2)
+    for _ in range(10):  # the bridge's task runs up to the heartbeat it waits on
+        await asyncio.sleep(0)
+    (resuming,) = [c for c in rig.server.connections.values() if c is not old_peer.conn
+                   and c.state is not ConnectionState.CLOSED]
+    resuming._terminate(CloseCode.HANDSHAKE_TIMEOUT, "gave up", by_peer=False)
+    rig._drain_server(resuming)
+    gate.set()
+    await rig.settle()
+    assert sid in rig.bridge.carryovers.retained
+    assert rig.bridge.carryovers.take(sid) is not None
 
 
 # ----------------------------------------------------------------- keepalives

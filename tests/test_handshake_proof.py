@@ -24,6 +24,7 @@ from quantum.handshake import (
     ServerHandshake,
     ServerParams,
     decode_credentials,
+    decode_params,
     encode_credentials,
 )
 
@@ -254,3 +255,61 @@ def test_delivery_marks_encode_at_their_bounds_and_not_past_them() -> None:
         with pytest.raises(HandshakeError) as info:
             encode_credentials(Credentials("alice", delivered=bad))
         assert info.value.code is CloseCode.BAD_REQUEST
+
+
+# -- what each refusal says (the reason reaches logs and, for the client, its error)
+
+
+def _finish_for(server: ServerHandshake, cid: bytes = CID) -> bytes:
+    client = ClientHandshake(cid, Credentials("alice"))
+    client.on_server_hello(server.on_client_hello(cid, client.client_hello(), ADDR, 1000.0))
+    return client.client_finish()
+
+
+@pytest.mark.parametrize(("case", "code", "message"), [
+    ("rotated out", CloseCode.HANDSHAKE_TIMEOUT,
+     "server cookie expired (its key has rotated out)"),
+    ("too old", CloseCode.HANDSHAKE_TIMEOUT,
+     "server cookie expired (10.5 s old, lifetime 10.0 s)"),
+    ("tampered", CloseCode.PROTOCOL_VIOLATION,
+     "server cookie does not authenticate (tampered, or issued for another connection id)"),
+    ("another address", CloseCode.PROTOCOL_VIOLATION,
+     "server cookie was issued to another address"),
+])
+def test_a_cookie_that_does_not_open_says_exactly_why(case: str, code: CloseCode,
+                                                        message: str) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish, addr, used = _finish_for(server), ADDR, 1000.5
+    if case == "rotated out":
+        used = 1000.0 + 3 * LIFETIME
+    elif case == "too old":
+        used = 1010.5  # the key (epoch 1000-1010) is still the previous one: the age decides
+    elif case == "tampered":
+        damaged = bytearray(finish)
+        damaged[40] ^= 1  # inside the sealed cookie
+        finish = bytes(damaged)
+    else:
+        addr = ("192.0.2.99", 4433)
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_finish(CID, finish, addr, used)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    (bytes(9), "server parameters are 9 bytes, expected 10"),
+    (bytes(11), "server parameters are 11 bytes, expected 10"),
+])
+def test_server_parameters_of_the_wrong_size_are_a_protocol_violation(
+        params: bytes, message: str) -> None:
+    with pytest.raises(HandshakeError) as info:
+        decode_params(params)
+    assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION, message)
+
+
+def test_server_parameters_out_of_bounds_are_a_protocol_violation_naming_them() -> None:
+    keepalive_of_zero = bytes((10, 3)) + (0).to_bytes(4, "big") + (60_000).to_bytes(4, "big")
+    with pytest.raises(HandshakeError) as info:
+        decode_params(keepalive_of_zero)
+    assert info.value.code is CloseCode.PROTOCOL_VIOLATION
+    assert info.value.message.startswith("server parameters: ")
+    assert len(info.value.message) > len("server parameters: ")

@@ -198,3 +198,18 @@ def test_a_cumulative_ack_half_the_number_space_behind_reads_as_behind() -> None
     tracker = floor_due(first_pn=1 << 33)
     behind = (tracker.next_pn + (1 << 31) + 1) & MASK  # next_pn - 2**31 + 1, truncated
     assert tracker.peer_needs_floor(behind)
+
+
+def test_a_floor_above_the_largest_received_moves_the_largest_with_it() -> None:
+    """ACK_FLOOR(7) after 1..5 (the sender gave pn 6 up): pn 7 is then the next in order, so
+    it gets the delayed ACK; a gap after it still gets one at once."""
+    tracker = ReceiveTracker()
+    for pn in range(1, 6):
+        receive(tracker, pn, 0.0)
+    tracker.on_ack_sent()
+    tracker.on_floor(7)
+    assert tracker.ack_fields() == (7, [])
+    receive(tracker, 7, 1.0)
+    assert tracker.ack_deadline() == pytest.approx(1.0 + DEFAULT_MAX_ACK_DELAY)
+    receive(tracker, 9, 1.001)  # 8 missing: reported at once
+    assert tracker.ack_deadline() == pytest.approx(1.001)

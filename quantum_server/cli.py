@@ -60,27 +60,27 @@ def _positive(kind: type[float] | type[int], minimum: float = 0.0,
     return parse
 
 
-def _byte_count(text: str) -> int:
-    """An argparse type: a whole number of bytes, 0 to 2**40 (0: keep nothing)."""
+def _whole(text: str, what: str, maximum: int, bound: str) -> int:
+    """A whole number from 0 to `maximum`, or argparse's error naming `what` it must be and
+    its `bound`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
-    if not 0 <= value <= 1 << 40:
-        raise argparse.ArgumentTypeError(f"must be 0 to 2**40 bytes, got {text}")
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not 0 <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
     return value
+
+
+def _byte_count(text: str) -> int:
+    """An argparse type: a whole number of bytes, 0 to 2**40 (0: keep nothing)."""
+    return _whole(text, "a whole number of bytes", 1 << 40, "0 to 2**40 bytes")
 
 
 def _gc_threshold(text: str) -> int:
     """An argparse type: the collector's young-generation threshold, 0 to 10,000,000 (0: the
     collector left as CPython sets it)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 10_000_000:
-        raise argparse.ArgumentTypeError(f"must be 0 to 10000000, got {text}")
-    return value
+    return _whole(text, "a whole number", 10_000_000, "0 to 10000000")
 
 
 def _plain(number: float) -> str:
@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a retry cookie first (default 500)")
     p.add_argument("--gc-young-threshold", type=_gc_threshold, default=GC_YOUNG_THRESHOLD,
                    metavar="N",
-                   help="net allocations between the cyclic collector's young collections, "
-                        f"once serving, after freezing what setup left (default {GC_YOUNG_THRESHOLD}; "
-                        "0: neither, CPython's 700)")
+                   help="net allocations between the cyclic collector's young collections "
+                        "once serving, after freezing what setup left "
+                        f"(default {GC_YOUNG_THRESHOLD}; 0: neither, CPython's 700)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     add_arguments(p)  # --grpc, --metrics and their TLS flags

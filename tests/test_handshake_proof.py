@@ -372,3 +372,45 @@ def test_a_second_server_hello_and_a_short_one_say_what_they_are() -> None:
         client.on_server_hello(hello)
     assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION,
                                                      "second server hello")
+
+
+def _server_hello() -> tuple[ServerHandshake, bytes]:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice"))
+    return server, server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0)
+
+
+@pytest.mark.parametrize(("cut", "field"), [
+    (20, "server ephemeral key"), (40, "server static key"), (64, "cipher"),
+    (66, "cookie length"), (67 + 5, "cookie"), (67 + SERVER_COOKIE_SIZE + 3, "confirmation"),
+])
+def test_a_truncated_server_hello_names_the_field_it_ends_in(cut: int, field: str) -> None:
+    _, hello = _server_hello()
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(hello[:cut])
+    assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION,
+                                                     f"server hello: truncated in {field}")
+
+
+@pytest.mark.parametrize(("at", "code", "message"), [
+    (0, CloseCode.PROTOCOL_VIOLATION, "server ephemeral key is a low-order point"),
+    (32, CloseCode.BAD_SERVER_KEY, "server static key is a low-order point"),
+])
+def test_a_low_order_key_in_the_server_hello_is_refused_naming_it(
+        at: int, code: CloseCode, message: str) -> None:
+    _, hello = _server_hello()
+    damaged = hello[:at] + bytes(32) + hello[at + 32:]  # the all-zero point
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(damaged)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+def test_a_server_hello_whose_proof_fails_names_the_key_it_claimed() -> None:
+    server, hello = _server_hello()
+    damaged = hello[:-1] + bytes((hello[-1] ^ 1,))  # the confirmation's tag
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(damaged)
+    assert (info.value.code, info.value.message) == (
+        CloseCode.BAD_SERVER_KEY,
+        f"server did not prove it holds the private key of {server.fingerprint} "
+        "(or the cipher negotiation was tampered with)")

@@ -14,6 +14,7 @@ from quantum.reliability import (
     BURST_GAP,
     DEFAULT_MAX_ACK_DELAY,
     DUPLICATE,
+    FAST_RETRANSMIT_THRESHOLD,
     HOLD_FACTOR,
     MAX_HELD_ACK_DELAY,
     NEW,
@@ -282,3 +283,40 @@ def test_an_ack_already_due_is_not_put_off_by_a_later_packet() -> None:
     assert tracker.ack_deadline() == 1.0
     receive(tracker, 5, 2.0)  # 4 missing too
     assert tracker.ack_deadline() == 1.0
+
+
+@settings(max_examples=scaled(200), deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(
+    st.just(n), st.permutations(range(1, n + 1)), st.sets(st.integers(1, n)))))
+@example((6, [1, 3, 5, 4, 2, 6], {2}))  # pn 2 lost: three acknowledged above it
+@example((12, [12, 1, 11, 2, 10, 3, 9, 4, 8, 5, 7, 6], set()))  # two runs, many blocks
+# a block longer than what is outstanding (two left), whose first pn is the new one
+@example((8, [1, 2, 3, 4, 7, 8, 6, 5], {5}))
+def test_the_sender_learns_exactly_what_each_ack_says(case: tuple[int, list[int], set[int]],
+                                                       ) -> None:
+    """Packets 1..n sent, some lost on the way, the rest arriving in any order; after each
+    arrival the receiver's real ACK goes back. Each ACK acknowledges exactly the packets
+    still outstanding that it covers (cumulative point and SACK blocks), in pn order; a
+    packet is declared lost once three packets above it were acknowledged by SACK; nothing
+    is acknowledged or lost twice, and the bytes in flight are what is still outstanding."""
+    n, order, dropped = case
+    sender, receiver = SendTracker(), ReceiveTracker()
+    sizes = {sent(sender, 0.0, 100 + pn): 100 + pn for pn in range(1, n + 1)}
+    outstanding = set(sizes)
+    top: list[int] = []  # the three largest pns acknowledged by SACK at or above the cumulative
+    for pn in (p for p in order if p not in dropped):
+        receiver.on_received(pn, True, 0.0)
+        cumulative, blocks = receiver.ack_fields()
+        covered = {p for p in outstanding if p < cumulative
+                   or any(start <= p <= end for start, end in blocks)}
+        top = sorted({*top, *(p for start, end in blocks for p in range(start, end + 1)
+                             if p >= cumulative)}, reverse=True)[:FAST_RETRANSMIT_THRESHOLD]
+        outstanding -= covered
+        lost = ({p for p in outstanding if p < top[-1]}
+                if len(top) == FAST_RETRANSMIT_THRESHOLD else set())
+        outstanding -= lost
+        result = sender.on_ack(cumulative, blocks, 1.0)
+        assert [p.pn for p in result.acked] == sorted(covered)
+        assert [p.pn for p in result.lost] == sorted(lost)
+        assert sender.bytes_in_flight == sum(sizes[p] for p in outstanding)
+    assert {p.pn for p in sender.unacknowledged()} == outstanding

@@ -20,6 +20,7 @@ from quantum.reliability import (
     NEW,
     TOO_OLD,
     ReceiveTracker,
+    RttEstimator,
     SendTracker,
     SentPacket,
 )
@@ -320,3 +321,58 @@ def test_the_sender_learns_exactly_what_each_ack_says(case: tuple[int, list[int]
         assert [p.pn for p in result.lost] == sorted(lost)
         assert sender.bytes_in_flight == sum(sizes[p] for p in outstanding)
     assert {p.pn for p in sender.unacknowledged()} == outstanding
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"window": 1}, "window must be at least 2, got 1"),
+    ({"max_ack_delay": -0.001}, "max_ack_delay must not be negative, got -0.001"),
+    ({"first_pn": 0}, "packet numbers start at 1 or above, got 0"),
+])
+def test_a_receive_tracker_it_cannot_work_with_is_refused_naming_why(
+        kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        ReceiveTracker(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_the_smallest_receive_tracker_settings_work() -> None:
+    tracker = ReceiveTracker(window=2, max_ack_delay=0.0)
+    receive(tracker, 1, 3.0)
+    assert tracker.ack_deadline() == 3.0 and tracker.ack_fields() == (2, [])
+
+
+def test_a_first_packet_sent_soon_after_the_clock_starts_sets_no_interval() -> None:
+    """Before anything was sent there is no interval to follow, even 30 ms into a clock that
+    starts at 0 (as the simulation's does)."""
+    tracker = ReceiveTracker()
+    tracker.on_eliciting_sent(0.03)
+    receive(tracker, 1, 0.035)
+    assert tracker.ack_deadline() == pytest.approx(0.035 + DEFAULT_MAX_ACK_DELAY)
+
+
+def test_the_minimum_rtt_is_the_least_sample() -> None:
+    rtt = RttEstimator()
+    for sample in (0.05, 0.03, 0.04, 0.03, 0.08):
+        rtt.update(sample)
+    assert rtt.min_rtt == 0.03 and rtt.latest_rtt == 0.08
+
+
+def test_every_invalid_ack_is_counted() -> None:
+    tracker = SendTracker()
+    sent(tracker, 0.0)
+    for _ in range(2):
+        tracker.on_ack(9, [], 0.1)  # acknowledges what was never sent
+    assert tracker.invalid_acks == 2
+
+
+def test_an_rtt_sample_of_zero_counts_and_one_from_a_clock_that_went_back_does_not() -> None:
+    """A coarse clock can read the same for the send and its ACK: a 0 s sample is a real
+    one; a negative one (the clock went back) is no sample at all."""
+    tracker = SendTracker()
+    sent(tracker, 1.0)
+    result = tracker.on_ack(2, [], 1.0)
+    assert result.rtt_sample == 0.0 and tracker.rtt.latest_rtt == 0.0
+    sent(tracker, 5.0)
+    result = tracker.on_ack(3, [], 4.0)
+    assert [p.pn for p in result.acked] == [2] and result.rtt_sample is None
+    assert tracker.rtt.latest_rtt == 0.0

@@ -561,6 +561,7 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
             if kind == "connect":
                 reply = await gen.establish(command["count"], command.get("in_flight", 256),
                                             command.get("user_prefix", "bench"),
+                                            timeout=command.get("timeout", 600.0),
                                             fec=command.get("fec", True))
             elif kind == "echo_clients":
                 gen.add_echo_clients(command["count"])

@@ -192,6 +192,11 @@ class AckResult:
 
 #: the result of an ACK that acknowledges nothing tracked; shared, so never to be mutated
 _NOTHING_ACKED: Final = AckResult([], [], None)
+#: `SendTracker._outstanding` until its first tracked packet, and again once a quiet spell
+#: (`release_idle`) finds nothing in flight: one empty dict shared by every tracker instead of
+#: one each. Only `on_packet_sent` adds entries, and it swaps this one for the tracker's own
+#: dict first; every other use reads, or removes entries it found there, so this stays empty.
+_NOTHING_IN_FLIGHT: Final[dict[int, SentPacket]] = {}
 
 
 class SendTracker:
@@ -234,7 +239,7 @@ class SendTracker:
         self.invalid_acks = 0
         # pn -> packet, inserted in pn order; dicts keep insertion order, so the first key is
         # the floor and loss scans stop at the first packet that is too recent
-        self._outstanding: dict[int, SentPacket] = {}
+        self._outstanding = _NOTHING_IN_FLIGHT
         self._last_tracked = first_pn - 1
         self._peer_cumulative = first_pn
         self._largest_acked = first_pn - 1
@@ -283,7 +288,10 @@ class SendTracker:
         if pn <= self._last_tracked:
             raise ValueError(f"packet {pn} reported after packet {self._last_tracked}")
         self._last_tracked = pn
-        self._outstanding[pn] = pkt
+        outstanding = self._outstanding
+        if outstanding is _NOTHING_IN_FLIGHT:  # the shared empty one: see its comment
+            outstanding = self._outstanding = {}
+        outstanding[pn] = pkt
         if pkt.in_flight:
             self.bytes_in_flight += pkt.size
 
@@ -384,10 +392,12 @@ class SendTracker:
             acked.sort(key=_PN)
 
     def release_idle(self) -> None:
-        """Drop what only matters while packets are in flight, once none are: the largest
-        SACKed pns (every packet sent from now on is above them, so they could never make
-        one lost). For a quiet connection (the server's hibernation)."""
+        """Drop what only matters while packets are in flight, once none are: the dict of
+        packets in flight (for the shared empty one), and the largest SACKed pns (every
+        packet sent from now on is above them, so they could never make one lost). For a
+        quiet connection (the server's hibernation)."""
         if not self._outstanding:
+            self._outstanding = _NOTHING_IN_FLIGHT
             self._top_acked = None
 
     def loss_deadline(self) -> float | None:

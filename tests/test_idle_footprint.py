@@ -10,35 +10,21 @@ from typing import Any
 
 import pytest
 
-from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.events import KeepaliveAcknowledged, KeepaliveReceived, MessageReceived
 from quantum.handshake import Credentials
 from quantum.reliability import ReceiveTracker, SendTracker, SentPacket
-from quantum.simulation import (
-    CLIENT_ADDR,
-    LinkProfile,
-    SimulatedNetwork,
-    SimulatedServer,
-    Simulation,
-)
+from quantum.simulation import CLIENT_ADDR, LinkProfile, Simulation
+from tests.test_connection import ALICE, make_sim, server_conn
 
-ALICE = Credentials(user_id="alice")
 OTHER_ADDR = ("192.0.2.7", 40001)
-
-
-def _sim(profile: LinkProfile | None = None) -> Simulation:
-    config = QuantumConfiguration(keepalive_interval=None)
-    return Simulation(SimulatedNetwork(profile or LinkProfile(), 1),
-                      SimulatedServer.create(config))
 
 
 def _established(sim: Simulation) -> tuple[Connection, Connection]:
     client = sim.add_client(ALICE)
     sim.run(until=2.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
     assert client.state is ConnectionState.ESTABLISHED
-    (server,) = sim.server.connections.values()
-    return client, server
+    return client, server_conn(sim)
 
 
 def _empty_containers(conn: Connection) -> dict[int, str]:
@@ -76,7 +62,7 @@ def test_a_quiet_connection_holds_no_empty_container_of_its_own(fec: bool) -> No
     left of a server connection holds no empty list, dict or set of its own (shared ones,
     reachable from every connection, cost nothing per connection) but the ones kept on
     purpose."""
-    sim = _sim()
+    sim = make_sim()
     credentials = ALICE if fec else Credentials(user_id="alice", fec=None)
     client = sim.add_client(credentials)
     other_client = sim.add_client(credentials, addr=OTHER_ADDR)
@@ -104,7 +90,7 @@ def test_a_quiet_connection_holds_no_empty_container_of_its_own(fec: bool) -> No
 
 
 def test_event_and_control_queues_exist_only_while_they_hold_something() -> None:
-    sim = _sim()
+    sim = make_sim()
     client, server = _established(sim)
     assert not isinstance(server._events, list) and not isinstance(server._control, list)
     for _ in range(3):  # three keepalives in one go: the queues hold several at once
@@ -129,7 +115,7 @@ def test_event_and_control_queues_exist_only_while_they_hold_something() -> None
 
 
 def test_messages_still_flow_after_the_queues_went_back_to_nothing() -> None:
-    sim = _sim(LinkProfile(loss=0.05))
+    sim = make_sim(LinkProfile(loss=0.05))
     client, server = _established(sim)
     for round_ in range(3):
         for i in range(20):
@@ -141,7 +127,7 @@ def test_messages_still_flow_after_the_queues_went_back_to_nothing() -> None:
 
 
 def test_the_drop_counters_are_shared_read_only_until_the_first_drop() -> None:
-    sim = _sim()
+    sim = make_sim()
     client, server = _established(sim)
     assert server.stats.drops == {} and client.stats.drops == {}
     with pytest.raises(TypeError):

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import time
 import uuid
 from collections import deque
@@ -22,10 +21,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from quantum.carryover import Carryover
 from quantum.config import QuantumConfiguration
 from quantum.connection import Address, Connection, ConnectionState, ConnectionStats
-from quantum.errors import CloseCode, ConnectionClosedError, QuantumError, SendBufferFull
+from quantum.errors import CloseCode, ConnectionClosedError, SendBufferFull
+from quantum.errors import ConnectError as ConnectError  # defined there, imported from here too
 from quantum.events import (
     CarryoverLost,
     ConnectionClosed,
@@ -38,6 +37,8 @@ from quantum.events import (
 )
 from quantum.frames import Delivery
 from quantum.handshake import Credentials
+from quantum.link import Link, connected_socket, open_link
+from quantum.link import server_addresses as server_addresses  # part of this module's API
 from quantum.reconnect import (
     RESUMABLE,
     RETRYABLE,
@@ -48,19 +49,8 @@ from quantum.reconnect import (
     Reconnected,
     ReconnectPolicy,
 )
-from quantum.timers import arm_at
 
 log = logging.getLogger("quantum.client")
-
-
-class ConnectError(QuantumError):
-    """The server refused us (with its reason code) or never answered."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        name = CloseCode(code).name if code in CloseCode._value2member_map_ else str(code)
-        super().__init__(f"connection refused ({name}): {reason}")
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,81 +78,6 @@ class Reconnector:
         return f"Reconnector({self.policy!r}, server={self.server_addr!r})"
 
 
-class _Link(asyncio.DatagramProtocol):
-    """One connection and its socket: the client's current one, or a reconnect attempt."""
-
-    def __init__(self, client: QuantumClient, conn: Connection, fail_fast: bool) -> None:
-        self.client = client
-        self.conn = conn
-        #: an ICMP error while connecting fails the attempt (another address remains to try)
-        self.fail_fast = fail_fast
-        self.transport: asyncio.DatagramTransport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at: float | None = None
-        #: the handshake's outcome: done once established (or refused, or timed out)
-        self.established: asyncio.Future[None] = client._loop.create_future()
-        #: the server continued the lost connection's streams here (SESSION resumed=2)
-        self.carried = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.flush()
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        # the socket is connected: whatever arrives comes from the server's address, which the
-        # socket may spell differently from getaddrinfo (a link-local zone: `%eth0` in the
-        # host, or only in the scope id), so the connection is told the address it knows
-        self.conn.receive_datagram(data, self.conn.peer_addr, time.monotonic())
-        self.client._process(self)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) are not fatal for UDP: timers decide. While
-        # `connect` has another of the server's addresses to try, nothing listening here
-        # ends this attempt at once instead of at the handshake timeout; an established
-        # connection that reconnects takes it as the loss it says (if nothing came since)
-        if not self.established.done():
-            if self.fail_fast:
-                self.established.set_exception(exc)
-        else:
-            self.client._on_unreachable(self, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client._link_lost(self)
-
-    def on_timer(self) -> None:
-        self.timer = None
-        self.timer_at = None
-        self.conn.handle_timer(time.monotonic())
-        self.client._process(self)
-
-    def flush(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        for data, _ in self.conn.datagrams_to_send(time.monotonic()):
-            transport.sendto(data)  # connected to the server: no address (asyncio insists)
-        self.arm_timer()
-
-    def arm_timer(self) -> None:
-        at = self.conn.get_timer()
-        if at == self.timer_at:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.timer_at = at
-        if at is not None:
-            self.timer = arm_at(self.client._loop, at, self.on_timer)
-
-    def teardown(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        transport, self.transport = self.transport, None
-        if transport is not None:
-            transport.close()
-
-
 class QuantumClient:
     """One client session over one connection at a time. Create it with `quantum.connect()`.
 
@@ -177,7 +92,7 @@ class QuantumClient:
     def __init__(self, connection: Connection, loop: asyncio.AbstractEventLoop,
                  fail_fast: bool = False, *, reconnect: Reconnector | None = None) -> None:
         self._loop = loop
-        self._link = _Link(self, connection, fail_fast)
+        self._link = Link(self, connection, fail_fast)
         self._reconnector = reconnect
         #: the reconnect under way, while the session has no connection
         self._reconnecting: asyncio.Task[None] | None = None
@@ -185,6 +100,8 @@ class QuantumClient:
         self._outage: deque[tuple[bytes, int, Delivery]] = deque()
         self._outage_bytes = 0
         self._reconnected: asyncio.Future[None] | None = None
+        #: when the connection the current outage replaces was lost
+        self._lost_at = 0.0
         self._closed: asyncio.Future[None] = loop.create_future()
         self._closing = False
         self._messages: deque[Message] = deque()
@@ -331,19 +248,49 @@ class QuantumClient:
                 self._heartbeats.pop(kid, None)
 
     async def close(self, reason: str = "client closed", timeout: float = 5.0) -> None:
-        """Graceful close: pending data goes first, then FIN; waits for the server's ack.
-        This is a logout: the server ends the session (PROTOCOL.md 12.2). During an outage
-        the reconnect stops and nothing is sent (the session expires on the server)."""
+        """Graceful close: pending data goes first, then FIN; waits for the server's ack,
+        `timeout` seconds at most in all. This is a logout: the server ends the session
+        (PROTOCOL.md 12.2). During an outage the reconnect's backoff stops and one resume is
+        tried at once, within the same `timeout`, so that what is owed either way and what
+        was queued meanwhile are delivered and the server hears the logout; if the server
+        cannot be reached in time nothing more is sent, and the session expires there."""
         self._closing = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-            self._finish("client closed during reconnect", CloseCode.NORMAL)
+        deadline = self._loop.time() + timeout
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            await asyncio.wait([reconnecting])  # its attempt, if one was under way, torn down
+            self._reconnecting = None
+            if (self._conn.state is not ConnectionState.ESTABLISHED
+                    and not await self._resume_to_close(timeout)):
+                self._finish("client closed during reconnect", CloseCode.NORMAL)
         if not self._closed.done():
             self._conn.close(reason)
             self._link.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+                await asyncio.wait_for(asyncio.shield(self._closed),
+                                       max(deadline - self._loop.time(), 0.0))
         self._teardown()
+
+    async def _resume_to_close(self, timeout: float) -> bool:
+        """`close` during an outage: one resume of the session, within `timeout`, carrying
+        what the lost connection owed; True once it is the client's connection."""
+        reconnector = self._reconnector
+        if reconnector is None or self.session_id is None or self.session_token is None:
+            return False
+        lost = self._link
+        credentials = dataclasses.replace(
+            reconnector.credentials, resume=(uuid.UUID(self.session_id).bytes, self.session_token))
+        try:
+            link = await open_link(self, reconnector.family, reconnector.server_addr, credentials,
+                                   reconnector.config, reconnector.server_key,
+                                   carryover=lost.conn.carryover(), timeout=timeout)
+        except (ConnectError, OSError) as exc:
+            log.info("close during an outage: the server could not be reached to log out (%s)",
+                     exc)
+            return False
+        self._resumed(link, 1, self._loop.time() - self._lost_at)
+        return True
 
     def abort(self) -> None:
         """Drop the connection without telling the server (as a crashed client would)."""
@@ -373,7 +320,7 @@ class QuantumClient:
                                    and self._conn.state is ConnectionState.CLOSED):
             raise ConnectionClosedError(f"connection closed: {self.close_reason or 'closed'}")
 
-    def _process(self, link: _Link) -> None:
+    def _process(self, link: Link) -> None:
         conn = link.conn
         while (event := conn.next_event()) is not None:
             # a reconnect attempt's events, until it is established, settle only the attempt
@@ -414,7 +361,7 @@ class QuantumClient:
         if conn.state is ConnectionState.CLOSED and link is self._link and self._closed.done():
             link.teardown()
 
-    def _attempt_event(self, link: _Link, event: Event) -> bool:
+    def _attempt_event(self, link: Link, event: Event) -> bool:
         """A reconnect attempt's event: its handshake's outcome settles the attempt, and from
         its SESSION on it is the client's connection (True: handle the event as such)."""
         if isinstance(event, HandshakeCompleted):
@@ -427,7 +374,7 @@ class QuantumClient:
                 link.established.set_exception(_connect_error(link.conn, event))
         return False
 
-    def _on_closed(self, link: _Link, event: ConnectionClosed) -> None:
+    def _on_closed(self, link: Link, event: ConnectionClosed) -> None:
         if not link.established.done():
             link.established.set_exception(_connect_error(link.conn, event))
             return
@@ -446,7 +393,7 @@ class QuantumClient:
             self._closed.set_result(None)
         self._wake_all()
 
-    def _on_unreachable(self, link: _Link, exc: Exception) -> None:
+    def _on_unreachable(self, link: Link, exc: Exception) -> None:
         """An ICMP error on the established connection: nothing listens there now. Taken as
         the loss (no wait for the idle timeout) when nothing came from the server for a
         while, since anyone could forge an ICMP error."""
@@ -458,7 +405,7 @@ class QuantumClient:
             link.conn.handle_timer(float("inf"))  # given up now, not at the close timeout
             self._process(link)
 
-    def _link_lost(self, link: _Link) -> None:
+    def _link_lost(self, link: Link) -> None:
         if link is self._link and self._reconnecting is None and not self._closed.done() \
                 and (self._reconnector is None or self._closing):
             self._finish(self.close_reason or "closed", self.close_code or CloseCode.NORMAL)
@@ -492,10 +439,10 @@ class QuantumClient:
         await asyncio.wait([self._reconnected, self._closed],
                            return_when=asyncio.FIRST_COMPLETED)
 
-    async def _reconnect(self, lost: _Link, code: int, reason: str) -> None:
+    async def _reconnect(self, lost: Link, code: int, reason: str) -> None:
         reconnector = self._reconnector
         assert reconnector is not None and self.session_id is not None
-        started = self._loop.time()
+        started = self._lost_at = self._loop.time()
         self._report(Disconnected(code, reason))
         lost.teardown()
         carryover = lost.conn.carryover()
@@ -515,7 +462,7 @@ class QuantumClient:
                     reconnector.credentials,
                     resume=(uuid.UUID(self.session_id).bytes, self.session_token))
                 try:
-                    link = await _open_link(self, reconnector.family, reconnector.server_addr,
+                    link = await open_link(self, reconnector.family, reconnector.server_addr,
                                             credentials, reconnector.config,
                                             reconnector.server_key, carryover=carryover,
                                             timeout=deadline - self._loop.time())
@@ -537,7 +484,7 @@ class QuantumClient:
             self._reconnecting = None
             raise
 
-    def _resumed(self, link: _Link, attempts: int, outage: float) -> None:
+    def _resumed(self, link: Link, attempts: int, outage: float) -> None:
         """The session continues on `link`: what the application queued meanwhile goes out."""
         self._reconnecting = None
         self._send_outage(link)
@@ -547,7 +494,7 @@ class QuantumClient:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _send_outage(self, link: _Link) -> None:
+    def _send_outage(self, link: Link) -> None:
         """What the application queued during the outage, in order, as far as the send buffer
         takes it (carried data shares it); the rest goes at the next `SendBufferDrained`."""
         while self._outage:
@@ -657,7 +604,7 @@ async def _attempt(family: int, server_addr: Address, credentials: Credentials,
                    on_event: Callable[[ConnectionEvent], None] | None) -> QuantumClient:
     """One handshake with the server at one of its addresses; the established client."""
     loop = asyncio.get_running_loop()
-    sock = _connected_socket(family, server_addr, local_addr)
+    sock = connected_socket(family, server_addr, local_addr)
     # the server's address as this socket names it (asyncio's own `remote_addr` takes only
     # (host, port), which would lose an IPv6 scope id)
     conn = Connection.client(sock.getpeername(), credentials, time.monotonic(),
@@ -679,68 +626,3 @@ async def _attempt(family: int, server_addr: Address, credentials: Credentials,
         link.teardown()
         raise
     return client
-
-
-async def _open_link(client: QuantumClient, family: int, server_addr: Address,
-                     credentials: Credentials, config: QuantumConfiguration,
-                     server_key: bytes | str | None, *, carryover: Carryover | None,
-                     timeout: float) -> _Link:
-    """A reconnect attempt: a new socket and connection that resumes the session (with the
-    lost connection's carry-over); established, or `ConnectError` / `OSError`."""
-    sock = _connected_socket(family, server_addr, None)
-    conn = Connection.client(sock.getpeername(), credentials, time.monotonic(),
-                             configuration=config, server_key=server_key, carry=True,
-                             carryover=carryover)
-    link = _Link(client, conn, fail_fast=True)
-    try:
-        await client._loop.create_datagram_endpoint(lambda: link, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        await asyncio.wait_for(asyncio.shield(link.established), max(timeout, 0.0))
-    except TimeoutError:
-        if link.established.done() and link.established.exception() is None:
-            return link  # established just as the bound ran out: it is the client's now
-        link.teardown()
-        raise ConnectError(CloseCode.HANDSHAKE_TIMEOUT, "no answer within the outage's "
-                                                        "bound") from None
-    except BaseException:
-        link.teardown()
-        raise
-    return link
-
-
-def _connected_socket(family: int, server_addr: Address,
-                      local_addr: tuple[str, int] | None) -> socket.socket:
-    """A non-blocking UDP socket of `family` connected to `server_addr` (bound to
-    `local_addr` first if given); `OSError` when it cannot be (no route, a local address of
-    the other family)."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if local_addr is not None:
-            sock.bind(local_addr)
-        sock.connect(server_addr)  # UDP: sets the peer, sends nothing, never blocks
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def server_addresses(host: str, port: int) -> list[tuple[int, Address]]:
-    """Where `connect` tries the server, in order: every (family, socket address) that
-    getaddrinfo gives for `host` (a name, or an IPv4 or IPv6 literal), once each. A name that
-    does not resolve raises `ConnectError`."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}: {exc}") from None
-    seen: list[tuple[int, Address]] = []
-    for family, _, _, _, sockaddr in infos:
-        if (family, sockaddr) not in seen:
-            seen.append((family, sockaddr))
-    if not seen:
-        raise ConnectError(CloseCode.INTERNAL_ERROR, f"cannot resolve {host}")
-    return seen

@@ -20,7 +20,6 @@ AES instructions (benchmarks/crypto_bench.py), and ChaCha20-Poly1305 for CPUs wi
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Final, Literal
 
@@ -60,7 +59,7 @@ class ProtectionError(QuantumError):
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract (RFC 5869) with SHA-256: the 32-byte pseudorandom key."""
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.digest(salt, ikm, "sha256")  # one-shot, in C: no HMAC object per call
 
 
 def hkdf_expand(prk: bytes, label: bytes, length: int) -> bytes:
@@ -68,7 +67,7 @@ def hkdf_expand(prk: bytes, label: bytes, length: int) -> bytes:
     this protocol uses (at most one 32-byte block: T(1) = HMAC(prk, info || 0x01))."""
     if not 0 < length <= 32:
         raise ValueError(f"this HKDF-Expand derives 1..32 bytes, not {length}")
-    return hmac.new(prk, LABEL_PREFIX + label + b"\x01", hashlib.sha256).digest()[:length]
+    return hmac.digest(prk, LABEL_PREFIX + label + b"\x01", "sha256")[:length]
 
 
 def next_secret(secret: bytes) -> bytes:

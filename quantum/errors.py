@@ -76,3 +76,13 @@ class CloseCode(enum.IntEnum):
     ADDRESS_FULL = 29
     #: the ClientHello offered no cipher the server has (plaintext REJECT)
     CIPHER_NOT_SUPPORTED = 30
+
+
+class ConnectError(QuantumError):
+    """The server refused us (with its reason code) or never answered."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        name = CloseCode(code).name if code in CloseCode._value2member_map_ else str(code)
+        super().__init__(f"connection refused ({name}): {reason}")
+        self.code = code
+        self.reason = reason

@@ -683,13 +683,15 @@ class _RotatingSecret:
     unreadable, which bounds how long a server compromise exposes past handshakes.
     """
 
-    __slots__ = ("_current", "_epoch", "_period", "_previous", "_random")
+    __slots__ = ("_ciphers", "_current", "_epoch", "_period", "_previous", "_random")
 
     def __init__(self, period: float, random: Callable[[int], bytes]) -> None:
         self._period, self._random = period, random
         self._epoch: int | None = None
         self._current = b""
         self._previous: bytes | None = None
+        #: (secret, its AES-GCM object) for the current and previous secrets only
+        self._ciphers: list[tuple[bytes, AESGCM]] = []
 
     def current(self, now: float) -> tuple[int, bytes]:
         epoch = math.floor(now / self._period)
@@ -699,6 +701,18 @@ class _RotatingSecret:
             self._epoch = epoch
         assert self._epoch is not None
         return self._epoch, self._current
+
+    def cipher(self, secret: bytes) -> AESGCM:
+        """The AES-GCM object keyed by `secret` (one `current` or `lookup` returned), built
+        once per secret rather than once per cookie. Only the current and previous secrets'
+        objects are kept: one that rotated out goes with the next secret's first use."""
+        for key, cipher in self._ciphers:
+            if key is secret:
+                return cipher
+        cipher = AESGCM(secret)
+        self._ciphers = [(key, kept) for key, kept in self._ciphers
+                         if key is self._current or key is self._previous] + [(secret, cipher)]
+        return cipher
 
     def lookup(self, epoch_bits: int, mask: int, now: float) -> bytes | None:
         """The secret whose epoch's low bits are `epoch_bits`, if it is current or previous."""
@@ -746,7 +760,7 @@ class ServerHandshake:
     def _retry_mac(self, secret: bytes, slot: int, connection_id: bytes,
                    addr: tuple[str, int]) -> bytes:
         message = RETRY_LABEL + connection_id + _U32.pack(slot) + _address_bytes(addr)
-        return hmac.new(secret, message, hashlib.sha256).digest()
+        return hmac.digest(secret, message, "sha256")
 
     def make_retry(self, connection_id: bytes, addr: tuple[str, int], now: float) -> bytes:
         """The RETRY payload: a cookie the client must echo in its next hello."""
@@ -799,7 +813,8 @@ class ServerHandshake:
         key_id = epoch & 0xFF
         nonce = self._random(12)
         plain = (schedule.prk + h + bytes((cipher,)) + _F64.pack(now) + _address_tag(addr))
-        sealed = AESGCM(key).encrypt(nonce, plain, _cookie_ad(key_id, connection_id))
+        sealed = self._cookie_keys.cipher(key).encrypt(nonce, plain,
+                                                       _cookie_ad(key_id, connection_id))
         cookie = bytes((key_id,)) + nonce + sealed
         return (server_ephemeral + self.static_public + bytes((cipher,))
                 + _U16.pack(len(cookie)) + cookie + confirmation)
@@ -807,15 +822,19 @@ class ServerHandshake:
     # -- finish
 
     def on_client_finish(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
-                         now: float) -> tuple[SessionKeys, Credentials, ServerParams]:
+                         now: float, opened: OpenedCookie | None = None,
+                         ) -> tuple[SessionKeys, Credentials, ServerParams]:
         """Verify the echoed cookie and the sealed credentials; keys, credentials, params.
-        No Diffie-Hellman: the cookie carries the handshake's pseudorandom key.
+        No Diffie-Hellman: the cookie carries the handshake's pseudorandom key. `opened` is
+        what `open_finish_cookie` returned for this payload, if the caller opened it first
+        (the cookie is then not opened twice).
 
         Raises `CredentialsRefused` (with the keys) for authentic credentials out of bounds,
         `HandshakeError` for anything else."""
         _check_cid(connection_id)
         cookie, sealed_credentials = _split_finish(payload)
-        schedule = self._open_cookie(connection_id, cookie, addr, now)
+        schedule = (opened.schedule if opened is not None
+                    else self._open_cookie(connection_id, cookie, addr, now))
         try:
             plain = aead(schedule.algorithm, schedule.finish_key).decrypt(
                 _ZERO_NONCE, sealed_credentials, schedule.transcript)
@@ -829,17 +848,24 @@ class ServerHandshake:
             raise CredentialsRefused(exc.message, keys, self.params) from None
         return keys, credentials, self.params.negotiate(credentials.fec)
 
+    def open_finish_cookie(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
+                           now: float) -> OpenedCookie | None:
+        """A ClientFinish payload's server cookie, opened, if it opens fresh for this address
+        and connection id (else None): one AES-GCM open and no Diffie-Hellman, so a front door
+        can check it before it spends anything else on the finish, then hand it to
+        `on_client_finish`."""
+        try:
+            _check_cid(connection_id)
+            cookie, _ = _split_finish(payload)
+            return OpenedCookie(self._open_cookie(connection_id, cookie, addr, now))
+        except HandshakeError:
+            return None
+
     def finish_cookie_valid(self, connection_id: bytes, payload: bytes, addr: tuple[str, int],
                             now: float) -> bool:
         """Whether a ClientFinish payload's server cookie opens, fresh, for this address and
-        connection id: one AES-GCM open and no Diffie-Hellman, so a front door can check it
-        before it spends anything else on the finish. `on_client_finish` checks it again."""
-        try:
-            cookie, _ = _split_finish(payload)
-            self._open_cookie(connection_id, cookie, addr, now)
-        except HandshakeError:
-            return False
-        return True
+        connection id (`open_finish_cookie`, its result dropped)."""
+        return self.open_finish_cookie(connection_id, payload, addr, now) is not None
 
     def _open_cookie(self, connection_id: bytes, cookie: bytes, addr: tuple[str, int],
                      now: float) -> _Schedule:
@@ -849,8 +875,8 @@ class ServerHandshake:
             raise HandshakeError(CloseCode.HANDSHAKE_TIMEOUT,
                                  "server cookie expired (its key has rotated out)")
         try:
-            plain = AESGCM(key).decrypt(cookie[1:13], cookie[13:],
-                                        _cookie_ad(key_id, connection_id))
+            plain = self._cookie_keys.cipher(key).decrypt(cookie[1:13], cookie[13:],
+                                                          _cookie_ad(key_id, connection_id))
         except InvalidTag:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "server cookie does not authenticate (tampered, or issued "
@@ -867,6 +893,19 @@ class ServerHandshake:
             raise HandshakeError(CloseCode.PROTOCOL_VIOLATION,
                                  "server cookie was issued to another address")
         return _Schedule(h, CIPHERS[cipher], prk)
+
+
+class OpenedCookie:
+    """A ClientFinish's server cookie that opened: what it carried (the handshake's key
+    schedule), for `ServerHandshake.on_client_finish`. Opaque, and as secret as the keys."""
+
+    __slots__ = ("schedule",)
+
+    def __init__(self, schedule: _Schedule) -> None:
+        self.schedule = schedule
+
+    def __repr__(self) -> str:
+        return "OpenedCookie(<secret>)"
 
 
 def _split_finish(payload: bytes) -> tuple[bytes, bytes]:

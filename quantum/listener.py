@@ -336,7 +336,11 @@ class Listener:
         if cid in self._recently_closed:
             self._drop("replayed_handshake")
             return [], None
-        if not self._cookie_authenticates(cid, packet.payload, addr, now):
+        # the cookie first: one AES-GCM open and no Diffie-Hellman, before the finish limit
+        # is charged (a spoofer cannot drain a victim's bucket without a cookie issued to the
+        # victim); opened once, for the finish below too
+        opened = self.handshake.open_finish_cookie(cid, packet.payload, addr, now)
+        if opened is None:
             self._drop("bad_finish")
             return [], None
         source = source_key(addr[0])
@@ -345,7 +349,7 @@ class Listener:
             return [], None
         try:
             keys, credentials, params = self.handshake.on_client_finish(cid, packet.payload,
-                                                                        addr, now)
+                                                                        addr, now, opened)
         except CredentialsRefused as exc:
             # authentic, but what the session service would refuse: say so, sealed
             refused = Connection.server(cid, addr, exc.keys, None, exc.params, now,
@@ -372,13 +376,6 @@ class Listener:
                                 f"{self.per_address.limit})", budget, now), None
         self.stats.handshakes_completed += 1
         return [], conn
-
-    def _cookie_authenticates(self, cid: bytes, payload: bytes, addr: Address,
-                              now: float) -> bool:
-        """Whether the finish's server cookie opens, fresh, for this address: one AES-GCM
-        open and no Diffie-Hellman, so it is checked before the finish limit is charged (a
-        spoofer cannot drain a victim's bucket without a cookie issued to the victim)."""
-        return self.handshake.finish_cookie_valid(cid, payload, addr, now)
 
     def _refuse(self, conn: Connection, code: CloseCode, reason: str, budget: int,
                 now: float) -> list[tuple[bytes, Address]]:

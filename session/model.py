@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
+import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +61,8 @@ __all__ = [
 #: the server's own address text (set by the server, not by clients)
 MAX_SERVER_ADDR_LENGTH = 300
 _ZERO = timedelta(0)
+#: the text `str(uuid.UUID(...))` gives: lower-case hex, 8-4-4-4-12 (no braces, no urn:)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class State(enum.StrEnum):
@@ -133,9 +137,16 @@ class Stats:
 
 
 def validate_stats(stats: Stats) -> None:
+    """The checks `Stats.from_dict` makes, on the object itself (no dict, no copy)."""
     if not isinstance(stats, Stats):
         raise InvalidSession(f"stats must be a Stats, got {type(stats).__name__}")
-    Stats.from_dict(stats.to_dict())
+    for name in _STATS_INT_FIELDS:
+        value = getattr(stats, name)
+        if type(value) is not int or value < 0:
+            raise InvalidSession(f"stats.{name} must be a non-negative integer, got {value!r}")
+    rtt = stats.current_rtt_ms
+    if type(rtt) not in (int, float) or not 0.0 <= rtt < float("inf"):
+        raise InvalidSession(f"stats.current_rtt_ms must be a finite number >= 0, got {rtt!r}")
 
 
 @dataclass(slots=True)
@@ -372,6 +383,8 @@ def normalize_connection_id(connection_id: object) -> str:
         raise InvalidSession(
             f"connection_id must be a UUID, got {type(connection_id).__name__}"
         )
+    if _CANONICAL_UUID.fullmatch(connection_id):
+        return connection_id  # already what str(UUID) gives: the usual case, no parse
     try:
         return str(uuid.UUID(connection_id))
     except ValueError:
@@ -381,6 +394,8 @@ def normalize_connection_id(connection_id: object) -> str:
 def normalize_client_ip(client_ip: object) -> str:
     if not isinstance(client_ip, str):
         raise InvalidSession(f"client_ip must be a string, got {type(client_ip).__name__}")
+    if ":" not in client_ip and _is_canonical_ipv4(client_ip):
+        return client_ip  # what str(ip_address(...)) gives: the usual case, no parse
     try:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
@@ -392,6 +407,15 @@ def normalize_client_ip(client_ip: object) -> str:
         address = address.ipv4_mapped
     text = str(address)
     return client_ip if text == client_ip else text
+
+
+def _is_canonical_ipv4(text: str) -> bool:
+    """Whether `text` is an IPv4 address in the dotted-quad form `ipaddress` prints (no
+    leading zeros, nothing around it): what the C library packs and prints back unchanged."""
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text
+    except (OSError, ValueError):  # not an address; ValueError: an embedded NUL
+        return False
 
 
 def client_address_text(client_ip: str, client_port: int) -> str:
@@ -449,11 +473,12 @@ def validate_session(session: Session) -> None:
     """Check a whole session before a store accepts it; raises `InvalidSession`."""
     if not isinstance(session, Session):
         raise InvalidSession(f"expected a Session, got {type(session).__name__}")
-    try:
-        parsed = uuid.UUID(session.session_id)
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidSession(f"session_id is not a UUID: {session.session_id!r}") from None
-    if str(parsed) != session.session_id:
+    if not (isinstance(session.session_id, str)
+            and _CANONICAL_UUID.fullmatch(session.session_id)):
+        try:
+            uuid.UUID(session.session_id)
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidSession(f"session_id is not a UUID: {session.session_id!r}") from None
         raise InvalidSession(f"session_id is not canonical UUID text: {session.session_id!r}")
     validate_user_id(session.user_id)
     if session.connection_id != "" and (

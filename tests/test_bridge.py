@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from quantum.auth import AnonymousAuthenticator, TicketAuthenticator
+from quantum.carryover import Carryover
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
@@ -35,6 +36,7 @@ from quantum.handshake import Credentials
 from quantum.keys import ServerKeyFile
 from quantum.simulation import (
     CLIENT_ADDR,
+    SERVER_ADDR,
     LinkProfile,
     SimulatedNetwork,
     SimulatedServer,
@@ -170,15 +172,22 @@ class FakePort:
         self.tasks: list[asyncio.Task[None]] = []
         self.flushed: list[Peer] = []
         self.bound: list[Peer] = []
+        #: called with ("flush" or "bind", peer) as the bridge calls: a look at the bridge's
+        #: state at that instant (before the connection's next events are handled)
+        self.watch: Callable[[str, Peer], None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
 
     def flush(self, peer: Peer) -> None:
         self.flushed.append(peer)
+        if self.watch is not None:
+            self.watch("flush", peer)
 
     def bind(self, peer: Peer) -> None:
         self.bound.append(peer)
+        if self.watch is not None:
+            self.watch("bind", peer)
 
 
 class Rig(Simulation):
@@ -249,7 +258,12 @@ async def test_a_new_client_gets_a_session_then_is_bound_and_accepted() -> None:
         client, peer = await connect(rig, Credentials(user_id="alice", metadata={"room": "blue"}))
     cid = str(uuid.UUID(bytes=client.connection_id))
     (established,) = [e for e in logs if e["event"] == "connection established"]
-    assert (established["connection_id"], established["resumed"]) == (cid, False)
+    assert {k: v for k, v in established.items() if k not in ("event", "log_level", "logger")} == {
+        "connection_id": cid, "session_id": peer.session_id, "user_id": "alice",
+        "resumed": False, "carried": False, "client": f"{CLIENT_ADDR[0]}:{CLIENT_ADDR[1]}"}
+    assert peer.metadata == {"room": "blue"}  # what the application reads of its client
+    # the SESSION frame leaves at once, not at the next upkeep
+    assert peer in rig.port.flushed and None not in rig.port.flushed
     assert rig.manager.named("create_session") == [
         ("create_session", "alice", CLIENT_ADDR[0], CLIENT_ADDR[1], cid, {"room": "blue"},
          "10.0.0.1:9090")]
@@ -287,6 +301,7 @@ async def test_a_bad_ticket_is_refused_and_nothing_is_created() -> None:
     (TooManyUserSessions("x" * 300), CloseCode.TOO_MANY_SESSIONS, "too_many_sessions"),
     (SessionCapacityExceeded("100000 sessions"), CloseCode.SESSIONS_FULL, "sessions_full"),
     (SessionError("something else"), CloseCode.BAD_REQUEST, None),
+    (SessionError("y" * 300), CloseCode.BAD_REQUEST, None),
 ])
 async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         failure: SessionError, code: CloseCode, counted: str | None) -> None:
@@ -297,6 +312,12 @@ async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
     rejected = events_of(rig, CLIENT_ADDR, HandshakeRejected)
     assert [e.code for e in rejected] == [code]
     assert rig.port.bound == []
+    # what the client is told: the store's trouble in fixed words (its error may name
+    # internals), a request the service refused in the service's own, at most 200 characters
+    if code is CloseCode.STORE_UNAVAILABLE:
+        assert rejected[0].reason == "session store unavailable"
+    elif code is CloseCode.BAD_REQUEST:
+        assert rejected[0].reason == str(failure)[:200]
     cid = str(uuid.UUID(bytes=client.connection_id))
     if counted is not None:  # a limit: counted, logged, and the refusal says which
         assert rig.counters.rejected == {counted: 1}
@@ -308,6 +329,10 @@ async def test_a_session_service_failure_refuses_the_handshake_with_its_code(
         (entry,) = [e for e in logs if e["event"] == "session store unavailable"]
         assert (entry["log_level"], entry["connection_id"], entry["error"]) == (
             "error", cid, "etcd is down")
+    # only a refused request counts as a failed authentication (each one: counted, not
+    # flagged); a limit or an outage does not
+    await connect(rig, Credentials(user_id="alice"), addr=("10.0.0.9", 1))
+    assert rig.counters.auth_failures == (2 if code is CloseCode.BAD_REQUEST else 0)
 
 
 async def test_the_users_connection_quota_refuses_the_third_connection() -> None:
@@ -369,6 +394,25 @@ async def test_a_resume_from_a_users_last_free_slot_replaces_the_connection_it_s
     assert rig.counters.rejected == {}
 
 
+async def test_a_resume_gives_back_the_superseded_connections_slot_at_once() -> None:
+    """When the resumed connection is bound, the one it superseded (still closing) no longer
+    counts: alice holds one slot, not two, so her next connection is not refused while the
+    old one's close completes."""
+    rig = Rig()  # max_connections_per_user=2
+    _old, old_peer = await connect(rig, Credentials(user_id="alice"))
+    resume = (uuid.UUID(str(old_peer.session_id)).bytes, "the-token")
+    held: dict[str, int] = {}
+
+    def at_bind(verb: str, peer: Peer) -> None:
+        if verb == "bind":
+            held["slots"] = rig.bridge.user_connections.count("alice")
+            held["old closed"] = old_peer.conn.state is ConnectionState.CLOSED
+
+    rig.port.watch = at_bind
+    await connect(rig, Credentials(user_id="alice", resume=resume), addr=("10.0.0.3", 41000))
+    assert held == {"slots": 1, "old closed": False}
+
+
 async def test_a_resume_of_a_session_no_connection_holds_is_accepted() -> None:
     rig = Rig()
     orphan = _session("alice", str(uuid.uuid4()))  # its connection is gone
@@ -411,6 +455,20 @@ async def test_a_resume_the_store_refuses_after_the_check_is_refused_and_frees_i
     assert second.state is ConnectionState.ESTABLISHED
 
 
+async def test_a_resume_the_store_refuses_frees_its_slot_before_its_close() -> None:
+    """The slot the refused resume took is given back by the refusal itself, not later by
+    the connection's close: while its REJECT leaves, alice holds one slot, her first."""
+    rig = Rig()
+    await connect(rig, Credentials(user_id="alice"))
+    sid = next(iter(rig.manager.sessions))
+    rig.manager.fail["resume_session"] = SessionExpired(f"session expired: {sid}")
+    held: list[int] = []
+    rig.port.watch = lambda verb, _peer: held.append(rig.bridge.user_connections.count("alice"))
+    await connect(rig, Credentials(user_id="alice", resume=(uuid.UUID(sid).bytes, "t")),
+                  addr=("10.0.0.3", 41000))
+    assert held[0] == 1  # at the REJECT's flush
+
+
 async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
     rig = Rig()
     rig.manager.fail["check_resume"] = InvalidToken("bad token")
@@ -451,6 +509,115 @@ async def test_a_client_that_gave_up_during_authentication_leaves_no_session() -
     assert len(created) == 1
     assert rig.manager.named("delete_session")[0][2] == "handshake abandoned"
     assert rig.port.bound == [] and client.state is not ConnectionState.ESTABLISHED
+
+
+async def test_a_client_closing_during_authentication_gives_its_slot_back_at_once() -> None:
+    """A connection that closed while its session was being made frees its user's slot as
+    soon as the authentication finds it gone, not later, when the bridge handles its close
+    event (here not even handled yet)."""
+    rig = Rig()
+    gate = asyncio.Event()
+    original = rig.manager.heartbeat
+
+    async def slow_heartbeat(session_id: str) -> float:
+        await gate.wait()
+        return await original(session_id)
+
+    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    rig.add_client(Credentials(user_id="alice"))
+    rig.run(until=rig.now + 0.2)
+    server_conn = next(iter(rig.server.connections.values()))
+    for _ in range(10):  # the bridge's task runs up to the heartbeat it waits on
+        await asyncio.sleep(0)
+    assert rig.bridge.user_connections.count("alice") == 1
+    server_conn.close("going away")  # not accepted yet: it ends at once
+    gate.set()
+    await asyncio.gather(*rig.port.tasks)  # the bridge's task ends; its events wait undrained
+    assert server_conn.state is ConnectionState.CLOSED
+    assert rig.bridge.user_connections.count("alice") == 0
+
+
+# ----------------------------------------------------------------- carry-over across a resume
+
+
+def _add_client(rig: Rig, credentials: Credentials, addr: tuple[str, int], *,
+                carryover: Carryover | None = None) -> Connection:
+    """A client asking for carry-over (and continuing `carryover`'s streams, on a resume),
+    added as `Simulation.add_client` adds one."""
+    conn = Connection.client(SERVER_ADDR, credentials, rig.now, carry=True, carryover=carryover)
+    rig.clients[addr] = conn
+    rig.client_events[addr] = []
+    rig.flush()
+    return conn
+
+
+async def _carrying(rig: Rig) -> tuple[Connection, Peer, Credentials]:
+    """alice's first connection, asking for carry-over (the keep flag), with a message of
+    the server's still on its way; and the credentials that resume her session."""
+    client = _add_client(rig, Credentials(user_id="alice"), CLIENT_ADDR)
+    await rig.settle()
+    peer = rig.peers[client.connection_id]
+    assert peer.conn.carries
+    peer.conn.send(b"owed to alice", 0)
+    sid = str(peer.session_id)
+    return client, peer, Credentials(user_id="alice", resume=(uuid.UUID(sid).bytes, "the-token"))
+
+
+async def test_a_continuing_resume_takes_the_live_connections_carry_over() -> None:
+    """A resume that asks to continue (delivery marks) supersedes the live connection and
+    takes its carry-over at once: SESSION says so (resumed = 2), nothing is kept behind."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    await rig.settle()
+    (completed,) = events_of(rig, ("10.0.0.3", 41000), HandshakeCompleted)
+    assert completed.resumed and completed.carried
+    assert rig.bridge.carryovers.take(sid) is None  # handed over, not kept
+
+
+async def test_a_continuing_resume_after_the_loss_takes_the_kept_carry_over() -> None:
+    """The old connection was lost first: its carry-over was kept with the session, and the
+    resume takes it back."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    old_peer.conn._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False)
+    rig._drain_server(old_peer.conn)
+    assert sid in rig.bridge.carryovers.retained
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    await rig.settle()
+    (completed,) = events_of(rig, ("10.0.0.3", 41000), HandshakeCompleted)
+    assert completed.resumed and completed.carried
+    assert sid not in rig.bridge.carryovers.retained
+
+
+async def test_a_resume_abandoned_during_authentication_keeps_what_it_took() -> None:
+    """The resuming client gives up while the session is being made: the carry-over it took
+    from the live connection is kept with the session for the next resume, not lost."""
+    rig = Rig()
+    old, old_peer, resume = await _carrying(rig)
+    sid = str(old_peer.session_id)
+    gate = asyncio.Event()
+    original = rig.manager.heartbeat
+
+    async def slow_heartbeat(session_id: str) -> float:
+        await gate.wait()
+        return await original(session_id)
+
+    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
+    rig.run(until=rig.now + 0.2)
+    for _ in range(10):  # the bridge's task runs up to the heartbeat it waits on
+        await asyncio.sleep(0)
+    (resuming,) = [c for c in rig.server.connections.values() if c is not old_peer.conn
+                   and c.state is not ConnectionState.CLOSED]
+    resuming._terminate(CloseCode.HANDSHAKE_TIMEOUT, "gave up", by_peer=False)
+    rig._drain_server(resuming)
+    gate.set()
+    await rig.settle()
+    assert sid in rig.bridge.carryovers.retained
+    assert rig.bridge.carryovers.take(sid) is not None
 
 
 # ----------------------------------------------------------------- keepalives

@@ -16,11 +16,16 @@ from hypothesis import strategies as st
 
 from quantum.errors import CloseCode
 from quantum.handshake import (
+    MAX_CREDENTIAL_MARKS,
     ClientHandshake,
     Credentials,
+    CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
+    decode_credentials,
+    decode_params,
+    encode_credentials,
 )
 
 CID = bytes(range(16))
@@ -122,3 +127,189 @@ def test_rotating_secrets_are_fresh_random_bytes_each_epoch() -> None:
         ServerHandshake(STATIC, PARAMS, cookie_lifetime=0.0)
     with pytest.raises(ValueError, match="positive"):
         ServerHandshake(STATIC, PARAMS, retry_rotation=-1.0)
+
+
+# -- the finish's cookie, opened once
+
+
+def test_an_opened_cookie_finishes_the_handshake_it_came_from_only() -> None:
+    """`open_finish_cookie` hands its result to `on_client_finish`, which then does not open
+    the cookie again; a cookie opened for another connection's finish does not authenticate
+    this one's credentials (they are sealed under that handshake's transcript)."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    other_cid = bytes(range(1, 17))
+    other_client = ClientHandshake(other_cid, Credentials("bob"))
+    other_client.on_server_hello(server.on_client_hello(other_cid, other_client.client_hello(),
+                                                        ADDR, 1000.0))
+    other = server.open_finish_cookie(other_cid, other_client.client_finish(), ADDR, 1000.5)
+    opened = server.open_finish_cookie(CID, finish, ADDR, 1000.5)
+    assert opened is not None and other is not None
+    assert repr(opened) == "OpenedCookie(<secret>)"
+    _keys, credentials, _ = server.on_client_finish(CID, finish, ADDR, 1000.5, opened)
+    assert credentials.user_id == "alice"
+    with pytest.raises(HandshakeError, match="credentials do not authenticate"):
+        server.on_client_finish(CID, finish, ADDR, 1000.5, other)
+
+
+@pytest.mark.parametrize("damage", ["expired", "other address", "short", "other id"])
+def test_a_cookie_that_does_not_open_gives_none(damage: str) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    cid, addr, used = CID, ADDR, 1000.5
+    if damage == "expired":
+        used = 1000.0 + LIFETIME + 0.1
+    elif damage == "other address":
+        addr = ("192.0.2.2", 4433)
+    elif damage == "short":
+        finish = finish[:20]
+    else:
+        cid = bytes(16)
+    assert server.open_finish_cookie(cid, finish, addr, used) is None
+    assert not server.finish_cookie_valid(cid, finish, addr, used)
+
+
+def test_the_cookie_cipher_is_built_once_per_key_and_dropped_with_it() -> None:
+    """The cookie key's AES-GCM object is kept while its key is current or previous, so a
+    handshake does not build one; once the key rotates out, its object goes too (a secret
+    that rotated out must be unrecoverable, docs/PROTOCOL.md 4.4)."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    keys = server._cookie_keys
+    _, first = keys.current(1000.0)
+    assert keys.cipher(first) is keys.cipher(first)
+    finish_issued_at(server, 1001.0)
+    finish_issued_at(server, 1002.0)
+    assert len(keys._ciphers) == 1
+    _, second = keys.current(1000.0 + LIFETIME)  # the next epoch: the first is previous
+    keys.cipher(second)
+    assert [key for key, _ in keys._ciphers] == [first, second]
+    _, third = keys.current(1000.0 + 2 * LIFETIME)  # the first rotated out
+    keys.cipher(third)
+    assert [key for key, _ in keys._ciphers] == [second, third]
+
+
+# -- what the server says of authentic but unacceptable credentials, and what a repr shows
+
+
+def test_authentic_malformed_credentials_are_refused_with_the_keys_to_say_so() -> None:
+    """A finish whose credentials authenticate but do not parse (a user id of length 0) is
+    `CredentialsRefused`: BAD_REQUEST, the field named, and the handshake's keys and the
+    server's parameters with it, so the server can answer with a sealed REJECT."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice"))
+    client._credentials_plain = bytearray(b"\x00\x00\x00")  # flags, user id length 0
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0))
+    with pytest.raises(CredentialsRefused) as info:
+        server.on_client_finish(CID, client.client_finish(), ADDR, 1000.5)
+    refused = info.value
+    assert refused.code is CloseCode.BAD_REQUEST
+    assert "user id length 0" in refused.message
+    assert refused.params is server.params
+    sealed = refused.keys.send.seal(1, b"header", b"rejected")  # the client can open it
+    assert client.keys is not None
+    assert client.keys.recv.open(1, b"header", sealed) == b"rejected"
+
+
+def test_a_credentials_repr_names_every_field_and_hides_the_secrets() -> None:
+    credentials = Credentials("alice", "ticket-secret", (bytes(range(16)), "token-secret"),
+                              True, {"room": "lobby"}, (10, 3), ((0, 0, 7),), True)
+    assert repr(credentials) == (
+        "Credentials(user_id='alice', ticket=<hidden>, resume=('000102030405060708090a0b0c0d0e0f',"
+        " '<hidden>'), resume_fallback=True, metadata={'room': 'lobby'}, fec=(10, 3), "
+        "delivered=((0, 0, 7),), carry=True)")
+    assert repr(Credentials("bob")) == (
+        "Credentials(user_id='bob', ticket=None, resume=None, resume_fallback=False, "
+        "metadata={}, fec=(10, 3), delivered=None, carry=False)")  # FEC asked for by default
+
+
+def test_clear_forgets_the_keys_the_finish_and_every_secret() -> None:
+    """Once established the connection clears its handshake: nothing secret is left to
+    leak, and a finish cannot be produced again from it."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice", "ticket-secret"))
+    client.on_retry(server.make_retry(CID, ADDR, 1000.0))
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0))
+    assert client.keys is not None and client.client_finish()
+    client.clear()
+    assert client.keys is None
+    assert client._ephemeral is None and client._credentials_plain is None
+    assert client._retry_cookie is None
+    with pytest.raises(HandshakeError) as info:
+        client.client_finish()
+    assert info.value.code is CloseCode.INTERNAL_ERROR
+    assert info.value.message == "client_finish() before a server hello was accepted"
+
+
+def test_delivery_marks_encode_at_their_bounds_and_not_past_them() -> None:
+    """At most MAX_CREDENTIAL_MARKS marks, channels 0..255, marks 0..2^32-1 (PROTOCOL.md
+    4.3): the last valid value of each encodes and decodes, the first invalid one is refused
+    before anything is sent."""
+    full = tuple((channel, channel % 2, 0xFFFFFFFF) for channel in range(MAX_CREDENTIAL_MARKS))
+    full = ((255, 1, 0xFFFFFFFF), *full[1:])
+    decoded = decode_credentials(encode_credentials(Credentials("alice", delivered=full)))
+    assert decoded.delivered == full
+    for bad in ((*full, (7, 0, 1)),  # one mark too many
+                ((256, 0, 1),),  # no channel 256
+                ((0, 2, 1),),  # only the reliable modes
+                ((0, 0, 0x100000000),)):  # a mark is 32 bits
+        with pytest.raises(HandshakeError) as info:
+            encode_credentials(Credentials("alice", delivered=bad))
+        assert info.value.code is CloseCode.BAD_REQUEST
+
+
+# -- what each refusal says (the reason reaches logs and, for the client, its error)
+
+
+def _finish_for(server: ServerHandshake, cid: bytes = CID) -> bytes:
+    client = ClientHandshake(cid, Credentials("alice"))
+    client.on_server_hello(server.on_client_hello(cid, client.client_hello(), ADDR, 1000.0))
+    return client.client_finish()
+
+
+@pytest.mark.parametrize(("case", "code", "message"), [
+    ("rotated out", CloseCode.HANDSHAKE_TIMEOUT,
+     "server cookie expired (its key has rotated out)"),
+    ("too old", CloseCode.HANDSHAKE_TIMEOUT,
+     "server cookie expired (10.5 s old, lifetime 10.0 s)"),
+    ("tampered", CloseCode.PROTOCOL_VIOLATION,
+     "server cookie does not authenticate (tampered, or issued for another connection id)"),
+    ("another address", CloseCode.PROTOCOL_VIOLATION,
+     "server cookie was issued to another address"),
+])
+def test_a_cookie_that_does_not_open_says_exactly_why(case: str, code: CloseCode,
+                                                        message: str) -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish, addr, used = _finish_for(server), ADDR, 1000.5
+    if case == "rotated out":
+        used = 1000.0 + 3 * LIFETIME
+    elif case == "too old":
+        used = 1010.5  # the key (epoch 1000-1010) is still the previous one: the age decides
+    elif case == "tampered":
+        damaged = bytearray(finish)
+        damaged[40] ^= 1  # inside the sealed cookie
+        finish = bytes(damaged)
+    else:
+        addr = ("192.0.2.99", 4433)
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_finish(CID, finish, addr, used)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    (bytes(9), "server parameters are 9 bytes, expected 10"),
+    (bytes(11), "server parameters are 11 bytes, expected 10"),
+])
+def test_server_parameters_of_the_wrong_size_are_a_protocol_violation(
+        params: bytes, message: str) -> None:
+    with pytest.raises(HandshakeError) as info:
+        decode_params(params)
+    assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION, message)
+
+
+def test_server_parameters_out_of_bounds_are_a_protocol_violation_naming_them() -> None:
+    keepalive_of_zero = bytes((10, 3)) + (0).to_bytes(4, "big") + (60_000).to_bytes(4, "big")
+    with pytest.raises(HandshakeError) as info:
+        decode_params(keepalive_of_zero)
+    assert info.value.code is CloseCode.PROTOCOL_VIOLATION
+    assert info.value.message.startswith("server parameters: ")
+    assert len(info.value.message) > len("server parameters: ")

@@ -316,6 +316,25 @@ def test_finishes_are_rate_limited_per_source_before_any_diffie_hellman() -> Non
     assert len(door.connections) == 3 and dh == [3]
 
 
+def test_a_finish_opens_its_cookie_once() -> None:
+    """The front door opens the finish's cookie before it charges the finish limit and hands
+    what it opened to the handshake: one AES-GCM open per finish, not two."""
+    door = Door(make_listener())
+    handshake = door.listener.handshake
+    opens = [0]
+    real = handshake._open_cookie
+
+    def counting(*args: Any) -> Any:
+        opens[0] += 1
+        return real(*args)
+
+    handshake._open_cookie = counting  # type: ignore[method-assign]
+    addr = ("203.0.113.30", 7000)
+    _, finish = finish_of(door, addr)
+    assert door.send(finish, addr) == []
+    assert len(door.connections) == 1 and opens == [1]
+
+
 def test_garbage_finishes_do_not_drain_a_victims_finish_budget() -> None:
     door = Door(make_listener(finish_rate=1e-6, finish_burst=1))
     dh = count_finishes(door.listener)

@@ -174,6 +174,73 @@ async def test_sends_during_the_outage_are_bounded_by_the_send_buffer() -> None:
             relay.close()
 
 
+#: a backoff that would not try again within any of these tests: what happens is close's doing
+SLOW_POLICY = ReconnectPolicy(initial_delay=30.0, max_delay=30.0, give_up_after=120.0)
+
+
+async def test_close_during_an_outage_resumes_at_once_delivers_and_logs_out() -> None:
+    """The path comes back while the reconnect waits out its backoff; `close()` does not wait
+    for it: it resumes at once, what was queued in the outage goes first, then the logout."""
+    echo = Echo()
+    async with running_server(app=echo, idle_timeout=5.0) as h:
+        relay = await LossyRelay.start((HOST, h.port), seed=2)
+        relay.follow_client = True
+        events: list[ConnectionEvent] = []
+        try:
+            client = await connect(HOST, relay.port, user_id="alice",
+                                   configuration=client_config(idle_timeout=0.5),
+                                   reconnect_policy=SLOW_POLICY, on_event=events.append)
+            sid = client.session_id
+            assert sid is not None
+            relay.dark = True
+            while not client.reconnecting:
+                await asyncio.sleep(0.05)
+            client.send_nowait(b"queued in the outage")
+            relay.dark = False
+            await asyncio.wait_for(client.close(timeout=5.0), 10)
+            assert echo.received == [b"queued in the outage"]
+            for _ in range(100):
+                if await h.session(sid) is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert await h.session(sid) is None and h.ended_reason(sid) == "client closed"
+            assert client.close_code == CloseCode.NORMAL and not client.reconnecting
+            kinds = [type(e) for e in events]
+            assert kinds == [Disconnected, Reconnected], events
+        finally:
+            relay.close()
+
+
+async def test_close_during_an_outage_with_no_server_gives_up_within_its_timeout() -> None:
+    """Still dark: the one resume `close()` tries gets no answer; nothing more is sent, the
+    client is closed, and the session stays on the server, to expire there."""
+    async with running_server(app=Echo(), idle_timeout=5.0) as h:
+        relay = await LossyRelay.start((HOST, h.port), seed=2)
+        relay.follow_client = True
+        try:
+            client = await connect(HOST, relay.port, user_id="alice",
+                                   configuration=client_config(idle_timeout=0.5),
+                                   reconnect_policy=SLOW_POLICY)
+            sid = client.session_id
+            assert sid is not None
+            relay.dark = True
+            while not client.reconnecting:
+                await asyncio.sleep(0.05)
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(client.close(timeout=3.0), 10)
+            # it did try: its one resume waited for an answer as long as a handshake does here
+            # (the client's idle timeout, shorter than close's)
+            took = asyncio.get_running_loop().time() - started
+            assert took >= 0.5, took
+            assert client.close_reason == "client closed during reconnect"
+            assert client.close_code == CloseCode.NORMAL and client.is_closed
+            assert await h.session(sid) is not None  # no logout reached it
+            with pytest.raises(ConnectionClosedError):
+                await client.send(b"after")
+        finally:
+            relay.close()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((HOST, 0))

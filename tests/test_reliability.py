@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from quantum.reliability import (
     BEYOND_WINDOW,
     DUPLICATE,
+    MAX_BACKOFF,
     MAX_PN_JUMP,
     NEW,
     TOO_OLD,
@@ -86,6 +87,7 @@ def test_backoff_doubles_caps_and_resets() -> None:
     for _ in range(40):
         rtt.on_timeout()
     assert rtt.rto == 60.0
+    assert rtt.backoff == MAX_BACKOFF  # the counter is bounded too: 1 << backoff stays small
     rtt.reset_backoff()
     assert rtt.rto == pytest.approx(0.3)
 

@@ -82,7 +82,8 @@ SETS: dict[str, ModuleSet] = {
         why="AEAD packet protection and nonces"),
     "reliability": ModuleSet(
         ("quantum/reliability.py",),
-        ("tests/test_reliability.py", "tests/test_serial.py", "tests/test_serial_boundaries.py"),
+        ("tests/test_reliability.py", "tests/test_reliability_edges.py", "tests/test_serial.py",
+         "tests/test_serial_boundaries.py"),
         why="SACK, loss detection, RTO, replay window"),
     "packet": ModuleSet(
         ("quantum/packet.py",),

@@ -51,6 +51,7 @@ from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.frames import Delivery
 from quantum.keys import ServerKeyFile
+from quantum_server.system import tune_collector
 from server import Application, Peer, QuantumServer, ServerConfig
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
@@ -118,6 +119,7 @@ async def _server_main(pipe: Pipe, max_connections: int, rate: float) -> None:
     app = TickEcho(1.0 / rate)
     server = QuantumServer(manager, key, AnonymousAuthenticator(), config, app=app)
     await server.start()
+    tune_collector()  # as quantum-server does once set up
     app.start()
     window = CpuWindow(lambda: app.updates)
     pipe.send({"port": server.port})

@@ -73,6 +73,7 @@ from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.keys import ServerKeyFile
+from quantum_server.system import tune_collector
 from server import QuantumServer, ServerConfig
 from session.manager import ManagerConfig, SessionManager
 from session.memory import MemoryStore
@@ -127,6 +128,7 @@ async def _server_main(pipe: Pipe, store_kind: str, etcd_endpoints: list[str],
     server = QuantumServer(manager, key, AnonymousAuthenticator(), config)
     await server.start()
     services = await _start_metrics(server) if metrics else None
+    tune_collector()  # as quantum-server does once set up
     window = CpuWindow(lambda: server.counters.heartbeats)
     requests = getattr(store, "requests", None)
     store_requests0 = 0

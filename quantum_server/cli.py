@@ -23,6 +23,7 @@ from quantum.keys import KeyFileError, ServerKeyFile, default_key_path, fingerpr
 from quantum_server.config import ServerConfig
 from quantum_server.restart import RestartSnapshot, default_snapshot_path
 from quantum_server.services import NetworkServices, ServiceConfigError, add_arguments
+from quantum_server.system import GC_YOUNG_THRESHOLD, tune_collector
 from server import Application, QuantumServer
 from session.errors import StoreUnavailable
 from session.logs import LazyLogger
@@ -59,15 +60,27 @@ def _positive(kind: type[float] | type[int], minimum: float = 0.0,
     return parse
 
 
-def _byte_count(text: str) -> int:
-    """An argparse type: a whole number of bytes, 0 to 2**40 (0: keep nothing)."""
+def _whole(text: str, what: str, maximum: int, bound: str) -> int:
+    """A whole number from 0 to `maximum`, or argparse's error naming `what` it must be and
+    its `bound`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
-    if not 0 <= value <= 1 << 40:
-        raise argparse.ArgumentTypeError(f"must be 0 to 2**40 bytes, got {text}")
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not 0 <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
     return value
+
+
+def _byte_count(text: str) -> int:
+    """An argparse type: a whole number of bytes, 0 to 2**40 (0: keep nothing)."""
+    return _whole(text, "a whole number of bytes", 1 << 40, "0 to 2**40 bytes")
+
+
+def _gc_threshold(text: str) -> int:
+    """An argparse type: the collector's young-generation threshold, 0 to 10,000,000 (0: the
+    collector left as CPython sets it)."""
+    return _whole(text, "a whole number", 10_000_000, "0 to 10000000")
 
 
 def _plain(number: float) -> str:
@@ -176,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-above-rate", type=_positive(float), default=500.0,
                    help="handshakes per second in all above which every new source must echo "
                         "a retry cookie first (default 500)")
+    p.add_argument("--gc-young-threshold", type=_gc_threshold, default=GC_YOUNG_THRESHOLD,
+                   metavar="N",
+                   help="net allocations between the cyclic collector's young collections "
+                        "once serving, after freezing what setup left "
+                        f"(default {GC_YOUNG_THRESHOLD}; 0: neither, CPython's 700)")
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     add_arguments(p)  # --grpc, --metrics and their TLS flags
@@ -341,6 +359,8 @@ async def serve(args: argparse.Namespace, app: Application | None = None,
     except (OSError, StoreUnavailable) as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
+    # set up: what the process holds now is frozen, and the young collections are spaced
+    tune_collector(args.gc_young_threshold)
     try:
         await services.start(server)
     except OSError as exc:

@@ -14,15 +14,21 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from quantum.crypto import TAG_SIZE
 from quantum.errors import CloseCode
 from quantum.handshake import (
+    _FINISH_PREFIX,
     MAX_CREDENTIAL_MARKS,
+    MAX_FINISH_PAYLOAD,
+    MAX_PARAM_MS,
+    SERVER_COOKIE_SIZE,
     ClientHandshake,
     Credentials,
     CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
+    _split_finish,
     decode_credentials,
     decode_params,
     encode_credentials,
@@ -313,3 +319,98 @@ def test_server_parameters_out_of_bounds_are_a_protocol_violation_naming_them() 
     assert info.value.code is CloseCode.PROTOCOL_VIOLATION
     assert info.value.message.startswith("server parameters: ")
     assert len(info.value.message) > len("server parameters: ")
+
+
+@pytest.mark.parametrize(("seconds", "ok"), [
+    (0.001, True),  # 1 ms, the least
+    (0.0004, False),  # rounds to 0 ms
+    (MAX_PARAM_MS / 1000, True),  # the most a u32 of milliseconds holds
+    ((MAX_PARAM_MS + 1) / 1000, False),
+])
+def test_server_parameters_hold_1_ms_to_a_u32_of_milliseconds(seconds: float, ok: bool) -> None:
+    if ok:
+        assert ServerParams(None, seconds, seconds).keepalive_interval == seconds
+        return
+    with pytest.raises(ValueError) as info:
+        ServerParams(None, seconds, 60.0)
+    assert str(info.value) == (f"keepalive_interval must be between 1 ms and {MAX_PARAM_MS} ms, "
+                               f"got {seconds}")
+
+
+def test_a_finish_of_every_size_the_bounds_allow_splits_and_no_other() -> None:
+    """The ClientFinish payload: cookie length, cookie, sealed credentials of at least a
+    tag; at most MAX_FINISH_PAYLOAD bytes."""
+    head = SERVER_COOKIE_SIZE.to_bytes(2, "big") + bytes(SERVER_COOKIE_SIZE)
+    least, most = _FINISH_PREFIX + TAG_SIZE, MAX_FINISH_PAYLOAD
+    for size in (least, most):
+        cookie, sealed = _split_finish(head + bytes(size - len(head)))
+        assert len(cookie) == SERVER_COOKIE_SIZE and len(sealed) == size - _FINISH_PREFIX
+    for size in (least - 1, most + 1):
+        with pytest.raises(HandshakeError) as info:
+            _split_finish(head + bytes(size - len(head)))
+        assert (info.value.code, info.value.message) == (
+            CloseCode.PROTOCOL_VIOLATION,
+            f"client finish is {size} bytes, expected {least}..{most}")
+    wrong = (SERVER_COOKIE_SIZE - 1).to_bytes(2, "big") + bytes(least)
+    with pytest.raises(HandshakeError) as info:
+        _split_finish(wrong)
+    assert info.value.message == (f"client finish echoes a {SERVER_COOKIE_SIZE - 1}-byte "
+                                  f"cookie, expected {SERVER_COOKIE_SIZE}")
+
+
+def test_a_second_server_hello_and_a_short_one_say_what_they_are() -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice"))
+    hello = server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0)
+    short = ClientHandshake(CID, Credentials("alice"))
+    with pytest.raises(HandshakeError) as info:
+        short.on_server_hello(hello[:20])
+    assert (info.value.code, info.value.message) == (
+        CloseCode.PROTOCOL_VIOLATION, "server hello: truncated in server ephemeral key")
+    client.on_server_hello(hello)
+    with pytest.raises(HandshakeError) as info:
+        client.on_server_hello(hello)
+    assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION,
+                                                     "second server hello")
+
+
+def _server_hello() -> tuple[ServerHandshake, bytes]:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    client = ClientHandshake(CID, Credentials("alice"))
+    return server, server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0)
+
+
+@pytest.mark.parametrize(("cut", "field"), [
+    (20, "server ephemeral key"), (40, "server static key"), (64, "cipher"),
+    (66, "cookie length"), (67 + 5, "cookie"), (67 + SERVER_COOKIE_SIZE + 3, "confirmation"),
+])
+def test_a_truncated_server_hello_names_the_field_it_ends_in(cut: int, field: str) -> None:
+    _, hello = _server_hello()
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(hello[:cut])
+    assert (info.value.code, info.value.message) == (CloseCode.PROTOCOL_VIOLATION,
+                                                     f"server hello: truncated in {field}")
+
+
+@pytest.mark.parametrize(("at", "code", "message"), [
+    (0, CloseCode.PROTOCOL_VIOLATION, "server ephemeral key is a low-order point"),
+    (32, CloseCode.BAD_SERVER_KEY, "server static key is a low-order point"),
+])
+def test_a_low_order_key_in_the_server_hello_is_refused_naming_it(
+        at: int, code: CloseCode, message: str) -> None:
+    _, hello = _server_hello()
+    damaged = hello[:at] + bytes(32) + hello[at + 32:]  # the all-zero point
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(damaged)
+    assert (info.value.code, info.value.message) == (code, message)
+
+
+def test_a_server_hello_whose_proof_fails_names_the_key_it_claimed() -> None:
+    server, hello = _server_hello()
+    damaged = hello[:-1] + bytes((hello[-1] ^ 1,))  # the confirmation's tag
+    with pytest.raises(HandshakeError) as info:
+        ClientHandshake(CID, Credentials("alice")).on_server_hello(damaged)
+    assert (info.value.code, info.value.message) == (
+        CloseCode.BAD_SERVER_KEY,
+        f"server did not prove it holds the private key of {server.fingerprint} "
+        "(or the cipher negotiation was tampered with)")

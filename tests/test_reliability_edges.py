@@ -6,18 +6,25 @@ Each at its exact boundary; tests/test_connection.py checks the same through a c
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from quantum.packet import MAX_SACK_BLOCKS
 from quantum.reliability import (
     BURST_GAP,
     DEFAULT_MAX_ACK_DELAY,
+    DUPLICATE,
+    FAST_RETRANSMIT_THRESHOLD,
     HOLD_FACTOR,
     MAX_HELD_ACK_DELAY,
     NEW,
+    TOO_OLD,
     ReceiveTracker,
     SendTracker,
     SentPacket,
 )
 from quantum.serial import MASK
+from tests.profiles import scaled
 
 
 def receive(tracker: ReceiveTracker, pn: int, now: float) -> None:
@@ -213,3 +220,103 @@ def test_a_floor_above_the_largest_received_moves_the_largest_with_it() -> None:
     assert tracker.ack_deadline() == pytest.approx(1.0 + DEFAULT_MAX_ACK_DELAY)
     receive(tracker, 9, 1.001)  # 8 missing: reported at once
     assert tracker.ack_deadline() == pytest.approx(1.001)
+
+
+def model_fields(received: set[int]) -> tuple[int, list[tuple[int, int]]]:
+    """What the ACK must say of `received`: the first missing pn, then the runs above it,
+    highest first, at most MAX_SACK_BLOCKS of them."""
+    cumulative = 1
+    while cumulative in received:
+        cumulative += 1
+    runs: list[tuple[int, int]] = []
+    for pn in sorted(p for p in received if p > cumulative):
+        if runs and runs[-1][1] == pn - 1:
+            runs[-1] = (runs[-1][0], pn)
+        else:
+            runs.append((pn, pn))
+    return cumulative, runs[::-1][:MAX_SACK_BLOCKS]
+
+
+@settings(max_examples=scaled(300), deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=80))
+@example([1, 3, 5, 4, 2])  # a hole filled from both sides, then the cumulative point
+@example([3, 9, 6, 7, 8, 4, 5])  # an insert between two ranges touching neither, then both
+@example([30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 11])  # more ranges than blocks
+def test_the_ack_always_says_what_arrived_whatever_the_order(arrivals: list[int]) -> None:
+    """Any arrival order, duplicates included: after every packet, `check` and the ACK's
+    cumulative point and SACK blocks say exactly what a set of received numbers says, and
+    each new packet is owed an ACK."""
+    tracker = ReceiveTracker()
+    received: set[int] = set()
+    for pn in arrivals:
+        cumulative = model_fields(received)[0]
+        verdict = tracker.check(pn)
+        if pn < cumulative:
+            assert verdict == TOO_OLD
+        elif pn in received:
+            assert verdict == DUPLICATE
+        else:
+            assert verdict == NEW
+            tracker.on_ack_sent()
+            tracker.on_received(pn, True, 0.0)
+            received.add(pn)
+            assert tracker.ack_deadline() is not None  # every new packet is acknowledged
+        assert tracker.ack_fields() == model_fields(received), sorted(received)
+
+
+def test_each_slide_of_the_receive_window_is_counted() -> None:
+    tracker = ReceiveTracker(window=16)
+    receive(tracker, 1, 0.0)
+    receive(tracker, 20, 0.0)  # 16 or more above the cumulative point: an implicit floor
+    assert tracker.ack_fields() == (5, [(20, 20)]) and tracker.window_slides == 1
+    receive(tracker, 40, 0.0)
+    assert tracker.ack_fields() == (25, [(40, 40)]) and tracker.window_slides == 2
+
+
+def test_an_ack_already_due_is_not_put_off_by_a_later_packet() -> None:
+    """A gap at t=1 makes the ACK due at once; another out-of-order packet at t=2, before
+    it went, leaves it due at 1, not 2."""
+    tracker = ReceiveTracker()
+    receive(tracker, 1, 0.5)
+    tracker.on_ack_sent()
+    receive(tracker, 3, 1.0)  # 2 missing
+    assert tracker.ack_deadline() == 1.0
+    receive(tracker, 5, 2.0)  # 4 missing too
+    assert tracker.ack_deadline() == 1.0
+
+
+@settings(max_examples=scaled(200), deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(
+    st.just(n), st.permutations(range(1, n + 1)), st.sets(st.integers(1, n)))))
+@example((6, [1, 3, 5, 4, 2, 6], {2}))  # pn 2 lost: three acknowledged above it
+@example((12, [12, 1, 11, 2, 10, 3, 9, 4, 8, 5, 7, 6], set()))  # two runs, many blocks
+# a block longer than what is outstanding (two left), whose first pn is the new one
+@example((8, [1, 2, 3, 4, 7, 8, 6, 5], {5}))
+def test_the_sender_learns_exactly_what_each_ack_says(case: tuple[int, list[int], set[int]],
+                                                       ) -> None:
+    """Packets 1..n sent, some lost on the way, the rest arriving in any order; after each
+    arrival the receiver's real ACK goes back. Each ACK acknowledges exactly the packets
+    still outstanding that it covers (cumulative point and SACK blocks), in pn order; a
+    packet is declared lost once three packets above it were acknowledged by SACK; nothing
+    is acknowledged or lost twice, and the bytes in flight are what is still outstanding."""
+    n, order, dropped = case
+    sender, receiver = SendTracker(), ReceiveTracker()
+    sizes = {sent(sender, 0.0, 100 + pn): 100 + pn for pn in range(1, n + 1)}
+    outstanding = set(sizes)
+    top: list[int] = []  # the three largest pns acknowledged by SACK at or above the cumulative
+    for pn in (p for p in order if p not in dropped):
+        receiver.on_received(pn, True, 0.0)
+        cumulative, blocks = receiver.ack_fields()
+        covered = {p for p in outstanding if p < cumulative
+                   or any(start <= p <= end for start, end in blocks)}
+        top = sorted({*top, *(p for start, end in blocks for p in range(start, end + 1)
+                             if p >= cumulative)}, reverse=True)[:FAST_RETRANSMIT_THRESHOLD]
+        outstanding -= covered
+        lost = ({p for p in outstanding if p < top[-1]}
+                if len(top) == FAST_RETRANSMIT_THRESHOLD else set())
+        outstanding -= lost
+        result = sender.on_ack(cumulative, blocks, 1.0)
+        assert [p.pn for p in result.acked] == sorted(covered)
+        assert [p.pn for p in result.lost] == sorted(lost)
+        assert sender.bytes_in_flight == sum(sizes[p] for p in outstanding)
+    assert {p.pn for p in sender.unacknowledged()} == outstanding

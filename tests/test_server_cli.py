@@ -103,6 +103,8 @@ def test_out_of_range_flags_exit_2_with_a_clear_message(args: list[str], message
     (["--retain-session-bytes", "-1"], "must be 0 to 2**40 bytes, got -1"),
     (["--retain-total-bytes", "2e3"], "not a whole number of bytes: '2e3'"),
     (["--retain-total-bytes", str((1 << 40) + 1)], "must be 0 to 2**40 bytes"),
+    (["--gc-young-threshold", "-1"], "must be 0 to 10000000, got -1"),
+    (["--gc-young-threshold", "1e4"], "not a whole number: '1e4'"),
 ])
 def test_every_bound_of_the_server_flags(args: list[str], message: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -427,8 +429,9 @@ async def test_a_shutdown_over_its_budget_says_so_and_exits_1_without_a_tracebac
     # serve() configures structlog process-wide, onto this test's captured stderr: later tests
     # in this process would log to a closed file. The library's default output is kept.
     monkeypatch.setattr("session.logs.configure_logging", lambda *args, **kwargs: None)
+    # --gc-young-threshold 0: the collector of this (test) process is left alone, unfrozen
     args = build_parser().parse_args(["--host", HOST, "--port", "0", "--no-grpc",
-                                      "--no-metrics", "--no-snapshot",
+                                      "--no-metrics", "--no-snapshot", "--gc-young-threshold", "0",
                                       "--key-file", str(tmp_path / "server.key")])
     serving = asyncio.ensure_future(cli.serve(args))
     out = ""

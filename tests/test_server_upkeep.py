@@ -136,6 +136,32 @@ async def test_survivors_of_a_burst_of_accepts_are_frozen_out_of_the_collector(
         gc.unfreeze()
 
 
+def test_a_serving_process_freezes_its_setup_and_spaces_its_young_collections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantum_server.system import GC_YOUNG_THRESHOLD, tune_collector
+
+    calls: list[str] = []
+    real_freeze = gc.freeze
+
+    def counting_freeze() -> None:
+        calls.append("freeze")
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", counting_freeze)
+    thresholds = gc.get_threshold()
+    try:
+        tune_collector(0)  # 0: the collector left as it is
+        assert calls == [] and gc.get_threshold() == thresholds
+        tune_collector()
+        assert calls == ["freeze"] and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *thresholds[1:])
+        with pytest.raises(ValueError, match="0 or more"):
+            tune_collector(-1)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
 async def test_closed_connections_leave_no_reference_cycles() -> None:
     """The premise of the freeze: what a connection held is freed by reference counting when
     it ends, so freezing it cannot keep it alive."""

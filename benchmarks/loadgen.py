@@ -28,6 +28,7 @@ another module name; it runs unchanged as plain Python too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import time
@@ -68,6 +69,11 @@ STAMP_SIZE: Final = 8
 #: clients leave their timers to the heap; their own keepalive timer stays off (closed loop)
 CLIENT_CONFIG: Final = QuantumConfiguration(keepalive_interval=None, idle_timeout=3600.0,
                                      handshake_timeout=30.0, handshake_tries=10)
+#: after this many handshakes the clients made so far move to the collector's permanent
+#: generation (as the server does, `server.GC_FREEZE_AFTER`): with hundreds of thousands of
+#: clients a full collection would otherwise stop the generator for seconds at a time, long
+#: enough for handshakes to time out and the closed loop's round trips to measure the pause
+GC_FREEZE_AFTER: Final = 10_000
 
 
 @mypyc_attr(native_class=False)  # compiled by benchmarks/loadgen_build.py: stays a Python class
@@ -301,6 +307,9 @@ class LoadGenerator:
         self._pending_handshakes -= 1
         if failure is None:
             self._handshakes_done += 1
+            if self._handshakes_done % GC_FREEZE_AFTER == 0:
+                gc.collect(1)  # the young garbage first: it would be frozen with them
+                gc.freeze()
         else:
             self._handshakes_failed += 1
             self._handshake_reasons[failure] = self._handshake_reasons.get(failure, 0) + 1
@@ -561,6 +570,7 @@ async def _loadgen_main(pipe: Pipe, server_addr: Address, sockets: int) -> None:
             if kind == "connect":
                 reply = await gen.establish(command["count"], command.get("in_flight", 256),
                                             command.get("user_prefix", "bench"),
+                                            timeout=command.get("timeout", 600.0),
                                             fec=command.get("fec", True))
             elif kind == "echo_clients":
                 gen.add_echo_clients(command["count"])

@@ -16,6 +16,7 @@ benchmark runs the interpreted generator and says why; the JSON reports `loadgen
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.machinery
@@ -42,6 +43,8 @@ _SOURCE = _PROJECT / "benchmarks" / "loadgen.py"
 #: and server.py): a change to any of them gets a fresh build
 _TYPED_AGAINST = ("quantum", "session")
 _BUILD_TIMEOUT = 600.0
+#: seconds after its last use a build for other sources is removed (see `_prune`)
+STALE_AFTER = 86400.0
 _BUILD_SCRIPT = f"""
 from mypyc.build import mypycify
 from setuptools import setup
@@ -128,10 +131,18 @@ def _build(root: Path, target: Path) -> str | None:
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Builds for older sources are never used again."""
+    """Remove the builds no run used for STALE_AFTER. Not every other one: the cache is the
+    user's, shared by every checkout, and another checkout's run (other sources, another
+    build key) may be using its build right now; its later child processes import from it."""
+    cutoff = time.time() - STALE_AFTER
     for entry in root.iterdir():
         if entry != keep and entry.is_dir() and entry.name.startswith("loadgen-"):
-            shutil.rmtree(entry, ignore_errors=True)
+            try:
+                used = entry.stat().st_mtime
+            except OSError:
+                continue  # pruned meanwhile by another run
+            if used < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def load_loadgen(compiled: bool = True, root: Path | None = None) -> LoadgenBuild:
@@ -149,6 +160,9 @@ def load_loadgen(compiled: bool = True, root: Path | None = None) -> LoadgenBuil
             return LoadgenBuild(benchmarks.loadgen, False, f"interpreted: {problem}")
         how = f"built in {time.monotonic() - started:.1f} s"
         _prune(root, target)
+    else:
+        with contextlib.suppress(OSError):
+            os.utime(target)  # in use: not stale for another checkout's `_prune`
     if str(target) not in sys.path:
         # spawned children inherit sys.path, so they find it too
         sys.path.insert(0, str(target))

@@ -8,8 +8,10 @@ fresh load generator (`benchmarks.loadgen`, pinned to the other) run, in this or
 
 1. `--active` connections are opened and loaded in a closed keepalive loop for `--duration`
    seconds: the server's CPU per heartbeat with only them (the baseline of step 5);
-2. N idle connections are opened (the accepts), their resident set size growth read once
-   they hibernated (`rss_per_idle_connection_bytes`; the memory target is 4 KiB);
+2. N idle connections are opened (the accepts; a long phase reports its progress on stderr),
+   their resident set size growth read once they hibernated (`rss_per_idle_connection_bytes`;
+   the memory target is 4 KiB): each reading waits until every connection the server holds is
+   hibernated, the active ones too, so both see the same state (`settled_in_s`);
 3. `--duration` seconds with no load at all: what the server's periodic work costs
    (`periodic_cpu_share`, its CPU seconds per second) while it holds N + active connections;
 4. the same closed loop again, now beside the N idle ones: `heartbeat_cost_ratio` is its CPU per
@@ -64,6 +66,13 @@ SATURATED = 0.95
 #: the churn step opens this share of N more connections (at most CHURN_MAX)
 CHURN_SHARE = 0.1
 CHURN_MAX = 10_000
+#: seconds beyond `hibernate_after` + `stats_interval` a memory reading waits for one more
+#: connection to hibernate before it reads anyway (and says so)
+SETTLE_SLACK = 5.0
+#: how often the orchestrator reports the progress of a long accept phase (on stderr)
+PROGRESS_EVERY = 15.0
+#: the slowest accept rate (per second) a generator's connect waits for before failing
+SLOWEST_ACCEPTS = 50.0
 
 
 async def _server_main(pipe: Pipe, max_connections: int) -> None:
@@ -98,18 +107,40 @@ async def _server_main(pipe: Pipe, max_connections: int) -> None:
         if kind == "stall":
             return {"ok": True, "stall_max_s": probe.take_max(),
                     "stalls_over_20ms": probe.stalls_over_20ms}
+        if kind == "count":
+            return {"ok": True, "connections": len(server.peers)}
         if kind == "memory":
+            # read once every connection hibernated (the ones just opened, and the active
+            # ones after their loop), so that both readings of a run see the same state
+            settle_limit = config.hibernate_after + config.stats_interval + SETTLE_SLACK
+            settled_in = await _until_hibernated(server, settle_limit)
             return {"ok": True, "rss": rss_bytes(), "connections": len(server.peers),
+                    "settled_in_s": settled_in,
                     "sessions": await store.count(), "hibernating": server.hibernating,
                     # what a full collection still traverses (gc.freeze()d objects are not)
                     "gc_collectable": len(gc.get_objects()),
                     "gc_frozen": gc.get_freeze_count(),
-                    "settle_seconds": config.hibernate_after + config.stats_interval + 1.0}
+                    "counters": server.snapshot()}
         if kind == "quit":
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {kind!r}"}
 
     await serve_commands(pipe, handle)
+
+
+async def _until_hibernated(server: QuantumServer, limit: float) -> float | None:
+    """Wait until every connection is hibernated, or until `limit` seconds have passed since
+    the last one that did; returns how long it took (None: the limit came first)."""
+    started = last_change = time.monotonic()
+    seen = -1
+    while server.hibernating < len(server.peers):
+        now = time.monotonic()
+        if server.hibernating != seen:
+            seen, last_change = server.hibernating, now
+        elif now - last_change > limit:
+            return None
+        await asyncio.sleep(0.1)
+    return round(time.monotonic() - started, 2)
 
 
 def run_scale_server(pipe: Pipe, cpu: int | None, max_connections: int) -> None:
@@ -135,6 +166,23 @@ def _loop_window(server: Child, loadgen: Child, clients: int,
             "loadgen_cpu_share": round(client_side["loadgen_cpu_s"] / duration, 3)}
 
 
+def _connect(server: Child, loadgen: Child, count: int, prefix: str) -> dict[str, Any]:
+    """Open `count` connections from `loadgen`; every PROGRESS_EVERY seconds, how many the
+    server holds (stderr), so that a long accept phase (a million) shows it is moving."""
+    timeout = max(600.0, count / SLOWEST_ACCEPTS)
+    loadgen.send("connect", count=count, user_prefix=prefix, timeout=timeout)
+    started = time.monotonic()
+    first = server.call("count")["connections"]
+    while not loadgen.pipe.poll(PROGRESS_EVERY):
+        if not loadgen.process.is_alive():
+            break  # `receive` reports how it died
+        held = server.call("count")["connections"] - first
+        elapsed = time.monotonic() - started
+        print(f"benchmarks.scale: {prefix}: {held:,} of {count:,} accepted in {elapsed:.0f} s "
+              f"({held / elapsed:.0f}/s)", file=sys.stderr, flush=True)
+    return loadgen.receive("connect")
+
+
 def _stall_ms(server: Child) -> float:
     return round(float(server.call("stall")["stall_max_s"]) * 1000, 2)
 
@@ -147,20 +195,19 @@ def run_one(ctx: Any, build: LoadgenBuild, idle: int, active: int,
                                      idle + active + churn + 100, graceful=False)
         loadgen = _start_loadgen(ctx, stack, port, build)
         stalls: dict[str, float] = {}
-        loadgen.call("connect", count=active, user_prefix="active")
+        _connect(server, loadgen, active, "active")
         stalls["accept_active"] = _stall_ms(server)
         baseline = _loop_window(server, loadgen, active, duration)
         stalls["loop_baseline"] = _stall_ms(server)
-        time.sleep(2.0)  # the closed loop's last ACKs settle
-        before = server.call("memory")
-        opened = loadgen.call("connect", count=idle, user_prefix="idle")
+        before = server.call("memory")  # once the active ones hibernated
+        opened = _connect(server, loadgen, idle, "idle")
         stalls["accept_idle"] = _stall_ms(server)
-        time.sleep(before["settle_seconds"])  # quiet connections hibernate
-        after = server.call("memory")
+        after = server.call("memory")  # once the idle ones hibernated
         stalls["settle"] = _stall_ms(server)
         if after["connections"] - before["connections"] != idle:
             raise BenchError(f"expected {idle} new connections, the server has "
-                             f"{after['connections'] - before['connections']}")
+                             f"{after['connections'] - before['connections']} "
+                             f"(the generator: {opened}; the server: {after['counters']})")
         server.call("start")
         time.sleep(duration)
         quiet = server.call("stop")
@@ -172,7 +219,7 @@ def run_one(ctx: Any, build: LoadgenBuild, idle: int, active: int,
         churner = _start_loadgen(ctx, stack, port, build)
         server.call("start")
         loadgen.send("run", clients=active, duration=duration)
-        churned = churner.call("connect", count=churn, user_prefix="churn")
+        churned = _connect(server, churner, churn, "churn")
         run_reply = loadgen.receive("run")
         churn_window = server.call("stop")
         stalls["churn"] = _stall_ms(server)
@@ -192,6 +239,9 @@ def run_one(ctx: Any, build: LoadgenBuild, idle: int, active: int,
         "gc_frozen_objects_per_idle_connection":
             round((after["gc_frozen"] - before["gc_frozen"]) / idle, 2),
         "hibernating": after["hibernating"],
+        # how long the memory readings waited for every connection to hibernate (None: some
+        # never did, the reading was taken anyway)
+        "settled_in_s": {"before": before["settled_in_s"], "after": after["settled_in_s"]},
         "accepts_per_s": round(idle / opened["seconds"]) if opened["seconds"] else None,
         "periodic_cpu_share": round(quiet["cpu_s"] / quiet["wall_s"], 4),
         "heartbeat": {"baseline": baseline, "with_idle": loaded},

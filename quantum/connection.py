@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, cast
 
 from quantum import packet as wire
@@ -122,6 +123,14 @@ _PROTECTED_OVERHEAD: Final = wire.HEADER_SIZE + AEAD_TAG
 #: `_stall_since` when the peer owes us no acknowledgement
 _NOT_STALLED: Final = -1.0
 _INF: Final = float("inf")
+#: `_events` and `_control` while nothing waits in them (most of a connection's life): one
+#: shared immutable empty tuple instead of two empty lists per connection (112 bytes, two
+#: objects for the collector); a list only while something is queued. Immutable, so an append
+#: that skipped `_push_event`/`_queue_control` fails at once instead of reaching every
+#: connection's queue.
+_NOTHING_QUEUED: Final[tuple[Any, ...]] = ()
+#: `stats.drops` until the first drop: shared, and read-only for the same reason
+_NO_DROPS: Final[Mapping[str, int]] = MappingProxyType({})
 
 
 def _same_address(a: Address, b: Address) -> bool:
@@ -189,7 +198,8 @@ class ConnectionStats:
     cwnd: int = 0
     pacing_rate: float = 0.0
     bbr_state: str = ""
-    drops: dict[str, int] = field(default_factory=dict)
+    #: reason -> datagrams dropped (read-only; its own dict from the connection's first drop)
+    drops: Mapping[str, int] = field(default_factory=lambda: _NO_DROPS)
 
     @property
     def retransmissions(self) -> int:
@@ -274,7 +284,7 @@ class Connection:
         self.close_code: int = CloseCode.NORMAL  # a CloseCode, or the peer's unknown code
         self.close_reason = ""
 
-        self._events: list[Event] = []
+        self._events: list[Event] | tuple[Event, ...] = _NOTHING_QUEUED  # see _push_event
         # packet protection, one per direction, once the handshake produced keys (the two
         # objects of the handshake's SessionKeys, held directly: one object less per connection)
         self._seal: PacketProtection | None = None
@@ -301,7 +311,8 @@ class Connection:
         # created on first use: a keepalive-only connection never needs them
         self._outbox: ChannelSender | None = None
         self._inbox: ChannelReceiver | None = None
-        self._control: list[Frame] = []  # control frames waiting for the next packet
+        # control frames waiting for the next packet (see _queue_control)
+        self._control: list[Frame] | tuple[Frame, ...] = _NOTHING_QUEUED
         self._fec: FecState | None = None  # while FEC is negotiated on
         # the datagram size on the peer's path and the search for a larger one (pmtu.py);
         # _data_room is what it leaves for frames in a data packet (pmtu.max_data_payload)
@@ -420,7 +431,7 @@ class Connection:
             conn._carry_wanted = credentials.carry
             conn._continue = credentials.delivered is not None
             conn._peer_marks = credentials.delivered or ()
-            conn._events.append(
+            conn._push_event(
                 AuthenticationRequested(
                     user_id=credentials.user_id,
                     ticket=credentials.ticket,
@@ -474,16 +485,18 @@ class Connection:
         if carried:
             assert carryover is not None
             self._restore_carryover(carryover, self._peer_marks)
-        self._control.insert(0, SessionFrame(session_id, session_token,
-                                             remaining_ms(remaining), resumed, carried))
+        session = SessionFrame(session_id, session_token, remaining_ms(remaining), resumed,
+                               carried)
+        control = self._control  # SESSION goes first, before what the restore queued
+        self._control = [session] if not isinstance(control, list) else [session, *control]
         # a resume rotated the token: the owner hears when the client holds the new one; and
         # the client learns from SESSION whether its streams continue, so no message may
         # reach it before (12.4): they wait for that frame's acknowledgement
         self._session_unconfirmed = resumed
         self._hold_messages = resumed and self._continue
         self.state = _ESTABLISHED
-        self._events.append(HandshakeCompleted(session_id, session_token, remaining, resumed,
-                                               carried))
+        self._push_event(HandshakeCompleted(session_id, session_token, remaining, resumed,
+                                            carried))
 
     # -- carry-over across a resume (PROTOCOL.md 12.4)
 
@@ -535,7 +548,7 @@ class Connection:
         if not self.is_client:
             marks = receiver.delivered_marks()
             for start in range(0, len(marks), MAX_DELIVERED_MARKS):
-                self._control.append(
+                self._queue_control(
                     DeliveredFrame(tuple(marks[start:start + MAX_DELIVERED_MARKS])))
 
     def reject(self, code: int, reason: str, now: float) -> None:
@@ -615,7 +628,7 @@ class Connection:
         """Server: answer a `KeepaliveReceived` with the session's remaining seconds."""
         if self.state is _CLOSED:
             return
-        self._control.append(KeepaliveAckFrame(keepalive_id, remaining_ms(remaining)))
+        self._queue_control(KeepaliveAckFrame(keepalive_id, remaining_ms(remaining)))
 
     @property
     def peer_addr(self) -> Address:
@@ -637,10 +650,12 @@ class Connection:
 
     def hibernate(self) -> bool:
         """Release what a quiet connection can rebuild on demand: the two packet-protection
-        cipher objects (about 4.8 KB of OpenSSL state with AES-GCM). Safe at any time; the next
-        packet sealed or opened rebuilds its cipher (about 0.7 us each). The owner decides
-        when a connection is quiet (the server: no packet for `hibernate_after` seconds).
-        Returns whether anything was released."""
+        cipher objects (about 4.8 KB of OpenSSL state with AES-GCM), and the loss detector's
+        SACK memory once nothing is in flight (`SendTracker.release_idle`). Safe at any
+        time; the next packet sealed or opened rebuilds its cipher (about 0.7 us each). The
+        owner decides when a connection is quiet (the server: no packet for `hibernate_after`
+        seconds). Returns whether any cipher was released."""
+        self._flight.release_idle()
         seal, open_ = self._seal, self._open
         if seal is None or open_ is None or not (seal.loaded or open_.loaded):
             return False
@@ -667,15 +682,23 @@ class Connection:
         """The oldest event not yet handed out, or None. Pull until None after every input
         (a datagram, a timer, a `send`, `close`...); `ConnectionClosed` is always the last."""
         events = self._events
-        if not events:
+        if not isinstance(events, list):
             return None
         if len(events) == 1:
-            # the last one: a fresh list instead of popping. CPython shrinks a list popped
-            # empty to a zero-byte buffer from the C allocator (pymalloc does not serve zero
-            # bytes), and growing it again is a libc realloc: twice per packet, otherwise
-            self._events = []
+            # the last one: back to the shared empty tuple instead of popping (a list popped
+            # empty keeps a zero-byte buffer from the C allocator, and growing it again is a
+            # libc realloc, twice per packet); the next event gets a fresh list
+            self._events = _NOTHING_QUEUED
             return events[0]
         return events.pop(0)
+
+    def _push_event(self, event: Event) -> None:
+        """Queue an event for `next_event`. `_events` is a list only while it holds some."""
+        events = self._events
+        if isinstance(events, list):
+            events.append(event)
+        else:
+            self._events = [event]
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one datagram that arrived from `addr` at `now`; then pull what it caused
@@ -895,7 +918,7 @@ class Connection:
                     self._terminate(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout",
                                     by_peer=False)
                 else:  # only a wrong server answered: report it as such (10.2)
-                    self._events.append(HandshakeRejected(CloseCode.BAD_SERVER_KEY, bad_key))
+                    self._push_event(HandshakeRejected(CloseCode.BAD_SERVER_KEY, bad_key))
                     self._terminate(CloseCode.BAD_SERVER_KEY, bad_key, by_peer=False)
                 return
             self._count_sent(resent)
@@ -963,7 +986,7 @@ class Connection:
                 if reject is None:  # unauthenticated, and SYNs are left to send
                     self._drop("unauthenticated_reject")
                 else:
-                    self._events.append(HandshakeRejected(reject.code, reject.reason))
+                    self._push_event(HandshakeRejected(reject.code, reject.reason))
                     self._terminate(reject.code, reject.reason, by_peer=True)
             elif flags & SYN and flags & URG and self.state is _SYN_SENT:
                 self._count_sent(opening.on_retry(packet.payload, now))
@@ -992,7 +1015,6 @@ class Connection:
     # ------------------------------------------------------------------ receiving
 
     def _process_frames(self, frames: Sequence[Frame], flags: int, now: float) -> None:
-        events = self._events
         for frame in frames:
             if isinstance(frame, MessageFrame):
                 if self.state is _CLOSED:
@@ -1005,24 +1027,24 @@ class Connection:
                     receiver = self._inbox = ChannelReceiver()
                 for channel, mode, data in receiver.on_frame(frame):  # may raise ProtocolError
                     self.stats.messages_received += 1
-                    events.append(MessageReceived(data, channel, mode))
+                    self._push_event(MessageReceived(data, channel, mode))
             elif isinstance(frame, KeepaliveFrame):
                 if self.state is _AUTHENTICATING:
                     self._drop("before_accept")
                     continue
-                events.append(KeepaliveReceived(frame.keepalive_id))
+                self._push_event(KeepaliveReceived(frame.keepalive_id))
             elif isinstance(frame, KeepaliveAckFrame):
                 keepalives = self._keepalives
                 sent_at = None if keepalives is None else keepalives.answered(frame.keepalive_id)
                 remaining = remaining_seconds(frame.remaining_ms)
                 rtt = None if sent_at is None else now - sent_at
-                events.append(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
+                self._push_event(KeepaliveAcknowledged(frame.keepalive_id, remaining, rtt))
             elif isinstance(frame, AckFloorFrame):
                 self._acks.on_floor(frame.floor)
             elif isinstance(frame, ParityFrame):
                 self._on_parity(frame, now)
             elif isinstance(frame, PathChallengeFrame):
-                self._control.append(PathResponseFrame(frame.data))
+                self._queue_control(PathResponseFrame(frame.data))
             elif isinstance(frame, PathResponseFrame):
                 migration = self._migration
                 if migration is not None and migration.matches(frame.data):
@@ -1035,7 +1057,7 @@ class Connection:
                     # what went to the old path while we validated is likely lost and its
                     # timer backed off: retransmit on the new path without waiting for it
                     self._flight.rtt.reset_backoff()
-                    events.append(PathMigrated(old, migration.addr))
+                    self._push_event(PathMigrated(old, migration.addr))
             elif isinstance(frame, SessionFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
                     self.session_id, self.session_token = frame.session_id, frame.token
@@ -1044,9 +1066,9 @@ class Connection:
                     if self.config.keepalive_interval:  # the interval runs from here
                         self._keepalives = KeepaliveClock(now)
                     # never NO_SESSION_MS: the frame decoder refuses it in a SESSION frame
-                    events.append(HandshakeCompleted(frame.session_id, frame.token,
-                                                     frame.remaining_ms / 1000, frame.resumed,
-                                                     frame.carried))
+                    self._push_event(HandshakeCompleted(frame.session_id, frame.token,
+                                                        frame.remaining_ms / 1000,
+                                                        frame.resumed, frame.carried))
                     if not self._on_session_carry(frame, now):
                         return
             elif isinstance(frame, DeliveredFrame):
@@ -1056,7 +1078,7 @@ class Connection:
                         sender.trim_delivered(stream_channel, stream_mode, mark)
             elif isinstance(frame, RejectFrame):
                 if self.is_client and self.state is _AWAIT_ACCEPT:
-                    events.append(HandshakeRejected(frame.code, frame.reason))
+                    self._push_event(HandshakeRejected(frame.code, frame.reason))
                     self._terminate(frame.code, frame.reason, by_peer=True)
                     return
             elif isinstance(frame, CloseFrame):
@@ -1083,7 +1105,7 @@ class Connection:
         elif carryover is not None and (carryover.owed or carryover.inbound):
             reason = ("the server kept nothing of the lost connection" if frame.resumed
                       else "the session could not be resumed: a new one began")
-            self._events.append(CarryoverLost(carryover.unacknowledged_messages, reason))
+            self._push_event(CarryoverLost(carryover.unacknowledged_messages, reason))
         return True
 
     def _on_recovered(self, pn: int, payload: bytes, now: float) -> None:
@@ -1137,7 +1159,7 @@ class Connection:
         if result.lost:
             self.stats.fast_retransmits += self._requeue_lost(result.lost, now)
         if sack and sent.peer_needs_floor(ack):
-            self._control.append(AckFloorFrame(sent.floor & 0xFFFFFFFF))
+            self._queue_control(AckFloorFrame(sent.floor & 0xFFFFFFFF))
 
     def _session_acked(self, acked: list[SentPacket]) -> None:
         """Server: once the packet with the SESSION frame is acknowledged the client holds
@@ -1148,7 +1170,7 @@ class Connection:
                 if type(f) is SessionFrame:
                     self._session_unconfirmed = False
                     self._hold_messages = False
-                    self._events.append(SessionConfirmed())
+                    self._push_event(SessionConfirmed())
                     return
 
     def _pmtu_acked(self, acked: list[SentPacket]) -> None:
@@ -1171,8 +1193,8 @@ class Connection:
         if self._drained_enough():
             self._send_blocked = False
             self._refused_size = 0
-            self._events.append(SendBufferDrained(self.config.max_send_buffer
-                                                  - self.send_buffered))
+            self._push_event(SendBufferDrained(self.config.max_send_buffer
+                                               - self.send_buffered))
 
     def _requeue_lost(self, lost: list[SentPacket], now: float) -> int:
         """Lost packets: give reliable frames a new packet; returns how many packets that took."""
@@ -1218,7 +1240,7 @@ class Connection:
                 elif isinstance(frame, CloseFrame):
                     self._fin_pn = None  # a new FIN goes out with the close frame
                 else:
-                    self._control.append(cast(Frame, frame))
+                    self._queue_control(cast(Frame, frame))
         return retransmitted
 
     def _on_other_path(self, addr: Address, pn: int, size: int, now: float) -> None:
@@ -1371,22 +1393,22 @@ class Connection:
         frames: list[Frame] = []
         room = self._data_room
         control = self._control
-        taken = 0
-        for frame in control:
-            size = frame.size
-            if size > room:
-                break
-            frames.append(frame)
-            taken += 1
-            room -= size
-            if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
-                keepalives = self._keepalives
-                if keepalives is not None:
-                    keepalives.left(frame.keepalive_id, now)
-        if taken:
+        if isinstance(control, list):
+            taken = 0
+            for frame in control:
+                size = frame.size
+                if size > room:
+                    break
+                frames.append(frame)
+                taken += 1
+                room -= size
+                if type(frame) is KeepaliveFrame:  # its RTT runs from when it really leaves
+                    keepalives = self._keepalives
+                    if keepalives is not None:
+                        keepalives.left(frame.keepalive_id, now)
             if taken == len(control):
-                self._control = []  # not emptied in place: see next_event
-            else:
+                self._control = _NOTHING_QUEUED  # not emptied in place: see next_event
+            elif taken:
                 del control[:taken]
         sender = self._sendable_outbox()
         flags = ACK
@@ -1506,7 +1528,7 @@ class Connection:
         if keepalives is None:
             keepalives = self._keepalives = KeepaliveClock(self._now)
         kid = keepalives.new(now)
-        self._control.append(KeepaliveFrame(kid))
+        self._queue_control(KeepaliveFrame(kid))
         return kid
 
     # ------------------------------------------------------------------ ending
@@ -1541,11 +1563,27 @@ class Connection:
         self.close_code = CloseCode(code) if code in _CLOSE_CODES else code
         self.close_reason = reason
         self._close_deadline = None
-        self._events.append(ConnectionClosed(int(code), reason, by_peer))
+        self._push_event(ConnectionClosed(int(code), reason, by_peer))
+
+    def _queue_control(self, frame: Frame) -> None:
+        """Queue a control frame for the next packet. `_control` is a list only while it
+        holds some."""
+        control = self._control
+        if isinstance(control, list):
+            control.append(frame)
+        else:
+            self._control = [frame]
 
     def _drop(self, reason: str) -> None:
-        drops = self.stats.drops
-        drops[reason] = drops.get(reason, 0) + 1
+        self._count_drops(reason, self.stats.drops.get(reason, 0) + 1)
+
+    def _count_drops(self, reason: str, count: int) -> None:
+        """Set `stats.drops[reason]`; the connection's own dict is made at its first drop."""
+        stats = self.stats
+        drops = stats.drops
+        if not isinstance(drops, dict):
+            drops = stats.drops = {}
+        drops[reason] = count
 
     def refresh_stats(self) -> ConnectionStats:
         """Copy the estimators' current values into `stats` and return it."""
@@ -1560,7 +1598,7 @@ class Connection:
         stats.pmtu_probes_sent, stats.pmtu_probes_lost, stats.pmtu_black_holes = (
             pmtu.probes_sent, pmtu.probes_lost, pmtu.black_holes)
         if self._inbox is not None:
-            stats.drops["stale_sequenced"] = self._inbox.stale_dropped
+            self._count_drops("stale_sequenced", self._inbox.stale_dropped)
         return stats
 
 

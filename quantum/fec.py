@@ -205,13 +205,17 @@ class LossMeter:
         self.loss = 0.0
         self._fast = 0.0
         self._slow = 0.0
-        # the packet numbers [start, end] of groups sent with parity, oldest first
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        # the packet numbers [start, end] of groups sent with parity, oldest first: None
+        # while there are none (no parity in flight: an idle connection, or 0 % loss)
+        self._starts: list[int] | None = None
+        self._ends: list[int] | None = None
 
     def protect(self, first: int, last: int) -> None:
         """The data packets first..last (a group) went out with parity."""
         starts, ends = self._starts, self._ends
+        if starts is None or ends is None:
+            self._starts, self._ends = [first], [last]
+            return
         starts.append(first)
         ends.append(last)
         if len(starts) > _MAX_PROTECTED:
@@ -221,20 +225,25 @@ class LossMeter:
     def on_fates(self, packets: Sequence[SentPacket], lost: bool, floor: int) -> None:
         """Packets just acknowledged (or declared lost); `floor`: the send tracker's floor, below
         which every packet is settled (so their groups can be forgotten)."""
-        starts = self._starts
-        if starts:
-            ends = self._ends
-            while ends and ends[0] < floor:
-                del starts[0]
-                del ends[0]
+        starts, ends = self._starts, self._ends
+        if starts is not None and ends is not None:
+            settled = 0
+            for end in ends:
+                if end >= floor:
+                    break
+                settled += 1
+            if settled == len(ends):
+                starts = ends = self._starts = self._ends = None
+            elif settled:
+                del starts[:settled]
+                del ends[:settled]
         if not lost and self.loss == 0.0:
             return  # nothing to decay: the common case at 0 % loss
         fast, slow = self._fast, self._slow
-        ends = self._ends
         x = 1.0 if lost else 0.0
         for p in packets:
             pn = p.pn
-            if starts and pn >= starts[0]:
+            if starts is not None and ends is not None and pn >= starts[0]:
                 i = bisect_right(starts, pn) - 1
                 if i >= 0 and pn <= ends[i]:
                     continue  # FEC could have hidden this one's loss

@@ -192,6 +192,11 @@ class AckResult:
 
 #: the result of an ACK that acknowledges nothing tracked; shared, so never to be mutated
 _NOTHING_ACKED: Final = AckResult([], [], None)
+#: `SendTracker._outstanding` until its first tracked packet, and again once a quiet spell
+#: (`release_idle`) finds nothing in flight: one empty dict shared by every tracker instead of
+#: one each. Only `on_packet_sent` adds entries, and it swaps this one for the tracker's own
+#: dict first; every other use reads, or removes entries it found there, so this stays empty.
+_NOTHING_IN_FLIGHT: Final[dict[int, SentPacket]] = {}
 
 
 class SendTracker:
@@ -234,13 +239,14 @@ class SendTracker:
         self.invalid_acks = 0
         # pn -> packet, inserted in pn order; dicts keep insertion order, so the first key is
         # the floor and loss scans stop at the first packet that is too recent
-        self._outstanding: dict[int, SentPacket] = {}
+        self._outstanding = _NOTHING_IN_FLIGHT
         self._last_tracked = first_pn - 1
         self._peer_cumulative = first_pn
         self._largest_acked = first_pn - 1
         # the three largest pns ever acked above the peer's cumulative point, descending;
-        # a packet below the third is lost (FAST_RETRANSMIT_THRESHOLD)
-        self._top_acked: list[int] = []
+        # a packet below the third is lost (FAST_RETRANSMIT_THRESHOLD). None until a SACK
+        # block first acknowledges one (reordering or loss: most connections never see it)
+        self._top_acked: list[int] | None = None
         self._floor_announced_at = 0
 
     def unacknowledged(self) -> list[SentPacket]:
@@ -282,7 +288,10 @@ class SendTracker:
         if pn <= self._last_tracked:
             raise ValueError(f"packet {pn} reported after packet {self._last_tracked}")
         self._last_tracked = pn
-        self._outstanding[pn] = pkt
+        outstanding = self._outstanding
+        if outstanding is _NOTHING_IN_FLIGHT:  # the shared empty one: see its comment
+            outstanding = self._outstanding = {}
+        outstanding[pn] = pkt
         if pkt.in_flight:
             self.bytes_in_flight += pkt.size
 
@@ -342,7 +351,7 @@ class SendTracker:
 
         lost: list[SentPacket] = []
         top = self._top_acked
-        if len(top) == FAST_RETRANSMIT_THRESHOLD and outstanding:
+        if top is not None and len(top) == FAST_RETRANSMIT_THRESHOLD and outstanding:
             threshold = min(top)
             for pn in _keys_below(outstanding, threshold):
                 lost.append(outstanding.pop(pn))
@@ -358,6 +367,8 @@ class SendTracker:
         outstanding = self._outstanding
         sort_needed = False
         top = self._top_acked
+        if top is None:
+            top = self._top_acked = []
         for start, end in blocks:
             if end > self._largest_acked:
                 self._largest_acked = end
@@ -379,6 +390,15 @@ class SendTracker:
             del top[FAST_RETRANSMIT_THRESHOLD:]
         if sort_needed:
             acked.sort(key=_PN)
+
+    def release_idle(self) -> None:
+        """Drop what only matters while packets are in flight, once none are: the dict of
+        packets in flight (for the shared empty one), and the largest SACKed pns (every
+        packet sent from now on is above them, so they could never make one lost). For a
+        quiet connection (the server's hibernation)."""
+        if not self._outstanding:
+            self._outstanding = _NOTHING_IN_FLIGHT
+            self._top_acked = None
 
     def loss_deadline(self) -> float | None:
         """When the RTO fires: the oldest ack-eliciting in-flight packet's send time + RTO."""
@@ -476,9 +496,11 @@ class ReceiveTracker:
         self.window_slides = 0
         self._cumulative = first_pn
         self._largest = first_pn - 1
-        # disjoint, non-adjacent inclusive ranges above the cumulative point, ascending
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        # disjoint, non-adjacent inclusive ranges above the cumulative point, ascending:
+        # None while there are none (packets arriving in order, most of a connection's
+        # life), else two non-empty lists
+        self._starts: list[int] | None = None
+        self._ends: list[int] | None = None
         self._unacked_eliciting = 0
         self._ack_due: float | None = None
         # when our own latest burst of ack-eliciting packets began, and the interval between
@@ -499,7 +521,10 @@ class ReceiveTracker:
     @property
     def ranges(self) -> list[tuple[int, int]]:
         """Received ranges above the cumulative point, ascending (for inspection)."""
-        return list(zip(self._starts, self._ends, strict=True))
+        starts, ends = self._starts, self._ends
+        if starts is None or ends is None:
+            return []
+        return list(zip(starts, ends, strict=True))
 
     def expand(self, seq32: int) -> int:
         return expand(seq32 & MASK, self._largest)
@@ -511,9 +536,9 @@ class ReceiveTracker:
             return TOO_OLD
         if pn - cumulative > MAX_PN_JUMP:
             return BEYOND_WINDOW
-        ends = self._ends
-        if ends and pn <= ends[-1]:
-            i = bisect_right(self._starts, pn) - 1
+        starts, ends = self._starts, self._ends
+        if starts is not None and ends is not None and pn <= ends[-1]:
+            i = bisect_right(starts, pn) - 1
             if i >= 0 and pn <= ends[i]:
                 return DUPLICATE
         return NEW
@@ -532,11 +557,10 @@ class ReceiveTracker:
             cumulative = self._cumulative
         if pn == cumulative:
             cumulative += 1
-            starts = self._starts
-            if starts and starts[0] == cumulative:
-                cumulative = self._ends[0] + 1
-                del starts[0]
-                del self._ends[0]
+            starts, ends = self._starts, self._ends
+            if starts is not None and ends is not None and starts[0] == cumulative:
+                cumulative = ends[0] + 1
+                self._drop_ranges(1)
             self._cumulative = cumulative
         elif not self._insert(pn):
             return
@@ -581,9 +605,9 @@ class ReceiveTracker:
     def ack_fields(self) -> tuple[int, list[tuple[int, int]]]:
         """(cumulative ack, SACK blocks) as 32-bit wire values, highest blocks first."""
         starts, ends = self._starts, self._ends
-        n = len(starts)
-        if not n:
+        if starts is None or ends is None:
             return self._cumulative & MASK, []
+        n = len(starts)
         stop = max(0, n - MAX_SACK_BLOCKS) - 1
         return self._cumulative & MASK, [
             (starts[i] & MASK, ends[i] & MASK) for i in range(n - 1, stop, -1)
@@ -599,21 +623,35 @@ class ReceiveTracker:
 
     def _advance(self, cumulative: int) -> None:
         starts, ends = self._starts, self._ends
-        gone = bisect_left(ends, cumulative)
-        if gone:
-            del starts[:gone]
-            del ends[:gone]
-        if starts and starts[0] <= cumulative:
-            cumulative = ends[0] + 1
-            del starts[0]
-            del ends[0]
+        if starts is not None and ends is not None:
+            gone = bisect_left(ends, cumulative)
+            if gone < len(starts) and starts[gone] <= cumulative:
+                cumulative = ends[gone] + 1
+                gone += 1
+            if gone:
+                self._drop_ranges(gone)
         self._cumulative = cumulative
         if cumulative - 1 > self._largest:
             self._largest = cumulative - 1
 
+    def _drop_ranges(self, count: int) -> None:
+        """Forget the lowest `count` ranges (the cumulative point passed them); the lists go
+        when they empty."""
+        starts, ends = self._starts, self._ends
+        if starts is None or ends is None:
+            return
+        if count >= len(starts):
+            self._starts = self._ends = None
+        else:
+            del starts[:count]
+            del ends[:count]
+
     def _insert(self, pn: int) -> bool:
         starts, ends = self._starts, self._ends
-        if not ends or pn > ends[-1] + 1:
+        if starts is None or ends is None:
+            self._starts, self._ends = [pn], [pn]
+            return True
+        if pn > ends[-1] + 1:
             starts.append(pn)
             ends.append(pn)
             return True

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,7 +63,7 @@ class ConnectionTotals:
             _merge(self.drops, stats.drops)
 
 
-def _merge(into: dict[str, int], counts: dict[str, int], prefix: str = "") -> None:
+def _merge(into: dict[str, int], counts: Mapping[str, int], prefix: str = "") -> None:
     for reason, n in counts.items():
         key = prefix + reason
         into[key] = into.get(key, 0) + n

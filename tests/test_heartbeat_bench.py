@@ -8,10 +8,16 @@ size is that every field is reported, every keepalive was answered, and the coun
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+import benchmarks.loadgen
+from tests.test_server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +93,25 @@ def test_bad_arguments_are_refused_with_a_reason() -> None:
     done = _bench("--clients", "0")
     assert done.returncode == 2
     assert "--clients: must be at least 1, got 0" in done.stderr
+
+
+async def test_the_generator_moves_its_clients_out_of_the_collectors_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GC_FREEZE_AFTER handshakes the generator freezes what it holds, as the server
+    does: at a million clients a full collection would otherwise stop it for seconds."""
+    monkeypatch.setattr(benchmarks.loadgen, "GC_FREEZE_AFTER", 3)
+    async with running_server() as h:
+        gen = benchmarks.loadgen.LoadGenerator(("127.0.0.1", h.port))
+        await gen.open()
+        frozen = gc.get_freeze_count()
+        try:
+            reply = await gen.establish(7, in_flight=7, fec=False)
+            assert reply["established"] == 7
+            after_six = gc.get_freeze_count()
+            assert after_six > frozen  # frozen at the third and the sixth handshake
+            ids = {id(o) for o in gc.get_objects()}
+            held = [c for c in gen.clients.values() if id(c) not in ids]
+            assert len(held) >= 6  # the first six clients are no longer collected
+        finally:
+            gen.close()
+            gc.unfreeze()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadgenBuild]:
     """One real build (about 20 s), shared by the tests that need a compiled generator."""
     root = tmp_path_factory.mktemp("bench-cache")
-    (root / "loadgen-0123-from-older-sources").mkdir()
+    stale = root / "loadgen-0123-from-older-sources"
+    stale.mkdir()
+    long_ago = time.time() - loadgen_build.STALE_AFTER - 60
+    os.utime(stale, (long_ago, long_ago))
+    # another checkout's build (other sources), used a minute ago: its run may still need it
+    (root / "loadgen-4567-another-checkout").mkdir()
     return root, load_loadgen(root=root)
 
 
@@ -36,16 +42,21 @@ def test_first_use_compiles_the_generator_into_the_cache(
     extension = Path(build.module.__file__ or "")
     assert extension.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert extension.parent == root / f"loadgen-{loadgen_build.build_key()}"
-    # builds for older sources are gone, and no scratch directory was left behind
-    assert [p.name for p in root.iterdir()] == [extension.parent.name]
+    # the stale build is gone, the recently used one stays, no scratch directory was left
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [extension.parent.name, "loadgen-4567-another-checkout"])
     assert callable(build.module.run_loadgen)
 
 
 def test_later_runs_reuse_the_build(built: tuple[Path, LoadgenBuild]) -> None:
     root, first = built
+    target = Path(first.module.__file__ or "").parent
+    long_ago = time.time() - loadgen_build.STALE_AFTER - 60
+    os.utime(target, (long_ago, long_ago))
     again = load_loadgen(root=root)
     assert again.compiled and again.how == "cached"
     assert again.module is first.module
+    assert target.stat().st_mtime > long_ago + 60  # marked as used: no prune takes it
 
 
 def test_the_benchmark_runs_and_reports_the_compiled_generator(

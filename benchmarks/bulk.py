@@ -340,7 +340,7 @@ def _transfer(server: Child, client: Child, count: int) -> dict[str, Any]:
     if got["bytes"] != count:
         raise BenchError(f"asked for {count} bytes, received {got['bytes']}")
     seconds, cpu = got["seconds"], window["cpu_s"]
-    return {"fec": got.get("fec"), "seconds": round(seconds, 3),
+    return {"fec": got.get("fec"), "seconds": round(seconds, 6),  # a small run lasts milliseconds
             "mbit_per_s": round(count * 8 / seconds / 1e6, 1),
             "server_cpu_s": round(cpu, 3),
             "bytes_per_server_cpu_s": round(count / cpu) if cpu > 0 else None,

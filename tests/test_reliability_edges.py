@@ -376,3 +376,95 @@ def test_an_rtt_sample_of_zero_counts_and_one_from_a_clock_that_went_back_does_n
     result = tracker.on_ack(3, [], 4.0)
     assert [p.pn for p in result.acked] == [2] and result.rtt_sample is None
     assert tracker.rtt.latest_rtt == 0.0
+
+
+def test_a_floor_into_a_range_drops_the_ranges_it_passes_and_keeps_the_rest() -> None:
+    """1, 3, 6-8 and 12 received; ACK_FLOOR(6): the cumulative point moves past 6-8 (to 9),
+    the ranges below it go, 12 stays reported."""
+    tracker = ReceiveTracker()
+    for pn in (1, 3, 6, 7, 8, 12):
+        receive(tracker, pn, 0.0)
+    tracker.on_floor(6)
+    assert tracker.ack_fields() == (9, [(12, 12)])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"window": 0}, "window must be at least 1, got 0"),
+    ({"first_pn": 0}, "packet numbers start at 1 or above, got 0"),
+])
+def test_a_send_tracker_it_cannot_work_with_is_refused_naming_why(
+        kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        SendTracker(**kwargs)
+    assert str(info.value) == message
+
+
+def test_a_send_tracker_keeps_the_rtt_estimator_it_is_given_and_a_window_of_one() -> None:
+    rtt = RttEstimator()
+    tracker = SendTracker(window=1, rtt=rtt)
+    assert tracker.rtt is rtt
+    sent(tracker, 0.0)
+    tracker.on_ack(2, [], 0.25)
+    assert rtt.latest_rtt == 0.25
+
+
+def test_a_sent_packet_keeps_its_frames_and_its_rate_sample() -> None:
+    frames = ["a frame"]
+    packet = SentPacket(1, 0.0, 100, True, True, frames, "rate sample")  # type: ignore[arg-type]
+    assert packet.frames is frames and packet.rate == "rate sample"
+
+
+def test_fast_retransmits_are_counted_up() -> None:
+    tracker = SendTracker()
+    for _ in range(10):
+        sent(tracker, 0.0)
+    tracker.on_ack(1, [(2, 4)], 0.1)  # 1 lost
+    tracker.on_ack(5, [(7, 9)], 0.2)  # 5 and 6 lost
+    assert tracker.fast_retransmits == 3
+
+
+def test_releasing_an_idle_tracker_keeps_what_is_in_flight_and_works_after() -> None:
+    tracker = SendTracker()
+    first = sent(tracker, 0.0)
+    tracker.release_idle()  # a packet in flight: nothing is dropped
+    assert [p.pn for p in tracker.unacknowledged()] == [first]
+    tracker.on_ack(first + 1, [], 0.1)
+    tracker.release_idle()  # nothing in flight now
+    assert tracker.unacknowledged() == [] and tracker.loss_deadline() is None
+    later = [sent(tracker, 1.0) for _ in range(5)]  # and the tracker works as before
+    result = tracker.on_ack(later[0] & MASK, [(later[1], later[3])], 1.1)
+    assert [p.pn for p in result.acked] == later[1:4]
+    assert [p.pn for p in result.lost] == [later[0]]
+
+
+def test_the_first_packets_set_the_interval_at_its_exact_bounds() -> None:
+    """From a clock at 0: packets 2 ms apart are one burst (the interval is not cut short),
+    packets exactly MAX_HELD_ACK_DELAY apart still count as regular."""
+    tracker = ReceiveTracker()
+    for at in (0.0, 0.002, 0.042):  # 0.002 is BURST_GAP exactly: the same burst as 0.0
+        tracker.on_eliciting_sent(at)
+    receive(tracker, 1, 0.045)
+    assert tracker.ack_deadline() == pytest.approx(0.042 + 0.042 * HOLD_FACTOR)
+    regular = ReceiveTracker()
+    for at in (0.0, MAX_HELD_ACK_DELAY):
+        regular.on_eliciting_sent(at)
+    receive(regular, 1, 0.11)
+    assert regular.ack_deadline() == pytest.approx(0.11 + MAX_HELD_ACK_DELAY)
+
+
+def test_a_cumulative_ack_exactly_half_the_number_space_away_reads_as_ahead() -> None:
+    """The tie of the serial-number rule: 2**31 below the next pn is read as 2**31 above it,
+    beyond what was sent, and announces nothing."""
+    tracker = floor_due(first_pn=1 << 33)
+    assert not tracker.peer_needs_floor((tracker.next_pn - (1 << 31)) & MASK)
+
+
+def test_acknowledgements_spread_over_several_acks_count_together_for_a_loss() -> None:
+    """Three packets above pn 1 acknowledged, one per ACK (reordered ACKs each naming one):
+    pn 1 is lost at the third, as if one ACK had named all three."""
+    tracker = SendTracker()
+    for _ in range(6):
+        sent(tracker, 0.0)
+    assert tracker.on_ack(1, [(5, 5)], 0.1).lost == []
+    assert tracker.on_ack(1, [(4, 4)], 0.1).lost == []
+    assert [p.pn for p in tracker.on_ack(1, [(3, 3)], 0.1).lost] == [1, 2]

@@ -414,3 +414,27 @@ def test_a_server_hello_whose_proof_fails_names_the_key_it_claimed() -> None:
         CloseCode.BAD_SERVER_KEY,
         f"server did not prove it holds the private key of {server.fingerprint} "
         "(or the cipher negotiation was tampered with)")
+
+
+def test_a_server_given_its_randomness_answers_a_hello_deterministically() -> None:
+    """The ephemeral key comes from the server's `random` (as the cookie's nonce does), so a
+    server built with a fixed source answers the same hello with the same bytes: what the
+    spec's vectors rely on."""
+    def fixed(n: int) -> bytes:
+        return bytes(range(n))
+
+    hello = ClientHandshake(CID, Credentials("alice"), ephemeral_private=bytes(range(1, 33))
+                            ).client_hello()
+    answers = {ServerHandshake(STATIC, PARAMS, random=fixed).on_client_hello(
+        CID, hello, ADDR, 1000.0) for _ in range(2)}
+    assert len(answers) == 1
+
+
+def test_an_offer_with_no_cipher_of_ours_is_refused_saying_so() -> None:
+    server = ServerHandshake(STATIC, PARAMS, ciphers=("aes-256-gcm",))
+    hello = ClientHandshake(CID, Credentials("alice"), ciphers=("chacha20-poly1305",)
+                            ).client_hello()
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_hello(CID, hello, ADDR, 1000.0)
+    assert (info.value.code, info.value.message) == (
+        CloseCode.CIPHER_NOT_SUPPORTED, "none of the offered ciphers is enabled on this server")

@@ -438,3 +438,12 @@ def test_an_offer_with_no_cipher_of_ours_is_refused_saying_so() -> None:
         server.on_client_hello(CID, hello, ADDR, 1000.0)
     assert (info.value.code, info.value.message) == (
         CloseCode.CIPHER_NOT_SUPPORTED, "none of the offered ciphers is enabled on this server")
+
+
+def test_an_ephemeral_key_of_the_wrong_size_is_refused_naming_it() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    hello = ClientHandshake(CID, Credentials("alice")).client_hello()
+    with pytest.raises(HandshakeError) as info:
+        server.on_client_hello(CID, hello, ADDR, 1000.0, ephemeral_private=bytes(31))
+    assert (info.value.code, info.value.message) == (
+        CloseCode.INTERNAL_ERROR, "server ephemeral private key must be 32 bytes, got 31")

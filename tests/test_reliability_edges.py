@@ -468,3 +468,9 @@ def test_acknowledgements_spread_over_several_acks_count_together_for_a_loss() -
     assert tracker.on_ack(1, [(5, 5)], 0.1).lost == []
     assert tracker.on_ack(1, [(4, 4)], 0.1).lost == []
     assert [p.pn for p in tracker.on_ack(1, [(3, 3)], 0.1).lost] == [1, 2]
+
+
+def test_with_nothing_sent_yet_even_at_the_clocks_start_the_ack_is_not_held() -> None:
+    tracker = ReceiveTracker()
+    receive(tracker, 1, 0.0)
+    assert tracker.ack_deadline() == pytest.approx(DEFAULT_MAX_ACK_DELAY)

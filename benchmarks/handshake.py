@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from benchmarks.crypto_bench import server_handshake_us
 from benchmarks.heartbeat import (
     SERVER_CPU,
     BenchError,
@@ -63,7 +64,7 @@ from benchmarks.heartbeat import (
 )
 from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
 from quantum.build import is_compiled
-from quantum.handshake import ClientHandshake, Credentials, ServerHandshake, ServerParams
+from quantum.handshake import Credentials, ServerHandshake, ServerParams
 
 _T = TypeVar("_T")
 
@@ -71,7 +72,6 @@ TARGET = 0.7
 #: connections opened (and measured by nobody) before the first round: imports, caches, the
 #: store's first allocations
 WARMUP = 200
-ADDR = ("192.0.2.1", 4433)
 #: seconds of quiet measured before each round: the open connections' own CPU, subtracted
 IDLE_WINDOW = 1.0
 #: a ClientFinish's credentials, as the load generator sends them (user id, no ticket)
@@ -145,25 +145,6 @@ def _floor_handshake() -> tuple[Callable[[], None], Callable[[], None]]:
     return handshake, client_seal
 
 
-def _sans_io_batch(server: ServerHandshake, count: int) -> float:
-    """CPU microseconds per handshake of `ServerHandshake`'s hello and finish over `count`
-    handshakes, the clients' work excluded."""
-    spent = 0
-    for _ in range(count):
-        cid = os.urandom(16)
-        client = ClientHandshake(cid, CREDENTIALS, server_key=server.static_public)
-        hello = client.client_hello()
-        start = time.process_time_ns()
-        syn_ack = server.on_client_hello(cid, hello, ADDR, 1.0)
-        spent += time.process_time_ns() - start
-        client.on_server_hello(syn_ack)
-        finish = client.client_finish()
-        start = time.process_time_ns()
-        server.on_client_finish(cid, finish, ADDR, 1.5)
-        spent += time.process_time_ns() - start
-    return spent / count / 1000
-
-
 def floor_and_sans_io(count: int, repeats: int = 7) -> tuple[float, float]:
     """(floor us, sans-I/O us) per handshake: batches of each in turn, so a machine whose
     speed drifts slows both alike, and the best batch of each (the least disturbed)."""
@@ -172,7 +153,7 @@ def floor_and_sans_io(count: int, repeats: int = 7) -> tuple[float, float]:
     floor = sans_io = float("inf")
     for _ in range(repeats):
         floor = min(floor, _batch_us(handshake, count) - _batch_us(client_seal, count))
-        sans_io = min(sans_io, _sans_io_batch(server, count))
+        sans_io = min(sans_io, server_handshake_us(server, CREDENTIALS, count))
     return floor, sans_io
 
 

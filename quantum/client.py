@@ -279,8 +279,7 @@ class QuantumClient:
         if reconnector is None or self.session_id is None or self.session_token is None:
             return False
         lost = self._link
-        credentials = dataclasses.replace(
-            reconnector.credentials, resume=(uuid.UUID(self.session_id).bytes, self.session_token))
+        credentials = self._resume_credentials(reconnector)
         try:
             link = await open_link(self, reconnector.family, reconnector.server_addr, credentials,
                                    reconnector.config, reconnector.server_key,
@@ -457,10 +456,7 @@ class QuantumClient:
                     break
                 await asyncio.sleep(delay)
                 attempts += 1
-                assert self.session_id is not None and self.session_token is not None
-                credentials = dataclasses.replace(
-                    reconnector.credentials,
-                    resume=(uuid.UUID(self.session_id).bytes, self.session_token))
+                credentials = self._resume_credentials(reconnector)
                 try:
                     link = await open_link(self, reconnector.family, reconnector.server_addr,
                                             credentials, reconnector.config,
@@ -483,6 +479,13 @@ class QuantumClient:
         except asyncio.CancelledError:
             self._reconnecting = None
             raise
+
+    def _resume_credentials(self, reconnector: Reconnector) -> Credentials:
+        """The reconnect's credentials, resuming this session with its current token."""
+        assert self.session_id is not None and self.session_token is not None
+        return dataclasses.replace(
+            reconnector.credentials,
+            resume=(uuid.UUID(self.session_id).bytes, self.session_token))
 
     def _resumed(self, link: Link, attempts: int, outage: float) -> None:
         """The session continues on `link`: what the application queued meanwhile goes out."""

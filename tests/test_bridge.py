@@ -245,6 +245,20 @@ async def connect(rig: Rig, credentials: Credentials,
     return client, rig.peers[client.connection_id]  # (a refused one is reaped already)
 
 
+def hold_heartbeats(rig: Rig) -> asyncio.Event:
+    """Make the manager's heartbeat (the last step of an authentication) wait until the
+    returned event is set: the connection can be made to give up meanwhile."""
+    gate = asyncio.Event()
+    original = rig.manager.heartbeat
+
+    async def slow_heartbeat(session_id: str) -> float:
+        await gate.wait()
+        return await original(session_id)
+
+    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    return gate
+
+
 def events_of(rig: Rig, addr: tuple[str, int], kind: type) -> list[Any]:
     return [e for e in rig.client_events_of(addr) if isinstance(e, kind)]
 
@@ -490,14 +504,7 @@ async def test_a_refused_resume_fails_or_falls_back_to_a_new_session() -> None:
 
 async def test_a_client_that_gave_up_during_authentication_leaves_no_session() -> None:
     rig = Rig()
-    gate = asyncio.Event()
-    original = rig.manager.heartbeat
-
-    async def slow_heartbeat(session_id: str) -> float:
-        await gate.wait()
-        return await original(session_id)
-
-    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    gate = hold_heartbeats(rig)
     client = rig.add_client(Credentials(user_id="alice"))
     rig.run(until=rig.now + 0.2)
     server_conn = next(iter(rig.server.connections.values()))
@@ -516,14 +523,7 @@ async def test_a_client_closing_during_authentication_gives_its_slot_back_at_onc
     soon as the authentication finds it gone, not later, when the bridge handles its close
     event (here not even handled yet)."""
     rig = Rig()
-    gate = asyncio.Event()
-    original = rig.manager.heartbeat
-
-    async def slow_heartbeat(session_id: str) -> float:
-        await gate.wait()
-        return await original(session_id)
-
-    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    gate = hold_heartbeats(rig)
     rig.add_client(Credentials(user_id="alice"))
     rig.run(until=rig.now + 0.2)
     server_conn = next(iter(rig.server.connections.values()))
@@ -598,14 +598,7 @@ async def test_a_resume_abandoned_during_authentication_keeps_what_it_took() -> 
     rig = Rig()
     old, old_peer, resume = await _carrying(rig)
     sid = str(old_peer.session_id)
-    gate = asyncio.Event()
-    original = rig.manager.heartbeat
-
-    async def slow_heartbeat(session_id: str) -> float:
-        await gate.wait()
-        return await original(session_id)
-
-    rig.manager.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    gate = hold_heartbeats(rig)
     _add_client(rig, resume, ("10.0.0.3", 41000), carryover=old.carryover())
     rig.run(until=rig.now + 0.2)
     for _ in range(10):  # the bridge's task runs up to the heartbeat it waits on

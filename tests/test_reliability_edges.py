@@ -474,3 +474,42 @@ def test_with_nothing_sent_yet_even_at_the_clocks_start_the_ack_is_not_held() ->
     tracker = ReceiveTracker()
     receive(tracker, 1, 0.0)
     assert tracker.ack_deadline() == pytest.approx(DEFAULT_MAX_ACK_DELAY)
+
+
+@pytest.mark.parametrize("first_pn", [1, 2, 1000, MASK + 5])
+def test_before_any_ack_the_largest_acknowledged_is_just_below_the_first_pn(
+        first_pn: int) -> None:
+    assert SendTracker(first_pn=first_pn).largest_acked == first_pn - 1
+
+
+def test_a_packet_reported_sent_twice_is_refused() -> None:
+    tracker = SendTracker()
+    pn = sent(tracker, 1.0)
+    with pytest.raises(ValueError, match=f"packet {pn} reported after packet {pn}"):
+        tracker.on_packet_sent(SentPacket(pn, 1.1, 100, True, True, ["again"]))
+    assert tracker.outstanding == 1 and tracker.bytes_in_flight == 100
+
+
+def test_an_ack_delivered_late_does_not_move_the_largest_acknowledged_back() -> None:
+    """ACKs may arrive out of order: one sent before a newer one says less, and the largest
+    acknowledged pn stays where the newer one put it."""
+    tracker = SendTracker()
+    for i in range(12):
+        sent(tracker, 1.0 + i / 100)
+    tracker.on_ack(11, [], 2.0)  # pns 1-10
+    assert tracker.largest_acked == 10
+    tracker.on_ack(10, [], 2.1)  # an older ACK of pns 1-9, overtaken on the way
+    assert tracker.largest_acked == 10
+    assert tracker.outstanding == 2 and tracker.invalid_acks == 0
+
+
+def test_a_stale_sack_block_from_pn_1_does_not_void_the_ack() -> None:
+    """PROTOCOL.md 6.2 ignores an ACK only for a block ending at or above the next pn or
+    starting below 1: a block from pn 1, below the cumulative point, is redundant, and the
+    cumulative point it came with still acknowledges what it covers."""
+    tracker = SendTracker()
+    for i in range(10):
+        sent(tracker, 1.0 + i / 100)
+    result = tracker.on_ack(6, [(1, 3)], 2.0)
+    assert [p.pn for p in result.acked] == [1, 2, 3, 4, 5]
+    assert tracker.invalid_acks == 0 and tracker.largest_acked == 5

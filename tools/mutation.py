@@ -96,7 +96,14 @@ SETS: dict[str, ModuleSet] = {
     "connection": ModuleSet(
         ("quantum/connection.py",),
         ("tests/test_connection.py", "tests/test_migration.py", "tests/test_client_reject.py",
-         "tests/test_protocol_violation.py"),
+         "tests/test_protocol_violation.py", "tests/test_carryover.py",
+         "tests/test_fec_adaptive.py", "tests/test_idle_footprint.py", "tests/test_key_update.py",
+         "tests/test_pmtu_connection.py", "tests/test_spec_conformance.py",
+         "tests/test_handshake.py"),
+        # 7,000 packets each way through three key updates (54 s of the set's 91 s under
+        # mutmut's trampolines); the other key-update tests stay
+        deselect=("tests/test_key_update.py::"
+                  "test_three_times_the_per_key_limit_flows_without_interruption",),
         why="the connection state machine and packet pipeline"),
     "tokens": ModuleSet(
         ("session/tokens.py",),

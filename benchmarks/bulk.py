@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import cProfile
 import datetime
-import json
 import multiprocessing
 import os
 import ssl
@@ -44,13 +43,13 @@ from typing import Any, Final
 from benchmarks.echo_server import CpuWindow
 from benchmarks.heartbeat import (
     LOADGEN_CPU,
-    BenchError,
     Child,
     _positive_int,
     _spawn,
     _start_server_info,
 )
 from benchmarks.loadgen import pin_to_cpu, serve_commands
+from benchmarks.report import BenchError, finish
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.errors import SendBufferFull
@@ -439,20 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="PATH",
                         help="run the Quantum servers under cProfile, stats to PATH.fec-*")
     args = parser.parse_args(argv)
-    try:
-        result = run(args.bytes, args.rounds, not args.no_aioquic, args.profile)
-    except BenchError as exc:
-        print(f"benchmarks.bulk: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+
+    def show(result: dict[str, Any]) -> None:
         for case in result["cases"]:
             print(f"{case['case']}: {case['best_mbit_per_s']} Mbit/s, "
                   f"{case['best_bytes_per_server_cpu_s']} bytes per server CPU-second")
         if "ratio_vs_aioquic" in result:
             print(f"vs aioquic: {result['ratio_vs_aioquic']}")
-    return 0
+
+    return finish("bulk", lambda: run(args.bytes, args.rounds, not args.no_aioquic,
+                                      args.profile), args.json, show)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from typing import Any
 
 from benchmarks.heartbeat import (
     LOADGEN_CPU,
-    BenchError,
     Child,
     _combine,
     _measure,
@@ -40,6 +39,7 @@ from benchmarks.heartbeat import (
 )
 from benchmarks.loadgen import pin_to_cpu
 from benchmarks.loadgen_build import load_loadgen
+from benchmarks.report import BenchError
 from quantum.build import is_compiled
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import sys
@@ -44,9 +43,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.echo_server import CpuWindow
-from benchmarks.heartbeat import BenchError, _positive_float, _start_loadgen, _start_server
+from benchmarks.heartbeat import _positive_float, _start_loadgen, _start_server
 from benchmarks.loadgen import pin_to_cpu, serve_commands
 from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
+from benchmarks.report import finish
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.frames import Delivery
@@ -292,15 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreted-loadgen", action="store_true",
                         help="run the load generator interpreted (costs more load-side CPU)")
     args = parser.parse_args(argv)
-    try:
-        result = run(args.clients, args.duration, args.rate, args.size, args.fec,
-                     args.interpreted_loadgen)
-    except BenchError as exc:
-        print(f"benchmarks.gametick: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+
+    def show(result: dict[str, Any]) -> None:
         for s in result["settings"]:
             print(f"FEC {'on' if s['fec'] else 'off'}: p99 passes 50 ms at "
                   f"{s['p99_passes_50ms_at']} clients (largest below: "
@@ -310,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{w['rtt_p99_ms']} ms, server {w['server_cpu_us_per_client_tick']} "
                       f"us/client-tick, loadgen CPU {w['loadgen_cpu_share']}")
         print(f"CPU FEC on / off: {result['cpu_ratio_fec_on_vs_off']}")
-    return 0
+
+    return finish("gametick", lambda: run(args.clients, args.duration, args.rate, args.size,
+                                          args.fec, args.interpreted_loadgen), args.json, show)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,13 @@ from benchmarks.echo_server import CpuWindow, window_reply
 from benchmarks.heartbeat import (
     LOADGEN_CPU,
     SERVER_CPU,
-    BenchError,
     Child,
     _positive_float,
     _positive_int,
     _spawn,
-    print_report,
 )
 from benchmarks.loadgen import pin_to_cpu, serve_commands
+from benchmarks.report import finish, print_report
 
 METHODS = ("Heartbeat", "GetSession")
 TARGET_RATIO = 0.7
@@ -362,13 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=_positive_int, default=1000,
                         help="sessions the calls are spread over (default 1000)")
     args = parser.parse_args(argv)
-    try:
-        result = run(args.callers, args.channels, args.duration, args.rounds, args.sessions)
-    except BenchError as exc:
-        print(f"grpc benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(result, args.json, width=24)
-    return 0
+
+    def show(result: dict[str, Any]) -> None:
+        print_report(result, False, width=24)
+
+    return finish("grpc_bench", lambda: run(args.callers, args.channels, args.duration,
+                                            args.rounds, args.sessions), args.json, show)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import multiprocessing
 import os
 import statistics
@@ -56,13 +55,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from benchmarks.crypto_bench import server_handshake_us
 from benchmarks.heartbeat import (
     SERVER_CPU,
-    BenchError,
     _positive_int,
     _start_loadgen,
     _start_server,
     run_bench_server,
 )
 from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
+from benchmarks.report import BenchError, finish
 from quantum.build import is_compiled
 from quantum.handshake import Credentials, ServerHandshake, ServerParams
 
@@ -230,19 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreted-loadgen", action="store_true",
                         help="run the load generator interpreted (no mypyc build)")
     args = parser.parse_args(argv)
-    try:
-        result = run(args.connections, args.rounds, args.interpreted_loadgen,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except BenchError as exc:
-        print(f"benchmarks.handshake: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump(result, sys.stdout)
-        print()
-    else:
-        for key, value in result.items():
-            print(f"{key:32} {value}")
-    return 0
+    return finish("handshake", lambda: run(
+        args.connections, args.rounds, args.interpreted_loadgen,
+        progress=lambda line: print(line, file=sys.stderr, flush=True)), args.json)
 
 
 if __name__ == "__main__":

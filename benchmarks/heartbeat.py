@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import json
 import multiprocessing
 import re
 import statistics
@@ -70,6 +69,7 @@ from typing import Any
 from benchmarks.echo_server import CpuWindow, rss_bytes, run_echo_server
 from benchmarks.loadgen import pin_to_cpu, serve_commands
 from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
+from benchmarks.report import BenchError, finish
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.keys import ServerKeyFile
@@ -91,10 +91,6 @@ MEMORY_WARMUP = 200
 #: messages received on their stream (the stream itself is one long call)
 ETCD_WRITE_CALLS = frozenset({"Put", "Txn", "DeleteRange", "LeaseGrant", "LeaseRevoke"})
 ETCD_STREAMED_WRITES = frozenset({"LeaseKeepAlive"})
-
-
-class BenchError(RuntimeError):
-    """A benchmark step failed; the message names the step and the child's reason."""
 
 
 # ------------------------------------------------------------------ the server-side runner
@@ -629,30 +625,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="cProfile the server's measured window into PATH.<store> "
                              "(slows the server: use the figures only to find hot spots)")
     args = parser.parse_args(argv)
-    try:
+
+    def produce() -> dict[str, Any]:
         if args.client == "c":
             from benchmarks.c_loadgen import run_client_comparison
 
-            result = run_client_comparison(args.clients, args.duration, args.rounds,
-                                           not args.interpreted_loadgen)
-        else:
-            result = run(args.clients, args.duration, args.store, args.idle_connections,
-                         args.profile, args.rounds, args.metrics_scrape_interval,
-                         not args.interpreted_loadgen)
-    except BenchError as exc:
-        print(f"heartbeat benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(result, args.json)
-    return 0
+            return run_client_comparison(args.clients, args.duration, args.rounds,
+                                         not args.interpreted_loadgen)
+        return run(args.clients, args.duration, args.store, args.idle_connections,
+                   args.profile, args.rounds, args.metrics_scrape_interval,
+                   not args.interpreted_loadgen)
+
+    return finish("heartbeat", produce, args.json)
 
 
-def print_report(result: dict[str, Any], as_json: bool, width: int = 40) -> None:
-    """One JSON object, or one `name: value` line per figure for people."""
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        for name, value in result.items():
-            print(f"{name:>{width}}: {value}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -45,7 +44,6 @@ from typing import Any
 
 from benchmarks.echo_server import CpuWindow, rss_bytes
 from benchmarks.heartbeat import (
-    BenchError,
     Child,
     _positive_float,
     _positive_int,
@@ -54,6 +52,7 @@ from benchmarks.heartbeat import (
 )
 from benchmarks.loadgen import pin_to_cpu, serve_commands
 from benchmarks.loadgen_build import LoadgenBuild, load_loadgen
+from benchmarks.report import BenchError, finish
 from quantum.auth import AnonymousAuthenticator
 from quantum.build import is_compiled
 from quantum.keys import ServerKeyFile
@@ -293,19 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreted-loadgen", action="store_true",
                         help="run the load generator interpreted (costs more load-side CPU)")
     args = parser.parse_args(argv)
-    try:
-        result = run(args.idle, args.active, args.duration, args.interpreted_loadgen)
-    except BenchError as exc:
-        print(f"benchmarks.scale: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+
+    def show(result: dict[str, Any]) -> None:
         for r in result["runs"]:
             print(f"N={r['idle_connections']}: {r['rss_per_idle_connection_bytes']} B/conn, "
                   f"heartbeat cost x{r['heartbeat_cost_ratio']}, stall max "
                   f"{r['stall_max_ms_overall']} ms, periodic CPU {r['periodic_cpu_share']}")
-    return 0
+
+    return finish("scale", lambda: run(args.idle, args.active, args.duration,
+                                       args.interpreted_loadgen), args.json, show)
 
 
 if __name__ == "__main__":

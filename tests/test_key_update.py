@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from quantum.config import QuantumConfiguration
+from quantum.config import KEY_LIMIT_HEADROOM, QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.crypto import PacketProtection, ProtectionError
 from quantum.events import ConnectionClosed, MessageReceived
+from quantum.frames import Delivery
 from quantum.handshake import Credentials
 from quantum.keyupdate import PreviousKeys, open_other_phase
-from quantum.packet import KEY_PHASE
+from quantum.packet import KEY_PHASE, decode_header
 from quantum.simulation import (
     CLIENT_ADDR,
     LinkProfile,
@@ -32,6 +33,17 @@ def _sim(config: QuantumConfiguration, profile: LinkProfile, seed: int = 3) -> S
 
 def _server_conn(sim: Simulation) -> Connection:
     return next(iter(sim.server.connections.values()))
+
+
+def _assert_updated_in_step(client: Connection, server: Connection, at_least: int) -> None:
+    """Each side made `at_least` key updates and each receiver followed its peer's sender;
+    reordered packets of a previous generation still opened (none failed authentication)."""
+    client_send, client_recv = client.key_generations
+    server_send, server_recv = server.key_generations
+    assert client_send >= at_least and server_send >= at_least
+    assert (client_send, server_send) == (server_recv, client_recv)
+    assert client.stats.drops.get("auth_failed", 0) == 0
+    assert server.stats.drops.get("auth_failed", 0) == 0
 
 
 @pytest.mark.parametrize("fec", [None, (4, 2)], ids=["no-fec", "fec"])
@@ -75,14 +87,7 @@ def test_three_times_the_per_key_limit_flows_without_interruption(
     assert client.state is server.state is ConnectionState.ESTABLISHED
     assert not [e for _, e in sim.server.events if isinstance(e, ConnectionClosed)]
     assert client._flight.next_pn > 3 * 2048 and server._flight.next_pn > 3 * 2048
-    client_send, client_recv = client.key_generations
-    server_send, server_recv = server.key_generations
-    assert client_send >= 10 and server_send >= 10
-    # each receiver followed its peer's sender
-    assert (client_send, server_send) == (server_recv, client_recv)
-    # reordered packets of the previous generation still opened: none failed authentication
-    assert client.stats.drops.get("auth_failed", 0) == 0
-    assert server.stats.drops.get("auth_failed", 0) == 0
+    _assert_updated_in_step(client, server, at_least=10)
 
 
 def test_no_update_before_the_current_generation_is_acknowledged() -> None:
@@ -159,3 +164,96 @@ def test_key_update_settings_are_checked() -> None:
     assert QuantumConfiguration(packets_per_key=4096, key_update_packets=3071)
     assert QuantumConfiguration(packets_per_key=4096).key_update_interval == 1536
     assert QuantumConfiguration(key_update=False).key_update_interval is None
+
+
+def _established(config: QuantumConfiguration,
+                 profile: LinkProfile | None = None) -> tuple[Simulation, Connection,
+                                                                Connection]:
+    sim = _sim(config, profile or LinkProfile(delay=0.01))
+    client = sim.add_client(ALICE, configuration=config)
+    sim.run(until=5.0, condition=lambda: client.state is ConnectionState.ESTABLISHED)
+    sim.run(until=sim.now + 0.5)  # the handshake's last packets are acknowledged
+    return sim, client, _server_conn(sim)
+
+
+def _phase(datagram: bytes) -> int:
+    return decode_header(datagram)[1] & KEY_PHASE
+
+
+def test_keys_update_every_interval_both_ways_on_a_lossy_reordering_path() -> None:
+    """The short version of the three-limits run: an update every 20 packets, each side
+    following the other's, every message once and in order."""
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=2048,
+                                  key_update_packets=20, fec=None)
+    sim, client, server = _established(
+        config, LinkProfile(delay=0.01, jitter=0.004, loss=0.02))
+    up = [b"u%d" % i + bytes(600) for i in range(300)]
+    down = [b"d%d" % i + bytes(600) for i in range(300)]
+    for start in range(0, 300, 30):
+        for i in range(start, start + 30):
+            client.send(up[i])
+            server.send(down[i])
+        sim.flush()
+        sim.run(until=sim.now + 0.05)
+    sim.run(until=sim.now + 10.0)
+    assert [e.data for _, e in sim.server.events if isinstance(e, MessageReceived)] == up
+    assert [e.data for e in sim.client_events[CLIENT_ADDR]
+            if isinstance(e, MessageReceived)] == down
+    _assert_updated_in_step(client, server, at_least=5)
+
+
+def test_the_sender_moves_on_only_once_the_peer_acknowledged_the_current_generation() -> None:
+    """PROTOCOL.md 5.6 at its boundary: at the update point, no update while the largest
+    acknowledged pn is below the generation's first; with that first one acknowledged, the
+    next generation seals from this pn, the next update point is an interval later and the
+    new key's graceful close its packet limit (less the headroom) later."""
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=2048,
+                                  key_update_packets=50, fec=None)
+    _, client, _ = _established(config)
+    seal = client._seal
+    assert seal is not None and client.key_generations[0] == 0
+    pn = client._flight.next_pn
+    client._flight._largest_acked = seal.first_pn - 1
+    assert client._update_send_keys(pn) is seal
+    assert client._update_at_pn == pn + 1 and client._seal is seal  # asked again next packet
+    client._flight._largest_acked = seal.first_pn
+    following = client._update_send_keys(pn + 1)
+    assert following is client._seal and following is not seal
+    assert client.key_generations[0] == 1
+    assert client._update_at_pn == pn + 1 + 50
+    assert client._close_at_pn == pn + 1 + 2048 - KEY_LIMIT_HEADROOM
+
+
+def test_a_reordered_packet_of_the_old_generation_opens_for_three_base_rtos_only() -> None:
+    """The receiver keeps the previous generation's keys for 3 x its base RTO after the
+    peer's first packet of the next one (PROTOCOL.md 5.6): a packet of the old generation
+    arriving just before then is delivered, one just after is dropped."""
+    config = QuantumConfiguration(keepalive_interval=None, packets_per_key=2048,
+                                  key_update_packets=10, fec=None)
+    sim, client, server = _established(config)
+    now = sim.now
+    held: list[bytes] = []
+    first_new = None
+    for i in range(40):  # nothing is delivered: the client's generation flips once
+        client.send(b"m%d" % i, mode=Delivery.RELIABLE_UNORDERED)  # each delivered as it comes
+        for datagram, _ in client.datagrams_to_send(now):
+            if held and _phase(datagram) != _phase(held[0]):
+                first_new = datagram
+                break
+            held.append(datagram)
+        if first_new is not None:
+            break
+    assert first_new is not None and len(held) >= 2
+    generation = server.key_generations[1]
+    server.receive_datagram(first_new, CLIENT_ADDR, now)
+    assert server.key_generations[1] == generation + 1  # the server followed
+    window = 3 * server._flight.rtt.base_rto
+    server.receive_datagram(held[-1], CLIENT_ADDR, now + window - 0.001)
+    server.receive_datagram(held[-2], CLIENT_ADDR, now + window + 0.001)
+    delivered = []
+    while (event := server.next_event()) is not None:
+        if isinstance(event, MessageReceived):
+            delivered.append(event.data)
+    # the new generation's packet, and the old one just in time
+    assert len(delivered) == 2 and delivered[1] == b"m%d" % (len(held) - 1)
+    assert server.stats.drops.get("auth_failed", 0) == 1  # the one too late

@@ -1,9 +1,11 @@
 """The Quantum connection state machine, sans-I/O.
 
 A `Connection` owns one peer. It never touches a socket or a clock: every input carries `now`
-(float seconds, any monotonic origin), output datagrams are pulled with `datagrams_to_send`,
-and what happened is pulled as events with `next_event`. Everything with an algorithm of its
-own lives in its own module; this one only wires them together:
+(float seconds of a monotonic clock, 0 or more: `time.monotonic()` counts from boot, and the
+congestion controller, the stall clock and the path MTU search mark "never" with -1; a
+connection created at a negative time is refused), output datagrams are pulled with
+`datagrams_to_send`, and what happened is pulled as events with `next_event`. Everything with
+an algorithm of its own lives in its own module; this one only wires them together:
 
     wire codec ........ packet.py, frames.py      reliability .... reliability.py
     channels .......... channels.py               congestion ..... bbr.py
@@ -268,6 +270,8 @@ class Connection:
     ) -> None:
         if len(connection_id) != 16:
             raise ValueError("connection_id must be 16 bytes")
+        if not now >= 0.0:  # NaN too
+            raise ValueError(f"now must be a monotonic time of 0 or more seconds, got {now!r}")
         self.is_client = is_client
         self.connection_id = connection_id
         # the address as a Python tuple: datagrams_to_send pairs it with every datagram as it
@@ -281,7 +285,10 @@ class Connection:
         self.session_id: bytes | None = None
         self.session_token: str | None = None
         self.params: ServerParams | None = None
-        self.close_code: int = CloseCode.NORMAL  # a CloseCode, or the peer's unknown code
+        # the code as a number, known to this version or not (a newer peer's): the same in
+        # both builds (mypyc stores an int attribute unboxed, so a CloseCode member would come
+        # back a plain int there); CloseCode(close_code) names a known one
+        self.close_code: int = int(CloseCode.NORMAL)
         self.close_reason = ""
 
         self._events: list[Event] | tuple[Event, ...] = _NOTHING_QUEUED  # see _push_event
@@ -670,7 +677,7 @@ class Connection:
         """Graceful close: pending data is flushed first, then a FIN goes out."""
         if self.state in (_CLOSING, _CLOSED):
             return
-        self.close_code, self.close_reason = CloseCode(code), cut_reason(reason)
+        self.close_code, self.close_reason = int(CloseCode(code)), cut_reason(reason)
         if self._seal is None or self.state is _AUTHENTICATING:
             self._terminate(code, reason, by_peer=False)
             return
@@ -727,7 +734,7 @@ class Connection:
         pn = received.expand(seq)
         verdict = received.check(pn)
         if verdict:
-            self._drop(_VERDICT_NAMES.get(verdict, "duplicate"))
+            self._drop(_VERDICT_NAMES[verdict])
             return
         header = data[: wire.HEADER_SIZE]
         try:
@@ -742,10 +749,9 @@ class Connection:
         # (frames, channels, FEC raise ProtocolError) is a protocol violation, caught once
         try:
             self._on_authenticated(pn, flags, ack, body, payload_len, len(data), addr, now)
-        except PacketError as exc:
-            self._protocol_violation(f"malformed frames: {exc}", now)
-        except ProtocolError as exc:
-            self._protocol_violation(str(exc), now)
+        except ProtocolError as exc:  # one clause: mypyc gives a name one type per function
+            reason = f"malformed frames: {exc}" if isinstance(exc, PacketError) else str(exc)
+            self._protocol_violation(reason, now)
 
     def _open_other_phase(self, pn: int, header: bytes, ciphertext: bytes, now: float) -> bytes:
         """A packet of the previous or the next key generation (the peer's key update)."""
@@ -765,9 +771,8 @@ class Connection:
         seal = self._seal
         assert seal is not None
         interval = self.config.key_update_interval
-        if interval is None:
-            self._update_at_pn = 1 << 64
-            return seal
+        # without key updates _update_at_pn is 2**64 (__init__), a pn no connection reaches
+        assert interval is not None
         if self._flight.largest_acked < seal.first_pn:
             self._update_at_pn = pn + 1
             return seal
@@ -808,6 +813,8 @@ class Connection:
                 opening.proven()  # any protected packet proves our finishing ACK arrived
         if flags & ACK:
             self._on_ack(ack, sack, now)
+            if self.state is _CLOSED:  # it acknowledged our FIN: the rest comes after the end
+                return
         fec = self._fec
         if flags & PSH and fec is not None:
             for rpn, rpayload in fec.on_data(pn, payload):
@@ -1197,9 +1204,8 @@ class Connection:
                                                - self.send_buffered))
 
     def _requeue_lost(self, lost: list[SentPacket], now: float) -> int:
-        """Lost packets: give reliable frames a new packet; returns how many packets that took."""
-        if not lost:
-            return 0
+        """Lost packets (at least one): give reliable frames a new packet; returns how many
+        packets that took."""
         pmtu = self._pmtu
         lost_bytes = 0
         count = 0
@@ -1268,7 +1274,8 @@ class Connection:
         frames: list[Frame] = [PathChallengeFrame(migration.challenge)]
         payload = encode_frames(frames)
         size = wire.HEADER_SIZE + len(payload) + AEAD_TAG
-        if migration.allows(size) and self._seal is not None and self._flight.can_send():
+        if (migration.allows(size) and self._seal is not None and self._flight.can_send()
+                and self._can_seal()):
             # not tracked, not congestion controlled and without SACK blocks: the probe
             # belongs to another path, and its loss is the validation timer's business
             pn = self._flight.allocate_pn()
@@ -1559,8 +1566,7 @@ class Connection:
             # its secrets go; what it learned stays for the owner to report (handshake_reject)
             opening.clear()
         self._migration = None
-        # a code this version does not know (a newer peer's) is kept as the number it is
-        self.close_code = CloseCode(code) if code in _CLOSE_CODES else code
+        self.close_code = int(code)
         self.close_reason = reason
         self._close_deadline = None
         self._push_event(ConnectionClosed(int(code), reason, by_peer))
@@ -1602,6 +1608,5 @@ class Connection:
         return stats
 
 
-_CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode)
 _VERDICT_NAMES: Final[dict[int, str]] = {
     DUPLICATE: "duplicate", TOO_OLD: "too_old", BEYOND_WINDOW: "beyond_window"}

@@ -45,12 +45,15 @@ from quantum.events import (
 )
 from quantum.frames import (
     MAX_DELIVERED_MARKS,
+    CloseFrame,
     DeliveredFrame,
     Delivery,
     Frame,
+    KeepaliveFrame,
     MessageFrame,
     SessionFrame,
     decode_frames,
+    encode_frames,
 )
 from quantum.handshake import Credentials
 from quantum.limits import MAX_MESSAGE_SIZE
@@ -63,6 +66,7 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
+from tests.test_protocol_violation import sealed_by_client
 
 ALICE = Credentials(user_id="alice", fec=None)
 SESSION_ID = bytes(range(16))
@@ -506,3 +510,49 @@ def test_the_server_hears_once_the_client_acknowledged_its_session() -> None:
         server.receive_datagram(d, CLIENT_ADDR, later + 0.01)
     assert [e for e in events_of(server) if isinstance(e, SessionConfirmed)] == [
         SessionConfirmed()]
+
+
+# ------------------------------------------------------------------ the end is the end
+
+
+def test_nothing_follows_the_close_when_the_fins_ack_carries_more_frames() -> None:
+    """`ConnectionClosed` is the last event (next_event): a peer's packet that acknowledges
+    our FIN and carries a KEEPALIVE ends the connection, and the keepalive is not reported
+    after it (nor answered)."""
+    pair = Pair()
+    pair.run(1.0)
+    server, client = pair.server, pair.client
+    events_of(server)
+    server.close("bye")
+    at = pair.now
+    for datagram, _ in server.datagrams_to_send(at):
+        client.receive_datagram(datagram, SERVER_ADDR, at + 0.01)
+    sealed = sealed_by_client(client, encode_frames([KeepaliveFrame(7)]))
+    server.receive_datagram(sealed, CLIENT_ADDR, at + 0.02)
+    events = events_of(server)
+    assert [type(e) for e in events] == [ConnectionClosed]
+    assert server.state is ConnectionState.CLOSED
+    assert server.datagrams_to_send(at + 0.02) == []
+
+
+@pytest.mark.parametrize("code", [CloseCode.NORMAL, CloseCode.SERVER_SHUTDOWN])
+def test_a_close_code_is_the_same_plain_number_in_both_builds(code: CloseCode) -> None:
+    """`close_code` is the code as an int, known or not, in the compiled build as in pure
+    Python (once a CloseCode member in one and an int in the other); CloseCode names it."""
+    pair = Pair()
+    pair.run(1.0)
+    pair.client.close("done", code)
+    pair.run(1.0)
+    for conn in (pair.client, pair.server):
+        assert conn.state is ConnectionState.CLOSED
+        assert type(conn.close_code) is int and CloseCode(conn.close_code) is code
+
+
+def test_a_close_code_this_version_does_not_know_stays_its_number() -> None:
+    pair = Pair()
+    pair.run(1.0)
+    pair.server.receive_datagram(
+        sealed_by_client(pair.client, encode_frames([CloseFrame(0x7777, "from the future")])),
+        CLIENT_ADDR, pair.now + 0.01)
+    assert pair.server.state is ConnectionState.CLOSED
+    assert type(pair.server.close_code) is int and pair.server.close_code == 0x7777

@@ -9,8 +9,8 @@ What it proves:
   unexpected_handshake, before_accept for every frame of a peer not accepted yet), and only
   accepted datagrams count in `packets_received`/`bytes_received`;
 * an authenticated violation closes with the reason it gave ("malformed frames: ..." from the
-  frame decoder, FEC's own words; the compiled build raises TypeError for the latter: a bug,
-  see the xfail); the ack fields of a packet without the ACK flag mean nothing;
+  frame decoder, FEC's own words, in the compiled build too: it once raised TypeError there);
+  the ack fields of a packet without the ACK flag mean nothing;
 * a packet rebuilt by FEC counts as a received packet: once in `stats.fec_recovered`, toward
   the ACK that is owed (two ack-eliciting packets are acknowledged at once), with its frames
   processed as any packet's (a CLOSE ends the connection, a KEEPALIVE_ACK measures its round
@@ -35,9 +35,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-import quantum.connection
 from quantum.bbr import BBR
 from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
@@ -95,8 +92,6 @@ from quantum.simulation import (
 from tests.test_migration import Wire, frames_for_client
 
 ALICE = Credentials(user_id="alice")
-#: whether quantum.connection is the mypyc-compiled build (the mutation runs use the source)
-COMPILED = not quantum.connection.__file__.endswith(".py")
 NEW_ADDR = ("10.0.0.77", 51000)
 MASK = 0xFFFFFFFF
 Address = tuple[str, int]
@@ -512,9 +507,6 @@ def test_frames_that_do_not_parse_close_with_the_decoders_words() -> None:
 # the compiled build (mypyc) gives both `except` clauses of receive_datagram one variable
 # `exc` typed PacketError, so a ProtocolError that is not a PacketError (FEC's, the channels')
 # raises TypeError out of receive_datagram instead of closing the connection: a bug
-@pytest.mark.xfail(COMPILED, raises=TypeError, strict=True,
-                   reason="compiled receive_datagram: `except ProtocolError as exc` reuses the "
-                          "PacketError-typed `exc` (TypeError: PacketError object expected)")
 def test_an_fec_violation_closes_with_fecs_words() -> None:
     shard = ParityShard(7, 0, 1, (5, 5), bytes(4))  # one packet named twice
     try:

@@ -1,7 +1,7 @@
 """The send path of a connection, at each boundary where it decides what leaves and when.
 
 Driven sans-I/O: two `Connection`s (a client, and the server's from a `ServerEndpoint`)
-passing datagrams by hand with an explicit `now` from any clock origin. What is proved: the
+passing datagrams by hand with an explicit `now` (from 0 on). What is proved: the
 counters of what was sent (handshake datagrams included), which packet carries what (control
 frames, message fragments, FIN, pure ACKs, path MTU probes, parity) and to where, the one
 gate on sending (windows, congestion, pacing), the key limit that stops sealing, and a timer
@@ -302,7 +302,9 @@ def test_a_fin_is_acknowledged_and_the_peer_closes_with_its_code_and_reason() ->
 def stalled_client(origin: float, peer_talks_at: float) -> Pair:
     """A client whose first packet after the handshake leaves at `origin` and is never
     acknowledged; the server sends it one message at `peer_talks_at`."""
-    pair = established(quiet_config(stall_timeout=2.0), start=origin - 1.0)
+    # the handshake just before `origin` (at `origin` itself, in no time, when that is 0)
+    pair = established(quiet_config(stall_timeout=2.0), start=max(0.0, origin - 1.0),
+                       rtt=min(0.02, origin))
     pair.now = origin
     pair.client.send(b"never acknowledged")
     assert pair.pull(pair.client)  # lost
@@ -315,7 +317,7 @@ def stalled_client(origin: float, peer_talks_at: float) -> Pair:
 
 
 def test_a_peer_that_talks_but_acknowledges_nothing_is_aborted_at_the_stall_timeout() -> None:
-    """Stall clock from the first unacknowledged packet, at time 0.0 (any clock origin)."""
+    """Stall clock from the first unacknowledged packet, at time 0.0 (the clock's start)."""
     pair = stalled_client(0.0, 0.5)
     client = pair.client
     sent = drive(client, 2.0 - 1e-6)
@@ -990,9 +992,15 @@ def test_no_packet_is_sealed_past_the_keys_packet_limit() -> None:
         CloseCode.KEYS_EXHAUSTED, "packet protection limit reached")
 
 
-def test_a_clock_with_a_negative_origin_carries_a_large_message() -> None:
-    """`now` may have any origin (module docstring): negative times included."""
-    pair = established(start=-100.0)
+@pytest.mark.parametrize("now", [-100.0, -1e-9, float("nan")])
+def test_a_connection_on_a_clock_below_zero_is_refused(now: float) -> None:
+    """The module docstring: `now` counts from 0 or more (-1 marks "never" inside)."""
+    with pytest.raises(ValueError, match="now must be a monotonic time of 0 or more"):
+        Connection.client(SERVER_ADDR, ALICE, now, configuration=quiet_config())
+
+
+def test_a_clock_from_zero_carries_a_large_message() -> None:
+    pair = established(start=0.0)
     pair.client.send(bytes(40000))
     for _ in range(200):
         pair.settle()

@@ -99,7 +99,8 @@ SETS: dict[str, ModuleSet] = {
          "tests/test_protocol_violation.py", "tests/test_carryover.py",
          "tests/test_fec_adaptive.py", "tests/test_idle_footprint.py", "tests/test_key_update.py",
          "tests/test_pmtu_connection.py", "tests/test_spec_conformance.py",
-         "tests/test_handshake.py"),
+         "tests/test_handshake.py", "tests/test_connection_lifecycle.py",
+         "tests/test_connection_receive.py", "tests/test_connection_send.py"),
         # left out, as the slowest under mutmut's trampolines (68 s of the set's 91 s): 7,000
         # packets each way through three key updates (the other key-update tests stay), the
         # two loss-meter runs of FEC (quantum/fec.py's, which tests/test_fec* check) and the

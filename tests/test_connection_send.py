@@ -618,17 +618,25 @@ def test_no_path_mtu_probe_while_a_migration_is_validated() -> None:
     assert server.refresh_stats().pmtu_probes_sent == probes
 
 
+def fill_the_window(pair: Pair, sender: Connection, data: int = 200_000) -> None:
+    """Give `sender` more than its congestion window holds, and pull what it sends through
+    the pacer (to the wire, not delivered) until the window itself is full: its next timer is
+    then more than a pacing step away."""
+    sender.send(bytes(data))
+    for _ in range(300):
+        t = sender.get_timer()
+        assert t is not None
+        if t > pair.now + 0.05:
+            return
+        pair.now = t
+        pair.pull(sender)
+    raise AssertionError("the window never filled")
+
+
 def test_an_owed_ack_leaves_even_while_the_congestion_window_holds_the_data() -> None:
     pair = established()
     client, server = pair.client, pair.server
-    client.send(bytes(200_000))
-    for _ in range(100):  # through the pacer until the window itself is full
-        t = client.get_timer()
-        assert t is not None
-        if t > pair.now + 0.05:
-            break
-        pair.now = t
-        pair.pull(client)
+    fill_the_window(pair, client)
     assert client.send_buffered > client.refresh_stats().cwnd
     server.send(b"owes an ack")
     pair.to_client(pair.pull(server))
@@ -1081,14 +1089,7 @@ def test_parity_cut_for_a_size_a_black_hole_took_away_is_skipped_and_data_goes_o
     client = pair.client
     lose_one(pair)
     pair.mtu = 1200  # from now on the path drops anything larger
-    client.send(bytes(200_000))
-    for _ in range(300):  # through the pacer until the congestion window is full
-        t = client.get_timer()
-        assert t is not None
-        if t > pair.now + 0.05:
-            break
-        pair.now = t
-        pair.pull(client)  # all lost: every packet is larger than the path carries now
+    fill_the_window(pair, client)  # all lost: every packet is larger than the path carries
     skipped_with: list[bytes] = []
     for _ in range(50):
         t = client.get_timer()

@@ -34,8 +34,10 @@ from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode, ConnectionClosedError, MessageError, SendBufferFull
 from quantum.events import (
     AuthenticationRequested,
+    CarryoverLost,
     ConnectionClosed,
     Event,
+    HandshakeCompleted,
     HandshakeRejected,
     KeepaliveAcknowledged,
     KeepaliveReceived,
@@ -57,7 +59,7 @@ from quantum.frames import (
 )
 from quantum.handshake import Credentials
 from quantum.limits import MAX_MESSAGE_SIZE
-from quantum.packet import ACK, HEADER_SIZE, RST, decode_header, split_body
+from quantum.packet import ACK, HEADER_SIZE, RST, build_header, decode_header, split_body
 from quantum.simulation import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -556,3 +558,79 @@ def test_a_close_code_this_version_does_not_know_stays_its_number() -> None:
         CLIENT_ADDR, pair.now + 0.01)
     assert pair.server.state is ConnectionState.CLOSED
     assert type(pair.server.close_code) is int and pair.server.close_code == 0x7777
+
+
+# ---------------------------------------------------- the client's carry-over at SESSION
+
+
+def sealed_by_server(server: Connection, frames: list[Frame]) -> bytes:
+    """An authenticated datagram from the server carrying `frames` (a SESSION frame of the
+    test's choosing: private keys and packet numbers, as `sealed_by_client`)."""
+    seal = server._seal
+    assert seal is not None
+    payload = encode_frames(frames)
+    pn = server._flight.allocate_pn()
+    ack32, _ = server._acks.ack_fields()
+    header = build_header(ACK, server.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
+    return header + seal.seal(pn, header, payload)
+
+
+def session_then_message(pair: Pair, *, resumed: bool, carried: bool) -> list[Event]:
+    """The server's SESSION frame and, in the same packet, a KEEPALIVE and a message after
+    it: the client's events."""
+    frames: list[Frame] = [SessionFrame(SESSION_ID, "token-1", 60_000, resumed, carried),
+                           KeepaliveFrame(7),
+                           MessageFrame(0, Delivery.RELIABLE_ORDERED, 0, b"after")]
+    pair.client.receive_datagram(sealed_by_server(pair.server, frames), SERVER_ADDR,
+                                 pair.now + 0.01)
+    return events_of(pair.client)
+
+
+def violation_closes(events: list[Event], client: Connection, reason: str) -> None:
+    """The SESSION frame ended the connection as a protocol violation: nothing after it was
+    processed, and the server is told why with an RST."""
+    assert [type(e) for e in events] == [HandshakeCompleted, ConnectionClosed]
+    assert events[-1] == ConnectionClosed(CloseCode.PROTOCOL_VIOLATION, reason, False)
+    assert client.state is ConnectionState.CLOSED
+    rst = [d for d, _ in client.datagrams_to_send(client.last_received_at)]
+    assert [decode_header(d)[1] & RST for d in rst] == [RST]
+
+
+def test_a_session_frame_claiming_a_carry_over_nobody_asked_for_is_a_violation() -> None:
+    pair = Pair(hold=True)  # a client that did not ask for its streams to be carried
+    events = session_then_message(pair, resumed=True, carried=True)
+    violation_closes(events, pair.client, "SESSION says carried, but none was asked for")
+
+
+def test_a_carry_over_the_client_cannot_restore_is_a_violation_naming_why() -> None:
+    """The client's own carry-over holds more than a fresh stream may buffer (as the server's
+    refusal in test_a_restored_stream_gets_the_receive_budget_of_a_fresh_one): the server says
+    it carried it, and the client cannot take it up."""
+    ready = tuple((i + 1, bytes(MAX_MESSAGE_SIZE)) for i in range(5))
+    too_much = Carryover((), (), (InboundStream(0, Delivery.RELIABLE_ORDERED, 0, ready=ready),))
+    with pytest.raises(CarryoverError) as refused:
+        too_much.receiver(4 * MAX_MESSAGE_SIZE)
+    pair = resuming(too_much)
+    events = session_then_message(pair, resumed=True, carried=True)
+    violation_closes(events, pair.client, str(refused.value))
+
+
+@pytest.mark.parametrize(("resumed", "reason"), [
+    (True, "the server kept nothing of the lost connection"),
+    (False, "the session could not be resumed: a new one began"),
+])
+def test_a_session_without_the_carry_over_says_what_was_lost(resumed: bool, reason: str) -> None:
+    pair = resuming(CLIENT_SIDE)  # two messages owed, one stream received on
+    events = session_then_message(pair, resumed=resumed, carried=False)
+    lost = [e for e in events if isinstance(e, CarryoverLost)]
+    assert lost == [CarryoverLost(2, reason)]
+    assert pair.client.state is ConnectionState.ESTABLISHED
+    assert [e.data for e in events if isinstance(e, MessageReceived)] == [b"after"]
+    assert [e.keepalive_id for e in events if isinstance(e, KeepaliveReceived)] == [7]
+
+
+def test_every_message_sent_is_counted() -> None:
+    pair = Pair()
+    for i in range(3):
+        pair.client.send(b"m%d" % i)
+    assert pair.client.stats.messages_sent == 3

@@ -634,3 +634,68 @@ def test_every_message_sent_is_counted() -> None:
     for i in range(3):
         pair.client.send(b"m%d" % i)
     assert pair.client.stats.messages_sent == 3
+
+
+# ------------------------------------------------------------------ the server's accept
+
+
+def resumed_only() -> Pair:
+    """A client resuming its session without asking for its streams to continue."""
+    p = Pair(credentials=Credentials("alice", resume=(SESSION_ID, "token-0"), fec=None),
+             hold=True)
+    assert not p.server.continues
+    events_of(p.server)
+    return p
+
+
+@pytest.mark.parametrize(("how", "resumed", "carried"), [
+    ("fresh", False, False), ("resumed", True, False), ("continued", True, True)])
+def test_accept_reports_the_session_it_handed_over_at_both_ends(how: str, resumed: bool,
+                                                                carried: bool) -> None:
+    """The server's HandshakeCompleted names what it handed over; the client's, from the
+    SESSION frame, says the same (resumed and carried included)."""
+    p = Pair(hold=True) if how == "fresh" else resumed_only() if how == "resumed" else (
+        resuming(EMPTY))
+    events_of(p.server)
+    p.server.accept(SESSION_ID, "token-1", 1800.0, resumed=resumed,
+                    carryover=EMPTY if carried else None)
+    handed = HandshakeCompleted(SESSION_ID, "token-1", 1800.0, resumed, carried)
+    assert events_of(p.server) == [handed]
+    p.run(1.0)
+    heard = [e for e in p.client_events if isinstance(e, HandshakeCompleted)]
+    assert heard == [handed]
+
+
+def test_accepting_twice_is_refused_naming_the_state() -> None:
+    p = Pair()
+    with pytest.raises(ConnectionClosedError) as refused:
+        p.server.accept(SESSION_ID, "token-2", 1800.0)
+    assert str(refused.value) == "cannot accept a connection in state ESTABLISHED"
+
+
+def test_a_continued_resume_holds_messages_until_the_client_has_its_session() -> None:
+    """12.4: the client learns from SESSION whether its streams continue, so no message goes
+    before that frame is acknowledged; then it goes."""
+    p = resuming(EMPTY)
+    p.server.accept(SESSION_ID, "token-1", 1800.0, resumed=True, carryover=EMPTY)
+    p.server.send(b"after the session")
+    first = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    frames = [f for d in first for f in frames_in(d, p.client)]
+    assert any(isinstance(f, SessionFrame) for f in frames)
+    assert not any(isinstance(f, MessageFrame) for f in frames)
+    for datagram in first:
+        p.client.receive_datagram(datagram, SERVER_ADDR, p.now + 0.01)
+    p.run(1.0)
+    assert [e.data for e in p.client_events if isinstance(e, MessageReceived)] == [
+        b"after the session"]
+
+
+def test_a_resume_that_does_not_continue_sends_messages_with_the_session() -> None:
+    """Nothing to hold for a client that did not ask to continue: a message sent at accept
+    leaves in the SESSION frame's packet."""
+    p = resumed_only()
+    p.server.accept(SESSION_ID, "token-1", 1800.0, resumed=True)
+    p.server.send(b"at once")
+    packets = [{type(f) for f in frames_in(d, p.client)}
+               for d, _ in p.server.datagrams_to_send(p.now)]
+    assert any({SessionFrame, MessageFrame} <= kinds for kinds in packets)

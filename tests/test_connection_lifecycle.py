@@ -699,3 +699,21 @@ def test_a_resume_that_does_not_continue_sends_messages_with_the_session() -> No
     packets = [{type(f) for f in frames_in(d, p.client)}
                for d, _ in p.server.datagrams_to_send(p.now)]
     assert any({SessionFrame, MessageFrame} <= kinds for kinds in packets)
+
+
+def test_any_protected_packet_from_the_server_stops_the_finish_being_sent_again() -> None:
+    """Waiting for SESSION, a client resends its ClientFinish until the server shows it has
+    it: any authenticated packet does (its keys come from that finish)."""
+    resent = Pair(hold=True)
+    at = resent.client.get_timer()
+    assert at is not None
+    resent.client.handle_timer(at)
+    assert resent.client.datagrams_to_send(at)  # nothing heard: the finish goes again
+    proven = Pair(hold=True)
+    at = proven.client.get_timer()
+    assert at is not None
+    proven.client.receive_datagram(sealed_by_server(proven.server, []), SERVER_ADDR,
+                                   proven.now + 0.001)
+    proven.client.handle_timer(at)
+    assert proven.client.datagrams_to_send(at) == []
+    assert proven.client.state is ConnectionState.AWAIT_ACCEPT

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from quantum.bbr import BBR
 from quantum.config import QuantumConfiguration
-from quantum.connection import Connection, ConnectionState
+from quantum.connection import Connection, ConnectionState, _same_address
 from quantum.errors import CloseCode
 from quantum.events import (
     ConnectionClosed,
@@ -696,3 +698,40 @@ def test_a_keepalive_arrives_as_an_event_with_its_id() -> None:
     for datagram, _ in out:
         server.receive_datagram(datagram, CLIENT_ADDR, sim.now)
     assert [e.keepalive_id for e in drain(server) if isinstance(e, KeepaliveReceived)] == [kid]
+
+
+def test_a_packet_rebuilt_when_the_rest_of_its_group_arrives_after_the_parity() -> None:
+    """The parity of a two-packet group comes first, one packet is lost, and the other data
+    packet (PSH) arrives last: it completes the group, and the lost one is rebuilt from it."""
+    sim, client, server, _ = connect(config(fec=(10, 3)))
+    drain(server)
+    lost_pn, last_pn, carrier = (client._flight.allocate_pn() for _ in range(3))
+    lost = encode_frames([MessageFrame(0, Delivery.RELIABLE_UNORDERED, 0, b"rebuilt")])
+    last = encode_frames([MessageFrame(0, Delivery.RELIABLE_UNORDERED, 1, b"arrived")])
+    encoder = FecEncoder(k=2, m=1, first_group_id=9)
+    encoder.add(lost_pn, lost)
+    encoder.add(last_pn, last)
+    (shard,) = encoder.close(1)
+    parity = ParityFrame(shard.group_id, shard.m, shard.index,
+                         tuple(s & MASK for s in shard.data_seqs), shard.shard)
+    _, first = sealed_by(client, [parity], ACK | FEC, pn=carrier)
+    server.receive_datagram(first, CLIENT_ADDR, sim.now)
+    _, data = sealed_by(client, last, ACK | PSH, pn=last_pn)
+    server.receive_datagram(data, CLIENT_ADDR, sim.now + 0.001)
+    assert server.stats.fec_recovered == 1
+    assert sorted(e.data for e in drain(server) if isinstance(e, MessageReceived)) == [
+        b"arrived", b"rebuilt"]
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    (("10.0.0.1", 5000), ("10.0.0.1", 5000), True),
+    (("10.0.0.1", 5000), ("10.0.0.1", 5001), False),
+    (("10.0.0.1", 5000), ("10.0.0.2", 5000), False),
+    (("::1", 5000), ("::1", 5000, 0, 0), False),
+    (("::1", 5000, 0, 0), ("::1", 5000), False),
+    (("fe80::1", 5000, 0, 3), ("fe80::1", 5000, 77, 3), True),  # the flow label is no path
+    (("fe80::1", 5000, 0, 3), ("fe80::1", 5000, 0, 4), False),  # another zone is
+])
+def test_one_path_is_one_host_port_and_ipv6_zone(a: tuple[object, ...], b: tuple[object, ...],
+                                                  same: bool) -> None:
+    assert _same_address(a, b) is same

@@ -53,6 +53,7 @@ from quantum.frames import (
     Frame,
     KeepaliveFrame,
     MessageFrame,
+    PathResponseFrame,
     SessionFrame,
     decode_frames,
     encode_frames,
@@ -717,3 +718,24 @@ def test_any_protected_packet_from_the_server_stops_the_finish_being_sent_again(
     proven.client.handle_timer(at)
     assert proven.client.datagrams_to_send(at) == []
     assert proven.client.state is ConnectionState.AWAIT_ACCEPT
+
+
+def test_the_server_hears_the_credentials_as_the_client_sent_them() -> None:
+    credentials = Credentials("alice", "v1.ticket", resume=(SESSION_ID, "token-0"),
+                              resume_fallback=True, metadata={"room": "lobby"}, fec=None)
+    p = Pair(credentials=credentials, hold=True)
+    conn, request = p.requests[-1]
+    assert conn.is_client is False
+    assert (request.user_id, request.ticket, request.resume, request.resume_fallback,
+            request.metadata) == ("alice", "v1.ticket", (SESSION_ID, "token-0"), True,
+                                  {"room": "lobby"})
+
+
+def test_a_path_response_with_no_migration_under_way_changes_nothing() -> None:
+    p = Pair()
+    p.run(1.0)
+    events_of(p.server)
+    p.server.receive_datagram(sealed_by_client(p.client, encode_frames(
+        [PathResponseFrame(bytes(8))])), CLIENT_ADDR, p.now + 0.01)
+    assert p.server.state is ConnectionState.ESTABLISHED
+    assert events_of(p.server) == [] and p.server.peer_addr == CLIENT_ADDR

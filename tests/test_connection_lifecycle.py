@@ -60,7 +60,7 @@ from quantum.frames import (
 )
 from quantum.handshake import Credentials
 from quantum.limits import MAX_MESSAGE_SIZE
-from quantum.packet import ACK, HEADER_SIZE, RST, build_header, decode_header, split_body
+from quantum.packet import ACK, HEADER_SIZE, RST, decode_header, split_body
 from quantum.simulation import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -69,6 +69,7 @@ from quantum.simulation import (
     SimulatedServer,
     Simulation,
 )
+from tests.test_connection_receive import sealed_by
 from tests.test_protocol_violation import sealed_by_client
 
 ALICE = Credentials(user_id="alice", fec=None)
@@ -566,14 +567,8 @@ def test_a_close_code_this_version_does_not_know_stays_its_number() -> None:
 
 def sealed_by_server(server: Connection, frames: list[Frame]) -> bytes:
     """An authenticated datagram from the server carrying `frames` (a SESSION frame of the
-    test's choosing: private keys and packet numbers, as `sealed_by_client`)."""
-    seal = server._seal
-    assert seal is not None
-    payload = encode_frames(frames)
-    pn = server._flight.allocate_pn()
-    ack32, _ = server._acks.ack_fields()
-    header = build_header(ACK, server.connection_id, pn & 0xFFFFFFFF, ack32, len(payload))
-    return header + seal.seal(pn, header, payload)
+    test's choosing), sealed as tests/test_connection_receive.py's `sealed_by` does."""
+    return sealed_by(server, list(frames))[1]
 
 
 def session_then_message(pair: Pair, *, resumed: bool, carried: bool) -> list[Event]:

@@ -447,6 +447,45 @@ def test_a_lost_fin_is_sent_again_and_the_close_completes_before_its_deadline() 
     assert [(e.code, e.reason, e.by_peer) for e in by_peer] == [(CloseCode.NORMAL, "bye", True)]
 
 
+
+def test_only_the_fins_acknowledgement_ends_the_close() -> None:
+    """A close ends when the FIN is acknowledged, not at the first acknowledgement after it:
+    a PATH_RESPONSE the closing client sends (to a challenge the server sent meanwhile) is
+    tracked, and an ACK that takes it while the FIN is still missing leaves the client
+    CLOSING; the FIN's own acknowledgement ends it."""
+    sim, client, server, _ = connect(config())
+    now = sim.now
+    client.close("bye")
+    (fin,) = client.datagrams_to_send(now)  # never delivered: the FIN is missing at the server
+    fin_header = decode_header(fin[0])
+    assert fin_header[1] & FIN
+    fin_pn = fin_header[3]
+    _, challenge = sealed_by(server, [PathChallengeFrame(b"8 bytes!")])
+    client.receive_datagram(challenge, SERVER_ADDR, now + 0.01)
+    (response,) = client.datagrams_to_send(now + 0.01)
+    response_pn = decode_header(response[0])[3]
+    assert response_pn == fin_pn + 1
+
+    def ack(cumulative: int, sack: tuple[tuple[int, int], ...]) -> bytes:
+        seal = server._seal
+        assert seal is not None
+        pn = server._flight.allocate_pn()
+        body = b"".join(start.to_bytes(4, "big") + end.to_bytes(4, "big")
+                        for start, end in sack)
+        header = build_header(ACK | seal.phase_flag, server.connection_id, pn & MASK,
+                              cumulative & MASK, 0)
+        return header + seal.seal(pn, header, body)
+
+    # everything before the FIN arrived, and the response after it: the FIN did not
+    client.receive_datagram(ack(fin_pn, ((response_pn, response_pn),)), SERVER_ADDR,
+                            now + 0.05)
+    assert state_of(client) is ConnectionState.CLOSING
+    assert not [e for e in sim.client_events[CLIENT_ADDR] if isinstance(e, ConnectionClosed)]
+    assert not any(isinstance(e, ConnectionClosed) for e in iter(client.next_event, None))
+    client.receive_datagram(ack(response_pn + 1, ()), SERVER_ADDR, now + 0.06)
+    assert state_of(client) is ConnectionState.CLOSED
+
+
 # ----------------------------------------------------------------------- drops and violations
 
 

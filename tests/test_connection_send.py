@@ -117,7 +117,8 @@ def established(config: QuantumConfiguration | None = None, start: float = 100.0
         now += rtt / 2
         was = client.state
         for d in down:
-            client.receive_datagram(d, SERVER_ADDR, now)
+            if len(d) <= mtu:  # the path's MTU holds both ways
+                client.receive_datagram(d, SERVER_ADDR, now)
         if was is not ConnectionState.ESTABLISHED and client.state is ConnectionState.ESTABLISHED:
             # the path MTU search may start at once: the timer says now
             assert client.get_timer() == now
@@ -603,19 +604,68 @@ def test_no_path_mtu_probe_before_the_handshake_is_complete() -> None:
     assert client.refresh_stats().pmtu_probes_sent == 0
 
 
-def test_no_path_mtu_probe_while_a_migration_is_validated() -> None:
-    pair = established(quiet_config(idle_timeout=5000.0))
+def finish_the_searches(pair: Pair) -> None:
+    """Exchange datagrams (larger ones than the path's MTU vanish) and act on each timer
+    until both ends' path MTU searches have ended."""
+    client, server = pair.client, pair.server
+    for _ in range(200):
+        if not client._pmtu.searching and not server._pmtu.searching:
+            return
+        pair.now = min(t for t in (client.get_timer(), server.get_timer()) if t is not None)
+        for conn in (client, server):
+            t = conn.get_timer()
+            if t is not None and t <= pair.now:
+                conn.handle_timer(pair.now)
+        pair.settle()
+    raise AssertionError("the path MTU searches did not end")
+
+
+@pytest.mark.parametrize("migrating", [False, True])
+def test_no_path_mtu_probe_while_a_migration_is_validated(migrating: bool) -> None:
+    """The next search (on a 1,300-byte path, so it has a larger size to try) probes at its
+    time, unless a migration is being validated then."""
+    pair = established(quiet_config(idle_timeout=5000.0), mtu=1300)
+    finish_the_searches(pair)
     server = pair.server
     probes = server.refresh_stats().pmtu_probes_sent
     search_at = server.get_timer()  # nothing else pending: the next search
     assert search_at is not None and search_at > pair.now + 100.0
     pair.now = search_at - 0.001
     pair.client.send(b"from elsewhere")
-    pair.to_server(pair.pull(pair.client), addr=OTHER_ADDR)
+    pair.to_server(pair.pull(pair.client), addr=OTHER_ADDR if migrating else CLIENT_ADDR)
     pair.now = search_at
     server.handle_timer(search_at)
-    server.datagrams_to_send(search_at)
-    assert server.refresh_stats().pmtu_probes_sent == probes
+    out = server.datagrams_to_send(search_at)
+    assert server.refresh_stats().pmtu_probes_sent == probes + (not migrating)
+    assert any(len(d) == 1472 for d, _ in out) is not migrating
+
+
+def test_no_path_mtu_probe_takes_the_packet_number_the_graceful_close_starts_at() -> None:
+    """A search falls due just after a pure ACK brought the next packet number to where the
+    graceful close before the key limit starts (1,024): the close begins, and that number
+    goes to the FIN, not to a probe."""
+    pair = established(quiet_config(packets_per_key=2048, key_update=False,
+                                    idle_timeout=5000.0), mtu=1300)
+    finish_the_searches(pair)
+    client, server = pair.client, pair.server
+    search_at = client.get_timer()
+    assert search_at is not None and search_at > pair.now + 100.0
+    probes = client.refresh_stats().pmtu_probes_sent
+    send_packets_until(pair, CLOSE_AT_PN - 2)
+    server.send(b"one to acknowledge")
+    pair.to_client(pair.pull(server))
+    ack_at = client.get_timer()
+    assert ack_at is not None and ack_at < search_at
+    pair.now = ack_at
+    client.handle_timer(ack_at)
+    (ack,) = pair.pull(client)
+    assert (pn_of(ack), flags_of(ack)) == (CLOSE_AT_PN - 1, ACK)
+    assert state(client) is ConnectionState.ESTABLISHED
+    sent = drive(client, search_at)
+    assert [(t, pn_of(d), flags_of(d)) for t, d, _ in sent][:1] == [(search_at, CLOSE_AT_PN,
+                                                                      ACK | FIN)]
+    assert state(client) is ConnectionState.CLOSING
+    assert client.refresh_stats().pmtu_probes_sent == probes
 
 
 def fill_the_window(pair: Pair, sender: Connection, data: int = 200_000) -> None:

@@ -46,10 +46,12 @@ from quantum.crypto import CIPHERS
 from quantum.errors import CloseCode
 from quantum.frames import RejectFrame, cut_reason, encode_frames
 from quantum.handshake import (
+    Credentials,
     CredentialsRefused,
     HandshakeError,
     ServerHandshake,
     ServerParams,
+    SessionKeys,
     decode_hello,
 )
 from quantum.packet import (
@@ -352,8 +354,7 @@ class Listener:
                                                                         addr, now, opened)
         except CredentialsRefused as exc:
             # authentic, but what the session service would refuse: say so, sealed
-            refused = Connection.server(cid, addr, exc.keys, None, exc.params, now,
-                                        configuration=self.config)
+            refused = self._connection(cid, addr, exc.keys, None, exc.params, now)
             return self._refuse(refused, exc.code, exc.message, budget, now), None
         except HandshakeError:
             self._drop("bad_finish")
@@ -363,8 +364,7 @@ class Listener:
             params = shared
         elif len(self._params) < 64:
             self._params[params] = params
-        conn = Connection.server(cid, addr, keys, credentials, params, now,
-                                 configuration=self.config)
+        conn = self._connection(cid, addr, keys, credentials, params, now)
         if self.stopping is not None:
             return self._refuse(conn, CloseCode.SERVER_SHUTDOWN, self.stopping, budget,
                                 now), None
@@ -376,6 +376,14 @@ class Listener:
                                 f"{self.per_address.limit})", budget, now), None
         self.stats.handshakes_completed += 1
         return [], conn
+
+    def _connection(self, cid: bytes, addr: Address, keys: SessionKeys,
+                    credentials: Credentials | None, params: ServerParams,
+                    now: float) -> Connection:
+        """The server's end of a verified handshake, made with this listener's configuration
+        (also the one made only to seal a refusal)."""
+        return Connection.server(cid, addr, keys, credentials, params, now,
+                                 configuration=self.config)
 
     def _refuse(self, conn: Connection, code: CloseCode, reason: str, budget: int,
                 now: float) -> list[tuple[bytes, Address]]:

@@ -14,7 +14,8 @@ from quantum.config import QuantumConfiguration
 from quantum.connection import Connection, ConnectionState
 from quantum.errors import CloseCode
 from quantum.events import HandshakeRejected
-from quantum.handshake import ServerHandshake, ServerParams
+from quantum.frames import RejectFrame, decode_frames
+from quantum.handshake import PUBLIC_KEY_SIZE, ServerHandshake, ServerParams
 from quantum.listener import ConnectionQuota, Listener, TokenBucket, source_key
 from quantum.packet import Flags, Packet, decode_packet, encode_packet
 from quantum_server.config import ServerConfig
@@ -358,3 +359,27 @@ def test_a_connection_quota_of_one_is_the_smallest() -> None:
     assert quota.acquire("a", b"1") and not quota.acquire("a", b"2")
     with pytest.raises(ValueError, match=r"^a connection quota must be at least 1, got 0$"):
         ConnectionQuota(0)
+
+
+# ------------------------------------------------------------------ the cipher refusal
+
+
+def test_a_hello_offering_no_enabled_cipher_is_told_which_ciphers_this_server_has() -> None:
+    """A well-formed hello whose offer holds only ids this server does not enable gets a
+    plaintext REJECT, to its sender, naming every cipher the server has, in its order."""
+    listener = make_listener()
+    door = Door(listener)
+
+    def unknown_ciphers(payload: bytearray) -> None:
+        count = payload[PUBLIC_KEY_SIZE]
+        assert count == 2  # the client's default offer: both ciphers
+        payload[PUBLIC_KEY_SIZE + 1:PUBLIC_KEY_SIZE + 1 + count] = bytes((0x7E, 0x7F))
+
+    (reply,) = door.send(syn(unknown_ciphers), VICTIM)  # Door checks it goes to VICTIM
+    assert kind(reply) == "reject:CIPHER_NOT_SUPPORTED"
+    (frame,) = decode_frames(decode_packet(reply).payload)
+    assert isinstance(frame, RejectFrame)
+    assert frame.reason == ("no offered cipher is enabled here; this server has "
+                            "aes-256-gcm, chacha20-poly1305")
+    assert listener.stats.rejected == {"cipher_not_supported": 1}
+    assert listener.stats.handshakes_started == 0

@@ -64,7 +64,8 @@ class ModuleSet:
 SETS: dict[str, ModuleSet] = {
     "listener": ModuleSet(
         ("quantum/listener.py",),
-        ("tests/test_listener.py", "tests/test_listener_proof.py", "tests/test_listener_edges.py"),
+        ("tests/test_listener.py", "tests/test_listener_proof.py", "tests/test_listener_edges.py",
+         "tests/test_limits.py"),
         # 2,000 handshakes (11 s interpreted); charging a handshake twice also fails
         # test_retry_mode_charges_each_handshake_exactly_once
         deselect=("tests/test_listener.py::"

@@ -13,6 +13,7 @@ from quantum.crypto import (
     TAG_SIZE,
     PacketProtection,
     ProtectionError,
+    algorithm_of,
     hkdf_expand,
     next_secret,
 )
@@ -182,3 +183,22 @@ def test_a_generation_remembers_its_first_packet_number() -> None:
     assert sender.first_pn == 5 and receiver.first_pn == 5
     receiver.open(3, HEADER, sender.seal(3, HEADER, b"."))  # a reordered earlier one
     assert receiver.first_pn == 3
+
+
+def test_release_drops_the_derived_next_generations_cipher_too() -> None:
+    """After the key update derived the next generation, `release` drops both ciphers (a
+    hibernating connection keeps neither), and the next one still seals and opens."""
+    current = PacketProtection(SECRET)
+    following = current.next()
+    sealed = following.seal(9, HEADER, b"after the update")
+    assert current.seal(8, HEADER, b"before") and current.loaded and following.loaded
+    current.release()
+    assert not current.loaded and not following.loaded
+    assert following.seal(9, HEADER, b"after the update") == sealed
+    assert PacketProtection(next_secret(SECRET)).open(9, HEADER, sealed) == b"after the update"
+
+
+def test_an_unknown_cipher_id_is_refused_naming_it() -> None:
+    with pytest.raises(ProtectionError) as info:
+        algorithm_of(0x7F)
+    assert str(info.value) == "unknown cipher id 0x7f"

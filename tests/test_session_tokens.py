@@ -39,3 +39,14 @@ def test_preview_is_too_short_to_be_a_credential() -> None:
     shown = tokens.preview(token)
     assert shown == token[:8] + "..."
     assert token not in shown
+
+
+@pytest.mark.parametrize("char", ["é", "\U0001f600"])
+def test_a_token_past_the_byte_bound_is_refused_even_if_its_hash_matches(char: str) -> None:
+    """The bound is on UTF-8 bytes: few enough characters, too many bytes, is refused before
+    hashing, whatever the stored hash says."""
+    token = char * (tokens.MAX_TOKEN_BYTES // len(char.encode()) + 1)
+    assert len(token) <= tokens.MAX_TOKEN_BYTES < len(token.encode())
+    assert not tokens.verify(token, hashlib.sha256(token.encode()).digest())
+    at_the_bound = char * (tokens.MAX_TOKEN_BYTES // len(char.encode()))
+    assert tokens.verify(at_the_bound, hashlib.sha256(at_the_bound.encode()).digest())

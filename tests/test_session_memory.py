@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from session.errors import SessionExists
 from session.memory import MemoryStore
 from session.model import Session, SessionFilter, State, Stats, new_session_id
 
@@ -294,3 +295,58 @@ def test_a_heartbeat_moves_a_waking_session_from_its_state_index_to_active(state
     assert _ids(run_now(store.list(SessionFilter(state=State.ACTIVE)))[0]) == [s.session_id]
     assert _ids(run_now(store.list(SessionFilter(user_id="u", state=state)))[0]) == \
         [other.session_id]
+
+
+# ------------------------------------------------------------------ restore (a restart)
+
+
+def restored(n: int, expires: float, connection_id: str | None = None,
+             metadata: dict[str, str] | None = None) -> Session:
+    s = make(expires, user_id=f"u{n}")
+    if connection_id is not None:
+        s.connection_id = connection_id
+    s.metadata = metadata or {}
+    return s
+
+
+def test_restore_fills_an_empty_store_as_create_would() -> None:
+    """Each session is stored as given and indexed (by connection, user and state), its
+    metadata kept (none reads back as an empty dict), and filed for expiry at its time."""
+    store = MemoryStore()
+    roomy = restored(1, 30, metadata={"room": "7"})
+    bare = restored(2, 60)
+    unbound = [restored(3, 90, connection_id=""), restored(4, 90, connection_id="")]
+    store.restore([roomy, bare, *unbound])  # sessions without a connection may be several
+    assert run_now(store.get(roomy.session_id)).metadata == {"room": "7"}
+    assert run_now(store.get(bare.session_id)).metadata == {}
+    assert run_now(store.get_by_connection_id(bare.connection_id)).session_id == bare.session_id
+    assert [s.session_id for s in run_now(store.get_by_user_id("u1"))] == [roomy.session_id]
+    assert run_now(store.count_by_state())[State.ACTIVE] == 4
+    assert run_now(store.expire(at(29))) == []
+    assert [s.session_id for s in run_now(store.expire(at(30)))] == [roomy.session_id]
+    assert [s.session_id for s in run_now(store.expire(at(90)))] == [
+        bare.session_id, *(s.session_id for s in unbound)]
+    assert run_now(store.count()) == 0
+
+
+@pytest.mark.parametrize("clash", ["id", "connection"])
+def test_restore_refuses_sessions_that_share_an_id_or_a_connection(clash: str) -> None:
+    store = MemoryStore()
+    first, second = restored(1, 60), restored(2, 60)
+    if clash == "id":
+        second.session_id = first.session_id  # its own connection id: only the id clashes
+    else:
+        second.connection_id = first.connection_id
+    with pytest.raises(SessionExists) as info:
+        store.restore([first, second])
+    assert str(info.value) == "two sessions share an id or a connection id"
+    assert run_now(store.count()) == 0  # nothing taken
+
+
+def test_restore_refuses_a_store_that_holds_sessions_naming_how_many() -> None:
+    store = MemoryStore()
+    store.restore([restored(1, 60), restored(2, 60)])
+    with pytest.raises(SessionExists) as info:
+        store.restore([restored(3, 60)])
+    assert str(info.value) == "the store already holds 2 sessions"
+    assert run_now(store.count()) == 2

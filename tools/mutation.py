@@ -131,7 +131,7 @@ SETS: dict[str, ModuleSet] = {
         why="the in-memory store and its indexes"),
     "bridge": ModuleSet(
         ("server.py",),
-        ("tests/test_bridge.py", "tests/test_server_app_api.py"),
+        ("tests/test_bridge.py", "tests/test_bridge_edges.py", "tests/test_server_app_api.py"),
         names=("server.xǁSessionBridgeǁ*",),
         why="the event -> session table"),
 }

@@ -29,7 +29,7 @@ from session.errors import (
 from session.manager import EVICTED_REASON, ManagerConfig, SessionManager
 from session.memory import MemoryStore
 from session.model import Session, SessionFilter, State, Stats, new_session_id
-from session.store import Store
+from session.store import Store, Wake
 from tests.conftest import FakeClock
 
 TIMEOUT = 300.0
@@ -413,7 +413,8 @@ async def test_heartbeat_tries_the_path_without_io_once(clock: FakeClock) -> Non
         asked = 0
         touched = 0
 
-        def touch_nowait(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
+        def touch_nowait(self, session_id: str, now: datetime,
+                         expires_at: datetime) -> bool | Wake:
             self.asked += 1
             return False
 
@@ -444,7 +445,8 @@ async def test_heartbeat_nowait_runs_a_store_subclass_override_of_touch_nowait(
     class CountingStore(MemoryStore):
         touched = 0
 
-        def touch_nowait(self, session_id: str, now: datetime, expires_at: datetime) -> bool:
+        def touch_nowait(self, session_id: str, now: datetime,
+                         expires_at: datetime) -> bool | Wake:
             self.touched += 1
             return super().touch_nowait(session_id, now, expires_at)
 
@@ -1028,3 +1030,53 @@ async def test_an_update_that_meets_another_nodes_write_is_applied_again(clock: 
     with pytest.raises(SessionConflict):
         await manager.update_session(session.session_id, state=State.ACTIVE)
     assert store.conflicts == 10 - 5
+
+
+async def test_a_plain_resume_keeps_the_token(manager: SessionManager, store: MemoryStore) -> None:
+    """`resume_session` (no rotation): the same token goes on working, nothing is replaced."""
+    session, token = await manager.create_session("alice", "10.0.0.2", 40000, CID)
+    before = await store.get(session.session_id)
+    await manager.resume_session(session.session_id, token, CID2, "10.0.0.3", 1)
+    stored = await store.get(session.session_id)
+    assert (stored.token_hash, stored.previous_token_hash) == (before.token_hash, b"")
+    assert await manager.verify_token(session.session_id, token)
+
+
+async def test_a_rotating_resume_moves_the_session_to_the_server_and_checks_the_user(
+        manager: SessionManager, store: MemoryStore) -> None:
+    session, token = await manager.create_session("alice", "10.0.0.2", 40000, CID)
+    sid = session.session_id
+    with pytest.raises(InvalidToken, match="belongs to another user"):
+        await manager.resume_session_rotating(sid, token, CID2, "10.0.0.3", 1, user_id="bob")
+    resumed, _ = await manager.resume_session_rotating(sid, token, CID2, "10.0.0.3", 1,
+                                                       "node-b:7000", user_id="alice")
+    assert resumed.server_addr == (await store.get(sid)).server_addr == "node-b:7000"
+
+
+async def test_confirming_a_session_that_replaced_no_token_changes_nothing(
+        manager: SessionManager, store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to confirm (no resume rotated the token): False, even for the session's own
+    current token hash, and the store is not written."""
+    session, token = await manager.create_session("alice", "10.0.0.2", 40000, CID)
+    writes: list[Session] = []
+    update = store.update
+
+    async def counted(s: Session) -> None:
+        writes.append(s)
+        await update(s)
+
+    monkeypatch.setattr(store, "update", counted)
+    assert not await manager.confirm_token(session.session_id,
+                                           hashlib.sha256(token.encode()).digest())
+    assert writes == []
+
+
+async def test_the_managers_own_logger_names_itself_session(clock: FakeClock) -> None:
+    """Without a logger in its configuration the manager logs through
+    `session.logs.get_logger("session")`: every event says ``logger="session"``."""
+    with structlog.testing.capture_logs() as captured:
+        manager = SessionManager(ManagerConfig(store=MemoryStore(), default_timeout=TIMEOUT,
+                                               clock=clock))
+        await create(manager)
+    created = [e for e in captured if e["event"] == "session created"]
+    assert created and all(e["logger"] == "session" for e in created)

@@ -80,7 +80,8 @@ def _unrestorable() -> Carryover:
 # ------------------------------------------------------------ the bridge's own carry-over store
 
 
-def test_the_default_carry_over_store_holds_one_mib_per_session_and_256_mib_in_all() -> None:
+async def test_the_default_carry_over_store_holds_one_mib_per_session_and_256_mib_in_all(
+        ) -> None:
     rig = Rig()  # its bridge is made without `carryovers`: the bridge's own store
     retained = rig.bridge.carryovers.retained
     expires_at = time.time() + 60

@@ -839,6 +839,23 @@ def lose_one(pair: Pair) -> None:
     pair.server_events.clear()
 
 
+def test_acknowledged_packets_bring_the_measured_loss_back_down() -> None:
+    """FEC's loss meter hears every fate: a loss raises it, and each packet acknowledged
+    after it lowers it again (an acknowledgement is a zero in the loss average)."""
+    pair = established_fec()
+    lose_one(pair)
+    fec = pair.client._fec
+    assert fec is not None
+    after_the_loss = fec.meter.loss
+    assert after_the_loss > 0.0
+    for i in range(20):
+        pair.client.send(b"update %d" % i)
+        pair.now += 0.05
+        pair.settle()
+    assert pair.client.stats.packets_lost == 1
+    assert 0.0 < fec.meter.loss < after_the_loss
+
+
 def test_after_a_loss_data_is_sent_in_groups_whose_parity_recovers_a_lost_packet() -> None:
     pair = established_fec()
     client, server = pair.client, pair.server

@@ -2,7 +2,7 @@
 
     python tools/mutation.py --fresh           # every module set from scratch, then the report
     python tools/mutation.py listener tokens   # some of them (carrying on from the last run)
-    python tools/mutation.py --survivors       # re-run only what survived last time (new tests)
+    python tools/mutation.py --survivors       # re-run last time's unexplained survivors
     python tools/mutation.py --report          # the report of the last runs, nothing re-run
     python tools/mutation.py --list            # the sets, their modules and their tests
 
@@ -233,10 +233,11 @@ def run_set(name: str, workdir: Path, max_children: int, fresh: bool, survivors:
         if not (target / "mutants").exists():
             print("   (never run: nothing to re-run)")
             return
+        # a registered equivalent survives by definition: only the unexplained are re-run
         names = [s["mutant"] for score in collect(name, target).values()
-                 for s in score.survivors]
+                 for s in score.survivors if not s["why"]]
         if not names:
-            print("   (no survivors)")
+            print("   (no unexplained survivors)")
             return
     scratch_copy(target, fresh)
     with (target / "pyproject.toml").open("a") as pyproject:
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="forget the last runs' results: mutate and test everything")
     parser.add_argument("--survivors", action="store_true",
-                        help="re-run only the mutants that survived the last run")
+                        help="re-run only the last run's survivors not registered as "
+                             "equivalent")
     parser.add_argument("--report", action="store_true", help="report the last runs only")
     parser.add_argument("--verbose", action="store_true",
                         help="print the equivalent survivors too")

@@ -734,3 +734,35 @@ def test_a_path_response_with_no_migration_under_way_changes_nothing() -> None:
         [PathResponseFrame(bytes(8))])), CLIENT_ADDR, p.now + 0.01)
     assert p.server.state is ConnectionState.ESTABLISHED
     assert events_of(p.server) == [] and p.server.peer_addr == CLIENT_ADDR
+
+
+# ------------------------------------------------------------------ what the server's params bound
+
+
+@pytest.mark.parametrize(("server_keepalive", "server_idle", "keepalive", "idle"), [
+    (10.0, 120.0, 10.0, 60.0),  # only the keepalive interval is the server's
+    (20.0, 40.0, 20.0, 40.0),   # only the idle timeout is
+    (20.0, 60.0, 20.0, 60.0),   # neither: the client's own configuration, unchanged
+])
+def test_the_servers_keepalive_and_idle_timeout_bound_the_clients(
+        server_keepalive: float, server_idle: float, keepalive: float, idle: float) -> None:
+    """PROTOCOL.md 5.2.6: the client keeps alive at least as often as the server expects and
+    gives up no later than the server would, each bound applying on its own."""
+    own = QuantumConfiguration(fec=None, keepalive_interval=20.0, idle_timeout=60.0)
+    server = SimulatedServer.create(QuantumConfiguration(fec=None, idle_timeout=server_idle),
+                                    keepalive_interval=server_keepalive)
+    p = Pair(own, server=server)
+    assert (p.client.config.keepalive_interval, p.client.config.idle_timeout) == (keepalive,
+                                                                                  idle)
+    assert p.client.config.fec_target_loss == own.fec_target_loss  # the rest is its own
+    if (keepalive, idle) == (20.0, 60.0):
+        assert p.client.config is own
+
+
+def test_negotiated_fec_measures_against_the_clients_configured_target_loss() -> None:
+    target = 0.0123
+    config = QuantumConfiguration(keepalive_interval=None, fec=(4, 2), fec_target_loss=target)
+    p = Pair(config, credentials=Credentials(user_id="alice", fec=(4, 2)))
+    fec = p.client._fec
+    assert fec is not None and (fec.k, fec.m) == (4, 2)
+    assert fec.target == target

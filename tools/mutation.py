@@ -264,14 +264,22 @@ def load_equivalents() -> list[dict[str, str]]:
 def is_equivalent(function: str, diff: str, equivalents: list[dict[str, str]]) -> str | None:
     """The reason a survivor is equivalent, if an entry names its function and its mutated
     line (`line`: the `+` line of the diff, stripped), or, for a mutant that only deletes
-    (an argument dropped from its own line), the line it deletes (`removed`, stripped)."""
+    (an argument dropped from its own line), the line it deletes (`removed`, stripped); and,
+    where the same line occurs more than once in the function, the unchanged line just
+    before it (`after`, stripped) tells the occurrences apart."""
     lines = diff.splitlines()
     added = [line[1:].strip() for line in lines
              if line.startswith("+") and not line.startswith("+++")]
     removed = [line[1:].strip() for line in lines
                if line.startswith("-") and not line.startswith("---")]
+    changed = next((i for i, line in enumerate(lines)
+                    if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))),
+                   None)
+    before = lines[changed - 1][1:].strip() if changed else None
     for entry in equivalents:
         if not fnmatch(function, entry["function"]):
+            continue
+        if "after" in entry and entry["after"] != before:
             continue
         if "line" in entry and entry["line"] in added:
             return entry["why"]

@@ -68,7 +68,9 @@ def test_the_reject_answering_the_last_syn_ends_the_handshake_with_its_code() ->
     assert [(e.code, e.reason) for e in happened if isinstance(e, HandshakeRejected)] == [
         (CloseCode.SERVER_FULL, "server full")]
     closed = [e for e in happened if isinstance(e, ConnectionClosed)]
-    assert [(c.code, c.by_peer) for c in closed] == [(CloseCode.SERVER_FULL, True)]
+    assert [(c.code, c.reason, c.by_peer) for c in closed] == [
+        (CloseCode.SERVER_FULL, "server full", True)]
+    assert (client.close_code, client.close_reason) == (CloseCode.SERVER_FULL, "server full")
 
 
 def test_a_reject_then_silence_times_out_remembering_the_reject() -> None:

@@ -63,7 +63,8 @@ from quantum.frames import (
     decode_frames,
     encode_frames,
 )
-from quantum.handshake import Credentials
+from quantum.handshake import Credentials, ServerHandshake, ServerParams
+from quantum.listener import Listener
 from quantum.migration import MAX_CHALLENGES
 from quantum.packet import (
     ACK,
@@ -76,6 +77,7 @@ from quantum.packet import (
     PSH,
     RST,
     SYN,
+    URG,
     Packet,
     PacketError,
     build_header,
@@ -774,3 +776,45 @@ def test_a_packet_rebuilt_when_the_rest_of_its_group_arrives_after_the_parity() 
 def test_one_path_is_one_host_port_and_ipv6_zone(a: tuple[object, ...], b: tuple[object, ...],
                                                   same: bool) -> None:
     assert _same_address(a, b) is same
+
+
+# ---------------------------------------------------------- the handshake's plaintext replies
+
+
+@pytest.mark.parametrize("flags", [URG, SYN, ACK, SYN | FIN])
+def test_a_plaintext_reply_that_is_neither_retry_nor_hello_nor_reject_is_unexpected(
+        flags: int) -> None:
+    """While the SYN waits for its answer, only SYN|URG (a retry), SYN|ACK (the server's
+    hello) and RST (a reject) are answers: URG or SYN alone, or anything else, is dropped as
+    unexpected, the handshake untouched."""
+    client = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=config())
+    client.datagrams_to_send(0.0)
+    reply = encode_packet(Packet(flags, client.connection_id, 0, 0, (), bytes(64)))
+    client.receive_datagram(reply, SERVER_ADDR, 0.01)
+    assert client.stats.drops == {"unexpected_handshake": 1}
+    assert client.state is ConnectionState.SYN_SENT
+    assert client.datagrams_to_send(0.01) == []
+
+
+def test_a_retry_sends_the_next_syn_at_once_and_restarts_its_resend_clock() -> None:
+    """The server's retry cookie (a source over its rate, PROTOCOL.md 10.3) is answered at
+    once by a new SYN carrying it, counted as sent, and resent one handshake interval after
+    that, not after the first SYN."""
+    cfg = config()
+    listener = Listener(ServerHandshake(bytes(range(1, 33)), ServerParams(None, 10.0, 60.0)),
+                        cfg, per_source_rate=1e-6, per_source_burst=1)
+    source = ("198.51.100.7", 5000)
+    first = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=cfg)
+    listener.receive_datagram(first.datagrams_to_send(0.0)[0][0], source, 0.0, 0)  # the burst
+    client = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=cfg)
+    (syn, _), = client.datagrams_to_send(0.0)
+    (retry, _), = listener.receive_datagram(syn, source, 0.2, 0)[0]
+    assert decode_header(retry)[1] == SYN | URG
+    sent = client.stats.bytes_sent
+    client.receive_datagram(retry, SERVER_ADDR, 0.4)
+    (again, _), = client.datagrams_to_send(0.4)
+    assert client.stats.bytes_sent == sent + len(again)
+    assert client.get_timer() == 0.4 + cfg.handshake_timeout / cfg.handshake_tries
+    (hello, _), = listener.receive_datagram(again, source, 0.5, 0)[0]  # proven: served
+    client.receive_datagram(hello, SERVER_ADDR, 0.6)
+    assert client.state is ConnectionState.AWAIT_ACCEPT

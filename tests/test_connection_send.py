@@ -180,6 +180,21 @@ def test_every_handshake_datagram_is_counted_with_its_size() -> None:
         2, len(syn[0]) + len(again[0]))
 
 
+def test_the_finishing_ack_is_counted_with_its_size() -> None:
+    """The ACK that answers the server's hello (the credentials) is one packet and its
+    bytes in the stats, as the SYN was."""
+    config = quiet_config()
+    listener = SimulatedServer.create(config).endpoint
+    client = Connection.client(SERVER_ADDR, ALICE, 100.0, configuration=config)
+    (syn, _), = client.datagrams_to_send(100.0)
+    (hello, _), = listener.handshake(syn, CLIENT_ADDR, 100.01)[0]
+    client.receive_datagram(hello, SERVER_ADDR, 100.02)
+    assert state(client) is ConnectionState.AWAIT_ACCEPT
+    (finish, _), = client.datagrams_to_send(100.02)
+    assert flags_of(finish) == ACK
+    assert (client.stats.packets_sent, client.stats.bytes_sent) == (2, len(syn) + len(finish))
+
+
 def test_the_handshake_times_out_at_its_deadline_as_the_clients_own_close() -> None:
     config = quiet_config(handshake_timeout=5.0, handshake_tries=5)
     client = Connection.client(SERVER_ADDR, ALICE, 100.0, configuration=config)

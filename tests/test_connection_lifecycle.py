@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from quantum.carryover import Carryover, CarryoverError, InboundStream
 from quantum.config import QuantumConfiguration
@@ -60,7 +61,7 @@ from quantum.frames import (
 )
 from quantum.handshake import Credentials
 from quantum.limits import MAX_MESSAGE_SIZE
-from quantum.packet import ACK, HEADER_SIZE, RST, decode_header, split_body
+from quantum.packet import ACK, HEADER_SIZE, RST, decode_header, decode_packet, split_body
 from quantum.simulation import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -766,3 +767,59 @@ def test_negotiated_fec_measures_against_the_clients_configured_target_loss() ->
     fec = p.client._fec
     assert fec is not None and (fec.k, fec.m) == (4, 2)
     assert fec.target == target
+
+
+# ------------------------------------------------------------------ a client as it is made
+
+
+def test_a_new_connection_has_no_params_and_reads_a_normal_empty_close() -> None:
+    client = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG)
+    assert client.params is None  # until the server's hello
+    assert (client.close_code, client.close_reason) == (CloseCode.NORMAL, "")
+    assert type(client.close_code) is int
+
+
+@pytest.mark.parametrize("size", [0, 15, 17])
+def test_a_connection_id_must_be_16_bytes(size: int) -> None:
+    with pytest.raises(ValueError) as info:
+        Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG,
+                          connection_id=bytes(size))
+    assert str(info.value) == "connection_id must be 16 bytes"
+
+
+def test_a_client_uses_the_connection_id_and_ephemeral_key_it_is_given() -> None:
+    cid, private = bytes(range(16)), bytes(range(32, 64))
+    client = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG,
+                               connection_id=cid, ephemeral_private=private)
+    assert client.connection_id == cid
+    (syn, _), = client.datagrams_to_send(0.0)
+    public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    assert decode_packet(syn).payload[:32] == public  # the hello opens with its public key
+
+
+def test_a_client_asks_for_a_carry_over_only_when_told() -> None:
+    plain = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG)
+    asking = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG, carry=True)
+    assert plain.credentials is not None and asking.credentials is not None
+    assert (plain.credentials.carry, asking.credentials.carry) == (False, True)
+
+
+def test_a_carry_over_without_a_resume_continues_nothing() -> None:
+    """Streams continue only into a resume: given a carry-over but no session to resume, the
+    client asks to be carried (its own losses from now on) but sends no delivery marks."""
+    client = Connection.client(SERVER_ADDR, ALICE, 0.0, configuration=CONFIG, carryover=EMPTY)
+    credentials = client.credentials
+    assert credentials is not None
+    assert (credentials.carry, credentials.delivered) == (True, None)
+
+
+@pytest.mark.parametrize(("configured", "asked"), [((10, 3), (10, 3)), (None, None)])
+def test_a_client_asks_for_fec_in_its_configurations_shape(
+        configured: tuple[int, int] | None, asked: tuple[int, int] | None) -> None:
+    """FEC is asked for only if both the credentials and the configuration want it, with the
+    configuration's (k, m), whatever shape the credentials named."""
+    config = QuantumConfiguration(keepalive_interval=None, fec=configured)
+    client = Connection.client(SERVER_ADDR, Credentials(user_id="alice", fec=(4, 2)), 0.0,
+                               configuration=config)
+    assert client.credentials is not None
+    assert client.credentials.fec == asked

@@ -59,7 +59,7 @@ from quantum.frames import (
     decode_frames,
     encode_frames,
 )
-from quantum.handshake import Credentials
+from quantum.handshake import ClientHandshake, Credentials, ServerHandshake, ServerParams
 from quantum.limits import MAX_MESSAGE_SIZE
 from quantum.packet import ACK, HEADER_SIZE, RST, decode_header, decode_packet, split_body
 from quantum.simulation import (
@@ -823,3 +823,32 @@ def test_a_client_asks_for_fec_in_its_configurations_shape(
                                configuration=config)
     assert client.credentials is not None
     assert client.credentials.fec == asked
+
+
+def made_by_the_listener(credentials: Credentials | None) -> Connection:
+    """A server connection as the listener makes it, before anything else is called on it:
+    from a real handshake's keys (`credentials` None: refused ones, made only to reject)."""
+    server = ServerHandshake(bytes(range(1, 33)), ServerParams(None, 10.0, 60.0))
+    cid = bytes(range(16))
+    client = ClientHandshake(cid, ALICE, server_key=server.static_public)
+    client.on_server_hello(server.on_client_hello(cid, client.client_hello(), CLIENT_ADDR, 5.0))
+    keys, _, params = server.on_client_finish(cid, client.client_finish(), CLIENT_ADDR, 5.0)
+    return Connection.server(cid, CLIENT_ADDR, keys, credentials, params, 5.0,
+                             configuration=CONFIG)
+
+
+def test_a_server_connection_accepted_at_once_names_its_next_timer() -> None:
+    """The owner may accept the moment the listener hands the connection over, before any
+    datagram or timer reached it: its timer is then now (the SESSION frame, and the path MTU
+    search, go out at once)."""
+    conn = made_by_the_listener(ALICE)
+    conn.accept(SESSION_ID, "token-1", 1800.0)
+    assert conn.get_timer() == 5.0
+    assert conn.datagrams_to_send(5.0)
+
+
+def test_a_connection_refused_before_its_credentials_were_read_carries_and_continues_nothing(
+        ) -> None:
+    conn = made_by_the_listener(None)
+    assert (conn.carries, conn.continues) == (False, False)
+    assert conn.carryover() is None

@@ -818,3 +818,32 @@ def test_a_retry_sends_the_next_syn_at_once_and_restarts_its_resend_clock() -> N
     (hello, _), = listener.receive_datagram(again, source, 0.5, 0)[0]  # proven: served
     client.receive_datagram(hello, SERVER_ADDR, 0.6)
     assert client.state is ConnectionState.AWAIT_ACCEPT
+
+
+# ------------------------------------------------------------------ the configured receive side
+
+
+def test_the_receive_window_is_the_configured_one() -> None:
+    """The receive window is the configured one (64 here, not the default 256): a packet 63
+    past the cumulative point leaves it where it is; one 64 past slides the window (every
+    packet below it is taken as settled at the sender, 6.4), moving the acknowledgement."""
+    sim, client, server, _ = connect(config(window=64))
+    now = sim.now
+    cumulative, _ = server._acks.ack_fields()  # the next packet number the server expects
+    _, inside = sealed_by(client, [PingFrame()], pn=cumulative + 63)
+    server.receive_datagram(inside, CLIENT_ADDR, now)
+    assert server._acks.ack_fields()[0] == cumulative
+    _, outside = sealed_by(client, [PingFrame()], pn=cumulative + 64)
+    server.receive_datagram(outside, CLIENT_ADDR, now)
+    assert server._acks.window_slides == 1
+    assert server._acks.ack_fields()[0] == cumulative + 1
+
+
+def test_an_owed_ack_waits_the_configured_max_ack_delay() -> None:
+    sim, client, server, _ = connect(config(max_ack_delay=0.1))
+    now = sim.now
+    assert server.get_timer() != now + 0.1
+    _, datagram = sealed_by(client, [PingFrame()])
+    server.receive_datagram(datagram, CLIENT_ADDR, now)
+    assert server.get_timer() == now + 0.1
+    assert server.datagrams_to_send(now) == []  # one ack-eliciting packet: the ACK waits

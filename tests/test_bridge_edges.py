@@ -95,17 +95,22 @@ async def test_the_default_carry_over_store_holds_one_mib_per_session_and_256_mi
     assert len(retained) == 256
 
 
+async def _lost_carrying_connection(rig: Rig) -> str:
+    """alice's connection, asking for carry-over, lost (idle timeout): its session's id."""
+    client = _carrying_client(rig, Credentials(user_id="alice"), CLIENT_ADDR)
+    await rig.settle()
+    peer = rig.peers[client.connection_id]
+    rig.bridge.handle(peer, ConnectionClosed(CloseCode.IDLE_TIMEOUT, "idle timeout", False))
+    return str(peer.session_id)
+
+
 # ------------------------------------------------------------ carry-over at the resume
 
 
 async def test_a_carry_over_the_resume_cannot_restore_is_dropped_and_the_resume_accepted(
         ) -> None:
     rig = Rig()
-    old = _carrying_client(rig, Credentials(user_id="alice"), CLIENT_ADDR)
-    await rig.settle()
-    old_peer = rig.peers[old.connection_id]
-    sid = str(old_peer.session_id)
-    rig.bridge.handle(old_peer, ConnectionClosed(CloseCode.IDLE_TIMEOUT, "idle timeout", False))
+    sid = await _lost_carrying_connection(rig)
     # what the lost connection left, as a restarted server could have read it back
     assert rig.bridge.carryovers.keep_carryover(sid, _unrestorable(), time.time() + 600)
     resume = Credentials(user_id="alice", resume=(uuid.UUID(sid).bytes, "the-token"))
@@ -188,11 +193,7 @@ async def test_a_lost_connections_carry_over_is_kept_until_its_session_would_exp
 
 async def test_a_session_ended_in_the_manager_drops_its_kept_carry_over() -> None:
     rig = Rig()
-    client = _carrying_client(rig, Credentials(user_id="alice"), CLIENT_ADDR)
-    await rig.settle()
-    peer = rig.peers[client.connection_id]
-    sid = str(peer.session_id)
-    rig.bridge.handle(peer, ConnectionClosed(CloseCode.IDLE_TIMEOUT, "idle timeout", False))
+    sid = await _lost_carrying_connection(rig)
     assert sid in rig.bridge.carryovers.retained
     rig.bridge.on_session_ended(rig.manager.sessions[sid], "expired")
     assert sid not in rig.bridge.carryovers.retained

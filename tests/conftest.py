@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +45,18 @@ def pytest_configure(config: pytest.Config) -> None:
 MUTATION_ORDER_ENV = "QUANTUM_MUTATION_ORDER"
 
 
+#: in a mutation run, a test may spend this many times its unmutated duration in CPU, plus
+#: MUTATION_TEST_SLACK seconds, before it fails as looping (see pytest_runtest_call)
+MUTATION_TEST_FACTOR = 10.0
+MUTATION_TEST_SLACK = 2.0
+_mutation_durations: dict[str, float] = {}
+
+
+class MutantLooped(BaseException):
+    """A test of a mutant ran far past its unmutated time. A BaseException, so that no
+    `except Exception` in the code under test swallows it and loops on."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In a mutation run only: the tests a mutant must pass, fastest first. mutmut stops at
     the first failure (-x) but hands the tests over in no order, so a mutant that any quick
@@ -53,7 +66,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     with open(stats, encoding="utf-8") as f:
         durations: dict[str, float] = json.load(f).get("duration_by_test", {})
+    _mutation_durations.update(durations)
     items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """In a mutation run only: a test that spends MUTATION_TEST_FACTOR times its recorded
+    duration (+ MUTATION_TEST_SLACK s) of CPU fails, so a looping mutant is caught in
+    seconds by the test it loops in, instead of holding a worker until mutmut's CPU limit
+    for the whole run (minutes, for a function every test reaches). CPU time, not wall
+    time: a loaded machine does not make a test look slower."""
+    duration = _mutation_durations.get(item.nodeid)
+    if duration is None:
+        yield
+        return
+    limit = duration * MUTATION_TEST_FACTOR + MUTATION_TEST_SLACK
+
+    def expired(signum: int, frame: object) -> None:
+        raise MutantLooped(f"{item.nodeid} spent over {limit:.1f} s of CPU "
+                           f"(unmutated: {duration:.2f} s)")
+
+    previous = signal.signal(signal.SIGPROF, expired)
+    signal.setitimer(signal.ITIMER_PROF, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

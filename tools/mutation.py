@@ -14,11 +14,14 @@ beside a source would also be imported instead of it). So the runs are on the pu
 build, which the suite proves identical to the compiled one.
 
 The report (printed, and written as JSON beside each run) gives per module: killed (by a
-failing test, or by a timeout: a mutant that makes the code loop is caught), survived,
-equivalent (a survivor matched by an entry of `tools/mutation-equivalents.toml`, which says why
-no test can tell it from the original) and the score, killed / (killed + survived -
-equivalent). Every survivor that is not explained is printed with its diff: kill it with a
-test or explain it there. docs/TESTING.md holds the latest figures.
+failing test: a test that runs ten times its unmutated CPU time fails as looping, see
+tests/conftest.py), timeout (mutmut's own CPU limit for a whole mutant), survived, equivalent
+(a survivor matched by an entry of `tools/mutation-equivalents.toml`, which says why no test
+can tell it from the original), untested (a stopped run) and left out (registered equivalents
+a run did not test: they survive by definition), and the score, (killed + timeout) /
+(killed + timeout + survived - equivalent). Every survivor that is not explained is printed
+with its diff: kill it with a test or explain it there. docs/TESTING.md holds the latest
+figures.
 
 Tests run with the deterministic "ci" hypothesis profile, so a survivor is reproducible.
 """
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -153,6 +158,8 @@ class ModuleScore:
     no_tests: int = 0
     #: not yet run (a run stopped part-way): outside the score, and printed beside it
     untested: int = 0
+    #: registered equivalents not run (they survive by definition): outside the score
+    skipped: int = 0
     other: int = 0
     survivors: list[dict[str, str]] = field(default_factory=list)
 
@@ -246,12 +253,55 @@ def run_set(name: str, workdir: Path, max_children: int, fresh: bool, survivors:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
                QUANTUM_MUTATION_ORDER=str(target / "mutants" / "mutmut-stats.json"))
     env.pop("CI", None)  # the profile is chosen explicitly above
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-               *names]
-    subprocess.run(command, cwd=target, env=env, check=False)
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    if not survivors:
+        # first only mutmut's own set-up: the mutants (a changed function's verdicts reset),
+        # the map of which tests reach which function; it stops there, no mutant matching
+        # the name. Then every mutant without a verdict is run, but the registered
+        # equivalents: they survive by definition, each at the cost of all its tests
+        subprocess.run([*command, NO_MUTANT], cwd=target, env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        names, skipped = pending(name, target)
+        print(f"   {len(names)} mutants to run, {skipped} registered equivalents left out",
+              flush=True)
+    if names or survivors:
+        subprocess.run([*command, *names], cwd=target, env=env, check=False)
     score = collect(name, target)
     (target / "mutation-report.json").write_text(json.dumps(
         {path: vars(s) for path, s in score.items()}, indent=2))
+
+
+#: a mutant name no mutant has: `mutmut run NO_MUTANT` prepares a run and stops
+NO_MUTANT = "no-such-mutant-prepare-only"
+
+
+def pending(name: str, target: Path) -> tuple[list[str], int]:
+    """The mutants of a set with no verdict yet, less the registered equivalents among
+    them (and how many those were)."""
+    module_set = SETS[name]
+    equivalents = load_equivalents()
+    names: list[str] = []
+    skipped = 0
+    with _in_tree(target):
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+        for path in module_set.files:
+            meta = target / "mutants" / f"{path}.meta"
+            if not meta.exists():
+                continue
+            codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+            for mutant, code in sorted(codes.items()):
+                if code is not None:
+                    continue
+                if module_set.names and not any(fnmatch(mutant, n) for n in module_set.names):
+                    continue
+                function = mutant.rpartition("__mutmut_")[0]
+                if any(fnmatch(function, e["function"]) for e in equivalents) and is_equivalent(
+                        function, get_diff_for_mutant(mutant, path=path), equivalents):
+                    skipped += 1
+                else:
+                    names.append(mutant)
+    return names, skipped
 
 
 def load_equivalents() -> list[dict[str, str]]:
@@ -293,14 +343,9 @@ def collect(name: str, target: Path) -> dict[str, ModuleScore]:
     module_set = SETS[name]
     equivalents = load_equivalents()
     scores: dict[str, ModuleScore] = {}
-    cwd = Path.cwd()
-    os.chdir(target)
-    sys.path.insert(0, str(target / "mutants"))
-    try:
-        from mutmut.configuration import reset_config
+    with _in_tree(target):
         from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-        reset_config()
         for path in module_set.files:
             meta = target / "mutants" / f"{path}.meta"
             score = scores[path] = ModuleScore()
@@ -315,7 +360,13 @@ def collect(name: str, target: Path) -> dict[str, ModuleScore]:
                 elif code in _TIMEOUT:
                     score.timeout += 1
                 elif code is None:
-                    score.untested += 1
+                    function = mutant.rpartition("__mutmut_")[0]
+                    if (any(fnmatch(function, e["function"]) for e in equivalents)
+                            and is_equivalent(function, get_diff_for_mutant(mutant, path=path),
+                                              equivalents)):
+                        score.skipped += 1  # a registered equivalent, left out of the run
+                    else:
+                        score.untested += 1
                 elif code in _NO_TESTS or code in _SURVIVED:
                     if code in _NO_TESTS:
                         score.no_tests += 1
@@ -329,17 +380,30 @@ def collect(name: str, target: Path) -> dict[str, ModuleScore]:
                     score.survivors.append({"mutant": mutant, "diff": diff, "why": why or ""})
                 else:
                     score.other += 1
+    return scores
+
+
+@contextmanager
+def _in_tree(target: Path) -> Iterator[None]:
+    """Inside a scratch tree, where mutmut's own helpers read its configuration."""
+    cwd = Path.cwd()
+    os.chdir(target)
+    sys.path.insert(0, str(target / "mutants"))
+    try:
+        from mutmut.configuration import reset_config
+
+        reset_config()
+        yield
     finally:
         os.chdir(cwd)
         sys.path.remove(str(target / "mutants"))
-    return scores
 
 
 def report(names: list[str], workdir: Path, verbose: bool) -> int:
     """Print the figures of the last run of each set; non-zero if any set is below 90 % or
     has mutants its last run did not reach."""
     print(f"{'module':32} {'killed':>6} {'timeout':>7} {'survived':>8} {'equiv':>5} "
-          f"{'no test':>7} {'score':>6} {'untested':>8}")
+          f"{'no test':>7} {'score':>6} {'untested':>8} {'left out':>8}")
     below = 0
     for name in names:
         target = workdir / name
@@ -349,7 +413,7 @@ def report(names: list[str], workdir: Path, verbose: bool) -> int:
         for path, s in collect(name, target).items():
             label = path + (" (SessionBridge)" if SETS[name].names else "")
             print(f"{label:32} {s.killed:6} {s.timeout:7} {s.survived:8} {s.equivalent:5} "
-                  f"{s.no_tests:7} {s.score:5.1f}% {s.untested:8}")
+                  f"{s.no_tests:7} {s.score:5.1f}% {s.untested:8} {s.skipped:8}")
             below += s.score < 90.0 or s.untested > 0
             for survivor in s.survivors:
                 if survivor["why"] and not verbose:

@@ -33,6 +33,7 @@ from quantum.handshake import (
     decode_hello,
     encode_credentials,
     encode_hello,
+    encode_offer,
     key_schedule,
     transcript_hash,
 )
@@ -764,3 +765,166 @@ def test_a_bad_cipher_list_is_refused_up_front(ciphers: tuple[str, ...]) -> None
         with pytest.raises(HandshakeError) as info:
             ClientHandshake(CID, VECTOR_CREDENTIALS, ciphers=ciphers)
         assert info.value.code is CloseCode.BAD_REQUEST
+
+
+# --- credentials and offer codecs: exact errors at every field and bound ----------------------
+# Each malformed encoding is rejected with BAD_REQUEST and a message naming the very field that
+# is short or out of bounds (the server relays it in a sealed REJECT, PROTOCOL.md 5.2.5), and
+# every value exactly at its bound in quantum.limits is accepted.
+
+#: credentials with every optional part, and their fields in wire order with their sizes
+_FULL_CREDENTIALS = Credentials("alice", "t", resume=(bytes(range(16)), "tok"),
+                                resume_fallback=True, metadata={"k": "v"}, fec=(10, 3),
+                                delivered=((0, 0, 7),), carry=True)
+_FULL_FIELDS = [("flags", 1), ("user id length", 2), ("user id", 5), ("ticket length", 2),
+                ("ticket", 1), ("resume session id", 16), ("resume token length", 1),
+                ("resume token", 3), ("fec k", 1), ("fec m", 1), ("delivery mark count", 1),
+                ("delivery mark", 6), ("metadata count", 1), ("metadata key length", 1),
+                ("metadata key", 1), ("metadata value length", 2), ("metadata value", 1)]
+
+
+def _field_starts() -> list[tuple[str, int]]:
+    starts, at = [], 0
+    for name, size in _FULL_FIELDS:
+        starts.append((name, at))
+        at += size
+    return starts
+
+
+def _dict_size(field_name: str) -> int:
+    return dict(_FULL_FIELDS)[field_name]
+
+
+def test_exact_full_credentials_layout_matches_the_field_table() -> None:
+    encoded = encode_credentials(_FULL_CREDENTIALS)
+    assert len(encoded) == sum(size for _, size in _FULL_FIELDS)
+    assert decode_credentials(encoded) == _FULL_CREDENTIALS
+
+
+@pytest.mark.parametrize(("field_name", "start"), _field_starts(),
+                         ids=[name for name, _ in _FULL_FIELDS])
+def test_exact_truncation_names_the_field(field_name: str, start: int) -> None:
+    encoded = encode_credentials(_FULL_CREDENTIALS)
+    for cut in (start, start + _dict_size(field_name) - 1):
+        with pytest.raises(HandshakeError) as info:
+            decode_credentials(encoded[:cut])
+        assert info.value.code is CloseCode.BAD_REQUEST
+        assert info.value.message == f"credentials: truncated in {field_name}"
+
+
+def _creds(flags: int, user: bytes = b"a", *, ticket: bytes | None = None,
+           token: bytes | None = None, metadata: list[tuple[bytes, bytes]] | None = None,
+           user_len: int | None = None, ticket_len: int | None = None,
+           token_len: int | None = None, count: int | None = None,
+           key_len: int | None = None, value_len: int | None = None) -> bytes:
+    """A credentials encoding built by hand, so that a length can disagree with its bounds
+    (encode_credentials refuses to produce such bytes)."""
+    out = bytes((flags,)) + struct.pack(">H", len(user) if user_len is None else user_len) + user
+    if ticket is not None:
+        out += struct.pack(">H", len(ticket) if ticket_len is None else ticket_len) + ticket
+    if token is not None:
+        out += bytes(16) + bytes((len(token) if token_len is None else token_len,)) + token
+    entries = metadata or []
+    out += bytes((len(entries) if count is None else count,))
+    for key, value in entries:
+        out += bytes((len(key) if key_len is None else key_len,)) + key
+        out += struct.pack(">H", len(value) if value_len is None else value_len) + value
+    return out
+
+
+_64_ENTRIES = [(b"k%02d" % i, b"") for i in range(64)]
+
+_MALFORMED_EXACT = [
+    (b"\x80" + encode_credentials(Credentials("a"))[1:], "unknown flag bits 0x80"),
+    (b"\xc8" + encode_credentials(Credentials("a"))[1:], "unknown flag bits 0xc0"),
+    (_creds(0, b"", user_len=0), "user id length 0 outside 1..256"),
+    (_creds(0, b"u" * 257), "user id length 257 outside 1..256"),
+    (_creds(0, b"\xff"), "user id is not valid UTF-8"),
+    (_creds(1, ticket=b"t" * 1201), "ticket length 1201 above 1200"),
+    (_creds(1, ticket=b"\xc3"), "ticket is not valid UTF-8"),
+    (_creds(2, token=b"", token_len=0), "resume token length 0 outside 1..64"),
+    (_creds(2, token=b"t" * 65), "resume token length 65 outside 1..64"),
+    (_creds(2, token=b"\x80"), "resume token is not valid UTF-8"),
+    (_creds(0, metadata=[*_64_ENTRIES, (b"x", b"")]), "65 metadata entries, at most 64"),
+    (_creds(0, count=255), "255 metadata entries, at most 64"),
+    (_creds(0, metadata=[(b"", b"v")], key_len=0), "metadata key length 0 outside 1..128"),
+    (_creds(0, metadata=[(b"k" * 129, b"v")]), "metadata key length 129 outside 1..128"),
+    (_creds(0, metadata=[(b"\xfe", b"v")]), "metadata key is not valid UTF-8"),
+    (_creds(0, metadata=[(b"k", b"v" * 1025)]), "metadata value length 1025 above 1024"),
+    (_creds(0, metadata=[(b"k", b"\xed\xa0\x80")]), "metadata value is not valid UTF-8"),
+    (encode_credentials(Credentials("a", fec=None)) + b"\x00", "1 unexpected trailing bytes"),
+    (encode_credentials(Credentials("a", fec=None)) + b"\x00\x00\x00",
+     "3 unexpected trailing bytes"),
+    (b"\x08\x00\x01a\x00\x03\x00", "FEC k must be between 1 and 16 data packets, got 0"),
+    (b"\x08\x00\x01a\x0a\x11\x00", "FEC m must be between 1 and 16 parity packets, got 17"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), _MALFORMED_EXACT,
+                         ids=[message for _, message in _MALFORMED_EXACT])
+def test_exact_malformed_credentials_message(data: bytes, message: str) -> None:
+    with pytest.raises(HandshakeError) as info:
+        decode_credentials(data)
+    assert info.value.code is CloseCode.BAD_REQUEST
+    assert info.value.message == f"credentials: {message}"
+    assert str(info.value) == f"BAD_REQUEST: credentials: {message}"
+
+
+_AT_BOUNDS = [
+    (_creds(0, b"u" * 256), Credentials("u" * 256, fec=None)),
+    (_creds(1, ticket=b"t" * 1200), Credentials("a", "t" * 1200, fec=None)),
+    (_creds(1, ticket=b""), Credentials("a", "", fec=None)),
+    (_creds(2, token=b"t" * 64), Credentials("a", resume=(bytes(16), "t" * 64), fec=None)),
+    (_creds(2, token=b"t"), Credentials("a", resume=(bytes(16), "t"), fec=None)),
+    (_creds(0, metadata=_64_ENTRIES),
+     Credentials("a", metadata={k.decode(): "" for k, _ in _64_ENTRIES}, fec=None)),
+    (_creds(0, metadata=[(b"k" * 128, b"")]), Credentials("a", metadata={"k" * 128: ""},
+                                                            fec=None)),
+    (_creds(0, metadata=[(b"k", b"v" * 1024)]), Credentials("a", metadata={"k": "v" * 1024},
+                                                              fec=None)),
+]
+
+
+@pytest.mark.parametrize(("data", "credentials"), _AT_BOUNDS,
+                         ids=["user-256", "ticket-1200", "ticket-0", "token-64", "token-1",
+                              "64-entries", "key-128", "value-1024"])
+def test_exact_values_at_each_bound_are_accepted(data: bytes, credentials: Credentials) -> None:
+    assert decode_credentials(data) == credentials
+
+
+@pytest.mark.parametrize(("credentials", "message"), [
+    (Credentials("\ud800"), "user id is not valid UTF-8 text (a lone surrogate)"),
+    (Credentials("u" * 257), "user id is 257 bytes of UTF-8, allowed 1..256"),
+    (Credentials("a", ticket=5), "ticket must be a string"),  # type: ignore[arg-type]
+    (Credentials("a", ticket="t" * 1201), "ticket is 1201 bytes of UTF-8, allowed 0..1200"),
+    (Credentials("a", resume=(bytes(16), "")), "resume token is 0 bytes of UTF-8, allowed 1..64"),
+    (Credentials("a", resume=(bytes(16), "t" * 65)),
+     "resume token is 65 bytes of UTF-8, allowed 1..64"),
+    (Credentials("a", resume=(bytes(16), "\udfff")),
+     "resume token is not valid UTF-8 text (a lone surrogate)"),
+    (Credentials("a", fec=(0, 3)), "credentials: FEC k must be between 1 and 16 data packets, "
+                                   "got 0"),
+])
+def test_exact_unencodable_credentials_message(credentials: Credentials, message: str) -> None:
+    with pytest.raises(HandshakeError) as info:
+        encode_credentials(credentials)
+    assert info.value.code is CloseCode.BAD_REQUEST
+    assert info.value.message == message
+
+
+def test_exact_encoder_accepts_each_text_bound() -> None:
+    at_bounds = Credentials("u" * 256, ticket="", resume=(bytes(16), "t" * 64),
+                            metadata={"k" * 128: ""}, fec=None)
+    assert decode_credentials(encode_credentials(at_bounds)) == at_bounds
+
+
+def test_exact_offer_bounds_and_messages() -> None:
+    assert encode_offer(("aes-256-gcm",)) == bytes((1, CIPHER_IDS["aes-256-gcm"]))
+    eight = encode_offer(("chacha20-poly1305",) * 8)
+    assert eight == bytes((8,)) + bytes((CIPHER_IDS["chacha20-poly1305"],)) * 8
+    for ciphers, message in [((), "offer 1..8 ciphers, got 0"),
+                             (("aes-256-gcm",) * 9, "offer 1..8 ciphers, got 9"),
+                             (("aes-256-gcm", "rot13"), "unknown cipher 'rot13'")]:
+        with pytest.raises(ValueError) as info:
+            encode_offer(ciphers)
+        assert str(info.value) == message

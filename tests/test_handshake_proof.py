@@ -6,9 +6,16 @@ that moment falls; a retry cookie for at least one `retry_rotation` period. Once
 rotated out, neither opens. A secret that rotated faster than its period (say, every second
 period), or forgot its predecessor at a rotation, fails these properties for cookies issued
 just before a rotation.
+
+It also holds the edges of the parsers and constructors: a ClientHello's size, offer and padding
+bounds, the pinned server key's and fingerprint's accepted forms, the handshakes' argument checks
+and initial state, with their exact close codes and messages.
 """
 
 from __future__ import annotations
+
+import base64
+from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given
@@ -18,8 +25,11 @@ from quantum.crypto import TAG_SIZE
 from quantum.errors import CloseCode
 from quantum.handshake import (
     _FINISH_PREFIX,
+    HELLO_SIZE,
     MAX_CREDENTIAL_MARKS,
     MAX_FINISH_PAYLOAD,
+    MAX_HANDSHAKE_PAYLOAD,
+    MAX_OFFER,
     MAX_PARAM_MS,
     SERVER_COOKIE_SIZE,
     ClientHandshake,
@@ -32,6 +42,7 @@ from quantum.handshake import (
     decode_credentials,
     decode_params,
     encode_credentials,
+    encode_hello,
 )
 
 CID = bytes(range(16))
@@ -447,3 +458,176 @@ def test_an_ephemeral_key_of_the_wrong_size_is_refused_naming_it() -> None:
         server.on_client_hello(CID, hello, ADDR, 1000.0, ephemeral_private=bytes(31))
     assert (info.value.code, info.value.message) == (
         CloseCode.INTERNAL_ERROR, "server ephemeral private key must be 32 bytes, got 31")
+
+
+# ------------------------------------------------------------ parser and constructor edges
+#
+# The exact bounds, close codes and messages of the ClientHello parser, the pinned server key
+# parser and the two handshakes' constructors.
+
+#: a static private key whose public key's base64 holds both "+" and "/" (so its URL-safe form
+#: holds "-" and "_"); the test that uses it checks that it still does
+PIN_STATIC = bytes([4]) * 32
+
+
+def refusal(call: Callable[[], object]) -> tuple[CloseCode, str]:
+    with pytest.raises(HandshakeError) as info:
+        call()
+    return info.value.code, info.value.message
+
+
+def pin_refusal(pin: bytes | str) -> tuple[CloseCode, str]:
+    return refusal(lambda: ClientHandshake(CID, Credentials("alice"), server_key=pin))
+
+
+def hello_of(size: int, offer: bytes = b"\x02\x01\x02") -> bytes:
+    """A hello from a real client key with this offer, zero-padded (or cut) to `size` bytes."""
+    public = ClientHandshake(CID, Credentials("alice")).client_public
+    hello = encode_hello(public, None, offer)
+    return (hello + bytes(max(0, size - len(hello))))[:size]
+
+
+def handshake_with_pin(server: ServerHandshake, pin: bytes | str) -> ClientHandshake:
+    client = ClientHandshake(CID, Credentials("alice"), server_key=pin)
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1000.0))
+    return client
+
+
+def test_a_hello_one_byte_short_of_the_padding_is_refused_naming_anti_amplification() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    assert refusal(lambda: server.on_client_hello(CID, hello_of(HELLO_SIZE - 1), ADDR, 1.0)) == (
+        CloseCode.PROTOCOL_VIOLATION,
+        f"client hello: {HELLO_SIZE - 1} bytes; it must be padded to at least {HELLO_SIZE} "
+        "(anti-amplification)")
+
+
+def test_a_hello_of_exactly_one_packet_is_accepted_and_one_byte_more_refused() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    assert server.on_client_hello(CID, hello_of(MAX_HANDSHAKE_PAYLOAD), ADDR, 1.0)
+    assert refusal(lambda: server.on_client_hello(
+        CID, hello_of(MAX_HANDSHAKE_PAYLOAD + 1), ADDR, 1.0)) == (
+        CloseCode.PROTOCOL_VIOLATION,
+        f"client hello: {MAX_HANDSHAKE_PAYLOAD + 1} bytes, above {MAX_HANDSHAKE_PAYLOAD}")
+
+
+def test_an_offer_of_the_most_ciphers_is_accepted_and_one_more_refused() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    client = ClientHandshake(CID, Credentials("alice"), ciphers=("aes-256-gcm",) * MAX_OFFER)
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1.0))
+    assert client.cipher == "aes-256-gcm"
+    too_many = bytes((MAX_OFFER + 1,)) + bytes((1,)) * (MAX_OFFER + 1)
+    assert refusal(lambda: server.on_client_hello(
+        CID, hello_of(HELLO_SIZE, too_many), ADDR, 1.0)) == (
+        CloseCode.PROTOCOL_VIOLATION,
+        f"client hello: {MAX_OFFER + 1} ciphers offered, expected 1..{MAX_OFFER}")
+
+
+def test_a_non_zero_first_padding_byte_is_refused() -> None:
+    # key (32) || count (1) || 2 ids || cookie length (1): the padding starts at byte 36
+    hello = bytearray(hello_of(HELLO_SIZE))
+    hello[32 + 1 + 2 + 1] = 1
+    server = ServerHandshake(STATIC, PARAMS)
+    assert refusal(lambda: server.on_client_hello(CID, bytes(hello), ADDR, 1.0)) == (
+        CloseCode.PROTOCOL_VIOLATION, "client hello: padding is not all zero")
+
+
+def test_a_low_order_client_key_is_refused_naming_it() -> None:
+    hello = encode_hello(bytes(32), None)  # the all-zero point: no shared secret
+    server = ServerHandshake(STATIC, PARAMS)
+    assert refusal(lambda: server.on_client_hello(CID, hello, ADDR, 1.0)) == (
+        CloseCode.PROTOCOL_VIOLATION, "client ephemeral key is a low-order point")
+
+
+def test_a_pinned_raw_key_of_the_wrong_size_is_refused_saying_so() -> None:
+    assert pin_refusal(bytes(31)) == (
+        CloseCode.BAD_SERVER_KEY, "pinned server key must be 32 bytes, got 31")
+
+
+def test_a_pinned_fingerprint_may_carry_base64_padding() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    client = handshake_with_pin(server, server.fingerprint + "=")
+    assert client.server_public_key == server.static_public
+
+
+def test_a_pinned_fingerprint_with_a_stray_character_after_it_is_refused() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    for pin in (server.fingerprint + "X", "SHA256:" + "A" * 42):
+        assert pin_refusal(pin) == (
+            CloseCode.BAD_SERVER_KEY, "pinned fingerprint must be SHA256:<43 base64 characters>")
+
+
+def test_a_pinned_key_in_url_safe_base64_matches_the_server() -> None:
+    server = ServerHandshake(PIN_STATIC, PARAMS)
+    standard = base64.b64encode(server.static_public).decode()
+    assert "+" in standard and "/" in standard  # the key exercises both replacements
+    for pin in (base64.urlsafe_b64encode(server.static_public).decode(),
+                standard, standard + "=", standard.rstrip("=")):
+        assert handshake_with_pin(server, pin).server_public_key == server.static_public
+
+
+def test_a_pinned_key_with_characters_outside_base64_is_refused() -> None:
+    standard = base64.b64encode(ServerHandshake(PIN_STATIC, PARAMS).static_public).decode()
+    # junk after the padding; junk inside the key (which a lenient decoder would skip)
+    for pin in (standard + "X", standard[:10] + "**" + standard[10:]):
+        assert pin_refusal(pin) == (
+            CloseCode.BAD_SERVER_KEY,
+            "pinned server key is neither base64 nor SHA256:<fingerprint>")
+
+
+def test_a_pinned_base64_key_of_the_wrong_size_is_refused_saying_so() -> None:
+    pin = base64.b64encode(bytes(31)).decode()
+    assert pin_refusal(pin) == (
+        CloseCode.BAD_SERVER_KEY, "pinned server key decodes to 31 bytes, expected 32")
+
+
+def test_a_client_refuses_an_empty_offer_and_a_short_ephemeral_key_naming_them() -> None:
+    assert refusal(lambda: ClientHandshake(CID, Credentials("alice"), ciphers=())) == (
+        CloseCode.BAD_REQUEST, f"ciphers: offer 1..{MAX_OFFER} ciphers, got 0")
+    assert refusal(lambda: ClientHandshake(CID, Credentials("alice"),
+                                           ephemeral_private=bytes(31))) == (
+        CloseCode.INTERNAL_ERROR, "client ephemeral private key must be 32 bytes, got 31")
+
+
+def test_a_client_knows_no_cipher_and_no_server_key_before_the_server_hello() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    client = ClientHandshake(CID, Credentials("alice"))
+    assert (client.cipher, client.server_public_key, client.keys) == (None, None, None)
+    client.on_server_hello(server.on_client_hello(CID, client.client_hello(), ADDR, 1.0))
+    assert (client.cipher, client.server_public_key) == ("aes-256-gcm", server.static_public)
+
+
+def test_a_server_refuses_a_static_key_of_the_wrong_size_naming_it() -> None:
+    assert refusal(lambda: ServerHandshake(bytes(31), PARAMS)) == (
+        CloseCode.INTERNAL_ERROR, "server static private key must be 32 bytes, got 31")
+
+
+@pytest.mark.parametrize(("lifetime", "rotation"), [(0.0, 60.0), (10.0, 0.0), (-1.0, -1.0)])
+def test_a_server_refuses_a_lifetime_or_rotation_that_is_not_positive(
+        lifetime: float, rotation: float) -> None:
+    with pytest.raises(ValueError) as info:
+        ServerHandshake(STATIC, PARAMS, cookie_lifetime=lifetime, retry_rotation=rotation)
+    assert str(info.value) == "cookie_lifetime and retry_rotation must be positive"
+
+
+def test_a_server_accepts_a_lifetime_and_rotation_under_a_second() -> None:
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=0.5, retry_rotation=0.5)
+    assert (server.cookie_lifetime, server.retry_rotation) == (0.5, 0.5)
+
+
+def test_retry_cookies_rotate_every_60_seconds_by_default() -> None:
+    server = ServerHandshake(STATIC, PARAMS)
+    assert server.retry_rotation == 60.0
+    hello = retried_hello_at(server, 0.0)
+    assert not server.needs_retry(hello, CID, ADDR, 119.9)  # the previous period's: kept
+    assert server.needs_retry(hello, CID, ADDR, 120.0)  # two periods back: rotated out
+
+
+def test_a_cookie_key_unused_for_257_epochs_is_forgotten_though_its_id_came_round() -> None:
+    """The key id is the epoch's low 8 bits: 257 epochs after a cookie was issued, with no
+    cookie in between, its id is the previous epoch's. The previous key was never made, so
+    the cookie's key is gone: it must not be kept as "previous" across a gap of epochs."""
+    server = ServerHandshake(STATIC, PARAMS, cookie_lifetime=LIFETIME)
+    finish = finish_issued_at(server, 1000.0)
+    late = 1000.0 + 257 * LIFETIME
+    assert refusal(lambda: server.on_client_finish(CID, finish, ADDR, late)) == (
+        CloseCode.HANDSHAKE_TIMEOUT, "server cookie expired (its key has rotated out)")

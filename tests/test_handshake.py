@@ -20,6 +20,7 @@ from quantum.frames import PingFrame, decode_frames
 from quantum.handshake import (
     HELLO_SIZE,
     MAX_CREDENTIAL_MARKS,
+    MAX_CREDENTIALS,
     MAX_METADATA_ENTRIES,
     RETRY_COOKIE_SIZE,
     SERVER_COOKIE_SIZE,
@@ -928,3 +929,29 @@ def test_exact_offer_bounds_and_messages() -> None:
         with pytest.raises(ValueError) as info:
             encode_offer(ciphers)
         assert str(info.value) == message
+
+
+def test_exact_credentials_fill_the_handshake_packet_and_one_byte_more_is_refused() -> None:
+    """The encoder takes credentials that encode to exactly MAX_CREDENTIALS bytes (all the
+    ClientFinish has room for) and refuses one byte more, saying how many and what to do."""
+    def with_padding(m: int) -> Credentials:
+        return Credentials("alice", fec=None, metadata={"k": "x" * 1024, "j": "y" * m})
+    room = MAX_CREDENTIALS - len(encode_credentials(with_padding(0)))
+    assert 0 < room <= 1024
+    assert len(encode_credentials(with_padding(room))) == MAX_CREDENTIALS
+    with pytest.raises(HandshakeError) as info:
+        encode_credentials(with_padding(room + 1))
+    assert info.value.code == CloseCode.BAD_REQUEST
+    assert info.value.message == (
+        f"credentials encode to {MAX_CREDENTIALS + 1} bytes; at most {MAX_CREDENTIALS} fit "
+        "in the handshake packet (shorten the metadata)")
+
+
+def test_exact_encoder_takes_the_most_metadata_entries_and_refuses_one_more() -> None:
+    most = {f"k{i}": "" for i in range(MAX_METADATA_ENTRIES)}
+    assert decode_credentials(encode_credentials(Credentials("a", metadata=most))).metadata == most
+    with pytest.raises(HandshakeError) as info:
+        encode_credentials(Credentials("a", metadata={**most, "one-more": ""}))
+    assert info.value.code == CloseCode.BAD_REQUEST
+    assert info.value.message == (f"{MAX_METADATA_ENTRIES + 1} metadata entries, "
+                                  f"at most {MAX_METADATA_ENTRIES}")

@@ -160,6 +160,8 @@ class ModuleScore:
     untested: int = 0
     #: registered equivalents not run (they survive by definition): outside the score
     skipped: int = 0
+    #: caught mutants an equivalent entry matches: the entry is too broad or stale
+    overbroad: list[str] = field(default_factory=list)
     other: int = 0
     survivors: list[dict[str, str]] = field(default_factory=list)
 
@@ -355,10 +357,18 @@ def collect(name: str, target: Path) -> dict[str, ModuleScore]:
             for mutant, code in sorted(codes.items()):
                 if module_set.names and not any(fnmatch(mutant, n) for n in module_set.names):
                     continue
-                if code in _KILLED or code in _TYPE:
-                    score.killed += 1
-                elif code in _TIMEOUT:
-                    score.timeout += 1
+                if code in _KILLED or code in _TYPE or code in _TIMEOUT:
+                    if code in _TIMEOUT:
+                        score.timeout += 1
+                    else:
+                        score.killed += 1
+                    function = mutant.rpartition("__mutmut_")[0]
+                    if (any(fnmatch(function, e["function"]) for e in equivalents)
+                            and is_equivalent(function, get_diff_for_mutant(mutant, path=path),
+                                              equivalents)):
+                        # an entry that matches a caught mutant is too broad (or stale): a
+                        # run would leave such a mutant out untested
+                        score.overbroad.append(mutant)
                 elif code is None:
                     function = mutant.rpartition("__mutmut_")[0]
                     if (any(fnmatch(function, e["function"]) for e in equivalents)
@@ -414,7 +424,10 @@ def report(names: list[str], workdir: Path, verbose: bool) -> int:
             label = path + (" (SessionBridge)" if SETS[name].names else "")
             print(f"{label:32} {s.killed:6} {s.timeout:7} {s.survived:8} {s.equivalent:5} "
                   f"{s.no_tests:7} {s.score:5.1f}% {s.untested:8} {s.skipped:8}")
-            below += s.score < 90.0 or s.untested > 0
+            below += s.score < 90.0 or s.untested > 0 or bool(s.overbroad)
+            for mutant in s.overbroad:
+                print(f"  an equivalent entry matches {mutant}, which a test catches: narrow "
+                      "the entry (`after`) or remove it")
             for survivor in s.survivors:
                 if survivor["why"] and not verbose:
                     continue
